@@ -1,0 +1,273 @@
+//! The session state machine.
+//!
+//! ```text
+//!            pay                 start (machine button)        final report
+//!   (none) ───────► AUTHORIZED ─────────────────────► ACTIVE ───────────────► SETTLED
+//!                       │ no start before expires_at
+//!                       ▼
+//!                    EXPIRED (hold released)
+//! ```
+//!
+//! Every transition is a pure function of the session and the time passed in; the result says what
+//! money must move ([`Settlement`]). Repeats are outcomes, not errors: starting an ACTIVE session
+//! again or re-sending the same final report answers as the first time did.
+
+use crate::ids::{DeviceId, SessionId, UseCounter, UserId};
+use crate::money::{Amount, Tariff, Units};
+
+/// A session's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionStatus {
+    Authorized,
+    Active,
+    Settled,
+    Expired,
+}
+
+impl SessionStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Authorized => "AUTHORIZED",
+            Self::Active => "ACTIVE",
+            Self::Settled => "SETTLED",
+            Self::Expired => "EXPIRED",
+        }
+    }
+
+    /// Parse the names written by [`SessionStatus::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "AUTHORIZED" => Self::Authorized,
+            "ACTIVE" => Self::Active,
+            "SETTLED" => Self::Settled,
+            "EXPIRED" => Self::Expired,
+            _ => return None,
+        })
+    }
+
+    /// True while the session keeps its machine busy and its hold open.
+    pub const fn is_open(self) -> bool {
+        matches!(self, Self::Authorized | Self::Active)
+    }
+}
+
+/// Why a machine's start or report was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("the session expired before the machine started it")]
+    Expired,
+    #[error("the session is {0:?} and cannot be started")]
+    NotStartable(SessionStatus),
+    #[error("the session has not been started")]
+    NotStarted,
+    #[error("the report contradicts what was already reported")]
+    ReportConflict,
+}
+
+/// Money to move when a session closes: capture `capture` of `hold`, release the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settlement {
+    pub hold: Amount,
+    pub capture: Amount,
+}
+
+/// What a start did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartOutcome {
+    Started,
+    AlreadyActive,
+}
+
+/// What a report did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportOutcome {
+    Progress,
+    Settled(Settlement),
+    AlreadySettled,
+}
+
+/// A paid session on one machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: SessionId,
+    pub device_id: DeviceId,
+    pub user_id: UserId,
+    pub hold: Amount,
+    pub tariff: Tariff,
+    pub use_counter: UseCounter,
+    pub status: SessionStatus,
+    pub units: Units,
+    pub amount: Amount,
+    pub created_at: u64,
+    pub expires_at: u64,
+    pub started_at: Option<u64>,
+    pub ended_at: Option<u64>,
+}
+
+impl Session {
+    /// A new AUTHORIZED session whose start deadline is `now + start_timeout_secs`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn authorize(
+        id: SessionId,
+        device_id: DeviceId,
+        user_id: UserId,
+        hold: Amount,
+        tariff: Tariff,
+        use_counter: UseCounter,
+        now: u64,
+        start_timeout_secs: u64,
+    ) -> Self {
+        Self {
+            id,
+            device_id,
+            user_id,
+            hold,
+            tariff,
+            use_counter,
+            status: SessionStatus::Authorized,
+            units: Units::ZERO,
+            amount: Amount::ZERO,
+            created_at: now,
+            expires_at: now.saturating_add(start_timeout_secs),
+            started_at: None,
+            ended_at: None,
+        }
+    }
+
+    /// True when the session is AUTHORIZED but its start deadline has passed.
+    pub const fn is_due_to_expire(&self, now: u64) -> bool {
+        matches!(self.status, SessionStatus::Authorized) && now >= self.expires_at
+    }
+
+    /// Expire an AUTHORIZED session whose deadline passed; the whole hold is released.
+    pub fn expire(&mut self, now: u64) -> Option<Settlement> {
+        if !self.is_due_to_expire(now) {
+            return None;
+        }
+        self.status = SessionStatus::Expired;
+        self.ended_at = Some(self.expires_at);
+        Some(Settlement { hold: self.hold, capture: Amount::ZERO })
+    }
+
+    /// The machine's start button was pressed.
+    ///
+    /// # Errors
+    /// [`SessionError::Expired`] past the deadline; [`SessionError::NotStartable`] when closed.
+    pub fn start(&mut self, now: u64) -> Result<StartOutcome, SessionError> {
+        match self.status {
+            SessionStatus::Authorized if now >= self.expires_at => Err(SessionError::Expired),
+            SessionStatus::Authorized => {
+                self.status = SessionStatus::Active;
+                self.started_at = Some(now);
+                Ok(StartOutcome::Started)
+            }
+            SessionStatus::Active => Ok(StartOutcome::AlreadyActive),
+            SessionStatus::Expired => Err(SessionError::Expired),
+            s @ SessionStatus::Settled => Err(SessionError::NotStartable(s)),
+        }
+    }
+
+    /// The machine reports `units` dispensed so far (cumulative); `last` ends the session.
+    ///
+    /// # Errors
+    /// [`SessionError::NotStarted`] before a start; [`SessionError::ReportConflict`] when units go
+    /// backwards or a settled session is reported with other units; [`SessionError::Expired`].
+    pub fn report(&mut self, units: Units, last: bool, now: u64) -> Result<ReportOutcome, SessionError> {
+        match self.status {
+            SessionStatus::Authorized => Err(SessionError::NotStarted),
+            SessionStatus::Expired => Err(SessionError::Expired),
+            SessionStatus::Settled => {
+                if last && units == self.units {
+                    Ok(ReportOutcome::AlreadySettled)
+                } else {
+                    Err(SessionError::ReportConflict)
+                }
+            }
+            SessionStatus::Active => {
+                if units < self.units {
+                    return Err(SessionError::ReportConflict);
+                }
+                self.units = units;
+                self.amount = self.tariff.capture_for(units, self.hold);
+                if !last {
+                    return Ok(ReportOutcome::Progress);
+                }
+                self.status = SessionStatus::Settled;
+                self.ended_at = Some(now);
+                Ok(ReportOutcome::Settled(Settlement { hold: self.hold, capture: self.amount }))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::money::{Currency, UnitName};
+
+    fn session() -> Session {
+        Session::authorize(
+            SessionId::from_bytes([7; 16]),
+            DeviceId::from_bytes([1; 8]),
+            UserId::parse("alice").unwrap(),
+            Amount::new(100).unwrap(),
+            Tariff {
+                price_per_unit: Amount::new(30).unwrap(),
+                unit_name: UnitName::parse("litre").unwrap(),
+                currency: Currency::parse("EUR").unwrap(),
+            },
+            UseCounter::new(7),
+            1000,
+            120,
+        )
+    }
+
+    #[test]
+    fn a_started_session_settles_at_the_cost_capped_by_the_hold() {
+        let mut s = session();
+        assert_eq!(s.start(1010), Ok(StartOutcome::Started));
+        assert_eq!(s.report(Units::new(2), false, 1020), Ok(ReportOutcome::Progress));
+        assert_eq!(s.amount.minor(), 60);
+        let out = s.report(Units::new(5), true, 1030).unwrap();
+        assert_eq!(
+            out,
+            ReportOutcome::Settled(Settlement { hold: Amount::new(100).unwrap(), capture: Amount::new(100).unwrap() })
+        );
+        assert_eq!(s.status, SessionStatus::Settled);
+    }
+
+    #[test]
+    fn repeating_the_final_report_is_idempotent_but_other_units_conflict() {
+        let mut s = session();
+        s.start(1010).unwrap();
+        s.report(Units::new(3), true, 1030).unwrap();
+        assert_eq!(s.report(Units::new(3), true, 1040), Ok(ReportOutcome::AlreadySettled));
+        assert_eq!(s.report(Units::new(4), true, 1040), Err(SessionError::ReportConflict));
+    }
+
+    #[test]
+    fn a_session_not_started_in_time_expires_and_cannot_start() {
+        let mut s = session();
+        assert_eq!(s.expire(1119), None);
+        assert_eq!(s.start(1120), Err(SessionError::Expired));
+        assert!(s.expire(1120).is_some());
+        assert_eq!(s.status, SessionStatus::Expired);
+        assert_eq!(s.start(1121), Err(SessionError::Expired));
+    }
+
+    #[test]
+    fn starting_twice_is_not_an_error_and_reports_need_a_start() {
+        let mut s = session();
+        assert_eq!(s.report(Units::new(1), true, 1001), Err(SessionError::NotStarted));
+        s.start(1001).unwrap();
+        assert_eq!(s.start(1002), Ok(StartOutcome::AlreadyActive));
+    }
+
+    #[test]
+    fn units_never_go_backwards() {
+        let mut s = session();
+        s.start(1001).unwrap();
+        s.report(Units::new(3), false, 1002).unwrap();
+        assert_eq!(s.report(Units::new(2), false, 1003), Err(SessionError::ReportConflict));
+    }
+}

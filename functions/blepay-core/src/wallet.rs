@@ -1,0 +1,232 @@
+//! Wallets and the double-entry ledger.
+//!
+//! A wallet is three balances: `available` (spendable), `held` (reserved for open sessions) and
+//! `spent` (captured so far, a running total). Every change is expressed as [`LedgerEntry`]s, each
+//! moving one amount from a debit account to a credit account, so the ledger always sums to zero:
+//!
+//! ```text
+//! top-up   : Funding        -> UserAvailable(u)
+//! hold     : UserAvailable  -> UserHeld(u)
+//! release  : UserHeld       -> UserAvailable(u)
+//! capture  : UserHeld       -> Revenue
+//! ```
+//!
+//! Invariant: for every user, `available` and `held` equal the balances of their ledger accounts;
+//! and `sum(available + held) + revenue == total top-ups`, to the cent.
+
+use crate::ids::UserId;
+use crate::money::{Amount, MoneyError};
+
+/// Why a wallet operation was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WalletError {
+    #[error("insufficient funds: {available} available, {requested} requested")]
+    InsufficientFunds { available: Amount, requested: Amount },
+    #[error("wallet balance would overflow")]
+    Overflow,
+    #[error("cannot release or capture more than is held")]
+    NotHeld,
+}
+
+impl From<MoneyError> for WalletError {
+    fn from(_: MoneyError) -> Self {
+        Self::Overflow
+    }
+}
+
+/// The ledger accounts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LedgerAccount {
+    /// Where top-ups come from (the outside world); its balance is minus all top-ups.
+    Funding,
+    UserAvailable(UserId),
+    UserHeld(UserId),
+    /// The operator's captured revenue.
+    Revenue,
+}
+
+impl LedgerAccount {
+    /// A stable textual name, used as a storage key: `funding`, `revenue`, `available:<user>`,
+    /// `held:<user>`.
+    pub fn key(&self) -> alloc::string::String {
+        use alloc::format;
+        match self {
+            Self::Funding => "funding".into(),
+            Self::Revenue => "revenue".into(),
+            Self::UserAvailable(u) => format!("available:{u}"),
+            Self::UserHeld(u) => format!("held:{u}"),
+        }
+    }
+}
+
+/// What a ledger entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    TopUp,
+    Hold,
+    Release,
+    Capture,
+}
+
+impl EntryKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::TopUp => "TOPUP",
+            Self::Hold => "HOLD",
+            Self::Release => "RELEASE",
+            Self::Capture => "CAPTURE",
+        }
+    }
+}
+
+/// One double-entry movement of a positive amount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub kind: EntryKind,
+    pub debit: LedgerAccount,
+    pub credit: LedgerAccount,
+    pub amount: Amount,
+}
+
+/// A user's wallet balances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Wallet {
+    pub available: Amount,
+    pub held: Amount,
+    pub spent: Amount,
+}
+
+impl Wallet {
+    /// Credit a top-up.
+    ///
+    /// # Errors
+    /// [`WalletError::Overflow`] when the balance would exceed [`Amount::MAX`].
+    pub fn top_up(self, user: &UserId, amount: Amount) -> Result<(Self, LedgerEntry), WalletError> {
+        let next = Self { available: self.available.checked_add(amount)?, ..self };
+        // available + held must stay representable too
+        next.available.checked_add(next.held)?;
+        Ok((
+            next,
+            LedgerEntry {
+                kind: EntryKind::TopUp,
+                debit: LedgerAccount::Funding,
+                credit: LedgerAccount::UserAvailable(user.clone()),
+                amount,
+            },
+        ))
+    }
+
+    /// Reserve `amount` for a session.
+    ///
+    /// # Errors
+    /// [`WalletError::InsufficientFunds`] when `available < amount`.
+    pub fn hold(self, user: &UserId, amount: Amount) -> Result<(Self, LedgerEntry), WalletError> {
+        let available = self
+            .available
+            .checked_sub(amount)
+            .map_err(|_| WalletError::InsufficientFunds { available: self.available, requested: amount })?;
+        let held = self.held.checked_add(amount)?;
+        Ok((
+            Self { available, held, ..self },
+            LedgerEntry {
+                kind: EntryKind::Hold,
+                debit: LedgerAccount::UserAvailable(user.clone()),
+                credit: LedgerAccount::UserHeld(user.clone()),
+                amount,
+            },
+        ))
+    }
+
+    /// Close a hold of `hold`: capture `capture` (≤ hold) as revenue and release the rest.
+    /// Returns the entries with a positive amount (zero movements are not recorded).
+    ///
+    /// # Errors
+    /// [`WalletError::NotHeld`] when `hold > held` or `capture > hold`.
+    pub fn settle(
+        self,
+        user: &UserId,
+        hold: Amount,
+        capture: Amount,
+    ) -> Result<(Self, alloc::vec::Vec<LedgerEntry>), WalletError> {
+        let release = hold.checked_sub(capture).map_err(|_| WalletError::NotHeld)?;
+        let held = self.held.checked_sub(hold).map_err(|_| WalletError::NotHeld)?;
+        let available = self.available.checked_add(release)?;
+        let spent = self.spent.checked_add(capture)?;
+        let mut entries = alloc::vec::Vec::with_capacity(2);
+        if !capture.is_zero() {
+            entries.push(LedgerEntry {
+                kind: EntryKind::Capture,
+                debit: LedgerAccount::UserHeld(user.clone()),
+                credit: LedgerAccount::Revenue,
+                amount: capture,
+            });
+        }
+        if !release.is_zero() {
+            entries.push(LedgerEntry {
+                kind: EntryKind::Release,
+                debit: LedgerAccount::UserHeld(user.clone()),
+                credit: LedgerAccount::UserAvailable(user.clone()),
+                amount: release,
+            });
+        }
+        Ok((Self { available, held, spent }, entries))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn user() -> UserId {
+        UserId::parse("alice").unwrap()
+    }
+    fn amt(v: i64) -> Amount {
+        Amount::new(v).unwrap()
+    }
+
+    #[test]
+    fn a_hold_larger_than_available_is_refused() {
+        let (w, _) = Wallet::default().top_up(&user(), amt(100)).unwrap();
+        assert_eq!(
+            w.hold(&user(), amt(101)),
+            Err(WalletError::InsufficientFunds { available: amt(100), requested: amt(101) })
+        );
+    }
+
+    #[test]
+    fn settling_captures_part_and_releases_the_rest() {
+        let (w, _) = Wallet::default().top_up(&user(), amt(500)).unwrap();
+        let (w, _) = w.hold(&user(), amt(200)).unwrap();
+        let (w, entries) = w.settle(&user(), amt(200), amt(75)).unwrap();
+        assert_eq!(w, Wallet { available: amt(425), held: amt(0), spent: amt(75) });
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].kind, EntryKind::Capture);
+        assert_eq!(entries[1].amount, amt(125));
+    }
+
+    proptest! {
+        #[test]
+        fn any_sequence_of_operations_conserves_money(ops in proptest::collection::vec((0u8..3, 0i64..10_000, 0i64..10_000), 0..50)) {
+            let u = user();
+            let mut w = Wallet::default();
+            let mut topups = 0i64;
+            let mut revenue = 0i64;
+            let mut holds: alloc::vec::Vec<Amount> = alloc::vec::Vec::new();
+            for (op, a, b) in ops {
+                match op {
+                    0 => if let Ok((n, _)) = w.top_up(&u, amt(a)) { w = n; topups += a; },
+                    1 => if let Ok((n, _)) = w.hold(&u, amt(a)) { w = n; holds.push(amt(a)); },
+                    _ => if let Some(h) = holds.pop() {
+                        let cap = amt(b).min(h);
+                        let (n, entries) = w.settle(&u, h, cap).unwrap();
+                        w = n;
+                        revenue += entries.iter().filter(|e| e.kind == EntryKind::Capture).map(|e| e.amount.minor()).sum::<i64>();
+                    },
+                }
+                prop_assert_eq!(w.available.minor() + w.held.minor() + revenue, topups);
+                prop_assert_eq!(w.spent.minor(), revenue);
+            }
+        }
+    }
+}
