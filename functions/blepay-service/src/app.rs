@@ -1,0 +1,519 @@
+//! The handlers: plain async functions over wire messages (`pb`), shared by the HTTP router, the
+//! gRPC services and the Lambda functions. Each parses its input into domain types, asks the store,
+//! and maps the outcome to an answer or an [`ApiError`].
+
+use std::sync::Arc;
+
+use blepay_core::{
+    Amount, Currency, DeviceId, DeviceName, IdempotencyKey, Session, SessionError, SessionId, SessionStatus, Slot,
+    Tariff, UnitName, Units, UserId, Wallet,
+};
+use blepay_proto::pb::v1 as pb;
+use blepay_proto::{Advert, AdvertError, FrameError, RequestFrame, derive_device_key, seal_response};
+use blepay_store::{
+    DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, DeviceRecord, DeviceState, DeviceStatus, PayCommand,
+    PayOutcome, RegisterOutcome, Store, TopUpOutcome,
+};
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::error::{ApiError, ErrorCode};
+
+/// Unix seconds, injectable for tests.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    })
+}
+
+/// How far (in 30 s slots) an advert's slot may be from the server's.
+pub const SLOT_TOLERANCE: u32 = 1;
+
+/// The service: configuration, store and clock. Cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    store: Arc<dyn Store>,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+/// What answers a machine: an HTTP status and a body that is an authenticated frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceAnswer {
+    pub code: Option<ErrorCode>,
+    pub frame: Vec<u8>,
+}
+
+impl App {
+    pub fn new(config: Config, store: Arc<dyn Store>, clock: Clock) -> Self {
+        Self { inner: Arc::new(Inner { config, store, clock }) }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn now(&self) -> u64 {
+        (self.inner.clock)()
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Phone
+    // ----------------------------------------------------------------------------------------
+
+    /// Verify an advert: who the machine is, its tariff and state. No money moves.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT, ADVERT_INVALID, ADVERT_STALE, DEVICE_UNKNOWN, RETRY_LATER.
+    pub async fn verify(&self, req: pb::VerifyRequest) -> Result<pb::VerifyResponse, ApiError> {
+        let now = self.now();
+        let advert = self.authentic_advert(&req.advert)?;
+        check_fresh(&advert, now)?;
+        let status = self.device_for_advert(&advert, now).await?;
+        let state = status.state(now, self.config().offline_after_secs);
+        let d = &status.device;
+        Ok(pb::VerifyResponse {
+            device_id: d.id.to_string(),
+            name: d.name.as_str().to_owned(),
+            price_per_unit: d.tariff.price_per_unit.minor(),
+            unit_name: d.tariff.unit_name.as_str().to_owned(),
+            currency: d.tariff.currency.to_string(),
+            state: device_state_pb(state) as i32,
+        })
+    }
+
+    /// Pay: hold `max_amount` and open a session the machine will be told about.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT, ADVERT_*, DEVICE_UNKNOWN/OFFLINE/BUSY, INSUFFICIENT_FUNDS,
+    /// IDEMPOTENCY_KEY_REUSED, RETRY_LATER.
+    pub async fn pay(&self, user: &UserId, req: pb::PayRequest) -> Result<pb::PayResponse, ApiError> {
+        let now = self.now();
+        let key = IdempotencyKey::parse(&req.idempotency_key)
+            .map_err(|e| ApiError::invalid(format!("idempotencyKey: {e}")))?;
+        let max_amount =
+            Amount::positive(req.max_amount).map_err(|e| ApiError::invalid(format!("maxAmount: {e}")))?;
+        let advert = self.authentic_advert(&req.advert)?;
+        if let Err(stale) = check_fresh(&advert, now) {
+            // A retry of an earlier pay may carry the advert it was made with: answer it.
+            return match self.inner.store.find_pay(user, &key, now).await? {
+                Some(s) if s.device_id == advert.device_id && s.hold == max_amount => Ok(pay_response(&s)),
+                _ => Err(stale),
+            };
+        }
+        let status = self.device_for_advert(&advert, now).await?;
+        if status.device.tariff.price_per_unit > max_amount {
+            return Err(ApiError::invalid(format!(
+                "maxAmount {max_amount} is below the price of one {} ({})",
+                status.device.tariff.unit_name.as_str(),
+                status.device.tariff.price_per_unit
+            )));
+        }
+        let cmd = PayCommand {
+            user: user.clone(),
+            key,
+            device: advert.device_id,
+            slot: advert.slot,
+            use_counter: advert.use_counter,
+            max_amount,
+            session_id: SessionId::from_bytes(rand::random()),
+            now,
+            start_timeout_secs: self.config().start_timeout_secs,
+            offline_after_secs: self.config().offline_after_secs,
+        };
+        match self.inner.store.pay(&cmd).await? {
+            PayOutcome::Created(s) => {
+                tracing::info!(session = %s.id, device = %s.device_id, hold = %s.hold, "session authorized");
+                Ok(pay_response(&s))
+            }
+            PayOutcome::Replayed(s) => Ok(pay_response(&s)),
+            PayOutcome::DeviceUnknown => Err(device_unknown(advert.device_id)),
+            PayOutcome::DeviceOffline => Err(ApiError::new(
+                ErrorCode::DeviceOffline,
+                "the machine has not been heard from recently and could not be told to start",
+            )),
+            PayOutcome::DeviceBusy => {
+                Err(ApiError::new(ErrorCode::DeviceBusy, "the machine is serving another session"))
+            }
+            PayOutcome::AdvertUsed => Err(ApiError::new(
+                ErrorCode::AdvertUsed,
+                "this advert already paid for a session; scan the machine again",
+            )),
+            PayOutcome::InsufficientFunds { available } => Err(ApiError::new(
+                ErrorCode::InsufficientFunds,
+                format!("available balance {available} is below maxAmount {max_amount}"),
+            )),
+            PayOutcome::KeyReused => Err(key_reused()),
+        }
+    }
+
+    /// The caller's own session.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT, SESSION_NOT_FOUND (also for another user's session).
+    pub async fn user_session(&self, user: &UserId, id: &str) -> Result<pb::Session, ApiError> {
+        let s = self.session(id).await?;
+        if &s.user_id != user {
+            return Err(session_not_found());
+        }
+        Ok(session_pb(&s))
+    }
+
+    /// A wallet (the caller's, or any for operators).
+    ///
+    /// # Errors
+    /// RETRY_LATER on storage trouble.
+    pub async fn wallet(&self, user: &UserId) -> Result<pb::Wallet, ApiError> {
+        let w = self.inner.store.wallet(user, self.now()).await?;
+        Ok(self.wallet_pb(user, &w))
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Operator
+    // ----------------------------------------------------------------------------------------
+
+    /// Register a machine; answers its device key, to provision into it.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT, DEVICE_EXISTS.
+    pub async fn register_device(
+        &self,
+        req: pb::RegisterDeviceRequest,
+    ) -> Result<pb::RegisterDeviceResponse, ApiError> {
+        let id = DeviceId::parse(&req.device_id).map_err(|e| ApiError::invalid(format!("deviceId: {e}")))?;
+        let name = DeviceName::parse(&req.name).map_err(|e| ApiError::invalid(format!("name: {e}")))?;
+        let price = Amount::positive(req.price_per_unit)
+            .map_err(|e| ApiError::invalid(format!("pricePerUnit: {e}")))?;
+        let unit_name = UnitName::parse(&req.unit_name).map_err(|e| ApiError::invalid(format!("unitName: {e}")))?;
+        let currency = Currency::parse(&req.currency).map_err(|e| ApiError::invalid(format!("currency: {e}")))?;
+        if currency != self.config().currency {
+            return Err(ApiError::invalid(format!(
+                "currency: this deployment's wallets hold {}, so tariffs must be in {}",
+                self.config().currency,
+                self.config().currency
+            )));
+        }
+        let (key_version, master) = self.config().keyring.current();
+        let record = DeviceRecord {
+            id,
+            name,
+            tariff: Tariff { price_per_unit: price, unit_name, currency },
+            key_version,
+            created_at: self.now(),
+        };
+        match self.inner.store.register_device(&record, self.now()).await? {
+            RegisterOutcome::Created => {
+                tracing::info!(device = %id, "device registered");
+                Ok(pb::RegisterDeviceResponse {
+                    device_id: id.to_string(),
+                    key_version: u32::from(key_version.get()),
+                    device_key: derive_device_key(master, key_version, id).expose_hex(),
+                })
+            }
+            RegisterOutcome::Exists => {
+                Err(ApiError::new(ErrorCode::DeviceExists, format!("device {id} is already registered")))
+            }
+        }
+    }
+
+    /// Credit a wallet, once per idempotency key.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT, IDEMPOTENCY_KEY_REUSED.
+    pub async fn top_up(&self, req: pb::TopUpRequest) -> Result<pb::Wallet, ApiError> {
+        let user = UserId::parse(&req.user_id).map_err(|e| ApiError::invalid(format!("userId: {e}")))?;
+        let amount = Amount::positive(req.amount).map_err(|e| ApiError::invalid(format!("amount: {e}")))?;
+        let key = IdempotencyKey::parse(&req.idempotency_key)
+            .map_err(|e| ApiError::invalid(format!("idempotencyKey: {e}")))?;
+        match self.inner.store.top_up(&user, amount, &key, self.now()).await? {
+            TopUpOutcome::Credited(w) | TopUpOutcome::Replayed(w) => Ok(self.wallet_pb(&user, &w)),
+            TopUpOutcome::KeyReused => Err(key_reused()),
+        }
+    }
+
+    /// Any session, for operators.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT, SESSION_NOT_FOUND.
+    pub async fn ops_session(&self, id: &str) -> Result<pb::Session, ApiError> {
+        Ok(session_pb(&self.session(id).await?))
+    }
+
+    /// Parse a user id from a path or request (operators name users).
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT.
+    pub fn parse_user(s: &str) -> Result<UserId, ApiError> {
+        UserId::parse(s).map_err(|e| ApiError::invalid(format!("userId: {e}")))
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Machine
+    // ----------------------------------------------------------------------------------------
+
+    /// One machine exchange: verify the frame, run the request once, answer with an authenticated
+    /// frame. Unauthenticated failures are errors (the caller cannot be answered in a frame).
+    ///
+    /// # Errors
+    /// FRAME_INVALID (unparseable frame), DEVICE_AUTH_FAILED (bad tag or key version),
+    /// DEVICE_UNKNOWN, RETRY_LATER.
+    pub async fn device_exchange(&self, bytes: &[u8]) -> Result<DeviceAnswer, ApiError> {
+        let frame = RequestFrame::parse(bytes).map_err(|e| ApiError::new(ErrorCode::FrameInvalid, e.to_string()))?;
+        let master = self
+            .config()
+            .keyring
+            .get(frame.key_version())
+            .ok_or_else(|| ApiError::new(ErrorCode::DeviceAuthFailed, "unknown key version"))?;
+        let key = derive_device_key(master, frame.key_version(), frame.device_id());
+        frame.verify(&key).map_err(|e| match e {
+            FrameError::BadTag => ApiError::new(ErrorCode::DeviceAuthFailed, "frame tag does not verify"),
+            other => ApiError::new(ErrorCode::FrameInvalid, other.to_string()),
+        })?;
+        let now = self.now();
+        let tag = frame.tag();
+        let seal = |body: &[u8]| seal_response(&key, &tag, frame.seq(), now, body);
+        let refuse = |code: ErrorCode, message: String| {
+            let body = pb::DeviceResponse { error_code: code.as_str().into(), error_message: message, ..Default::default() };
+            DeviceAnswer { code: Some(code), frame: seal(&body.encode_to_vec()) }
+        };
+        let op = match decode_device_request(frame.body()) {
+            Ok(op) => op,
+            Err(msg) => return Ok(refuse(ErrorCode::FrameInvalid, msg)),
+        };
+        let call = DeviceCall {
+            device: frame.device_id(),
+            seq: frame.seq(),
+            digest: Sha256::digest(bytes).into(),
+            op,
+            now,
+        };
+        let encoder = |r: &DeviceOpResult| encode_device_result(r).encode_to_vec();
+        match self.inner.store.device_call(&call, &encoder).await? {
+            DeviceCallOutcome::Fresh(body) | DeviceCallOutcome::Retry(body) => {
+                let code = pb::DeviceResponse::decode(body.as_slice())
+                    .ok()
+                    .and_then(|r| ErrorCode::parse(&r.error_code));
+                Ok(DeviceAnswer { code, frame: seal(&body) })
+            }
+            DeviceCallOutcome::Replayed { last_seq } => Ok(refuse(
+                ErrorCode::SequenceReplayed,
+                format!("sequence number {} is not above the last accepted {last_seq}", frame.seq()),
+            )),
+            DeviceCallOutcome::DeviceUnknown => Err(device_unknown(frame.device_id())),
+        }
+    }
+
+    /// Expire sessions whose start deadline passed (the sweeper).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub async fn sweep(&self) -> Result<usize, ApiError> {
+        Ok(self.inner.store.expire_due(self.now()).await?)
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Helpers
+    // ----------------------------------------------------------------------------------------
+
+    /// Parse an advert and check its tag against the key derived for it.
+    fn authentic_advert(&self, bytes: &[u8]) -> Result<Advert, ApiError> {
+        let advert = Advert::parse(bytes).map_err(|e| match e {
+            AdvertError::WrongLength { .. } => ApiError::invalid(format!("advert: {e}")),
+            _ => ApiError::new(ErrorCode::AdvertInvalid, e.to_string()),
+        })?;
+        let master = self
+            .config()
+            .keyring
+            .get(advert.key_version)
+            .ok_or_else(|| ApiError::new(ErrorCode::AdvertInvalid, "unknown key version"))?;
+        let key = derive_device_key(master, advert.key_version, advert.device_id);
+        advert
+            .verify(&key)
+            .map_err(|_| ApiError::new(ErrorCode::AdvertInvalid, "advert tag does not verify"))?;
+        Ok(advert)
+    }
+
+    async fn device_for_advert(&self, advert: &Advert, now: u64) -> Result<DeviceStatus, ApiError> {
+        let status = self
+            .inner
+            .store
+            .device_status(advert.device_id, now)
+            .await?
+            .ok_or_else(|| device_unknown(advert.device_id))?;
+        if status.device.key_version != advert.key_version {
+            return Err(ApiError::new(ErrorCode::AdvertInvalid, "advert signed with a retired key version"));
+        }
+        Ok(status)
+    }
+
+    async fn session(&self, id: &str) -> Result<Session, ApiError> {
+        let id = SessionId::parse(id).map_err(|e| ApiError::invalid(format!("sessionId: {e}")))?;
+        self.inner.store.session(id, self.now()).await?.ok_or_else(session_not_found)
+    }
+
+    fn wallet_pb(&self, user: &UserId, w: &Wallet) -> pb::Wallet {
+        pb::Wallet {
+            user_id: user.to_string(),
+            available: w.available.minor(),
+            held: w.held.minor(),
+            spent: w.spent.minor(),
+            currency: self.config().currency.to_string(),
+        }
+    }
+}
+
+fn check_fresh(advert: &Advert, now: u64) -> Result<(), ApiError> {
+    let server = Slot::at(now);
+    if advert.slot.is_within(server, SLOT_TOLERANCE) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::AdvertStale,
+            format!("advert slot {} is not within {SLOT_TOLERANCE} of the server's {}", advert.slot.get(), server.get()),
+        ))
+    }
+}
+
+fn device_unknown(id: DeviceId) -> ApiError {
+    ApiError::new(ErrorCode::DeviceUnknown, format!("device {id} is not registered"))
+}
+
+fn session_not_found() -> ApiError {
+    ApiError::new(ErrorCode::SessionNotFound, "no such session")
+}
+
+fn key_reused() -> ApiError {
+    ApiError::new(ErrorCode::IdempotencyKeyReused, "this idempotency key was used for a different request")
+}
+
+fn device_state_pb(s: DeviceState) -> pb::DeviceState {
+    match s {
+        DeviceState::Idle => pb::DeviceState::Idle,
+        DeviceState::Busy => pb::DeviceState::Busy,
+        DeviceState::Offline => pb::DeviceState::Offline,
+    }
+}
+
+pub(crate) fn session_status_pb(s: SessionStatus) -> pb::SessionStatus {
+    match s {
+        SessionStatus::Authorized => pb::SessionStatus::Authorized,
+        SessionStatus::Active => pb::SessionStatus::Active,
+        SessionStatus::Settled => pb::SessionStatus::Settled,
+        SessionStatus::Expired => pb::SessionStatus::Expired,
+    }
+}
+
+fn secs(t: u64) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX)
+}
+
+fn pay_response(s: &Session) -> pb::PayResponse {
+    pb::PayResponse {
+        session_id: s.id.to_string(),
+        status: session_status_pb(s.status) as i32,
+        hold_amount: s.hold.minor(),
+        device_id: s.device_id.to_string(),
+        expires_at: secs(s.expires_at),
+    }
+}
+
+/// A session as the API shows it.
+pub fn session_pb(s: &Session) -> pb::Session {
+    pb::Session {
+        session_id: s.id.to_string(),
+        status: session_status_pb(s.status) as i32,
+        device_id: s.device_id.to_string(),
+        user_id: s.user_id.to_string(),
+        hold_amount: s.hold.minor(),
+        units: s.units.get(),
+        amount: s.amount.minor(),
+        price_per_unit: s.tariff.price_per_unit.minor(),
+        unit_name: s.tariff.unit_name.as_str().to_owned(),
+        currency: s.tariff.currency.to_string(),
+        created_at: secs(s.created_at),
+        expires_at: secs(s.expires_at),
+        started_at: s.started_at.map_or(0, secs),
+        ended_at: s.ended_at.map_or(0, secs),
+        use_counter: u32::from(s.use_counter.get()),
+    }
+}
+
+fn session_id_from(bytes: &[u8]) -> Result<SessionId, String> {
+    <[u8; 16]>::try_from(bytes)
+        .map(SessionId::from_bytes)
+        .map_err(|_| format!("sessionId must be 16 bytes, got {}", bytes.len()))
+}
+
+/// Decode a machine request body into a domain operation.
+fn decode_device_request(body: &[u8]) -> Result<DeviceOp, String> {
+    let req = pb::DeviceRequest::decode(body).map_err(|e| format!("request body: {e}"))?;
+    match req.kind {
+        Some(pb::device_request::Kind::Poll(_)) => Ok(DeviceOp::Poll),
+        Some(pb::device_request::Kind::Start(s)) => Ok(DeviceOp::Start { session: session_id_from(&s.session_id)? }),
+        Some(pb::device_request::Kind::Report(r)) => Ok(DeviceOp::Report {
+            session: session_id_from(&r.session_id)?,
+            units: Units::new(r.units),
+            last: r.r#final,
+        }),
+        None => Err("request body names no operation".into()),
+    }
+}
+
+/// The answer body for a device operation's result.
+pub fn encode_device_result(r: &DeviceOpResult) -> pb::DeviceResponse {
+    let error = |code: ErrorCode, msg: &str| pb::DeviceResponse {
+        error_code: code.as_str().into(),
+        error_message: msg.into(),
+        ..Default::default()
+    };
+    match r {
+        DeviceOpResult::Grants(sessions) => pb::DeviceResponse {
+            grants: sessions
+                .iter()
+                .map(|s| pb::Grant {
+                    session_id: s.id.to_bytes().to_vec(),
+                    hold_amount: s.hold.minor(),
+                    price_per_unit: s.tariff.price_per_unit.minor(),
+                    expires_at: secs(s.expires_at),
+                    use_counter: u32::from(s.use_counter.get()),
+                })
+                .collect(),
+            ..Default::default()
+        },
+        DeviceOpResult::Session(s) => pb::DeviceResponse {
+            status: session_status_pb(s.status) as i32,
+            amount: s.amount.minor(),
+            ..Default::default()
+        },
+        DeviceOpResult::SessionNotFound => error(ErrorCode::SessionNotFound, "no such session on this machine"),
+        DeviceOpResult::Refused(e) => {
+            let code = match e {
+                SessionError::Expired => ErrorCode::SessionExpired,
+                SessionError::NotStartable(_) => ErrorCode::SessionNotStartable,
+                SessionError::NotStarted => ErrorCode::SessionNotStarted,
+                SessionError::ReportConflict => ErrorCode::ReportConflict,
+            };
+            error(code, &e.to_string())
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The one mapping from failures to what callers see: HTTP status + `{"code","message"}`, and the
+//! gRPC status. Codes are stable; messages are for humans.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// A stable, documented error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    Unauthenticated,
+    InvalidArgument,
+    PayloadTooLarge,
+    NotFound,
+    MethodNotAllowed,
+    AdvertInvalid,
+    AdvertStale,
+    AdvertUsed,
+    DeviceUnknown,
+    DeviceBusy,
+    DeviceOffline,
+    DeviceExists,
+    InsufficientFunds,
+    SessionNotFound,
+    IdempotencyKeyReused,
+    // machine link
+    FrameInvalid,
+    DeviceAuthFailed,
+    SequenceReplayed,
+    SessionExpired,
+    SessionNotStartable,
+    SessionNotStarted,
+    ReportConflict,
+    // the unexpected
+    RetryLater,
+    Internal,
+}
+
+impl ErrorCode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::InvalidArgument => "INVALID_ARGUMENT",
+            Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::NotFound => "NOT_FOUND",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::AdvertInvalid => "ADVERT_INVALID",
+            Self::AdvertStale => "ADVERT_STALE",
+            Self::AdvertUsed => "ADVERT_USED",
+            Self::DeviceUnknown => "DEVICE_UNKNOWN",
+            Self::DeviceBusy => "DEVICE_BUSY",
+            Self::DeviceOffline => "DEVICE_OFFLINE",
+            Self::DeviceExists => "DEVICE_EXISTS",
+            Self::InsufficientFunds => "INSUFFICIENT_FUNDS",
+            Self::SessionNotFound => "SESSION_NOT_FOUND",
+            Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            Self::FrameInvalid => "FRAME_INVALID",
+            Self::DeviceAuthFailed => "DEVICE_AUTH_FAILED",
+            Self::SequenceReplayed => "SEQUENCE_REPLAYED",
+            Self::SessionExpired => "SESSION_EXPIRED",
+            Self::SessionNotStartable => "SESSION_NOT_STARTABLE",
+            Self::SessionNotStarted => "SESSION_NOT_STARTED",
+            Self::ReportConflict => "REPORT_CONFLICT",
+            Self::RetryLater => "RETRY_LATER",
+            Self::Internal => "INTERNAL",
+        }
+    }
+
+    /// Parse a code written by [`ErrorCode::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        ALL.iter().copied().find(|c| c.as_str() == s)
+    }
+
+    pub const fn http_status(self) -> StatusCode {
+        match self {
+            Self::Unauthenticated | Self::DeviceAuthFailed => StatusCode::UNAUTHORIZED,
+            Self::InvalidArgument | Self::FrameInvalid => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotFound | Self::DeviceUnknown | Self::SessionNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::AdvertInvalid | Self::AdvertStale => StatusCode::FORBIDDEN,
+            Self::AdvertUsed
+            | Self::DeviceBusy
+            | Self::DeviceOffline
+            | Self::DeviceExists
+            | Self::IdempotencyKeyReused
+            | Self::SequenceReplayed
+            | Self::SessionExpired
+            | Self::SessionNotStartable
+            | Self::SessionNotStarted
+            | Self::ReportConflict => StatusCode::CONFLICT,
+            Self::InsufficientFunds => StatusCode::PAYMENT_REQUIRED,
+            Self::RetryLater => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub const fn grpc_code(self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Self::Unauthenticated | Self::DeviceAuthFailed => Code::Unauthenticated,
+            Self::InvalidArgument | Self::FrameInvalid | Self::PayloadTooLarge => Code::InvalidArgument,
+            Self::NotFound | Self::DeviceUnknown | Self::SessionNotFound => Code::NotFound,
+            Self::MethodNotAllowed => Code::Unimplemented,
+            Self::AdvertInvalid | Self::AdvertStale => Code::PermissionDenied,
+            Self::DeviceExists => Code::AlreadyExists,
+            Self::AdvertUsed
+            | Self::DeviceBusy
+            | Self::DeviceOffline
+            | Self::IdempotencyKeyReused
+            | Self::SequenceReplayed
+            | Self::SessionExpired
+            | Self::SessionNotStartable
+            | Self::SessionNotStarted
+            | Self::ReportConflict
+            | Self::InsufficientFunds => Code::FailedPrecondition,
+            Self::RetryLater => Code::Unavailable,
+            Self::Internal => Code::Internal,
+        }
+    }
+}
+
+const ALL: [ErrorCode; 24] = [
+    ErrorCode::Unauthenticated,
+    ErrorCode::InvalidArgument,
+    ErrorCode::PayloadTooLarge,
+    ErrorCode::NotFound,
+    ErrorCode::MethodNotAllowed,
+    ErrorCode::AdvertInvalid,
+    ErrorCode::AdvertStale,
+    ErrorCode::AdvertUsed,
+    ErrorCode::DeviceUnknown,
+    ErrorCode::DeviceBusy,
+    ErrorCode::DeviceOffline,
+    ErrorCode::DeviceExists,
+    ErrorCode::InsufficientFunds,
+    ErrorCode::SessionNotFound,
+    ErrorCode::IdempotencyKeyReused,
+    ErrorCode::FrameInvalid,
+    ErrorCode::DeviceAuthFailed,
+    ErrorCode::SequenceReplayed,
+    ErrorCode::SessionExpired,
+    ErrorCode::SessionNotStartable,
+    ErrorCode::SessionNotStarted,
+    ErrorCode::ReportConflict,
+    ErrorCode::RetryLater,
+    ErrorCode::Internal,
+];
+
+/// An error answer: a code and a human message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidArgument, message)
+    }
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthenticated, message)
+    }
+}
+
+impl From<blepay_store::StoreError> for ApiError {
+    fn from(e: blepay_store::StoreError) -> Self {
+        if let blepay_store::StoreError::Unavailable(_) = e {
+            tracing::warn!(error = %e, "storage unavailable");
+            Self::new(ErrorCode::RetryLater, "storage is temporarily unavailable; retry later")
+        } else {
+            tracing::error!(error = %e, "storage failure");
+            Self::new(ErrorCode::Internal, "internal error")
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { code: self.code.as_str(), message: &self.message };
+        (self.code.http_status(), axum::Json(body)).into_response()
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        let mut status = tonic::Status::new(e.code.grpc_code(), e.message);
+        if let Ok(v) = e.code.as_str().parse() {
+            status.metadata_mut().insert("x-blepay-code", v);
+        }
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_parses_back_from_its_name() {
+        for c in ALL {
+            assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
+        }
+    }
+
+    #[test]
+    fn the_issue_s_status_table_holds() {
+        use ErrorCode as E;
+        let table = [
+            (E::Unauthenticated, 401),
+            (E::InvalidArgument, 400),
+            (E::PayloadTooLarge, 413),
+            (E::AdvertInvalid, 403),
+            (E::AdvertStale, 403),
+            (E::AdvertUsed, 409),
+            (E::DeviceUnknown, 404),
+            (E::DeviceBusy, 409),
+            (E::DeviceOffline, 409),
+            (E::InsufficientFunds, 402),
+            (E::SessionNotFound, 404),
+            (E::DeviceExists, 409),
+            (E::RetryLater, 503),
+        ];
+        for (code, status) in table {
+            assert_eq!(code.http_status().as_u16(), status, "{}", code.as_str());
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The HTTP front end: one axum router, proto3 JSON or `application/x-protobuf` bodies.
+//!
+//! The same router serves `blepay serve` and (through `lambda_http`) the Lambda functions.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header, request::Parts};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use blepay_core::UserId;
+use blepay_proto::pb::v1 as pb;
+use prost::Message;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::app::App;
+use crate::auth;
+use crate::error::{ApiError, ErrorCode};
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+pub const PROTOBUF: &str = "application/x-protobuf";
+pub const OCTET_STREAM: &str = "application/octet-stream";
+
+/// The phone, operator and machine routes (gRPC is added by [`crate::server::router`]).
+pub fn routes(app: App) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/verify", post(verify))
+        .route("/v1/pay", post(pay))
+        .route("/v1/sessions/{session_id}", get(user_session))
+        .route("/v1/wallet", get(user_wallet))
+        .route("/v1/ops/devices", post(register_device))
+        .route("/v1/ops/wallets/{user_id}/topup", post(top_up))
+        .route("/v1/ops/wallets/{user_id}", get(ops_wallet))
+        .route("/v1/ops/sessions/{session_id}", get(ops_session))
+        .route("/v1/device", post(device))
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
+        })
+        .with_state(app)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Body formats
+// ---------------------------------------------------------------------------------------------
+
+/// How a body is (or is to be) encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Protobuf,
+}
+
+impl Format {
+    fn of_content_type(headers: &HeaderMap) -> Self {
+        match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+            Some(ct) if ct.starts_with(PROTOBUF) => Self::Protobuf,
+            _ => Self::Json,
+        }
+    }
+    fn of_accept(headers: &HeaderMap) -> Self {
+        match headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
+            Some(a) if a.contains(PROTOBUF) => Self::Protobuf,
+            _ => Self::Json,
+        }
+    }
+}
+
+/// Read a body of at most [`MAX_BODY_BYTES`].
+async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|e| {
+        // The only failure of a limited read on a healthy connection is the limit.
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(<dyn std::error::Error + 'static>::is::<http_body_util::LengthLimitError>);
+        if too_large {
+            ApiError::new(ErrorCode::PayloadTooLarge, format!("body exceeds {MAX_BODY_BYTES} bytes"))
+        } else {
+            ApiError::invalid(format!("cannot read body: {e}"))
+        }
+    })
+}
+
+/// A request message decoded from JSON or protobuf; remembers the format to answer in.
+#[derive(Debug)]
+pub struct Wire<T>(pub T, pub Format);
+
+impl<T, S> FromRequest<S> for Wire<T>
+where
+    T: Message + Default + DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let format = Format::of_content_type(req.headers());
+        let bytes = read_body(req.into_body()).await?;
+        let msg = match format {
+            Format::Protobuf => T::decode(bytes).map_err(|e| ApiError::invalid(format!("malformed protobuf: {e}")))?,
+            Format::Json => serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))?,
+        };
+        Ok(Self(msg, format))
+    }
+}
+
+/// An answer message, encoded as the request asked.
+#[derive(Debug)]
+pub struct Reply<T>(pub T, pub Format);
+
+impl<T: Message + Serialize> IntoResponse for Reply<T> {
+    fn into_response(self) -> Response {
+        match self.1 {
+            Format::Protobuf => ([(header::CONTENT_TYPE, PROTOBUF)], self.0.encode_to_vec()).into_response(),
+            Format::Json => match serde_json::to_vec(&self.0) {
+                Ok(v) => ([(header::CONTENT_TYPE, "application/json")], v).into_response(),
+                Err(e) => ApiError::new(ErrorCode::Internal, format!("cannot encode answer: {e}")).into_response(),
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Callers
+// ---------------------------------------------------------------------------------------------
+
+/// The authenticated phone user.
+#[derive(Debug)]
+pub struct PhoneUser(pub UserId);
+
+/// A user already authenticated upstream (API Gateway's JWT authorizer): when present in the
+/// request extensions, it is trusted instead of the `Authorization` header.
+#[derive(Debug, Clone)]
+pub struct AuthorizedUser(pub UserId);
+
+fn authorization(parts: &Parts) -> Option<&str> {
+    parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+}
+
+impl FromRequestParts<App> for PhoneUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        if let Some(AuthorizedUser(u)) = parts.extensions.get::<AuthorizedUser>() {
+            return Ok(Self(u.clone()));
+        }
+        auth::phone_user(app.config(), authorization(parts)).map(Self)
+    }
+}
+
+/// An authenticated operator.
+#[derive(Debug)]
+pub struct Operator;
+
+impl FromRequestParts<App> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        auth::ops(app.config(), authorization(parts)).map(|()| Self)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+// ---------------------------------------------------------------------------------------------
+
+async fn verify(
+    State(app): State<App>,
+    PhoneUser(_): PhoneUser,
+    Wire(req, f): Wire<pb::VerifyRequest>,
+) -> Result<Reply<pb::VerifyResponse>, ApiError> {
+    Ok(Reply(app.verify(req).await?, f))
+}
+
+async fn pay(
+    State(app): State<App>,
+    PhoneUser(user): PhoneUser,
+    Wire(req, f): Wire<pb::PayRequest>,
+) -> Result<Reply<pb::PayResponse>, ApiError> {
+    Ok(Reply(app.pay(&user, req).await?, f))
+}
+
+async fn user_session(
+    State(app): State<App>,
+    PhoneUser(user): PhoneUser,
+    Path(session_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Reply<pb::Session>, ApiError> {
+    Ok(Reply(app.user_session(&user, &session_id).await?, Format::of_accept(&headers)))
+}
+
+async fn user_wallet(
+    State(app): State<App>,
+    PhoneUser(user): PhoneUser,
+    headers: HeaderMap,
+) -> Result<Reply<pb::Wallet>, ApiError> {
+    Ok(Reply(app.wallet(&user).await?, Format::of_accept(&headers)))
+}
+
+async fn register_device(
+    State(app): State<App>,
+    _: Operator,
+    Wire(req, f): Wire<pb::RegisterDeviceRequest>,
+) -> Result<Reply<pb::RegisterDeviceResponse>, ApiError> {
+    Ok(Reply(app.register_device(req).await?, f))
+}
+
+async fn top_up(
+    State(app): State<App>,
+    _: Operator,
+    Path(user_id): Path<String>,
+    Wire(body, f): Wire<pb::TopUpRequest>,
+) -> Result<Reply<pb::Wallet>, ApiError> {
+    // The path names the user; a `userId` in the body, if any, is ignored.
+    let req = pb::TopUpRequest { user_id, ..body };
+    Ok(Reply(app.top_up(req).await?, f))
+}
+
+async fn ops_wallet(
+    State(app): State<App>,
+    _: Operator,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Reply<pb::Wallet>, ApiError> {
+    let user = App::parse_user(&user_id)?;
+    Ok(Reply(app.wallet(&user).await?, Format::of_accept(&headers)))
+}
+
+async fn ops_session(
+    State(app): State<App>,
+    _: Operator,
+    Path(session_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Reply<pb::Session>, ApiError> {
+    Ok(Reply(app.ops_session(&session_id).await?, Format::of_accept(&headers)))
+}
+
+/// The machine link: the body is a raw request frame, the answer a raw response frame.
+async fn device(State(app): State<App>, body: Body) -> Response {
+    let bytes = match read_body(body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    match app.device_exchange(&bytes).await {
+        Ok(answer) => {
+            let status = answer.code.map_or(StatusCode::OK, ErrorCode::http_status);
+            (status, [(header::CONTENT_TYPE, OCTET_STREAM)], answer.frame).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}

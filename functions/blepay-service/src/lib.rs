@@ -1,0 +1,23 @@
+//! # blepay-service — the handlers and their front ends
+//!
+//! - [`app`]: the handlers as plain async functions over wire messages ([`App`]).
+//! - [`http`]: the axum router (proto3 JSON and `application/x-protobuf`).
+//! - [`grpc`]: the tonic services (plus reflection v1 and v1alpha).
+//! - [`server`]: one port for both, and the expiry sweeper.
+//! - [`error`]: the one mapping from [`error::ErrorCode`] to HTTP status and gRPC code.
+//! - [`auth`]: phone JWTs and the operator token.
+//! - [`config`]: typed configuration and the master keyring.
+//!
+//! Wire types (`pb`) stop here: below, the store and core speak domain types only.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod server;
+
+pub use app::{App, Clock, system_clock};
+pub use config::{Config, ServeArgs};
+pub use error::{ApiError, ErrorCode};

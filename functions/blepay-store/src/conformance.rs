@@ -1,0 +1,1126 @@
+//! The store conformance suite: what every [`Store`] implementation must do, written once.
+//!
+//! Each check is a `pub async fn` taking a fresh, empty store and panicking (`assert!`) on failure;
+//! [`conformance_tests!`](crate::conformance_tests) expands to one `#[tokio::test]` per check
+//! (multi-threaded runtime, so the race checks really race). An implementation's test file is two
+//! lines:
+//!
+//! ```ignore
+//! async fn fresh_store() -> (Arc<dyn Store>, TempDir) { /* ... */ }
+//! blepay_store::conformance_tests!(fresh_store());
+//! ```
+//!
+//! The factory expression is awaited once per test and yields the store plus a guard (a temp dir,
+//! a container handle, `()`) kept alive until the test ends. Every check that changes anything
+//! asserts [`Audit::reconciles`] afterwards.
+//!
+//! Compiled only with the `conformance` feature; this is test code, so it asserts and unwraps.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::missing_panics_doc
+)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use blepay_core::{
+    Amount, Currency, DeviceId, DeviceName, IdempotencyKey, KeyVersion, Session, SessionError,
+    SessionId, SessionStatus, Slot, Tariff, UnitName, Units, UseCounter, UserId, Wallet,
+};
+
+use crate::{
+    Audit, DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, DeviceRecord, DeviceState,
+    PayCommand, PayOutcome, RegisterOutcome, Store, TopUpOutcome,
+};
+
+/// Expand to one `#[tokio::test]` per conformance check, each on a store from `$factory`
+/// (an expression evaluating to a future of `(Arc<dyn Store>, guard)`).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:expr) => {
+        $crate::conformance_tests!(@each $factory;
+            registering_a_device_twice_is_exists_and_changes_nothing,
+            device_status_tells_last_seen_and_the_open_session,
+            the_wallet_of_an_unknown_user_is_zero,
+            a_top_up_replayed_with_its_key_credits_once,
+            a_top_up_key_reused_with_another_amount_is_refused,
+            a_pay_holds_the_amount_and_opens_an_authorized_session,
+            a_pay_for_an_unknown_device_changes_nothing,
+            a_pay_for_a_device_never_seen_is_offline_and_changes_nothing,
+            a_pay_for_a_device_seen_too_long_ago_is_offline_and_changes_nothing,
+            a_pay_for_a_busy_device_changes_nothing,
+            a_pay_with_a_used_advert_changes_nothing,
+            a_pay_above_the_available_balance_changes_nothing,
+            a_pay_key_reused_for_another_machine_or_amount_changes_nothing,
+            a_replayed_pay_returns_the_same_session_without_a_second_hold,
+            a_polling_machine_receives_its_authorized_sessions,
+            a_started_session_settles_at_the_cost_of_the_units,
+            a_session_settles_at_the_hold_when_the_cost_exceeds_it,
+            repeating_the_final_report_is_already_settled_and_moves_no_money,
+            a_report_before_start_or_with_other_units_is_refused,
+            a_session_read_after_its_deadline_is_expired_and_its_hold_released,
+            expire_due_expires_every_overdue_session_and_releases_its_hold,
+            starting_a_session_after_its_deadline_is_refused_and_releases_the_hold,
+            a_retried_device_call_returns_the_saved_answer_without_running_again,
+            an_older_sequence_number_is_replayed_and_changes_nothing,
+            the_same_sequence_number_with_other_bytes_is_replayed,
+            a_call_from_an_unknown_device_is_refused,
+            a_session_of_another_device_is_not_found,
+            concurrent_pays_for_one_machine_create_exactly_one_session,
+            concurrent_pays_with_one_key_create_one_session_and_one_hold,
+        );
+    };
+    (@each $factory:expr; $($check:ident),+ $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $check() {
+                let (store, _guard) = $factory.await;
+                $crate::conformance::$check(store).await;
+            }
+        )+
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------------
+
+/// The suite's clock: 2026-02-02, slot 59 000 000.
+pub const T0: u64 = 1_770_000_000;
+/// Price per litre of every test machine, in cents.
+pub const PRICE: i64 = 25;
+pub const START_TIMEOUT: u64 = 120;
+pub const OFFLINE_AFTER: u64 = 300;
+
+pub fn device_id(n: u8) -> DeviceId {
+    DeviceId::from_bytes([0xd0, 0, 0, 0, 0, 0, 0, n])
+}
+
+pub fn dispenser(n: u8) -> DeviceRecord {
+    DeviceRecord {
+        id: device_id(n),
+        name: DeviceName::parse(&format!("Water dispenser {n}")).unwrap(),
+        tariff: Tariff {
+            price_per_unit: Amount::positive(PRICE).unwrap(),
+            unit_name: UnitName::parse("litre").unwrap(),
+            currency: Currency::parse("EUR").unwrap(),
+        },
+        key_version: KeyVersion::new(0).unwrap(),
+        created_at: T0 - 1000,
+    }
+}
+
+pub fn user(name: &str) -> UserId {
+    UserId::parse(name).unwrap()
+}
+
+pub fn key(k: &str) -> IdempotencyKey {
+    IdempotencyKey::parse(k).unwrap()
+}
+
+pub fn amount(minor: i64) -> Amount {
+    Amount::new(minor).unwrap()
+}
+
+pub fn session_id(n: u8) -> SessionId {
+    SessionId::from_bytes([n; 16])
+}
+
+pub fn wallet(available: i64, held: i64, spent: i64) -> Wallet {
+    Wallet {
+        available: amount(available),
+        held: amount(held),
+        spent: amount(spent),
+    }
+}
+
+/// A pay by `who` on machine `n` heard at `now`, advert use counter `use_counter`, with a session
+/// id derived from the counter.
+pub fn pay_cmd(who: &str, idem: &str, n: u8, use_counter: u16, max: i64, now: u64) -> PayCommand {
+    let [hi, lo] = use_counter.to_be_bytes();
+    PayCommand {
+        user: user(who),
+        key: key(idem),
+        device: device_id(n),
+        slot: Slot::at(now),
+        use_counter: UseCounter::new(use_counter),
+        max_amount: amount(max),
+        session_id: SessionId::from_bytes([n, hi, lo, 0x5e, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+        now,
+        start_timeout_secs: START_TIMEOUT,
+        offline_after_secs: OFFLINE_AFTER,
+    }
+}
+
+/// The frame digest of a machine request: distinct per sequence number.
+pub fn digest(seq: u32) -> [u8; 32] {
+    let mut d = [0u8; 32];
+    d[..4].copy_from_slice(&seq.to_be_bytes());
+    d
+}
+
+/// Run one machine request; returns the outcome and the operation's result when it ran.
+pub async fn device_call_with(
+    store: &dyn Store,
+    n: u8,
+    seq: u32,
+    digest: [u8; 32],
+    op: DeviceOp,
+    now: u64,
+) -> (DeviceCallOutcome, Option<DeviceOpResult>) {
+    // `ResponseEncoder` is `'static`: the encoder owns what it captures.
+    let seen = Arc::new(Mutex::new(None));
+    let encode = {
+        let seen = Arc::clone(&seen);
+        move |r: &DeviceOpResult| {
+            *seen.lock().unwrap() = Some(r.clone());
+            format!("{r:?}").into_bytes()
+        }
+    };
+    let call = DeviceCall {
+        device: device_id(n),
+        seq,
+        digest,
+        op,
+        now,
+    };
+    let outcome = store.device_call(&call, &encode).await.unwrap();
+    let ran = seen.lock().unwrap().take();
+    (outcome, ran)
+}
+
+/// Run one machine request that must run; returns its result.
+pub async fn device_op(
+    store: &dyn Store,
+    n: u8,
+    seq: u32,
+    op: DeviceOp,
+    now: u64,
+) -> DeviceOpResult {
+    let (outcome, result) = device_call_with(store, n, seq, digest(seq), op, now).await;
+    let result = result.expect("the operation ran");
+    assert_eq!(
+        outcome,
+        DeviceCallOutcome::Fresh(format!("{result:?}").into_bytes())
+    );
+    result
+}
+
+/// The session a start or report returned.
+pub fn session_of(result: DeviceOpResult) -> Session {
+    match result {
+        DeviceOpResult::Session(s) => s,
+        other => panic!("expected a session, got {other:?}"),
+    }
+}
+
+/// Register machine `n` and have it poll at `now` (so it is online).
+pub async fn online_machine(store: &dyn Store, n: u8, now: u64) {
+    assert_eq!(
+        store.register_device(&dispenser(n), now).await.unwrap(),
+        RegisterOutcome::Created
+    );
+    device_op(store, n, 1, DeviceOp::Poll, now).await;
+}
+
+pub async fn fund(store: &dyn Store, who: &str, minor: i64) {
+    let out = store
+        .top_up(
+            &user(who),
+            amount(minor),
+            &key(&format!("fund-{who}-{minor}")),
+            T0 - 10,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(out, TopUpOutcome::Credited(_)), "{out:?}");
+}
+
+pub async fn created(store: &dyn Store, cmd: &PayCommand) -> Session {
+    match store.pay(cmd).await.unwrap() {
+        PayOutcome::Created(s) => s,
+        other => panic!("expected a created session, got {other:?}"),
+    }
+}
+
+/// Audit and assert that money is conserved.
+pub async fn reconciled(store: &dyn Store) -> Audit {
+    let audit = store.audit().await.unwrap();
+    assert!(audit.reconciles(), "audit does not reconcile: {audit:?}");
+    audit
+}
+
+/// What a refused pay must leave unchanged.
+#[derive(Debug, PartialEq, Eq)]
+struct Snapshot {
+    audit: Audit,
+    wallet: Wallet,
+    open_session: Option<SessionId>,
+}
+
+async fn snapshot(store: &dyn Store, cmd: &PayCommand) -> Snapshot {
+    Snapshot {
+        audit: reconciled(store).await,
+        wallet: store.wallet(&cmd.user, cmd.now).await.unwrap(),
+        open_session: store
+            .device_status(cmd.device, cmd.now)
+            .await
+            .unwrap()
+            .and_then(|d| d.open_session),
+    }
+}
+
+/// Assert `cmd` is refused with `expected` and changes nothing.
+async fn refused_without_change(store: &dyn Store, cmd: &PayCommand, expected: PayOutcome) {
+    let before = snapshot(store, cmd).await;
+    assert_eq!(store.pay(cmd).await.unwrap(), expected);
+    assert_eq!(snapshot(store, cmd).await, before);
+    assert_eq!(store.session(cmd.session_id, cmd.now).await.unwrap(), None);
+    assert_eq!(
+        store.find_pay(&cmd.user, &cmd.key, cmd.now).await.unwrap(),
+        None
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Devices and wallets
+// ---------------------------------------------------------------------------------------------
+
+pub async fn registering_a_device_twice_is_exists_and_changes_nothing(store: Arc<dyn Store>) {
+    let first = dispenser(1);
+    assert_eq!(
+        store.register_device(&first, T0).await.unwrap(),
+        RegisterOutcome::Created
+    );
+
+    let mut second = dispenser(1);
+    second.name = DeviceName::parse("Impostor").unwrap();
+    second.tariff.price_per_unit = amount(1);
+    assert_eq!(
+        store.register_device(&second, T0).await.unwrap(),
+        RegisterOutcome::Exists
+    );
+
+    let status = store.device_status(first.id, T0).await.unwrap().unwrap();
+    assert_eq!(status.device, first);
+}
+
+pub async fn device_status_tells_last_seen_and_the_open_session(store: Arc<dyn Store>) {
+    assert_eq!(store.device_status(device_id(1), T0).await.unwrap(), None);
+
+    store.register_device(&dispenser(1), T0).await.unwrap();
+    let status = store
+        .device_status(device_id(1), T0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((status.last_seen, status.open_session), (None, None));
+    assert_eq!(status.state(T0, OFFLINE_AFTER), DeviceState::Offline);
+
+    device_op(&*store, 1, 1, DeviceOp::Poll, T0).await;
+    let status = store
+        .device_status(device_id(1), T0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.last_seen, Some(T0));
+    assert_eq!(status.state(T0, OFFLINE_AFTER), DeviceState::Idle);
+
+    fund(&*store, "alice", 1000).await;
+    let s = created(&*store, &pay_cmd("alice", "k1", 1, 7, 300, T0)).await;
+    let status = store
+        .device_status(device_id(1), T0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.open_session, Some(s.id));
+    assert_eq!(status.state(T0, OFFLINE_AFTER), DeviceState::Busy);
+    reconciled(&*store).await;
+}
+
+pub async fn the_wallet_of_an_unknown_user_is_zero(store: Arc<dyn Store>) {
+    assert_eq!(
+        store.wallet(&user("nobody"), T0).await.unwrap(),
+        Wallet::default()
+    );
+    assert_eq!(reconciled(&*store).await, Audit::default());
+}
+
+pub async fn a_top_up_replayed_with_its_key_credits_once(store: Arc<dyn Store>) {
+    let alice = user("alice");
+    assert_eq!(
+        store
+            .top_up(&alice, amount(500), &key("t1"), T0)
+            .await
+            .unwrap(),
+        TopUpOutcome::Credited(wallet(500, 0, 0))
+    );
+    assert_eq!(
+        store
+            .top_up(&alice, amount(500), &key("t1"), T0 + 1)
+            .await
+            .unwrap(),
+        TopUpOutcome::Replayed(wallet(500, 0, 0))
+    );
+    assert_eq!(
+        store
+            .top_up(&alice, amount(500), &key("t2"), T0 + 2)
+            .await
+            .unwrap(),
+        TopUpOutcome::Credited(wallet(1000, 0, 0))
+    );
+    // Keys are per user: bob's "t1" is his own.
+    assert_eq!(
+        store
+            .top_up(&user("bob"), amount(500), &key("t1"), T0 + 3)
+            .await
+            .unwrap(),
+        TopUpOutcome::Credited(wallet(500, 0, 0))
+    );
+
+    assert_eq!(store.wallet(&alice, T0).await.unwrap(), wallet(1000, 0, 0));
+    let audit = reconciled(&*store).await;
+    assert_eq!((audit.top_ups, audit.available), (1500, 1500));
+}
+
+pub async fn a_top_up_key_reused_with_another_amount_is_refused(store: Arc<dyn Store>) {
+    let alice = user("alice");
+    store
+        .top_up(&alice, amount(500), &key("t1"), T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .top_up(&alice, amount(700), &key("t1"), T0)
+            .await
+            .unwrap(),
+        TopUpOutcome::KeyReused
+    );
+    assert_eq!(store.wallet(&alice, T0).await.unwrap(), wallet(500, 0, 0));
+    assert_eq!(reconciled(&*store).await.top_ups, 500);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pay
+// ---------------------------------------------------------------------------------------------
+
+pub async fn a_pay_holds_the_amount_and_opens_an_authorized_session(store: Arc<dyn Store>) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+    let cmd = pay_cmd("alice", "p1", 1, 7, 300, T0);
+
+    let s = created(&*store, &cmd).await;
+
+    assert_eq!(s.id, cmd.session_id);
+    assert_eq!((s.device_id, &s.user_id), (device_id(1), &user("alice")));
+    assert_eq!(s.status, SessionStatus::Authorized);
+    assert_eq!(
+        (s.hold, s.amount, s.units),
+        (amount(300), Amount::ZERO, Units::ZERO)
+    );
+    assert_eq!(s.tariff, dispenser(1).tariff);
+    assert_eq!(s.use_counter, UseCounter::new(7));
+    assert_eq!((s.created_at, s.expires_at), (T0, T0 + START_TIMEOUT));
+    assert_eq!(store.session(s.id, T0).await.unwrap(), Some(s.clone()));
+    assert_eq!(
+        store.find_pay(&cmd.user, &cmd.key, T0).await.unwrap(),
+        Some(s.clone())
+    );
+    assert_eq!(
+        store.wallet(&cmd.user, T0).await.unwrap(),
+        wallet(700, 300, 0)
+    );
+    let audit = reconciled(&*store).await;
+    assert_eq!(
+        (audit.top_ups, audit.available, audit.held, audit.open_holds),
+        (1000, 700, 300, 300)
+    );
+    assert_eq!((audit.spent, audit.revenue), (0, 0));
+}
+
+pub async fn a_pay_for_an_unknown_device_changes_nothing(store: Arc<dyn Store>) {
+    fund(&*store, "alice", 1000).await;
+    refused_without_change(
+        &*store,
+        &pay_cmd("alice", "p1", 9, 7, 300, T0),
+        PayOutcome::DeviceUnknown,
+    )
+    .await;
+}
+
+pub async fn a_pay_for_a_device_never_seen_is_offline_and_changes_nothing(store: Arc<dyn Store>) {
+    store.register_device(&dispenser(1), T0).await.unwrap();
+    fund(&*store, "alice", 1000).await;
+    refused_without_change(
+        &*store,
+        &pay_cmd("alice", "p1", 1, 7, 300, T0),
+        PayOutcome::DeviceOffline,
+    )
+    .await;
+}
+
+pub async fn a_pay_for_a_device_seen_too_long_ago_is_offline_and_changes_nothing(
+    store: Arc<dyn Store>,
+) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+    let later = T0 + OFFLINE_AFTER + 1;
+    refused_without_change(
+        &*store,
+        &pay_cmd("alice", "p1", 1, 7, 300, later),
+        PayOutcome::DeviceOffline,
+    )
+    .await;
+    // Exactly at the limit it is still online.
+    created(
+        &*store,
+        &pay_cmd("alice", "p2", 1, 8, 300, T0 + OFFLINE_AFTER),
+    )
+    .await;
+    reconciled(&*store).await;
+}
+
+pub async fn a_pay_for_a_busy_device_changes_nothing(store: Arc<dyn Store>) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+    fund(&*store, "bob", 1000).await;
+    created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+    refused_without_change(
+        &*store,
+        &pay_cmd("bob", "p1", 1, 8, 300, T0 + 1),
+        PayOutcome::DeviceBusy,
+    )
+    .await;
+}
+
+pub async fn a_pay_with_a_used_advert_changes_nothing(store: Arc<dyn Store>) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+    fund(&*store, "bob", 1000).await;
+    let first = created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+    device_op(&*store, 1, 2, DeviceOp::Start { session: first.id }, T0 + 5).await;
+    device_op(
+        &*store,
+        1,
+        3,
+        DeviceOp::Report {
+            session: first.id,
+            units: Units::new(2),
+            last: true,
+        },
+        T0 + 9,
+    )
+    .await;
+
+    // The machine is idle again, but the same advert (slot, use counter) cannot start a second session.
+    let mut again = pay_cmd("bob", "p1", 1, 7, 300, T0 + 10);
+    again.slot = Slot::at(T0);
+    again.session_id = session_id(0xb0);
+    refused_without_change(&*store, &again, PayOutcome::AdvertUsed).await;
+}
+
+pub async fn a_pay_above_the_available_balance_changes_nothing(store: Arc<dyn Store>) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 100).await;
+    refused_without_change(
+        &*store,
+        &pay_cmd("alice", "p1", 1, 7, 300, T0),
+        PayOutcome::InsufficientFunds {
+            available: amount(100),
+        },
+    )
+    .await;
+    refused_without_change(
+        &*store,
+        &pay_cmd("carol", "p1", 1, 7, 1, T0),
+        PayOutcome::InsufficientFunds {
+            available: Amount::ZERO,
+        },
+    )
+    .await;
+}
+
+pub async fn a_pay_key_reused_for_another_machine_or_amount_changes_nothing(store: Arc<dyn Store>) {
+    online_machine(&*store, 1, T0).await;
+    online_machine(&*store, 2, T0).await;
+    fund(&*store, "alice", 1000).await;
+    let first = created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+
+    let mut other_amount = pay_cmd("alice", "p1", 1, 8, 400, T0 + 1);
+    other_amount.session_id = session_id(0xa1);
+    let mut other_machine = pay_cmd("alice", "p1", 2, 7, 300, T0 + 1);
+    other_machine.session_id = session_id(0xa2);
+    for cmd in [other_amount, other_machine] {
+        let before = snapshot(&*store, &cmd).await;
+        assert_eq!(store.pay(&cmd).await.unwrap(), PayOutcome::KeyReused);
+        assert_eq!(snapshot(&*store, &cmd).await, before);
+        assert_eq!(store.session(cmd.session_id, cmd.now).await.unwrap(), None);
+    }
+    assert_eq!(
+        store
+            .find_pay(&user("alice"), &key("p1"), T0 + 1)
+            .await
+            .unwrap(),
+        Some(first)
+    );
+}
+
+pub async fn a_replayed_pay_returns_the_same_session_without_a_second_hold(store: Arc<dyn Store>) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+    let cmd = pay_cmd("alice", "p1", 1, 7, 300, T0);
+    let first = created(&*store, &cmd).await;
+
+    // The phone retries with a fresh advert and a fresh candidate session id.
+    let mut retry = pay_cmd("alice", "p1", 1, 8, 300, T0 + 5);
+    retry.session_id = session_id(0xbb);
+    assert_eq!(
+        store.pay(&retry).await.unwrap(),
+        PayOutcome::Replayed(first.clone())
+    );
+
+    assert_eq!(store.session(retry.session_id, T0 + 5).await.unwrap(), None);
+    assert_eq!(
+        store.wallet(&cmd.user, T0 + 5).await.unwrap(),
+        wallet(700, 300, 0)
+    );
+    assert_eq!(
+        store.find_pay(&cmd.user, &key("p1"), T0 + 5).await.unwrap(),
+        Some(first)
+    );
+    assert_eq!(
+        store.find_pay(&cmd.user, &key("p2"), T0 + 5).await.unwrap(),
+        None
+    );
+    assert_eq!(reconciled(&*store).await.held, 300);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The machine's side: poll, start, report
+// ---------------------------------------------------------------------------------------------
+
+pub async fn a_polling_machine_receives_its_authorized_sessions(store: Arc<dyn Store>) {
+    online_machine(&*store, 1, T0).await;
+    online_machine(&*store, 2, T0).await;
+    fund(&*store, "alice", 1000).await;
+    let s = created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+
+    assert_eq!(
+        device_op(&*store, 1, 2, DeviceOp::Poll, T0 + 1).await,
+        DeviceOpResult::Grants(vec![s.clone()])
+    );
+    assert_eq!(
+        device_op(&*store, 2, 2, DeviceOp::Poll, T0 + 1).await,
+        DeviceOpResult::Grants(vec![])
+    );
+
+    device_op(&*store, 1, 3, DeviceOp::Start { session: s.id }, T0 + 2).await;
+    assert_eq!(
+        device_op(&*store, 1, 4, DeviceOp::Poll, T0 + 3).await,
+        DeviceOpResult::Grants(vec![])
+    );
+    reconciled(&*store).await;
+}
+
+pub async fn a_started_session_settles_at_the_cost_of_the_units(store: Arc<dyn Store>) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+    let s = created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+
+    let started =
+        session_of(device_op(&*store, 1, 2, DeviceOp::Start { session: s.id }, T0 + 10).await);
+    assert_eq!(
+        (started.status, started.started_at),
+        (SessionStatus::Active, Some(T0 + 10))
+    );
+    assert_eq!(
+        store.session(s.id, T0 + 500).await.unwrap(),
+        Some(started),
+        "an active session never expires"
+    );
+
+    let progress = DeviceOp::Report {
+        session: s.id,
+        units: Units::new(4),
+        last: false,
+    };
+    let progress = session_of(device_op(&*store, 1, 3, progress, T0 + 20).await);
+    assert_eq!(
+        (progress.status, progress.amount),
+        (SessionStatus::Active, amount(4 * PRICE))
+    );
+    assert_eq!(
+        store.wallet(&user("alice"), T0 + 20).await.unwrap(),
+        wallet(700, 300, 0)
+    );
+
+    let last = DeviceOp::Report {
+        session: s.id,
+        units: Units::new(7),
+        last: true,
+    };
+    let settled = session_of(device_op(&*store, 1, 4, last, T0 + 30).await);
+    assert_eq!(settled.status, SessionStatus::Settled);
+    assert_eq!(
+        (settled.units, settled.amount, settled.ended_at),
+        (Units::new(7), amount(175), Some(T0 + 30))
+    );
+    assert_eq!(store.session(s.id, T0 + 31).await.unwrap(), Some(settled));
+
+    assert_eq!(
+        store.wallet(&user("alice"), T0 + 31).await.unwrap(),
+        wallet(825, 0, 175)
+    );
+    let status = store
+        .device_status(device_id(1), T0 + 31)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.state(T0 + 31, OFFLINE_AFTER), DeviceState::Idle);
+    let audit = reconciled(&*store).await;
+    assert_eq!(
+        (audit.revenue, audit.spent, audit.held, audit.open_holds),
+        (175, 175, 0, 0)
+    );
+}
+
+pub async fn a_session_settles_at_the_hold_when_the_cost_exceeds_it(store: Arc<dyn Store>) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+    let s = created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+    device_op(&*store, 1, 2, DeviceOp::Start { session: s.id }, T0 + 10).await;
+
+    let last = DeviceOp::Report {
+        session: s.id,
+        units: Units::new(u64::MAX),
+        last: true,
+    };
+    let settled = session_of(device_op(&*store, 1, 3, last, T0 + 30).await);
+
+    assert_eq!(
+        (settled.units, settled.amount),
+        (Units::new(u64::MAX), amount(300))
+    );
+    assert_eq!(store.session(s.id, T0 + 31).await.unwrap(), Some(settled));
+    assert_eq!(
+        store.wallet(&user("alice"), T0 + 31).await.unwrap(),
+        wallet(700, 0, 300)
+    );
+    assert_eq!(reconciled(&*store).await.revenue, 300);
+}
+
+pub async fn repeating_the_final_report_is_already_settled_and_moves_no_money(
+    store: Arc<dyn Store>,
+) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+    let s = created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+    device_op(&*store, 1, 2, DeviceOp::Start { session: s.id }, T0 + 10).await;
+    let last = DeviceOp::Report {
+        session: s.id,
+        units: Units::new(3),
+        last: true,
+    };
+    let settled = session_of(device_op(&*store, 1, 3, last.clone(), T0 + 30).await);
+    let audit = reconciled(&*store).await;
+
+    // The machine lost the answer and sends the report again, in a new frame.
+    assert_eq!(
+        device_op(&*store, 1, 4, last, T0 + 40).await,
+        DeviceOpResult::Session(settled)
+    );
+
+    assert_eq!(
+        store.wallet(&user("alice"), T0 + 41).await.unwrap(),
+        wallet(925, 0, 75)
+    );
+    assert_eq!(reconciled(&*store).await, audit);
+}
+
+pub async fn a_report_before_start_or_with_other_units_is_refused(store: Arc<dyn Store>) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+    let s = created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+
+    let early = DeviceOp::Report {
+        session: s.id,
+        units: Units::new(3),
+        last: true,
+    };
+    assert_eq!(
+        device_op(&*store, 1, 2, early, T0 + 1).await,
+        DeviceOpResult::Refused(SessionError::NotStarted)
+    );
+    assert_eq!(store.session(s.id, T0 + 1).await.unwrap(), Some(s.clone()));
+
+    device_op(&*store, 1, 3, DeviceOp::Start { session: s.id }, T0 + 2).await;
+    device_op(
+        &*store,
+        1,
+        4,
+        DeviceOp::Report {
+            session: s.id,
+            units: Units::new(3),
+            last: true,
+        },
+        T0 + 3,
+    )
+    .await;
+    let audit = reconciled(&*store).await;
+    let conflicting = DeviceOp::Report {
+        session: s.id,
+        units: Units::new(4),
+        last: true,
+    };
+    assert_eq!(
+        device_op(&*store, 1, 5, conflicting, T0 + 4).await,
+        DeviceOpResult::Refused(SessionError::ReportConflict)
+    );
+    assert_eq!(reconciled(&*store).await, audit);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Expiry
+// ---------------------------------------------------------------------------------------------
+
+pub async fn a_session_read_after_its_deadline_is_expired_and_its_hold_released(
+    store: Arc<dyn Store>,
+) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+    let s = created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+
+    let just_before = store
+        .session(s.id, T0 + START_TIMEOUT - 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(just_before.status, SessionStatus::Authorized);
+
+    let expired = store
+        .session(s.id, T0 + START_TIMEOUT)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(expired.status, SessionStatus::Expired);
+    assert_eq!(
+        (expired.amount, expired.ended_at),
+        (Amount::ZERO, Some(T0 + START_TIMEOUT))
+    );
+    assert_eq!(
+        store
+            .wallet(&user("alice"), T0 + START_TIMEOUT)
+            .await
+            .unwrap(),
+        wallet(1000, 0, 0)
+    );
+    let status = store
+        .device_status(device_id(1), T0 + START_TIMEOUT)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.open_session, None);
+    let audit = reconciled(&*store).await;
+    assert_eq!((audit.held, audit.open_holds, audit.revenue), (0, 0, 0));
+
+    // A wallet read alone expires too.
+    created(&*store, &pay_cmd("alice", "p2", 1, 8, 200, T0 + 130)).await;
+    assert_eq!(
+        store.wallet(&user("alice"), T0 + 250).await.unwrap(),
+        wallet(1000, 0, 0)
+    );
+    reconciled(&*store).await;
+}
+
+pub async fn expire_due_expires_every_overdue_session_and_releases_its_hold(store: Arc<dyn Store>) {
+    online_machine(&*store, 1, T0).await;
+    online_machine(&*store, 2, T0).await;
+    online_machine(&*store, 3, T0).await;
+    fund(&*store, "alice", 1000).await;
+    fund(&*store, "bob", 1000).await;
+    let a = created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+    let b = created(&*store, &pay_cmd("bob", "p1", 2, 7, 400, T0 + 10)).await;
+    let c = created(&*store, &pay_cmd("bob", "p2", 3, 7, 100, T0)).await;
+    device_op(&*store, 3, 2, DeviceOp::Start { session: c.id }, T0 + 1).await;
+
+    assert_eq!(store.expire_due(T0 + START_TIMEOUT - 1).await.unwrap(), 0);
+    assert_eq!(store.expire_due(T0 + START_TIMEOUT).await.unwrap(), 1);
+    assert_eq!(store.expire_due(T0 + START_TIMEOUT + 10).await.unwrap(), 1);
+    assert_eq!(store.expire_due(T0 + 1000).await.unwrap(), 0);
+
+    // Read the sessions at the time of payment: what expired stays expired.
+    assert_eq!(
+        store.session(a.id, T0).await.unwrap().unwrap().status,
+        SessionStatus::Expired
+    );
+    assert_eq!(
+        store.session(b.id, T0).await.unwrap().unwrap().status,
+        SessionStatus::Expired
+    );
+    assert_eq!(
+        store.session(c.id, T0).await.unwrap().unwrap().status,
+        SessionStatus::Active
+    );
+    assert_eq!(
+        store.wallet(&user("alice"), T0).await.unwrap(),
+        wallet(1000, 0, 0)
+    );
+    assert_eq!(
+        store.wallet(&user("bob"), T0).await.unwrap(),
+        wallet(900, 100, 0)
+    );
+    let audit = reconciled(&*store).await;
+    assert_eq!((audit.held, audit.open_holds), (100, 100));
+}
+
+pub async fn starting_a_session_after_its_deadline_is_refused_and_releases_the_hold(
+    store: Arc<dyn Store>,
+) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+    let s = created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+
+    let late = DeviceOp::Start { session: s.id };
+    assert_eq!(
+        device_op(&*store, 1, 2, late, T0 + START_TIMEOUT).await,
+        DeviceOpResult::Refused(SessionError::Expired)
+    );
+
+    // Read at the pay time so that only the start could have expired it.
+    assert_eq!(
+        store.session(s.id, T0).await.unwrap().unwrap().status,
+        SessionStatus::Expired
+    );
+    assert_eq!(
+        store.wallet(&user("alice"), T0).await.unwrap(),
+        wallet(1000, 0, 0)
+    );
+    reconciled(&*store).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sequence numbers
+// ---------------------------------------------------------------------------------------------
+
+pub async fn a_retried_device_call_returns_the_saved_answer_without_running_again(
+    store: Arc<dyn Store>,
+) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+    let s = created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+
+    let encoded = Arc::new(AtomicUsize::new(0));
+    let encode = {
+        let encoded = Arc::clone(&encoded);
+        move |r: &DeviceOpResult| {
+            encoded.fetch_add(1, Ordering::SeqCst);
+            format!("{r:?}").into_bytes()
+        }
+    };
+    let start = DeviceCall {
+        device: device_id(1),
+        seq: 2,
+        digest: digest(2),
+        op: DeviceOp::Start { session: s.id },
+        now: T0 + 10,
+    };
+    let DeviceCallOutcome::Fresh(body) = store.device_call(&start, &encode).await.unwrap() else {
+        panic!("the first call runs");
+    };
+    let audit = reconciled(&*store).await;
+
+    let retry = DeviceCall {
+        now: T0 + 250,
+        ..start
+    };
+    assert_eq!(
+        store.device_call(&retry, &encode).await.unwrap(),
+        DeviceCallOutcome::Retry(body)
+    );
+
+    assert_eq!(
+        encoded.load(Ordering::SeqCst),
+        1,
+        "the retry did not run the operation again"
+    );
+    assert_eq!(reconciled(&*store).await, audit);
+    let status = store
+        .device_status(device_id(1), T0 + 250)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        status.last_seen,
+        Some(T0 + 250),
+        "a retry is an authenticated message"
+    );
+}
+
+pub async fn an_older_sequence_number_is_replayed_and_changes_nothing(store: Arc<dyn Store>) {
+    online_machine(&*store, 1, T0).await;
+    device_op(&*store, 1, 5, DeviceOp::Poll, T0 + 1).await;
+
+    for seq in [4, 1, 0] {
+        let (outcome, ran) =
+            device_call_with(&*store, 1, seq, digest(seq), DeviceOp::Poll, T0 + 100).await;
+        assert_eq!(outcome, DeviceCallOutcome::Replayed { last_seq: 5 });
+        assert_eq!(ran, None, "a replayed call is not run");
+    }
+    let status = store
+        .device_status(device_id(1), T0 + 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        status.last_seen,
+        Some(T0 + 1),
+        "a replay does not count as a sign of life"
+    );
+
+    // And the next fresh one still works.
+    device_op(&*store, 1, 6, DeviceOp::Poll, T0 + 101).await;
+}
+
+pub async fn the_same_sequence_number_with_other_bytes_is_replayed(store: Arc<dyn Store>) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+    let s = created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+    device_op(&*store, 1, 2, DeviceOp::Poll, T0 + 1).await;
+
+    let mut other = digest(2);
+    other[31] = 0xff;
+    let (outcome, ran) = device_call_with(
+        &*store,
+        1,
+        2,
+        other,
+        DeviceOp::Start { session: s.id },
+        T0 + 2,
+    )
+    .await;
+
+    assert_eq!(outcome, DeviceCallOutcome::Replayed { last_seq: 2 });
+    assert_eq!(ran, None);
+    assert_eq!(
+        store.session(s.id, T0 + 2).await.unwrap().unwrap().status,
+        SessionStatus::Authorized
+    );
+    reconciled(&*store).await;
+}
+
+pub async fn a_call_from_an_unknown_device_is_refused(store: Arc<dyn Store>) {
+    let (outcome, ran) = device_call_with(&*store, 9, 1, digest(1), DeviceOp::Poll, T0).await;
+    assert_eq!((outcome, ran), (DeviceCallOutcome::DeviceUnknown, None));
+    assert_eq!(store.device_status(device_id(9), T0).await.unwrap(), None);
+}
+
+pub async fn a_session_of_another_device_is_not_found(store: Arc<dyn Store>) {
+    online_machine(&*store, 1, T0).await;
+    online_machine(&*store, 2, T0).await;
+    fund(&*store, "alice", 1000).await;
+    let s = created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+
+    let start = DeviceOp::Start { session: s.id };
+    assert_eq!(
+        device_op(&*store, 2, 2, start, T0 + 1).await,
+        DeviceOpResult::SessionNotFound
+    );
+    let report = DeviceOp::Report {
+        session: s.id,
+        units: Units::new(1),
+        last: true,
+    };
+    assert_eq!(
+        device_op(&*store, 2, 3, report, T0 + 2).await,
+        DeviceOpResult::SessionNotFound
+    );
+    let nowhere = DeviceOp::Start {
+        session: session_id(0xee),
+    };
+    assert_eq!(
+        device_op(&*store, 1, 2, nowhere, T0 + 3).await,
+        DeviceOpResult::SessionNotFound
+    );
+
+    assert_eq!(store.session(s.id, T0 + 3).await.unwrap(), Some(s));
+    reconciled(&*store).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Races
+// ---------------------------------------------------------------------------------------------
+
+pub async fn concurrent_pays_for_one_machine_create_exactly_one_session(store: Arc<dyn Store>) {
+    const PHONES: u16 = 20;
+    online_machine(&*store, 1, T0).await;
+    for i in 0..PHONES {
+        fund(&*store, &format!("user{i}"), 1000).await;
+    }
+
+    let pays: Vec<_> = (0..PHONES)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let cmd = pay_cmd(&format!("user{i}"), "race", 1, 100 + i, 300, T0);
+            tokio::spawn(async move { store.pay(&cmd).await.unwrap() })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for pay in pays {
+        outcomes.push(pay.await.unwrap());
+    }
+
+    let created = outcomes
+        .iter()
+        .filter(|o| matches!(o, PayOutcome::Created(_)))
+        .count();
+    let busy = outcomes
+        .iter()
+        .filter(|o| **o == PayOutcome::DeviceBusy)
+        .count();
+    assert_eq!(
+        (created, busy),
+        (1, usize::from(PHONES) - 1),
+        "{outcomes:?}"
+    );
+    let audit = reconciled(&*store).await;
+    assert_eq!((audit.held, audit.open_holds), (300, 300));
+}
+
+pub async fn concurrent_pays_with_one_key_create_one_session_and_one_hold(store: Arc<dyn Store>) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+
+    let pays: Vec<_> = (0..10u8)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let mut cmd = pay_cmd("alice", "double-tap", 1, 7, 300, T0);
+            cmd.session_id = session_id(0x10 + i);
+            tokio::spawn(async move { store.pay(&cmd).await.unwrap() })
+        })
+        .collect();
+    let mut sessions = Vec::new();
+    let mut created = 0;
+    for pay in pays {
+        match pay.await.unwrap() {
+            PayOutcome::Created(s) => {
+                created += 1;
+                sessions.push(s);
+            }
+            PayOutcome::Replayed(s) => sessions.push(s),
+            other => panic!("expected created or replayed, got {other:?}"),
+        }
+    }
+
+    assert_eq!(created, 1);
+    assert!(
+        sessions.windows(2).all(|w| w[0] == w[1]),
+        "every answer is the same session"
+    );
+    assert_eq!(
+        store.wallet(&user("alice"), T0).await.unwrap(),
+        wallet(700, 300, 0)
+    );
+    assert_eq!(reconciled(&*store).await.held, 300);
+}

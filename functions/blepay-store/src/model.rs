@@ -1,0 +1,171 @@
+//! The values that cross the [`crate::Store`] trait.
+
+use blepay_core::{
+    Amount, DeviceId, DeviceName, IdempotencyKey, KeyVersion, Session, SessionError, SessionId,
+    Slot, Tariff, Units, UseCounter, UserId, Wallet,
+};
+
+/// A registered machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    pub id: DeviceId,
+    pub name: DeviceName,
+    pub tariff: Tariff,
+    /// The master-key version its device key was derived with.
+    pub key_version: KeyVersion,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegisterOutcome {
+    Created,
+    Exists,
+}
+
+/// A machine and what the server knows of its liveness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceStatus {
+    pub device: DeviceRecord,
+    /// Unix seconds of the last authenticated message, if any.
+    pub last_seen: Option<u64>,
+    /// The AUTHORIZED or ACTIVE session on it, if any.
+    pub open_session: Option<SessionId>,
+}
+
+impl DeviceStatus {
+    /// OFFLINE when nothing authenticated was heard for `offline_after_secs` (or ever), else BUSY
+    /// with an open session, else IDLE.
+    pub fn state(&self, now: u64, offline_after_secs: u64) -> DeviceState {
+        match self.last_seen {
+            None => DeviceState::Offline,
+            Some(t) if now.saturating_sub(t) > offline_after_secs => DeviceState::Offline,
+            Some(_) if self.open_session.is_some() => DeviceState::Busy,
+            Some(_) => DeviceState::Idle,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceState {
+    Idle,
+    Busy,
+    Offline,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopUpOutcome {
+    Credited(Wallet),
+    /// The key was used before for the same user and amount: nothing credited.
+    Replayed(Wallet),
+    /// The key was used before with another amount.
+    KeyReused,
+}
+
+/// Everything `pay` needs, already parsed and verified by the caller.
+#[derive(Debug, Clone)]
+pub struct PayCommand {
+    pub user: UserId,
+    pub key: IdempotencyKey,
+    pub device: DeviceId,
+    pub slot: Slot,
+    pub use_counter: UseCounter,
+    pub max_amount: Amount,
+    /// A fresh random id, used when a session is created.
+    pub session_id: SessionId,
+    pub now: u64,
+    pub start_timeout_secs: u64,
+    pub offline_after_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayOutcome {
+    Created(Session),
+    /// The same user and key paid before for the same machine and amount: that session, no new hold.
+    Replayed(Session),
+    DeviceUnknown,
+    DeviceOffline,
+    DeviceBusy,
+    AdvertUsed,
+    InsufficientFunds {
+        available: Amount,
+    },
+    /// The key was used before for another machine or amount.
+    KeyReused,
+}
+
+/// What a machine asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceOp {
+    Poll,
+    Start {
+        session: SessionId,
+    },
+    Report {
+        session: SessionId,
+        units: Units,
+        last: bool,
+    },
+}
+
+/// One authenticated machine request, after its frame's MAC was verified.
+#[derive(Debug, Clone)]
+pub struct DeviceCall {
+    pub device: DeviceId,
+    pub seq: u32,
+    /// A digest of the whole request frame, to tell a retry from a different request.
+    pub digest: [u8; 32],
+    pub op: DeviceOp,
+    pub now: u64,
+}
+
+/// The result of a device operation, before encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceOpResult {
+    /// Poll: the AUTHORIZED sessions waiting for this machine's start.
+    Grants(Vec<Session>),
+    /// Start or report: the session after the operation.
+    Session(Session),
+    SessionNotFound,
+    Refused(SessionError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceCallOutcome {
+    /// The operation ran; this is the saved answer body.
+    Fresh(Vec<u8>),
+    /// A retry of the last request: the answer saved the first time.
+    Retry(Vec<u8>),
+    /// `seq` is not newer than the last accepted one (or reuses it with other bytes): refused,
+    /// nothing ran.
+    Replayed {
+        last_seq: u32,
+    },
+    DeviceUnknown,
+}
+
+/// Reconciliation totals, all in minor units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Audit {
+    pub top_ups: i64,
+    pub available: i64,
+    pub held: i64,
+    pub spent: i64,
+    pub revenue: i64,
+    /// Sum of the holds of AUTHORIZED and ACTIVE sessions.
+    pub open_holds: i64,
+    /// Sum of every ledger account's balance (must be 0).
+    pub ledger_sum: i64,
+    /// Users whose wallet differs from their ledger accounts (must be 0).
+    pub mismatched_wallets: u64,
+}
+
+impl Audit {
+    /// True when money is conserved to the cent.
+    pub fn reconciles(&self) -> bool {
+        self.ledger_sum == 0
+            && self.mismatched_wallets == 0
+            && self.available + self.held + self.revenue == self.top_ups
+            && self.spent == self.revenue
+            && self.held == self.open_holds
+    }
+}

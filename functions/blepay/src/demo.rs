@@ -1,0 +1,108 @@
+//! `blepay demo`: an embedded server in a temporary directory, a simulated water dispenser and a
+//! simulated phone, one full payment cycle, each step printed.
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use blepay_service::ServeArgs;
+use serde_json::json;
+
+use crate::api::Api;
+use crate::machine::{Machine, grant_json, response_json};
+
+/// Run the demo, printing to stdout.
+///
+/// # Errors
+/// When any step fails (which would be a bug).
+pub async fn run() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ops_token = hex::encode(rand::random::<[u8; 16]>());
+    let args = ServeArgs {
+        listen: "127.0.0.1:0".parse()?,
+        data_dir: dir.path().join("server"),
+        master_keys: None,
+        jwt_secret: None,
+        ops_token: Some(ops_token.parse()?),
+        start_timeout_secs: 120,
+        offline_after_secs: 300,
+        currency: "EUR".into(),
+        sweep_interval_secs: 5,
+    };
+    let bound = crate::serve::bind(&args).await?;
+    let addr = bound.listener.local_addr()?;
+    let base = format!("http://{addr}");
+    let app = bound.app.clone();
+    let server = tokio::spawn(blepay_service::server::serve(
+        bound.listener,
+        bound.app,
+        Duration::from_secs(5),
+        std::future::pending(),
+    ));
+    println!("1. blepay is serving on {base} (SQLite in {})", args.data_dir.display());
+
+    let ops = Api::new(&base, &ops_token);
+    let device_id = hex::encode(rand::random::<[u8; 8]>());
+    let reg = ops
+        .post(
+            "/v1/ops/devices",
+            &json!({"deviceId": device_id, "name": "Water dispenser, lobby", "pricePerUnit": 25, "unitName": "litre", "currency": "EUR"}),
+        )
+        .await?
+        .into_result()?;
+    let device_key = reg["deviceKey"].as_str().ok_or_else(|| anyhow!("no deviceKey"))?.to_owned();
+    println!("2. operator registered machine {device_id}: 0.25 EUR per litre; device key provisioned into it");
+
+    let w = ops
+        .post("/v1/ops/wallets/alice/topup", &json!({"amount": 1000, "idempotencyKey": "demo-topup-1"}))
+        .await?
+        .into_result()?;
+    println!("3. operator topped up alice's wallet: {w}");
+
+    let machine = Machine::new(&base, &device_id, &device_key, 0, &dir.path().join("machine"))?;
+    machine.poll().await?;
+    println!("4. the machine polled over its own (2G) link: the server now sees it online");
+
+    let advert = machine.advert()?;
+    println!("5. the machine broadcasts BLE advertising data {}", advert["advertisingData"]);
+
+    let secret = std::fs::read_to_string(args.data_dir.join("jwt-secret")).context("reading jwt-secret")?;
+    let user = blepay_core::UserId::parse("alice").map_err(|e| anyhow!(e))?;
+    let token = blepay_service::auth::mint_token(secret.trim(), &user, app.now(), 3600)?;
+    let phone = Api::new(&base, &token);
+    let v = phone.post("/v1/verify", &json!({"advert": advert["advert"]})).await?.into_result()?;
+    println!("6. the phone heard it and verified it with the cloud: {v}");
+
+    let pay = phone
+        .post("/v1/pay", &json!({"advert": advert["advert"], "maxAmount": 200, "idempotencyKey": "demo-pay-1"}))
+        .await?
+        .into_result()?;
+    let session = pay["sessionId"].as_str().ok_or_else(|| anyhow!("no sessionId"))?.to_owned();
+    println!("7. the phone paid (hold up to 2.00 EUR): {pay}");
+
+    let grants = machine.poll().await?;
+    for g in &grants {
+        println!("8. the machine's poll received the grant {}", grant_json(g));
+    }
+    let sid = blepay_core::SessionId::parse(&session).map_err(|e| anyhow!(e))?;
+    let r = machine.start(sid).await?;
+    println!("9. the user pressed start on the machine: {}", response_json(&r));
+    machine.report(sid, 2, false).await?;
+    println!("10. dispensing... 2 litres so far");
+    let r = machine.report(sid, 3, true).await?;
+    println!("11. dispensing ended at 3 litres; final report: {}", response_json(&r));
+
+    let s = phone.get(&format!("/v1/sessions/{session}")).await?.into_result()?;
+    println!("12. the session as the phone sees it: {s}");
+    let w = phone.get("/v1/wallet").await?.into_result()?;
+    println!("13. alice's wallet: {w} (1000 - 75 spent)");
+    let audit = app.store().audit().await?;
+    println!(
+        "14. ledger: top-ups {} = wallets {} + revenue {} -> {}",
+        audit.top_ups,
+        audit.available + audit.held,
+        audit.revenue,
+        if audit.reconciles() { "reconciled to the cent" } else { "DOES NOT RECONCILE" }
+    );
+    server.abort();
+    if audit.reconciles() { Ok(()) } else { Err(anyhow!("ledger does not reconcile")) }
+}

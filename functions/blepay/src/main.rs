@@ -1,0 +1,257 @@
+//! `blepay`: parse the command line and hand over to the library.
+
+use std::path::PathBuf;
+
+use anyhow::anyhow;
+use blepay::api::Api;
+use blepay::machine::{Machine, grant_json, response_json};
+use blepay_service::ServeArgs;
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+#[derive(Debug, Parser)]
+#[command(name = "blepay", version, about = "Pay-per-use for self-service machines over BLE adverts")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the self-hosted server (HTTP + gRPC on one port, SQLite store).
+    Serve(ServeArgs),
+    /// Start an embedded server and run one full payment cycle with a simulated machine and phone.
+    Demo,
+    /// A scriptable simulated machine.
+    Device(DeviceArgs),
+    /// A scriptable simulated phone.
+    Phone(PhoneArgs),
+    /// Operator commands.
+    Ops(OpsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DeviceArgs {
+    #[arg(long, env = "BLEPAY_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    #[arg(long, env = "BLEPAY_DEVICE_ID")]
+    device_id: String,
+    #[arg(long, env = "BLEPAY_DEVICE_KEY", hide_env_values = true)]
+    device_key: String,
+    #[arg(long, default_value_t = 0)]
+    key_version: u8,
+    /// Where the machine keeps its sequence number, use counter and clock offset.
+    #[arg(long, env = "BLEPAY_STATE_DIR", default_value = "./blepay-device")]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: DeviceCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCommand {
+    /// Print the current advert (base64 payload, advertising data hex).
+    Advert,
+    /// Poll the server; prints one JSON line per grant.
+    Poll,
+    /// The start button: start a granted session.
+    Start {
+        #[arg(long)]
+        session: String,
+    },
+    /// Report units dispensed so far; `--final` ends and settles the session.
+    Report {
+        #[arg(long)]
+        session: String,
+        #[arg(long)]
+        units: u64,
+        #[arg(long = "final")]
+        last: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct PhoneArgs {
+    #[arg(long, env = "BLEPAY_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// The user's JWT (see `blepay ops token`).
+    #[arg(long, env = "BLEPAY_TOKEN", hide_env_values = true)]
+    token: String,
+    #[command(subcommand)]
+    command: PhoneCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum PhoneCommand {
+    /// Verify a heard advert (base64 payload).
+    Verify {
+        #[arg(long)]
+        advert: String,
+    },
+    /// Pay: hold up to --max-amount for a session on the advertised machine.
+    Pay {
+        #[arg(long)]
+        advert: String,
+        #[arg(long)]
+        max_amount: i64,
+        /// Defaults to a random key; pass the same key to retry safely.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Show one of the user's sessions.
+    Session { session_id: String },
+    /// Show the user's wallet.
+    Wallet,
+}
+
+#[derive(Debug, clap::Args)]
+struct OpsArgs {
+    #[arg(long, env = "BLEPAY_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    #[arg(long, env = "BLEPAY_OPS_TOKEN", hide_env_values = true, default_value = "")]
+    ops_token: String,
+    #[command(subcommand)]
+    command: OpsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum OpsCommand {
+    /// Register a machine; prints its device key.
+    RegisterDevice {
+        #[arg(long)]
+        device_id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        price_per_unit: i64,
+        #[arg(long)]
+        unit_name: String,
+        #[arg(long, default_value = "EUR")]
+        currency: String,
+    },
+    /// Credit a user's wallet.
+    Topup {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        amount: i64,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Show a user's wallet.
+    Wallet {
+        #[arg(long)]
+        user: String,
+    },
+    /// Show any session.
+    Session { session_id: String },
+    /// Mint a development phone JWT (HS256 with BLEPAY_JWT_SECRET, or the one generated in the data dir).
+    Token {
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+        #[arg(long, env = "BLEPAY_JWT_SECRET", hide_env_values = true)]
+        jwt_secret: Option<String>,
+        #[arg(long, env = "BLEPAY_DATA_DIR", default_value = "./blepay-data")]
+        data_dir: PathBuf,
+    },
+}
+
+fn random_key() -> String {
+    hex::encode(rand::random::<[u8; 12]>())
+}
+
+fn print(v: &Value) {
+    println!("{v}");
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => blepay::serve::run(args).await,
+        Command::Demo => blepay::demo::run().await,
+        Command::Device(d) => device(d).await,
+        Command::Phone(p) => phone(p).await,
+        Command::Ops(o) => ops(o).await,
+    }
+}
+
+async fn device(d: DeviceArgs) -> anyhow::Result<()> {
+    let m = Machine::new(&d.server, &d.device_id, &d.device_key, d.key_version, &d.state_dir)?;
+    let session = |s: &str| blepay_core::SessionId::parse(s).map_err(|e| anyhow!("--session: {e}"));
+    match d.command {
+        DeviceCommand::Advert => print(&m.advert()?),
+        DeviceCommand::Poll => m.poll().await?.iter().for_each(|g| print(&grant_json(g))),
+        DeviceCommand::Start { session: s } => print(&response_json(&m.start(session(&s)?).await?)),
+        DeviceCommand::Report { session: s, units, last } => {
+            print(&response_json(&m.report(session(&s)?, units, last).await?));
+        }
+    }
+    Ok(())
+}
+
+async fn phone(p: PhoneArgs) -> anyhow::Result<()> {
+    let api = Api::new(&p.server, &p.token);
+    let answer = match p.command {
+        PhoneCommand::Verify { advert } => api.post("/v1/verify", &json!({ "advert": advert })).await?,
+        PhoneCommand::Pay { advert, max_amount, idempotency_key } => {
+            let key = idempotency_key.unwrap_or_else(random_key);
+            api.post("/v1/pay", &json!({ "advert": advert, "maxAmount": max_amount, "idempotencyKey": key }))
+                .await?
+        }
+        PhoneCommand::Session { session_id } => api.get(&format!("/v1/sessions/{session_id}")).await?,
+        PhoneCommand::Wallet => api.get("/v1/wallet").await?,
+    };
+    print(&answer.into_result()?);
+    Ok(())
+}
+
+async fn ops(o: OpsArgs) -> anyhow::Result<()> {
+    let api = Api::new(&o.server, &o.ops_token);
+    let answer = match o.command {
+        OpsCommand::RegisterDevice { device_id, name, price_per_unit, unit_name, currency } => {
+            api.post(
+                "/v1/ops/devices",
+                &json!({"deviceId": device_id, "name": name, "pricePerUnit": price_per_unit, "unitName": unit_name, "currency": currency}),
+            )
+            .await?
+        }
+        OpsCommand::Topup { user, amount, idempotency_key } => {
+            let key = idempotency_key.unwrap_or_else(random_key);
+            api.post(&format!("/v1/ops/wallets/{user}/topup"), &json!({"amount": amount, "idempotencyKey": key}))
+                .await?
+        }
+        OpsCommand::Wallet { user } => api.get(&format!("/v1/ops/wallets/{user}")).await?,
+        OpsCommand::Session { session_id } => api.get(&format!("/v1/ops/sessions/{session_id}")).await?,
+        OpsCommand::Token { user, ttl_secs, jwt_secret, data_dir } => {
+            let secret = match jwt_secret {
+                Some(s) => s,
+                None => std::fs::read_to_string(data_dir.join("jwt-secret"))
+                    .map_err(|e| anyhow!("no BLEPAY_JWT_SECRET and no {}/jwt-secret: {e}", data_dir.display()))?,
+            };
+            let user = blepay_core::UserId::parse(&user).map_err(|e| anyhow!("--user: {e}"))?;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+            println!("{}", blepay_service::auth::mint_token(secret.trim(), &user, now, ttl_secs)?);
+            return Ok(());
+        }
+    };
+    print(&answer.into_result()?);
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! The test vectors published in `docs/protocol.md` are recomputed here, so the document and
+//! the code cannot drift. The vectors live in the fenced block tagged `vectors`, one
+//! `name = value` per line (hex for byte strings, decimal for numbers).
+// The helpers below are test code outside `#[test]` functions: failing loudly is their job.
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use blepay_core::{DeviceId, KeyVersion, Slot, UseCounter};
+use blepay_proto::{
+    Advert, AdvertFlags, DEFAULT_COMPANY_ID, MasterKey, RequestFrame, derive_device_key,
+    open_response, seal_request, seal_response,
+};
+
+fn published_vectors() -> BTreeMap<String, String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md");
+    let doc = std::fs::read_to_string(path).expect("docs/protocol.md is readable");
+    let block = doc
+        .split("```vectors\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/protocol.md has a ```vectors block");
+    block
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l.split_once('=').expect("a `name = value` line");
+            (k.trim().to_owned(), v.trim().replace(' ', ""))
+        })
+        .collect()
+}
+
+struct Vectors(BTreeMap<String, String>);
+
+impl Vectors {
+    fn get(&self, name: &str) -> &str {
+        self.0
+            .get(name)
+            .unwrap_or_else(|| panic!("docs/protocol.md vectors lack `{name}`"))
+    }
+    fn bytes(&self, name: &str) -> Vec<u8> {
+        hex::decode(self.get(name)).unwrap_or_else(|e| panic!("`{name}` is not hex: {e}"))
+    }
+    fn num<T: std::str::FromStr>(&self, name: &str) -> T {
+        self.get(name)
+            .parse()
+            .unwrap_or_else(|_| panic!("`{name}` is not a number"))
+    }
+}
+
+#[test]
+fn the_published_vectors_match_the_code() {
+    let v = Vectors(published_vectors());
+
+    let master = MasterKey::from_bytes(v.bytes("master_key").try_into().unwrap());
+    let key_version = KeyVersion::new(v.num("key_version")).unwrap();
+    let device = DeviceId::from_bytes(v.bytes("device_id").try_into().unwrap());
+    let device_key = derive_device_key(&master, key_version, device);
+    assert_eq!(device_key.expose_hex(), v.get("device_key"), "device_key");
+
+    let advert = Advert::sign(
+        &device_key,
+        key_version,
+        device,
+        Slot::new(v.num("slot")),
+        UseCounter::new(v.num("use_counter")),
+        AdvertFlags::from_bits(v.num("flags")).unwrap(),
+    );
+    assert_eq!(hex::encode(advert.encode()), v.get("payload"), "payload");
+    assert_eq!(
+        hex::encode(advert.advertising_data(DEFAULT_COMPANY_ID)),
+        v.get("advertising_data"),
+        "advertising_data"
+    );
+    assert_eq!(
+        hex::encode(advert.hci_le_set_advertising_data(DEFAULT_COMPANY_ID)),
+        v.get("hci_le_set_advertising_data"),
+        "hci_le_set_advertising_data"
+    );
+    let parsed = Advert::parse(&v.bytes("payload")).unwrap();
+    parsed.verify(&device_key).unwrap();
+    assert_eq!(parsed, advert);
+
+    let request = seal_request(
+        &device_key,
+        key_version,
+        device,
+        v.num("request_seq"),
+        &v.bytes("request_body"),
+    );
+    assert_eq!(
+        hex::encode(&request),
+        v.get("request_frame"),
+        "request_frame"
+    );
+    let parsed = RequestFrame::parse(&request).unwrap();
+    parsed.verify(&device_key).unwrap();
+    assert_eq!(
+        hex::encode(parsed.tag()),
+        v.get("request_tag"),
+        "request_tag"
+    );
+
+    let response = seal_response(
+        &device_key,
+        &parsed.tag(),
+        v.num("response_seq"),
+        v.num("server_time"),
+        &v.bytes("response_body"),
+    );
+    assert_eq!(
+        hex::encode(&response),
+        v.get("response_frame"),
+        "response_frame"
+    );
+    let opened = open_response(&device_key, &parsed.tag(), &response).unwrap();
+    assert_eq!(opened.body, v.bytes("response_body"));
+}
+
+#[test]
+fn the_published_bodies_are_the_documented_messages() {
+    use blepay_proto::pb::v1::{DeviceRequest, DeviceResponse, SessionStatus, device_request};
+    use prost::Message as _;
+
+    let v = Vectors(published_vectors());
+    let request = DeviceRequest::decode(v.bytes("request_body").as_slice()).unwrap();
+    let Some(device_request::Kind::Start(start)) = request.kind else {
+        panic!("request_body is a Start");
+    };
+    assert_eq!(start.session_id, (0u8..16).collect::<Vec<_>>());
+    let response = DeviceResponse::decode(v.bytes("response_body").as_slice()).unwrap();
+    assert_eq!(response.status(), SessionStatus::Active);
+}
