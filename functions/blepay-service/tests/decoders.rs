@@ -1,0 +1,79 @@
+//! Every decoder on the request path rejects malformed input with a stable code and never panics:
+//! JSON and protobuf bodies, adverts inside them, and machine frames.
+
+use std::sync::Arc;
+
+use blepay_proto::pb::v1 as pb;
+use blepay_service::config::{Config, Keyring, SecretString};
+use blepay_service::{App, ErrorCode};
+use blepay_store::sqlite::SqliteStore;
+use proptest::prelude::*;
+use prost::Message;
+
+fn app(dir: &tempfile::TempDir) -> App {
+    let config = Config {
+        keyring: Keyring::parse(&format!("0:{}", "00".repeat(32))).unwrap(),
+        jwt_secret: SecretString::new("0123456789abcdef0123".into()),
+        ops_token: SecretString::new("ops-token-0123456789".into()),
+        start_timeout_secs: 120,
+        offline_after_secs: 300,
+        currency: blepay_core::Currency::parse("EUR").unwrap(),
+    };
+    let store = SqliteStore::open(&dir.path().join("blepay.db")).unwrap();
+    App::new(config, Arc::new(store), Arc::new(|| 1_770_000_000))
+}
+
+/// One server for every case: since nothing may ever change, sharing it makes the check stronger.
+fn shared() -> &'static (tokio::runtime::Runtime, App, tempfile::TempDir) {
+    static SHARED: std::sync::OnceLock<(tokio::runtime::Runtime, App, tempfile::TempDir)> =
+        std::sync::OnceLock::new();
+    SHARED.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        (rt, app(&dir), dir)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn json_bodies_of_random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = serde_json::from_slice::<pb::PayRequest>(&bytes);
+        let _ = serde_json::from_slice::<pb::VerifyRequest>(&bytes);
+        let _ = serde_json::from_slice::<pb::RegisterDeviceRequest>(&bytes);
+        let _ = serde_json::from_slice::<pb::TopUpRequest>(&bytes);
+    }
+
+    #[test]
+    fn json_lookalikes_never_panic(s in r#"\{("(advert|maxAmount|idempotencyKey)":("[A-Za-z0-9+/=]{0,40}"|-?[0-9]{0,25}|null|true|\[\]),?){0,4}\}"#) {
+        let _ = serde_json::from_str::<pb::PayRequest>(&s);
+    }
+
+    #[test]
+    fn protobuf_bodies_of_random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = pb::PayRequest::decode(bytes.as_slice());
+        let _ = pb::RegisterDeviceRequest::decode(bytes.as_slice());
+        let _ = pb::DeviceRequest::decode(bytes.as_slice());
+        let _ = pb::DeviceFrame::decode(bytes.as_slice());
+    }
+
+    #[test]
+    fn random_adverts_are_refused_with_a_stable_code(advert in proptest::collection::vec(any::<u8>(), 0..40)) {
+        let (rt, app, _) = shared();
+        let err = rt.block_on(app.verify(pb::VerifyRequest { advert })).unwrap_err();
+        prop_assert!(matches!(err.code, ErrorCode::InvalidArgument | ErrorCode::AdvertInvalid), "{err:?}");
+    }
+
+    #[test]
+    fn random_machine_frames_are_refused_and_change_nothing(frame in proptest::collection::vec(any::<u8>(), 0..1100)) {
+        let (rt, app, _) = shared();
+        let err = rt.block_on(app.device_exchange(&frame)).unwrap_err();
+        prop_assert!(matches!(err.code, ErrorCode::FrameInvalid | ErrorCode::DeviceAuthFailed), "{err:?}");
+        let audit = rt.block_on(app.store().audit()).unwrap();
+        prop_assert_eq!(audit, blepay_store::Audit::default());
+    }
+}
