@@ -66,12 +66,25 @@ impl Answer {
 impl Identity {
     /// The advert to broadcast at `unix_time` (already corrected by the server clock).
     pub fn advert(&self, unix_time: u64, use_counter: UseCounter, flags: AdvertFlags) -> Advert {
-        Advert::sign(&self.key, self.key_version, self.device_id, Slot::at(unix_time), use_counter, flags)
+        Advert::sign(
+            &self.key,
+            self.key_version,
+            self.device_id,
+            Slot::at(unix_time),
+            use_counter,
+            flags,
+        )
     }
 
     /// Seal a request body as request number `seq`.
     pub fn request(&self, seq: u32, body: &pb::DeviceRequest) -> Pending {
-        let frame = seal_request(&self.key, self.key_version, self.device_id, seq, &body.encode_to_vec());
+        let frame = seal_request(
+            &self.key,
+            self.key_version,
+            self.device_id,
+            seq,
+            &body.encode_to_vec(),
+        );
         let mut tag = [0u8; 16];
         if let Some(t) = frame.get(frame.len().saturating_sub(16)..) {
             tag.copy_from_slice(t);
@@ -86,22 +99,33 @@ impl Identity {
     pub fn open(&self, pending: &Pending, bytes: &[u8]) -> Result<Answer, LinkError> {
         let r = open_response(&self.key, &pending.tag, bytes)?;
         if r.seq != pending.seq {
-            return Err(LinkError::WrongSeq { expected: pending.seq, got: r.seq });
+            return Err(LinkError::WrongSeq {
+                expected: pending.seq,
+                got: r.seq,
+            });
         }
-        let response = pb::DeviceResponse::decode(r.body.as_slice()).map_err(|_| LinkError::Body)?;
-        Ok(Answer { server_time: r.server_time, response })
+        let response =
+            pb::DeviceResponse::decode(r.body.as_slice()).map_err(|_| LinkError::Body)?;
+        Ok(Answer {
+            server_time: r.server_time,
+            response,
+        })
     }
 }
 
 /// A poll request body.
 pub fn poll() -> pb::DeviceRequest {
-    pb::DeviceRequest { kind: Some(pb::device_request::Kind::Poll(pb::Poll {})) }
+    pb::DeviceRequest {
+        kind: Some(pb::device_request::Kind::Poll(pb::Poll {})),
+    }
 }
 
 /// A start request body.
 pub fn start(session: SessionId) -> pb::DeviceRequest {
     pb::DeviceRequest {
-        kind: Some(pb::device_request::Kind::Start(pb::Start { session_id: session.to_bytes().to_vec() })),
+        kind: Some(pb::device_request::Kind::Start(pb::Start {
+            session_id: session.to_bytes().to_vec(),
+        })),
     }
 }
 

@@ -249,8 +249,14 @@ mod tests {
 
     #[test]
     fn device_id_rejects_wrong_length_and_non_hex() {
-        assert_eq!(DeviceId::parse("01"), Err(IdParseError::HexLength { expected: 16 }));
-        assert_eq!(DeviceId::parse("zz02030405060708"), Err(IdParseError::NotHex));
+        assert_eq!(
+            DeviceId::parse("01"),
+            Err(IdParseError::HexLength { expected: 16 })
+        );
+        assert_eq!(
+            DeviceId::parse("zz02030405060708"),
+            Err(IdParseError::NotHex)
+        );
     }
 
     #[test]
@@ -293,7 +299,10 @@ impl DeviceName {
     /// # Errors
     /// When empty, longer than 64 characters, or containing control characters.
     pub fn parse(s: &str) -> Result<Self, IdParseError> {
-        if s.trim().is_empty() || s.chars().count() > Self::MAX_LEN || s.chars().any(char::is_control) {
+        if s.trim().is_empty()
+            || s.chars().count() > Self::MAX_LEN
+            || s.chars().any(char::is_control)
+        {
             return Err(IdParseError::BadName { max: Self::MAX_LEN });
         }
         Ok(Self(s.to_string()))

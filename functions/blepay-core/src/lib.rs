@@ -14,7 +14,10 @@ pub mod money;
 pub mod session;
 pub mod wallet;
 
-pub use ids::{DeviceId, DeviceName, IdParseError, IdempotencyKey, KeyVersion, SessionId, Slot, UseCounter, UserId};
+pub use ids::{
+    DeviceId, DeviceName, IdParseError, IdempotencyKey, KeyVersion, SessionId, Slot, UseCounter,
+    UserId,
+};
 pub use money::{Amount, Currency, MoneyError, Tariff, UnitName, Units};
 pub use session::{ReportOutcome, Session, SessionError, SessionStatus, Settlement, StartOutcome};
 pub use wallet::{EntryKind, LedgerAccount, LedgerEntry, Wallet, WalletError};

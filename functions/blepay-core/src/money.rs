@@ -207,7 +207,10 @@ mod tests {
     #[test]
     fn amounts_refuse_negative_and_huge_values() {
         assert_eq!(Amount::new(-1), Err(MoneyError::OutOfRange));
-        assert_eq!(Amount::new(Amount::MAX.minor() + 1), Err(MoneyError::OutOfRange));
+        assert_eq!(
+            Amount::new(Amount::MAX.minor() + 1),
+            Err(MoneyError::OutOfRange)
+        );
         assert_eq!(Amount::positive(0), Err(MoneyError::NotPositive));
     }
 

@@ -146,7 +146,10 @@ impl Session {
         }
         self.status = SessionStatus::Expired;
         self.ended_at = Some(self.expires_at);
-        Some(Settlement { hold: self.hold, capture: Amount::ZERO })
+        Some(Settlement {
+            hold: self.hold,
+            capture: Amount::ZERO,
+        })
     }
 
     /// The machine's start button was pressed.
@@ -172,7 +175,12 @@ impl Session {
     /// # Errors
     /// [`SessionError::NotStarted`] before a start; [`SessionError::ReportConflict`] when units go
     /// backwards or a settled session is reported with other units; [`SessionError::Expired`].
-    pub fn report(&mut self, units: Units, last: bool, now: u64) -> Result<ReportOutcome, SessionError> {
+    pub fn report(
+        &mut self,
+        units: Units,
+        last: bool,
+        now: u64,
+    ) -> Result<ReportOutcome, SessionError> {
         match self.status {
             SessionStatus::Authorized => Err(SessionError::NotStarted),
             SessionStatus::Expired => Err(SessionError::Expired),
@@ -194,7 +202,10 @@ impl Session {
                 }
                 self.status = SessionStatus::Settled;
                 self.ended_at = Some(now);
-                Ok(ReportOutcome::Settled(Settlement { hold: self.hold, capture: self.amount }))
+                Ok(ReportOutcome::Settled(Settlement {
+                    hold: self.hold,
+                    capture: self.amount,
+                }))
             }
         }
     }
@@ -226,12 +237,18 @@ mod tests {
     fn a_started_session_settles_at_the_cost_capped_by_the_hold() {
         let mut s = session();
         assert_eq!(s.start(1010), Ok(StartOutcome::Started));
-        assert_eq!(s.report(Units::new(2), false, 1020), Ok(ReportOutcome::Progress));
+        assert_eq!(
+            s.report(Units::new(2), false, 1020),
+            Ok(ReportOutcome::Progress)
+        );
         assert_eq!(s.amount.minor(), 60);
         let out = s.report(Units::new(5), true, 1030).unwrap();
         assert_eq!(
             out,
-            ReportOutcome::Settled(Settlement { hold: Amount::new(100).unwrap(), capture: Amount::new(100).unwrap() })
+            ReportOutcome::Settled(Settlement {
+                hold: Amount::new(100).unwrap(),
+                capture: Amount::new(100).unwrap()
+            })
         );
         assert_eq!(s.status, SessionStatus::Settled);
     }
@@ -241,8 +258,14 @@ mod tests {
         let mut s = session();
         s.start(1010).unwrap();
         s.report(Units::new(3), true, 1030).unwrap();
-        assert_eq!(s.report(Units::new(3), true, 1040), Ok(ReportOutcome::AlreadySettled));
-        assert_eq!(s.report(Units::new(4), true, 1040), Err(SessionError::ReportConflict));
+        assert_eq!(
+            s.report(Units::new(3), true, 1040),
+            Ok(ReportOutcome::AlreadySettled)
+        );
+        assert_eq!(
+            s.report(Units::new(4), true, 1040),
+            Err(SessionError::ReportConflict)
+        );
     }
 
     #[test]
@@ -258,7 +281,10 @@ mod tests {
     #[test]
     fn starting_twice_is_not_an_error_and_reports_need_a_start() {
         let mut s = session();
-        assert_eq!(s.report(Units::new(1), true, 1001), Err(SessionError::NotStarted));
+        assert_eq!(
+            s.report(Units::new(1), true, 1001),
+            Err(SessionError::NotStarted)
+        );
         s.start(1001).unwrap();
         assert_eq!(s.start(1002), Ok(StartOutcome::AlreadyActive));
     }
@@ -268,6 +294,9 @@ mod tests {
         let mut s = session();
         s.start(1001).unwrap();
         s.report(Units::new(3), false, 1002).unwrap();
-        assert_eq!(s.report(Units::new(2), false, 1003), Err(SessionError::ReportConflict));
+        assert_eq!(
+            s.report(Units::new(2), false, 1003),
+            Err(SessionError::ReportConflict)
+        );
     }
 }

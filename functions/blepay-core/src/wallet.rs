@@ -21,7 +21,10 @@ use crate::money::{Amount, MoneyError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WalletError {
     #[error("insufficient funds: {available} available, {requested} requested")]
-    InsufficientFunds { available: Amount, requested: Amount },
+    InsufficientFunds {
+        available: Amount,
+        requested: Amount,
+    },
     #[error("wallet balance would overflow")]
     Overflow,
     #[error("cannot release or capture more than is held")]
@@ -102,7 +105,10 @@ impl Wallet {
     /// # Errors
     /// [`WalletError::Overflow`] when the balance would exceed [`Amount::MAX`].
     pub fn top_up(self, user: &UserId, amount: Amount) -> Result<(Self, LedgerEntry), WalletError> {
-        let next = Self { available: self.available.checked_add(amount)?, ..self };
+        let next = Self {
+            available: self.available.checked_add(amount)?,
+            ..self
+        };
         // available + held must stay representable too
         next.available.checked_add(next.held)?;
         Ok((
@@ -121,13 +127,20 @@ impl Wallet {
     /// # Errors
     /// [`WalletError::InsufficientFunds`] when `available < amount`.
     pub fn hold(self, user: &UserId, amount: Amount) -> Result<(Self, LedgerEntry), WalletError> {
-        let available = self
-            .available
-            .checked_sub(amount)
-            .map_err(|_| WalletError::InsufficientFunds { available: self.available, requested: amount })?;
+        let available =
+            self.available
+                .checked_sub(amount)
+                .map_err(|_| WalletError::InsufficientFunds {
+                    available: self.available,
+                    requested: amount,
+                })?;
         let held = self.held.checked_add(amount)?;
         Ok((
-            Self { available, held, ..self },
+            Self {
+                available,
+                held,
+                ..self
+            },
             LedgerEntry {
                 kind: EntryKind::Hold,
                 debit: LedgerAccount::UserAvailable(user.clone()),
@@ -148,8 +161,13 @@ impl Wallet {
         hold: Amount,
         capture: Amount,
     ) -> Result<(Self, alloc::vec::Vec<LedgerEntry>), WalletError> {
-        let release = hold.checked_sub(capture).map_err(|_| WalletError::NotHeld)?;
-        let held = self.held.checked_sub(hold).map_err(|_| WalletError::NotHeld)?;
+        let release = hold
+            .checked_sub(capture)
+            .map_err(|_| WalletError::NotHeld)?;
+        let held = self
+            .held
+            .checked_sub(hold)
+            .map_err(|_| WalletError::NotHeld)?;
         let available = self.available.checked_add(release)?;
         let spent = self.spent.checked_add(capture)?;
         let mut entries = alloc::vec::Vec::with_capacity(2);
@@ -169,7 +187,14 @@ impl Wallet {
                 amount: release,
             });
         }
-        Ok((Self { available, held, spent }, entries))
+        Ok((
+            Self {
+                available,
+                held,
+                spent,
+            },
+            entries,
+        ))
     }
 }
 
@@ -190,7 +215,10 @@ mod tests {
         let (w, _) = Wallet::default().top_up(&user(), amt(100)).unwrap();
         assert_eq!(
             w.hold(&user(), amt(101)),
-            Err(WalletError::InsufficientFunds { available: amt(100), requested: amt(101) })
+            Err(WalletError::InsufficientFunds {
+                available: amt(100),
+                requested: amt(101)
+            })
         );
     }
 
@@ -199,7 +227,14 @@ mod tests {
         let (w, _) = Wallet::default().top_up(&user(), amt(500)).unwrap();
         let (w, _) = w.hold(&user(), amt(200)).unwrap();
         let (w, entries) = w.settle(&user(), amt(200), amt(75)).unwrap();
-        assert_eq!(w, Wallet { available: amt(425), held: amt(0), spent: amt(75) });
+        assert_eq!(
+            w,
+            Wallet {
+                available: amt(425),
+                held: amt(0),
+                spent: amt(75)
+            }
+        );
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].kind, EntryKind::Capture);
         assert_eq!(entries[1].amount, amt(125));

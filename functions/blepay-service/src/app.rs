@@ -5,14 +5,16 @@
 use std::sync::Arc;
 
 use blepay_core::{
-    Amount, Currency, DeviceId, DeviceName, IdempotencyKey, Session, SessionError, SessionId, SessionStatus, Slot,
-    Tariff, UnitName, Units, UserId, Wallet,
+    Amount, Currency, DeviceId, DeviceName, IdempotencyKey, Session, SessionError, SessionId,
+    SessionStatus, Slot, Tariff, UnitName, Units, UserId, Wallet,
 };
 use blepay_proto::pb::v1 as pb;
-use blepay_proto::{Advert, AdvertError, FrameError, RequestFrame, derive_device_key, seal_response};
+use blepay_proto::{
+    Advert, AdvertError, FrameError, RequestFrame, derive_device_key, seal_response,
+};
 use blepay_store::{
-    DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, DeviceRecord, DeviceState, DeviceStatus, PayCommand,
-    PayOutcome, RegisterOutcome, Store, TopUpOutcome,
+    DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, DeviceRecord, DeviceState,
+    DeviceStatus, PayCommand, PayOutcome, RegisterOutcome, Store, TopUpOutcome,
 };
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -49,7 +51,9 @@ struct Inner {
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App").field("config", &self.inner.config).finish_non_exhaustive()
+        f.debug_struct("App")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -62,7 +66,13 @@ pub struct DeviceAnswer {
 
 impl App {
     pub fn new(config: Config, store: Arc<dyn Store>, clock: Clock) -> Self {
-        Self { inner: Arc::new(Inner { config, store, clock }) }
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                clock,
+            }),
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -107,17 +117,23 @@ impl App {
     /// # Errors
     /// INVALID_ARGUMENT, ADVERT_*, DEVICE_UNKNOWN/OFFLINE/BUSY, INSUFFICIENT_FUNDS,
     /// IDEMPOTENCY_KEY_REUSED, RETRY_LATER.
-    pub async fn pay(&self, user: &UserId, req: pb::PayRequest) -> Result<pb::PayResponse, ApiError> {
+    pub async fn pay(
+        &self,
+        user: &UserId,
+        req: pb::PayRequest,
+    ) -> Result<pb::PayResponse, ApiError> {
         let now = self.now();
         let key = IdempotencyKey::parse(&req.idempotency_key)
             .map_err(|e| ApiError::invalid(format!("idempotencyKey: {e}")))?;
-        let max_amount =
-            Amount::positive(req.max_amount).map_err(|e| ApiError::invalid(format!("maxAmount: {e}")))?;
+        let max_amount = Amount::positive(req.max_amount)
+            .map_err(|e| ApiError::invalid(format!("maxAmount: {e}")))?;
         let advert = self.authentic_advert(&req.advert)?;
         if let Err(stale) = check_fresh(&advert, now) {
             // A retry of an earlier pay may carry the advert it was made with: answer it.
             return match self.inner.store.find_pay(user, &key, now).await? {
-                Some(s) if s.device_id == advert.device_id && s.hold == max_amount => Ok(pay_response(&s)),
+                Some(s) if s.device_id == advert.device_id && s.hold == max_amount => {
+                    Ok(pay_response(&s))
+                }
                 _ => Err(stale),
             };
         }
@@ -152,9 +168,10 @@ impl App {
                 ErrorCode::DeviceOffline,
                 "the machine has not been heard from recently and could not be told to start",
             )),
-            PayOutcome::DeviceBusy => {
-                Err(ApiError::new(ErrorCode::DeviceBusy, "the machine is serving another session"))
-            }
+            PayOutcome::DeviceBusy => Err(ApiError::new(
+                ErrorCode::DeviceBusy,
+                "the machine is serving another session",
+            )),
             PayOutcome::AdvertUsed => Err(ApiError::new(
                 ErrorCode::AdvertUsed,
                 "this advert already paid for a session; scan the machine again",
@@ -200,12 +217,16 @@ impl App {
         &self,
         req: pb::RegisterDeviceRequest,
     ) -> Result<pb::RegisterDeviceResponse, ApiError> {
-        let id = DeviceId::parse(&req.device_id).map_err(|e| ApiError::invalid(format!("deviceId: {e}")))?;
-        let name = DeviceName::parse(&req.name).map_err(|e| ApiError::invalid(format!("name: {e}")))?;
+        let id = DeviceId::parse(&req.device_id)
+            .map_err(|e| ApiError::invalid(format!("deviceId: {e}")))?;
+        let name =
+            DeviceName::parse(&req.name).map_err(|e| ApiError::invalid(format!("name: {e}")))?;
         let price = Amount::positive(req.price_per_unit)
             .map_err(|e| ApiError::invalid(format!("pricePerUnit: {e}")))?;
-        let unit_name = UnitName::parse(&req.unit_name).map_err(|e| ApiError::invalid(format!("unitName: {e}")))?;
-        let currency = Currency::parse(&req.currency).map_err(|e| ApiError::invalid(format!("currency: {e}")))?;
+        let unit_name = UnitName::parse(&req.unit_name)
+            .map_err(|e| ApiError::invalid(format!("unitName: {e}")))?;
+        let currency = Currency::parse(&req.currency)
+            .map_err(|e| ApiError::invalid(format!("currency: {e}")))?;
         if currency != self.config().currency {
             return Err(ApiError::invalid(format!(
                 "currency: this deployment's wallets hold {}, so tariffs must be in {}",
@@ -217,11 +238,20 @@ impl App {
         let record = DeviceRecord {
             id,
             name,
-            tariff: Tariff { price_per_unit: price, unit_name, currency },
+            tariff: Tariff {
+                price_per_unit: price,
+                unit_name,
+                currency,
+            },
             key_version,
             created_at: self.now(),
         };
-        match self.inner.store.register_device(&record, self.now()).await? {
+        match self
+            .inner
+            .store
+            .register_device(&record, self.now())
+            .await?
+        {
             RegisterOutcome::Created => {
                 tracing::info!(device = %id, "device registered");
                 Ok(pb::RegisterDeviceResponse {
@@ -230,9 +260,10 @@ impl App {
                     device_key: derive_device_key(master, key_version, id).expose_hex(),
                 })
             }
-            RegisterOutcome::Exists => {
-                Err(ApiError::new(ErrorCode::DeviceExists, format!("device {id} is already registered")))
-            }
+            RegisterOutcome::Exists => Err(ApiError::new(
+                ErrorCode::DeviceExists,
+                format!("device {id} is already registered"),
+            )),
         }
     }
 
@@ -241,11 +272,18 @@ impl App {
     /// # Errors
     /// INVALID_ARGUMENT, IDEMPOTENCY_KEY_REUSED.
     pub async fn top_up(&self, req: pb::TopUpRequest) -> Result<pb::Wallet, ApiError> {
-        let user = UserId::parse(&req.user_id).map_err(|e| ApiError::invalid(format!("userId: {e}")))?;
-        let amount = Amount::positive(req.amount).map_err(|e| ApiError::invalid(format!("amount: {e}")))?;
+        let user =
+            UserId::parse(&req.user_id).map_err(|e| ApiError::invalid(format!("userId: {e}")))?;
+        let amount =
+            Amount::positive(req.amount).map_err(|e| ApiError::invalid(format!("amount: {e}")))?;
         let key = IdempotencyKey::parse(&req.idempotency_key)
             .map_err(|e| ApiError::invalid(format!("idempotencyKey: {e}")))?;
-        match self.inner.store.top_up(&user, amount, &key, self.now()).await? {
+        match self
+            .inner
+            .store
+            .top_up(&user, amount, &key, self.now())
+            .await?
+        {
             TopUpOutcome::Credited(w) | TopUpOutcome::Replayed(w) => Ok(self.wallet_pb(&user, &w)),
             TopUpOutcome::KeyReused => Err(key_reused()),
         }
@@ -278,7 +316,8 @@ impl App {
     /// FRAME_INVALID (unparseable frame), DEVICE_AUTH_FAILED (bad tag or key version),
     /// DEVICE_UNKNOWN, RETRY_LATER.
     pub async fn device_exchange(&self, bytes: &[u8]) -> Result<DeviceAnswer, ApiError> {
-        let frame = RequestFrame::parse(bytes).map_err(|e| ApiError::new(ErrorCode::FrameInvalid, e.to_string()))?;
+        let frame = RequestFrame::parse(bytes)
+            .map_err(|e| ApiError::new(ErrorCode::FrameInvalid, e.to_string()))?;
         let master = self
             .config()
             .keyring
@@ -286,15 +325,24 @@ impl App {
             .ok_or_else(|| ApiError::new(ErrorCode::DeviceAuthFailed, "unknown key version"))?;
         let key = derive_device_key(master, frame.key_version(), frame.device_id());
         frame.verify(&key).map_err(|e| match e {
-            FrameError::BadTag => ApiError::new(ErrorCode::DeviceAuthFailed, "frame tag does not verify"),
+            FrameError::BadTag => {
+                ApiError::new(ErrorCode::DeviceAuthFailed, "frame tag does not verify")
+            }
             other => ApiError::new(ErrorCode::FrameInvalid, other.to_string()),
         })?;
         let now = self.now();
         let tag = frame.tag();
         let seal = |body: &[u8]| seal_response(&key, &tag, frame.seq(), now, body);
         let refuse = |code: ErrorCode, message: String| {
-            let body = pb::DeviceResponse { error_code: code.as_str().into(), error_message: message, ..Default::default() };
-            DeviceAnswer { code: Some(code), frame: seal(&body.encode_to_vec()) }
+            let body = pb::DeviceResponse {
+                error_code: code.as_str().into(),
+                error_message: message,
+                ..Default::default()
+            };
+            DeviceAnswer {
+                code: Some(code),
+                frame: seal(&body.encode_to_vec()),
+            }
         };
         let op = match decode_device_request(frame.body()) {
             Ok(op) => op,
@@ -307,17 +355,34 @@ impl App {
             op,
             now,
         };
-        let encoder = |r: &DeviceOpResult| encode_device_result(r).encode_to_vec();
+        // The store saves the sealed answer frame, so a byte-identical retry gets a byte-identical
+        // answer (its server_time is the original one: docs/protocol.md §3.3).
+        let (seq, enc_key) = (frame.seq(), key.clone());
+        let encoder = move |r: &DeviceOpResult| {
+            seal_response(
+                &enc_key,
+                &tag,
+                seq,
+                now,
+                &encode_device_result(r).encode_to_vec(),
+            )
+        };
         match self.inner.store.device_call(&call, &encoder).await? {
-            DeviceCallOutcome::Fresh(body) | DeviceCallOutcome::Retry(body) => {
-                let code = pb::DeviceResponse::decode(body.as_slice())
-                    .ok()
+            DeviceCallOutcome::Fresh(answer) | DeviceCallOutcome::Retry(answer) => {
+                let code = answer_body(&answer)
+                    .and_then(|b| pb::DeviceResponse::decode(b).ok())
                     .and_then(|r| ErrorCode::parse(&r.error_code));
-                Ok(DeviceAnswer { code, frame: seal(&body) })
+                Ok(DeviceAnswer {
+                    code,
+                    frame: answer,
+                })
             }
             DeviceCallOutcome::Replayed { last_seq } => Ok(refuse(
                 ErrorCode::SequenceReplayed,
-                format!("sequence number {} is not above the last accepted {last_seq}", frame.seq()),
+                format!(
+                    "sequence number {} is not above the last accepted {last_seq}",
+                    frame.seq()
+                ),
             )),
             DeviceCallOutcome::DeviceUnknown => Err(device_unknown(frame.device_id())),
         }
@@ -361,14 +426,21 @@ impl App {
             .await?
             .ok_or_else(|| device_unknown(advert.device_id))?;
         if status.device.key_version != advert.key_version {
-            return Err(ApiError::new(ErrorCode::AdvertInvalid, "advert signed with a retired key version"));
+            return Err(ApiError::new(
+                ErrorCode::AdvertInvalid,
+                "advert signed with a retired key version",
+            ));
         }
         Ok(status)
     }
 
     async fn session(&self, id: &str) -> Result<Session, ApiError> {
         let id = SessionId::parse(id).map_err(|e| ApiError::invalid(format!("sessionId: {e}")))?;
-        self.inner.store.session(id, self.now()).await?.ok_or_else(session_not_found)
+        self.inner
+            .store
+            .session(id, self.now())
+            .await?
+            .ok_or_else(session_not_found)
     }
 
     fn wallet_pb(&self, user: &UserId, w: &Wallet) -> pb::Wallet {
@@ -382,6 +454,13 @@ impl App {
     }
 }
 
+/// The body of a sealed response frame (between its header and its tag).
+fn answer_body(frame: &[u8]) -> Option<&[u8]> {
+    frame.get(
+        blepay_proto::frame::HEADER_LEN..frame.len().checked_sub(blepay_proto::frame::TAG_LEN)?,
+    )
+}
+
 fn check_fresh(advert: &Advert, now: u64) -> Result<(), ApiError> {
     let server = Slot::at(now);
     if advert.slot.is_within(server, SLOT_TOLERANCE) {
@@ -389,13 +468,20 @@ fn check_fresh(advert: &Advert, now: u64) -> Result<(), ApiError> {
     } else {
         Err(ApiError::new(
             ErrorCode::AdvertStale,
-            format!("advert slot {} is not within {SLOT_TOLERANCE} of the server's {}", advert.slot.get(), server.get()),
+            format!(
+                "advert slot {} is not within {SLOT_TOLERANCE} of the server's {}",
+                advert.slot.get(),
+                server.get()
+            ),
         ))
     }
 }
 
 fn device_unknown(id: DeviceId) -> ApiError {
-    ApiError::new(ErrorCode::DeviceUnknown, format!("device {id} is not registered"))
+    ApiError::new(
+        ErrorCode::DeviceUnknown,
+        format!("device {id} is not registered"),
+    )
 }
 
 fn session_not_found() -> ApiError {
@@ -403,7 +489,10 @@ fn session_not_found() -> ApiError {
 }
 
 fn key_reused() -> ApiError {
-    ApiError::new(ErrorCode::IdempotencyKeyReused, "this idempotency key was used for a different request")
+    ApiError::new(
+        ErrorCode::IdempotencyKeyReused,
+        "this idempotency key was used for a different request",
+    )
 }
 
 fn device_state_pb(s: DeviceState) -> pb::DeviceState {
@@ -469,7 +558,9 @@ fn decode_device_request(body: &[u8]) -> Result<DeviceOp, String> {
     let req = pb::DeviceRequest::decode(body).map_err(|e| format!("request body: {e}"))?;
     match req.kind {
         Some(pb::device_request::Kind::Poll(_)) => Ok(DeviceOp::Poll),
-        Some(pb::device_request::Kind::Start(s)) => Ok(DeviceOp::Start { session: session_id_from(&s.session_id)? }),
+        Some(pb::device_request::Kind::Start(s)) => Ok(DeviceOp::Start {
+            session: session_id_from(&s.session_id)?,
+        }),
         Some(pb::device_request::Kind::Report(r)) => Ok(DeviceOp::Report {
             session: session_id_from(&r.session_id)?,
             units: Units::new(r.units),
@@ -505,7 +596,10 @@ pub fn encode_device_result(r: &DeviceOpResult) -> pb::DeviceResponse {
             amount: s.amount.minor(),
             ..Default::default()
         },
-        DeviceOpResult::SessionNotFound => error(ErrorCode::SessionNotFound, "no such session on this machine"),
+        DeviceOpResult::SessionNotFound => error(
+            ErrorCode::SessionNotFound,
+            "no such session on this machine",
+        ),
         DeviceOpResult::Refused(e) => {
             let code = match e {
                 SessionError::Expired => ErrorCode::SessionExpired,

@@ -20,7 +20,9 @@ fn bearer(header: Option<&str>) -> Result<&str, ApiError> {
         .split_once(' ')
         .ok_or_else(|| ApiError::unauthenticated("Authorization must be `Bearer <token>`"))?;
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-        return Err(ApiError::unauthenticated("Authorization must be `Bearer <token>`"));
+        return Err(ApiError::unauthenticated(
+            "Authorization must be `Bearer <token>`",
+        ));
     }
     Ok(token.trim())
 }
@@ -40,7 +42,8 @@ pub fn phone_user(config: &Config, header: Option<&str>) -> Result<UserId, ApiEr
         &validation,
     )
     .map_err(|e| ApiError::unauthenticated(format!("invalid token: {e}")))?;
-    UserId::parse(&data.claims.sub).map_err(|e| ApiError::unauthenticated(format!("token subject: {e}")))
+    UserId::parse(&data.claims.sub)
+        .map_err(|e| ApiError::unauthenticated(format!("token subject: {e}")))
 }
 
 /// Check an operator's bearer token.
@@ -60,8 +63,25 @@ pub fn ops(config: &Config, header: Option<&str>) -> Result<(), ApiError> {
 ///
 /// # Errors
 /// When signing fails.
-pub fn mint_token(secret: &str, user: &UserId, now: u64, ttl_secs: u64) -> Result<String, ApiError> {
-    let claims = Claims { sub: user.to_string(), exp: now.saturating_add(ttl_secs) };
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
-        .map_err(|e| ApiError::new(crate::error::ErrorCode::Internal, format!("cannot sign token: {e}")))
+pub fn mint_token(
+    secret: &str,
+    user: &UserId,
+    now: u64,
+    ttl_secs: u64,
+) -> Result<String, ApiError> {
+    let claims = Claims {
+        sub: user.to_string(),
+        exp: now.saturating_add(ttl_secs),
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| {
+        ApiError::new(
+            crate::error::ErrorCode::Internal,
+            format!("cannot sign token: {e}"),
+        )
+    })
 }

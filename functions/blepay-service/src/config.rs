@@ -43,6 +43,52 @@ pub struct ServeArgs {
     pub sweep_interval_secs: u64,
 }
 
+/// Which store `blepay serve` keeps its state in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum StoreKind {
+    /// The embedded SQLite file in the data dir.
+    #[default]
+    Sqlite,
+    /// Amazon DynamoDB (or a local DynamoDB-API server, with `BLEPAY_DYNAMODB_ENDPOINT`).
+    Dynamodb,
+}
+
+/// Where `blepay serve` keeps its state. Flattened beside [`ServeArgs`] on the command line (a
+/// separate struct, so code that builds `ServeArgs` directly keeps compiling and uses SQLite).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct StoreArgs {
+    /// The store: `sqlite` (a file in the data dir) or `dynamodb`.
+    #[arg(long = "store", env = "BLEPAY_STORE", value_enum, default_value_t = StoreKind::Sqlite)]
+    pub kind: StoreKind,
+    #[command(flatten)]
+    pub dynamodb: DynamoArgs,
+}
+
+/// The DynamoDB table (for `serve` with `BLEPAY_STORE=dynamodb`, and `ops create-table`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DynamoArgs {
+    /// DynamoDB endpoint URL, e.g. http://127.0.0.1:8000 for DynamoDB Local (AWS's when unset;
+    /// with an endpoint and no AWS credentials or region in the environment, dummy ones are used).
+    #[arg(long = "dynamodb-endpoint", env = "BLEPAY_DYNAMODB_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// DynamoDB table name.
+    #[arg(
+        long = "dynamodb-table",
+        env = "BLEPAY_DYNAMODB_TABLE",
+        default_value = "blepay"
+    )]
+    pub table: String,
+}
+
+impl Default for DynamoArgs {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            table: "blepay".into(),
+        }
+    }
+}
+
 /// A string secret: `Debug` prints `<redacted>`, memory is zeroed on drop.
 #[derive(Clone)]
 pub struct SecretString(Zeroizing<String>);
@@ -78,7 +124,10 @@ pub struct ConfigError {
 }
 
 fn cfg_err(var: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError { var, message: message.into() }
+    ConfigError {
+        var,
+        message: message.into(),
+    }
 }
 
 /// The server's master keys by version.
@@ -105,10 +154,16 @@ impl Keyring {
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut keys = BTreeMap::new();
         for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let (v, hex) = entry.split_once(':').ok_or("each entry must be version:hex64")?;
-            let v: u8 = v.trim().parse().map_err(|_| "key version must be a number 0-15")?;
+            let (v, hex) = entry
+                .split_once(':')
+                .ok_or("each entry must be version:hex64")?;
+            let v: u8 = v
+                .trim()
+                .parse()
+                .map_err(|_| "key version must be a number 0-15")?;
             let v = KeyVersion::new(v).map_err(|e| e.to_string())?.get();
-            let key = MasterKey::parse_hex(hex.trim()).map_err(|_| "master key must be 64 hex characters")?;
+            let key = MasterKey::parse_hex(hex.trim())
+                .map_err(|_| "master key must be 64 hex characters")?;
             if keys.insert(v, key).is_some() {
                 return Err(format!("key version {v} given twice"));
             }
@@ -154,8 +209,12 @@ impl ServeArgs {
     /// A [`ConfigError`] naming the variable at fault.
     pub fn resolve(&self) -> Result<(Config, Generated), ConfigError> {
         let mut generated = Generated::default();
-        std::fs::create_dir_all(&self.data_dir)
-            .map_err(|e| cfg_err("BLEPAY_DATA_DIR", format!("cannot create {}: {e}", self.data_dir.display())))?;
+        std::fs::create_dir_all(&self.data_dir).map_err(|e| {
+            cfg_err(
+                "BLEPAY_DATA_DIR",
+                format!("cannot create {}: {e}", self.data_dir.display()),
+            )
+        })?;
         let keys = match &self.master_keys {
             Some(s) => s.clone(),
             None => dev_secret(&self.data_dir, "master-keys", &mut generated, || {
@@ -163,7 +222,8 @@ impl ServeArgs {
             })
             .map_err(|e| cfg_err("BLEPAY_MASTER_KEYS", e))?,
         };
-        let keyring = Keyring::parse(keys.expose()).map_err(|e| cfg_err("BLEPAY_MASTER_KEYS", e))?;
+        let keyring =
+            Keyring::parse(keys.expose()).map_err(|e| cfg_err("BLEPAY_MASTER_KEYS", e))?;
         let jwt_secret = match &self.jwt_secret {
             Some(s) => s.clone(),
             None => dev_secret(&self.data_dir, "jwt-secret", &mut generated, || {
@@ -172,7 +232,10 @@ impl ServeArgs {
             .map_err(|e| cfg_err("BLEPAY_JWT_SECRET", e))?,
         };
         if jwt_secret.expose().len() < 16 {
-            return Err(cfg_err("BLEPAY_JWT_SECRET", "must be at least 16 characters"));
+            return Err(cfg_err(
+                "BLEPAY_JWT_SECRET",
+                "must be at least 16 characters",
+            ));
         }
         let ops_token = match &self.ops_token {
             Some(s) => s.clone(),
@@ -182,12 +245,16 @@ impl ServeArgs {
             .map_err(|e| cfg_err("BLEPAY_OPS_TOKEN", e))?,
         };
         if ops_token.expose().len() < 16 {
-            return Err(cfg_err("BLEPAY_OPS_TOKEN", "must be at least 16 characters"));
+            return Err(cfg_err(
+                "BLEPAY_OPS_TOKEN",
+                "must be at least 16 characters",
+            ));
         }
         if self.start_timeout_secs == 0 {
             return Err(cfg_err("BLEPAY_START_TIMEOUT_SECS", "must be at least 1"));
         }
-        let currency = Currency::parse(&self.currency).map_err(|e| cfg_err("BLEPAY_CURRENCY", e.to_string()))?;
+        let currency = Currency::parse(&self.currency)
+            .map_err(|e| cfg_err("BLEPAY_CURRENCY", e.to_string()))?;
         Ok((
             Config {
                 keyring,
@@ -218,8 +285,12 @@ fn dev_secret(
         Ok(s) => Ok(SecretString::new(s.trim().to_owned())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let value = make();
-            write_private(&path, &value).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            generated.notes.push(format!("generated a development {name} into {}", path.display()));
+            write_private(&path, &value)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            generated.notes.push(format!(
+                "generated a development {name} into {}",
+                path.display()
+            ));
             Ok(SecretString::new(value))
         }
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),

@@ -98,7 +98,9 @@ impl ErrorCode {
         use tonic::Code;
         match self {
             Self::Unauthenticated | Self::DeviceAuthFailed => Code::Unauthenticated,
-            Self::InvalidArgument | Self::FrameInvalid | Self::PayloadTooLarge => Code::InvalidArgument,
+            Self::InvalidArgument | Self::FrameInvalid | Self::PayloadTooLarge => {
+                Code::InvalidArgument
+            }
             Self::NotFound | Self::DeviceUnknown | Self::SessionNotFound => Code::NotFound,
             Self::MethodNotAllowed => Code::Unimplemented,
             Self::AdvertInvalid | Self::AdvertStale => Code::PermissionDenied,
@@ -156,7 +158,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidArgument, message)
@@ -170,7 +175,10 @@ impl From<blepay_store::StoreError> for ApiError {
     fn from(e: blepay_store::StoreError) -> Self {
         if let blepay_store::StoreError::Unavailable(_) = e {
             tracing::warn!(error = %e, "storage unavailable");
-            Self::new(ErrorCode::RetryLater, "storage is temporarily unavailable; retry later")
+            Self::new(
+                ErrorCode::RetryLater,
+                "storage is temporarily unavailable; retry later",
+            )
         } else {
             tracing::error!(error = %e, "storage failure");
             Self::new(ErrorCode::Internal, "internal error")
@@ -186,7 +194,10 @@ struct ErrorBody<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { code: self.code.as_str(), message: &self.message };
+        let body = ErrorBody {
+            code: self.code.as_str(),
+            message: &self.message,
+        };
         (self.code.http_status(), axum::Json(body)).into_response()
     }
 }

@@ -1,10 +1,10 @@
 //! The gRPC front end (tonic): the same handlers as HTTP, the same error mapping.
 
+use blepay_core::UserId;
 use blepay_proto::pb::v1 as pb;
 use blepay_proto::pb::v1::device_service_server::{DeviceService, DeviceServiceServer};
 use blepay_proto::pb::v1::ops_service_server::{OpsService, OpsServiceServer};
 use blepay_proto::pb::v1::phone_service_server::{PhoneService, PhoneServiceServer};
-use blepay_core::UserId;
 use tonic::{Request, Response, Status};
 
 use crate::app::App;
@@ -12,7 +12,9 @@ use crate::auth;
 use crate::error::ApiError;
 
 fn authorization<T>(req: &Request<T>) -> Option<&str> {
-    req.metadata().get("authorization").and_then(|v| v.to_str().ok())
+    req.metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
 }
 
 fn phone_user<T>(app: &App, req: &Request<T>) -> Result<UserId, Status> {
@@ -33,7 +35,10 @@ pub struct Phone(pub App);
 
 #[tonic::async_trait]
 impl PhoneService for Phone {
-    async fn verify(&self, req: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
+    async fn verify(
+        &self,
+        req: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
         phone_user(&self.0, &req)?;
         reply(self.0.verify(req.into_inner()).await)
     }
@@ -43,12 +48,22 @@ impl PhoneService for Phone {
         reply(self.0.pay(&user, req.into_inner()).await)
     }
 
-    async fn get_session(&self, req: Request<pb::GetSessionRequest>) -> Result<Response<pb::Session>, Status> {
+    async fn get_session(
+        &self,
+        req: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
         let user = phone_user(&self.0, &req)?;
-        reply(self.0.user_session(&user, &req.into_inner().session_id).await)
+        reply(
+            self.0
+                .user_session(&user, &req.into_inner().session_id)
+                .await,
+        )
     }
 
-    async fn get_wallet(&self, req: Request<pb::GetWalletRequest>) -> Result<Response<pb::Wallet>, Status> {
+    async fn get_wallet(
+        &self,
+        req: Request<pb::GetWalletRequest>,
+    ) -> Result<Response<pb::Wallet>, Status> {
         let user = phone_user(&self.0, &req)?;
         reply(self.0.wallet(&user).await)
     }
@@ -73,13 +88,19 @@ impl OpsService for Ops {
         reply(self.0.top_up(req.into_inner()).await)
     }
 
-    async fn get_wallet(&self, req: Request<pb::OpsGetWalletRequest>) -> Result<Response<pb::Wallet>, Status> {
+    async fn get_wallet(
+        &self,
+        req: Request<pb::OpsGetWalletRequest>,
+    ) -> Result<Response<pb::Wallet>, Status> {
         operator(&self.0, &req)?;
         let user = App::parse_user(&req.into_inner().user_id)?;
         reply(self.0.wallet(&user).await)
     }
 
-    async fn get_session(&self, req: Request<pb::GetSessionRequest>) -> Result<Response<pb::Session>, Status> {
+    async fn get_session(
+        &self,
+        req: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
         operator(&self.0, &req)?;
         reply(self.0.ops_session(&req.into_inner().session_id).await)
     }
@@ -92,9 +113,14 @@ pub struct Device(pub App);
 
 #[tonic::async_trait]
 impl DeviceService for Device {
-    async fn exchange(&self, req: Request<pb::DeviceFrame>) -> Result<Response<pb::DeviceFrame>, Status> {
+    async fn exchange(
+        &self,
+        req: Request<pb::DeviceFrame>,
+    ) -> Result<Response<pb::DeviceFrame>, Status> {
         let answer = self.0.device_exchange(&req.into_inner().frame).await?;
-        Ok(Response::new(pb::DeviceFrame { frame: answer.frame }))
+        Ok(Response::new(pb::DeviceFrame {
+            frame: answer.frame,
+        }))
     }
 }
 
@@ -109,9 +135,11 @@ pub fn routes(app: &App) -> Result<tonic::service::Routes, tonic_reflection::ser
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(blepay_proto::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    Ok(tonic::service::Routes::new(PhoneServiceServer::new(Phone(app.clone())))
-        .add_service(OpsServiceServer::new(Ops(app.clone())))
-        .add_service(DeviceServiceServer::new(Device(app.clone())))
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha))
+    Ok(
+        tonic::service::Routes::new(PhoneServiceServer::new(Phone(app.clone())))
+            .add_service(OpsServiceServer::new(Ops(app.clone())))
+            .add_service(DeviceServiceServer::new(Device(app.clone())))
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha),
+    )
 }

@@ -26,20 +26,57 @@ pub const OCTET_STREAM: &str = "application/octet-stream";
 
 /// The phone, operator and machine routes (gRPC is added by [`crate::server::router`]).
 pub fn routes(app: App) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/v1/verify", post(verify))
-        .route("/v1/pay", post(pay))
-        .route("/v1/sessions/{session_id}", get(user_session))
-        .route("/v1/wallet", get(user_wallet))
-        .route("/v1/ops/devices", post(register_device))
-        .route("/v1/ops/wallets/{user_id}/topup", post(top_up))
-        .route("/v1/ops/wallets/{user_id}", get(ops_wallet))
-        .route("/v1/ops/sessions/{session_id}", get(ops_session))
-        .route("/v1/device", post(device))
+    routes_for(app, Surface::All).route("/openapi.json", get(openapi))
+}
+
+/// The OpenAPI 3.0 description of the HTTP API (docs/api.md), served at `GET /openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
+}
+
+/// A group of routes with one kind of caller: each Lambda function mounts only its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// `/v1/verify`, `/v1/pay`, `/v1/sessions/{id}`, `/v1/wallet` (a phone user).
+    Phone,
+    /// `/v1/ops/...` (an operator).
+    Ops,
+    /// `POST /v1/device` (a machine; each frame authenticates itself).
+    Device,
+    /// All of the above (`blepay serve`).
+    All,
+}
+
+/// The routes of one [`Surface`], plus `/healthz`; anything else is 404 NOT_FOUND.
+pub fn routes_for(app: App, surface: Surface) -> Router {
+    let all = surface == Surface::All;
+    let mut router = Router::new().route("/healthz", get(|| async { "ok" }));
+    if all || surface == Surface::Phone {
+        router = router
+            .route("/v1/verify", post(verify))
+            .route("/v1/pay", post(pay))
+            .route("/v1/sessions/{session_id}", get(user_session))
+            .route("/v1/wallet", get(user_wallet));
+    }
+    if all || surface == Surface::Ops {
+        router = router
+            .route("/v1/ops/devices", post(register_device))
+            .route("/v1/ops/wallets/{user_id}/topup", post(top_up))
+            .route("/v1/ops/wallets/{user_id}", get(ops_wallet))
+            .route("/v1/ops/sessions/{session_id}", get(ops_session));
+    }
+    if all || surface == Surface::Device {
+        router = router.route("/v1/device", post(device));
+    }
+    router
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
+            ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "method not allowed on this route",
+            )
         })
         .with_state(app)
 }
@@ -57,7 +94,10 @@ pub enum Format {
 
 impl Format {
     fn of_content_type(headers: &HeaderMap) -> Self {
-        match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        match headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+        {
             Some(ct) if ct.starts_with(PROTOBUF) => Self::Protobuf,
             _ => Self::Json,
         }
@@ -72,16 +112,22 @@ impl Format {
 
 /// Read a body of at most [`MAX_BODY_BYTES`].
 async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
-    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|e| {
-        // The only failure of a limited read on a healthy connection is the limit.
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(<dyn std::error::Error + 'static>::is::<http_body_util::LengthLimitError>);
-        if too_large {
-            ApiError::new(ErrorCode::PayloadTooLarge, format!("body exceeds {MAX_BODY_BYTES} bytes"))
-        } else {
-            ApiError::invalid(format!("cannot read body: {e}"))
-        }
-    })
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| {
+            // The only failure of a limited read on a healthy connection is the limit.
+            let too_large = std::error::Error::source(&e).is_some_and(
+                <dyn std::error::Error + 'static>::is::<http_body_util::LengthLimitError>,
+            );
+            if too_large {
+                ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("body exceeds {MAX_BODY_BYTES} bytes"),
+                )
+            } else {
+                ApiError::invalid(format!("cannot read body: {e}"))
+            }
+        })
 }
 
 /// A request message decoded from JSON or protobuf; remembers the format to answer in.
@@ -99,8 +145,10 @@ where
         let format = Format::of_content_type(req.headers());
         let bytes = read_body(req.into_body()).await?;
         let msg = match format {
-            Format::Protobuf => T::decode(bytes).map_err(|e| ApiError::invalid(format!("malformed protobuf: {e}")))?,
-            Format::Json => serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))?,
+            Format::Protobuf => T::decode(bytes)
+                .map_err(|e| ApiError::invalid(format!("malformed protobuf: {e}")))?,
+            Format::Json => serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))?,
         };
         Ok(Self(msg, format))
     }
@@ -113,10 +161,13 @@ pub struct Reply<T>(pub T, pub Format);
 impl<T: Message + Serialize> IntoResponse for Reply<T> {
     fn into_response(self) -> Response {
         match self.1 {
-            Format::Protobuf => ([(header::CONTENT_TYPE, PROTOBUF)], self.0.encode_to_vec()).into_response(),
+            Format::Protobuf => {
+                ([(header::CONTENT_TYPE, PROTOBUF)], self.0.encode_to_vec()).into_response()
+            }
             Format::Json => match serde_json::to_vec(&self.0) {
                 Ok(v) => ([(header::CONTENT_TYPE, "application/json")], v).into_response(),
-                Err(e) => ApiError::new(ErrorCode::Internal, format!("cannot encode answer: {e}")).into_response(),
+                Err(e) => ApiError::new(ErrorCode::Internal, format!("cannot encode answer: {e}"))
+                    .into_response(),
             },
         }
     }
@@ -136,7 +187,10 @@ pub struct PhoneUser(pub UserId);
 pub struct AuthorizedUser(pub UserId);
 
 fn authorization(parts: &Parts) -> Option<&str> {
-    parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
 }
 
 impl FromRequestParts<App> for PhoneUser {
@@ -154,10 +208,23 @@ impl FromRequestParts<App> for PhoneUser {
 #[derive(Debug)]
 pub struct Operator;
 
+/// An operator already authenticated upstream (API Gateway's IAM authorization of the ops
+/// routes): when present in the request extensions, it is trusted instead of the ops token.
+/// `principal` (the caller's ARN) is for the logs.
+#[derive(Debug, Clone)]
+pub struct AuthorizedOperator {
+    pub principal: String,
+}
+
 impl FromRequestParts<App> for Operator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        if let Some(AuthorizedOperator { principal }) = parts.extensions.get::<AuthorizedOperator>()
+        {
+            tracing::debug!(%principal, "operator authorized upstream");
+            return Ok(Self);
+        }
         auth::ops(app.config(), authorization(parts)).map(|()| Self)
     }
 }
@@ -188,7 +255,10 @@ async fn user_session(
     Path(session_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Reply<pb::Session>, ApiError> {
-    Ok(Reply(app.user_session(&user, &session_id).await?, Format::of_accept(&headers)))
+    Ok(Reply(
+        app.user_session(&user, &session_id).await?,
+        Format::of_accept(&headers),
+    ))
 }
 
 async fn user_wallet(
@@ -234,7 +304,10 @@ async fn ops_session(
     Path(session_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Reply<pb::Session>, ApiError> {
-    Ok(Reply(app.ops_session(&session_id).await?, Format::of_accept(&headers)))
+    Ok(Reply(
+        app.ops_session(&session_id).await?,
+        Format::of_accept(&headers),
+    ))
 }
 
 /// The machine link: the body is a raw request frame, the answer a raw response frame.

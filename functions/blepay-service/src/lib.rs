@@ -19,5 +19,5 @@ pub mod http;
 pub mod server;
 
 pub use app::{App, Clock, system_clock};
-pub use config::{Config, ServeArgs};
+pub use config::{Config, DynamoArgs, ServeArgs, StoreArgs, StoreKind};
 pub use error::{ApiError, ErrorCode};

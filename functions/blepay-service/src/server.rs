@@ -43,7 +43,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let router = router(&app).map_err(std::io::Error::other)?;
     let sweeper = tokio::spawn(sweep_loop(app, sweep_every));
-    let result = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
+    let result = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await;
     sweeper.abort();
     result
 }
@@ -56,7 +58,10 @@ pub async fn sweep_loop(app: App, every: Duration) {
         tick.tick().await;
         match app.sweep().await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(expired = n, "sweeper expired sessions and released their holds"),
+            Ok(n) => tracing::info!(
+                expired = n,
+                "sweeper expired sessions and released their holds"
+            ),
             Err(e) => tracing::warn!(error = %e, "sweeper failed; will retry"),
         }
     }

@@ -1,6 +1,8 @@
 //! Every decoder on the request path rejects malformed input with a stable code and never panics:
 //! JSON and protobuf bodies, adverts inside them, and machine frames.
 
+#![allow(clippy::unwrap_used)] // a test file: helpers outside #[test] fns unwrap too
+
 use std::sync::Arc;
 
 use blepay_proto::pb::v1 as pb;

@@ -131,9 +131,9 @@ pub enum DeviceOpResult {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceCallOutcome {
-    /// The operation ran; this is the saved answer body.
+    /// The operation ran; this is the saved answer (what the encoder produced).
     Fresh(Vec<u8>),
-    /// A retry of the last request: the answer saved the first time.
+    /// A retry of the last request: the answer saved the first time, byte for byte.
     Retry(Vec<u8>),
     /// `seq` is not newer than the last accepted one (or reuses it with other bytes): refused,
     /// nothing ran.

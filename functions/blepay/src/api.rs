@@ -29,7 +29,10 @@ impl Answer {
 
     /// A string field of the body.
     pub fn str(&self, field: &str) -> &str {
-        self.body.get(field).and_then(Value::as_str).unwrap_or_default()
+        self.body
+            .get(field)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
     }
 }
 
@@ -43,7 +46,11 @@ pub struct Api {
 
 impl Api {
     pub fn new(base: &str, token: &str) -> Self {
-        Self { http: reqwest::Client::new(), base: base.trim_end_matches('/').to_owned(), token: token.to_owned() }
+        Self {
+            http: reqwest::Client::new(),
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        }
     }
 
     /// GET a path.
@@ -51,7 +58,12 @@ impl Api {
     /// # Errors
     /// On a transport failure or a non-JSON body.
     pub async fn get(&self, path: &str) -> anyhow::Result<Answer> {
-        let r = self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await;
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await;
         Self::answer(r.with_context(|| format!("GET {path}"))?).await
     }
 
@@ -60,14 +72,21 @@ impl Api {
     /// # Errors
     /// On a transport failure or a non-JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Answer> {
-        let r = self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.token).json(body).send().await;
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await;
         Self::answer(r.with_context(|| format!("POST {path}"))?).await
     }
 
     async fn answer(r: reqwest::Response) -> anyhow::Result<Answer> {
         let status = r.status().as_u16();
         let bytes = r.bytes().await?;
-        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
         Ok(Answer { status, body })
     }
 }

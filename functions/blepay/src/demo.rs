@@ -14,6 +14,7 @@ use crate::machine::{Machine, grant_json, response_json};
 ///
 /// # Errors
 /// When any step fails (which would be a bug).
+#[allow(clippy::too_many_lines)] // a narrated script: one step after the other
 pub async fn run() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let ops_token = hex::encode(rand::random::<[u8; 16]>());
@@ -38,7 +39,10 @@ pub async fn run() -> anyhow::Result<()> {
         Duration::from_secs(5),
         std::future::pending(),
     ));
-    println!("1. blepay is serving on {base} (SQLite in {})", args.data_dir.display());
+    println!(
+        "1. blepay is serving on {base} (SQLite in {})",
+        args.data_dir.display()
+    );
 
     let ops = Api::new(&base, &ops_token);
     let device_id = hex::encode(rand::random::<[u8; 8]>());
@@ -49,34 +53,61 @@ pub async fn run() -> anyhow::Result<()> {
         )
         .await?
         .into_result()?;
-    let device_key = reg["deviceKey"].as_str().ok_or_else(|| anyhow!("no deviceKey"))?.to_owned();
-    println!("2. operator registered machine {device_id}: 0.25 EUR per litre; device key provisioned into it");
+    let device_key = reg["deviceKey"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no deviceKey"))?
+        .to_owned();
+    println!(
+        "2. operator registered machine {device_id}: 0.25 EUR per litre; device key provisioned into it"
+    );
 
     let w = ops
-        .post("/v1/ops/wallets/alice/topup", &json!({"amount": 1000, "idempotencyKey": "demo-topup-1"}))
+        .post(
+            "/v1/ops/wallets/alice/topup",
+            &json!({"amount": 1000, "idempotencyKey": "demo-topup-1"}),
+        )
         .await?
         .into_result()?;
     println!("3. operator topped up alice's wallet: {w}");
 
-    let machine = Machine::new(&base, &device_id, &device_key, 0, &dir.path().join("machine"))?;
+    let machine = Machine::new(
+        &base,
+        &device_id,
+        &device_key,
+        0,
+        &dir.path().join("machine"),
+    )?;
     machine.poll().await?;
     println!("4. the machine polled over its own (2G) link: the server now sees it online");
 
     let advert = machine.advert()?;
-    println!("5. the machine broadcasts BLE advertising data {}", advert["advertisingData"]);
+    println!(
+        "5. the machine broadcasts BLE advertising data {}",
+        advert["advertisingData"]
+    );
 
-    let secret = std::fs::read_to_string(args.data_dir.join("jwt-secret")).context("reading jwt-secret")?;
+    let secret =
+        std::fs::read_to_string(args.data_dir.join("jwt-secret")).context("reading jwt-secret")?;
     let user = blepay_core::UserId::parse("alice").map_err(|e| anyhow!(e))?;
     let token = blepay_service::auth::mint_token(secret.trim(), &user, app.now(), 3600)?;
     let phone = Api::new(&base, &token);
-    let v = phone.post("/v1/verify", &json!({"advert": advert["advert"]})).await?.into_result()?;
+    let v = phone
+        .post("/v1/verify", &json!({"advert": advert["advert"]}))
+        .await?
+        .into_result()?;
     println!("6. the phone heard it and verified it with the cloud: {v}");
 
     let pay = phone
-        .post("/v1/pay", &json!({"advert": advert["advert"], "maxAmount": 200, "idempotencyKey": "demo-pay-1"}))
+        .post(
+            "/v1/pay",
+            &json!({"advert": advert["advert"], "maxAmount": 200, "idempotencyKey": "demo-pay-1"}),
+        )
         .await?
         .into_result()?;
-    let session = pay["sessionId"].as_str().ok_or_else(|| anyhow!("no sessionId"))?.to_owned();
+    let session = pay["sessionId"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no sessionId"))?
+        .to_owned();
     println!("7. the phone paid (hold up to 2.00 EUR): {pay}");
 
     let grants = machine.poll().await?;
@@ -85,13 +116,22 @@ pub async fn run() -> anyhow::Result<()> {
     }
     let sid = blepay_core::SessionId::parse(&session).map_err(|e| anyhow!(e))?;
     let r = machine.start(sid).await?;
-    println!("9. the user pressed start on the machine: {}", response_json(&r));
+    println!(
+        "9. the user pressed start on the machine: {}",
+        response_json(&r)
+    );
     machine.report(sid, 2, false).await?;
     println!("10. dispensing... 2 litres so far");
     let r = machine.report(sid, 3, true).await?;
-    println!("11. dispensing ended at 3 litres; final report: {}", response_json(&r));
+    println!(
+        "11. dispensing ended at 3 litres; final report: {}",
+        response_json(&r)
+    );
 
-    let s = phone.get(&format!("/v1/sessions/{session}")).await?.into_result()?;
+    let s = phone
+        .get(&format!("/v1/sessions/{session}"))
+        .await?
+        .into_result()?;
     println!("12. the session as the phone sees it: {s}");
     let w = phone.get("/v1/wallet").await?.into_result()?;
     println!("13. alice's wallet: {w} (1000 - 75 spent)");
@@ -101,8 +141,16 @@ pub async fn run() -> anyhow::Result<()> {
         audit.top_ups,
         audit.available + audit.held,
         audit.revenue,
-        if audit.reconciles() { "reconciled to the cent" } else { "DOES NOT RECONCILE" }
+        if audit.reconciles() {
+            "reconciled to the cent"
+        } else {
+            "DOES NOT RECONCILE"
+        }
     );
     server.abort();
-    if audit.reconciles() { Ok(()) } else { Err(anyhow!("ledger does not reconcile")) }
+    if audit.reconciles() {
+        Ok(())
+    } else {
+        Err(anyhow!("ledger does not reconcile"))
+    }
 }

@@ -37,24 +37,35 @@ pub struct Machine {
 }
 
 fn local_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Machine {
     /// # Errors
     /// On a malformed id or key.
-    pub fn new(server: &str, device_id: &str, device_key: &str, key_version: u8, state_dir: &Path) -> anyhow::Result<Self> {
+    pub fn new(
+        server: &str,
+        device_id: &str,
+        device_key: &str,
+        key_version: u8,
+        state_dir: &Path,
+    ) -> anyhow::Result<Self> {
         let identity = Identity {
             device_id: DeviceId::parse(device_id).map_err(|e| anyhow!("--device-id: {e}"))?,
             key_version: KeyVersion::new(key_version).map_err(|e| anyhow!("--key-version: {e}"))?,
             key: DeviceKey::parse_hex(device_key).map_err(|e| anyhow!("--device-key: {e}"))?,
         };
-        std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
         Ok(Self {
             identity,
             server: server.trim_end_matches('/').to_owned(),
             state_dir: state_dir.to_owned(),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
         })
     }
 
@@ -93,8 +104,14 @@ impl Machine {
     pub fn advert(&self) -> anyhow::Result<serde_json::Value> {
         let s = self.load()?;
         let now = local_now().saturating_add_signed(s.clock_offset);
-        let flags = if s.clock_synced { AdvertFlags::NONE } else { AdvertFlags::CLOCK_UNSYNCED };
-        let advert = self.identity.advert(now, UseCounter::new(s.use_counter), flags);
+        let flags = if s.clock_synced {
+            AdvertFlags::NONE
+        } else {
+            AdvertFlags::CLOCK_UNSYNCED
+        };
+        let advert = self
+            .identity
+            .advert(now, UseCounter::new(s.use_counter), flags);
         Ok(serde_json::json!({
             "advert": base64::engine::general_purpose::STANDARD.encode(advert.encode()),
             "advertisingData": hex::encode(advert.advertising_data(DEFAULT_COMPANY_ID)),
@@ -111,13 +128,18 @@ impl Machine {
     pub async fn exchange(&self, body: &pb::DeviceRequest) -> anyhow::Result<(u16, Answer)> {
         let mut state = self.load()?;
         let seq = state.next_seq.max(1);
-        state.next_seq = seq.checked_add(1).ok_or_else(|| anyhow!("sequence numbers exhausted"))?;
+        state.next_seq = seq
+            .checked_add(1)
+            .ok_or_else(|| anyhow!("sequence numbers exhausted"))?;
         self.save(&state)?;
         let pending = self.identity.request(seq, body);
         let (status, bytes) = self.send(&pending).await?;
         let answer = match self.identity.open(&pending, &bytes) {
             Ok(a) => a,
-            Err(e) => bail!("server answered {status} without an authentic frame ({e}): {}", String::from_utf8_lossy(&bytes)),
+            Err(e) => bail!(
+                "server answered {status} without an authentic frame ({e}): {}",
+                String::from_utf8_lossy(&bytes)
+            ),
         };
         state.clock_offset = i64::try_from(answer.server_time).unwrap_or(i64::MAX)
             - i64::try_from(local_now()).unwrap_or(0);
@@ -151,7 +173,9 @@ impl Machine {
                 Err(e) => last_err = Some(anyhow!(e)),
             }
         }
-        Err(last_err.unwrap_or_else(|| anyhow!("no attempt made")).context(format!("POST {url}")))
+        Err(last_err
+            .unwrap_or_else(|| anyhow!("no attempt made"))
+            .context(format!("POST {url}")))
     }
 
     /// Poll for grants.
@@ -178,9 +202,18 @@ impl Machine {
     ///
     /// # Errors
     /// See [`Machine::exchange`]; or when the server refuses.
-    pub async fn report(&self, session: SessionId, units: u64, last: bool) -> anyhow::Result<pb::DeviceResponse> {
+    pub async fn report(
+        &self,
+        session: SessionId,
+        units: u64,
+        last: bool,
+    ) -> anyhow::Result<pb::DeviceResponse> {
         let (_, a) = self
-            .exchange(&blepay_device_client::report(session, blepay_core::Units::new(units), last))
+            .exchange(&blepay_device_client::report(
+                session,
+                blepay_core::Units::new(units),
+                last,
+            ))
             .await?;
         refused(&a)?;
         if last {
@@ -212,6 +245,7 @@ pub fn grant_json(g: &pb::Grant) -> serde_json::Value {
 
 /// A start/report answer as JSON.
 pub fn response_json(r: &pb::DeviceResponse) -> serde_json::Value {
-    let status = pb::SessionStatus::try_from(r.status).map_or("SESSION_STATUS_UNSPECIFIED", |s| s.as_str_name());
+    let status = pb::SessionStatus::try_from(r.status)
+        .map_or("SESSION_STATUS_UNSPECIFIED", |s| s.as_str_name());
     serde_json::json!({ "status": status, "amount": r.amount })
 }

@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
-#[command(name = "blepay", version, about = "Pay-per-use for self-service machines over BLE adverts")]
+#[command(
+    name = "blepay",
+    version,
+    about = "Pay-per-use for self-service machines over BLE adverts"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -107,7 +111,12 @@ enum PhoneCommand {
 struct OpsArgs {
     #[arg(long, env = "BLEPAY_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
-    #[arg(long, env = "BLEPAY_OPS_TOKEN", hide_env_values = true, default_value = "")]
+    #[arg(
+        long,
+        env = "BLEPAY_OPS_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
     ops_token: String,
     #[command(subcommand)]
     command: OpsCommand,
@@ -169,7 +178,11 @@ fn print(v: &Value) {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The server logs its work; the client commands print answers and only log problems.
-    let default_level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    let default_level = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -197,13 +210,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn device(d: DeviceArgs) -> anyhow::Result<()> {
-    let m = Machine::new(&d.server, &d.device_id, &d.device_key, d.key_version, &d.state_dir)?;
+    let m = Machine::new(
+        &d.server,
+        &d.device_id,
+        &d.device_key,
+        d.key_version,
+        &d.state_dir,
+    )?;
     let session = |s: &str| blepay_core::SessionId::parse(s).map_err(|e| anyhow!("--session: {e}"));
     match d.command {
         DeviceCommand::Advert => print(&m.advert()?),
         DeviceCommand::Poll => m.poll().await?.iter().for_each(|g| print(&grant_json(g))),
         DeviceCommand::Start { session: s } => print(&response_json(&m.start(session(&s)?).await?)),
-        DeviceCommand::Report { session: s, units, last } => {
+        DeviceCommand::Report {
+            session: s,
+            units,
+            last,
+        } => {
             print(&response_json(&m.report(session(&s)?, units, last).await?));
         }
     }
@@ -213,13 +236,24 @@ async fn device(d: DeviceArgs) -> anyhow::Result<()> {
 async fn phone(p: PhoneArgs) -> anyhow::Result<()> {
     let api = Api::new(&p.server, &p.token);
     let answer = match p.command {
-        PhoneCommand::Verify { advert } => api.post("/v1/verify", &json!({ "advert": advert })).await?,
-        PhoneCommand::Pay { advert, max_amount, idempotency_key } => {
-            let key = idempotency_key.unwrap_or_else(random_key);
-            api.post("/v1/pay", &json!({ "advert": advert, "maxAmount": max_amount, "idempotencyKey": key }))
-                .await?
+        PhoneCommand::Verify { advert } => {
+            api.post("/v1/verify", &json!({ "advert": advert })).await?
         }
-        PhoneCommand::Session { session_id } => api.get(&format!("/v1/sessions/{session_id}")).await?,
+        PhoneCommand::Pay {
+            advert,
+            max_amount,
+            idempotency_key,
+        } => {
+            let key = idempotency_key.unwrap_or_else(random_key);
+            api.post(
+                "/v1/pay",
+                &json!({ "advert": advert, "maxAmount": max_amount, "idempotencyKey": key }),
+            )
+            .await?
+        }
+        PhoneCommand::Session { session_id } => {
+            api.get(&format!("/v1/sessions/{session_id}")).await?
+        }
         PhoneCommand::Wallet => api.get("/v1/wallet").await?,
     };
     print(&answer.into_result()?);

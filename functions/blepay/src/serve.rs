@@ -25,8 +25,14 @@ pub async fn bind(args: &ServeArgs) -> anyhow::Result<Bound> {
     let path = args.database_path();
     let store = SqliteStore::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let app = App::new(config, Arc::new(store), system_clock());
-    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-    Ok(Bound { listener, app, notes: generated.notes })
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    Ok(Bound {
+        listener,
+        app,
+        notes: generated.notes,
+    })
 }
 
 /// Serve until Ctrl-C / SIGTERM.

@@ -1,1 +1,20 @@
-//! e2e
+//! End-to-end tests of blepay: the real server, driven from the outside.
+//!
+//! One binary, one module per concern (zero-to-production style); the harness is `blepay_e2e`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::too_many_lines
+)]
+
+mod device_link;
+mod errors;
+mod expiry;
+mod full_cycle_grpc;
+mod full_cycle_http;
+mod health;
+mod idempotency;
+mod race;
+mod reflection;
+mod restart;

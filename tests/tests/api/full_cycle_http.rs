@@ -1,0 +1,153 @@
+use blepay_core::SessionId;
+use blepay_e2e::spawn_app;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_phone_pays_a_machine_and_the_money_settles_over_http_json() {
+    // Arrange: a machine at 25 per litre, alice with 1000.
+    let app = spawn_app().await;
+    let (device_id, device_key) = app.register_device(25).await;
+    let topped = app.top_up("alice", 1000).await;
+    assert_eq!(
+        topped,
+        json!({"userId": "alice", "available": "1000", "held": "0", "spent": "0", "currency": "EUR"})
+    );
+    let m = app.machine(&device_id, &device_key);
+    let alice = app.token_for("alice");
+
+    // Act + Assert: the machine polls and becomes online.
+    assert!(m.machine.poll().await.unwrap().is_empty());
+    let advert = m.advert();
+    let verified = app
+        .post("/v1/verify", &alice, &json!({"advert": advert}))
+        .await
+        .ok();
+    assert_eq!(
+        verified,
+        json!({"deviceId": device_id, "name": "Water dispenser", "pricePerUnit": "25",
+               "unitName": "litre", "currency": "EUR", "state": "IDLE"})
+    );
+
+    // Pay: hold 200.
+    let before_pay = blepay_e2e::unix_now();
+    let paid = app.pay("alice", &advert, 200, "pay-1").await.ok();
+    let session_id = paid["sessionId"].as_str().unwrap().to_owned();
+    assert_eq!(paid["status"], "AUTHORIZED");
+    assert_eq!(paid["holdAmount"], "200");
+    assert_eq!(paid["deviceId"], device_id.as_str());
+    let expires_at: u64 = paid["expiresAt"].as_str().unwrap().parse().unwrap();
+    assert!(
+        (before_pay + 120..=blepay_e2e::unix_now() + 120).contains(&expires_at),
+        "{paid}"
+    );
+    assert_eq!(
+        app.get("/v1/wallet", &alice).await.ok(),
+        json!({"userId": "alice", "available": "800", "held": "200", "spent": "0", "currency": "EUR"})
+    );
+    let busy = app
+        .post("/v1/verify", &alice, &json!({"advert": m.advert()}))
+        .await
+        .ok();
+    assert_eq!(busy["state"], "BUSY");
+
+    // The machine's poll carries the grant.
+    let grants = m.machine.poll().await.unwrap();
+    assert_eq!(grants.len(), 1);
+    assert_eq!(hex::encode(&grants[0].session_id), session_id);
+    assert_eq!((grants[0].hold_amount, grants[0].price_per_unit), (200, 25));
+    assert_eq!(u64::try_from(grants[0].expires_at).unwrap(), expires_at);
+
+    // Start, progress, final report: 3 litres × 25 = 75 ≤ 200.
+    let sid = SessionId::parse(&session_id).unwrap();
+    let started = m.machine.start(sid).await.unwrap();
+    assert_eq!(
+        started.status,
+        blepay_proto::pb::v1::SessionStatus::Active as i32
+    );
+    let active = app
+        .get(&format!("/v1/sessions/{session_id}"), &alice)
+        .await
+        .ok();
+    assert_eq!(active["status"], "ACTIVE");
+    let progress = m.machine.report(sid, 2, false).await.unwrap();
+    assert_eq!(
+        progress.status,
+        blepay_proto::pb::v1::SessionStatus::Active as i32
+    );
+    let settled = m.machine.report(sid, 3, true).await.unwrap();
+    assert_eq!(
+        settled.status,
+        blepay_proto::pb::v1::SessionStatus::Settled as i32
+    );
+    assert_eq!(settled.amount, 75);
+
+    // The wallet, exactly.
+    assert_eq!(
+        app.get("/v1/wallet", &alice).await.ok(),
+        json!({"userId": "alice", "available": "925", "held": "0", "spent": "75", "currency": "EUR"})
+    );
+    assert_eq!(
+        app.wallet("alice").await,
+        app.get("/v1/wallet", &alice).await.ok()
+    );
+
+    // The session, via the phone and the ops routes.
+    let phone_view = app
+        .get(&format!("/v1/sessions/{session_id}"), &alice)
+        .await
+        .ok();
+    for field in [
+        ("sessionId", json!(session_id)),
+        ("status", json!("SETTLED")),
+        ("deviceId", json!(device_id)),
+        ("userId", json!("alice")),
+        ("holdAmount", json!("200")),
+        ("units", json!("3")),
+        ("amount", json!("75")),
+        ("pricePerUnit", json!("25")),
+        ("unitName", json!("litre")),
+        ("currency", json!("EUR")),
+        ("expiresAt", json!(expires_at.to_string())),
+        ("useCounter", json!(0)),
+    ] {
+        assert_eq!(phone_view[field.0], field.1, "{}: {phone_view}", field.0);
+    }
+    assert_ne!(phone_view["startedAt"], "0");
+    assert_ne!(phone_view["endedAt"], "0");
+    assert_eq!(app.ops_session(&session_id).await, phone_view);
+
+    // The machine is idle again (its next advert has use counter 1); money reconciles.
+    let idle = app
+        .post("/v1/verify", &alice, &json!({"advert": m.advert()}))
+        .await
+        .ok();
+    assert_eq!(idle["state"], "IDLE");
+    let audit = app.audit().await;
+    assert!(audit.reconciles(), "{audit:?}");
+    assert_eq!(
+        (audit.top_ups, audit.available, audit.held, audit.revenue),
+        (1000, 925, 0, 75)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_final_amount_is_capped_at_the_hold() {
+    // Arrange
+    let app = spawn_app().await;
+    let m = app.online_machine(25).await;
+    app.top_up("bob", 1000).await;
+    let paid = app.pay("bob", &m.advert(), 100, "pay-cap").await.ok();
+    let sid = SessionId::parse(paid["sessionId"].as_str().unwrap()).unwrap();
+    m.machine.start(sid).await.unwrap();
+
+    // Act: 10 litres × 25 = 250 > hold 100.
+    let settled = m.machine.report(sid, 10, true).await.unwrap();
+
+    // Assert
+    assert_eq!(settled.amount, 100);
+    assert_eq!(
+        app.wallet("bob").await,
+        json!({"userId": "bob", "available": "900", "held": "0", "spent": "100", "currency": "EUR"})
+    );
+    assert!(app.audit().await.reconciles());
+}
