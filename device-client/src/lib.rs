@@ -1,18 +1,49 @@
 //! # blepay-device-client — the machine side
 //!
-//! Sans-IO building blocks a machine's firmware needs to talk to blepay: the advert to broadcast,
-//! and authenticated request/answer frames for poll, start and report. The caller owns the radio,
-//! the modem and the storage; this crate owns the bytes. It is `#![no_std]` + `alloc` unless
-//! feature `std`, and uses the very same protocol code as the server (`blepay-proto`).
+//! Everything a machine's firmware needs to take part in blepay, as sans-IO building blocks: the
+//! caller owns the radio, the modem, the meter, the valve and the flash; this crate owns the bytes
+//! and the decisions. It is `#![no_std]` + `alloc` unless feature `std`, and uses the very same
+//! protocol code as the server (`blepay-proto`). It must not depend on tokio, hyper, tonic or any
+//! server crate.
 //!
-//! Rules the caller must keep (docs/protocol.md):
-//! - persist the next sequence number *before* sending a request, so it never goes back after a
-//!   power loss;
-//! - send request N+1 only after request N was answered (retry N with the *same bytes*);
-//! - take the clock from [`Answer::server_time`].
+//! Crate map:
+//! - [`Identity`] (here) — device id + key: signs adverts, seals requests, opens answers; and the
+//!   body builders [`poll`], [`start`], [`report`].
+//! - [`engine`] — the session engine: grants, start button, meter ticks, end of dispensing →
+//!   requests to send and actions (open/close the valve); one session and one request in flight
+//!   at a time.
+//! - [`outbox`] — the persisted queue of starts and reports (appended before sending, dropped when
+//!   answered) and the sequence-number high-water mark; [`journal`] — its record format and
+//!   replay.
+//! - [`log`] — [`log::RecordLog`], append-only records with CRC-32, and [`log::MemLog`];
+//!   `file_log::FileLog` with `std`.
+//! - [`clock`] — server time from the authenticated answers; [`advertiser`] — the 31-byte
+//!   advertising data and the HCI command, per 30 s slot.
+//! - [`transport`] — the blocking [`transport::Transport`] trait (one HTTP POST); [`driver`] — the
+//!   loop gluing the engine to a transport.
+//!
+//! Rules the caller must keep (docs/protocol.md) are kept by the [`engine::Engine`]:
+//! - the next sequence number is persisted *before* a request is sent, so it never goes back
+//!   after a power loss;
+//! - request N+1 is sent only after request N was answered (N is retried with the *same bytes*);
+//! - the clock comes from [`Answer::server_time`].
 #![cfg_attr(not(feature = "std"), no_std)]
 
 extern crate alloc;
+
+pub mod advertiser;
+pub mod at;
+pub mod clock;
+pub mod driver;
+pub mod engine;
+#[cfg(feature = "std")]
+pub mod file_log;
+#[cfg(feature = "std")]
+pub mod http;
+pub mod journal;
+pub mod log;
+pub mod outbox;
+pub mod transport;
 
 use alloc::vec::Vec;
 

@@ -85,6 +85,31 @@ impl Drop for TestApp {
 }
 
 /// Start the real server with default settings.
+/// The store the suite runs on: SQLite by default; `BLEPAY_E2E_STORE=dynamodb` runs the very same
+/// suite on a fresh table of Amazon DynamoDB Local (started once per test binary, on loopback).
+pub async fn store_args() -> blepay_service::config::StoreArgs {
+    use blepay_service::config::{DynamoArgs, StoreArgs, StoreKind};
+    match std::env::var("BLEPAY_E2E_STORE").as_deref() {
+        Ok("dynamodb") => {
+            let local = blepay_dynamodb::testing::DynamoLocal::shared();
+            let table = blepay_dynamodb::testing::unique_table();
+            let client = blepay_dynamodb::testing::client(local.endpoint(), Vec::new());
+            blepay_dynamodb::create_table(&client, &table)
+                .await
+                .expect("create a DynamoDB Local table");
+            StoreArgs {
+                kind: StoreKind::Dynamodb,
+                dynamodb: DynamoArgs {
+                    endpoint: Some(local.endpoint().to_owned()),
+                    table,
+                },
+            }
+        }
+        Ok("sqlite") | Err(_) => StoreArgs::default(),
+        Ok(other) => panic!("BLEPAY_E2E_STORE must be sqlite or dynamodb, not {other}"),
+    }
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(Settings::default()).await
 }
@@ -103,7 +128,9 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         currency: "EUR".into(),
         sweep_interval_secs: settings.sweep_every.as_secs().max(1),
     };
-    let bound = blepay::serve::bind(&args).await.expect("server binds");
+    let bound = blepay::serve::bind_with(&args, &store_args().await)
+        .await
+        .expect("server binds");
     let port = bound.listener.local_addr().expect("local address").port();
     let app = bound.app.clone();
     let server = tokio::spawn(blepay_service::server::serve(

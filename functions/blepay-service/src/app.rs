@@ -286,6 +286,10 @@ impl App {
         {
             TopUpOutcome::Credited(w) | TopUpOutcome::Replayed(w) => Ok(self.wallet_pb(&user, &w)),
             TopUpOutcome::KeyReused => Err(key_reused()),
+            TopUpOutcome::LimitExceeded => Err(ApiError::invalid(format!(
+                "amount: the wallet balance would exceed the maximum of {} minor units",
+                Amount::MAX
+            ))),
         }
     }
 

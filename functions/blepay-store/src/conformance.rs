@@ -46,6 +46,7 @@ macro_rules! conformance_tests {
             the_wallet_of_an_unknown_user_is_zero,
             a_top_up_replayed_with_its_key_credits_once,
             a_top_up_key_reused_with_another_amount_is_refused,
+            a_top_up_beyond_the_maximum_balance_is_refused_and_changes_nothing,
             a_pay_holds_the_amount_and_opens_an_authorized_session,
             a_pay_for_an_unknown_device_changes_nothing,
             a_pay_for_a_device_never_seen_is_offline_and_changes_nothing,
@@ -400,6 +401,29 @@ pub async fn a_top_up_key_reused_with_another_amount_is_refused(store: Arc<dyn S
     );
     assert_eq!(store.wallet(&alice, T0).await.unwrap(), wallet(500, 0, 0));
     assert_eq!(reconciled(&*store).await.top_ups, 500);
+}
+
+/// A credit that would take a wallet above `Amount::MAX` is a refusal, not a storage failure.
+pub async fn a_top_up_beyond_the_maximum_balance_is_refused_and_changes_nothing(
+    store: Arc<dyn Store>,
+) {
+    let alice = user("alice");
+    store
+        .top_up(&alice, Amount::MAX, &key("t1"), T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .top_up(&alice, amount(1), &key("t2"), T0)
+            .await
+            .unwrap(),
+        TopUpOutcome::LimitExceeded
+    );
+    assert_eq!(
+        store.wallet(&alice, T0).await.unwrap(),
+        wallet(Amount::MAX.minor(), 0, 0)
+    );
+    assert_eq!(reconciled(&*store).await.top_ups, Amount::MAX.minor());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -59,6 +59,8 @@ pub enum TopUpOutcome {
     Replayed(Wallet),
     /// The key was used before with another amount.
     KeyReused,
+    /// The credit would take the wallet above [`blepay_core::Amount::MAX`]: nothing credited.
+    LimitExceeded,
 }
 
 /// Everything `pay` needs, already parsed and verified by the caller.

@@ -266,9 +266,10 @@ impl Store for SqliteStore {
                     TopUpOutcome::KeyReused
                 });
             }
-            let (wallet, entry) = load_wallet(c, &user)?
-                .top_up(&user, amount)
-                .map_err(wallet_rule)?;
+            let (wallet, entry) = match load_wallet(c, &user)?.top_up(&user, amount) {
+                Err(WalletError::Overflow) => return Ok(TopUpOutcome::LimitExceeded),
+                other => other.map_err(wallet_rule)?,
+            };
             save_wallet(c, &user, &wallet)?;
             write_entry(c, &entry, now, None)?;
             save_idempotency(c, &scope, &key, &fingerprint, None, now)?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::anyhow;
 use blepay::api::Api;
 use blepay::machine::{Machine, grant_json, response_json};
-use blepay_service::ServeArgs;
+use blepay_service::{DynamoArgs, ServeArgs, StoreArgs};
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
@@ -22,8 +22,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the self-hosted server (HTTP + gRPC on one port, SQLite store).
-    Serve(ServeArgs),
+    /// Run the self-hosted server (HTTP + gRPC on one port, SQLite store or DynamoDB).
+    Serve(ServeCommand),
     /// Start an embedded server and run one full payment cycle with a simulated machine and phone.
     Demo,
     /// A scriptable simulated machine.
@@ -32,20 +32,44 @@ enum Command {
     Phone(PhoneArgs),
     /// Operator commands.
     Ops(OpsArgs),
+    /// Load-test an embedded server against a hello-world ceiling (`--quick`: under a minute), or
+    /// size a payment cycle on the machine's link (`--link-bytes`).
+    Bench(blepay::bench::BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
+struct ServeCommand {
+    #[command(flatten)]
+    args: ServeArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+// `global`: the machine's flags go before or after the subcommand (`blepay device run --server ...`).
+#[derive(Debug, clap::Args)]
 struct DeviceArgs {
-    #[arg(long, env = "BLEPAY_SERVER", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "BLEPAY_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
     server: String,
-    #[arg(long, env = "BLEPAY_DEVICE_ID")]
-    device_id: String,
-    #[arg(long, env = "BLEPAY_DEVICE_KEY", hide_env_values = true)]
-    device_key: String,
-    #[arg(long, default_value_t = 0)]
+    /// Required (a global flag cannot be marked required).
+    #[arg(long, global = true, env = "BLEPAY_DEVICE_ID")]
+    device_id: Option<String>,
+    /// Required (a global flag cannot be marked required).
+    #[arg(long, global = true, env = "BLEPAY_DEVICE_KEY", hide_env_values = true)]
+    device_key: Option<String>,
+    #[arg(long, global = true, default_value_t = 0)]
     key_version: u8,
     /// Where the machine keeps its sequence number, use counter and clock offset.
-    #[arg(long, env = "BLEPAY_STATE_DIR", default_value = "./blepay-device")]
+    #[arg(
+        long,
+        global = true,
+        env = "BLEPAY_STATE_DIR",
+        default_value = "./blepay-device"
+    )]
     state_dir: PathBuf,
     #[command(subcommand)]
     command: DeviceCommand,
@@ -71,6 +95,10 @@ enum DeviceCommand {
         #[arg(long = "final")]
         last: bool,
     },
+    /// Run a simulated water dispenser on the device client's engine: advertises (to
+    /// <state-dir>/advert.json), polls, waits for the start button (<state-dir>/start, a line on
+    /// stdin, or --auto-start), dispenses, reports; one JSON line per event.
+    Run(blepay::device_run::RunArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -153,6 +181,11 @@ enum OpsCommand {
     },
     /// Show any session.
     Session { session_id: String },
+    /// Create the DynamoDB table (idempotent: an existing table is fine).
+    CreateTable {
+        #[command(flatten)]
+        dynamodb: DynamoArgs,
+    },
     /// Mint a development phone JWT (HS256 with BLEPAY_JWT_SECRET, or the one generated in the data dir).
     Token {
         #[arg(long)]
@@ -201,24 +234,46 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => blepay::serve::run(args).await,
+        Command::Serve(s) => blepay::serve::run_with(s.args, s.store).await,
         Command::Demo => blepay::demo::run().await,
         Command::Device(d) => device(d).await,
         Command::Phone(p) => phone(p).await,
         Command::Ops(o) => ops(o).await,
+        Command::Bench(args) => blepay::bench::run(args).await,
     }
 }
 
 async fn device(d: DeviceArgs) -> anyhow::Result<()> {
+    let device_id = d
+        .device_id
+        .as_deref()
+        .ok_or_else(|| anyhow!("--device-id (or BLEPAY_DEVICE_ID) is required"))?;
+    let device_key = d
+        .device_key
+        .as_deref()
+        .ok_or_else(|| anyhow!("--device-key (or BLEPAY_DEVICE_KEY) is required"))?;
+    let command = match d.command {
+        DeviceCommand::Run(args) => {
+            let machine = blepay::device_run::Machine::parse(
+                &d.server,
+                device_id,
+                device_key,
+                d.key_version,
+                &d.state_dir,
+            )?;
+            return blepay::device_run::run(machine, args).await;
+        }
+        other => other,
+    };
     let m = Machine::new(
         &d.server,
-        &d.device_id,
-        &d.device_key,
+        device_id,
+        device_key,
         d.key_version,
         &d.state_dir,
     )?;
     let session = |s: &str| blepay_core::SessionId::parse(s).map_err(|e| anyhow!("--session: {e}"));
-    match d.command {
+    match command {
         DeviceCommand::Advert => print(&m.advert()?),
         DeviceCommand::Poll => m.poll().await?.iter().for_each(|g| print(&grant_json(g))),
         DeviceCommand::Start { session: s } => print(&response_json(&m.start(session(&s)?).await?)),
@@ -229,6 +284,7 @@ async fn device(d: DeviceArgs) -> anyhow::Result<()> {
         } => {
             print(&response_json(&m.report(session(&s)?, units, last).await?));
         }
+        DeviceCommand::Run(_) => {} // handled above
     }
     Ok(())
 }
@@ -277,6 +333,12 @@ async fn ops(o: OpsArgs) -> anyhow::Result<()> {
         }
         OpsCommand::Wallet { user } => api.get(&format!("/v1/ops/wallets/{user}")).await?,
         OpsCommand::Session { session_id } => api.get(&format!("/v1/ops/sessions/{session_id}")).await?,
+        OpsCommand::CreateTable { dynamodb } => {
+            let client = blepay_dynamodb::client_from_env(dynamodb.endpoint.as_deref()).await;
+            blepay_dynamodb::create_table(&client, &dynamodb.table).await?;
+            println!("{}", json!({"table": dynamodb.table, "status": "ACTIVE"}));
+            return Ok(());
+        }
         OpsCommand::Token { user, ttl_secs, jwt_secret, data_dir } => {
             let secret = match jwt_secret {
                 Some(s) => s,

@@ -1,10 +1,13 @@
-//! `blepay serve`: the self-hosted server on its embedded SQLite store.
+//! `blepay serve`: the self-hosted server on its embedded SQLite store (or DynamoDB, with
+//! `BLEPAY_STORE=dynamodb`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use blepay_service::{App, ServeArgs, system_clock};
+use blepay_dynamodb::DynamoStore;
+use blepay_service::{App, ServeArgs, StoreArgs, StoreKind, system_clock};
+use blepay_store::Store;
 use blepay_store::sqlite::SqliteStore;
 use tokio::net::TcpListener;
 
@@ -21,10 +24,17 @@ pub struct Bound {
 /// # Errors
 /// A config error naming its variable, or a store/listener failure.
 pub async fn bind(args: &ServeArgs) -> anyhow::Result<Bound> {
+    bind_with(args, &StoreArgs::default()).await
+}
+
+/// [`bind`] on the store `store` names.
+///
+/// # Errors
+/// A config error naming its variable, or a store/listener failure.
+pub async fn bind_with(args: &ServeArgs, store: &StoreArgs) -> anyhow::Result<Bound> {
     let (config, generated) = args.resolve()?;
-    let path = args.database_path();
-    let store = SqliteStore::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    let app = App::new(config, Arc::new(store), system_clock());
+    let store = open_store(args, store).await?;
+    let app = App::new(config, store, system_clock());
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -35,12 +45,45 @@ pub async fn bind(args: &ServeArgs) -> anyhow::Result<Bound> {
     })
 }
 
+/// Open the chosen store: the SQLite file in the data dir, or the DynamoDB table (whose connection
+/// is warmed up, so a missing table or endpoint fails at start).
+///
+/// # Errors
+/// When the store cannot be opened or reached.
+pub async fn open_store(args: &ServeArgs, store: &StoreArgs) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match store.kind {
+        StoreKind::Sqlite => {
+            let path = args.database_path();
+            Arc::new(
+                SqliteStore::open(&path).with_context(|| format!("opening {}", path.display()))?,
+            )
+        }
+        StoreKind::Dynamodb => {
+            let table = &store.dynamodb.table;
+            let dynamo = DynamoStore::from_env(table, store.dynamodb.endpoint.as_deref()).await?;
+            dynamo.warm_up().await.with_context(|| {
+                format!("DynamoDB table {table} (BLEPAY_DYNAMODB_TABLE; create it with `blepay ops create-table`)")
+            })?;
+            tracing::info!(table = %table, endpoint = ?store.dynamodb.endpoint, "using the DynamoDB store");
+            Arc::new(dynamo)
+        }
+    })
+}
+
 /// Serve until Ctrl-C / SIGTERM.
 ///
 /// # Errors
 /// On startup failure.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let bound = bind(&args).await?;
+    run_with(args, StoreArgs::default()).await
+}
+
+/// [`run`] on the store `store` names.
+///
+/// # Errors
+/// On startup failure.
+pub async fn run_with(args: ServeArgs, store: StoreArgs) -> anyhow::Result<()> {
+    let bound = bind_with(&args, &store).await?;
     for note in &bound.notes {
         tracing::warn!("{note}");
     }

@@ -1,0 +1,306 @@
+//! The SIM800 AT transport against a simulated modem bridged to the real server on loopback,
+//! with every fault the field has: ERROR, +CME ERROR, silence, +HTTPACTION 601/603, a dropped
+//! bearer, power loss (before, during and after the request reached the server), a left-over
+//! HTTP session and URC noise. After each, the session settles exactly once.
+#![cfg(feature = "std")]
+
+mod support;
+
+use blepay_device_client::at::AtError;
+use blepay_device_client::transport::{DEVICE_PATH, Transport};
+use blepay_device_client::{Identity, poll};
+use blepay_proto::pb::v1 as pb;
+use support::machine::{Machine, assert_retries_are_byte_identical};
+use support::server::Server;
+use support::sim800::{Fault, HostPort, Sim, driver, server_backend};
+
+type AtMachine =
+    Machine<blepay_device_client::at::Sim800<HostPort, blepay_device_client::at::StdTimer>>;
+
+const PRICE: i64 = 25;
+
+/// A registered machine on a simulated modem, online (it polled once).
+fn arranged(http_left_open: bool) -> (Server, Sim, AtMachine) {
+    let server = Server::start();
+    let id: Identity = server.register(PRICE);
+    let (sim, port) = Sim::start_with(server_backend(), http_left_open);
+    let mut m = Machine::new(id, driver(port, &server.address));
+    m.poll();
+    (server, sim, m)
+}
+
+/// Pay, poll, start and report 3 units: `before_start` faults are injected before the start,
+/// `before_report` before the final report. Asserts the session settled exactly once.
+fn a_session_settles_once_despite(
+    before_start: &[Fault],
+    before_report: &[Fault],
+) -> (Server, Sim, AtMachine) {
+    // Arrange
+    let (server, sim, mut m) = arranged(false);
+    server.top_up("ida", 1000);
+    let sid = server.pay("ida", &m.id, 0, 200);
+    let grants = m.poll();
+    assert_eq!(grants.len(), 1);
+
+    // Act
+    for f in before_start {
+        sim.inject(f.clone());
+    }
+    let (status, started) = m.start(sid);
+    assert_eq!(
+        (status, started.response.status),
+        (200, pb::SessionStatus::Active as i32)
+    );
+    for f in before_report {
+        sim.inject(f.clone());
+    }
+    let (status, settled) = m.report(sid, 3, true);
+
+    // Assert
+    assert!(sim.faults_spent(), "a fault did not fire");
+    assert_eq!(
+        (
+            status,
+            settled.error_code(),
+            settled.response.status,
+            settled.response.amount
+        ),
+        (200, None, pb::SessionStatus::Settled as i32, 75)
+    );
+    let s = server.session(sid);
+    assert_eq!(
+        (s.status, s.amount, s.units),
+        (pb::SessionStatus::Settled as i32, 75, 3)
+    );
+    let w = server.wallet("ida");
+    assert_eq!((w.available, w.held, w.spent), (925, 0, 75));
+    assert!(server.audit().reconciles());
+    assert_retries_are_byte_identical(&sim.forwarded());
+    assert_retries_are_byte_identical(&m.sent);
+    (server, sim, m)
+}
+
+#[test]
+fn a_full_poll_start_report_exchange_runs_through_the_modem_as_the_manual_gives_it() {
+    let (server, sim, m) = a_session_settles_once_despite(&[], &[]);
+
+    // Four operations (poll, poll, start, report), one HTTP action each, no retry.
+    assert_eq!(sim.forwarded().len(), 4);
+    assert_eq!(m.link.stats().tries, 4);
+    let commands = sim.commands();
+    let first: Vec<&str> = commands.iter().take(16).map(String::as_str).collect();
+    assert_eq!(
+        first,
+        [
+            "AT",
+            "ATE0",
+            "AT+HTTPTERM",
+            "AT+SAPBR=2,1",
+            "AT+SAPBR=3,1,\"Contype\",\"GPRS\"",
+            "AT+SAPBR=3,1,\"APN\",\"internet\"",
+            "AT+SAPBR=1,1",
+            "AT+SAPBR=2,1",
+            "AT+HTTPINIT",
+            "AT+HTTPPARA=\"CID\",1",
+            &format!("AT+HTTPPARA=\"URL\",\"{}/v1/device\"", server.address),
+            "AT+HTTPPARA=\"CONTENT\",\"application/octet-stream\"",
+            &format!("AT+HTTPDATA={},500", m.sent[0].len()),
+            "AT+HTTPACTION=1",
+            "AT+HTTPREAD",
+            "AT+HTTPTERM",
+        ]
+    );
+}
+
+#[test]
+fn an_error_reply_is_retried_and_the_session_settles_once() {
+    let (_s, _sim, m) = a_session_settles_once_despite(
+        &[Fault::Error("AT+HTTPPARA=\"URL\"")],
+        &[Fault::Error("AT+HTTPACTION"), Fault::Error("AT+HTTPREAD")],
+    );
+    assert!(m.link.stats().resyncs >= 3);
+}
+
+#[test]
+fn a_cme_error_is_retried_and_the_session_settles_once() {
+    a_session_settles_once_despite(
+        &[Fault::Cme("AT+HTTPDATA", 3)],
+        &[Fault::Cme("AT+HTTPINIT", 4)],
+    );
+}
+
+#[test]
+fn a_silent_modem_times_out_and_the_exchange_is_retried() {
+    let (_s, _sim, m) = a_session_settles_once_despite(
+        &[Fault::Silence("AT+HTTPDATA")],
+        &[
+            Fault::Silence("AT+HTTPACTION"),
+            Fault::Silence("AT+HTTPREAD"),
+        ],
+    );
+    assert!(m.link.stats().resyncs >= 3);
+}
+
+#[test]
+fn network_error_601_re_attaches_the_bearer_and_retries() {
+    let (_s, _sim, m) = a_session_settles_once_despite(&[], &[Fault::ActionFails(601)]);
+    // First attach plus one re-attach.
+    assert_eq!(m.link.stats().bearer_opens, 2);
+}
+
+#[test]
+fn dns_error_603_re_attaches_the_bearer_and_retries() {
+    let (_s, _sim, m) = a_session_settles_once_despite(&[Fault::ActionFails(603)], &[]);
+    assert_eq!(m.link.stats().bearer_opens, 2);
+}
+
+#[test]
+fn an_answer_lost_after_the_server_executed_is_answered_again_from_the_saved_answer() {
+    let (_s, sim, _m) = a_session_settles_once_despite(&[Fault::AnswerLost], &[Fault::AnswerLost]);
+    // poll, poll, start twice, report twice: the retries reached the server with the same bytes.
+    assert_eq!(sim.forwarded().len(), 6);
+}
+
+#[test]
+fn a_dropped_bearer_is_noticed_and_re_attached() {
+    let (_s, sim, m) = a_session_settles_once_despite(
+        &[Fault::DropBearer("AT+HTTPACTION")],
+        &[Fault::DropBearer("AT+HTTPINIT")],
+    );
+    let stats = m.link.stats();
+    assert_eq!(stats.bearer_drops_seen, 2);
+    assert_eq!(stats.bearer_opens, 3);
+    assert_eq!(
+        sim.forwarded().len(),
+        4,
+        "a dropped bearer never reaches the server"
+    );
+}
+
+#[test]
+fn a_power_loss_before_the_request_is_survived() {
+    let (_s, _sim, m) = a_session_settles_once_despite(&[Fault::PowerLoss("AT+HTTPINIT")], &[]);
+    let stats = m.link.stats();
+    assert_eq!(stats.reboots_seen, 1);
+    assert_eq!(
+        stats.bearer_opens, 2,
+        "the bearer is opened again after the reboot"
+    );
+}
+
+#[test]
+fn a_power_loss_mid_transfer_is_survived_and_the_server_runs_the_operation_once() {
+    a_session_settles_once_despite(
+        &[Fault::PowerLossDuringData],
+        &[Fault::PowerLoss("AT+HTTPREAD")],
+    );
+}
+
+#[test]
+fn a_power_loss_after_the_server_executed_gets_the_saved_answer() {
+    let (_s, sim, _m) = a_session_settles_once_despite(&[], &[Fault::PowerLossAfterForward]);
+    assert_eq!(
+        sim.forwarded().len(),
+        5,
+        "the final report reached the server twice, byte-identical"
+    );
+}
+
+#[test]
+fn an_http_session_left_open_is_closed_before_httpinit() {
+    // Arrange: the controller rebooted, the modem did not: its HTTP session is still open.
+    let (_server, sim, m) = arranged(true);
+
+    // Assert: the first poll went through, and the re-sync closed the old session.
+    let commands = sim.commands();
+    assert_eq!(commands[2], "AT+HTTPTERM");
+    assert_eq!(m.link.stats().tries, 1);
+}
+
+#[test]
+fn an_httpinit_refused_because_a_session_is_open_is_repaired_with_httpterm() {
+    // Arrange: a session left open *after* the driver synchronised (another task used HTTP).
+    let (server, sim, mut m) = arranged(false);
+    sim.inject(Fault::Error("AT+HTTPINIT"));
+
+    // Act
+    let (status, _) = m.exchange(&poll());
+
+    // Assert: HTTPTERM + HTTPINIT inside the same try.
+    assert_eq!(status, 200);
+    assert_eq!(m.link.stats().stale_http_sessions, 1);
+    assert_eq!(m.link.stats().tries, 2);
+    drop(server);
+}
+
+#[test]
+fn unsolicited_result_codes_between_replies_are_ignored() {
+    let (_s, _sim, m) = a_session_settles_once_despite(
+        &[
+            Fault::Noise("AT+HTTPPARA=\"CID\""),
+            Fault::Noise("AT+HTTPREAD"),
+        ],
+        &[Fault::Noise("AT+HTTPINIT"), Fault::Noise("AT+HTTPACTION")],
+    );
+    assert_eq!(m.link.stats().tries, 4, "noise costs no retry");
+}
+
+#[test]
+fn a_modem_that_stays_silent_is_a_clear_timeout_and_a_retry_of_the_same_frame_succeeds() {
+    // Arrange: more silence than one post tries.
+    let (server, sim, mut m) = arranged(false);
+    for _ in 0..3 {
+        sim.inject(Fault::Silence("AT+HTTPACTION"));
+    }
+    let p = m.seal(&poll());
+
+    // Act
+    let mut answer = Vec::new();
+    let first = m.link.post(DEVICE_PATH, &p.frame, &mut answer);
+    let second = m.link.post(DEVICE_PATH, &p.frame, &mut answer);
+
+    // Assert
+    assert_eq!(
+        first,
+        Err(AtError::Timeout {
+            command: "AT+HTTPACTION=1"
+        })
+    );
+    assert!(
+        first
+            .unwrap_err()
+            .to_string()
+            .contains("no answer to AT+HTTPACTION=1")
+    );
+    assert_eq!(second, Ok(200));
+    assert!(m.id.open(&p, &answer).is_ok());
+    drop(server);
+}
+
+#[test]
+fn binary_bodies_that_look_like_at_output_are_carried_byte_exact() {
+    // Arrange: a backend that answers with the request reversed, around AT-looking bytes.
+    let tricky: Vec<u8> =
+        b"\r\nOK\r\n+HTTPACTION: 1,200,9\r\nERROR\r\n\0\xff\r\n+HTTPREAD: 3\r\nDOWNLOAD\r\n"
+            .to_vec();
+    let backend: support::sim800::Backend = Box::new(|_url, body| {
+        let mut answer = b"\r\nOK\r\n".to_vec();
+        answer.extend(body.iter().rev());
+        answer.extend_from_slice(b"\r\nERROR\r\n");
+        Some((200, answer))
+    });
+    let (sim, port) = Sim::start(backend);
+    let mut at = driver(port, "http://192.0.2.1:8080");
+
+    // Act
+    let mut answer = Vec::new();
+    let status = at.post(DEVICE_PATH, &tricky, &mut answer);
+
+    // Assert
+    let mut expected = b"\r\nOK\r\n".to_vec();
+    expected.extend(tricky.iter().rev());
+    expected.extend_from_slice(b"\r\nERROR\r\n");
+    assert_eq!(status, Ok(200));
+    assert_eq!(answer, expected);
+    assert_eq!(sim.forwarded(), vec![tricky]);
+}

@@ -1,0 +1,543 @@
+//! Keys, item shapes, attribute conversions and the classification of SDK errors.
+//! The table design is written up in `docs/dynamodb.md`; keep the two in step.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::str::FromStr;
+
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+};
+use blepay_core::{
+    Amount, Currency, DeviceId, DeviceName, IdempotencyKey, KeyVersion, LedgerEntry, Session,
+    SessionId, SessionStatus, Slot, Tariff, UnitName, Units, UseCounter, UserId, Wallet,
+};
+use blepay_store::{DeviceRecord, StoreError};
+
+pub(crate) type Item = HashMap<String, AttributeValue>;
+
+/// Partition and sort key attribute names.
+pub(crate) const PK: &str = "pk";
+pub(crate) const SK: &str = "sk";
+/// The sparse GSI of AUTHORIZED sessions by start deadline.
+pub(crate) const DUE_INDEX: &str = "due";
+pub(crate) const DUE_PK: &str = "due_pk";
+pub(crate) const DUE_AT: &str = "due_at";
+pub(crate) const DUE_PARTITION: &str = "DUE";
+/// The TTL attribute (unix seconds) of advert markers and idempotency records.
+pub(crate) const TTL: &str = "ttl";
+/// How long advert markers and idempotency records are kept.
+pub(crate) const RETENTION_SECS: u64 = 7 * 24 * 3600;
+
+// ---------------------------------------------------------------------------------------------
+// Keys
+// ---------------------------------------------------------------------------------------------
+
+pub(crate) fn key(pk: String, sk: &str) -> Item {
+    HashMap::from([
+        (PK.to_string(), AttributeValue::S(pk)),
+        (SK.to_string(), s(sk)),
+    ])
+}
+
+pub(crate) fn device_key(id: DeviceId) -> Item {
+    key(device_pk(id), "DEVICE")
+}
+
+pub(crate) fn device_pk(id: DeviceId) -> String {
+    format!("DEV#{id}")
+}
+
+pub(crate) fn wallet_key(user: &UserId) -> Item {
+    key(format!("USER#{user}"), "WALLET")
+}
+
+pub(crate) fn pay_key_key(user: &UserId, k: &IdempotencyKey) -> Item {
+    key(format!("USER#{user}"), &format!("PAY#{k}"))
+}
+
+pub(crate) fn topup_key_key(user: &UserId, k: &IdempotencyKey) -> Item {
+    key(format!("USER#{user}"), &format!("TOPUP#{k}"))
+}
+
+pub(crate) fn session_key(id: SessionId) -> Item {
+    key(format!("SESSION#{id}"), "SESSION")
+}
+
+pub(crate) fn advert_key(device: DeviceId, slot: Slot, counter: UseCounter) -> Item {
+    key(
+        format!("ADVERT#{device}#{}#{}", slot.get(), counter.get()),
+        "ADVERT",
+    )
+}
+
+/// Ledger entries of a session are keyed by session and kind (each happens at most once per
+/// session); top-ups by user and idempotency key.
+pub(crate) fn ledger_key(entry: &LedgerEntry, session: Option<SessionId>, topup: &str) -> Item {
+    let id = match session {
+        Some(sid) => format!("LEDGER#{sid}#{}", entry.kind.as_str()),
+        None => format!("LEDGER#{topup}"),
+    };
+    key(id, "ENTRY")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attribute values
+// ---------------------------------------------------------------------------------------------
+
+pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+pub(crate) fn n(v: impl Display) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+pub(crate) fn b(v: &[u8]) -> AttributeValue {
+    AttributeValue::B(Blob::new(v))
+}
+
+pub(crate) fn corrupt(what: &str, attr: &str) -> StoreError {
+    StoreError::Corrupt(format!(
+        "{what}: attribute `{attr}` is missing or malformed"
+    ))
+}
+
+pub(crate) fn get_s<'a>(item: &'a Item, attr: &str) -> Result<&'a str, StoreError> {
+    match item.get(attr) {
+        Some(AttributeValue::S(v)) => Ok(v),
+        _ => Err(corrupt("item", attr)),
+    }
+}
+
+pub(crate) fn get_n<T: FromStr>(item: &Item, attr: &str) -> Result<T, StoreError> {
+    opt_n(item, attr)?.ok_or_else(|| corrupt("item", attr))
+}
+
+pub(crate) fn opt_n<T: FromStr>(item: &Item, attr: &str) -> Result<Option<T>, StoreError> {
+    match item.get(attr) {
+        None | Some(AttributeValue::Null(_)) => Ok(None),
+        Some(AttributeValue::N(v)) => v.parse().map(Some).map_err(|_| corrupt("item", attr)),
+        Some(_) => Err(corrupt("item", attr)),
+    }
+}
+
+pub(crate) fn opt_b<'a>(item: &'a Item, attr: &str) -> Result<Option<&'a [u8]>, StoreError> {
+    match item.get(attr) {
+        None | Some(AttributeValue::Null(_)) => Ok(None),
+        Some(AttributeValue::B(v)) => Ok(Some(v.as_ref())),
+        Some(_) => Err(corrupt("item", attr)),
+    }
+}
+
+pub(crate) fn opt_m<'a>(item: &'a Item, attr: &str) -> Result<Option<&'a Item>, StoreError> {
+    match item.get(attr) {
+        None | Some(AttributeValue::Null(_)) => Ok(None),
+        Some(AttributeValue::M(v)) => Ok(Some(v)),
+        Some(_) => Err(corrupt("item", attr)),
+    }
+}
+
+fn amount(item: &Item, attr: &str) -> Result<Amount, StoreError> {
+    Amount::new(get_n(item, attr)?).map_err(|_| corrupt("amount", attr))
+}
+
+fn parsed<T, E>(
+    item: &Item,
+    attr: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, StoreError> {
+    parse(get_s(item, attr)?).map_err(|_| corrupt("item", attr))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Devices
+// ---------------------------------------------------------------------------------------------
+
+/// A device item, with the protocol state the store keeps on it.
+#[derive(Debug, Clone)]
+pub(crate) struct DeviceItem {
+    pub record: DeviceRecord,
+    pub last_seq: Option<u32>,
+    pub last_digest: Option<Vec<u8>>,
+    pub last_response: Option<Vec<u8>>,
+    pub last_seen: Option<u64>,
+    /// The AUTHORIZED or ACTIVE session on the machine (the "busy" lock and the poll grant).
+    pub open: Option<Session>,
+}
+
+pub(crate) fn device_item(d: &DeviceRecord) -> Item {
+    let mut item = device_key(d.id);
+    item.extend([
+        ("type".to_string(), s("DEVICE")),
+        ("id".to_string(), s(d.id.to_string())),
+        ("name".to_string(), s(d.name.as_str())),
+        ("price".to_string(), n(d.tariff.price_per_unit.minor())),
+        ("unit".to_string(), s(d.tariff.unit_name.as_str())),
+        ("currency".to_string(), s(d.tariff.currency.as_str())),
+        ("key_version".to_string(), n(d.key_version.get())),
+        ("created_at".to_string(), n(d.created_at)),
+    ]);
+    item
+}
+
+pub(crate) fn device_from_item(item: &Item) -> Result<DeviceItem, StoreError> {
+    Ok(DeviceItem {
+        record: DeviceRecord {
+            id: parsed(item, "id", DeviceId::parse)?,
+            name: parsed(item, "name", DeviceName::parse)?,
+            tariff: tariff(item)?,
+            key_version: KeyVersion::new(get_n(item, "key_version")?)
+                .map_err(|_| corrupt("device", "key_version"))?,
+            created_at: get_n(item, "created_at")?,
+        },
+        last_seq: opt_n(item, "last_seq")?,
+        last_digest: opt_b(item, "last_digest")?.map(<[u8]>::to_vec),
+        last_response: opt_b(item, "last_response")?.map(<[u8]>::to_vec),
+        last_seen: opt_n(item, "last_seen")?,
+        open: opt_m(item, "open")?.map(session_from_item).transpose()?,
+    })
+}
+
+fn tariff(item: &Item) -> Result<Tariff, StoreError> {
+    Ok(Tariff {
+        price_per_unit: amount(item, "price")?,
+        unit_name: parsed(item, "unit", UnitName::parse)?,
+        currency: parsed(item, "currency", Currency::parse)?,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sessions
+// ---------------------------------------------------------------------------------------------
+
+/// A session's attributes (also the shape of the snapshot kept in the device's `open` and the
+/// wallet's `holds`).
+pub(crate) fn session_attrs(x: &Session) -> Item {
+    let mut item = HashMap::from([
+        ("id".to_string(), s(x.id.to_string())),
+        ("device".to_string(), s(x.device_id.to_string())),
+        ("user".to_string(), s(x.user_id.as_str())),
+        ("hold".to_string(), n(x.hold.minor())),
+        ("price".to_string(), n(x.tariff.price_per_unit.minor())),
+        ("unit".to_string(), s(x.tariff.unit_name.as_str())),
+        ("currency".to_string(), s(x.tariff.currency.as_str())),
+        ("use_counter".to_string(), n(x.use_counter.get())),
+        ("status".to_string(), s(x.status.as_str())),
+        ("units".to_string(), n(x.units.get())),
+        ("amount".to_string(), n(x.amount.minor())),
+        ("created_at".to_string(), n(x.created_at)),
+        ("expires_at".to_string(), n(x.expires_at)),
+    ]);
+    if let Some(t) = x.started_at {
+        item.insert("started_at".into(), n(t));
+    }
+    if let Some(t) = x.ended_at {
+        item.insert("ended_at".into(), n(t));
+    }
+    item
+}
+
+/// The session item: its attributes, its key, and — while AUTHORIZED — the `due` GSI keys.
+pub(crate) fn session_item(x: &Session) -> Item {
+    let mut item = session_attrs(x);
+    item.extend(session_key(x.id));
+    item.insert("type".into(), s("SESSION"));
+    if x.status == SessionStatus::Authorized {
+        item.insert(DUE_PK.into(), s(DUE_PARTITION));
+        item.insert(DUE_AT.into(), n(x.expires_at));
+    }
+    item
+}
+
+pub(crate) fn session_from_item(item: &Item) -> Result<Session, StoreError> {
+    Ok(Session {
+        id: parsed(item, "id", SessionId::parse)?,
+        device_id: parsed(item, "device", DeviceId::parse)?,
+        user_id: parsed(item, "user", UserId::parse)?,
+        hold: amount(item, "hold")?,
+        tariff: tariff(item)?,
+        use_counter: UseCounter::new(get_n(item, "use_counter")?),
+        status: parsed(item, "status", |v| SessionStatus::parse(v).ok_or(()))?,
+        units: Units::new(get_n(item, "units")?),
+        amount: amount(item, "amount")?,
+        created_at: get_n(item, "created_at")?,
+        expires_at: get_n(item, "expires_at")?,
+        started_at: opt_n(item, "started_at")?,
+        ended_at: opt_n(item, "ended_at")?,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wallets
+// ---------------------------------------------------------------------------------------------
+
+/// A wallet item: balances, and the AUTHORIZED sessions holding money on it (`holds`, by session
+/// id), so that a wallet read can expire overdue holds without an index.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WalletItem {
+    pub exists: bool,
+    pub wallet: Wallet,
+    pub holds: Vec<Session>,
+}
+
+pub(crate) fn wallet_from_item(item: Option<&Item>) -> Result<WalletItem, StoreError> {
+    let Some(item) = item else {
+        return Ok(WalletItem::default());
+    };
+    let holds = match opt_m(item, "holds")? {
+        None => Vec::new(),
+        Some(map) => map
+            .values()
+            .map(|v| match v {
+                AttributeValue::M(m) => session_from_item(m),
+                _ => Err(corrupt("wallet", "holds")),
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(WalletItem {
+        exists: true,
+        wallet: Wallet {
+            available: amount(item, "available")?,
+            held: amount(item, "held")?,
+            spent: amount(item, "spent")?,
+        },
+        holds,
+    })
+}
+
+/// The change from `before` to `after` (both computed by the core's wallet rules), per balance.
+pub(crate) fn wallet_delta(before: Wallet, after: Wallet) -> [i64; 3] {
+    [
+        after.available.minor() - before.available.minor(),
+        after.held.minor() - before.held.minor(),
+        after.spent.minor() - before.spent.minor(),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ledger
+// ---------------------------------------------------------------------------------------------
+
+pub(crate) fn ledger_item(
+    entry: &LedgerEntry,
+    at: u64,
+    session: Option<SessionId>,
+    topup_id: &str,
+) -> Item {
+    let mut item = ledger_key(entry, session, topup_id);
+    item.extend([
+        ("type".to_string(), s("LEDGER")),
+        ("kind".to_string(), s(entry.kind.as_str())),
+        ("debit".to_string(), s(entry.debit.key())),
+        ("credit".to_string(), s(entry.credit.key())),
+        ("amount".to_string(), n(entry.amount.minor())),
+        ("at".to_string(), n(at)),
+    ]);
+    if let Some(sid) = session {
+        item.insert("session".into(), s(sid.to_string()));
+    }
+    item
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writes
+// ---------------------------------------------------------------------------------------------
+
+/// An update expression assembled from parts, so that one item's changes from several rules (the
+/// sequence number, a lock release, an expiry) merge into one action of a transaction.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Upd {
+    key: Item,
+    sets: Vec<String>,
+    removes: Vec<String>,
+    conds: Vec<String>,
+    names: HashMap<String, String>,
+    values: Item,
+}
+
+impl Upd {
+    pub fn new(key: Item) -> Self {
+        Self {
+            key,
+            ..Self::default()
+        }
+    }
+    pub fn set(mut self, expr: impl Into<String>) -> Self {
+        self.sets.push(expr.into());
+        self
+    }
+    pub fn remove(mut self, expr: impl Into<String>) -> Self {
+        self.removes.push(expr.into());
+        self
+    }
+    pub fn cond(mut self, expr: impl Into<String>) -> Self {
+        self.conds.push(format!("({})", expr.into()));
+        self
+    }
+    pub fn name(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.names.insert(k.into(), v.into());
+        self
+    }
+    pub fn val(mut self, k: &str, v: AttributeValue) -> Self {
+        self.values.insert(k.into(), v);
+        self
+    }
+
+    /// Add `other`'s changes and conditions to this update (keeping this one's key).
+    pub fn merge(mut self, other: Upd) -> Self {
+        self.sets.extend(other.sets);
+        self.removes.extend(other.removes);
+        self.conds.extend(other.conds);
+        self.names.extend(other.names);
+        self.values.extend(other.values);
+        self
+    }
+
+    fn expression(&self) -> String {
+        let mut out = String::new();
+        if !self.sets.is_empty() {
+            out.push_str("SET ");
+            out.push_str(&self.sets.join(", "));
+        }
+        if !self.removes.is_empty() {
+            out.push_str(" REMOVE ");
+            out.push_str(&self.removes.join(", "));
+        }
+        out
+    }
+
+    fn condition(&self) -> Option<String> {
+        (!self.conds.is_empty()).then(|| self.conds.join(" AND "))
+    }
+
+    pub fn into_transact(self, table: &str) -> Result<TransactWriteItem, StoreError> {
+        let update = Update::builder()
+            .table_name(table)
+            .set_key(Some(self.key.clone()))
+            .update_expression(self.expression())
+            .set_condition_expression(self.condition())
+            .set_expression_attribute_names((!self.names.is_empty()).then(|| self.names.clone()))
+            .set_expression_attribute_values((!self.values.is_empty()).then(|| self.values.clone()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .map_err(build_error)?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+
+    /// Send as a single `UpdateItem`.
+    pub async fn send(self, client: &aws_sdk_dynamodb::Client, table: &str) -> Result<(), Failure> {
+        let result = client
+            .update_item()
+            .table_name(table)
+            .set_key(Some(self.key.clone()))
+            .update_expression(self.expression())
+            .set_condition_expression(self.condition())
+            .set_expression_attribute_names((!self.names.is_empty()).then_some(self.names))
+            .set_expression_attribute_values((!self.values.is_empty()).then_some(self.values))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
+                Err(Failure::Condition)
+            }
+            Err(e) => Err(sdk_error(&e)),
+        }
+    }
+}
+
+/// A conditional `Put` (the item must not exist yet) as a transaction action.
+pub(crate) fn put_new(table: &str, item: Item) -> Result<TransactWriteItem, StoreError> {
+    let put = Put::builder()
+        .table_name(table)
+        .set_item(Some(item))
+        .condition_expression("attribute_not_exists(pk)")
+        .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+        .build()
+        .map_err(build_error)?;
+    Ok(TransactWriteItem::builder().put(put).build())
+}
+
+#[allow(clippy::needless_pass_by_value, reason = "shaped for `map_err`")]
+pub(crate) fn build_error(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
+    StoreError::Internal(format!("cannot build a DynamoDB request: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// Why one attempt of an operation did not complete.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Lost a race (a transaction conflict, or an item changed since it was read): re-run the
+    /// whole operation.
+    Contention(String),
+    /// A single-item write's condition failed (the caller decides what it means).
+    Condition,
+    /// The SDK gave up after its own retries (throttling, 5xx, network): may be re-run a little.
+    Unavailable(String),
+    /// Not retryable.
+    Fatal(StoreError),
+}
+
+impl Failure {
+    pub fn into_store(self) -> StoreError {
+        match self {
+            Self::Contention(m) | Self::Unavailable(m) => StoreError::Unavailable(m),
+            Self::Condition => StoreError::Unavailable("a condition kept failing".into()),
+            Self::Fatal(e) => e,
+        }
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Self::Fatal(e)
+    }
+}
+
+/// Error codes that mean "try again later".
+const TRANSIENT_CODES: &[&str] = &[
+    "ThrottlingException",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "TransactionInProgressException",
+    "TransactionConflictException",
+    "LimitExceededException",
+];
+
+/// Classify an SDK error that is not a transaction cancellation.
+pub(crate) fn sdk_error<E, R>(e: &SdkError<E, R>) -> Failure
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let message = format!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(e));
+    match e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            Failure::Unavailable(message)
+        }
+        SdkError::ServiceError(ctx) => {
+            let code = ctx.err().code().unwrap_or("");
+            if TRANSIENT_CODES.contains(&code) {
+                Failure::Unavailable(message)
+            } else {
+                Failure::Fatal(StoreError::Internal(message))
+            }
+        }
+        _ => {
+            // Raw 5xx responses that did not parse as a modeled error end up here too.
+            if e.code().is_some_and(|c| TRANSIENT_CODES.contains(&c)) {
+                Failure::Unavailable(message)
+            } else {
+                Failure::Fatal(StoreError::Internal(message))
+            }
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! `blepay-verify-fn`: the phone routes (/v1/verify, /v1/pay, /v1/sessions/{id}, /v1/wallet); the user is the JWT authorizer's `sub`.
+//!
+//! Cold start builds everything once (config, SDK clients, master keys, warmed DynamoDB
+//! connection); then `lambda_http` feeds each API Gateway event to the same axum router
+//! `blepay serve` runs.
+
+use blepay_service::http::Surface;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    lambda_http::tracing::init_default_subscriber();
+    let router = blepay_lambda::http_router(Surface::Phone)
+        .await
+        .inspect_err(|e| {
+            tracing::error!(error = %e, "cold start failed");
+        })?;
+    lambda_http::run(router).await
+}

@@ -1,0 +1,244 @@
+//! Typed configuration of the Lambda functions, read once from the environment at cold start.
+//! A missing or malformed value fails the init with a message naming the variable.
+
+use blepay_core::Currency;
+use blepay_service::config::{ConfigError, SecretString};
+
+/// Where the master keys (`version:hex64[,...]`, as `BLEPAY_MASTER_KEYS`) come from.
+#[derive(Debug, Clone)]
+pub enum MasterKeySource {
+    /// `BLEPAY_MASTER_KEYS_SECRET_ID`: an AWS Secrets Manager secret (name or ARN) whose
+    /// `SecretString` is the keyring.
+    SecretsManager(String),
+    /// `BLEPAY_MASTER_KEYS_PARAMETER`: an SSM Parameter Store SecureString holding the keyring.
+    Parameter(String),
+    /// `BLEPAY_MASTER_KEYS`: the keyring itself (local runs only).
+    Inline(SecretString),
+}
+
+/// The environment variables naming the master key source; exactly one must be set.
+pub const MASTER_KEY_VARS: [&str; 3] = [
+    "BLEPAY_MASTER_KEYS_SECRET_ID",
+    "BLEPAY_MASTER_KEYS_PARAMETER",
+    "BLEPAY_MASTER_KEYS",
+];
+
+/// Everything the functions read from the environment.
+#[derive(Debug, Clone)]
+pub struct LambdaConfig {
+    /// `BLEPAY_DYNAMODB_TABLE` (required).
+    pub table: String,
+    /// `BLEPAY_DYNAMODB_ENDPOINT`: a local DynamoDB-API server (DynamoDB Local); unset in AWS.
+    pub dynamodb_endpoint: Option<String>,
+    /// One of [`MASTER_KEY_VARS`] (not needed by the sweeper).
+    pub master_keys: Option<MasterKeySource>,
+    /// `BLEPAY_JWT_SECRET`: HS256 secret for phone JWTs when there is no authorizer context
+    /// (local runs). Unset when deployed: then a random secret nobody knows is used, so only
+    /// the gateway's JWT authorizer can let a phone in.
+    pub jwt_secret: Option<SecretString>,
+    /// `BLEPAY_OPS_TOKEN`: operator bearer token when there is no IAM context (local runs).
+    /// Unset when deployed: only IAM-signed calls reach the ops routes.
+    pub ops_token: Option<SecretString>,
+    /// `BLEPAY_START_TIMEOUT_SECS` (default 120).
+    pub start_timeout_secs: u64,
+    /// `BLEPAY_OFFLINE_AFTER_SECS` (default 300).
+    pub offline_after_secs: u64,
+    /// `BLEPAY_CURRENCY` (default EUR).
+    pub currency: Currency,
+}
+
+fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.into(),
+    }
+}
+
+impl LambdaConfig {
+    /// Read the process environment.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the variable at fault.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Read the configuration through `lookup` (the environment, or a map in tests). Empty values
+    /// count as unset.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the variable at fault.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+
+        let table = get("BLEPAY_DYNAMODB_TABLE")
+            .ok_or_else(|| err("BLEPAY_DYNAMODB_TABLE", "must be set"))?;
+        let dynamodb_endpoint = get("BLEPAY_DYNAMODB_ENDPOINT");
+
+        let sources: Vec<MasterKeySource> = [
+            get(MASTER_KEY_VARS[0]).map(MasterKeySource::SecretsManager),
+            get(MASTER_KEY_VARS[1]).map(MasterKeySource::Parameter),
+            get(MASTER_KEY_VARS[2]).map(|v| MasterKeySource::Inline(SecretString::new(v))),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if sources.len() > 1 {
+            return Err(err(
+                MASTER_KEY_VARS[0],
+                format!("set only one of {}", MASTER_KEY_VARS.join(", ")),
+            ));
+        }
+        let master_keys = sources.into_iter().next();
+
+        let jwt_secret = secret(get("BLEPAY_JWT_SECRET"), "BLEPAY_JWT_SECRET")?;
+        let ops_token = secret(get("BLEPAY_OPS_TOKEN"), "BLEPAY_OPS_TOKEN")?;
+        let start_timeout_secs = number(
+            get("BLEPAY_START_TIMEOUT_SECS"),
+            "BLEPAY_START_TIMEOUT_SECS",
+            120,
+        )?;
+        if start_timeout_secs == 0 {
+            return Err(err("BLEPAY_START_TIMEOUT_SECS", "must be at least 1"));
+        }
+        let offline_after_secs = number(
+            get("BLEPAY_OFFLINE_AFTER_SECS"),
+            "BLEPAY_OFFLINE_AFTER_SECS",
+            300,
+        )?;
+        let currency = Currency::parse(get("BLEPAY_CURRENCY").as_deref().unwrap_or("EUR"))
+            .map_err(|e| err("BLEPAY_CURRENCY", e.to_string()))?;
+
+        Ok(Self {
+            table,
+            dynamodb_endpoint,
+            master_keys,
+            jwt_secret,
+            ops_token,
+            start_timeout_secs,
+            offline_after_secs,
+            currency,
+        })
+    }
+
+    /// The master key source, required by the HTTP functions.
+    ///
+    /// # Errors
+    /// When none of [`MASTER_KEY_VARS`] is set.
+    pub fn master_key_source(&self) -> Result<&MasterKeySource, ConfigError> {
+        self.master_keys.as_ref().ok_or_else(|| {
+            err(
+                MASTER_KEY_VARS[0],
+                format!("one of {} must be set", MASTER_KEY_VARS.join(", ")),
+            )
+        })
+    }
+}
+
+fn secret(value: Option<String>, var: &'static str) -> Result<Option<SecretString>, ConfigError> {
+    match value {
+        Some(v) if v.len() < 16 => Err(err(var, "must be at least 16 characters")),
+        v => Ok(v.map(SecretString::new)),
+    }
+}
+
+fn number(value: Option<String>, var: &'static str, default: u64) -> Result<u64, ConfigError> {
+    value.map_or(Ok(default), |v| {
+        v.parse()
+            .map_err(|_| err(var, format!("must be a whole number of seconds, not {v:?}")))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<LambdaConfig, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        LambdaConfig::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn a_deployed_environment_parses_with_defaults() {
+        let c = config(&[
+            ("BLEPAY_DYNAMODB_TABLE", "blepay"),
+            ("BLEPAY_MASTER_KEYS_SECRET_ID", "blepay/master-keys"),
+        ])
+        .unwrap();
+        assert_eq!(c.table, "blepay");
+        assert!(
+            matches!(c.master_keys, Some(MasterKeySource::SecretsManager(ref s)) if s == "blepay/master-keys")
+        );
+        assert_eq!((c.start_timeout_secs, c.offline_after_secs), (120, 300));
+        assert!(c.jwt_secret.is_none() && c.ops_token.is_none() && c.dynamodb_endpoint.is_none());
+    }
+
+    #[test]
+    fn a_missing_table_names_its_variable() {
+        let e = config(&[("BLEPAY_MASTER_KEYS_PARAMETER", "/blepay/keys")]).unwrap_err();
+        assert_eq!(e.var, "BLEPAY_DYNAMODB_TABLE");
+    }
+
+    #[test]
+    fn two_master_key_sources_are_refused() {
+        let e = config(&[
+            ("BLEPAY_DYNAMODB_TABLE", "t"),
+            ("BLEPAY_MASTER_KEYS_SECRET_ID", "a"),
+            ("BLEPAY_MASTER_KEYS_PARAMETER", "b"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "BLEPAY_MASTER_KEYS_SECRET_ID");
+    }
+
+    #[test]
+    fn no_master_key_source_is_an_error_only_when_asked_for() {
+        let c = config(&[("BLEPAY_DYNAMODB_TABLE", "t")]).unwrap();
+        assert_eq!(
+            c.master_key_source().unwrap_err().var,
+            "BLEPAY_MASTER_KEYS_SECRET_ID"
+        );
+    }
+
+    #[test]
+    fn malformed_values_name_their_variable() {
+        let base = [("BLEPAY_DYNAMODB_TABLE", "t")];
+        for (var, value) in [
+            ("BLEPAY_START_TIMEOUT_SECS", "soon"),
+            ("BLEPAY_START_TIMEOUT_SECS", "0"),
+            ("BLEPAY_OFFLINE_AFTER_SECS", "-1"),
+            ("BLEPAY_CURRENCY", "euro"),
+            ("BLEPAY_JWT_SECRET", "short"),
+            ("BLEPAY_OPS_TOKEN", "short"),
+        ] {
+            let e = config(&[base[0], (var, value)]).unwrap_err();
+            assert_eq!(e.var, var, "{var}={value}");
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_leak_through_debug() {
+        let c = config(&[
+            ("BLEPAY_DYNAMODB_TABLE", "t"),
+            (
+                "BLEPAY_MASTER_KEYS",
+                "0:abababababababababababababababababababababababababababababababab",
+            ),
+            ("BLEPAY_JWT_SECRET", "hunter2hunter2hunter2"),
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("abab") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! Cold start: everything costly happens here, once per execution environment — reading the
+//! configuration, loading the AWS SDK configuration, fetching the master keys, building the
+//! DynamoDB client and warming its connection (TLS handshake included), so the first request
+//! does not pay for it.
+
+use std::sync::Arc;
+
+use aws_config::{BehaviorVersion, SdkConfig};
+use axum::Router;
+use blepay_dynamodb::DynamoStore;
+use blepay_service::config::{Config, ConfigError, Keyring, SecretString};
+use blepay_service::http::{Surface, routes_for};
+use blepay_service::{App, system_clock};
+use blepay_store::{Store, StoreError};
+use lambda_http::lambda_runtime::Diagnostic;
+
+use crate::config::LambdaConfig;
+use crate::identity::with_upstream_identity;
+use crate::keys;
+
+/// Why a function could not start. Lambda reports it as an init error; the message names the
+/// variable or the resource at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("DynamoDB: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Cold start of an HTTP function: the router of `surface`, ready for `lambda_http::run`.
+///
+/// # Errors
+/// See [`InitError`].
+pub async fn http_router(surface: Surface) -> Result<Router, InitError> {
+    let config = LambdaConfig::from_env()?;
+    let sdk = sdk_config().await;
+    let keyring = keys::load(config.master_key_source()?, &sdk).await?;
+    let store = dynamo_store(&config, &sdk).await;
+    let app = App::new(
+        service_config(&config, keyring),
+        Arc::new(store),
+        system_clock(),
+    );
+    Ok(router(app, surface))
+}
+
+/// The router a function runs: the service's routes for `surface`, with the caller API Gateway
+/// authenticated made visible to the extractors. Tests send recorded events through it.
+pub fn router(app: App, surface: Surface) -> Router {
+    with_upstream_identity(routes_for(app, surface))
+}
+
+/// Cold start of the sweeper: only the store (it derives no keys, so it needs no master key and
+/// no access to the secret).
+///
+/// # Errors
+/// See [`InitError`].
+pub async fn sweeper_store() -> Result<Arc<dyn Store>, InitError> {
+    let config = LambdaConfig::from_env()?;
+    let sdk = sdk_config().await;
+    Ok(Arc::new(dynamo_store(&config, &sdk).await))
+}
+
+/// One sweep: expire sessions never started and release their holds (what `blepay serve`'s
+/// background sweeper does, here on an EventBridge schedule).
+///
+/// # Errors
+/// On storage failure; the scheduled invocation fails and the next one retries.
+pub async fn sweep(store: &dyn Store, now: u64) -> Result<serde_json::Value, SweepError> {
+    let expired = store.expire_due(now).await.map_err(SweepError)?;
+    if expired > 0 {
+        tracing::info!(expired, "expired sessions and released their holds");
+    }
+    Ok(serde_json::json!({ "expired": expired }))
+}
+
+/// A failed sweep, reported to Lambda as a diagnostic.
+#[derive(Debug, thiserror::Error)]
+#[error("sweep failed: {0}")]
+pub struct SweepError(pub StoreError);
+
+impl From<SweepError> for Diagnostic {
+    fn from(e: SweepError) -> Self {
+        let error_type = match e.0 {
+            StoreError::Unavailable(_) => "Blepay.RetryLater",
+            StoreError::Corrupt(_) | StoreError::Internal(_) => "Blepay.Internal",
+        };
+        Diagnostic {
+            error_type: error_type.to_owned(),
+            error_message: e.to_string(),
+        }
+    }
+}
+
+/// The service configuration. Without `BLEPAY_JWT_SECRET` / `BLEPAY_OPS_TOKEN` (deployed), each
+/// gets a random value nobody knows, so a request without the gateway's authorizer context can
+/// never authenticate.
+pub fn service_config(config: &LambdaConfig, keyring: Keyring) -> Config {
+    let unguessable = || SecretString::new(hex_random());
+    Config {
+        keyring,
+        jwt_secret: config.jwt_secret.clone().unwrap_or_else(unguessable),
+        ops_token: config.ops_token.clone().unwrap_or_else(unguessable),
+        start_timeout_secs: config.start_timeout_secs,
+        offline_after_secs: config.offline_after_secs,
+        currency: config.currency,
+    }
+}
+
+fn hex_random() -> String {
+    use std::fmt::Write;
+    rand::random::<[u8; 32]>()
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// The AWS SDK configuration from the Lambda environment (region, role credentials).
+pub async fn sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest()).load().await
+}
+
+/// The DynamoDB store on one client (built once), its connection warmed. With
+/// `BLEPAY_DYNAMODB_ENDPOINT` (DynamoDB Local) the client goes there, with dummy credentials when
+/// the environment has none.
+async fn dynamo_store(config: &LambdaConfig, sdk: &SdkConfig) -> DynamoStore {
+    let client = match &config.dynamodb_endpoint {
+        Some(endpoint) => blepay_dynamodb::client_from_env(Some(endpoint)).await,
+        None => aws_sdk_dynamodb::Client::new(sdk),
+    };
+    let store = DynamoStore::new(client, config.table.clone());
+    // A failed warm-up is not fatal: requests retry the connection and answer 503 RETRY_LATER
+    // while DynamoDB is unreachable; failing the init would turn a blip into 502s.
+    if let Err(e) = store.warm_up().await {
+        tracing::warn!(error = %e, table = %config.table, "DynamoDB warm-up failed");
+    }
+    store
+}

@@ -1,0 +1,82 @@
+//! The master keyring, loaded once at cold start from where [`MasterKeySource`] says.
+//!
+//! The stored value has the format of `BLEPAY_MASTER_KEYS`: `version:hex64[,version:hex64...]`.
+//! Rotation: add a version to the secret (new devices get the highest) and let the functions
+//! cold-start again (a new deployment, or a configuration change).
+
+use aws_config::SdkConfig;
+use blepay_service::config::{ConfigError, Keyring, SecretString};
+
+use crate::config::MasterKeySource;
+
+/// Fetch and parse the keyring.
+///
+/// # Errors
+/// A [`ConfigError`] naming the variable of the source: the secret or parameter cannot be read
+/// (missing, no permission, network), is empty, or does not parse.
+pub async fn load(source: &MasterKeySource, sdk: &SdkConfig) -> Result<Keyring, ConfigError> {
+    let (var, text) = match source {
+        MasterKeySource::Inline(keys) => (
+            "BLEPAY_MASTER_KEYS",
+            zeroize_on_drop(keys.expose().to_owned()),
+        ),
+        MasterKeySource::SecretsManager(id) => {
+            let var = "BLEPAY_MASTER_KEYS_SECRET_ID";
+            let out = aws_sdk_secretsmanager::Client::new(sdk)
+                .get_secret_value()
+                .secret_id(id)
+                .send()
+                .await
+                .map_err(|e| fail(var, format!("cannot read secret {id}: {}", error_chain(&e))))?;
+            let text = out
+                .secret_string()
+                .ok_or_else(|| fail(var, format!("secret {id} has no SecretString")))?;
+            (var, zeroize_on_drop(text.to_owned()))
+        }
+        MasterKeySource::Parameter(name) => {
+            let var = "BLEPAY_MASTER_KEYS_PARAMETER";
+            let out = aws_sdk_ssm::Client::new(sdk)
+                .get_parameter()
+                .name(name)
+                .with_decryption(true)
+                .send()
+                .await
+                .map_err(|e| {
+                    fail(
+                        var,
+                        format!("cannot read parameter {name}: {}", error_chain(&e)),
+                    )
+                })?;
+            let text = out
+                .parameter()
+                .and_then(|p| p.value())
+                .ok_or_else(|| fail(var, format!("parameter {name} has no value")))?;
+            (var, zeroize_on_drop(text.to_owned()))
+        }
+    };
+    Keyring::parse(text.expose()).map_err(|e| fail(var, e))
+}
+
+/// Keep the fetched text in a type that zeroes its memory on drop.
+fn zeroize_on_drop(s: String) -> SecretString {
+    SecretString::new(s)
+}
+
+fn fail(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.into(),
+    }
+}
+
+/// An SDK error with its sources (the top-level `Display` of an SDK error is only "service error").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

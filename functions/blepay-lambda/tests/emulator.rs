@@ -1,0 +1,297 @@
+//! The Lambda binaries answering the HTTP contract under the cargo-lambda emulator
+//! (`cargo lambda watch`), on DynamoDB Local: a whole payment, machine included.
+//!
+//! Needs the local stack: `infra/local-stack.sh --detach` starts DynamoDB Local and the emulator
+//! and writes an env file; `.ci/infra.sh` does that and runs this test with
+//! `BLEPAY_LAMBDA_E2E=1`. Without `BLEPAY_LAMBDA_E2E=1` the test says so and passes (plain
+//! `cargo test` has no emulator); with it, anything missing is a failure, never a skip.
+//!
+//! There is no API Gateway here, so no authorizer context: phones authenticate with HS256 tokens
+//! and operators with the ops token, exactly as against `blepay serve`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests: a failure is a panic
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use blepay_core::{DeviceId, KeyVersion, SessionId, Units, UseCounter, UserId};
+use blepay_device_client::{Answer, Identity};
+use blepay_proto::pb::v1 as pb;
+use blepay_proto::{AdvertFlags, DeviceKey};
+use serde_json::{Value, json};
+
+struct Stack {
+    url: String,
+    jwt_secret: String,
+    ops_token: String,
+    http: reqwest::Client,
+}
+
+fn required(var: &str) -> String {
+    std::env::var(var).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| {
+        panic!(
+            "BLEPAY_LAMBDA_E2E=1 but {var} is not set: start the stack with `infra/local-stack.sh --detach` \
+             and source the env file it prints (or run .ci/infra.sh)"
+        )
+    })
+}
+
+fn stack() -> Option<Stack> {
+    if std::env::var("BLEPAY_LAMBDA_E2E").as_deref() != Ok("1") {
+        eprintln!("not run: set BLEPAY_LAMBDA_E2E=1 with the local stack up (.ci/infra.sh does)");
+        return None;
+    }
+    Some(Stack {
+        url: required("BLEPAY_LAMBDA_URL")
+            .trim_end_matches('/')
+            .to_owned(),
+        jwt_secret: required("BLEPAY_JWT_SECRET"),
+        ops_token: required("BLEPAY_OPS_TOKEN"),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap(),
+    })
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+impl Stack {
+    fn function(&self, name: &str, path: &str) -> String {
+        format!("{}/lambda-url/{name}{path}", self.url)
+    }
+
+    async fn json(&self, req: reqwest::RequestBuilder) -> (u16, Value) {
+        let r = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("emulator unreachable at {}: {e}", self.url));
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+        (status, body)
+    }
+
+    async fn ops(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, self.function("blepay-ops-fn", path))
+            .bearer_auth(&self.ops_token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        self.json(req).await
+    }
+
+    async fn phone(
+        &self,
+        user: &UserId,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let token = blepay_service::auth::mint_token(&self.jwt_secret, user, now(), 600).unwrap();
+        let mut req = self
+            .http
+            .request(method, self.function("blepay-verify-fn", path))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        self.json(req).await
+    }
+
+    async fn machine(&self, id: &Identity, seq: u32, body: &pb::DeviceRequest) -> Answer {
+        let pending = id.request(seq, body);
+        let r = self
+            .http
+            .post(self.function("blepay-device-fn", "/v1/device"))
+            .header("content-type", "application/octet-stream")
+            .body(pending.frame.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let bytes = r.bytes().await.unwrap();
+        let answer = id.open(&pending, &bytes).unwrap_or_else(|e| {
+            panic!(
+                "machine answer (HTTP {status}) does not open: {e}: {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        });
+        assert_eq!(
+            answer.error_code(),
+            None,
+            "machine request {seq} refused: {answer:?}"
+        );
+        answer
+    }
+}
+
+/// Ops: register a new machine and top up a new user with 1000.
+async fn provision(stack: &Stack) -> (Identity, UserId) {
+    let device_id = DeviceId::from_bytes(rand::random());
+    let user = UserId::parse(&format!("e2e-{}", hex::encode(rand::random::<[u8; 6]>()))).unwrap();
+
+    let (status, registered) = stack
+        .ops(
+            reqwest::Method::POST,
+            "/v1/ops/devices",
+            Some(json!({"deviceId": device_id.to_string(), "name": "Emulated tap", "pricePerUnit": "50",
+                        "unitName": "litre", "currency": "EUR"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{registered}");
+    let identity = Identity {
+        device_id,
+        key_version: KeyVersion::new(
+            u8::try_from(registered["keyVersion"].as_u64().unwrap()).unwrap(),
+        )
+        .unwrap(),
+        key: DeviceKey::parse_hex(registered["deviceKey"].as_str().unwrap()).unwrap(),
+    };
+    let (status, wallet) = stack
+        .ops(
+            reqwest::Method::POST,
+            &format!("/v1/ops/wallets/{user}/topup"),
+            Some(json!({"amount": "1000", "idempotencyKey": "e2e-topup"})),
+        )
+        .await;
+    assert_eq!(
+        (status, wallet["available"].as_str()),
+        (200, Some("1000")),
+        "{wallet}"
+    );
+
+    (identity, user)
+}
+
+#[tokio::test]
+async fn the_lambda_binaries_take_a_payment_end_to_end_under_the_emulator() {
+    let Some(stack) = stack() else { return };
+    let (identity, user) = provision(&stack).await;
+
+    // The machine comes online; its clock is the server's.
+    let first = stack
+        .machine(&identity, 1, &blepay_device_client::poll())
+        .await;
+    let advert = identity.advert(first.server_time, UseCounter::new(1), AdvertFlags::NONE);
+    let advert = B64.encode(advert.encode());
+
+    // Phone: verify, pay.
+    let (status, verified) = stack
+        .phone(
+            &user,
+            reqwest::Method::POST,
+            "/v1/verify",
+            Some(json!({"advert": advert})),
+        )
+        .await;
+    assert_eq!(
+        (status, verified["state"].as_str()),
+        (200, Some("IDLE")),
+        "{verified}"
+    );
+    let (status, paid) = stack
+        .phone(
+            &user,
+            reqwest::Method::POST,
+            "/v1/pay",
+            Some(json!({"advert": advert, "maxAmount": "500", "idempotencyKey": "e2e-pay"})),
+        )
+        .await;
+    assert_eq!(
+        (status, paid["status"].as_str()),
+        (200, Some("AUTHORIZED")),
+        "{paid}"
+    );
+    let session_id = paid["sessionId"].as_str().unwrap().to_owned();
+    let session = SessionId::parse(&session_id).unwrap();
+
+    // Machine: the grant arrives, the user presses start, 3 litres flow.
+    let polled = stack
+        .machine(&identity, 2, &blepay_device_client::poll())
+        .await;
+    assert_eq!(polled.response.grants.len(), 1, "{polled:?}");
+    stack
+        .machine(&identity, 3, &blepay_device_client::start(session))
+        .await;
+    let done = stack
+        .machine(
+            &identity,
+            4,
+            &blepay_device_client::report(session, Units::new(3), true),
+        )
+        .await;
+    assert_eq!(done.response.amount, 150);
+
+    // Everyone sees the settlement.
+    let (status, s) = stack
+        .phone(
+            &user,
+            reqwest::Method::GET,
+            &format!("/v1/sessions/{session_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, s["status"].as_str(), s["amount"].as_str()),
+        (200, Some("SETTLED"), Some("150")),
+        "{s}"
+    );
+    let (status, w) = stack
+        .phone(&user, reqwest::Method::GET, "/v1/wallet", None)
+        .await;
+    assert_eq!(
+        (status, w["available"].as_str(), w["spent"].as_str()),
+        (200, Some("850"), Some("150")),
+        "{w}"
+    );
+    let (status, s) = stack
+        .ops(
+            reqwest::Method::GET,
+            &format!("/v1/ops/sessions/{session_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, s["userId"].as_str()),
+        (200, Some(user.as_str())),
+        "{s}"
+    );
+
+    // Each function serves only its own routes.
+    let (status, e) = stack
+        .json(
+            stack
+                .http
+                .get(stack.function("blepay-ops-fn", "/v1/wallet")),
+        )
+        .await;
+    assert_eq!(
+        (status, e["code"].as_str()),
+        (404, Some("NOT_FOUND")),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn the_sweeper_binary_runs_under_the_emulator() {
+    let Some(stack) = stack() else { return };
+    // What EventBridge Scheduler sends; the sweeper ignores its content.
+    let event = json!({"version": "0", "id": "7bf73129-1428-4cd3-a780-95db273d1602",
+        "detail-type": "Scheduled Event", "source": "aws.scheduler", "account": "123456789012",
+        "time": "2026-02-02T02:40:00Z", "region": "us-east-1", "resources": [], "detail": {}});
+    let url = format!(
+        "{}/2015-03-31/functions/blepay-sweeper-fn/invocations",
+        stack.url
+    );
+    let (status, answer) = stack.json(stack.http.post(url).json(&event)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["expired"].is_u64(), "{answer}");
+}

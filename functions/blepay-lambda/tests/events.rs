@@ -1,0 +1,252 @@
+//! Recorded API Gateway HTTP API (payload 2.0) events, sent through the very routers the Lambda
+//! functions run, against a real store.
+//!
+//! The events in `tests/fixtures/` are what API Gateway hands the functions: phone calls carry the
+//! JWT authorizer's claims (`requestContext.authorizer.jwt.claims.sub` is the user), operator calls
+//! the IAM authorizer's caller, the machine call a base64 body and no authorizer. Their bodies are
+//! made with the protocol test vector (master key 00..1f, device 0102030405060708, slot 59000000)
+//! and a clock fixed at [`NOW`], so they stay valid forever; `fixtures_are_what_the_protocol_makes`
+//! checks them against the protocol code. Regenerate with
+//! `BLEPAY_REGENERATE_FIXTURES=1 cargo test -p blepay-lambda --test events fixtures_are`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests: a failure is a panic
+
+mod support;
+
+use std::path::PathBuf;
+
+use axum::http::StatusCode;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use blepay_service::http::Surface;
+use serde_json::{Value, json};
+use support::{Backend, NOW, USER, body_json, call, event, fixture_dir};
+
+/// The protocol test vector's device key for device 0102030405060708, key version 0.
+const DEVICE_KEY: &str = "e74bd0e5e3891556ff6dff5fcebc44eab49aaa2152d9ced22bb6141a5f237a82";
+
+#[tokio::test]
+async fn a_payment_flows_through_the_functions_routers_with_the_jwt_sub_as_the_user() {
+    for backend in Backend::all().await {
+        let ops = backend.router(Surface::Ops);
+        let phone = backend.router(Surface::Phone);
+        let device = backend.router(Surface::Device);
+
+        // Ops (IAM-authorized): register the machine, top up the user named by the phone's `sub`.
+        let r = call(&ops, event("ops-register-device.json")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let registered = body_json(r).await;
+        assert_eq!(registered["deviceId"], "0102030405060708");
+        assert_eq!(registered["deviceKey"], DEVICE_KEY);
+
+        let r = call(&ops, event("ops-topup.json")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(body_json(r).await["available"], "1000");
+
+        // The machine polls (a base64 binary body): it is now online.
+        let r = call(&device, event("device-poll.json")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-type"], "application/octet-stream");
+
+        // The phone verifies and pays.
+        let r = call(&phone, event("phone-verify.json")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let verified = body_json(r).await;
+        assert_eq!(
+            (verified["name"].as_str(), verified["state"].as_str()),
+            (Some("Water 1"), Some("IDLE"))
+        );
+
+        let r = call(&phone, event("phone-pay.json")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let paid = body_json(r).await;
+        assert_eq!(
+            (paid["status"].as_str(), paid["holdAmount"].as_str()),
+            (Some("AUTHORIZED"), Some("500"))
+        );
+        let session_id = paid["sessionId"].as_str().unwrap().to_owned();
+
+        // The wallet and session the phone sees are those of the claims' `sub`.
+        let r = call(&phone, event("phone-wallet.json")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let wallet = body_json(r).await;
+        assert_eq!(wallet["userId"], USER);
+        assert_eq!(
+            (wallet["available"].as_str(), wallet["held"].as_str()),
+            (Some("500"), Some("500"))
+        );
+
+        let session = support::with_session_id(&event("phone-session.json"), &session_id);
+        let r = call(&phone, session).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let session = body_json(r).await;
+        assert_eq!(
+            (session["userId"].as_str(), session["status"].as_str()),
+            (Some(USER), Some("AUTHORIZED"))
+        );
+
+        let r = call(&ops, event("ops-wallet.json")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(body_json(r).await["held"], "500");
+
+        // Paying again with the same idempotency key returns the same session.
+        let r = call(&phone, event("phone-pay.json")).await;
+        assert_eq!(body_json(r).await["sessionId"], session_id.as_str());
+
+        // Nobody starts the machine: the sweeper expires the session and releases the hold.
+        let swept = blepay_lambda::sweep(backend.store(), NOW + 121)
+            .await
+            .unwrap();
+        assert_eq!(swept, json!({ "expired": 1 }));
+        assert!(backend.store().audit().await.unwrap().reconciles());
+    }
+}
+
+#[tokio::test]
+async fn each_function_serves_only_its_own_routes() {
+    for backend in Backend::all().await {
+        for (surface, foreign) in [
+            (Surface::Phone, "ops-wallet.json"),
+            (Surface::Phone, "device-poll.json"),
+            (Surface::Ops, "phone-wallet.json"),
+            (Surface::Device, "phone-verify.json"),
+        ] {
+            let r = call(&backend.router(surface), event(foreign)).await;
+            assert_eq!(
+                r.status(),
+                StatusCode::NOT_FOUND,
+                "{surface:?} must not serve {foreign}"
+            );
+            assert_eq!(body_json(r).await["code"], "NOT_FOUND");
+        }
+    }
+}
+
+#[tokio::test]
+async fn without_an_authorizer_context_a_phone_needs_an_hs256_token_as_with_serve() {
+    for backend in Backend::all().await {
+        let phone = backend.router(Surface::Phone);
+
+        // The recorded Authorization header holds the Cognito token: not an HS256 token of ours.
+        let r = call(
+            &phone,
+            support::without_authorizer(&event("phone-wallet.json"), None),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(body_json(r).await["code"], "UNAUTHENTICATED");
+
+        let token = Backend::hs256_token(USER);
+        let r = call(
+            &phone,
+            support::without_authorizer(&event("phone-wallet.json"), Some(&token)),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(body_json(r).await["userId"], USER);
+    }
+}
+
+#[tokio::test]
+async fn without_an_iam_context_an_operator_needs_the_ops_token_as_with_serve() {
+    for backend in Backend::all().await {
+        let ops = backend.router(Surface::Ops);
+
+        let r = call(
+            &ops,
+            support::without_authorizer(&event("ops-wallet.json"), None),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+        let r = call(
+            &ops,
+            support::without_authorizer(&event("ops-wallet.json"), Some(Backend::ops_token())),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn a_jwt_context_without_a_usable_sub_is_refused() {
+    for backend in Backend::all().await {
+        let phone = backend.router(Surface::Phone);
+        for sub in [None, Some("not a user id")] {
+            let mut e: Value = serde_json::from_str(&event("phone-wallet.json")).unwrap();
+            let claims = e["requestContext"]["authorizer"]["jwt"]["claims"]
+                .as_object_mut()
+                .unwrap();
+            match sub {
+                None => {
+                    claims.remove("sub");
+                }
+                Some(s) => {
+                    claims.insert("sub".into(), json!(s));
+                }
+            }
+            let r = call(&phone, e.to_string()).await;
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "sub {sub:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_machine_route_answers_a_forged_frame_with_an_error() {
+    for backend in Backend::all().await {
+        let device = backend.router(Surface::Device);
+        let mut e: Value = serde_json::from_str(&event("device-poll.json")).unwrap();
+        let mut frame = B64.decode(e["body"].as_str().unwrap()).unwrap();
+        if let Some(last) = frame.last_mut() {
+            *last ^= 1;
+        }
+        e["body"] = json!(B64.encode(frame));
+        let r = call(
+            &backend.router(Surface::Ops),
+            event("ops-register-device.json"),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let r = call(&device, e.to_string()).await;
+        assert!(r.status().is_client_error(), "{}", r.status());
+        assert_eq!(body_json(r).await["code"], "DEVICE_AUTH_FAILED");
+    }
+}
+
+#[test]
+fn fixtures_are_what_the_protocol_makes() {
+    let dir: PathBuf = fixture_dir();
+    let regenerate = std::env::var_os("BLEPAY_REGENERATE_FIXTURES").is_some();
+    for (name, value) in support::recorded_events() {
+        let path = dir.join(name);
+        let text = serde_json::to_string_pretty(&value).unwrap() + "\n";
+        if regenerate {
+            std::fs::write(&path, &text).unwrap();
+        }
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(
+            on_disk, text,
+            "{name} is stale: rerun with BLEPAY_REGENERATE_FIXTURES=1"
+        );
+    }
+}
+
+#[tokio::test]
+async fn answers_go_back_to_api_gateway_as_binary_frames_and_text_json() {
+    for backend in Backend::all().await {
+        let r = call(
+            &backend.router(Surface::Ops),
+            event("ops-register-device.json"),
+        )
+        .await;
+        let json_answer = lambda_http::IntoResponse::into_response(r).await;
+        assert!(
+            matches!(json_answer.body(), lambda_http::Body::Text(t) if t.contains("deviceKey"))
+        );
+
+        let r = call(&backend.router(Surface::Device), event("device-poll.json")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let frame_answer = lambda_http::IntoResponse::into_response(r).await;
+        // Binary bodies are sent base64-encoded with isBase64Encoded, which API Gateway decodes.
+        assert!(matches!(frame_answer.body(), lambda_http::Body::Binary(b) if !b.is_empty()));
+    }
+}

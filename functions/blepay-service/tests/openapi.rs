@@ -1,0 +1,124 @@
+//! The OpenAPI document served at `/openapi.json` stays in step with the router and the error
+//! codes. (schemathesis, `.ci/schemathesis.sh`, checks the answers against it on a live server.)
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test file: helpers outside #[test] fns too
+
+use std::collections::BTreeSet;
+
+use blepay_service::ErrorCode;
+use blepay_service::http::OPENAPI_JSON;
+use serde_json::Value;
+
+fn document() -> Value {
+    serde_json::from_str(OPENAPI_JSON).expect("openapi.json is JSON")
+}
+
+#[test]
+fn the_document_is_openapi_3_0_and_describes_every_http_route() {
+    let doc = document();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.0."));
+    let paths: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |method| (method.clone(), path.clone()))
+        })
+        .collect();
+    let expected: BTreeSet<(String, String)> = [
+        ("get", "/healthz"),
+        ("get", "/openapi.json"),
+        ("post", "/v1/verify"),
+        ("post", "/v1/pay"),
+        ("get", "/v1/sessions/{sessionId}"),
+        ("get", "/v1/wallet"),
+        ("post", "/v1/ops/devices"),
+        ("post", "/v1/ops/wallets/{userId}/topup"),
+        ("get", "/v1/ops/wallets/{userId}"),
+        ("get", "/v1/ops/sessions/{sessionId}"),
+        ("post", "/v1/device"),
+    ]
+    .into_iter()
+    .map(|(m, p)| (m.to_owned(), p.to_owned()))
+    .collect();
+    assert_eq!(paths, expected);
+}
+
+#[test]
+fn every_error_code_is_in_the_error_schema_with_its_status_on_the_routes() {
+    let doc = document();
+    let codes: BTreeSet<&str> = doc["components"]["schemas"]["Error"]["properties"]["code"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let statuses: BTreeSet<String> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .flat_map(|op| op["responses"].as_object().unwrap().keys().cloned())
+        .collect();
+    for code in [
+        "UNAUTHENTICATED",
+        "INVALID_ARGUMENT",
+        "PAYLOAD_TOO_LARGE",
+        "ADVERT_INVALID",
+        "ADVERT_STALE",
+        "ADVERT_USED",
+        "DEVICE_UNKNOWN",
+        "DEVICE_BUSY",
+        "DEVICE_OFFLINE",
+        "INSUFFICIENT_FUNDS",
+        "SESSION_NOT_FOUND",
+        "DEVICE_EXISTS",
+        "IDEMPOTENCY_KEY_REUSED",
+        "NOT_FOUND",
+        "FRAME_INVALID",
+        "DEVICE_AUTH_FAILED",
+        "RETRY_LATER",
+    ] {
+        let parsed = ErrorCode::parse(code).unwrap();
+        assert!(
+            codes.contains(code),
+            "{code} is missing from the Error schema"
+        );
+        let status = parsed.http_status().as_u16().to_string();
+        assert!(
+            statuses.contains(&status),
+            "no route documents {status} ({code})"
+        );
+    }
+}
+
+#[test]
+fn int64_fields_are_strings_out_and_numbers_or_strings_in() {
+    let doc = document();
+    let schemas = &doc["components"]["schemas"];
+    for (schema, field) in [
+        ("Wallet", "available"),
+        ("PayResponse", "holdAmount"),
+        ("Session", "units"),
+        ("VerifyResponse", "pricePerUnit"),
+    ] {
+        assert_eq!(
+            schemas[schema]["properties"][field]["type"], "string",
+            "{schema}.{field}"
+        );
+    }
+    for (schema, field) in [
+        ("PayRequest", "maxAmount"),
+        ("TopUpRequest", "amount"),
+        ("RegisterDeviceRequest", "pricePerUnit"),
+    ] {
+        let one_of = schemas[schema]["properties"][field]["oneOf"]
+            .as_array()
+            .unwrap();
+        let types: Vec<&str> = one_of.iter().map(|s| s["type"].as_str().unwrap()).collect();
+        assert_eq!(types, ["integer", "string"], "{schema}.{field}");
+    }
+}
