@@ -39,12 +39,12 @@ pub fn local_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Tunables for a test: poll every second, a progress report every 2 units, quick retries.
+/// Tunables for a test: poll every second, a progress report every 2 units, retries after 1 s.
 pub fn test_config() -> Config {
     Config {
         poll_every_secs: 1,
         retry_min_secs: 1,
-        retry_max_secs: 2,
+        retry_max_secs: 1,
         report_every_units: 2,
         report_every_secs: 0,
         ..Config::default()

@@ -467,7 +467,12 @@ impl<W: Write> Sim<'_, W> {
                     .valve
                     .take()
                     .filter(|v| v.session == session)
-                    .map(|v| v.counted);
+                    .map(|v| v.counted)
+                    .or_else(|| match self.driver.engine().phase() {
+                        // After a reboot: the units of the final report queued at recovery.
+                        Phase::Ending { session: s, units } if *s == session => Some(units.get()),
+                        _ => None,
+                    });
                 self.emit(&json!({
                     "event": "stopped",
                     "session": session.to_string(),

@@ -45,7 +45,8 @@ struct ServeCommand {
     store: StoreArgs,
 }
 
-// `global`: the machine's flags go before or after the subcommand (`blepay device run --server ...`).
+// `global`: the machine's flags go before or after the subcommand (`blepay device run --server
+// ...`); a global flag cannot be `required`, so the id and key are checked in `device`.
 #[derive(Debug, clap::Args)]
 struct DeviceArgs {
     #[arg(
@@ -55,10 +56,10 @@ struct DeviceArgs {
         default_value = "http://127.0.0.1:8080"
     )]
     server: String,
-    /// Required (a global flag cannot be marked required).
+    /// The machine's id, 16 hex digits (required).
     #[arg(long, global = true, env = "BLEPAY_DEVICE_ID")]
     device_id: Option<String>,
-    /// Required (a global flag cannot be marked required).
+    /// The machine's device key, hex (required).
     #[arg(long, global = true, env = "BLEPAY_DEVICE_KEY", hide_env_values = true)]
     device_key: Option<String>,
     #[arg(long, global = true, default_value_t = 0)]

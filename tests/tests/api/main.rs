@@ -9,6 +9,7 @@
 )]
 
 mod device_link;
+mod device_run;
 mod errors;
 mod expiry;
 mod full_cycle_grpc;
