@@ -3,10 +3,13 @@
 //! One table (single-table design, see `docs/dynamodb.md`): devices, wallets, sessions, single-use
 //! advert markers, idempotency records and ledger entries are items keyed by `pk`/`sk`; one sparse
 //! GSI (`due`) lists AUTHORIZED sessions by start deadline for the sweeper. Every business
-//! operation is at most one read round trip (`TransactGetItems`, `BatchGetItem`, `GetItem` or `Query`) followed by one
-//! conditional write (`TransactWriteItems`, or a single-item write); refusals are decided from the
-//! pre-read and, under races, from the transaction's cancellation reasons (with
-//! `ReturnValuesOnConditionCheckFailure::AllOld`), never from a second read except on retry paths.
+//! operation is at most one read round trip (`TransactGetItems`, `BatchGetItem`, `GetItem` or
+//! `Query`) followed by one conditional write (`TransactWriteItems`, or a single-item write);
+//! refusals are decided from the pre-read and, under races, from the transaction's cancellation
+//! reasons (with `ReturnValuesOnConditionCheckFailure::AllOld`), never from a second read except on
+//! retry paths. Pay and the machine requests usually skip the read: the store decides from what
+//! it last read or wrote of the device item and conditions the write on it (`shadow.rs`,
+//! docs/dynamodb.md), so they are one request each.
 //!
 //! Contention (`TransactionConflict`, a condition that failed because the item changed since it
 //! was read) re-runs the whole operation with jittered backoff; throttling and 5xx are retried by
@@ -20,6 +23,7 @@
 mod counter;
 mod items;
 mod ops;
+mod shadow;
 mod table;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -40,6 +44,8 @@ pub struct DynamoStore {
     table: String,
     counter: RequestCounter,
     retry: RetryPolicy,
+    /// This process's last knowledge of device items, to skip reads (see `shadow.rs`).
+    shadow: shadow::Shadow,
 }
 
 /// How often a contended operation is re-run before answering [`StoreError::Unavailable`].
@@ -83,6 +89,7 @@ impl DynamoStore {
             table: table.into(),
             counter,
             retry: RetryPolicy::default(),
+            shadow: shadow::Shadow::default(),
         }
     }
 
@@ -98,6 +105,15 @@ impl DynamoStore {
     pub async fn from_env(table: &str, endpoint: Option<&str>) -> Result<Self, StoreError> {
         let client = client_from_env(endpoint).await;
         Ok(Self::new(client, table))
+    }
+
+    /// The same store, except that it never acts on its last knowledge of a device item: every
+    /// pay and machine request reads first (the path taken when that knowledge is missing or
+    /// stale; tests run the conformance suite both ways).
+    #[must_use]
+    pub fn without_device_shadow(mut self) -> Self {
+        self.shadow = shadow::Shadow::disabled();
+        self
     }
 
     /// The table name.

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::transact_get_items::TransactGetItemsError;
@@ -248,7 +249,9 @@ impl DynamoStore {
             Upd::new(session_key(closed.id))
                 .set("#status = :status, units = :units, amount = :amount, ended_at = :ended")
                 .remove(format!("{DUE_PK}, {DUE_AT}"))
-                .cond("#status = :prev")
+                // The count stored so far cannot exceed the closing one (a final report decided
+                // from a guess, see `shadow.rs`, relies on it; an expiry closes at 0 units).
+                .cond("#status = :prev AND units <= :units")
                 .name("#status", "status")
                 .val(":status", s(closed.status.as_str()))
                 .val(":prev", s(prev_status.as_str()))
@@ -304,7 +307,10 @@ impl DynamoStore {
                 .into_transact(&self.table)?,
         );
         match self.transact(writes).await? {
-            Tx::Done => Ok(true),
+            Tx::Done => {
+                self.shadow.closed(s.device_id, s.id);
+                Ok(true)
+            }
             Tx::Cancelled(_) => Ok(false),
         }
     }
@@ -352,9 +358,11 @@ impl DynamoStore {
         now: u64,
     ) -> Result<Option<DeviceStatus>, Failure> {
         let Some(item) = self.get(device_key(id)).await? else {
+            self.shadow.forget(id);
             return Ok(None);
         };
         let d = device_from_item(&item)?;
+        self.shadow.put(d.clone());
         if let Some(open) = d.open.as_ref().filter(|o| o.is_due_to_expire(now)) {
             self.expire_one(open, now).await?;
             return Err(Failure::Contention(
@@ -434,27 +442,22 @@ impl DynamoStore {
         Ok(TopUpOutcome::Credited(after))
     }
 
-    #[allow(
-        clippy::too_many_lines,
-        reason = "one read, the decisions in SQLite's order, one transaction: reads best in one place"
-    )]
     async fn pay_once(&self, cmd: &PayCommand) -> Result<PayOutcome, Failure> {
         // The one read: the device (tariff, liveness, lock), the wallet (balance, due holds), the
         // idempotency record (a retry is answered before anything else) and the advert marker —
         // one isolated snapshot, so a concurrent pay with this key is seen whole or not at all.
-        let advert_key = items::advert_key(cmd.device, cmd.slot, cmd.use_counter);
         let [device, wallet, seen, advert_used] = <[Option<Item>; 4]>::try_from(
             self.transact_get(vec![
                 device_key(cmd.device),
                 wallet_key(&cmd.user),
                 items::pay_key_key(&cmd.user, &cmd.key),
-                advert_key.clone(),
+                items::advert_key(cmd.device, cmd.slot, cmd.use_counter),
             ])
             .await?,
         )
         .map_err(|_| StoreError::Internal("TransactGetItems answered the wrong count".into()))?;
 
-        let fingerprint = format!("{}:{}", cmd.device, cmd.max_amount.minor());
+        let fingerprint = pay_fingerprint(cmd);
         if let Some(seen) = seen {
             if get_s(&seen, "fingerprint")? != fingerprint {
                 return Ok(PayOutcome::KeyReused);
@@ -471,9 +474,11 @@ impl DynamoStore {
             };
         }
         let Some(device) = device else {
+            self.shadow.forget(cmd.device);
             return Ok(PayOutcome::DeviceUnknown);
         };
         let device = device_from_item(&device)?;
+        self.shadow.put(device.clone());
         let w = wallet_from_item(wallet.as_ref())?;
         // Overdue sessions (on this machine, or holding this user's money) are expired first.
         if let Some(open) = device.open.as_ref().filter(|o| o.is_due_to_expire(cmd.now)) {
@@ -485,12 +490,7 @@ impl DynamoStore {
         if self.expire_due_holds(&w, cmd.now).await? {
             return Err(Failure::Contention("expired due holds; read again".into()));
         }
-        let status = DeviceStatus {
-            device: device.record.clone(),
-            last_seen: device.last_seen,
-            open_session: device.open.as_ref().map(|o| o.id),
-        };
-        match status.state(cmd.now, cmd.offline_after_secs) {
+        match device_state(&device, cmd) {
             DeviceState::Offline => return Ok(PayOutcome::DeviceOffline),
             DeviceState::Busy => return Ok(PayOutcome::DeviceBusy),
             DeviceState::Idle => {}
@@ -505,22 +505,84 @@ impl DynamoStore {
             }
             Err(e) => return Err(wallet_rule(e).into()),
         };
-        let session = Session::authorize(
-            cmd.session_id,
-            cmd.device,
-            cmd.user.clone(),
-            cmd.max_amount,
-            device.record.tariff.clone(),
-            cmd.use_counter,
-            cmd.now,
-            cmd.start_timeout_secs,
-        );
-        let sid = session.id.to_string();
-        let snapshot = AttributeValue::M(session_attrs(&session));
-        let [da, dh, ds] = wallet_delta(w.wallet, after);
-        let fresh_since = cmd.now.saturating_sub(cmd.offline_after_secs);
+        let session = new_session(cmd, &device);
+        let delta = wallet_delta(w.wallet, after);
+        let actions = self.pay_actions(cmd, &session, delta, &hold_entry, None)?;
+        match self.transact(actions).await? {
+            Tx::Done => Ok(self.paid(session)),
+            Tx::Cancelled(reasons) => match pay_refusal(cmd, &reasons)? {
+                Some(refusal) => Ok(refusal),
+                None => Err(Failure::Contention(
+                    "the pay lost a race; read again".into(),
+                )),
+            },
+        }
+    }
 
-        let mut advert = advert_key;
+    /// Pay in one `TransactWriteItems`, deciding from this process's last knowledge of the device
+    /// item (the service reads the device just before it pays, so it is fresh) instead of a read:
+    /// the transaction checks every fact the decision used (the tariff copied into the session,
+    /// online, idle), and the refusals come from its cancellation reasons. `None` when there is no
+    /// such knowledge, when it shows anything but an idle online machine, or when the reasons
+    /// leave the answer open (a retry with this key, an overdue hold, a race): then the usual pay
+    /// runs (read, then write).
+    async fn pay_guessed(&self, cmd: &PayCommand) -> Result<Option<PayOutcome>, Failure> {
+        let Some(device) = self.shadow.get(cmd.device) else {
+            return Ok(None);
+        };
+        if device.open.is_some() || device_state(&device, cmd) != DeviceState::Idle {
+            return Ok(None);
+        }
+        // The wallet is not read: the core holds the amount on a wallet holding exactly it, and
+        // the difference is applied under the condition that the money is there.
+        let base = Wallet {
+            available: cmd.max_amount,
+            held: Amount::ZERO,
+            spent: Amount::ZERO,
+        };
+        let (after, hold_entry) = base.hold(&cmd.user, cmd.max_amount).map_err(wallet_rule)?;
+        let session = new_session(cmd, &device);
+        let actions = self.pay_actions(
+            cmd,
+            &session,
+            wallet_delta(base, after),
+            &hold_entry,
+            Some(&device.record.tariff),
+        )?;
+        let outcome = match self.transact(actions).await {
+            Ok(Tx::Done) => return Ok(Some(self.paid(session))),
+            Ok(Tx::Cancelled(reasons)) => pay_refusal(cmd, &reasons),
+            Err(e) => Err(e),
+        };
+        // Whatever the device item is now, this process no longer knows it.
+        self.shadow.forget(cmd.device);
+        outcome
+    }
+
+    /// A pay went through: the machine now holds `session`.
+    fn paid(&self, session: Session) -> PayOutcome {
+        self.shadow.update(session.device_id, |d| {
+            d.open = Some(session.clone());
+        });
+        PayOutcome::Created(session)
+    }
+
+    /// Pay's transaction, in the order of the refusals (`PAY_*`): DynamoDB reports the failed
+    /// conditions of a cancelled transaction in action order, so the first one reported is the
+    /// refusal SQLite would give first. With `tariff` (a decision from a guess), the device's
+    /// tariff must still be the one copied into the session.
+    fn pay_actions(
+        &self,
+        cmd: &PayCommand,
+        session: &Session,
+        [da, dh, ds]: [i64; 3],
+        hold_entry: &blepay_core::LedgerEntry,
+        tariff: Option<&blepay_core::Tariff>,
+    ) -> Result<Vec<TransactWriteItem>, StoreError> {
+        let sid = session.id.to_string();
+        let snapshot = AttributeValue::M(session_attrs(session));
+        let fresh_since = cmd.now.saturating_sub(cmd.offline_after_secs);
+        let mut advert = items::advert_key(cmd.device, cmd.slot, cmd.use_counter);
         advert.extend([
             ("type".to_string(), s("ADVERT")),
             ("session".to_string(), s(&sid)),
@@ -530,12 +592,32 @@ impl DynamoStore {
         let mut record = items::pay_key_key(&cmd.user, &cmd.key);
         record.extend([
             ("type".to_string(), s("IDEMPOTENCY")),
-            ("fingerprint".to_string(), s(&fingerprint)),
+            ("fingerprint".to_string(), s(pay_fingerprint(cmd))),
             ("session".to_string(), s(&sid)),
             (TTL.to_string(), n(cmd.now + RETENTION_SECS)),
         ]);
-        let actions = vec![
-            // 0: the hold, only if the money is there.
+        let mut device = Upd::new(device_key(cmd.device))
+            .set("#open = :snap")
+            .cond("attribute_exists(pk) AND attribute_not_exists(#open) AND last_seen >= :fresh")
+            .name("#open", "open")
+            .val(":snap", snapshot.clone())
+            .val(":fresh", n(fresh_since));
+        if let Some(t) = tariff {
+            device = device
+                .cond("price = :price AND #unit = :unit AND currency = :currency")
+                .name("#unit", "unit")
+                .val(":price", n(t.price_per_unit.minor()))
+                .val(":unit", s(t.unit_name.as_str()))
+                .val(":currency", s(t.currency.as_str()));
+        }
+        Ok(vec![
+            // PAY_KEY: the idempotency record.
+            put_new(&self.table, record)?,
+            // PAY_DEVICE: the machine's lock, only if it is idle and online.
+            device.into_transact(&self.table)?,
+            // PAY_ADVERT: the single-use advert marker.
+            put_new(&self.table, advert)?,
+            // PAY_WALLET: the hold, only if the money is there.
             Upd::new(wallet_key(&cmd.user))
                 .set("available = available + :da, held = held + :dh, spent = spent + :ds")
                 .set("holds.#sid = :snap")
@@ -545,86 +627,15 @@ impl DynamoStore {
                 .val(":dh", n(dh))
                 .val(":ds", n(ds))
                 .val(":amt", n(cmd.max_amount.minor()))
-                .val(":snap", snapshot.clone())
-                .into_transact(&self.table)?,
-            // 1: the session.
-            put_new(&self.table, session_item(&session))?,
-            // 2: the machine's lock, only if it is idle and online.
-            Upd::new(device_key(cmd.device))
-                .set("#open = :snap")
-                .cond(
-                    "attribute_exists(pk) AND attribute_not_exists(#open) AND last_seen >= :fresh",
-                )
-                .name("#open", "open")
                 .val(":snap", snapshot)
-                .val(":fresh", n(fresh_since))
                 .into_transact(&self.table)?,
-            // 3: the single-use advert marker.
-            put_new(&self.table, advert)?,
-            // 4: the idempotency record.
-            put_new(&self.table, record)?,
-            // 5: the ledger entry.
+            // The session (random ids do not collide) and the ledger entry.
+            put_new(&self.table, session_item(session))?,
             put_new(
                 &self.table,
-                items::ledger_item(&hold_entry, cmd.now, Some(session.id), ""),
+                items::ledger_item(hold_entry, cmd.now, Some(session.id), ""),
             )?,
-        ];
-        let reasons = match self.transact(actions).await? {
-            Tx::Done => return Ok(PayOutcome::Created(session)),
-            Tx::Cancelled(reasons) => reasons,
-        };
-        let failed = |i: usize| {
-            reasons
-                .get(i)
-                .filter(|(code, _)| code == "ConditionalCheckFailed")
-                .map(|(_, old)| old.as_ref())
-        };
-        if failed(4).is_some() {
-            // Another request with this key won: answer as a retry (read it again).
-            return Err(Failure::Contention("the pay key was used meanwhile".into()));
-        }
-        // DynamoDB may report only the first failed condition, so a lost race against a pay with
-        // the same key can show up as busy / advert used / insufficient funds. When the old item
-        // shows a session this very request could have created (same user, machine and amount),
-        // read again: the key record then answers it as a retry.
-        let ours = |x: &Session| {
-            x.user_id == cmd.user && x.device_id == cmd.device && x.hold == cmd.max_amount
-        };
-        let maybe_ours = || Failure::Contention("a pay with this key may have won".into());
-        if let Some(old) = failed(2) {
-            let Some(old) = old else {
-                return Ok(PayOutcome::DeviceUnknown);
-            };
-            let now_device = device_from_item(old)?;
-            return match now_device.open {
-                Some(open) if ours(&open) => Err(maybe_ours()),
-                Some(_) => Ok(PayOutcome::DeviceBusy),
-                // Not busy, so not online: the read was stale; read again.
-                None => Err(Failure::Contention("device changed since read".into())),
-            };
-        }
-        if let Some(old) = failed(3) {
-            if old.is_some_and(|m| items::get_s(m, "user").is_ok_and(|u| u == cmd.user.as_str())) {
-                return Err(maybe_ours());
-            }
-            return Ok(PayOutcome::AdvertUsed);
-        }
-        if let Some(old) = failed(0) {
-            let now_wallet = wallet_from_item(old)?;
-            if now_wallet.holds.iter().any(ours) {
-                return Err(maybe_ours());
-            }
-            let available = now_wallet.wallet.available;
-            if available < cmd.max_amount {
-                return Ok(PayOutcome::InsufficientFunds { available });
-            }
-            return Err(Failure::Contention("wallet changed since read".into()));
-        }
-        Err(StoreError::Internal(format!(
-            "pay cancelled for an unexpected reason: {:?}",
-            reasons.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>()
-        ))
-        .into())
+        ])
     }
 
     async fn device_call_once(
@@ -648,9 +659,11 @@ impl DynamoStore {
             }
         };
         let Some(device) = device else {
+            self.shadow.forget(call.device);
             return Ok(DeviceCallOutcome::DeviceUnknown);
         };
         let device = device_from_item(&device)?;
+        self.shadow.put(device.clone());
         if let Some(last_seq) = device.last_seq {
             if call.seq == last_seq && device.last_digest.as_deref() == Some(&call.digest[..]) {
                 return self.answer_retry(call, &device).await;
@@ -659,30 +672,108 @@ impl DynamoStore {
                 return Ok(DeviceCallOutcome::Replayed { last_seq });
             }
         }
-        let now = call.now;
-        let seq_update = |body: &[u8]| -> Upd {
-            let upd = Upd::new(device_key(call.device))
-                .set("last_seq = :seq, last_digest = :digest, last_response = :body, last_seen = :seen")
-                .val(":seq", n(call.seq))
-                .val(":digest", b(&call.digest))
-                .val(":body", b(body))
-                .val(":seen", n(device.last_seen.map_or(now, |t| t.max(now))));
-            match device.last_seq {
-                Some(prev) => upd.cond("last_seq = :prev").val(":prev", n(prev)),
-                None => upd.cond("attribute_exists(pk) AND attribute_not_exists(last_seq)"),
+        if matches!(call.op, DeviceOp::Poll) {
+            if let Some(open) = device
+                .open
+                .as_ref()
+                .filter(|o| o.is_due_to_expire(call.now))
+            {
+                self.expire_one(open, call.now).await?;
+                return Err(Failure::Contention(
+                    "expired a due session; read again".into(),
+                ));
             }
-        };
+        }
+        let session = session.map(|i| session_from_item(&i)).transpose()?;
+        match self
+            .device_decide_and_write(call, encode, &device, session, false)
+            .await?
+        {
+            Some(outcome) => Ok(outcome),
+            None => Err(Failure::Contention(
+                "device state changed since read".into(),
+            )),
+        }
+    }
 
+    /// The machine request decided from this process's last knowledge of the device item instead
+    /// of a read (see `shadow.rs`), when that knowledge covers the request: a poll, a start of the
+    /// AUTHORIZED session the machine holds, a report on its ACTIVE one. `None` when it does not,
+    /// or when the write's conditions show the knowledge was stale (nothing was written): then the
+    /// request runs the usual way.
+    async fn device_call_guessed(
+        &self,
+        call: &DeviceCall,
+        encode: &ResponseEncoder,
+    ) -> Result<Option<DeviceCallOutcome>, Failure> {
+        let Some(device) = self.shadow.get(call.device) else {
+            return Ok(None);
+        };
+        // Retries and replays are answered from a read, never from a guess.
+        if device.last_seq.is_some_and(|last| call.seq <= last) {
+            return Ok(None);
+        }
+        let now = call.now;
+        let open = device.open.as_ref();
+        let session = match (&call.op, open) {
+            (DeviceOp::Poll, open) => {
+                if open.is_some_and(|o| o.is_due_to_expire(now)) {
+                    return Ok(None);
+                }
+                None
+            }
+            // While AUTHORIZED, the session item is exactly the snapshot the machine holds.
+            (DeviceOp::Start { session }, Some(o))
+                if o.id == *session
+                    && o.status == SessionStatus::Authorized
+                    && now < o.expires_at =>
+            {
+                Some(o.clone())
+            }
+            // While ACTIVE, the session item is the snapshot plus the units reported so far; the
+            // report's outcome does not depend on them as long as they are not above the new
+            // count, which the write checks.
+            (DeviceOp::Report { session, .. }, Some(o))
+                if o.id == *session && o.status == SessionStatus::Active =>
+            {
+                Some(o.clone())
+            }
+            _ => return Ok(None),
+        };
+        match self
+            .device_decide_and_write(call, encode, &device, session, true)
+            .await
+        {
+            Ok(Some(outcome)) => Ok(Some(outcome)),
+            Ok(None) => {
+                self.shadow.forget(call.device);
+                Ok(None)
+            }
+            Err(e) => {
+                self.shadow.forget(call.device);
+                Err(e)
+            }
+        }
+    }
+
+    /// Decide a machine request (not a retry, not a replay) from `device` and `session` (read, or
+    /// guessed when `guessed`), encode the answer and write it with the operation's changes. `None`
+    /// when a condition failed (nothing was written).
+    async fn device_decide_and_write(
+        &self,
+        call: &DeviceCall,
+        encode: &ResponseEncoder,
+        device: &DeviceItem,
+        session: Option<Session>,
+        guessed: bool,
+    ) -> Result<Option<DeviceCallOutcome>, Failure> {
+        let now = call.now;
+        let seen = device.last_seen.map_or(now, |t| t.max(now));
         let mut writes = Vec::new();
         let mut device_changes = Upd::default();
+        let mut open_after = device.open.clone();
         let result = match &call.op {
             DeviceOp::Poll => {
-                if let Some(open) = device.open.as_ref().filter(|o| o.is_due_to_expire(now)) {
-                    self.expire_one(open, now).await?;
-                    return Err(Failure::Contention(
-                        "expired a due session; read again".into(),
-                    ));
-                }
                 let grants = device
                     .open
                     .iter()
@@ -692,41 +783,79 @@ impl DynamoStore {
                 DeviceOpResult::Grants(grants)
             }
             DeviceOp::Start { .. } | DeviceOp::Report { .. } => {
-                match session
-                    .map(|i| session_from_item(&i))
-                    .transpose()?
-                    .filter(|s| s.device_id == call.device)
-                {
+                match session.filter(|s| s.device_id == call.device) {
                     None => DeviceOpResult::SessionNotFound,
-                    Some(mut s) => {
-                        self.run_session_op(call, &mut s, &mut writes, &mut device_changes)?
-                    }
+                    Some(mut s) => self.run_session_op(
+                        call,
+                        &mut s,
+                        &mut writes,
+                        &mut device_changes,
+                        &mut open_after,
+                    )?,
                 }
             }
         };
         // The answer is encoded before anything is written, and saved with the operation.
         let body = encode(&result);
-        let device_upd = seq_update(&body).merge(device_changes);
-        if writes.is_empty() {
-            return match device_upd.send(&self.client, &self.table).await {
-                Ok(()) => Ok(DeviceCallOutcome::Fresh(body)),
-                Err(Failure::Condition) => Err(Failure::Contention("device sequence moved".into())),
-                Err(e) => Err(e),
+        let mut upd = Upd::new(device_key(call.device))
+            .set("last_seq = :seq, last_digest = :digest, last_response = :body, last_seen = :seen")
+            .val(":seq", n(call.seq))
+            .val(":digest", b(&call.digest))
+            .val(":body", b(&body))
+            .val(":seen", n(seen));
+        upd = match device.last_seq {
+            Some(prev) => upd.cond("last_seq = :prev").val(":prev", n(prev)),
+            None => upd.cond("attribute_exists(pk) AND attribute_not_exists(last_seq)"),
+        };
+        if guessed {
+            // Every other fact of the guess the decision used.
+            upd = upd.cond("attribute_not_exists(last_seen) OR last_seen <= :seen");
+            upd = match &device.open {
+                None => upd
+                    .cond("attribute_not_exists(#open)")
+                    .name("#open", "open"),
+                Some(o) => upd
+                    .cond("#open.id = :guess_open AND #open.#status = :guess_status")
+                    .name("#open", "open")
+                    .name("#status", "status")
+                    .val(":guess_open", s(o.id.to_string()))
+                    .val(":guess_status", s(o.status.as_str())),
             };
         }
-        writes.push(device_upd.into_transact(&self.table)?);
-        self.transact_or_rerun(writes).await?;
-        Ok(DeviceCallOutcome::Fresh(body))
+        let upd = upd.merge(device_changes);
+        let written = if writes.is_empty() {
+            match upd.send(&self.client, &self.table).await {
+                Ok(()) => true,
+                Err(Failure::Condition) => false,
+                Err(e) => return Err(e),
+            }
+        } else {
+            writes.push(upd.into_transact(&self.table)?);
+            matches!(self.transact(writes).await?, Tx::Done)
+        };
+        if !written {
+            return Ok(None);
+        }
+        self.shadow.put(DeviceItem {
+            record: device.record.clone(),
+            last_seq: Some(call.seq),
+            last_digest: Some(call.digest.to_vec()),
+            last_response: Some(body.clone()),
+            last_seen: Some(seen),
+            open: open_after,
+        });
+        Ok(Some(DeviceCallOutcome::Fresh(body)))
     }
 
     /// Run a start or report on `s` (this device's session), collecting the writes; returns the
-    /// operation's result.
+    /// operation's result. `open` becomes the device's open session after the writes.
     fn run_session_op(
         &self,
         call: &DeviceCall,
         s: &mut Session,
         writes: &mut Vec<TransactWriteItem>,
         device: &mut Upd,
+        open: &mut Option<Session>,
     ) -> Result<DeviceOpResult, Failure> {
         let now = call.now;
         let sid = s.id.to_string();
@@ -735,6 +864,7 @@ impl DynamoStore {
             let (expired, changes) = self.expiry_writes(s, now, writes)?;
             *s = expired;
             *device = std::mem::take(device).merge(changes);
+            *open = None;
         }
         Ok(match &call.op {
             DeviceOp::Poll => DeviceOpResult::SessionNotFound,
@@ -770,38 +900,37 @@ impl DynamoStore {
                                 .val(":t", n(now))
                                 .val(":open_sid", items::s(&sid)),
                         );
+                        *open = Some(s.clone());
                         DeviceOpResult::Session(s.clone())
                     }
                     Ok(StartOutcome::AlreadyActive) => DeviceOpResult::Session(s.clone()),
                     Err(e) => DeviceOpResult::Refused(e),
                 }
             }
-            DeviceOp::Report { units, last, .. } => {
-                let prev = s.clone();
-                match s.report(*units, *last, now) {
-                    Ok(ReportOutcome::Progress) => {
-                        writes.push(
-                            Upd::new(session_key(s.id))
-                                .set("units = :units, amount = :amount")
-                                .cond("#status = :active AND units = :prev_units")
-                                .name("#status", "status")
-                                .val(":active", items::s(SessionStatus::Active.as_str()))
-                                .val(":units", n(s.units.get()))
-                                .val(":amount", n(s.amount.minor()))
-                                .val(":prev_units", n(prev.units.get()))
-                                .into_transact(&self.table)?,
-                        );
-                        DeviceOpResult::Session(s.clone())
-                    }
-                    Ok(ReportOutcome::Settled(settlement)) => {
-                        let changes = self.close_writes(s, settlement, now, writes)?;
-                        *device = std::mem::take(device).merge(changes);
-                        DeviceOpResult::Session(s.clone())
-                    }
-                    Ok(ReportOutcome::AlreadySettled) => DeviceOpResult::Session(s.clone()),
-                    Err(e) => DeviceOpResult::Refused(e),
+            DeviceOp::Report { units, last, .. } => match s.report(*units, *last, now) {
+                Ok(ReportOutcome::Progress) => {
+                    // The outcome holds for any count stored so far up to this one.
+                    writes.push(
+                        Upd::new(session_key(s.id))
+                            .set("units = :units, amount = :amount")
+                            .cond("#status = :active AND units <= :units")
+                            .name("#status", "status")
+                            .val(":active", items::s(SessionStatus::Active.as_str()))
+                            .val(":units", n(s.units.get()))
+                            .val(":amount", n(s.amount.minor()))
+                            .into_transact(&self.table)?,
+                    );
+                    DeviceOpResult::Session(s.clone())
                 }
-            }
+                Ok(ReportOutcome::Settled(settlement)) => {
+                    let changes = self.close_writes(s, settlement, now, writes)?;
+                    *device = std::mem::take(device).merge(changes);
+                    *open = None;
+                    DeviceOpResult::Session(s.clone())
+                }
+                Ok(ReportOutcome::AlreadySettled) => DeviceOpResult::Session(s.clone()),
+                Err(e) => DeviceOpResult::Refused(e),
+            },
         })
     }
 
@@ -967,6 +1096,111 @@ fn wallet_rule(e: WalletError) -> StoreError {
     StoreError::Internal(format!("wallet rule refused a stored operation: {e}"))
 }
 
+/// Positions of pay's actions (`pay_actions`), in the order of the refusals.
+const PAY_KEY: usize = 0;
+const PAY_DEVICE: usize = 1;
+const PAY_ADVERT: usize = 2;
+const PAY_WALLET: usize = 3;
+
+/// The AUTHORIZED session a pay opens, with the machine's tariff.
+fn new_session(cmd: &PayCommand, device: &DeviceItem) -> Session {
+    Session::authorize(
+        cmd.session_id,
+        cmd.device,
+        cmd.user.clone(),
+        cmd.max_amount,
+        device.record.tariff.clone(),
+        cmd.use_counter,
+        cmd.now,
+        cmd.start_timeout_secs,
+    )
+}
+
+/// What an idempotency record of a pay must match to answer a retry.
+fn pay_fingerprint(cmd: &PayCommand) -> String {
+    format!("{}:{}", cmd.device, cmd.max_amount.minor())
+}
+
+fn device_state(device: &DeviceItem, cmd: &PayCommand) -> DeviceState {
+    DeviceStatus {
+        device: device.record.clone(),
+        last_seen: device.last_seen,
+        open_session: device.open.as_ref().map(|o| o.id),
+    }
+    .state(cmd.now, cmd.offline_after_secs)
+}
+
+/// The refusal a cancelled pay transaction means, from its cancellation reasons (the old items,
+/// `ALL_OLD`); `None` when they leave it open and the pay must be decided from a fresh read: a
+/// request with this key won (it is answered as a retry), an overdue session is in the way (it is
+/// expired first), or the item changed since it was read.
+fn pay_refusal(
+    cmd: &PayCommand,
+    reasons: &[(String, Option<Item>)],
+) -> Result<Option<PayOutcome>, Failure> {
+    let failed = |i: usize| {
+        reasons
+            .get(i)
+            .filter(|(code, _)| code == "ConditionalCheckFailed")
+            .map(|(_, old)| old.as_ref())
+    };
+    // A lost race against a pay with the same key can show up as busy / advert used /
+    // insufficient funds when that pay's record was written after this transaction checked it;
+    // when the old item shows a session this very request could have created (same user, machine
+    // and amount), read again: the key record then answers it as a retry.
+    let ours = |x: &Session| {
+        x.user_id == cmd.user && x.device_id == cmd.device && x.hold == cmd.max_amount
+    };
+    if failed(PAY_KEY).is_some() {
+        return Ok(None);
+    }
+    if let Some(old) = failed(PAY_DEVICE) {
+        let Some(old) = old else {
+            return Ok(Some(PayOutcome::DeviceUnknown));
+        };
+        let device = device_from_item(old)?;
+        if device
+            .open
+            .as_ref()
+            .is_some_and(|o| ours(o) || o.is_due_to_expire(cmd.now))
+        {
+            return Ok(None);
+        }
+        return Ok(match device_state(&device, cmd) {
+            DeviceState::Offline => Some(PayOutcome::DeviceOffline),
+            DeviceState::Busy => Some(PayOutcome::DeviceBusy),
+            // Idle and online: another tariff, or the read was stale.
+            DeviceState::Idle => None,
+        });
+    }
+    if let Some(old) = failed(PAY_ADVERT) {
+        if old.is_some_and(|m| items::get_s(m, "user").is_ok_and(|u| u == cmd.user.as_str())) {
+            return Ok(None);
+        }
+        return Ok(Some(PayOutcome::AdvertUsed));
+    }
+    if let Some(old) = failed(PAY_WALLET) {
+        let wallet = wallet_from_item(old)?;
+        if wallet
+            .holds
+            .iter()
+            .any(|h| ours(h) || h.is_due_to_expire(cmd.now))
+        {
+            return Ok(None);
+        }
+        let available = wallet.wallet.available;
+        if available < cmd.max_amount {
+            return Ok(Some(PayOutcome::InsufficientFunds { available }));
+        }
+        return Ok(None);
+    }
+    Err(StoreError::Internal(format!(
+        "pay cancelled for an unexpected reason: {:?}",
+        reasons.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>()
+    ))
+    .into())
+}
+
 #[async_trait]
 impl Store for DynamoStore {
     async fn register_device(
@@ -1021,7 +1255,21 @@ impl Store for DynamoStore {
     }
 
     async fn pay(&self, cmd: &PayCommand) -> Result<PayOutcome, StoreError> {
-        self.retrying(|| self.pay_once(cmd)).await
+        // The first try decides from what this process knows of the machine when it can (one
+        // transaction, no read); every other try reads first.
+        let first = AtomicBool::new(true);
+        self.retrying(|| {
+            let first = &first;
+            async move {
+                if first.swap(false, Ordering::Relaxed) {
+                    if let Some(outcome) = self.pay_guessed(cmd).await? {
+                        return Ok(outcome);
+                    }
+                }
+                self.pay_once(cmd).await
+            }
+        })
+        .await
     }
 
     async fn find_pay(
@@ -1050,7 +1298,20 @@ impl Store for DynamoStore {
         call: &DeviceCall,
         encode: &ResponseEncoder,
     ) -> Result<DeviceCallOutcome, StoreError> {
-        self.retrying(|| self.device_call_once(call, encode)).await
+        // As pay: the first try acts on what this process knows of the device item, if it can.
+        let first = AtomicBool::new(true);
+        self.retrying(|| {
+            let first = &first;
+            async move {
+                if first.swap(false, Ordering::Relaxed) {
+                    if let Some(outcome) = self.device_call_guessed(call, encode).await? {
+                        return Ok(outcome);
+                    }
+                }
+                self.device_call_once(call, encode).await
+            }
+        })
+        .await
     }
 
     async fn expire_due(&self, now: u64) -> Result<usize, StoreError> {

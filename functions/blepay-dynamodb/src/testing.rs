@@ -229,6 +229,12 @@ pub async fn fresh_dyn_store() -> (Arc<dyn Store>, ()) {
     (Arc::new(fresh_store().await), ())
 }
 
+/// The same, with a store that never acts on its last knowledge of a device item (every pay and
+/// machine request reads first: the path taken when that knowledge is missing or stale).
+pub async fn fresh_dyn_store_reading_first() -> (Arc<dyn Store>, ()) {
+    (Arc::new(fresh_store().await.without_device_shadow()), ())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Fault injection
 // ---------------------------------------------------------------------------------------------
