@@ -18,4 +18,5 @@ mod health;
 mod idempotency;
 mod race;
 mod reflection;
+mod reliability;
 mod restart;
