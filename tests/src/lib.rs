@@ -425,3 +425,101 @@ impl TestApp {
         (status, r.bytes().await.expect("body").to_vec())
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The real binary
+// ---------------------------------------------------------------------------------------------
+
+/// `target/<profile>/blepay`, next to the test executable's `deps/` directory, built (or brought
+/// up to date) once per test binary — a stale binary is never tested.
+pub fn blepay_binary() -> &'static std::path::Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe
+            .parent()
+            .and_then(std::path::Path::parent)
+            .expect("target/<profile>/deps/<test>")
+            .to_owned();
+        let mut build = std::process::Command::new(option_env!("CARGO").unwrap_or("cargo"));
+        build
+            .args(["build", "-p", "blepay", "--bin", "blepay"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.file_name().is_some_and(|p| p == "release") {
+            build.arg("--release");
+        }
+        assert!(
+            build.status().expect("run cargo build").success(),
+            "cargo build -p blepay failed"
+        );
+        let bin = profile_dir.join(format!("blepay{}", std::env::consts::EXE_SUFFIX));
+        assert!(bin.exists(), "no blepay binary at {}", bin.display());
+        bin
+    })
+}
+
+/// A `blepay serve` child process with the suite's secrets on a free loopback port; killed with
+/// SIGKILL on drop.
+#[derive(Debug)]
+pub struct ServeProcess {
+    child: std::process::Child,
+    pub address: String,
+    pub client: reqwest::Client,
+}
+
+impl ServeProcess {
+    /// Start `blepay serve` with `BLEPAY_*` `env` on top of the suite's keys and tokens, and wait
+    /// until `/healthz` answers.
+    pub async fn start(env: &[(&str, &std::ffi::OsStr)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut cmd = std::process::Command::new(blepay_binary());
+        cmd.arg("serve")
+            .env("BLEPAY_LISTEN", format!("127.0.0.1:{port}"))
+            .env("BLEPAY_MASTER_KEYS", master_keys_env())
+            .env("BLEPAY_JWT_SECRET", JWT_SECRET)
+            .env("BLEPAY_OPS_TOKEN", OPS_TOKEN)
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let server = Self {
+            child: cmd.spawn().expect("spawn blepay serve"),
+            address: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let up = server
+                .client
+                .get(format!("{}/healthz", server.address))
+                .send()
+                .await;
+            if up.is_ok_and(|r| r.status().is_success()) {
+                return server;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "blepay serve did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL, as a power cut would: no graceful shutdown.
+    pub fn kill_9(mut self) {
+        self.child.kill().expect("SIGKILL"); // SIGKILL on unix
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -3,39 +3,13 @@
 //! final report after the restart, and the session settles exactly once.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use blepay_e2e::{TestApp, random_key, random_user, spawn_app};
+use blepay_e2e::{TestApp, blepay_binary, random_key, random_user, spawn_app};
 use serde_json::Value;
-
-/// `target/<profile>/blepay`, next to this test's `deps/` directory, built (or brought up to date)
-/// once per test run: a stale binary would not know `device run`.
-fn blepay_binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_owned();
-        let cargo = option_env!("CARGO").unwrap_or("cargo");
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "-p", "blepay", "--bin", "blepay"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|p| p == "release") {
-            build.arg("--release");
-        }
-        assert!(
-            build.status().unwrap().success(),
-            "cargo build -p blepay failed"
-        );
-        let bin = profile_dir.join(format!("blepay{}", std::env::consts::EXE_SUFFIX));
-        assert!(bin.exists(), "no blepay binary at {}", bin.display());
-        bin
-    })
-}
 
 /// A `blepay device run` child; its stdout events arrive on a channel. Killed on drop.
 struct Dispenser {

@@ -15,15 +15,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use blepay::machine::Machine;
 use blepay_core::SessionId;
 use blepay_e2e::{
-    Answer, JWT_SECRET, OPS_TOKEN, identity, master_keys_env, random_device_id, random_key,
+    Answer, JWT_SECRET, OPS_TOKEN, ServeProcess, identity, random_device_id, random_key,
     random_user, signed_advert, spawn_app, unix_now,
 };
 use blepay_proto::DeviceKey;
@@ -203,27 +202,6 @@ async fn phones_racing_for_machines_never_open_two_sessions_on_one_machine_nor_h
 // (b) kill -9 under load
 // ---------------------------------------------------------------------------------------------
 
-/// `target/<profile>/blepay`, built (or brought up to date) once per test run.
-fn blepay_binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_owned();
-        let cargo = option_env!("CARGO").unwrap_or("cargo");
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "-p", "blepay", "--bin", "blepay"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|p| p == "release") {
-            build.arg("--release");
-        }
-        assert!(build.status().unwrap().success(), "cargo build -p blepay");
-        let bin = profile_dir.join(format!("blepay{}", std::env::consts::EXE_SUFFIX));
-        assert!(bin.exists(), "no blepay binary at {}", bin.display());
-        bin
-    })
-}
-
 /// Where the killed server keeps its data: a SQLite dir, or a DynamoDB Local table.
 enum Data {
     Sqlite(PathBuf),
@@ -274,72 +252,23 @@ impl Data {
     }
 }
 
-/// A `blepay serve` child process; SIGKILLed on drop.
-struct Server {
-    child: Child,
-    address: String,
-}
-
-impl Server {
-    async fn start(data: &Data) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut cmd = Command::new(blepay_binary());
-        cmd.arg("serve")
-            .env("BLEPAY_LISTEN", format!("127.0.0.1:{port}"))
-            .env("BLEPAY_MASTER_KEYS", master_keys_env())
-            .env("BLEPAY_JWT_SECRET", JWT_SECRET)
-            .env("BLEPAY_OPS_TOKEN", OPS_TOKEN)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        match data {
-            Data::Sqlite(dir) => {
-                cmd.env("BLEPAY_DATA_DIR", dir);
-            }
-            Data::Dynamo {
-                endpoint,
-                table,
-                dir,
-            } => {
-                cmd.env("BLEPAY_DATA_DIR", dir)
-                    .env("BLEPAY_STORE", "dynamodb")
-                    .env("BLEPAY_DYNAMODB_ENDPOINT", endpoint)
-                    .env("BLEPAY_DYNAMODB_TABLE", table);
-            }
+/// Start `blepay serve` on `data`'s store.
+async fn start_server(data: &Data) -> ServeProcess {
+    match data {
+        Data::Sqlite(dir) => ServeProcess::start(&[("BLEPAY_DATA_DIR", dir.as_os_str())]).await,
+        Data::Dynamo {
+            endpoint,
+            table,
+            dir,
+        } => {
+            ServeProcess::start(&[
+                ("BLEPAY_DATA_DIR", dir.as_os_str()),
+                ("BLEPAY_STORE", "dynamodb".as_ref()),
+                ("BLEPAY_DYNAMODB_ENDPOINT", endpoint.as_ref()),
+                ("BLEPAY_DYNAMODB_TABLE", table.as_ref()),
+            ])
+            .await
         }
-        let server = Self {
-            child: cmd.spawn().unwrap(),
-            address: format!("http://127.0.0.1:{port}"),
-        };
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let up = client
-                .get(format!("{}/healthz", server.address))
-                .send()
-                .await;
-            if up.is_ok_and(|r| r.status().is_success()) {
-                return server;
-            }
-            assert!(Instant::now() < deadline, "blepay serve did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn kill_9(mut self) {
-        self.child.kill().unwrap(); // SIGKILL on unix
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -458,7 +387,7 @@ async fn kill_9_under_load_loses_no_acknowledged_operation_and_the_ledger_reconc
     };
     let dir = tempfile::tempdir().unwrap();
     let data = Data::new(dir.path()).await;
-    let mut server = Server::start(&data).await;
+    let mut server = start_server(&data).await;
 
     // Arrange: one machine and one user per worker; the machines keep their state on disk.
     let client = reqwest::Client::new();
@@ -511,7 +440,7 @@ async fn kill_9_under_load_loses_no_acknowledged_operation_and_the_ledger_reconc
         for t in tasks {
             let _ = t.await;
         }
-        server = Server::start(&data).await;
+        server = start_server(&data).await;
 
         // The sessions the kill left open (paid, not settled) are finished by their machine.
         for (user, device_id, key, state) in &fleet {

@@ -1,92 +1,30 @@
 //! Durability: the real `blepay serve` binary, killed with SIGKILL and restarted on its data dir.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
 use blepay::machine::Machine;
 use blepay_core::SessionId;
-use blepay_e2e::{Answer, JWT_SECRET, OPS_TOKEN, master_keys_env, random_device_id, unix_now};
+use blepay_e2e::{Answer, JWT_SECRET, OPS_TOKEN, ServeProcess, random_device_id, unix_now};
 use blepay_store::Store;
 use serde_json::{Value, json};
 
-/// `target/<profile>/blepay`, next to this test's `deps/` directory; built if missing.
-fn blepay_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_owned();
-    let bin = profile_dir.join(format!("blepay{}", std::env::consts::EXE_SUFFIX));
-    if !bin.exists() {
-        let cargo = option_env!("CARGO").unwrap_or("cargo");
-        let status = Command::new(cargo)
-            .args(["build", "-p", "blepay", "--bin", "blepay"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "cargo build -p blepay failed");
-    }
-    assert!(bin.exists(), "no blepay binary at {}", bin.display());
-    bin
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `blepay serve` child process; killed (SIGKILL) on drop.
-struct Server {
-    child: Child,
-    address: String,
-    client: reqwest::Client,
-}
+/// A `blepay serve` child process on SQLite in `data_dir`.
+struct Server(ServeProcess);
 
 impl Server {
     async fn start(data_dir: &Path) -> Self {
-        let port = free_port();
-        let child = Command::new(blepay_binary())
-            .arg("serve")
-            .env("BLEPAY_LISTEN", format!("127.0.0.1:{port}"))
-            .env("BLEPAY_DATA_DIR", data_dir)
-            .env("BLEPAY_MASTER_KEYS", master_keys_env())
-            .env("BLEPAY_JWT_SECRET", JWT_SECRET)
-            .env("BLEPAY_OPS_TOKEN", OPS_TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = Self {
-            child,
-            address: format!("http://127.0.0.1:{port}"),
-            client: reqwest::Client::new(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let up = server
-                .client
-                .get(format!("{}/healthz", server.address))
-                .send()
-                .await;
-            if up.is_ok_and(|r| r.status().is_success()) {
-                return server;
-            }
-            assert!(Instant::now() < deadline, "blepay serve did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        Self(ServeProcess::start(&[("BLEPAY_DATA_DIR", data_dir.as_os_str())]).await)
     }
 
-    fn kill_9(mut self) {
-        self.child.kill().unwrap(); // SIGKILL on unix
-        self.child.wait().unwrap();
+    fn kill_9(self) {
+        self.0.kill_9();
     }
 
     async fn post(&self, path: &str, token: &str, body: &Value) -> Value {
         let r = self
+            .0
             .client
-            .post(format!("{}{path}", self.address))
+            .post(format!("{}{path}", self.0.address))
             .bearer_auth(token)
             .json(body)
             .send()
@@ -96,19 +34,13 @@ impl Server {
 
     async fn get(&self, path: &str, token: &str) -> Value {
         let r = self
+            .0
             .client
-            .get(format!("{}{path}", self.address))
+            .get(format!("{}{path}", self.0.address))
             .bearer_auth(token)
             .send()
             .await;
         Answer::of(r.unwrap()).await.ok()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -146,7 +78,7 @@ async fn every_acknowledged_operation_survives_kill_9_and_the_cycle_finishes_aft
         )
         .await;
     let machine_dir = dir.path().join("machine");
-    let m = Machine::new(&server.address, &device_id, &device_key, 0, &machine_dir).unwrap();
+    let m = Machine::new(&server.0.address, &device_id, &device_key, 0, &machine_dir).unwrap();
     m.poll().await.unwrap();
     let advert = m.advert().unwrap()["advert"].as_str().unwrap().to_owned();
     let paid = server
@@ -191,7 +123,7 @@ async fn every_acknowledged_operation_survives_kill_9_and_the_cycle_finishes_aft
     assert_eq!(pay_again["sessionId"].as_str(), Some(session.as_str()));
 
     // ...and the machine (same state dir: its sequence numbers go on) finishes the cycle.
-    let m = Machine::new(&server.address, &device_id, &device_key, 0, &machine_dir).unwrap();
+    let m = Machine::new(&server.0.address, &device_id, &device_key, 0, &machine_dir).unwrap();
     let grants = m.poll().await.unwrap();
     assert_eq!(grants.len(), 1);
     let sid = SessionId::parse(&session).unwrap();
