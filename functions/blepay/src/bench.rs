@@ -27,6 +27,7 @@
 //! the exact frames of a real poll, start and final report, with HTTP/1.1 framing, against the
 //! same messages written as JSON.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,12 +40,13 @@ use anyhow::{Context, anyhow, bail};
 use base64::Engine;
 use blepay_core::{DeviceId, KeyVersion, SessionId, UseCounter, UserId};
 use blepay_device_client::{Answer, Identity};
+use blepay_dynamodb::{DynamoStore, RequestCounter};
 use blepay_proto::pb::v1 as pb;
 use blepay_proto::pb::v1::device_service_client::DeviceServiceClient;
 use blepay_proto::pb::v1::device_service_server::{DeviceService, DeviceServiceServer};
 use blepay_proto::pb::v1::phone_service_client::PhoneServiceClient;
 use blepay_proto::{AdvertFlags, DeviceKey};
-use blepay_service::{App, ServeArgs, StoreArgs, StoreKind};
+use blepay_service::{App, ServeArgs, StoreArgs, StoreKind, system_clock};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -67,7 +69,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 200)]
     pub machines: usize,
     /// The store behind the server (`--store dynamodb --dynamodb-endpoint URL` for a
-    /// DynamoDB-API server; the table must exist: `blepay ops create-table`).
+    /// DynamoDB-API server; the table is created when missing). With DynamoDB the figures include
+    /// the DynamoDB requests sent per operation.
     #[command(flatten)]
     pub store: StoreArgs,
     /// Where the temporary data directory goes (default: the system's temp dir). The disk under
@@ -111,6 +114,8 @@ struct Env {
     blepay_addr: SocketAddr,
     hello_addr: SocketAddr,
     data_dir: PathBuf,
+    /// Counts the requests the DynamoDB store sends (`--store dynamodb`).
+    dynamo: Option<RequestCounter>,
     _dir: tempfile::TempDir,
     tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -143,12 +148,21 @@ impl Env {
             currency: "EUR".into(),
             sweep_interval_secs: 3600,
         };
-        let bound = crate::serve::bind_with(&serve, &args.store).await?;
-        let blepay_addr = bound.listener.local_addr()?;
-        let app = bound.app.clone();
+        let (listener, app, dynamo) = match args.store.kind {
+            StoreKind::Sqlite => {
+                let bound = crate::serve::bind_with(&serve, &args.store).await?;
+                (bound.listener, bound.app, None)
+            }
+            StoreKind::Dynamodb => {
+                // Built here rather than by `serve::bind_with`, to keep its request counter.
+                let (listener, app, counter) = bind_dynamodb(&serve, &args.store).await?;
+                (listener, app, Some(counter))
+            }
+        };
+        let blepay_addr = listener.local_addr()?;
         let server = tokio::spawn(blepay_service::server::serve(
-            bound.listener,
-            bound.app,
+            listener,
+            app.clone(),
             Duration::from_secs(3600),
             std::future::pending(),
         ));
@@ -161,10 +175,36 @@ impl Env {
             blepay_addr,
             hello_addr,
             data_dir: serve.data_dir,
+            dynamo,
             _dir: dir,
             tasks: vec![server, hello_task],
         })
     }
+}
+
+/// The server on the DynamoDB table `store` names (created when missing), and the counter of the
+/// requests its store sends.
+async fn bind_dynamodb(
+    serve: &ServeArgs,
+    store: &StoreArgs,
+) -> anyhow::Result<(tokio::net::TcpListener, App, RequestCounter)> {
+    let (config, _generated) = serve.resolve()?;
+    let table = &store.dynamodb.table;
+    let endpoint = store.dynamodb.endpoint.as_deref();
+    let dynamo = DynamoStore::from_env(table, endpoint).await?;
+    blepay_dynamodb::create_table(dynamo.client(), table)
+        .await
+        .with_context(|| format!("creating the DynamoDB table {table} (endpoint {endpoint:?})"))?;
+    dynamo
+        .warm_up()
+        .await
+        .with_context(|| format!("DynamoDB table {table}"))?;
+    let counter = dynamo.request_counter();
+    let app = App::new(config, Arc::new(dynamo), system_clock());
+    let listener = tokio::net::TcpListener::bind(serve.listen)
+        .await
+        .with_context(|| format!("binding {}", serve.listen))?;
+    Ok((listener, app, counter))
 }
 
 /// The tonic hello-world: blepay's generated `DeviceService`, answering with the frame it got.
@@ -629,6 +669,60 @@ where
 // Measuring
 // ---------------------------------------------------------------------------------------------
 
+/// DynamoDB requests sent during a stretch of the run: in total and by DynamoDB operation.
+#[derive(Debug, Clone, Default)]
+struct DbCount {
+    requests: u64,
+    by_operation: BTreeMap<String, u64>,
+}
+
+impl DbCount {
+    fn read(counter: &RequestCounter) -> Self {
+        Self {
+            requests: counter.count(),
+            by_operation: counter.by_operation(),
+        }
+    }
+
+    /// What `counter` sent since `self` was read.
+    fn since(&self, counter: &RequestCounter) -> Self {
+        let now = Self::read(counter);
+        let by_operation = now
+            .by_operation
+            .iter()
+            .filter_map(|(op, n)| {
+                let d = n.saturating_sub(self.by_operation.get(op).copied().unwrap_or(0));
+                (d > 0).then(|| (op.clone(), d))
+            })
+            .collect();
+        Self {
+            requests: now.requests.saturating_sub(self.requests),
+            by_operation,
+        }
+    }
+
+    fn add(&mut self, other: &Self) {
+        self.requests += other.requests;
+        for (op, n) in &other.by_operation {
+            *self.by_operation.entry(op.clone()).or_default() += n;
+        }
+    }
+}
+
+/// Run `phase`; with a counter, also the DynamoDB requests it sent.
+async fn counted<Fut>(
+    counter: Option<&RequestCounter>,
+    phase: Fut,
+) -> anyhow::Result<(Figures, Option<DbCount>)>
+where
+    Fut: Future<Output = anyhow::Result<Figures>>,
+{
+    let before = counter.map(DbCount::read);
+    let figures = phase.await?;
+    let sent = counter.zip(before).map(|(c, b)| b.since(c));
+    Ok((figures, sent))
+}
+
 /// What one phase measured.
 #[derive(Debug)]
 struct Figures {
@@ -637,6 +731,11 @@ struct Figures {
     first_error: Option<String>,
     secs: f64,
     hist: Histogram<u64>,
+    /// Every operation run in the phase, warm-up and those outside the window included (what
+    /// the DynamoDB requests of the phase are divided by).
+    all_ops: u64,
+    /// DynamoDB requests sent by those `all_ops` operations (`--store dynamodb`).
+    db: Option<DbCount>,
 }
 
 impl Figures {
@@ -647,6 +746,8 @@ impl Figures {
             first_error: None,
             secs: 0.0,
             hist: Histogram::new_with_bounds(1, 120_000_000, 3)?,
+            all_ops: 0,
+            db: None,
         })
     }
 
@@ -665,6 +766,7 @@ impl Figures {
 
     fn merge(&mut self, other: &Self) -> anyhow::Result<()> {
         self.ops += other.ops;
+        self.all_ops += other.all_ops;
         self.errors += other.errors;
         if self.first_error.is_none() {
             self.first_error.clone_from(&other.first_error);
@@ -685,6 +787,13 @@ impl Figures {
     #[allow(clippy::cast_precision_loss)]
     fn ms(&self, q: f64) -> f64 {
         self.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// DynamoDB requests per operation run (`--store dynamodb`).
+    #[allow(clippy::cast_precision_loss)]
+    fn db_per_op(&self) -> Option<f64> {
+        let db = self.db.as_ref()?;
+        (self.all_ops > 0).then(|| db.requests as f64 / self.all_ops as f64)
     }
 }
 
@@ -722,6 +831,7 @@ where
                 }
                 let r = op(c.clone(), w, n).await;
                 n += 1;
+                figures.all_ops += 1;
                 let done = Instant::now();
                 if start < from {
                     continue;
@@ -744,13 +854,16 @@ where
 }
 
 /// Pay in rounds: every machine paid once (timed), then every session settled (not timed).
+/// With `db`, the DynamoDB requests of the pays (every round, settling excluded) are counted.
 async fn pay_rounds(
     ctx: &Arc<Ctx>,
     transport: Transport,
     concurrency: usize,
     timing: Timing,
+    db: Option<&RequestCounter>,
 ) -> anyhow::Result<Figures> {
     let mut total = Figures::new()?;
+    let mut db_total = db.map(|_| DbCount::default());
     let mut paying = Duration::ZERO;
     let mut warm = Duration::ZERO;
     while paying < timing.measure {
@@ -760,6 +873,7 @@ async fn pay_rounds(
                 .collect(),
         );
         let next = Arc::new(AtomicUsize::new(0));
+        let db_before = db.map(DbCount::read);
         let began = Instant::now();
         let mut set = JoinSet::new();
         for w in 0..concurrency {
@@ -770,6 +884,7 @@ async fn pay_rounds(
                     let m = next.fetch_add(1, Ordering::Relaxed);
                     let Some(slot) = sessions.get(m) else { break };
                     let start = Instant::now();
+                    figures.all_ops += 1;
                     match c.pay(transport, w, m).await {
                         Ok(s) => {
                             figures.record(start.elapsed());
@@ -788,8 +903,12 @@ async fn pay_rounds(
             round.merge(&r??)?;
         }
         let took = began.elapsed();
+        if let (Some(t), Some(c), Some(b)) = (db_total.as_mut(), db, db_before.as_ref()) {
+            t.add(&b.since(c));
+        }
         if warm < timing.warmup {
             warm += took;
+            total.all_ops += round.all_ops;
         } else {
             paying += took;
             total.merge(&round)?;
@@ -807,6 +926,7 @@ async fn pay_rounds(
         .await?;
     }
     total.secs = paying.as_secs_f64();
+    total.db = db_total;
     Ok(total)
 }
 
@@ -865,21 +985,30 @@ async fn load(env: &Env, args: &BenchArgs) -> anyhow::Result<()> {
         .await?;
         let baseline_rps = base.rps();
         let m = ctx.machines.len();
-        let verify = closed_loop(&ctx, concurrency, timing, move |c, w, n| async move {
-            let machine = (w + usize::try_from(n).unwrap_or(0) * 7) % m;
-            c.verify(t, w, machine).await
-        })
+        let db = env.dynamo.as_ref();
+        let (mut verify, verify_db) = counted(
+            db,
+            closed_loop(&ctx, concurrency, timing, move |c, w, n| async move {
+                let machine = (w + usize::try_from(n).unwrap_or(0) * 7) % m;
+                c.verify(t, w, machine).await
+            }),
+        )
         .await?;
-        let pay = pay_rounds(&ctx, t, concurrency, timing).await?;
-        let cycle = closed_loop(&ctx, concurrency, timing, move |c, w, n| async move {
-            // Client w owns machines w, w + concurrency, w + 2 concurrency, ... (below m): no
-            // two clients share one, since a machine serves one session at a time.
-            let owned = m.saturating_sub(w).div_ceil(concurrency).max(1);
-            let k = usize::try_from(n).unwrap_or(0) % owned;
-            let machine = w + k * concurrency;
-            c.cycle(t, w, machine).await
-        })
+        verify.db = verify_db;
+        let pay = pay_rounds(&ctx, t, concurrency, timing, db).await?;
+        let (mut cycle, cycle_db) = counted(
+            db,
+            closed_loop(&ctx, concurrency, timing, move |c, w, n| async move {
+                // Client w owns machines w, w + concurrency, w + 2 concurrency, ... (below m): no
+                // two clients share one, since a machine serves one session at a time.
+                let owned = m.saturating_sub(w).div_ceil(concurrency).max(1);
+                let k = usize::try_from(n).unwrap_or(0) % owned;
+                let machine = w + k * concurrency;
+                c.cycle(t, w, machine).await
+            }),
+        )
         .await?;
+        cycle.db = cycle_db;
         let name = t.name();
         rows.push(Row {
             name: format!("{name} hello-world"),
@@ -941,13 +1070,19 @@ fn store_name(store: &StoreArgs) -> &'static str {
 
 fn table(rows: &[Row]) -> String {
     let mut out = String::new();
-    let _ = writeln!(
+    // The DynamoDB column only when the store is DynamoDB.
+    let dynamo = rows.iter().any(|r| r.figures.db.is_some());
+    let _ = write!(
         out,
         "{:<20} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7}",
         "phase", "ops/s", "req/s", "p50 ms", "p99 ms", "ratio", "errors"
     );
+    if dynamo {
+        let _ = write!(out, " {:>12}", "ddb req/op");
+    }
+    let _ = writeln!(out);
     for r in rows {
-        let _ = writeln!(
+        let _ = write!(
             out,
             "{:<20} {:>10.0} {:>10.0} {:>9.2} {:>9.2} {:>9.3} {:>7}",
             r.name,
@@ -958,8 +1093,46 @@ fn table(rows: &[Row]) -> String {
             r.ratio(),
             r.figures.errors
         );
+        if dynamo {
+            match r.figures.db_per_op() {
+                Some(x) => {
+                    let _ = write!(out, " {x:>12.3}");
+                }
+                None => {
+                    let _ = write!(out, " {:>12}", "-");
+                }
+            }
+        }
+        let _ = writeln!(out);
+    }
+    for r in rows {
+        if let Some(by_op) = db_by_operation(&r.figures) {
+            let parts: Vec<String> = by_op.iter().map(|(op, x)| format!("{op} {x:.3}")).collect();
+            let _ = writeln!(
+                out,
+                "{}: DynamoDB requests per operation by API call ({} operations): {}",
+                r.name,
+                r.figures.all_ops,
+                parts.join(", ")
+            );
+        }
     }
     out
+}
+
+/// DynamoDB requests per operation run, by DynamoDB API call (`--store dynamodb`).
+#[allow(clippy::cast_precision_loss)]
+fn db_by_operation(f: &Figures) -> Option<BTreeMap<String, f64>> {
+    let db = f.db.as_ref()?;
+    if f.all_ops == 0 {
+        return None;
+    }
+    Some(
+        db.by_operation
+            .iter()
+            .map(|(op, n)| (op.clone(), *n as f64 / f.all_ops as f64))
+            .collect(),
+    )
 }
 
 fn summary_json(
@@ -1004,6 +1177,22 @@ fn summary_json(
             format!("{prefix}{op}_p99_ms"),
             json!(round3(r.figures.ms(0.99))),
         );
+        if let Some(x) = r.figures.db_per_op() {
+            o.insert(
+                format!("{prefix}dynamodb_requests_per_{op}"),
+                json!(round3(x)),
+            );
+        }
+        if let Some(by_op) = db_by_operation(&r.figures) {
+            let by_op: serde_json::Map<String, Value> = by_op
+                .into_iter()
+                .map(|(k, v)| (k, json!(round3(v))))
+                .collect();
+            o.insert(
+                format!("{prefix}dynamodb_requests_per_{op}_by_operation"),
+                Value::Object(by_op),
+            );
+        }
     }
     o.insert("errors".into(), json!(errors));
     o.insert("ledger_reconciles".into(), json!(reconciles));
