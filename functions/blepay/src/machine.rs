@@ -198,7 +198,10 @@ impl Machine {
         Ok(a.response)
     }
 
-    /// Report units; a final report that settles bumps the use counter.
+    /// Report units. A final report bumps the use counter *before* it is sent (persisted first,
+    /// like the firmware engine's outbox): a machine that loses power after the server settled
+    /// but before it saved the bump would otherwise advertise a spent advert (`ADVERT_USED`)
+    /// until the slot rotates.
     ///
     /// # Errors
     /// See [`Machine::exchange`]; or when the server refuses.
@@ -208,6 +211,11 @@ impl Machine {
         units: u64,
         last: bool,
     ) -> anyhow::Result<pb::DeviceResponse> {
+        if last {
+            let mut s = self.load()?;
+            s.use_counter = s.use_counter.wrapping_add(1);
+            self.save(&s)?;
+        }
         let (_, a) = self
             .exchange(&blepay_device_client::report(
                 session,
@@ -216,11 +224,6 @@ impl Machine {
             ))
             .await?;
         refused(&a)?;
-        if last {
-            let mut s = self.load()?;
-            s.use_counter = s.use_counter.wrapping_add(1);
-            self.save(&s)?;
-        }
         Ok(a.response)
     }
 }
