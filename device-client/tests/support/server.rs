@@ -13,8 +13,8 @@ use blepay_device_client::Identity;
 use blepay_proto::pb::v1 as pb;
 use blepay_proto::{AdvertFlags, DeviceKey};
 use blepay_service::{App, ServeArgs, system_clock};
+use blepay_sqlite::SqliteStore;
 use blepay_store::Audit;
-use blepay_store::sqlite::SqliteStore;
 use tempfile::TempDir;
 
 /// A running server.

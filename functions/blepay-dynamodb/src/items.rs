@@ -14,7 +14,8 @@ use blepay_core::{
     Amount, Currency, DeviceId, DeviceName, IdempotencyKey, KeyVersion, LedgerEntry, Session,
     SessionId, SessionStatus, Slot, Tariff, UnitName, Units, UseCounter, UserId, Wallet,
 };
-use blepay_store::{DeviceRecord, StoreError};
+use blepay_store::decide::LastCall;
+use blepay_store::{DeviceRecord, DeviceStatus, SavedAnswer, StoreError};
 
 pub(crate) type Item = HashMap<String, AttributeValue>;
 
@@ -132,6 +133,14 @@ pub(crate) fn opt_b<'a>(item: &'a Item, attr: &str) -> Result<Option<&'a [u8]>, 
     }
 }
 
+pub(crate) fn opt_s<'a>(item: &'a Item, attr: &str) -> Result<Option<&'a str>, StoreError> {
+    match item.get(attr) {
+        None | Some(AttributeValue::Null(_)) => Ok(None),
+        Some(AttributeValue::S(v)) => Ok(Some(v)),
+        Some(_) => Err(corrupt("item", attr)),
+    }
+}
+
 pub(crate) fn opt_m<'a>(item: &'a Item, attr: &str) -> Result<Option<&'a Item>, StoreError> {
     match item.get(attr) {
         None | Some(AttributeValue::Null(_)) => Ok(None),
@@ -162,10 +171,32 @@ pub(crate) struct DeviceItem {
     pub record: DeviceRecord,
     pub last_seq: Option<u32>,
     pub last_digest: Option<Vec<u8>>,
-    pub last_response: Option<Vec<u8>>,
+    /// The answer saved with `last_seq`: `last_response` (B) and `last_code` (S, the refusal
+    /// code; absent for an answer that is not a refusal, and on items saved before it existed).
+    pub last_answer: Option<SavedAnswer>,
     pub last_seen: Option<u64>,
     /// The AUTHORIZED or ACTIVE session on the machine (the "busy" lock and the poll grant).
     pub open: Option<Session>,
+}
+
+impl DeviceItem {
+    /// The last accepted request, for [`blepay_store::decide::check_seq`].
+    pub fn last_call(&self) -> Option<LastCall> {
+        self.last_seq.map(|seq| LastCall {
+            seq,
+            digest: self.last_digest.clone(),
+            answer: self.last_answer.clone(),
+        })
+    }
+
+    /// The machine as the pay decision sees it.
+    pub fn status(&self) -> DeviceStatus {
+        DeviceStatus {
+            device: self.record.clone(),
+            last_seen: self.last_seen,
+            open_session: self.open.as_ref().map(|o| o.id),
+        }
+    }
 }
 
 pub(crate) fn device_item(d: &DeviceRecord) -> Item {
@@ -195,7 +226,14 @@ pub(crate) fn device_from_item(item: &Item) -> Result<DeviceItem, StoreError> {
         },
         last_seq: opt_n(item, "last_seq")?,
         last_digest: opt_b(item, "last_digest")?.map(<[u8]>::to_vec),
-        last_response: opt_b(item, "last_response")?.map(<[u8]>::to_vec),
+        last_answer: opt_b(item, "last_response")?
+            .map(|frame| -> Result<SavedAnswer, StoreError> {
+                Ok(SavedAnswer {
+                    frame: frame.to_vec(),
+                    code: opt_s(item, "last_code")?.map(str::to_owned),
+                })
+            })
+            .transpose()?,
         last_seen: opt_n(item, "last_seen")?,
         open: opt_m(item, "open")?.map(session_from_item).transpose()?,
     })
@@ -539,5 +577,54 @@ where
                 Failure::Fatal(StoreError::Internal(message))
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn machine() -> DeviceRecord {
+        DeviceRecord {
+            id: DeviceId::from_bytes([0xd0, 0, 0, 0, 0, 0, 0, 1]),
+            name: DeviceName::parse("Water").unwrap(),
+            tariff: Tariff {
+                price_per_unit: Amount::new(25).unwrap(),
+                unit_name: UnitName::parse("litre").unwrap(),
+                currency: Currency::parse("EUR").unwrap(),
+            },
+            key_version: KeyVersion::new(0).unwrap(),
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn an_answer_saved_without_a_code_reads_back_as_not_a_refusal() {
+        let mut item = device_item(&machine());
+        item.insert("last_seq".into(), n(7));
+        item.insert("last_response".into(), b(b"old answer"));
+
+        let device = device_from_item(&item).unwrap();
+
+        assert_eq!(
+            device.last_answer,
+            Some(SavedAnswer {
+                frame: b"old answer".to_vec(),
+                code: None,
+            })
+        );
+    }
+
+    #[test]
+    fn an_answer_saved_with_a_code_reads_back_with_it() {
+        let mut item = device_item(&machine());
+        item.insert("last_seq".into(), n(7));
+        item.insert("last_response".into(), b(b"refusal"));
+        item.insert("last_code".into(), s("SESSION_NOT_FOUND"));
+
+        let answer = device_from_item(&item).unwrap().last_answer.unwrap();
+
+        assert_eq!(answer.code.as_deref(), Some("SESSION_NOT_FOUND"));
     }
 }

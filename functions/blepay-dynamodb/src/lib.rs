@@ -15,8 +15,10 @@
 //! was read) re-runs the whole operation with jittered backoff; throttling and 5xx are retried by
 //! the SDK first. What still fails is [`StoreError::Unavailable`] and changed nothing.
 //!
-//! Money rules and the session state machine are `blepay-core`'s: this crate loads values, calls
-//! those rules and writes back what they return, as conditional updates.
+//! The decisions (what a pay answers, the sequence-number check, a start's or report's outcome,
+//! the audit's totals) are `blepay_store::decide`'s, the money rules and the session state machine
+//! `blepay-core`'s: this crate gathers the facts, calls them and writes back what they return, as
+//! conditional updates (`ops/`, one file per operation).
 //!
 //! Must not depend on: HTTP frameworks, protobuf, the advert MAC (callers verify before calling).
 

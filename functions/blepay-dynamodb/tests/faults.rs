@@ -87,8 +87,9 @@ async fn a_final_report_that_keeps_being_throttled_is_unavailable_and_can_be_ret
         op: last.clone(),
         now: T0 + 2,
     };
-    let encode = |r: &blepay_store::DeviceOpResult| format!("{r:?}").into_bytes();
-    let err = store.device_call(&call, &encode).await.unwrap_err();
+    let encode: blepay_store::ResponseEncoder =
+        std::sync::Arc::new(blepay_store::conformance::answer_of);
+    let err = store.device_call(&call, encode).await.unwrap_err();
     faults.enable(false);
 
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");

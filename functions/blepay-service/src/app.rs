@@ -14,7 +14,8 @@ use blepay_proto::{
 };
 use blepay_store::{
     DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, DeviceRecord, DeviceState,
-    DeviceStatus, PayCommand, PayOutcome, RegisterOutcome, Store, TopUpOutcome,
+    DeviceStatus, PayCommand, PayOutcome, RegisterOutcome, ResponseEncoder, SavedAnswer, Store,
+    TopUpOutcome,
 };
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -128,23 +129,6 @@ impl App {
         let max_amount = Amount::positive(req.max_amount)
             .map_err(|e| ApiError::invalid(format!("maxAmount: {e}")))?;
         let advert = self.authentic_advert(&req.advert)?;
-        if let Err(stale) = check_fresh(&advert, now) {
-            // A retry of an earlier pay may carry the advert it was made with: answer it.
-            return match self.inner.store.find_pay(user, &key, now).await? {
-                Some(s) if s.device_id == advert.device_id && s.hold == max_amount => {
-                    Ok(pay_response(&s))
-                }
-                _ => Err(stale),
-            };
-        }
-        let status = self.device_for_advert(&advert, now).await?;
-        if status.device.tariff.price_per_unit > max_amount {
-            return Err(ApiError::invalid(format!(
-                "maxAmount {max_amount} is below the price of one {} ({})",
-                status.device.tariff.unit_name.as_str(),
-                status.device.tariff.price_per_unit
-            )));
-        }
         let cmd = PayCommand {
             user: user.clone(),
             key,
@@ -157,12 +141,25 @@ impl App {
             start_timeout_secs: self.config().start_timeout_secs,
             offline_after_secs: self.config().offline_after_secs,
         };
+        if let Err(stale) = check_fresh(&advert, now) {
+            // A retry of an earlier pay may carry the advert it was made with: answer it.
+            return match self.inner.store.find_pay(user, &cmd.key, now).await? {
+                Some(s) if cmd.is_retry_of(&s) => Ok(pay_response(&s)),
+                _ => Err(stale),
+            };
+        }
+        // DEVICE_UNKNOWN and a retired key version come first; the store decides the rest.
+        self.device_for_advert(&advert, now).await?;
         match self.inner.store.pay(&cmd).await? {
             PayOutcome::Created(s) => {
                 tracing::info!(session = %s.id, device = %s.device_id, hold = %s.hold, "session authorized");
                 Ok(pay_response(&s))
             }
             PayOutcome::Replayed(s) => Ok(pay_response(&s)),
+            PayOutcome::BelowUnitPrice { price, unit_name } => Err(ApiError::invalid(format!(
+                "maxAmount {max_amount} is below the price of one {} ({price})",
+                unit_name.as_str(),
+            ))),
             PayOutcome::DeviceUnknown => Err(device_unknown(advert.device_id)),
             PayOutcome::DeviceOffline => Err(ApiError::new(
                 ErrorCode::DeviceOffline,
@@ -362,23 +359,21 @@ impl App {
         // The store saves the sealed answer frame, so a byte-identical retry gets a byte-identical
         // answer (its server_time is the original one: docs/protocol.md §3.3).
         let (seq, enc_key) = (frame.seq(), key.clone());
-        let encoder = move |r: &DeviceOpResult| {
-            seal_response(
+        let encoder: ResponseEncoder = Arc::new(move |r: &DeviceOpResult| SavedAnswer {
+            frame: seal_response(
                 &enc_key,
                 &tag,
                 seq,
                 now,
                 &encode_device_result(r).encode_to_vec(),
-            )
-        };
-        match self.inner.store.device_call(&call, &encoder).await? {
+            ),
+            code: device_result_code(r).map(|c| c.as_str().to_owned()),
+        });
+        match self.inner.store.device_call(&call, encoder).await? {
             DeviceCallOutcome::Fresh(answer) | DeviceCallOutcome::Retry(answer) => {
-                let code = answer_body(&answer)
-                    .and_then(|b| pb::DeviceResponse::decode(b).ok())
-                    .and_then(|r| ErrorCode::parse(&r.error_code));
                 Ok(DeviceAnswer {
-                    code,
-                    frame: answer,
+                    code: answer.code.as_deref().and_then(ErrorCode::parse),
+                    frame: answer.frame,
                 })
             }
             DeviceCallOutcome::Replayed { last_seq } => Ok(refuse(
@@ -456,13 +451,6 @@ impl App {
             currency: self.config().currency.to_string(),
         }
     }
-}
-
-/// The body of a sealed response frame (between its header and its tag).
-fn answer_body(frame: &[u8]) -> Option<&[u8]> {
-    frame.get(
-        blepay_proto::frame::HEADER_LEN..frame.len().checked_sub(blepay_proto::frame::TAG_LEN)?,
-    )
 }
 
 fn check_fresh(advert: &Advert, now: u64) -> Result<(), ApiError> {
@@ -612,6 +600,46 @@ pub fn encode_device_result(r: &DeviceOpResult) -> pb::DeviceResponse {
                 SessionError::ReportConflict => ErrorCode::ReportConflict,
             };
             error(code, &e.to_string())
+        }
+    }
+}
+
+/// The refusal code of a device operation's answer (`None`: not a refusal, HTTP 200); saved with
+/// the answer so that a retry gets the same status. Must agree with the `error_code` that
+/// [`encode_device_result`] writes (the test below checks it).
+fn device_result_code(r: &DeviceOpResult) -> Option<ErrorCode> {
+    match r {
+        DeviceOpResult::Grants(_) | DeviceOpResult::Session(_) => None,
+        DeviceOpResult::SessionNotFound => Some(ErrorCode::SessionNotFound),
+        DeviceOpResult::Refused(e) => Some(match e {
+            SessionError::Expired => ErrorCode::SessionExpired,
+            SessionError::NotStartable(_) => ErrorCode::SessionNotStartable,
+            SessionError::NotStarted => ErrorCode::SessionNotStarted,
+            SessionError::ReportConflict => ErrorCode::ReportConflict,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_saved_refusal_code_is_the_code_in_the_answer_body() {
+        let results = [
+            DeviceOpResult::Grants(Vec::new()),
+            DeviceOpResult::SessionNotFound,
+            DeviceOpResult::Refused(SessionError::Expired),
+            DeviceOpResult::Refused(SessionError::NotStartable(SessionStatus::Settled)),
+            DeviceOpResult::Refused(SessionError::NotStarted),
+            DeviceOpResult::Refused(SessionError::ReportConflict),
+        ];
+        for r in &results {
+            assert_eq!(
+                device_result_code(r).map_or("", ErrorCode::as_str),
+                encode_device_result(r).error_code,
+                "{r:?}"
+            );
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use blepay_proto::pb::v1 as pb;
 use blepay_service::config::{Config, Keyring, SecretString};
 use blepay_service::{App, ErrorCode};
-use blepay_store::sqlite::SqliteStore;
+use blepay_sqlite::SqliteStore;
 use proptest::prelude::*;
 use prost::Message;
 

@@ -32,11 +32,14 @@ use blepay_core::{
 
 use crate::{
     Audit, DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, DeviceRecord, DeviceState,
-    PayCommand, PayOutcome, RegisterOutcome, Store, TopUpOutcome,
+    PayCommand, PayOutcome, RegisterOutcome, ResponseEncoder, SavedAnswer, Store, TopUpOutcome,
 };
 
 /// Expand to one `#[tokio::test]` per conformance check, each on a store from `$factory`
 /// (an expression evaluating to a future of `(Arc<dyn Store>, guard)`).
+///
+/// The list must name every check of this module (a `pub async fn` taking `store: Arc<dyn
+/// Store>`): the unit test `every_check_defined_is_in_the_list_the_macro_expands` fails otherwise.
 #[macro_export]
 macro_rules! conformance_tests {
     ($factory:expr) => {
@@ -54,6 +57,7 @@ macro_rules! conformance_tests {
             a_pay_for_a_busy_device_changes_nothing,
             a_pay_with_a_used_advert_changes_nothing,
             a_pay_above_the_available_balance_changes_nothing,
+            a_pay_below_the_price_of_one_unit_is_refused_and_changes_nothing,
             a_pay_key_reused_for_another_machine_or_amount_changes_nothing,
             a_replayed_pay_returns_the_same_session_without_a_second_hold,
             a_polling_machine_receives_its_authorized_sessions,
@@ -67,6 +71,7 @@ macro_rules! conformance_tests {
             a_retried_device_call_returns_the_saved_answer_without_running_again,
             an_older_sequence_number_is_replayed_and_changes_nothing,
             the_same_sequence_number_with_other_bytes_is_replayed,
+            a_refusal_is_saved_with_its_code_and_a_retry_gets_both,
             a_call_from_an_unknown_device_is_refused,
             a_session_of_another_device_is_not_found,
             concurrent_pays_for_one_machine_create_exactly_one_session,
@@ -162,6 +167,20 @@ pub fn digest(seq: u32) -> [u8; 32] {
     d
 }
 
+/// The suite's answer encoding: the result's debug text, and a refusal code for the results that
+/// are refusals.
+pub fn answer_of(r: &DeviceOpResult) -> SavedAnswer {
+    let code = match r {
+        DeviceOpResult::Grants(_) | DeviceOpResult::Session(_) => None,
+        DeviceOpResult::SessionNotFound => Some("SESSION_NOT_FOUND".to_owned()),
+        DeviceOpResult::Refused(e) => Some(format!("{e:?}")),
+    };
+    SavedAnswer {
+        frame: format!("{r:?}").into_bytes(),
+        code,
+    }
+}
+
 /// Run one machine request; returns the outcome and the operation's result when it ran.
 pub async fn device_call_with(
     store: &dyn Store,
@@ -173,12 +192,12 @@ pub async fn device_call_with(
 ) -> (DeviceCallOutcome, Option<DeviceOpResult>) {
     // `ResponseEncoder` is `'static`: the encoder owns what it captures.
     let seen = Arc::new(Mutex::new(None));
-    let encode = {
+    let encode: ResponseEncoder = {
         let seen = Arc::clone(&seen);
-        move |r: &DeviceOpResult| {
+        Arc::new(move |r: &DeviceOpResult| {
             *seen.lock().unwrap() = Some(r.clone());
-            format!("{r:?}").into_bytes()
-        }
+            answer_of(r)
+        })
     };
     let call = DeviceCall {
         device: device_id(n),
@@ -187,7 +206,7 @@ pub async fn device_call_with(
         op,
         now,
     };
-    let outcome = store.device_call(&call, &encode).await.unwrap();
+    let outcome = store.device_call(&call, encode).await.unwrap();
     let ran = seen.lock().unwrap().take();
     (outcome, ran)
 }
@@ -202,10 +221,7 @@ pub async fn device_op(
 ) -> DeviceOpResult {
     let (outcome, result) = device_call_with(store, n, seq, digest(seq), op, now).await;
     let result = result.expect("the operation ran");
-    assert_eq!(
-        outcome,
-        DeviceCallOutcome::Fresh(format!("{result:?}").into_bytes())
-    );
+    assert_eq!(outcome, DeviceCallOutcome::Fresh(answer_of(&result)));
     result
 }
 
@@ -556,11 +572,31 @@ pub async fn a_pay_above_the_available_balance_changes_nothing(store: Arc<dyn St
         },
     )
     .await;
+    // (The smallest pay the store does not refuse as below the price of one unit.)
     refused_without_change(
         &*store,
-        &pay_cmd("carol", "p1", 1, 7, 1, T0),
+        &pay_cmd("carol", "p1", 1, 7, PRICE, T0),
         PayOutcome::InsufficientFunds {
             available: Amount::ZERO,
+        },
+    )
+    .await;
+}
+
+pub async fn a_pay_below_the_price_of_one_unit_is_refused_and_changes_nothing(
+    store: Arc<dyn Store>,
+) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+
+    let cmd = pay_cmd("alice", "p1", 1, 7, PRICE - 1, T0);
+
+    refused_without_change(
+        &*store,
+        &cmd,
+        PayOutcome::BelowUnitPrice {
+            price: amount(PRICE),
+            unit_name: UnitName::parse("litre").unwrap(),
         },
     )
     .await;
@@ -936,12 +972,12 @@ pub async fn a_retried_device_call_returns_the_saved_answer_without_running_agai
     let s = created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
 
     let encoded = Arc::new(AtomicUsize::new(0));
-    let encode = {
+    let encode: ResponseEncoder = {
         let encoded = Arc::clone(&encoded);
-        move |r: &DeviceOpResult| {
+        Arc::new(move |r: &DeviceOpResult| {
             encoded.fetch_add(1, Ordering::SeqCst);
-            format!("{r:?}").into_bytes()
-        }
+            answer_of(r)
+        })
     };
     let start = DeviceCall {
         device: device_id(1),
@@ -950,7 +986,11 @@ pub async fn a_retried_device_call_returns_the_saved_answer_without_running_agai
         op: DeviceOp::Start { session: s.id },
         now: T0 + 10,
     };
-    let DeviceCallOutcome::Fresh(body) = store.device_call(&start, &encode).await.unwrap() else {
+    let DeviceCallOutcome::Fresh(body) = store
+        .device_call(&start, Arc::clone(&encode))
+        .await
+        .unwrap()
+    else {
         panic!("the first call runs");
     };
     let audit = reconciled(&*store).await;
@@ -960,7 +1000,7 @@ pub async fn a_retried_device_call_returns_the_saved_answer_without_running_agai
         ..start
     };
     assert_eq!(
-        store.device_call(&retry, &encode).await.unwrap(),
+        store.device_call(&retry, encode).await.unwrap(),
         DeviceCallOutcome::Retry(body)
     );
 
@@ -1032,6 +1072,25 @@ pub async fn the_same_sequence_number_with_other_bytes_is_replayed(store: Arc<dy
         SessionStatus::Authorized
     );
     reconciled(&*store).await;
+}
+
+pub async fn a_refusal_is_saved_with_its_code_and_a_retry_gets_both(store: Arc<dyn Store>) {
+    online_machine(&*store, 1, T0).await;
+    let nowhere = DeviceOp::Start {
+        session: session_id(0xee),
+    };
+
+    let (first, ran) = device_call_with(&*store, 1, 2, digest(2), nowhere.clone(), T0 + 1).await;
+    let (retry, ran_again) = device_call_with(&*store, 1, 2, digest(2), nowhere, T0 + 2).await;
+
+    assert_eq!(ran, Some(DeviceOpResult::SessionNotFound));
+    let expected = answer_of(&DeviceOpResult::SessionNotFound);
+    assert_eq!(expected.code.as_deref(), Some("SESSION_NOT_FOUND"));
+    assert_eq!(first, DeviceCallOutcome::Fresh(expected.clone()));
+    assert_eq!(
+        (retry, ran_again),
+        (DeviceCallOutcome::Retry(expected), None)
+    );
 }
 
 pub async fn a_call_from_an_unknown_device_is_refused(store: Arc<dyn Store>) {
@@ -1147,4 +1206,48 @@ pub async fn concurrent_pays_with_one_key_create_one_session_and_one_hold(store:
         wallet(700, 300, 0)
     );
     assert_eq!(reconciled(&*store).await.held, 300);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// This file's source: the checks it defines and the list `conformance_tests!` expands.
+    const SOURCE: &str = include_str!("conformance.rs");
+
+    /// Every `pub async fn` at the start of a line whose parameters are `store: Arc<dyn Store>`.
+    fn defined_checks() -> BTreeSet<&'static str> {
+        SOURCE
+            .split("\npub async fn ")
+            .skip(1)
+            .filter_map(|rest| {
+                let (name, after) = rest.split_once('(')?;
+                let (params, _) = after.split_once('{')?;
+                let params: String = params.split_whitespace().collect();
+                (params == "store:Arc<dynStore>,)" || params == "store:Arc<dynStore>)")
+                    .then_some(name.trim())
+            })
+            .collect()
+    }
+
+    fn listed_checks() -> BTreeSet<&'static str> {
+        let (_, list) = SOURCE
+            .split_once("(@each $factory;\n")
+            .expect("the macro's list");
+        let (list, _) = list.split_once(");").expect("the end of the list");
+        list.split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn every_check_defined_is_in_the_list_the_macro_expands() {
+        let defined = defined_checks();
+        assert!(
+            defined.len() > 30,
+            "the parser found the checks: {defined:?}"
+        );
+        assert_eq!(listed_checks(), defined);
+    }
 }

@@ -5,19 +5,26 @@
 //! outcome. Refusals ("device busy", "advert used", "insufficient funds") are outcome values, not
 //! errors; [`StoreError`] is only for the unexpected (IO, corruption) and is retryable or fatal.
 //!
-//! Implementations: [`sqlite::SqliteStore`] (embedded, the default). The conformance suite
-//! (`conformance`, behind the `conformance` feature) holds the tests every implementation must pass;
-//! `conformance_tests!` turns them into one `#[tokio::test]` each (see `tests/sqlite_conformance.rs`).
+//! The decisions both stores share are here, pure ([`decide`]): what a pay answers and opens, the
+//! sequence-number check, a start's or report's outcome, the audit's totals. An implementation
+//! gathers the facts, calls the decision and persists what it returns.
 //!
-//! This crate knows nothing about HTTP, gRPC, protobuf or the advert MAC: callers verify adverts
-//! and frames before they get here.
+//! Implementations live in their own crates: `blepay-sqlite` (embedded, the default) and
+//! `blepay-dynamodb`. The conformance suite (`conformance`, behind the `conformance` feature)
+//! holds the tests every implementation must pass; `conformance_tests!` turns them into one
+//! `#[tokio::test]` each.
+//!
+//! Must not depend on: a database driver (rusqlite, the AWS SDK), HTTP, gRPC, protobuf or the
+//! advert MAC (callers verify adverts and frames before they get here).
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod decide;
 mod model;
-pub mod sqlite;
 
 pub use model::*;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use blepay_core::{Amount, DeviceId, IdempotencyKey, Session, SessionId, UserId, Wallet};
@@ -84,12 +91,12 @@ pub trait Store: Send + Sync + 'static {
     async fn session(&self, id: SessionId, now: u64) -> Result<Option<Session>, StoreError>;
 
     /// Run one authenticated machine request: the sequence-number check, the operation, and saving the
-    /// answer `encode` produces, atomically. A retry (same seq, same digest) returns the saved answer
-    /// without running the operation again.
+    /// answer `encode` produces, atomically (SQLite calls `encode` inside its transaction). A retry
+    /// (same seq, same digest) returns the saved answer without running the operation again.
     async fn device_call(
         &self,
         call: &DeviceCall,
-        encode: &ResponseEncoder,
+        encode: ResponseEncoder,
     ) -> Result<DeviceCallOutcome, StoreError>;
 
     /// Expire every AUTHORIZED session whose start deadline is `<= now`, releasing its hold.
@@ -100,5 +107,6 @@ pub trait Store: Send + Sync + 'static {
     async fn audit(&self) -> Result<Audit, StoreError>;
 }
 
-/// Turns a device operation's result into the answer body to save and send.
-pub type ResponseEncoder = dyn Fn(&DeviceOpResult) -> Vec<u8> + Send + Sync;
+/// Turns a device operation's result into the answer to save and send (the frame and its refusal
+/// code). Owned, so a store can call it on another thread.
+pub type ResponseEncoder = Arc<dyn Fn(&DeviceOpResult) -> SavedAnswer + Send + Sync>;

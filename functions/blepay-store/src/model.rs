@@ -2,7 +2,7 @@
 
 use blepay_core::{
     Amount, DeviceId, DeviceName, IdempotencyKey, KeyVersion, Session, SessionError, SessionId,
-    Slot, Tariff, Units, UseCounter, UserId, Wallet,
+    Slot, Tariff, UnitName, Units, UseCounter, UserId, Wallet,
 };
 
 /// A registered machine.
@@ -84,6 +84,11 @@ pub enum PayOutcome {
     Created(Session),
     /// The same user and key paid before for the same machine and amount: that session, no new hold.
     Replayed(Session),
+    /// `max_amount` is below the price of one unit on this machine.
+    BelowUnitPrice {
+        price: Amount,
+        unit_name: UnitName,
+    },
     DeviceUnknown,
     DeviceOffline,
     DeviceBusy,
@@ -131,12 +136,24 @@ pub enum DeviceOpResult {
     Refused(SessionError),
 }
 
+/// A machine request's answer, as the encoder produced it and the store saved it with the
+/// request's sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedAnswer {
+    /// The answer to send (the service saves a sealed response frame).
+    pub frame: Vec<u8>,
+    /// The refusal code the answer carries; `None` for an answer that is not a refusal. Answers
+    /// saved before codes were stored (SQLite schema version 1, DynamoDB items without
+    /// `last_code`) read back as `None`.
+    pub code: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceCallOutcome {
     /// The operation ran; this is the saved answer (what the encoder produced).
-    Fresh(Vec<u8>),
+    Fresh(SavedAnswer),
     /// A retry of the last request: the answer saved the first time, byte for byte.
-    Retry(Vec<u8>),
+    Retry(SavedAnswer),
     /// `seq` is not newer than the last accepted one (or reuses it with other bytes): refused,
     /// nothing ran.
     Replayed {

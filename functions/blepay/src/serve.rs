@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use blepay_dynamodb::DynamoStore;
 use blepay_service::{App, ServeArgs, StoreArgs, StoreKind, system_clock};
+use blepay_sqlite::SqliteStore;
 use blepay_store::Store;
-use blepay_store::sqlite::SqliteStore;
 use tokio::net::TcpListener;
 
 /// A server bound and ready: its address and the app behind it.

@@ -234,7 +234,7 @@ impl Data {
     /// The ledger audit, read straight from the store (the server is dead by then).
     async fn audit(&self) -> Audit {
         match self {
-            Self::Sqlite(dir) => blepay_store::sqlite::SqliteStore::open(&dir.join("blepay.db"))
+            Self::Sqlite(dir) => blepay_sqlite::SqliteStore::open(&dir.join("blepay.db"))
                 .unwrap()
                 .audit()
                 .await

@@ -137,7 +137,7 @@ async fn every_acknowledged_operation_survives_kill_9_and_the_cycle_finishes_aft
 
     // The ledger on disk reconciles after a last kill -9.
     server.kill_9();
-    let store = blepay_store::sqlite::SqliteStore::open(&data_dir.join("blepay.db")).unwrap();
+    let store = blepay_sqlite::SqliteStore::open(&data_dir.join("blepay.db")).unwrap();
     let audit = store.audit().await.unwrap();
     assert!(audit.reconciles(), "{audit:?}");
     assert_eq!((audit.top_ups, audit.revenue), (1000, 50));

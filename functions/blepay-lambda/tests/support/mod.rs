@@ -101,7 +101,7 @@ impl Backend {
     pub fn sqlite() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let store =
-            blepay_store::sqlite::SqliteStore::open(&dir.path().join("blepay.db")).expect("sqlite");
+            blepay_sqlite::SqliteStore::open(&dir.path().join("blepay.db")).expect("sqlite");
         Self::with_store("sqlite", Arc::new(store), Box::new(dir))
     }
 

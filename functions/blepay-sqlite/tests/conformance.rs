@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use blepay_sqlite::SqliteStore;
 use blepay_store::Store;
-use blepay_store::sqlite::SqliteStore;
 use tempfile::TempDir;
 
 /// A fresh, empty store in its own temporary directory (removed when the guard drops).

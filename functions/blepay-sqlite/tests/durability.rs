@@ -1,15 +1,17 @@
 //! What SQLite acknowledged is still there after the store is dropped and the file reopened.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use blepay_core::{Session, SessionStatus, Slot, Units};
+use blepay_sqlite::SqliteStore;
 use blepay_store::conformance::{
-    OFFLINE_AFTER, T0, created, device_op, digest, fund, key, online_machine, pay_cmd, reconciled,
-    session_of, user, wallet,
+    OFFLINE_AFTER, T0, answer_of, created, device_op, digest, fund, key, online_machine, pay_cmd,
+    reconciled, session_of, user, wallet,
 };
-use blepay_store::sqlite::SqliteStore;
 use blepay_store::{
-    Audit, DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, DeviceState, PayOutcome, Store,
+    Audit, DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, DeviceState, PayOutcome,
+    ResponseEncoder, SavedAnswer, Store,
 };
 
 /// What the first process acknowledged before it went away.
@@ -17,7 +19,7 @@ struct Acknowledged {
     settled: Session,
     open: Session,
     audit: Audit,
-    last_answer: Vec<u8>,
+    last_answer: SavedAnswer,
 }
 
 /// A settled session on machine 1, an open one on machine 2, and the machines' last answers.
@@ -36,7 +38,7 @@ async fn write_history(path: &Path) -> Acknowledged {
     };
     let settled = session_of(device_op(&store, 1, 3, last, T0 + 9).await);
     let open = created(&store, &pay_cmd("alice", "p2", 2, 7, 200, T0 + 10)).await;
-    let last_answer = format!("{:?}", DeviceOpResult::Session(settled.clone())).into_bytes();
+    let last_answer = answer_of(&DeviceOpResult::Session(settled.clone()));
     Acknowledged {
         settled,
         open,
@@ -115,9 +117,10 @@ async fn idempotency_keys_advert_uses_and_saved_answers_survive_reopening_the_fi
         },
         now: T0 + 13,
     };
-    let never = |_: &DeviceOpResult| -> Vec<u8> { panic!("a retry must not run again") };
+    let never: ResponseEncoder =
+        Arc::new(|_: &DeviceOpResult| -> SavedAnswer { panic!("a retry must not run again") });
     assert_eq!(
-        store.device_call(&retry, &never).await.unwrap(),
+        store.device_call(&retry, never).await.unwrap(),
         DeviceCallOutcome::Retry(before.last_answer)
     );
     assert_eq!(

@@ -1,0 +1,314 @@
+//! Pay: decided by [`decide_pay`] from one read (or from the device shadow), written in one
+//! transaction whose cancellation reasons map onto the same refusals.
+
+use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
+use blepay_core::{Amount, LedgerEntry, Session, SessionId, Tariff, Wallet};
+use blepay_store::decide::{PayDecision, PayFacts, PriorPay, decide_pay};
+use blepay_store::{DeviceState, PayCommand, PayOutcome, StoreError};
+
+use super::attempts::Tx;
+use crate::DynamoStore;
+use crate::items::{
+    self, DeviceItem, Failure, Item, RETENTION_SECS, TTL, Upd, device_from_item, device_key, get_s,
+    n, put_new, s, session_attrs, session_item, wallet_delta, wallet_from_item, wallet_key,
+};
+
+impl DynamoStore {
+    pub(super) async fn pay_once(&self, cmd: &PayCommand) -> Result<PayOutcome, Failure> {
+        // The one read: the device (tariff, liveness, lock), the wallet (balance, due holds), the
+        // idempotency record (a retry is answered before anything else) and the advert marker —
+        // one isolated snapshot, so a concurrent pay with this key is seen whole or not at all.
+        let [device, wallet, seen, advert_used] = <[Option<Item>; 4]>::try_from(
+            self.transact_get(vec![
+                device_key(cmd.device),
+                wallet_key(&cmd.user),
+                items::pay_key_key(&cmd.user, &cmd.key),
+                items::advert_key(cmd.device, cmd.slot, cmd.use_counter),
+            ])
+            .await?,
+        )
+        .map_err(|_| StoreError::Internal("TransactGetItems answered the wrong count".into()))?;
+
+        // The facts; overdue sessions (on this machine, or holding this user's money) are
+        // expired first, then everything is read again.
+        let prior = match seen {
+            None => None,
+            Some(seen)
+                if !cmd
+                    .fingerprint()
+                    .matches_stored(get_s(&seen, "fingerprint")?) =>
+            {
+                Some(PriorPay::Other)
+            }
+            Some(seen) => {
+                let sid = SessionId::parse(get_s(&seen, "session")?)
+                    .map_err(|_| items::corrupt("pay record", "session"))?;
+                let Some(session) = self.session_once(sid, cmd.now).await? else {
+                    return Err(StoreError::Corrupt(format!(
+                        "pay key {} names a missing session {sid}",
+                        cmd.key
+                    ))
+                    .into());
+                };
+                Some(PriorPay::Same(session))
+            }
+        };
+        let device = match device {
+            None => {
+                self.shadow.forget(cmd.device);
+                None
+            }
+            Some(item) => {
+                let device = device_from_item(&item)?;
+                self.shadow.put(device.clone());
+                Some(device)
+            }
+        };
+        let w = wallet_from_item(wallet.as_ref())?;
+        if let Some(open) = device
+            .as_ref()
+            .and_then(|d| d.open.as_ref())
+            .filter(|o| o.is_due_to_expire(cmd.now))
+        {
+            self.expire_one(open, cmd.now).await?;
+            return Err(Failure::Contention(
+                "expired a due session; read again".into(),
+            ));
+        }
+        if self.expire_due_holds(&w, cmd.now).await? {
+            return Err(Failure::Contention("expired due holds; read again".into()));
+        }
+        let status = device.as_ref().map(DeviceItem::status);
+        let facts = PayFacts {
+            cmd,
+            device: status.as_ref(),
+            prior,
+            advert_used: advert_used.is_some(),
+            wallet: w.wallet,
+        };
+
+        let new = match decide_pay(&facts)? {
+            PayDecision::Answer(outcome) => return Ok(outcome),
+            PayDecision::Create(new) => new,
+        };
+        let delta = wallet_delta(w.wallet, new.wallet);
+        let actions = self.pay_actions(cmd, &new.session, delta, &new.hold_entry, None)?;
+        match self.transact(actions).await? {
+            Tx::Done => Ok(self.paid(new.session)),
+            Tx::Cancelled(reasons) => match pay_refusal(cmd, &reasons)? {
+                Some(refusal) => Ok(refusal),
+                None => Err(Failure::Contention(
+                    "the pay lost a race; read again".into(),
+                )),
+            },
+        }
+    }
+
+    /// Pay in one `TransactWriteItems`, deciding from this process's last knowledge of the device
+    /// item (the service reads the device just before it pays, so it is fresh) instead of a read:
+    /// the transaction checks every fact the decision used (the tariff copied into the session,
+    /// online, idle), and the refusals come from its cancellation reasons. `None` when there is no
+    /// such knowledge, when it shows anything but an idle online machine, or when the reasons
+    /// leave the answer open (a retry with this key, an overdue hold, a race): then the usual pay
+    /// runs (read, then write).
+    pub(super) async fn pay_guessed(
+        &self,
+        cmd: &PayCommand,
+    ) -> Result<Option<PayOutcome>, Failure> {
+        let Some(device) = self.shadow.get(cmd.device) else {
+            return Ok(None);
+        };
+        // The facts assumed (the transaction checks each): no pay with this key yet, an unused
+        // advert, and the money there. The wallet is not read: the core holds the amount on a
+        // wallet holding exactly it, and the difference is applied under the condition that the
+        // money is there. Any answer but a new session is left to the read.
+        let base = Wallet {
+            available: cmd.max_amount,
+            held: Amount::ZERO,
+            spent: Amount::ZERO,
+        };
+        let status = device.status();
+        let assumed = PayFacts {
+            cmd,
+            device: Some(&status),
+            prior: None,
+            advert_used: false,
+            wallet: base,
+        };
+        let PayDecision::Create(new) = decide_pay(&assumed)? else {
+            return Ok(None);
+        };
+        let session = new.session;
+        let actions = self.pay_actions(
+            cmd,
+            &session,
+            wallet_delta(base, new.wallet),
+            &new.hold_entry,
+            Some(&device.record.tariff),
+        )?;
+        let outcome = match self.transact(actions).await {
+            Ok(Tx::Done) => return Ok(Some(self.paid(session))),
+            Ok(Tx::Cancelled(reasons)) => pay_refusal(cmd, &reasons),
+            Err(e) => Err(e),
+        };
+        // Whatever the device item is now, this process no longer knows it.
+        self.shadow.forget(cmd.device);
+        outcome
+    }
+
+    /// A pay went through: the machine now holds `session`.
+    pub(super) fn paid(&self, session: Session) -> PayOutcome {
+        self.shadow.update(session.device_id, |d| {
+            d.open = Some(session.clone());
+        });
+        PayOutcome::Created(session)
+    }
+
+    /// Pay's transaction, in the order of the refusals (`PAY_*`): DynamoDB reports the failed
+    /// conditions of a cancelled transaction in action order, so the first one reported is the
+    /// refusal [`decide_pay`] gives first. With `tariff` (a decision from a guess), the device's
+    /// tariff must still be the one copied into the session.
+    pub(super) fn pay_actions(
+        &self,
+        cmd: &PayCommand,
+        session: &Session,
+        [da, dh, ds]: [i64; 3],
+        hold_entry: &LedgerEntry,
+        tariff: Option<&Tariff>,
+    ) -> Result<Vec<TransactWriteItem>, StoreError> {
+        let sid = session.id.to_string();
+        let snapshot = AttributeValue::M(session_attrs(session));
+        let fresh_since = cmd.now.saturating_sub(cmd.offline_after_secs);
+        let mut advert = items::advert_key(cmd.device, cmd.slot, cmd.use_counter);
+        advert.extend([
+            ("type".to_string(), s("ADVERT")),
+            ("session".to_string(), s(&sid)),
+            ("user".to_string(), s(cmd.user.as_str())),
+            (TTL.to_string(), n(cmd.now + RETENTION_SECS)),
+        ]);
+        let mut record = items::pay_key_key(&cmd.user, &cmd.key);
+        record.extend([
+            ("type".to_string(), s("IDEMPOTENCY")),
+            ("fingerprint".to_string(), s(cmd.fingerprint().to_string())),
+            ("session".to_string(), s(&sid)),
+            (TTL.to_string(), n(cmd.now + RETENTION_SECS)),
+        ]);
+        let mut device = Upd::new(device_key(cmd.device))
+            .set("#open = :snap")
+            .cond("attribute_exists(pk) AND attribute_not_exists(#open) AND last_seen >= :fresh")
+            .name("#open", "open")
+            .val(":snap", snapshot.clone())
+            .val(":fresh", n(fresh_since));
+        if let Some(t) = tariff {
+            device = device
+                .cond("price = :price AND #unit = :unit AND currency = :currency")
+                .name("#unit", "unit")
+                .val(":price", n(t.price_per_unit.minor()))
+                .val(":unit", s(t.unit_name.as_str()))
+                .val(":currency", s(t.currency.as_str()));
+        }
+        Ok(vec![
+            // PAY_KEY: the idempotency record.
+            put_new(&self.table, record)?,
+            // PAY_DEVICE: the machine's lock, only if it is idle and online.
+            device.into_transact(&self.table)?,
+            // PAY_ADVERT: the single-use advert marker.
+            put_new(&self.table, advert)?,
+            // PAY_WALLET: the hold, only if the money is there.
+            Upd::new(wallet_key(&cmd.user))
+                .set("available = available + :da, held = held + :dh, spent = spent + :ds")
+                .set("holds.#sid = :snap")
+                .cond("available >= :amt")
+                .name("#sid", &sid)
+                .val(":da", n(da))
+                .val(":dh", n(dh))
+                .val(":ds", n(ds))
+                .val(":amt", n(cmd.max_amount.minor()))
+                .val(":snap", snapshot)
+                .into_transact(&self.table)?,
+            // The session (random ids do not collide) and the ledger entry.
+            put_new(&self.table, session_item(session))?,
+            put_new(
+                &self.table,
+                items::ledger_item(hold_entry, cmd.now, Some(session.id), ""),
+            )?,
+        ])
+    }
+}
+
+/// Positions of pay's actions (`pay_actions`), in the order of the refusals.
+const PAY_KEY: usize = 0;
+const PAY_DEVICE: usize = 1;
+const PAY_ADVERT: usize = 2;
+const PAY_WALLET: usize = 3;
+
+/// The refusal a cancelled pay transaction means, from its cancellation reasons (the old items,
+/// `ALL_OLD`); `None` when they leave it open and the pay must be decided from a fresh read: a
+/// request with this key won (it is answered as a retry), an overdue session is in the way (it is
+/// expired first), or the item changed since it was read.
+fn pay_refusal(
+    cmd: &PayCommand,
+    reasons: &[(String, Option<Item>)],
+) -> Result<Option<PayOutcome>, Failure> {
+    let failed = |i: usize| {
+        reasons
+            .get(i)
+            .filter(|(code, _)| code == "ConditionalCheckFailed")
+            .map(|(_, old)| old.as_ref())
+    };
+    // A lost race against a pay with the same key can show up as busy / advert used /
+    // insufficient funds when that pay's record was written after this transaction checked it;
+    // when the old item shows a session this very request could have created (same user, machine
+    // and amount), read again: the key record then answers it as a retry.
+    let ours = |x: &Session| cmd.is_retry_of(x);
+    if failed(PAY_KEY).is_some() {
+        return Ok(None);
+    }
+    if let Some(old) = failed(PAY_DEVICE) {
+        let Some(old) = old else {
+            return Ok(Some(PayOutcome::DeviceUnknown));
+        };
+        let device = device_from_item(old)?;
+        if device
+            .open
+            .as_ref()
+            .is_some_and(|o| ours(o) || o.is_due_to_expire(cmd.now))
+        {
+            return Ok(None);
+        }
+        return Ok(
+            match device.status().state(cmd.now, cmd.offline_after_secs) {
+                DeviceState::Offline => Some(PayOutcome::DeviceOffline),
+                DeviceState::Busy => Some(PayOutcome::DeviceBusy),
+                // Idle and online: another tariff, or the read was stale.
+                DeviceState::Idle => None,
+            },
+        );
+    }
+    if let Some(old) = failed(PAY_ADVERT) {
+        if old.is_some_and(|m| items::get_s(m, "user").is_ok_and(|u| u == cmd.user.as_str())) {
+            return Ok(None);
+        }
+        return Ok(Some(PayOutcome::AdvertUsed));
+    }
+    if let Some(old) = failed(PAY_WALLET) {
+        let wallet = wallet_from_item(old)?;
+        if wallet
+            .holds
+            .iter()
+            .any(|h| ours(h) || h.is_due_to_expire(cmd.now))
+        {
+            return Ok(None);
+        }
+        let available = wallet.wallet.available;
+        if available < cmd.max_amount {
+            return Ok(Some(PayOutcome::InsufficientFunds { available }));
+        }
+        return Ok(None);
+    }
+    Err(StoreError::Internal(format!(
+        "pay cancelled for an unexpected reason: {:?}",
+        reasons.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>()
+    ))
+    .into())
+}

@@ -1,0 +1,82 @@
+//! Top-up: one read (wallet and key record), one transaction.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use blepay_core::{Amount, IdempotencyKey, UserId, WalletError};
+use blepay_store::{StoreError, TopUpOutcome};
+
+use super::wallet_rule;
+use crate::DynamoStore;
+use crate::items::{
+    self, Failure, Item, RETENTION_SECS, TTL, Upd, get_s, n, put_new, s, wallet_from_item,
+    wallet_key,
+};
+
+impl DynamoStore {
+    pub(super) async fn top_up_once(
+        &self,
+        user: &UserId,
+        amount: Amount,
+        key: &IdempotencyKey,
+        now: u64,
+    ) -> Result<TopUpOutcome, Failure> {
+        let [wallet, seen] = <[Option<Item>; 2]>::try_from(
+            self.batch_get(vec![wallet_key(user), items::topup_key_key(user, key)])
+                .await?,
+        )
+        .map_err(|_| StoreError::Internal("BatchGetItem answered the wrong count".into()))?;
+        let w = wallet_from_item(wallet.as_ref())?;
+        if self.expire_due_holds(&w, now).await? {
+            return Err(Failure::Contention("expired due holds; read again".into()));
+        }
+        let fingerprint = amount.minor().to_string();
+        if let Some(seen) = seen {
+            return Ok(if get_s(&seen, "fingerprint")? == fingerprint {
+                TopUpOutcome::Replayed(w.wallet)
+            } else {
+                TopUpOutcome::KeyReused
+            });
+        }
+        let (after, entry) = match w.wallet.top_up(user, amount) {
+            Err(WalletError::Overflow) => return Ok(TopUpOutcome::LimitExceeded),
+            other => other.map_err(wallet_rule)?,
+        };
+        let mut wallet_upd = Upd::new(wallet_key(user))
+            .set("available = :a, held = :h, spent = :s, #type = :type, #user = :user")
+            .set("holds = if_not_exists(holds, :empty)")
+            .name("#type", "type")
+            .name("#user", "user")
+            .val(":a", n(after.available.minor()))
+            .val(":h", n(after.held.minor()))
+            .val(":s", n(after.spent.minor()))
+            .val(":type", s("WALLET"))
+            .val(":user", s(user.as_str()))
+            .val(":empty", AttributeValue::M(HashMap::new()));
+        wallet_upd = if w.exists {
+            wallet_upd
+                .cond("available = :pa AND held = :ph AND spent = :ps")
+                .val(":pa", n(w.wallet.available.minor()))
+                .val(":ph", n(w.wallet.held.minor()))
+                .val(":ps", n(w.wallet.spent.minor()))
+        } else {
+            wallet_upd.cond("attribute_not_exists(pk)")
+        };
+        let mut record = items::topup_key_key(user, key);
+        record.extend([
+            ("type".to_string(), s("IDEMPOTENCY")),
+            ("fingerprint".to_string(), s(&fingerprint)),
+            (TTL.to_string(), n(now + RETENTION_SECS)),
+        ]);
+        let actions = vec![
+            wallet_upd.into_transact(&self.table)?,
+            put_new(&self.table, record)?,
+            put_new(
+                &self.table,
+                items::ledger_item(&entry, now, None, &format!("TOPUP#{user}#{key}")),
+            )?,
+        ];
+        self.transact_or_rerun(actions).await?;
+        Ok(TopUpOutcome::Credited(after))
+    }
+}

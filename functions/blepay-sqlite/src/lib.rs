@@ -1,0 +1,369 @@
+//! # blepay-sqlite — the [`Store`] on an embedded SQLite file
+//!
+//! One [`rusqlite::Connection`] behind a mutex; every trait method runs on tokio's blocking pool
+//! inside one `BEGIN IMMEDIATE` transaction, so operations are serialized (concurrent pays for one
+//! machine cannot both see it idle) and SQLite's "database is locked" never reaches a caller.
+//! The file is opened with `journal_mode=WAL` and `synchronous=FULL`: a committed (acknowledged)
+//! operation survives `kill -9` and power loss.
+//!
+//! The decisions are `blepay_store::decide`'s and the money rules and session state machine
+//! `blepay-core`'s: this crate loads the facts, calls them and writes back what they return (new
+//! balances, ledger entries, session states).
+//!
+//! - `lib.rs`: opening, the transaction runner, the [`Store`] impl;
+//! - `schema.rs`: the migrations; `ops.rs`: pay, machine requests, expiry, audit;
+//! - `rows.rs`: one function per statement; `convert.rs`: SQL values and errors.
+//!
+//! Must not depend on: HTTP, gRPC, protobuf, the AWS SDK.
+
+mod convert;
+mod ops;
+mod rows;
+mod schema;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use blepay_core::{
+    Amount, DeviceId, IdempotencyKey, Session, SessionId, UserId, Wallet, WalletError,
+};
+use blepay_store::{
+    Audit, DeviceCall, DeviceCallOutcome, DeviceRecord, DeviceStatus, PayCommand, PayOutcome,
+    RegisterOutcome, ResponseEncoder, Store, StoreError, TopUpOutcome,
+};
+use rusqlite::{Connection, TransactionBehavior, params};
+
+use crate::convert::{db, ts, wallet_rule};
+use crate::ops::{Due, expire_sessions};
+use crate::rows::{
+    load_device, load_idempotency, load_session, load_wallet, open_session_of, save_idempotency,
+    save_wallet, write_entry,
+};
+use crate::schema::migrate;
+
+/// How long SQLite waits for another process's lock before giving up with `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The embedded store: one SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Open (creating the parent directory and the file if needed) and migrate the database at
+    /// `path`.
+    ///
+    /// # Errors
+    /// When the directory or file cannot be created, the file is not a SQLite database, WAL cannot
+    /// be enabled, or its schema is newer than this build knows ([`StoreError::Corrupt`]).
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Internal(format!("cannot create directory {}: {e}", dir.display()))
+            })?;
+        }
+        let mut conn = Connection::open(path).map_err(db)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(db)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Internal(format!(
+                "cannot enable WAL on {} (journal mode is {mode})",
+                path.display()
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Run `work` on the blocking pool inside one `BEGIN IMMEDIATE` transaction, committed when it
+    /// returns `Ok` (refusals are `Ok` values, and write nothing but due expiries) and rolled back
+    /// otherwise.
+    async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A panic while the lock was held unwound through the transaction, which rolled back:
+            // the connection is consistent, so a poisoned lock is safe to take over.
+            let mut guard = conn.lock().unwrap_or_else(PoisonError::into_inner);
+            let tx = guard
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let out = work(&tx)?;
+            tx.commit().map_err(db)?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("storage task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn register_device(
+        &self,
+        device: &DeviceRecord,
+        _now: u64,
+    ) -> Result<RegisterOutcome, StoreError> {
+        let d = device.clone();
+        self.run(move |c| {
+            let inserted = c
+                .execute(
+                    "INSERT INTO devices (id, name, price_per_unit, unit_name, currency, key_version, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+                    params![
+                        d.id.as_bytes(),
+                        d.name.as_str(),
+                        d.tariff.price_per_unit.minor(),
+                        d.tariff.unit_name.as_str(),
+                        d.tariff.currency.as_str(),
+                        d.key_version.get(),
+                        ts(d.created_at)?,
+                    ],
+                )
+                .map_err(db)?;
+            Ok(if inserted == 0 { RegisterOutcome::Exists } else { RegisterOutcome::Created })
+        })
+        .await
+    }
+
+    async fn device_status(
+        &self,
+        id: DeviceId,
+        now: u64,
+    ) -> Result<Option<DeviceStatus>, StoreError> {
+        self.run(move |c| {
+            expire_sessions(c, Due::OfDevice(id), now)?;
+            let Some(row) = load_device(c, id)? else {
+                return Ok(None);
+            };
+            Ok(Some(DeviceStatus {
+                device: row.record,
+                last_seen: row.last_seen,
+                open_session: open_session_of(c, id)?,
+            }))
+        })
+        .await
+    }
+
+    async fn top_up(
+        &self,
+        user: &UserId,
+        amount: Amount,
+        key: &IdempotencyKey,
+        now: u64,
+    ) -> Result<TopUpOutcome, StoreError> {
+        let (user, key) = (user.clone(), key.clone());
+        self.run(move |c| {
+            expire_sessions(c, Due::OfUser(&user), now)?;
+            let scope = format!("topup:{user}");
+            let fingerprint = amount.minor().to_string();
+            if let Some(seen) = load_idempotency(c, &scope, &key)? {
+                return Ok(if seen.fingerprint == fingerprint {
+                    TopUpOutcome::Replayed(load_wallet(c, &user)?)
+                } else {
+                    TopUpOutcome::KeyReused
+                });
+            }
+            let (wallet, entry) = match load_wallet(c, &user)?.top_up(&user, amount) {
+                Err(WalletError::Overflow) => return Ok(TopUpOutcome::LimitExceeded),
+                other => other.map_err(wallet_rule)?,
+            };
+            save_wallet(c, &user, &wallet)?;
+            write_entry(c, &entry, now, None)?;
+            save_idempotency(c, &scope, &key, &fingerprint, None, now)?;
+            Ok(TopUpOutcome::Credited(wallet))
+        })
+        .await
+    }
+
+    async fn wallet(&self, user: &UserId, now: u64) -> Result<Wallet, StoreError> {
+        let user = user.clone();
+        self.run(move |c| {
+            expire_sessions(c, Due::OfUser(&user), now)?;
+            load_wallet(c, &user)
+        })
+        .await
+    }
+
+    async fn pay(&self, cmd: &PayCommand) -> Result<PayOutcome, StoreError> {
+        let cmd = cmd.clone();
+        self.run(move |c| ops::pay(c, &cmd)).await
+    }
+
+    async fn find_pay(
+        &self,
+        user: &UserId,
+        key: &IdempotencyKey,
+        now: u64,
+    ) -> Result<Option<Session>, StoreError> {
+        let (user, key) = (user.clone(), key.clone());
+        self.run(move |c| {
+            let Some(seen) = load_idempotency(c, &ops::pay_scope(&user), &key)? else {
+                return Ok(None);
+            };
+            let id = seen.session_id()?;
+            expire_sessions(c, Due::Only(id), now)?;
+            load_session(c, id)
+        })
+        .await
+    }
+
+    async fn session(&self, id: SessionId, now: u64) -> Result<Option<Session>, StoreError> {
+        self.run(move |c| {
+            expire_sessions(c, Due::Only(id), now)?;
+            load_session(c, id)
+        })
+        .await
+    }
+
+    async fn device_call(
+        &self,
+        call: &DeviceCall,
+        encode: ResponseEncoder,
+    ) -> Result<DeviceCallOutcome, StoreError> {
+        // The encoder runs here, on the blocking thread inside the transaction: the answer is
+        // saved with the operation or, if encoding fails (panics), neither is.
+        let call = call.clone();
+        self.run(move |c| ops::device_call(c, &call, &encode)).await
+    }
+
+    async fn expire_due(&self, now: u64) -> Result<usize, StoreError> {
+        self.run(move |c| expire_sessions(c, Due::All, now)).await
+    }
+
+    async fn audit(&self) -> Result<Audit, StoreError> {
+        self.run(ops::audit).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::convert::{parse_col, units_from_sql, units_to_sql};
+    use crate::schema::MIGRATIONS;
+    use blepay_core::Units;
+
+    #[tokio::test]
+    async fn a_poisoned_lock_is_recovered_not_propagated() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("blepay.db")).unwrap();
+        let conn = Arc::clone(&store.conn);
+        let _ = std::thread::spawn(move || {
+            let _guard = conn.lock().unwrap();
+            panic!("poison the lock");
+        })
+        .join();
+        assert!(store.conn.is_poisoned());
+        assert_eq!(store.expire_due(0).await.unwrap(), 0);
+    }
+
+    #[test]
+    fn opening_twice_applies_the_migrations_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/dir/blepay.db");
+        drop(SqliteStore::open(&path).unwrap());
+        let store = SqliteStore::open(&path).unwrap();
+        let guard = store.conn.lock().unwrap();
+        let version: i64 = guard
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, i64::try_from(MIGRATIONS.len()).unwrap());
+        let mode: String = guard
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = guard
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous=FULL");
+        let fk: i64 = guard
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(fk, 1);
+    }
+
+    #[test]
+    fn a_schema_newer_than_the_build_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blepay.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn units_round_trip_through_sql_for_every_value() {
+        for v in [0, 1, i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX] {
+            assert_eq!(units_from_sql(units_to_sql(Units::new(v))).get(), v);
+        }
+    }
+
+    #[test]
+    fn unreadable_rows_are_corrupt() {
+        let conn = Connection::open_in_memory().unwrap();
+        let e = conn
+            .query_row("SELECT 'not a user id'", [], |r| {
+                parse_col(r, 0, |s: String| UserId::parse(&s))
+            })
+            .unwrap_err();
+        assert!(matches!(db(e), StoreError::Corrupt(_)));
+    }
+
+    #[tokio::test]
+    async fn an_answer_saved_before_codes_were_stored_reads_back_as_not_a_refusal() {
+        // Arrange: a database at schema version 1 whose machine has a saved answer.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blepay.db");
+        let id = [0xd0, 0, 0, 0, 0, 0, 0, 1];
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO devices (id, name, price_per_unit, unit_name, currency, key_version,
+                                      created_at, last_seq, last_digest, last_response, last_seen)
+                 VALUES (?1, 'Old', 25, 'litre', 'EUR', 0, 0, 7, ?2, ?3, 100)",
+                params![&id[..], &[7u8; 32][..], &b"old answer"[..]],
+            )
+            .unwrap();
+        }
+
+        // Act: the machine retries that request after an upgrade.
+        let store = SqliteStore::open(&path).unwrap();
+        let retry = DeviceCall {
+            device: DeviceId::from_bytes(id),
+            seq: 7,
+            digest: [7; 32],
+            op: blepay_store::DeviceOp::Poll,
+            now: 200,
+        };
+        let never: ResponseEncoder =
+            Arc::new(|_: &blepay_store::DeviceOpResult| panic!("a retry does not run"));
+
+        // Assert
+        assert_eq!(
+            store.device_call(&retry, never).await.unwrap(),
+            DeviceCallOutcome::Retry(blepay_store::SavedAnswer {
+                frame: b"old answer".to_vec(),
+                code: None,
+            })
+        );
+    }
+}

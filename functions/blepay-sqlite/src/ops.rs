@@ -1,0 +1,274 @@
+//! The operations, each inside the caller's transaction: gather the facts, call the decision
+//! (`blepay_store::decide`), persist what it returns.
+
+use blepay_core::{DeviceId, IdempotencyKey, Session, SessionId, Settlement, UserId, Wallet};
+use blepay_store::decide::{
+    AuditTally, PayDecision, PayFacts, PriorPay, SeqCheck, SessionChange, check_seq, decide_pay,
+    decide_session_op,
+};
+use blepay_store::{
+    Audit, DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, DeviceStatus, PayCommand,
+    PayOutcome, ResponseEncoder, SavedAnswer, StoreError,
+};
+use rusqlite::{Connection, params};
+
+use crate::convert::{amount_col, db, parse_col, ts, wallet_rule};
+use crate::rows::{
+    Idempotency, advert_used, insert_session, load_device, load_idempotency, load_session,
+    load_session_of_device, load_wallet, mark_advert_used, open_session_of, query_sessions,
+    save_idempotency, save_session_state, save_wallet, write_entry,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Pay
+// ---------------------------------------------------------------------------------------------
+
+pub(crate) fn pay_scope(user: &UserId) -> String {
+    format!("pay:{user}")
+}
+
+/// The session an earlier pay's key record names, expired first if it was due.
+pub(crate) fn session_of_record(
+    c: &Connection,
+    seen: &Idempotency,
+    key: &IdempotencyKey,
+    now: u64,
+) -> Result<Session, StoreError> {
+    let id = seen.session_id()?;
+    expire_sessions(c, Due::Only(id), now)?;
+    load_session(c, id)?
+        .ok_or_else(|| StoreError::Corrupt(format!("pay key {key} names a missing session {id}")))
+}
+
+pub(crate) fn pay(c: &Connection, cmd: &PayCommand) -> Result<PayOutcome, StoreError> {
+    // The facts, overdue sessions (on this machine, or holding this user's money) expired first.
+    let scope = pay_scope(&cmd.user);
+    let fingerprint = cmd.fingerprint();
+    let prior = match load_idempotency(c, &scope, &cmd.key)? {
+        None => None,
+        Some(seen) if !fingerprint.matches_stored(&seen.fingerprint) => Some(PriorPay::Other),
+        Some(seen) => Some(PriorPay::Same(session_of_record(
+            c, &seen, &cmd.key, cmd.now,
+        )?)),
+    };
+    expire_sessions(c, Due::OfDevice(cmd.device), cmd.now)?;
+    expire_sessions(c, Due::OfUser(&cmd.user), cmd.now)?;
+    let device = load_device(c, cmd.device)?
+        .map(|row| -> Result<DeviceStatus, StoreError> {
+            Ok(DeviceStatus {
+                device: row.record,
+                last_seen: row.last_seen,
+                open_session: open_session_of(c, cmd.device)?,
+            })
+        })
+        .transpose()?;
+    let facts = PayFacts {
+        cmd,
+        device: device.as_ref(),
+        prior,
+        advert_used: advert_used(c, cmd.device, cmd.slot, cmd.use_counter)?,
+        wallet: load_wallet(c, &cmd.user)?,
+    };
+
+    let new = match decide_pay(&facts)? {
+        PayDecision::Answer(outcome) => return Ok(outcome),
+        PayDecision::Create(new) => new,
+    };
+    insert_session(c, &new.session)?;
+    mark_advert_used(c, &new.session, cmd.slot)?;
+    save_idempotency(
+        c,
+        &scope,
+        &cmd.key,
+        &fingerprint.to_string(),
+        Some(new.session.id.as_bytes()),
+        cmd.now,
+    )?;
+    write_entry(c, &new.hold_entry, cmd.now, Some(new.session.id))?;
+    save_wallet(c, &cmd.user, &new.wallet)?;
+    Ok(PayOutcome::Created(new.session))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Machine requests
+// ---------------------------------------------------------------------------------------------
+
+/// A machine request: the sequence-number check, the operation, and the answer `encode` produces
+/// saved with the request, all in the caller's transaction.
+pub(crate) fn device_call(
+    c: &Connection,
+    call: &DeviceCall,
+    encode: &ResponseEncoder,
+) -> Result<DeviceCallOutcome, StoreError> {
+    let Some(device) = load_device(c, call.device)? else {
+        return Ok(DeviceCallOutcome::DeviceUnknown);
+    };
+    match check_seq(device.last, call.seq, &call.digest)? {
+        SeqCheck::Fresh => {}
+        SeqCheck::Retry(answer) => {
+            // The message still counts as a sign of life.
+            c.execute(
+                "UPDATE devices SET last_seen = max(coalesce(last_seen, ?1), ?1) WHERE id = ?2",
+                params![ts(call.now)?, call.device.as_bytes()],
+            )
+            .map_err(db)?;
+            return Ok(DeviceCallOutcome::Retry(answer));
+        }
+        SeqCheck::Replayed { last_seq } => return Ok(DeviceCallOutcome::Replayed { last_seq }),
+    }
+    let result = run_op(c, call)?;
+    let answer = encode(&result);
+    save_answer(c, call, &answer)?;
+    Ok(DeviceCallOutcome::Fresh(answer))
+}
+
+fn run_op(c: &Connection, call: &DeviceCall) -> Result<DeviceOpResult, StoreError> {
+    let now = call.now;
+    let session = match call.op {
+        DeviceOp::Poll => {
+            expire_sessions(c, Due::OfDevice(call.device), now)?;
+            return Ok(DeviceOpResult::Grants(query_sessions(
+                c,
+                "device_id = ?1 AND status = 'AUTHORIZED' ORDER BY created_at, id",
+                [call.device.as_bytes()],
+            )?));
+        }
+        DeviceOp::Start { session } | DeviceOp::Report { session, .. } => session,
+    };
+    let loaded = load_session_of_device(c, session, call.device)?;
+    let decision = decide_session_op(&call.op, call.device, loaded, now);
+    if let Some((expired, settlement)) = &decision.expired {
+        save_session_state(c, expired)?;
+        close_hold(c, expired, *settlement, now)?;
+    }
+    match &decision.change {
+        SessionChange::None => {}
+        SessionChange::Started(s) | SessionChange::Progressed(s) => save_session_state(c, s)?,
+        SessionChange::Settled(s, settlement) => {
+            save_session_state(c, s)?;
+            close_hold(c, s, *settlement, now)?;
+        }
+    }
+    Ok(decision.result)
+}
+
+fn save_answer(c: &Connection, call: &DeviceCall, answer: &SavedAnswer) -> Result<(), StoreError> {
+    c.execute(
+        "UPDATE devices SET last_seq = ?1, last_digest = ?2, last_response = ?3,
+                last_response_code = ?4, last_seen = max(coalesce(last_seen, ?5), ?5)
+         WHERE id = ?6",
+        params![
+            call.seq,
+            &call.digest[..],
+            &answer.frame,
+            answer.code.as_deref(),
+            ts(call.now)?,
+            call.device.as_bytes()
+        ],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Expiry
+// ---------------------------------------------------------------------------------------------
+
+/// Which AUTHORIZED sessions [`expire_sessions`] looks at.
+#[derive(Clone, Copy)]
+pub(crate) enum Due<'a> {
+    All,
+    OfDevice(DeviceId),
+    OfUser(&'a UserId),
+    Only(SessionId),
+}
+
+/// Expire every selected AUTHORIZED session whose start deadline is `<= now`, releasing its hold.
+pub(crate) fn expire_sessions(c: &Connection, due: Due<'_>, now: u64) -> Result<usize, StoreError> {
+    let (device, user, id) = match due {
+        Due::All => (None, None, None),
+        Due::OfDevice(d) => (Some(d.to_bytes()), None, None),
+        Due::OfUser(u) => (None, Some(u.as_str()), None),
+        Due::Only(s) => (None, None, Some(s.to_bytes())),
+    };
+    let sessions = query_sessions(
+        c,
+        "status = 'AUTHORIZED' AND expires_at <= ?1
+         AND (?2 IS NULL OR device_id = ?2) AND (?3 IS NULL OR user_id = ?3) AND (?4 IS NULL OR id = ?4)",
+        params![ts(now)?, device, user, id],
+    )?;
+    let mut expired = 0;
+    for mut s in sessions {
+        if let Some(settlement) = s.expire(now) {
+            save_session_state(c, &s)?;
+            close_hold(c, &s, settlement, now)?;
+            expired += 1;
+        }
+    }
+    Ok(expired)
+}
+
+/// Apply a session's settlement (capture and/or release) to its user's wallet and the ledger.
+fn close_hold(
+    c: &Connection,
+    s: &Session,
+    settlement: Settlement,
+    now: u64,
+) -> Result<(), StoreError> {
+    let (wallet, entries) = load_wallet(c, &s.user_id)?
+        .settle(&s.user_id, settlement.hold, settlement.capture)
+        .map_err(wallet_rule)?;
+    save_wallet(c, &s.user_id, &wallet)?;
+    for entry in &entries {
+        write_entry(c, entry, now, Some(s.id))?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit
+// ---------------------------------------------------------------------------------------------
+
+/// Every ledger entry, wallet and open hold, tallied by [`AuditTally`].
+pub(crate) fn audit(c: &Connection) -> Result<Audit, StoreError> {
+    let mut tally = AuditTally::default();
+    let mut ledger = c
+        .prepare("SELECT kind, debit, credit, amount FROM ledger")
+        .map_err(db)?;
+    let mut rows = ledger.query([]).map_err(db)?;
+    while let Some(r) = rows.next().map_err(db)? {
+        let (kind, debit, credit): (String, String, String) = (
+            r.get(0).map_err(db)?,
+            r.get(1).map_err(db)?,
+            r.get(2).map_err(db)?,
+        );
+        tally.ledger_entry(&kind, &debit, &credit, r.get(3).map_err(db)?);
+    }
+    let mut wallets = c
+        .prepare("SELECT user_id, available, held, spent FROM wallets")
+        .map_err(db)?;
+    let rows = wallets
+        .query_map([], |r| {
+            Ok((
+                parse_col(r, 0, |s: String| UserId::parse(&s))?,
+                Wallet {
+                    available: amount_col(r, 1)?,
+                    held: amount_col(r, 2)?,
+                    spent: amount_col(r, 3)?,
+                },
+            ))
+        })
+        .map_err(db)?;
+    for row in rows {
+        let (user, wallet) = row.map_err(db)?;
+        tally.wallet(user, &wallet);
+    }
+    let mut holds = c
+        .prepare("SELECT hold FROM sessions WHERE status IN ('AUTHORIZED', 'ACTIVE')")
+        .map_err(db)?;
+    let rows = holds.query_map([], |r| amount_col(r, 0)).map_err(db)?;
+    for hold in rows {
+        tally.open_hold(hold.map_err(db)?);
+    }
+    tally.finish()
+}

@@ -1,0 +1,314 @@
+//! Loading and saving rows: each function is one statement inside the caller's transaction.
+
+use blepay_core::{
+    Currency, DeviceId, DeviceName, IdempotencyKey, KeyVersion, LedgerEntry, Session, SessionId,
+    SessionStatus, Slot, Tariff, UnitName, UseCounter, UserId, Wallet,
+};
+use blepay_store::decide::LastCall;
+use blepay_store::{DeviceRecord, SavedAnswer, StoreError};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::convert::{BadValue, amount_col, db, parse_col, ts, units_from_sql, units_to_sql};
+
+pub(crate) struct DeviceRow {
+    pub(crate) record: DeviceRecord,
+    /// The last accepted request and its saved answer.
+    pub(crate) last: Option<LastCall>,
+    pub(crate) last_seen: Option<u64>,
+}
+
+pub(crate) fn load_device(c: &Connection, id: DeviceId) -> Result<Option<DeviceRow>, StoreError> {
+    c.query_row(
+        "SELECT id, name, price_per_unit, unit_name, currency, key_version, created_at,
+                last_seq, last_digest, last_response, last_response_code, last_seen
+         FROM devices WHERE id = ?1",
+        [id.as_bytes()],
+        |r| {
+            Ok(DeviceRow {
+                record: DeviceRecord {
+                    id: DeviceId::from_bytes(r.get(0)?),
+                    name: parse_col(r, 1, |s: String| DeviceName::parse(&s))?,
+                    tariff: Tariff {
+                        price_per_unit: amount_col(r, 2)?,
+                        unit_name: parse_col(r, 3, |s: String| UnitName::parse(&s))?,
+                        currency: parse_col(r, 4, |s: String| Currency::parse(&s))?,
+                    },
+                    key_version: parse_col(r, 5, KeyVersion::new)?,
+                    created_at: r.get(6)?,
+                },
+                last: last_call(r)?,
+                last_seen: r.get(11)?,
+            })
+        },
+    )
+    .optional()
+    .map_err(db)
+}
+
+/// Columns 7 to 10 of [`load_device`]'s row: the last accepted request and its saved answer.
+fn last_call(r: &Row<'_>) -> rusqlite::Result<Option<LastCall>> {
+    let Some(seq) = r.get::<_, Option<u32>>(7)? else {
+        return Ok(None);
+    };
+    let frame: Option<Vec<u8>> = r.get(9)?;
+    let code: Option<String> = r.get(10)?;
+    Ok(Some(LastCall {
+        seq,
+        digest: r.get(8)?,
+        answer: frame.map(|frame| SavedAnswer { frame, code }),
+    }))
+}
+
+pub(crate) fn open_session_of(
+    c: &Connection,
+    device: DeviceId,
+) -> Result<Option<SessionId>, StoreError> {
+    c.query_row(
+        "SELECT id FROM sessions WHERE device_id = ?1 AND status IN ('AUTHORIZED', 'ACTIVE')",
+        [device.as_bytes()],
+        |r| Ok(SessionId::from_bytes(r.get(0)?)),
+    )
+    .optional()
+    .map_err(db)
+}
+
+pub(crate) const SESSION_COLUMNS: &str = "id, device_id, user_id, hold, price_per_unit, unit_name, currency, use_counter, \
+                               status, units, amount, created_at, expires_at, started_at, ended_at";
+
+pub(crate) fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
+    Ok(Session {
+        id: SessionId::from_bytes(r.get(0)?),
+        device_id: DeviceId::from_bytes(r.get(1)?),
+        user_id: parse_col(r, 2, |s: String| UserId::parse(&s))?,
+        hold: amount_col(r, 3)?,
+        tariff: Tariff {
+            price_per_unit: amount_col(r, 4)?,
+            unit_name: parse_col(r, 5, |s: String| UnitName::parse(&s))?,
+            currency: parse_col(r, 6, |s: String| Currency::parse(&s))?,
+        },
+        use_counter: UseCounter::new(r.get(7)?),
+        status: parse_col(r, 8, |s: String| {
+            SessionStatus::parse(&s).ok_or(BadValue("unknown session status"))
+        })?,
+        units: units_from_sql(r.get(9)?),
+        amount: amount_col(r, 10)?,
+        created_at: r.get(11)?,
+        expires_at: r.get(12)?,
+        started_at: r.get(13)?,
+        ended_at: r.get(14)?,
+    })
+}
+
+pub(crate) fn query_sessions<P: rusqlite::Params>(
+    c: &Connection,
+    filter: &str,
+    params: P,
+) -> Result<Vec<Session>, StoreError> {
+    let mut stmt = c
+        .prepare_cached(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE {filter}"
+        ))
+        .map_err(db)?;
+    let rows = stmt.query_map(params, session_from_row).map_err(db)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(db)
+}
+
+pub(crate) fn load_session(c: &Connection, id: SessionId) -> Result<Option<Session>, StoreError> {
+    Ok(query_sessions(c, "id = ?1", [id.as_bytes()])?
+        .into_iter()
+        .next())
+}
+
+pub(crate) fn load_session_of_device(
+    c: &Connection,
+    id: SessionId,
+    device: DeviceId,
+) -> Result<Option<Session>, StoreError> {
+    Ok(query_sessions(
+        c,
+        "id = ?1 AND device_id = ?2",
+        params![id.as_bytes(), device.as_bytes()],
+    )?
+    .into_iter()
+    .next())
+}
+
+pub(crate) fn insert_session(c: &Connection, s: &Session) -> Result<(), StoreError> {
+    c.execute(
+        &format!(
+            "INSERT INTO sessions ({SESSION_COLUMNS})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+        ),
+        params![
+            s.id.as_bytes(),
+            s.device_id.as_bytes(),
+            s.user_id.as_str(),
+            s.hold.minor(),
+            s.tariff.price_per_unit.minor(),
+            s.tariff.unit_name.as_str(),
+            s.tariff.currency.as_str(),
+            s.use_counter.get(),
+            s.status.as_str(),
+            units_to_sql(s.units),
+            s.amount.minor(),
+            ts(s.created_at)?,
+            ts(s.expires_at)?,
+            s.started_at.map(ts).transpose()?,
+            s.ended_at.map(ts).transpose()?,
+        ],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Persist what the state machine may change: status, units, amount, start and end times.
+pub(crate) fn save_session_state(c: &Connection, s: &Session) -> Result<(), StoreError> {
+    c.execute(
+        "UPDATE sessions SET status = ?1, units = ?2, amount = ?3, started_at = ?4, ended_at = ?5 WHERE id = ?6",
+        params![
+            s.status.as_str(),
+            units_to_sql(s.units),
+            s.amount.minor(),
+            s.started_at.map(ts).transpose()?,
+            s.ended_at.map(ts).transpose()?,
+            s.id.as_bytes(),
+        ],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
+pub(crate) fn load_wallet(c: &Connection, user: &UserId) -> Result<Wallet, StoreError> {
+    c.query_row(
+        "SELECT available, held, spent FROM wallets WHERE user_id = ?1",
+        [user.as_str()],
+        |r| {
+            Ok(Wallet {
+                available: amount_col(r, 0)?,
+                held: amount_col(r, 1)?,
+                spent: amount_col(r, 2)?,
+            })
+        },
+    )
+    .optional()
+    .map(Option::unwrap_or_default)
+    .map_err(db)
+}
+
+pub(crate) fn save_wallet(c: &Connection, user: &UserId, w: &Wallet) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO wallets (user_id, available, held, spent) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (user_id) DO UPDATE
+         SET available = excluded.available, held = excluded.held, spent = excluded.spent",
+        params![
+            user.as_str(),
+            w.available.minor(),
+            w.held.minor(),
+            w.spent.minor()
+        ],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Record one ledger entry. A zero movement records nothing (the ledger holds positive amounts).
+pub(crate) fn write_entry(
+    c: &Connection,
+    e: &LedgerEntry,
+    at: u64,
+    session: Option<SessionId>,
+) -> Result<(), StoreError> {
+    if e.amount.is_zero() {
+        return Ok(());
+    }
+    c.execute(
+        "INSERT INTO ledger (at, kind, debit, credit, amount, session_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            ts(at)?,
+            e.kind.as_str(),
+            e.debit.key(),
+            e.credit.key(),
+            e.amount.minor(),
+            session.map(SessionId::to_bytes)
+        ],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
+pub(crate) struct Idempotency {
+    pub(crate) fingerprint: String,
+    pub(crate) result: Option<Vec<u8>>,
+}
+
+impl Idempotency {
+    /// The session a pay record points to.
+    pub(crate) fn session_id(&self) -> Result<SessionId, StoreError> {
+        self.result
+            .as_deref()
+            .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            .map(SessionId::from_bytes)
+            .ok_or_else(|| StoreError::Corrupt("a pay idempotency record has no session id".into()))
+    }
+}
+
+pub(crate) fn load_idempotency(
+    c: &Connection,
+    scope: &str,
+    key: &IdempotencyKey,
+) -> Result<Option<Idempotency>, StoreError> {
+    c.query_row(
+        "SELECT fingerprint, result FROM idempotency WHERE scope = ?1 AND key = ?2",
+        params![scope, key.as_str()],
+        |r| {
+            Ok(Idempotency {
+                fingerprint: r.get(0)?,
+                result: r.get(1)?,
+            })
+        },
+    )
+    .optional()
+    .map_err(db)
+}
+
+pub(crate) fn save_idempotency(
+    c: &Connection,
+    scope: &str,
+    key: &IdempotencyKey,
+    fingerprint: &str,
+    result: Option<&[u8]>,
+    now: u64,
+) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO idempotency (scope, key, fingerprint, result, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![scope, key.as_str(), fingerprint, result, ts(now)?],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Whether this advert (machine, slot, use counter) already paid for a session.
+pub(crate) fn advert_used(
+    c: &Connection,
+    device: DeviceId,
+    slot: Slot,
+    use_counter: UseCounter,
+) -> Result<bool, StoreError> {
+    Ok(c.query_row(
+        "SELECT 1 FROM advert_uses WHERE device_id = ?1 AND slot = ?2 AND use_counter = ?3",
+        params![device.as_bytes(), slot.get(), use_counter.get()],
+        |_| Ok(()),
+    )
+    .optional()
+    .map_err(db)?
+    .is_some())
+}
+
+pub(crate) fn mark_advert_used(c: &Connection, s: &Session, slot: Slot) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO advert_uses (device_id, slot, use_counter, session_id) VALUES (?1, ?2, ?3, ?4)",
+        params![s.device_id.as_bytes(), slot.get(), s.use_counter.get(), s.id.as_bytes()],
+    )
+    .map_err(db)?;
+    Ok(())
+}

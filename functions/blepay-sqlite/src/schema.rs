@@ -1,0 +1,114 @@
+//! The schema and its migrations.
+
+use blepay_store::StoreError;
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::convert::db;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
+/// Never edit a released entry: append a new one.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: the first release.
+    r"
+CREATE TABLE devices (
+    id             BLOB PRIMARY KEY CHECK (length(id) = 8),
+    name           TEXT NOT NULL,
+    price_per_unit INTEGER NOT NULL,
+    unit_name      TEXT NOT NULL,
+    currency       TEXT NOT NULL,
+    key_version    INTEGER NOT NULL,
+    created_at     INTEGER NOT NULL,
+    last_seq       INTEGER,
+    last_digest    BLOB,
+    last_response  BLOB,
+    last_seen      INTEGER
+) STRICT;
+
+CREATE TABLE wallets (
+    user_id   TEXT PRIMARY KEY,
+    available INTEGER NOT NULL CHECK (available >= 0),
+    held      INTEGER NOT NULL CHECK (held >= 0),
+    spent     INTEGER NOT NULL CHECK (spent >= 0)
+) STRICT;
+
+CREATE TABLE sessions (
+    id             BLOB PRIMARY KEY CHECK (length(id) = 16),
+    device_id      BLOB NOT NULL REFERENCES devices (id),
+    user_id        TEXT NOT NULL,
+    hold           INTEGER NOT NULL,
+    price_per_unit INTEGER NOT NULL,
+    unit_name      TEXT NOT NULL,
+    currency       TEXT NOT NULL,
+    use_counter    INTEGER NOT NULL,
+    status         TEXT NOT NULL CHECK (status IN ('AUTHORIZED', 'ACTIVE', 'SETTLED', 'EXPIRED')),
+    units          INTEGER NOT NULL,
+    amount         INTEGER NOT NULL,
+    created_at     INTEGER NOT NULL,
+    expires_at     INTEGER NOT NULL,
+    started_at     INTEGER,
+    ended_at       INTEGER
+) STRICT;
+
+-- One open session per machine, enforced by the database as well as by `pay`.
+CREATE UNIQUE INDEX sessions_one_open_per_device ON sessions (device_id)
+    WHERE status IN ('AUTHORIZED', 'ACTIVE');
+CREATE INDEX sessions_by_deadline ON sessions (status, expires_at);
+CREATE INDEX sessions_by_user ON sessions (user_id, status);
+
+CREATE TABLE advert_uses (
+    device_id   BLOB NOT NULL REFERENCES devices (id),
+    slot        INTEGER NOT NULL,
+    use_counter INTEGER NOT NULL,
+    session_id  BLOB NOT NULL REFERENCES sessions (id),
+    PRIMARY KEY (device_id, slot, use_counter)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE idempotency (
+    scope       TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    result      BLOB,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (scope, key)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE ledger (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    at         INTEGER NOT NULL,
+    kind       TEXT NOT NULL CHECK (kind IN ('TOPUP', 'HOLD', 'RELEASE', 'CAPTURE')),
+    debit      TEXT NOT NULL,
+    credit     TEXT NOT NULL,
+    amount     INTEGER NOT NULL CHECK (amount > 0),
+    session_id BLOB
+) STRICT;
+CREATE INDEX ledger_by_kind ON ledger (kind);
+",
+    // 2: the refusal code saved with a machine's last answer (`SavedAnswer::code`). Rows saved
+    // before it have NULL there: their answer reads back as not a refusal (HTTP 200).
+    "ALTER TABLE devices ADD COLUMN last_response_code TEXT;",
+];
+
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db)?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db)?;
+    let applied = usize::try_from(version)
+        .map_err(|_| StoreError::Corrupt(format!("negative schema version {version}")))?;
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {applied} is newer than this build ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        tracing::info!(migration = i + 1, "applying schema migration");
+        tx.execute_batch(sql).map_err(db)?;
+    }
+    let target = i64::try_from(MIGRATIONS.len())
+        .map_err(|_| StoreError::Internal("too many migrations".into()))?;
+    tx.pragma_update(None, "user_version", target).map_err(db)?;
+    tx.commit().map_err(db)
+}

@@ -1,0 +1,22 @@
+//! The store's decisions, written once and pure: no IO, no async, no database types.
+//!
+//! Each store gathers the facts a decision needs (one SQLite transaction's reads; one DynamoDB
+//! read, a guess from the device shadow, or a cancelled transaction's old items), calls the
+//! decision, and persists what it returns:
+//!
+//! - [`decide_pay`]: a pay's answer, in one declared precedence order, and the session it opens;
+//!   [`PayFingerprint`] / [`PayCommand::is_retry_of`](crate::PayCommand::is_retry_of) say what
+//!   makes a pay a retry.
+//! - [`check_seq`]: a machine request's sequence number — fresh, a retry, or replayed.
+//! - [`decide_session_op`]: a start's or report's result and what it changes.
+//! - [`AuditTally`]: the reconciliation totals, with checked arithmetic.
+
+mod audit;
+mod device_op;
+mod pay;
+mod seq;
+
+pub use audit::AuditTally;
+pub use device_op::{SessionChange, SessionOpDecision, decide_session_op};
+pub use pay::{NewPay, PayDecision, PayFacts, PayFingerprint, PriorPay, decide_pay};
+pub use seq::{LastCall, SeqCheck, check_seq};

@@ -1,0 +1,362 @@
+//! The pay decision.
+
+use std::fmt;
+
+use blepay_core::{Amount, DeviceId, LedgerEntry, Session, Wallet, WalletError};
+
+use crate::{DeviceState, DeviceStatus, PayCommand, PayOutcome, StoreError};
+
+/// What an earlier pay with the same user and key must match for a new one to be its retry: the
+/// machine and the amount. Stored with the key record in its [`Display`](fmt::Display) form
+/// (`<device id>:<minor units>`), which must not change (records written by older builds use it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PayFingerprint {
+    pub device: DeviceId,
+    pub max_amount: Amount,
+}
+
+impl PayFingerprint {
+    /// The fingerprint of the pay that opened `s`.
+    pub fn of_session(s: &Session) -> Self {
+        Self {
+            device: s.device_id,
+            max_amount: s.hold,
+        }
+    }
+
+    /// Whether a key record's stored fingerprint is this one.
+    pub fn matches_stored(&self, stored: &str) -> bool {
+        self.to_string() == stored
+    }
+}
+
+impl fmt::Display for PayFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.device, self.max_amount.minor())
+    }
+}
+
+impl PayCommand {
+    /// This pay's [`PayFingerprint`].
+    pub fn fingerprint(&self) -> PayFingerprint {
+        PayFingerprint {
+            device: self.device,
+            max_amount: self.max_amount,
+        }
+    }
+
+    /// Whether `s` is a session this very pay could have opened (same user, machine and amount):
+    /// then this pay is a retry of the one that did.
+    pub fn is_retry_of(&self, s: &Session) -> bool {
+        s.user_id == self.user && PayFingerprint::of_session(s) == self.fingerprint()
+    }
+}
+
+/// What the store found under the pay's (user, key) record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PriorPay {
+    /// The record's fingerprint matches ([`PayFingerprint::matches_stored`]): the session it
+    /// created, expired first if it was due.
+    Same(Session),
+    /// The record was written by a pay for another machine or amount.
+    Other,
+}
+
+/// The facts a store gathers for [`decide_pay`].
+#[derive(Debug, Clone)]
+pub struct PayFacts<'a> {
+    pub cmd: &'a PayCommand,
+    /// The machine, its overdue session already expired; `None` when it is not registered.
+    pub device: Option<&'a DeviceStatus>,
+    /// The record of an earlier pay by this user with this key, if any.
+    pub prior: Option<PriorPay>,
+    /// Whether this advert (machine, slot, use counter) already paid for a session.
+    pub advert_used: bool,
+    /// The user's wallet, their overdue holds already released.
+    pub wallet: Wallet,
+}
+
+/// A pay the store must persist, atomically: insert `session` (AUTHORIZED), mark the advert
+/// used, record the key with the command's fingerprint, write `hold_entry`, save `wallet`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPay {
+    pub session: Session,
+    pub wallet: Wallet,
+    pub hold_entry: LedgerEntry,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayDecision {
+    Create(NewPay),
+    /// Answer without writing anything: a retry ([`PayOutcome::Replayed`]) or a refusal.
+    Answer(PayOutcome),
+}
+
+/// Decide a pay from the facts the store gathered.
+///
+/// Precedence, first match wins:
+/// 1. [`PayOutcome::BelowUnitPrice`]: the machine is registered and one unit costs more than
+///    `max_amount` (no retry or later state can make this pay valid);
+/// 2. a record under the key: [`PayOutcome::Replayed`] with its session when the fingerprint
+///    matches, else [`PayOutcome::KeyReused`];
+/// 3. [`PayOutcome::DeviceUnknown`];
+/// 4. [`PayOutcome::DeviceOffline`] (nothing heard within `offline_after_secs`);
+/// 5. [`PayOutcome::DeviceBusy`] (an open session on the machine);
+/// 6. [`PayOutcome::AdvertUsed`];
+/// 7. [`PayOutcome::InsufficientFunds`];
+///
+/// and otherwise [`PayDecision::Create`]: hold `max_amount` (the core's wallet rule) for a new
+/// AUTHORIZED session with the machine's tariff. DynamoDB's pay transaction orders its conditions
+/// the same way, so its cancellation reasons map onto the same refusals (`blepay-dynamodb`,
+/// `ops/pay.rs`).
+///
+/// # Errors
+/// [`StoreError::Internal`] when the wallet rule refuses for a reason other than funds (an
+/// overflow of stored balances).
+pub fn decide_pay(facts: &PayFacts<'_>) -> Result<PayDecision, StoreError> {
+    use PayDecision::Answer;
+    let cmd = facts.cmd;
+    if let Some(device) = facts.device {
+        let tariff = &device.device.tariff;
+        if tariff.price_per_unit > cmd.max_amount {
+            return Ok(Answer(PayOutcome::BelowUnitPrice {
+                price: tariff.price_per_unit,
+                unit_name: tariff.unit_name.clone(),
+            }));
+        }
+    }
+    match &facts.prior {
+        Some(PriorPay::Same(session)) => return Ok(Answer(PayOutcome::Replayed(session.clone()))),
+        Some(PriorPay::Other) => return Ok(Answer(PayOutcome::KeyReused)),
+        None => {}
+    }
+    let Some(device) = facts.device else {
+        return Ok(Answer(PayOutcome::DeviceUnknown));
+    };
+    match device.state(cmd.now, cmd.offline_after_secs) {
+        DeviceState::Offline => return Ok(Answer(PayOutcome::DeviceOffline)),
+        DeviceState::Busy => return Ok(Answer(PayOutcome::DeviceBusy)),
+        DeviceState::Idle => {}
+    }
+    if facts.advert_used {
+        return Ok(Answer(PayOutcome::AdvertUsed));
+    }
+    let (wallet, hold_entry) = match facts.wallet.hold(&cmd.user, cmd.max_amount) {
+        Ok(held) => held,
+        Err(WalletError::InsufficientFunds { available, .. }) => {
+            return Ok(Answer(PayOutcome::InsufficientFunds { available }));
+        }
+        Err(e) => {
+            return Err(StoreError::Internal(format!(
+                "wallet rule refused a stored operation: {e}"
+            )));
+        }
+    };
+    let session = Session::authorize(
+        cmd.session_id,
+        cmd.device,
+        cmd.user.clone(),
+        cmd.max_amount,
+        device.device.tariff.clone(),
+        cmd.use_counter,
+        cmd.now,
+        cmd.start_timeout_secs,
+    );
+    Ok(PayDecision::Create(NewPay {
+        session,
+        wallet,
+        hold_entry,
+    }))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use blepay_core::{
+        Currency, DeviceName, IdempotencyKey, KeyVersion, SessionId, Slot, Tariff, UnitName,
+        UseCounter, UserId,
+    };
+
+    use super::*;
+    use crate::DeviceRecord;
+
+    const NOW: u64 = 1_770_000_000;
+
+    fn amount(minor: i64) -> Amount {
+        Amount::new(minor).unwrap()
+    }
+
+    fn cmd(max: i64) -> PayCommand {
+        PayCommand {
+            user: UserId::parse("alice").unwrap(),
+            key: IdempotencyKey::parse("k1").unwrap(),
+            device: DeviceId::from_bytes([1; 8]),
+            slot: Slot::at(NOW),
+            use_counter: UseCounter::new(7),
+            max_amount: amount(max),
+            session_id: SessionId::from_bytes([9; 16]),
+            now: NOW,
+            start_timeout_secs: 120,
+            offline_after_secs: 300,
+        }
+    }
+
+    fn machine(last_seen: Option<u64>, open: Option<SessionId>) -> DeviceStatus {
+        DeviceStatus {
+            device: DeviceRecord {
+                id: DeviceId::from_bytes([1; 8]),
+                name: DeviceName::parse("Water").unwrap(),
+                tariff: Tariff {
+                    price_per_unit: amount(25),
+                    unit_name: UnitName::parse("litre").unwrap(),
+                    currency: Currency::parse("EUR").unwrap(),
+                },
+                key_version: KeyVersion::new(0).unwrap(),
+                created_at: NOW - 1000,
+            },
+            last_seen,
+            open_session: open,
+        }
+    }
+
+    fn funds(available: i64) -> Wallet {
+        Wallet {
+            available: amount(available),
+            held: Amount::ZERO,
+            spent: Amount::ZERO,
+        }
+    }
+
+    fn answer(facts: &PayFacts<'_>) -> PayOutcome {
+        match decide_pay(facts).unwrap() {
+            PayDecision::Answer(o) => o,
+            PayDecision::Create(new) => PayOutcome::Created(new.session),
+        }
+    }
+
+    #[test]
+    fn an_idle_online_machine_and_enough_money_open_a_session_holding_the_amount() {
+        let c = cmd(300);
+        let m = machine(Some(NOW), None);
+        let facts = PayFacts {
+            cmd: &c,
+            device: Some(&m),
+            prior: None,
+            advert_used: false,
+            wallet: funds(1000),
+        };
+        let PayDecision::Create(new) = decide_pay(&facts).unwrap() else {
+            panic!("expected a new pay");
+        };
+        assert_eq!(new.session.hold, amount(300));
+        assert_eq!(new.session.tariff, m.device.tariff);
+        assert_eq!(new.wallet.available, amount(700));
+        assert_eq!(new.wallet.held, amount(300));
+        assert!(c.is_retry_of(&new.session));
+    }
+
+    #[test]
+    fn each_refusal_wins_over_every_later_one() {
+        let c = cmd(300);
+        let offline = machine(None, None);
+        let busy = machine(Some(NOW), Some(SessionId::from_bytes([2; 16])));
+        let idle = machine(Some(NOW), None);
+        let mut cheap = cmd(10);
+        cheap.key = c.key.clone();
+        let everything_wrong = |device| PayFacts {
+            cmd: &c,
+            device,
+            prior: Some(PriorPay::Other),
+            advert_used: true,
+            wallet: funds(0),
+        };
+        let below = PayFacts {
+            cmd: &cheap,
+            ..everything_wrong(Some(&offline))
+        };
+        assert!(
+            matches!(answer(&below), PayOutcome::BelowUnitPrice { price, .. } if price == amount(25))
+        );
+        assert_eq!(
+            answer(&everything_wrong(Some(&offline))),
+            PayOutcome::KeyReused
+        );
+        let no_key = |device| PayFacts {
+            prior: None,
+            ..everything_wrong(device)
+        };
+        assert_eq!(answer(&no_key(None)), PayOutcome::DeviceUnknown);
+        assert_eq!(answer(&no_key(Some(&offline))), PayOutcome::DeviceOffline);
+        assert_eq!(answer(&no_key(Some(&busy))), PayOutcome::DeviceBusy);
+        assert_eq!(answer(&no_key(Some(&idle))), PayOutcome::AdvertUsed);
+        let fresh_advert = PayFacts {
+            advert_used: false,
+            ..no_key(Some(&idle))
+        };
+        assert_eq!(
+            answer(&fresh_advert),
+            PayOutcome::InsufficientFunds {
+                available: Amount::ZERO
+            }
+        );
+    }
+
+    #[test]
+    fn a_pay_with_the_key_of_the_same_request_is_replayed_whatever_the_machine_does_now() {
+        let c = cmd(300);
+        let busy = machine(Some(NOW), Some(SessionId::from_bytes([9; 16])));
+        let first = Session::authorize(
+            c.session_id,
+            c.device,
+            c.user.clone(),
+            c.max_amount,
+            busy.device.tariff.clone(),
+            c.use_counter,
+            NOW,
+            120,
+        );
+        let facts = PayFacts {
+            cmd: &c,
+            device: Some(&busy),
+            prior: Some(PriorPay::Same(first.clone())),
+            advert_used: true,
+            wallet: funds(0),
+        };
+        assert_eq!(answer(&facts), PayOutcome::Replayed(first));
+    }
+
+    #[test]
+    fn a_retry_is_the_same_user_machine_and_amount() {
+        let c = cmd(300);
+        let m = machine(Some(NOW), None);
+        let s = Session::authorize(
+            c.session_id,
+            c.device,
+            c.user.clone(),
+            c.max_amount,
+            m.device.tariff,
+            c.use_counter,
+            NOW,
+            120,
+        );
+        assert!(c.is_retry_of(&s));
+        assert!(!cmd(200).is_retry_of(&s));
+        let mut other_user = c.clone();
+        other_user.user = UserId::parse("bob").unwrap();
+        assert!(!other_user.is_retry_of(&s));
+        let mut other_machine = c.clone();
+        other_machine.device = DeviceId::from_bytes([2; 8]);
+        assert!(!other_machine.is_retry_of(&s));
+    }
+
+    #[test]
+    fn the_stored_fingerprint_is_the_device_and_the_minor_amount() {
+        let f = cmd(300).fingerprint();
+        assert_eq!(
+            f.to_string(),
+            format!("{}:300", DeviceId::from_bytes([1; 8]))
+        );
+        assert!(f.matches_stored(&f.to_string()));
+        assert!(!f.matches_stored(&cmd(301).fingerprint().to_string()));
+    }
+}
