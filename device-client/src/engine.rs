@@ -25,7 +25,8 @@
 //!   sent (docs/protocol.md §3.3). Queued starts and reports go first; polls only when the outbox
 //!   is empty and the machine is idle or waiting for the button.
 //! - **Cap**: the machine stops at `floor(hold / price_per_unit)` units (the units the hold pays
-//!   for, as `Tariff::units_for`) and reports what the meter counted.
+//!   for: `blepay_core::units_for_hold`, the function `Tariff::units_for` uses) and reports what
+//!   the meter counted.
 //! - **Progress reports** every `report_every_units` units or `report_every_secs` seconds, at most
 //!   one queued at a time (reports are cumulative, so a newer one supersedes a waiting one).
 //!   They are also the checkpoint of dispensed units in flash.
@@ -38,83 +39,19 @@
 
 use alloc::collections::VecDeque;
 use alloc::collections::vec_deque::Drain;
-use alloc::string::String;
 use alloc::vec::Vec;
 
-use blepay_core::{Amount, SessionId, Units, UseCounter};
+use blepay_core::{SessionId, SessionStatus, Units, UseCounter};
 use blepay_proto::AdvertFlags;
-use blepay_proto::pb::v1 as pb;
 
 use crate::advertiser::{AdvertData, Advertiser};
 use crate::clock::Clock;
+pub use crate::grant::{Grant, GrantError};
 use crate::journal::{Entry, Op};
 use crate::log::RecordLog;
+use crate::machine;
 use crate::outbox::{Outbox, OutboxError, Recovery};
-use crate::{Answer, Identity, LinkError, Pending};
-
-/// A grant from a poll answer, parsed: a session the server authorised on this machine.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Grant {
-    /// The session.
-    pub session: SessionId,
-    /// The amount held on the user's wallet: the cap.
-    pub hold: Amount,
-    /// Price of one unit.
-    pub price_per_unit: Amount,
-    /// Server unix time by which the start must reach the server.
-    pub expires_at: u64,
-    /// The advert use counter the payment was made with.
-    pub use_counter: UseCounter,
-}
-
-/// Why a grant was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum GrantError {
-    /// The session id is not 16 bytes.
-    #[error("session id is not 16 bytes")]
-    SessionId,
-    /// Hold or price is not a positive amount, or the hold pays for no unit at all.
-    #[error("hold or price is not usable")]
-    Amounts,
-    /// `expires_at` is negative.
-    #[error("expiry is negative")]
-    Expiry,
-}
-
-impl TryFrom<&pb::Grant> for Grant {
-    type Error = GrantError;
-
-    fn try_from(g: &pb::Grant) -> Result<Self, GrantError> {
-        let session =
-            <[u8; 16]>::try_from(g.session_id.as_slice()).map_err(|_| GrantError::SessionId)?;
-        let hold = Amount::positive(g.hold_amount).map_err(|_| GrantError::Amounts)?;
-        let price_per_unit = Amount::positive(g.price_per_unit).map_err(|_| GrantError::Amounts)?;
-        let expires_at = u64::try_from(g.expires_at).map_err(|_| GrantError::Expiry)?;
-        let grant = Self {
-            session: SessionId::from_bytes(session),
-            hold,
-            price_per_unit,
-            expires_at,
-            use_counter: UseCounter::new(u16::try_from(g.use_counter).unwrap_or(u16::MAX)),
-        };
-        if grant.max_units() == Units::ZERO {
-            return Err(GrantError::Amounts);
-        }
-        Ok(grant)
-    }
-}
-
-impl Grant {
-    /// How many whole units the hold pays for: `floor(hold / price_per_unit)` (the arithmetic of
-    /// `Tariff::units_for`). Dispensing stops there.
-    pub fn max_units(&self) -> Units {
-        let price = self.price_per_unit.minor();
-        if price <= 0 {
-            return Units::ZERO;
-        }
-        Units::new(u64::try_from(self.hold.minor() / price).unwrap_or(0))
-    }
-}
+use crate::{Answer, Identity, LinkError, Pending, RefusalCode, Status};
 
 /// Tunables. [`Config::default`] suits a water dispenser on GPRS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,7 +120,20 @@ pub enum AbortReason {
     /// The grant's `expires_at` passed before the start button.
     Expired,
     /// The server refused the start with this code (e.g. `SESSION_EXPIRED`).
-    Refused(String),
+    Refused(RefusalCode),
+    /// The server answered the start with a status other than `ACTIVE`.
+    NotActive(Status),
+}
+
+impl AbortReason {
+    /// The reason as a protocol string: `EXPIRED`, the refusal code, or the status's name.
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            Self::Expired => "EXPIRED",
+            Self::Refused(code) => code.as_str(),
+            Self::NotActive(status) => status.as_str(),
+        }
+    }
 }
 
 /// What the firmware must do.
@@ -229,7 +179,7 @@ pub enum Action {
         /// The amount captured, as the server said (0 when it refused the report).
         amount: i64,
         /// The server's refusal code of the final report, if any.
-        error: Option<String>,
+        error: Option<RefusalCode>,
     },
 }
 
@@ -380,20 +330,6 @@ fn entry_kind(e: &Entry) -> RequestKind {
         Op::Start { .. } => RequestKind::Start,
         Op::Report { last: false, .. } => RequestKind::Report,
         Op::Report { last: true, .. } => RequestKind::FinalReport,
-    }
-}
-
-fn pending_of(e: &Entry) -> Pending {
-    let mut tag = [0u8; 16];
-    if let Some(t) = e.frame.get(e.frame.len().saturating_sub(16)..) {
-        if t.len() == 16 {
-            tag.copy_from_slice(t);
-        }
-    }
-    Pending {
-        seq: e.seq,
-        tag,
-        frame: e.frame.clone(),
     }
 }
 
@@ -576,7 +512,7 @@ impl<L: RecordLog> Engine<L> {
             if let Some(e) = self.outbox.front() {
                 self.in_flight = Some(InFlight {
                     kind: entry_kind(e),
-                    pending: pending_of(e),
+                    pending: e.pending(),
                     sent_at: None,
                     due_at: now,
                     failures: 0,
@@ -685,12 +621,12 @@ impl<L: RecordLog> Engine<L> {
         if first || drift > self.config.clock_persist_drift_secs {
             self.outbox.save_clock(self.clock.offset(), true)?;
         }
-        let refused = answer.error_code().is_some();
+        let refused = answer.refusal().is_some();
         if f.kind == RequestKind::Poll {
             self.in_flight = None;
             self.next_poll_at = now.saturating_add(self.config.poll_every_secs);
-            if !refused {
-                self.take_grants(now, &answer.response.grants);
+            if let machine::Answer::Grants(grants) = &answer.body {
+                self.take_grants(now, grants);
             }
             return Ok(());
         }
@@ -721,8 +657,11 @@ impl<L: RecordLog> Engine<L> {
                 self.actions.push_back(Action::SessionSettled {
                     session,
                     units,
-                    amount: if refused { 0 } else { answer.response.amount },
-                    error: answer.error_code().map(String::from),
+                    amount: match answer.body {
+                        machine::Answer::Session { amount, .. } => amount,
+                        machine::Answer::Grants(_) | machine::Answer::Refused(_) => 0,
+                    },
+                    error: answer.refusal_code(),
                 });
                 self.outbox
                     .compact_if_over(self.config.compact_after_bytes)?;
@@ -748,23 +687,22 @@ impl<L: RecordLog> Engine<L> {
             return Ok(());
         }
         let interrupted = *interrupted;
-        let active = answer.error_code().is_none()
-            && answer.response.status == pb::SessionStatus::Active as i32;
-        if !active {
-            let code = answer.error_code().map_or_else(
-                || {
-                    String::from(
-                        pb::SessionStatus::try_from(answer.response.status)
-                            .map_or("UNKNOWN", |s| s.as_str_name()),
-                    )
-                },
-                String::from,
-            );
+        let not_active = match &answer.body {
+            machine::Answer::Session {
+                status: Status::Known(SessionStatus::Active),
+                ..
+            } => None,
+            machine::Answer::Session { status, .. } => Some(AbortReason::NotActive(*status)),
+            machine::Answer::Refused(r) => Some(AbortReason::Refused(r.code)),
+            // Not what a start is answered with (the codec reads start answers as a session).
+            machine::Answer::Grants(_) => Some(AbortReason::NotActive(Status::Unspecified)),
+        };
+        if let Some(reason) = not_active {
             self.phase = Phase::Idle;
             self.next_poll_at = now;
             self.actions.push_back(Action::SessionAborted {
                 session: grant.session,
-                reason: AbortReason::Refused(code),
+                reason,
             });
             return Ok(());
         }
@@ -785,10 +723,10 @@ impl<L: RecordLog> Engine<L> {
         Ok(())
     }
 
-    fn take_grants(&mut self, now: u64, grants: &[pb::Grant]) {
+    fn take_grants(&mut self, now: u64, grants: &[Result<Grant, GrantError>]) {
         let server_now = self.clock.server_now(now);
         for g in grants {
-            let Ok(grant) = Grant::try_from(g) else {
+            let Ok(grant) = g.clone() else {
                 self.stats.grants_invalid = self.stats.grants_invalid.saturating_add(1);
                 continue;
             };

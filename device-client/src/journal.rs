@@ -22,7 +22,7 @@ use alloc::vec::Vec;
 
 use blepay_core::{Amount, SessionId, Units, UseCounter};
 
-use crate::engine::Grant;
+use crate::grant::Grant;
 
 /// What a queued request does (kept next to its sealed frame to rebuild the session on recovery).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +64,21 @@ pub struct Entry {
     pub op: Op,
     /// The sealed request frame.
     pub frame: Vec<u8>,
+}
+
+impl Entry {
+    /// The request as it is sent (and re-sent, byte for byte) until answered.
+    pub fn pending(&self) -> crate::Pending {
+        crate::Pending {
+            seq: self.seq,
+            kind: match self.op {
+                Op::Start { .. } => crate::machine::RequestKind::Start,
+                Op::Report { .. } => crate::machine::RequestKind::Report,
+            },
+            tag: crate::tag_of(&self.frame),
+            frame: self.frame.clone(),
+        }
+    }
 }
 
 /// The session the durable state knows about (started or being started, not yet finally reported).

@@ -7,8 +7,10 @@
 //! server crate.
 //!
 //! Crate map:
-//! - [`Identity`] (here) — device id + key: signs adverts, seals requests, opens answers; and the
-//!   body builders [`poll`], [`start`], [`report`].
+//! - [`Identity`] (here) — device id + key: signs adverts, seals [`Request`]s, opens answers into
+//!   typed [`Answer`]s (the codec is `blepay_proto::machine`, the one the server uses); and the
+//!   request builders [`poll`], [`start`], [`report`].
+//! - [`grant`] — [`grant::Grant`], a session authorised on this machine, and its cap.
 //! - [`engine`] — the session engine: grants, start button, meter ticks, end of dispensing →
 //!   requests to send and actions (open/close the valve); one session and one request in flight
 //!   at a time.
@@ -38,6 +40,7 @@ pub mod driver;
 pub mod engine;
 #[cfg(feature = "std")]
 pub mod file_log;
+pub mod grant;
 #[cfg(feature = "std")]
 pub mod http;
 pub mod journal;
@@ -48,9 +51,8 @@ pub mod transport;
 use alloc::vec::Vec;
 
 use blepay_core::{DeviceId, KeyVersion, SessionId, Slot, Units, UseCounter};
-use blepay_proto::pb::v1 as pb;
+pub use blepay_proto::machine::{self, Refusal, RefusalCode, Request, Status};
 use blepay_proto::{Advert, AdvertFlags, DeviceKey, FrameError, open_response, seal_request};
-use prost::Message;
 
 /// Who the machine is: its id, key version and provisioned device key.
 #[derive(Debug, Clone)]
@@ -75,23 +77,42 @@ pub enum LinkError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
     pub seq: u32,
+    /// What it asks (how its answer is read).
+    pub kind: machine::RequestKind,
     pub tag: [u8; 16],
     pub frame: Vec<u8>,
 }
 
 /// An authenticated answer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     /// The server's unix time: the machine's clock reference.
     pub server_time: u64,
-    pub response: pb::DeviceResponse,
+    /// What the server answered.
+    pub body: machine::Answer,
 }
 
 impl Answer {
-    /// The server's refusal code, if it refused.
-    pub fn error_code(&self) -> Option<&str> {
-        (!self.response.error_code.is_empty()).then_some(self.response.error_code.as_str())
+    /// The server's refusal, if it refused.
+    pub const fn refusal(&self) -> Option<&Refusal> {
+        self.body.refusal()
     }
+
+    /// The refusal's code, if the server refused.
+    pub fn refusal_code(&self) -> Option<RefusalCode> {
+        self.refusal().map(|r| r.code)
+    }
+}
+
+/// The last 16 bytes of a sealed request frame: its tag, which the answer is bound to.
+pub(crate) fn tag_of(frame: &[u8]) -> [u8; 16] {
+    let mut tag = [0u8; 16];
+    if let Some(t) = frame.get(frame.len().saturating_sub(16)..) {
+        if t.len() == 16 {
+            tag.copy_from_slice(t);
+        }
+    }
+    tag
 }
 
 impl Identity {
@@ -107,20 +128,21 @@ impl Identity {
         )
     }
 
-    /// Seal a request body as request number `seq`.
-    pub fn request(&self, seq: u32, body: &pb::DeviceRequest) -> Pending {
+    /// Seal `request` as request number `seq`.
+    pub fn request(&self, seq: u32, request: &Request) -> Pending {
         let frame = seal_request(
             &self.key,
             self.key_version,
             self.device_id,
             seq,
-            &body.encode_to_vec(),
+            &request.encode(),
         );
-        let mut tag = [0u8; 16];
-        if let Some(t) = frame.get(frame.len().saturating_sub(16)..) {
-            tag.copy_from_slice(t);
+        Pending {
+            seq,
+            kind: request.kind(),
+            tag: tag_of(&frame),
+            frame,
         }
-        Pending { seq, tag, frame }
     }
 
     /// Verify and decode the answer to `pending`.
@@ -135,38 +157,29 @@ impl Identity {
                 got: r.seq,
             });
         }
-        let response =
-            pb::DeviceResponse::decode(r.body.as_slice()).map_err(|_| LinkError::Body)?;
+        let body = machine::Answer::decode(pending.kind, &r.body).map_err(|_| LinkError::Body)?;
         Ok(Answer {
             server_time: r.server_time,
-            response,
+            body,
         })
     }
 }
 
-/// A poll request body.
-pub fn poll() -> pb::DeviceRequest {
-    pb::DeviceRequest {
-        kind: Some(pb::device_request::Kind::Poll(pb::Poll {})),
-    }
+/// A poll request.
+pub const fn poll() -> Request {
+    Request::Poll
 }
 
-/// A start request body.
-pub fn start(session: SessionId) -> pb::DeviceRequest {
-    pb::DeviceRequest {
-        kind: Some(pb::device_request::Kind::Start(pb::Start {
-            session_id: session.to_bytes().to_vec(),
-        })),
-    }
+/// A start request.
+pub const fn start(session: SessionId) -> Request {
+    Request::Start { session }
 }
 
-/// A report request body: `units` dispensed so far; `last` ends the session.
-pub fn report(session: SessionId, units: Units, last: bool) -> pb::DeviceRequest {
-    pb::DeviceRequest {
-        kind: Some(pb::device_request::Kind::Report(pb::Report {
-            session_id: session.to_bytes().to_vec(),
-            units: units.get(),
-            r#final: last,
-        })),
+/// A report request: `units` dispensed so far; `last` ends the session.
+pub const fn report(session: SessionId, units: Units, last: bool) -> Request {
+    Request::Report {
+        session,
+        units,
+        last,
     }
 }

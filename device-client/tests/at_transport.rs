@@ -6,9 +6,10 @@
 
 mod support;
 
+use blepay_core::SessionStatus;
 use blepay_device_client::at::AtError;
 use blepay_device_client::transport::{DEVICE_PATH, Transport};
-use blepay_device_client::{Identity, poll};
+use blepay_device_client::{Identity, Status, machine, poll};
 use blepay_proto::pb::v1 as pb;
 use support::machine::{Machine, assert_retries_are_byte_identical};
 use support::server::Server;
@@ -47,9 +48,16 @@ fn a_session_settles_once_despite(
         sim.inject(f.clone());
     }
     let (status, started) = m.start(sid);
-    assert_eq!(
-        (status, started.response.status),
-        (200, pb::SessionStatus::Active as i32)
+    assert!(
+        status == 200
+            && matches!(
+                started.body,
+                machine::Answer::Session {
+                    status: Status::Known(SessionStatus::Active),
+                    ..
+                }
+            ),
+        "{status} {started:?}"
     );
     for f in before_report {
         sim.inject(f.clone());
@@ -59,13 +67,14 @@ fn a_session_settles_once_despite(
     // Assert
     assert!(sim.faults_spent(), "a fault did not fire");
     assert_eq!(
+        (status, &settled.body),
         (
-            status,
-            settled.error_code(),
-            settled.response.status,
-            settled.response.amount
-        ),
-        (200, None, pb::SessionStatus::Settled as i32, 75)
+            200,
+            &machine::Answer::Session {
+                status: Status::Known(SessionStatus::Settled),
+                amount: 75
+            }
+        )
     );
     let s = server.session(sid);
     assert_eq!(

@@ -14,6 +14,9 @@
 //!   HCI command that sets it.
 //! - [`frame`] — the authenticated machine↔server frames ([`seal_request`],
 //!   [`RequestFrame`], [`seal_response`], [`open_response`]) that stay safe over plain HTTP.
+//! - [`machine`] — what travels inside those frames, typed: [`machine::Request`] (poll, start,
+//!   report) and [`machine::Answer`] (grants, session status, refusal with a
+//!   [`machine::RefusalCode`]), encoded and decoded here for both the server and the machine.
 //!
 //! ## Invariants
 //! - `no_std` + `alloc` with `--no-default-features`: the device firmware uses the very same
@@ -31,6 +34,7 @@ pub mod advert;
 mod bytes;
 pub mod frame;
 pub mod keys;
+pub mod machine;
 
 pub use advert::{Advert, AdvertError, AdvertFlags, DEFAULT_COMPANY_ID};
 pub use frame::{

@@ -23,7 +23,9 @@ use std::time::Duration;
 use base64::Engine;
 use blepay::machine::Machine;
 use blepay_core::{DeviceId, KeyVersion, Slot, UseCounter, UserId};
-use blepay_device_client::Identity;
+use blepay_device_client::log::MemLog;
+use blepay_device_client::outbox::Outbox;
+use blepay_device_client::{Identity, Pending, Request};
 use blepay_proto::{Advert, AdvertFlags, DeviceKey, MasterKey, derive_device_key};
 use blepay_service::{App, ServeArgs};
 use blepay_store::Audit;
@@ -269,6 +271,34 @@ pub fn unb64(s: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(s)
         .expect("base64")
+}
+
+/// The link half of a simulated machine, on the device client: its [`Identity`] seals requests
+/// and opens answers, and an in-memory [`Outbox`] hands out the sequence numbers — the firmware's
+/// own rules, for tests that drive the protocol one request at a time over a transport of their
+/// own (gRPC, a lossy proxy, a simulated modem).
+#[derive(Debug)]
+pub struct Link {
+    pub identity: Identity,
+    outbox: Outbox<MemLog>,
+}
+
+impl Link {
+    pub fn new(identity: Identity) -> Self {
+        let (outbox, _) = Outbox::open(MemLog::new(), 1).expect("an empty outbox");
+        Self { identity, outbox }
+    }
+
+    /// Seal `request` with the next sequence number.
+    pub fn seal(&mut self, request: &Request) -> Pending {
+        let seq = self.outbox.take_seq().expect("a sequence number");
+        self.identity.request(seq, request)
+    }
+
+    /// The sequence number the next [`Link::seal`] uses.
+    pub fn next_seq(&self) -> u32 {
+        self.outbox.peek_seq()
+    }
 }
 
 /// A registered machine with its simulated firmware.

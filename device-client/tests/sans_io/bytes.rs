@@ -3,7 +3,6 @@
 use blepay_core::Units;
 use blepay_device_client::transport::http_post_request;
 use blepay_device_client::{poll, report, start};
-use prost::Message;
 
 use crate::common::{identity, session};
 
@@ -31,7 +30,7 @@ fn every_request_fits_the_2g_budget() {
     ];
     println!("| request | body | frame | HTTP request (Host: {HOST}) |");
     for (name, body) in cases {
-        let body_len = body.encoded_len();
+        let body_len = body.encode().len();
         let pending = id.request(u32::MAX, &body);
         let http = http_post_request(HOST, &pending.frame);
         println!(

@@ -1,6 +1,7 @@
 //! Session engine scenarios, driven through the real driver against the fake server.
 
 use blepay_core::Units;
+use blepay_device_client::RefusalCode;
 use blepay_device_client::driver::Step;
 use blepay_device_client::engine::{AbortReason, Action, Phase, RequestKind, Response, StopReason};
 
@@ -207,7 +208,7 @@ fn a_start_refused_with_session_expired_goes_back_to_idle() {
         rig.take_actions(),
         [Action::SessionAborted {
             session: session(1),
-            reason: AbortReason::Refused("SESSION_EXPIRED".into())
+            reason: AbortReason::Refused(RefusalCode::SessionExpired)
         }]
     );
     assert_eq!(rig.engine().phase(), &Phase::Idle);

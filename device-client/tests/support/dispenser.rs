@@ -6,11 +6,11 @@
 use std::time::{Duration, Instant};
 
 use blepay_core::{SessionId, Units};
-use blepay_device_client::Identity;
 use blepay_device_client::driver::{Driver, Step};
 use blepay_device_client::engine::{Action, Config, Engine};
 use blepay_device_client::log::MemLog;
 use blepay_device_client::transport::Transport;
+use blepay_device_client::{Identity, RefusalCode};
 
 /// A session as the machine saw it end.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +18,7 @@ pub struct Settled {
     pub session: SessionId,
     pub units: Units,
     pub amount: i64,
-    pub error: Option<String>,
+    pub error: Option<RefusalCode>,
 }
 
 pub struct Dispenser<T: Transport> {

@@ -2,9 +2,9 @@
 //! same bytes until an authenticated answer arrives (docs/protocol.md §3.3).
 
 use blepay_core::{SessionId, Units};
+use blepay_device_client::grant::Grant;
 use blepay_device_client::transport::{DEVICE_PATH, Transport};
-use blepay_device_client::{Answer, Identity, Pending, poll, report, start};
-use blepay_proto::pb::v1 as pb;
+use blepay_device_client::{Answer, Identity, Pending, Request, poll, report, start};
 
 pub struct Machine<T> {
     pub id: Identity,
@@ -28,7 +28,7 @@ impl<T: Transport> Machine<T> {
     }
 
     /// Seal the next request.
-    pub fn seal(&mut self, body: &pb::DeviceRequest) -> Pending {
+    pub fn seal(&mut self, body: &Request) -> Pending {
         self.seq += 1;
         self.id.request(self.seq, body)
     }
@@ -62,15 +62,15 @@ impl<T: Transport> Machine<T> {
         );
     }
 
-    pub fn exchange(&mut self, body: &pb::DeviceRequest) -> (u16, Answer) {
+    pub fn exchange(&mut self, body: &Request) -> (u16, Answer) {
         let p = self.seal(body);
         self.deliver(&p, 10)
     }
 
-    pub fn poll(&mut self) -> Vec<pb::Grant> {
+    pub fn poll(&mut self) -> Vec<Grant> {
         let (status, a) = self.exchange(&poll());
-        assert_eq!((status, a.error_code()), (200, None), "poll");
-        a.response.grants
+        assert_eq!((status, a.refusal()), (200, None), "poll");
+        a.body.usable_grants().cloned().collect()
     }
 
     pub fn start(&mut self, s: SessionId) -> (u16, Answer) {

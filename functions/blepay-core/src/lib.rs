@@ -18,6 +18,6 @@ pub use ids::{
     DeviceId, DeviceName, IdParseError, IdempotencyKey, KeyVersion, SessionId, Slot, UseCounter,
     UserId,
 };
-pub use money::{Amount, Currency, MoneyError, Tariff, UnitName, Units};
+pub use money::{Amount, Currency, MoneyError, Tariff, UnitName, Units, units_for_hold};
 pub use session::{ReportOutcome, Session, SessionError, SessionStatus, Settlement, StartOutcome};
 pub use wallet::{EntryKind, LedgerAccount, LedgerEntry, Wallet, WalletError};

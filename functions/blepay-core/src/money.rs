@@ -183,12 +183,19 @@ impl Tariff {
 
     /// How many whole units `hold` pays for (the machine stops dispensing there).
     pub fn units_for(&self, hold: Amount) -> Units {
-        let price = self.price_per_unit.minor();
-        if price <= 0 {
-            return Units::ZERO;
-        }
-        Units::new(u64::try_from(hold.minor() / price).unwrap_or(0))
+        units_for_hold(hold, self.price_per_unit)
     }
+}
+
+/// How many whole units `hold` pays for at `price_per_unit`: `floor(hold / price)`, zero for a
+/// non-positive price. The one rule both the server ([`Tariff::units_for`]) and the machine (its
+/// dispensing cap) use.
+pub fn units_for_hold(hold: Amount, price_per_unit: Amount) -> Units {
+    let price = price_per_unit.minor();
+    if price <= 0 {
+        return Units::ZERO;
+    }
+    Units::new(u64::try_from(hold.minor() / price).unwrap_or(0))
 }
 
 #[cfg(test)]

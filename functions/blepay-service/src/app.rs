@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use blepay_core::{
     Amount, Currency, DeviceId, DeviceName, IdempotencyKey, Session, SessionError, SessionId,
-    SessionStatus, Slot, Tariff, UnitName, Units, UserId, Wallet,
+    SessionStatus, Slot, Tariff, UnitName, UserId, Wallet,
 };
+use blepay_proto::machine::{self, RefusalCode};
 use blepay_proto::pb::v1 as pb;
 use blepay_proto::{
     Advert, AdvertError, FrameError, RequestFrame, derive_device_key, seal_response,
@@ -17,7 +18,6 @@ use blepay_store::{
     DeviceStatus, PayCommand, PayOutcome, RegisterOutcome, ResponseEncoder, SavedAnswer, Store,
     TopUpOutcome,
 };
-use prost::Message;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
@@ -334,20 +334,13 @@ impl App {
         let now = self.now();
         let tag = frame.tag();
         let seal = |body: &[u8]| seal_response(&key, &tag, frame.seq(), now, body);
-        let refuse = |code: ErrorCode, message: String| {
-            let body = pb::DeviceResponse {
-                error_code: code.as_str().into(),
-                error_message: message,
-                ..Default::default()
-            };
-            DeviceAnswer {
-                code: Some(code),
-                frame: seal(&body.encode_to_vec()),
-            }
+        let refuse = |code: RefusalCode, message: String| DeviceAnswer {
+            code: Some(ErrorCode::from(code)),
+            frame: seal(&machine::Answer::refused(code, message).encode()),
         };
         let op = match decode_device_request(frame.body()) {
             Ok(op) => op,
-            Err(msg) => return Ok(refuse(ErrorCode::FrameInvalid, msg)),
+            Err(msg) => return Ok(refuse(RefusalCode::FrameInvalid, msg)),
         };
         let call = DeviceCall {
             device: frame.device_id(),
@@ -359,15 +352,14 @@ impl App {
         // The store saves the sealed answer frame, so a byte-identical retry gets a byte-identical
         // answer (its server_time is the original one: docs/protocol.md §3.3).
         let (seq, enc_key) = (frame.seq(), key.clone());
-        let encoder: ResponseEncoder = Arc::new(move |r: &DeviceOpResult| SavedAnswer {
-            frame: seal_response(
-                &enc_key,
-                &tag,
-                seq,
-                now,
-                &encode_device_result(r).encode_to_vec(),
-            ),
-            code: device_result_code(r).map(|c| c.as_str().to_owned()),
+        // The refusal code travels with the saved answer, so a retry gets the same HTTP status
+        // without the service decoding its own frame.
+        let encoder: ResponseEncoder = Arc::new(move |r: &DeviceOpResult| {
+            let answer = device_answer(r);
+            SavedAnswer {
+                frame: seal_response(&enc_key, &tag, seq, now, &answer.encode()),
+                code: answer.refusal().map(|f| f.code.as_str().to_owned()),
+            }
         });
         match self.inner.store.device_call(&call, encoder).await? {
             DeviceCallOutcome::Fresh(answer) | DeviceCallOutcome::Retry(answer) => {
@@ -377,7 +369,7 @@ impl App {
                 })
             }
             DeviceCallOutcome::Replayed { last_seq } => Ok(refuse(
-                ErrorCode::SequenceReplayed,
+                RefusalCode::SequenceReplayed,
                 format!(
                     "sequence number {} is not above the last accepted {last_seq}",
                     frame.seq()
@@ -539,107 +531,52 @@ pub fn session_pb(s: &Session) -> pb::Session {
     }
 }
 
-fn session_id_from(bytes: &[u8]) -> Result<SessionId, String> {
-    <[u8; 16]>::try_from(bytes)
-        .map(SessionId::from_bytes)
-        .map_err(|_| format!("sessionId must be 16 bytes, got {}", bytes.len()))
-}
-
-/// Decode a machine request body into a domain operation.
+/// Decode a machine request body into a domain operation (the codec is
+/// `blepay_proto::machine`; its error message goes into the refusal the machine gets).
 fn decode_device_request(body: &[u8]) -> Result<DeviceOp, String> {
-    let req = pb::DeviceRequest::decode(body).map_err(|e| format!("request body: {e}"))?;
-    match req.kind {
-        Some(pb::device_request::Kind::Poll(_)) => Ok(DeviceOp::Poll),
-        Some(pb::device_request::Kind::Start(s)) => Ok(DeviceOp::Start {
-            session: session_id_from(&s.session_id)?,
+    match machine::Request::decode(body).map_err(|e| e.to_string())? {
+        machine::Request::Poll => Ok(DeviceOp::Poll),
+        machine::Request::Start { session } => Ok(DeviceOp::Start { session }),
+        machine::Request::Report {
+            session,
+            units,
+            last,
+        } => Ok(DeviceOp::Report {
+            session,
+            units,
+            last,
         }),
-        Some(pb::device_request::Kind::Report(r)) => Ok(DeviceOp::Report {
-            session: session_id_from(&r.session_id)?,
-            units: Units::new(r.units),
-            last: r.r#final,
-        }),
-        None => Err("request body names no operation".into()),
     }
 }
 
-/// The answer body for a device operation's result.
-pub fn encode_device_result(r: &DeviceOpResult) -> pb::DeviceResponse {
-    let error = |code: ErrorCode, msg: &str| pb::DeviceResponse {
-        error_code: code.as_str().into(),
-        error_message: msg.into(),
-        ..Default::default()
-    };
+/// The typed answer for a device operation's result.
+pub fn device_answer(r: &DeviceOpResult) -> machine::Answer {
     match r {
-        DeviceOpResult::Grants(sessions) => pb::DeviceResponse {
-            grants: sessions
-                .iter()
-                .map(|s| pb::Grant {
-                    session_id: s.id.to_bytes().to_vec(),
-                    hold_amount: s.hold.minor(),
-                    price_per_unit: s.tariff.price_per_unit.minor(),
-                    expires_at: secs(s.expires_at),
-                    use_counter: u32::from(s.use_counter.get()),
-                })
-                .collect(),
-            ..Default::default()
-        },
-        DeviceOpResult::Session(s) => pb::DeviceResponse {
-            status: session_status_pb(s.status) as i32,
+        DeviceOpResult::Grants(sessions) => {
+            machine::Answer::grants(sessions.iter().map(|s| machine::Grant {
+                session: s.id,
+                hold: s.hold,
+                price_per_unit: s.tariff.price_per_unit,
+                expires_at: s.expires_at,
+                use_counter: s.use_counter,
+            }))
+        }
+        DeviceOpResult::Session(s) => machine::Answer::Session {
+            status: s.status.into(),
             amount: s.amount.minor(),
-            ..Default::default()
         },
-        DeviceOpResult::SessionNotFound => error(
-            ErrorCode::SessionNotFound,
+        DeviceOpResult::SessionNotFound => machine::Answer::refused(
+            RefusalCode::SessionNotFound,
             "no such session on this machine",
         ),
         DeviceOpResult::Refused(e) => {
             let code = match e {
-                SessionError::Expired => ErrorCode::SessionExpired,
-                SessionError::NotStartable(_) => ErrorCode::SessionNotStartable,
-                SessionError::NotStarted => ErrorCode::SessionNotStarted,
-                SessionError::ReportConflict => ErrorCode::ReportConflict,
+                SessionError::Expired => RefusalCode::SessionExpired,
+                SessionError::NotStartable(_) => RefusalCode::SessionNotStartable,
+                SessionError::NotStarted => RefusalCode::SessionNotStarted,
+                SessionError::ReportConflict => RefusalCode::ReportConflict,
             };
-            error(code, &e.to_string())
-        }
-    }
-}
-
-/// The refusal code of a device operation's answer (`None`: not a refusal, HTTP 200); saved with
-/// the answer so that a retry gets the same status. Must agree with the `error_code` that
-/// [`encode_device_result`] writes (the test below checks it).
-fn device_result_code(r: &DeviceOpResult) -> Option<ErrorCode> {
-    match r {
-        DeviceOpResult::Grants(_) | DeviceOpResult::Session(_) => None,
-        DeviceOpResult::SessionNotFound => Some(ErrorCode::SessionNotFound),
-        DeviceOpResult::Refused(e) => Some(match e {
-            SessionError::Expired => ErrorCode::SessionExpired,
-            SessionError::NotStartable(_) => ErrorCode::SessionNotStartable,
-            SessionError::NotStarted => ErrorCode::SessionNotStarted,
-            SessionError::ReportConflict => ErrorCode::ReportConflict,
-        }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_saved_refusal_code_is_the_code_in_the_answer_body() {
-        let results = [
-            DeviceOpResult::Grants(Vec::new()),
-            DeviceOpResult::SessionNotFound,
-            DeviceOpResult::Refused(SessionError::Expired),
-            DeviceOpResult::Refused(SessionError::NotStartable(SessionStatus::Settled)),
-            DeviceOpResult::Refused(SessionError::NotStarted),
-            DeviceOpResult::Refused(SessionError::ReportConflict),
-        ];
-        for r in &results {
-            assert_eq!(
-                device_result_code(r).map_or("", ErrorCode::as_str),
-                encode_device_result(r).error_code,
-                "{r:?}"
-            );
+            machine::Answer::refused(code, e.to_string())
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use blepay_proto::machine::RefusalCode;
 
 /// A stable, documented error code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +149,24 @@ const ALL: [ErrorCode; 24] = [
     ErrorCode::Internal,
 ];
 
+/// The refusal codes of the machine link (inside answer frames) are these error codes: one
+/// mapping, so an answer's HTTP status mirrors its code.
+impl From<RefusalCode> for ErrorCode {
+    fn from(code: RefusalCode) -> Self {
+        match code {
+            RefusalCode::FrameInvalid => Self::FrameInvalid,
+            RefusalCode::SequenceReplayed => Self::SequenceReplayed,
+            RefusalCode::SessionNotFound => Self::SessionNotFound,
+            RefusalCode::SessionExpired => Self::SessionExpired,
+            RefusalCode::SessionNotStartable => Self::SessionNotStartable,
+            RefusalCode::SessionNotStarted => Self::SessionNotStarted,
+            RefusalCode::ReportConflict => Self::ReportConflict,
+            // The server writes only the codes above.
+            RefusalCode::Unrecognized => Self::Internal,
+        }
+    }
+}
+
 /// An error answer: a code and a human message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}: {message}", code.as_str())]
@@ -220,6 +239,22 @@ mod tests {
     fn every_code_parses_back_from_its_name() {
         for c in ALL {
             assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
+        }
+    }
+
+    #[test]
+    fn every_machine_refusal_code_is_the_error_code_of_the_same_name() {
+        use RefusalCode as R;
+        for code in [
+            R::FrameInvalid,
+            R::SequenceReplayed,
+            R::SessionNotFound,
+            R::SessionExpired,
+            R::SessionNotStartable,
+            R::SessionNotStarted,
+            R::ReportConflict,
+        ] {
+            assert_eq!(ErrorCode::from(code).as_str(), code.as_str());
         }
     }
 

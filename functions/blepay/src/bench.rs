@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use base64::Engine;
 use blepay_core::{DeviceId, KeyVersion, SessionId, UseCounter, UserId};
-use blepay_device_client::{Answer, Identity};
+use blepay_device_client::{Answer, Identity, Request};
 use blepay_dynamodb::{DynamoStore, RequestCounter};
 use blepay_proto::pb::v1 as pb;
 use blepay_proto::pb::v1::device_service_client::DeviceServiceClient;
@@ -408,7 +408,7 @@ impl Ctx {
         t: Transport,
         worker: usize,
         m: usize,
-        body: &pb::DeviceRequest,
+        body: &Request,
     ) -> anyhow::Result<Answer> {
         let machine = self.machine(m)?;
         let seq = machine.seq.fetch_add(1, Ordering::SeqCst);
@@ -436,8 +436,8 @@ impl Ctx {
             .identity
             .open(&pending, &bytes)
             .map_err(|e| anyhow!("machine answer does not authenticate: {e}"))?;
-        if let Some(code) = answer.error_code() {
-            bail!("machine request refused: {code}");
+        if let Some(code) = answer.refusal_code() {
+            bail!("machine request refused: {}", code.as_str());
         }
         Ok(answer)
     }
@@ -470,11 +470,7 @@ impl Ctx {
         let polled = self
             .device(t, worker, m, &blepay_device_client::poll())
             .await?;
-        let granted = polled
-            .response
-            .grants
-            .iter()
-            .any(|g| g.session_id.as_slice() == session.to_bytes().as_slice());
+        let granted = polled.body.usable_grants().any(|g| g.session == session);
         if !granted {
             bail!("the poll did not bring the grant of {session}");
         }
@@ -1323,7 +1319,7 @@ async fn link_exchange(
     env: &Env,
     host: &str,
     machine: &Machine,
-    body: &pb::DeviceRequest,
+    body: &Request,
     names: (&'static str, &'static str),
 ) -> anyhow::Result<(LinkMessage, LinkMessage, Answer)> {
     let seq = machine.seq.fetch_add(1, Ordering::SeqCst);
@@ -1333,11 +1329,11 @@ async fn link_exchange(
         .identity
         .open(&pending, &answer_bytes)
         .map_err(|e| anyhow!("answer does not authenticate: {e}"))?;
-    if let Some(code) = answer.error_code() {
-        bail!("{} refused: {code}", names.0);
+    if let Some(code) = answer.refusal_code() {
+        bail!("{} refused: {}", names.0, code.as_str());
     }
     // The same fields as JSON: the frame header, the body in the API's JSON mapping, the tag.
-    let mut req_json = serde_json::to_value(body)?;
+    let mut req_json = serde_json::to_value(body.to_pb())?;
     if let Value::Object(m) = &mut req_json {
         m.insert(
             "deviceId".into(),
@@ -1350,7 +1346,7 @@ async fn link_exchange(
         m.insert("seq".into(), json!(seq));
         m.insert("tag".into(), json!(b64(&pending.tag)));
     }
-    let mut resp_json = serde_json::to_value(&answer.response)?;
+    let mut resp_json = serde_json::to_value(answer.body.to_pb())?;
     if let Value::Object(m) = &mut resp_json {
         m.insert("seq".into(), json!(seq));
         m.insert("serverTime".into(), json!(answer.server_time.to_string()));
@@ -1408,7 +1404,7 @@ async fn link_bytes(env: &Env, host: &str) -> anyhow::Result<()> {
         ("poll", "poll answer (1 grant)"),
     )
     .await?;
-    if answer.response.grants.len() != 1 {
+    if answer.body.usable_grants().count() != 1 {
         bail!("the poll after the pay did not bring exactly one grant");
     }
     rows.extend([q, a]);

@@ -30,14 +30,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use base64::Engine as _;
 use blepay_core::{DeviceId, KeyVersion, SessionId, Units};
-use blepay_device_client::Identity;
 use blepay_device_client::advertiser::AdvertData;
 use blepay_device_client::driver::{Driver, Step};
 use blepay_device_client::engine::{
-    AbortReason, Action, Config, Engine, Phase, RequestKind, Response, StopReason,
+    Action, Config, Engine, Phase, RequestKind, Response, StopReason,
 };
 use blepay_device_client::file_log::FileLog;
 use blepay_device_client::http::HttpTransport;
+use blepay_device_client::{Identity, RefusalCode};
 use blepay_proto::{AdvertFlags, DeviceKey};
 use serde_json::{Value, json};
 
@@ -398,7 +398,7 @@ impl<W: Write> Sim<'_, W> {
             } => {
                 match response {
                     Response::Answered { kind, answer }
-                        if kind == RequestKind::Report && answer.error_code().is_none() =>
+                        if kind == RequestKind::Report && answer.refusal().is_none() =>
                     {
                         if let Some(units) = self.progress_units {
                             self.emit(&json!({"event": "progress", "units": units}))?;
@@ -482,14 +482,10 @@ impl<W: Write> Sim<'_, W> {
             }
             Action::SessionAborted { session, reason } => {
                 self.ended = self.ended.saturating_add(1);
-                let reason = match reason {
-                    AbortReason::Expired => "EXPIRED".to_owned(),
-                    AbortReason::Refused(code) => code,
-                };
                 self.emit(&json!({
                     "event": "aborted",
                     "session": session.to_string(),
-                    "reason": reason,
+                    "reason": reason.as_str(),
                 }))?;
             }
             Action::SessionSettled {
@@ -505,7 +501,7 @@ impl<W: Write> Sim<'_, W> {
                     "session": session.to_string(),
                     "units": units.get(),
                     "amount": amount,
-                    "error": error,
+                    "error": error.map(RefusalCode::as_str),
                 }))?;
             }
         }

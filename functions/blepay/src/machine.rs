@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use base64::Engine;
 use blepay_core::{DeviceId, KeyVersion, SessionId, UseCounter};
-use blepay_device_client::{Answer, Identity, Pending};
-use blepay_proto::pb::v1 as pb;
+use blepay_device_client::grant::Grant;
+use blepay_device_client::{Answer, Identity, Pending, Request, Status, machine};
 use blepay_proto::{AdvertFlags, DEFAULT_COMPANY_ID, DeviceKey};
 use serde::{Deserialize, Serialize};
 
@@ -125,7 +125,7 @@ impl Machine {
     ///
     /// # Errors
     /// On transport failure after retries, or an answer that does not authenticate.
-    pub async fn exchange(&self, body: &pb::DeviceRequest) -> anyhow::Result<(u16, Answer)> {
+    pub async fn exchange(&self, body: &Request) -> anyhow::Result<(u16, Answer)> {
         let mut state = self.load()?;
         let seq = state.next_seq.max(1);
         state.next_seq = seq
@@ -182,20 +182,19 @@ impl Machine {
     ///
     /// # Errors
     /// See [`Machine::exchange`]; or when the server refuses.
-    pub async fn poll(&self) -> anyhow::Result<Vec<pb::Grant>> {
+    pub async fn poll(&self) -> anyhow::Result<Vec<Grant>> {
         let (_, a) = self.exchange(&blepay_device_client::poll()).await?;
         refused(&a)?;
-        Ok(a.response.grants)
+        Ok(a.body.usable_grants().cloned().collect())
     }
 
     /// The start button was pressed for `session`.
     ///
     /// # Errors
     /// See [`Machine::exchange`]; or when the server refuses.
-    pub async fn start(&self, session: SessionId) -> anyhow::Result<pb::DeviceResponse> {
+    pub async fn start(&self, session: SessionId) -> anyhow::Result<SessionAnswer> {
         let (_, a) = self.exchange(&blepay_device_client::start(session)).await?;
-        refused(&a)?;
-        Ok(a.response)
+        session_answer(&a)
     }
 
     /// Report units. A final report bumps the use counter *before* it is sent (persisted first,
@@ -210,7 +209,7 @@ impl Machine {
         session: SessionId,
         units: u64,
         last: bool,
-    ) -> anyhow::Result<pb::DeviceResponse> {
+    ) -> anyhow::Result<SessionAnswer> {
         if last {
             let mut s = self.load()?;
             s.use_counter = s.use_counter.wrapping_add(1);
@@ -223,32 +222,51 @@ impl Machine {
                 last,
             ))
             .await?;
-        refused(&a)?;
-        Ok(a.response)
+        session_answer(&a)
     }
 }
 
+/// What a start or report answer says: the session's status and the amount captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionAnswer {
+    pub status: Status,
+    pub amount: i64,
+}
+
 fn refused(a: &Answer) -> anyhow::Result<()> {
-    match a.error_code() {
-        Some(code) => bail!("server refused: {code}: {}", a.response.error_message),
+    match a.refusal() {
+        Some(r) => bail!("server refused: {}: {}", r.code.as_str(), r.message),
         None => Ok(()),
     }
 }
 
+fn session_answer(a: &Answer) -> anyhow::Result<SessionAnswer> {
+    refused(a)?;
+    match a.body {
+        machine::Answer::Session { status, amount } => Ok(SessionAnswer { status, amount }),
+        machine::Answer::Grants(_) | machine::Answer::Refused(_) => Ok(SessionAnswer {
+            status: Status::Unspecified,
+            amount: 0,
+        }),
+    }
+}
+
 /// A grant as one JSON line.
-pub fn grant_json(g: &pb::Grant) -> serde_json::Value {
+pub fn grant_json(g: &Grant) -> serde_json::Value {
     serde_json::json!({
-        "sessionId": hex::encode(&g.session_id),
-        "holdAmount": g.hold_amount,
-        "pricePerUnit": g.price_per_unit,
+        "sessionId": g.session.to_string(),
+        "holdAmount": g.hold.minor(),
+        "pricePerUnit": g.price_per_unit.minor(),
         "expiresAt": g.expires_at,
-        "useCounter": g.use_counter,
+        "useCounter": g.use_counter.get(),
     })
 }
 
 /// A start/report answer as JSON.
-pub fn response_json(r: &pb::DeviceResponse) -> serde_json::Value {
-    let status = pb::SessionStatus::try_from(r.status)
-        .map_or("SESSION_STATUS_UNSPECIFIED", |s| s.as_str_name());
+pub fn response_json(r: &SessionAnswer) -> serde_json::Value {
+    let status = match r.status {
+        Status::Unknown(_) => "SESSION_STATUS_UNSPECIFIED",
+        s => s.as_str(),
+    };
     serde_json::json!({ "status": status, "amount": r.amount })
 }

@@ -1,6 +1,6 @@
 //! The machine link: authenticated frames, sequence numbers, retries and garbage.
 
-use blepay_device_client::{poll, report, start};
+use blepay_device_client::{RefusalCode, poll, report, start};
 use blepay_e2e::{TestApp, TestMachine, spawn_app};
 use blepay_proto::open_response;
 use blepay_proto::pb::v1 as pb;
@@ -29,8 +29,8 @@ async fn a_replayed_older_frame_is_refused_as_sequence_replayed() {
     // Assert: an authentic refusal.
     let answer = id.open(&one, &bytes).unwrap();
     assert_eq!(
-        (status, answer.error_code()),
-        (409, Some("SEQUENCE_REPLAYED"))
+        (status, answer.refusal_code()),
+        (409, Some(RefusalCode::SequenceReplayed))
     );
 }
 
@@ -150,8 +150,8 @@ async fn a_start_for_a_session_of_another_machine_is_not_found() {
 
     // Assert
     assert_eq!(
-        (status, answer.error_code()),
-        (404, Some("SESSION_NOT_FOUND"))
+        (status, answer.refusal_code()),
+        (404, Some(RefusalCode::SessionNotFound))
     );
     assert_eq!(
         app.ops_session(&sid.to_string()).await["status"],

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use blepay_core::SessionId;
-use blepay_device_client::start;
+use blepay_device_client::{RefusalCode, start};
 use blepay_e2e::{Settings, spawn_app_with, unix_now};
 use serde_json::json;
 
@@ -99,8 +99,8 @@ async fn a_start_after_expiry_is_refused_as_session_expired() {
 
     // Assert
     assert_eq!(
-        (status, answer.error_code()),
-        (409, Some("SESSION_EXPIRED"))
+        (status, answer.refusal_code()),
+        (409, Some(RefusalCode::SessionExpired))
     );
     assert_eq!(app.ops_session(&sid.to_string()).await["status"], "EXPIRED");
     assert_eq!(app.wallet("hal").await["available"], "1000");

@@ -1,5 +1,6 @@
-use blepay_device_client::{Identity, poll, report, start};
-use blepay_e2e::{TestApp, spawn_app, unb64};
+use blepay_core::SessionStatus;
+use blepay_device_client::{Request, Status, machine, poll, report, start};
+use blepay_e2e::{Link, TestApp, spawn_app, unb64};
 use blepay_proto::pb::v1 as pb;
 use blepay_proto::pb::v1::device_service_client::DeviceServiceClient;
 use blepay_proto::pb::v1::ops_service_client::OpsServiceClient;
@@ -24,15 +25,13 @@ fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
 
 /// A machine speaking DeviceService/Exchange with its own sequence numbers.
 struct GrpcMachine {
-    identity: Identity,
+    link: Link,
     client: DeviceServiceClient<Channel>,
-    seq: u32,
 }
 
 impl GrpcMachine {
-    async fn exchange(&mut self, body: &pb::DeviceRequest) -> pb::DeviceResponse {
-        self.seq += 1;
-        let pending = self.identity.request(self.seq, body);
+    async fn exchange(&mut self, body: &Request) -> machine::Answer {
+        let pending = self.link.seal(body);
         let answer = self
             .client
             .exchange(pb::DeviceFrame {
@@ -41,9 +40,9 @@ impl GrpcMachine {
             .await
             .unwrap()
             .into_inner();
-        let opened = self.identity.open(&pending, &answer.frame).unwrap();
+        let opened = self.link.identity.open(&pending, &answer.frame).unwrap();
         assert!(opened.server_time.abs_diff(blepay_e2e::unix_now()) <= 2);
-        opened.response
+        opened.body
     }
 }
 
@@ -99,14 +98,16 @@ async fn a_phone_pays_a_machine_and_the_money_settles_over_grpc() {
 
     // The machine polls over DeviceService.
     let mut machine = GrpcMachine {
-        identity: blepay_e2e::identity(&device_id, &reg.device_key),
+        link: Link::new(blepay_e2e::identity(&device_id, &reg.device_key)),
         client: DeviceServiceClient::new(ch.clone()),
-        seq: 0,
     };
-    assert!(machine.exchange(&poll()).await.grants.is_empty());
+    assert_eq!(
+        machine.exchange(&poll()).await,
+        machine::Answer::Grants(vec![])
+    );
     let advert = unb64(&blepay_e2e::signed_advert(
         &device_id,
-        &machine.identity.key,
+        &machine.link.identity.key,
         0,
         0,
     ));
@@ -155,13 +156,18 @@ async fn a_phone_pays_a_machine_and_the_money_settles_over_grpc() {
         .into_inner();
     assert_eq!((w.available, w.held, w.spent), (800, 200, 0));
 
-    let grants = machine.exchange(&poll()).await.grants;
+    let polled = machine.exchange(&poll()).await;
+    let grants: Vec<_> = polled.usable_grants().collect();
     assert_eq!(grants.len(), 1);
-    assert_eq!(hex::encode(&grants[0].session_id), paid.session_id);
+    assert_eq!(grants[0].session.to_string(), paid.session_id);
     let sid = blepay_core::SessionId::parse(&paid.session_id).unwrap();
     assert_eq!(
-        machine.exchange(&start(sid)).await.status,
-        pb::SessionStatus::Active as i32
+        machine
+            .exchange(&start(sid))
+            .await
+            .session()
+            .map(|(status, _)| status),
+        Some(Status::Known(SessionStatus::Active))
     );
     machine
         .exchange(&report(sid, blepay_core::Units::new(1), false))
@@ -170,8 +176,11 @@ async fn a_phone_pays_a_machine_and_the_money_settles_over_grpc() {
         .exchange(&report(sid, blepay_core::Units::new(4), true))
         .await;
     assert_eq!(
-        (done.status, done.amount, done.error_code.as_str()),
-        (pb::SessionStatus::Settled as i32, 100, "")
+        done,
+        machine::Answer::Session {
+            status: Status::Known(SessionStatus::Settled),
+            amount: 100
+        }
     );
 
     // Assert: the wallet and the session, via phone and ops.

@@ -1,4 +1,5 @@
-use blepay_core::SessionId;
+use blepay_core::{SessionId, SessionStatus};
+use blepay_device_client::Status;
 use blepay_e2e::spawn_app;
 use serde_json::json;
 
@@ -53,32 +54,26 @@ async fn a_phone_pays_a_machine_and_the_money_settles_over_http_json() {
     // The machine's poll carries the grant.
     let grants = m.machine.poll().await.unwrap();
     assert_eq!(grants.len(), 1);
-    assert_eq!(hex::encode(&grants[0].session_id), session_id);
-    assert_eq!((grants[0].hold_amount, grants[0].price_per_unit), (200, 25));
-    assert_eq!(u64::try_from(grants[0].expires_at).unwrap(), expires_at);
+    assert_eq!(grants[0].session.to_string(), session_id);
+    assert_eq!(
+        (grants[0].hold.minor(), grants[0].price_per_unit.minor()),
+        (200, 25)
+    );
+    assert_eq!(grants[0].expires_at, expires_at);
 
     // Start, progress, final report: 3 litres × 25 = 75 ≤ 200.
     let sid = SessionId::parse(&session_id).unwrap();
     let started = m.machine.start(sid).await.unwrap();
-    assert_eq!(
-        started.status,
-        blepay_proto::pb::v1::SessionStatus::Active as i32
-    );
+    assert_eq!(started.status, Status::Known(SessionStatus::Active));
     let active = app
         .get(&format!("/v1/sessions/{session_id}"), &alice)
         .await
         .ok();
     assert_eq!(active["status"], "ACTIVE");
     let progress = m.machine.report(sid, 2, false).await.unwrap();
-    assert_eq!(
-        progress.status,
-        blepay_proto::pb::v1::SessionStatus::Active as i32
-    );
+    assert_eq!(progress.status, Status::Known(SessionStatus::Active));
     let settled = m.machine.report(sid, 3, true).await.unwrap();
-    assert_eq!(
-        settled.status,
-        blepay_proto::pb::v1::SessionStatus::Settled as i32
-    );
+    assert_eq!(settled.status, Status::Known(SessionStatus::Settled));
     assert_eq!(settled.amount, 75);
 
     // The wallet, exactly.

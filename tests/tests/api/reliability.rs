@@ -21,12 +21,12 @@ use std::time::Duration;
 
 use blepay::machine::Machine;
 use blepay_core::SessionId;
+use blepay_device_client::machine;
 use blepay_e2e::{
-    Answer, JWT_SECRET, OPS_TOKEN, ServeProcess, identity, random_device_id, random_key,
+    Answer, JWT_SECRET, Link, OPS_TOKEN, ServeProcess, identity, random_device_id, random_key,
     random_user, signed_advert, spawn_app, unix_now,
 };
 use blepay_proto::DeviceKey;
-use blepay_proto::pb::v1 as pb;
 use blepay_store::{Audit, Store};
 use serde_json::{Value, json};
 
@@ -148,7 +148,7 @@ async fn phones_racing_for_machines_never_open_two_sessions_on_one_machine_nor_h
             .get(&i)
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default();
-        let granted: Vec<String> = grants.iter().map(|g| hex::encode(&g.session_id)).collect();
+        let granted: Vec<String> = grants.iter().map(|g| g.session.to_string()).collect();
         assert_eq!(granted, expected, "machine {i}");
     }
     let winners_i64 = i64::try_from(winners).unwrap();
@@ -446,13 +446,8 @@ async fn kill_9_under_load_loses_no_acknowledged_operation_and_the_ledger_reconc
         for (user, device_id, key, state) in &fleet {
             let m = Machine::new(&server.address, device_id, key, 0, state).unwrap();
             let token = phone_token(user);
-            let mut open: BTreeSet<SessionId> = m
-                .poll()
-                .await
-                .unwrap()
-                .iter()
-                .map(|g| SessionId::from_bytes(g.session_id.as_slice().try_into().unwrap()))
-                .collect();
+            let mut open: BTreeSet<SessionId> =
+                m.poll().await.unwrap().iter().map(|g| g.session).collect();
             let last_pay = acks
                 .lock()
                 .unwrap()
@@ -556,17 +551,15 @@ async fn kill_9_under_load_loses_no_acknowledged_operation_and_the_ledger_reconc
 /// A machine on the raw protocol: every request is a fresh connection through the proxy (as a
 /// 2G modem does), retried with the same bytes until an answer comes back.
 struct LossyMachine {
-    identity: blepay_device_client::Identity,
-    seq: u32,
+    link: Link,
     url: String,
     http: reqwest::Client,
     retries: u32,
 }
 
 impl LossyMachine {
-    async fn exchange(&mut self, body: &pb::DeviceRequest) -> pb::DeviceResponse {
-        self.seq += 1;
-        let pending = self.identity.request(self.seq, body);
+    async fn exchange(&mut self, body: &blepay_device_client::Request) -> machine::Answer {
+        let pending = self.link.seal(body);
         for _ in 0..60 {
             let r = self
                 .http
@@ -581,9 +574,9 @@ impl LossyMachine {
                 Err(e) => Err(e),
             };
             if let Ok(b) = bytes {
-                let a = self.identity.open(&pending, &b).unwrap();
-                assert_eq!(a.error_code(), None, "{:?}", a.response);
-                return a.response;
+                let a = self.link.identity.open(&pending, &b).unwrap();
+                assert_eq!(a.refusal(), None, "{:?}", a.body);
+                return a.body;
             }
             self.retries += 1;
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -607,8 +600,7 @@ async fn final_reports_through_a_proxy_dropping_30_percent_of_connections_settle
     for i in 0..machines {
         let (id, key) = app.register_device(PRICE).await;
         let mut m = LossyMachine {
-            identity: identity(&id, &key),
-            seq: 0,
+            link: Link::new(identity(&id, &key)),
             url: format!("{}/v1/device", proxy.address),
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(0)
@@ -635,8 +627,8 @@ async fn final_reports_through_a_proxy_dropping_30_percent_of_connections_settle
                     .await;
                 let paid = Answer::of(r.unwrap()).await.ok();
                 let sid = SessionId::parse(paid["sessionId"].as_str().unwrap()).unwrap();
-                let grants = m.exchange(&blepay_device_client::poll()).await.grants;
-                assert_eq!(grants.len(), 1);
+                let polled = m.exchange(&blepay_device_client::poll()).await;
+                assert_eq!(polled.usable_grants().count(), 1);
                 m.exchange(&blepay_device_client::start(sid)).await;
                 let units = 1 + u64::try_from((i + c) % 4).unwrap();
                 let report =
