@@ -34,13 +34,7 @@ impl AuditTally {
         let credited = self.add(credited, amount, "ledger balances");
         self.balances.insert(credit.to_owned(), credited);
         let debited = self.balances.get(debit).copied().unwrap_or(0);
-        let debited = match amount.checked_neg().and_then(|d| debited.checked_add(d)) {
-            Some(v) => v,
-            None => {
-                self.overflow.get_or_insert("ledger balances");
-                0
-            }
-        };
+        let debited = self.sub(debited, amount, "ledger balances");
         self.balances.insert(debit.to_owned(), debited);
     }
 
@@ -55,6 +49,13 @@ impl AuditTally {
     /// The hold of one AUTHORIZED or ACTIVE session.
     pub fn open_hold(&mut self, hold: Amount) {
         self.open_holds = self.add(self.open_holds, hold.minor(), "open holds");
+    }
+
+    fn sub(&mut self, sum: i64, v: i64, what: &'static str) -> i64 {
+        sum.checked_sub(v).unwrap_or_else(|| {
+            self.overflow.get_or_insert(what);
+            0
+        })
     }
 
     fn add(&mut self, sum: i64, v: i64, what: &'static str) -> i64 {

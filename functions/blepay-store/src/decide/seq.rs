@@ -57,12 +57,12 @@ mod tests {
         }
     }
 
-    fn last(seq: u32, digest: [u8; 32]) -> Option<LastCall> {
-        Some(LastCall {
+    fn last(seq: u32, digest: [u8; 32]) -> LastCall {
+        LastCall {
             seq,
             digest: Some(digest.to_vec()),
             answer: Some(answer()),
-        })
+        }
     }
 
     #[test]
@@ -73,7 +73,7 @@ mod tests {
     #[test]
     fn a_higher_number_is_fresh() {
         assert_eq!(
-            check_seq(last(5, [1; 32]), 6, &[2; 32]).unwrap(),
+            check_seq(Some(last(5, [1; 32])), 6, &[2; 32]).unwrap(),
             SeqCheck::Fresh
         );
     }
@@ -81,7 +81,7 @@ mod tests {
     #[test]
     fn the_same_number_and_bytes_is_a_retry_answered_with_the_saved_answer() {
         assert_eq!(
-            check_seq(last(5, [1; 32]), 5, &[1; 32]).unwrap(),
+            check_seq(Some(last(5, [1; 32])), 5, &[1; 32]).unwrap(),
             SeqCheck::Retry(answer())
         );
     }
@@ -89,18 +89,22 @@ mod tests {
     #[test]
     fn the_same_number_with_other_bytes_or_a_lower_number_is_replayed() {
         let replayed = SeqCheck::Replayed { last_seq: 5 };
-        assert_eq!(check_seq(last(5, [1; 32]), 5, &[2; 32]).unwrap(), replayed);
-        assert_eq!(check_seq(last(5, [1; 32]), 4, &[1; 32]).unwrap(), replayed);
+        assert_eq!(
+            check_seq(Some(last(5, [1; 32])), 5, &[2; 32]).unwrap(),
+            replayed
+        );
+        assert_eq!(
+            check_seq(Some(last(5, [1; 32])), 4, &[1; 32]).unwrap(),
+            replayed
+        );
     }
 
     #[test]
     fn a_retry_with_no_saved_answer_is_corrupt() {
         let mut l = last(5, [1; 32]);
-        if let Some(l) = l.as_mut() {
-            l.answer = None;
-        }
+        l.answer = None;
         assert!(matches!(
-            check_seq(l, 5, &[1; 32]),
+            check_seq(Some(l), 5, &[1; 32]),
             Err(StoreError::Corrupt(_))
         ));
     }
