@@ -21,13 +21,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine;
+use blepay::args::ServeArgs;
 use blepay::machine::Machine;
 use blepay_core::{DeviceId, KeyVersion, Slot, UseCounter, UserId};
 use blepay_device_client::log::MemLog;
 use blepay_device_client::outbox::Outbox;
 use blepay_device_client::{Identity, Pending, Request};
 use blepay_proto::{Advert, AdvertFlags, DeviceKey, MasterKey, derive_device_key};
-use blepay_service::{App, ServeArgs};
+use blepay_service::App;
 use blepay_store::Audit;
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -89,8 +90,8 @@ impl Drop for TestApp {
 /// Start the real server with default settings.
 /// The store the suite runs on: SQLite by default; `BLEPAY_E2E_STORE=dynamodb` runs the very same
 /// suite on a fresh table of Amazon DynamoDB Local (started once per test binary, on loopback).
-pub async fn store_args() -> blepay_service::config::StoreArgs {
-    use blepay_service::config::{DynamoArgs, StoreArgs, StoreKind};
+pub async fn store_args() -> blepay::args::StoreArgs {
+    use blepay::args::{DynamoArgs, StoreArgs, StoreKind};
     match std::env::var("BLEPAY_E2E_STORE").as_deref() {
         Ok("dynamodb") => {
             let local = blepay_dynamodb::testing::DynamoLocal::shared();

@@ -12,7 +12,8 @@ use blepay_core::{DeviceId, KeyVersion, SessionId, UseCounter, UserId};
 use blepay_device_client::Identity;
 use blepay_proto::pb::v1 as pb;
 use blepay_proto::{AdvertFlags, DeviceKey};
-use blepay_service::{App, ServeArgs, system_clock};
+use blepay_service::config::{Keyring, SecretString, Settings};
+use blepay_service::{App, system_clock};
 use blepay_sqlite::SqliteStore;
 use blepay_store::Audit;
 use tempfile::TempDir;
@@ -37,23 +38,21 @@ impl Server {
             .build()
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let args = ServeArgs {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().join("server"),
-            master_keys: None,
-            jwt_secret: None,
-            ops_token: None,
+        let keyring = Keyring::parse(&format!("0:{}", hex(&rand_bytes::<32>()))).expect("keys");
+        let config = Settings {
+            jwt_secret: Some(SecretString::new(hex(&rand_bytes::<32>()))),
             start_timeout_secs: 300,
             offline_after_secs: 600,
-            currency: "EUR".into(),
-            sweep_interval_secs: 3600,
-        };
-        let (config, _generated) = args.resolve().expect("config");
+            ..Settings::default()
+        }
+        .validate()
+        .expect("config")
+        .into_config(keyring);
         let jwt_secret = config.jwt_secret.expose().to_owned();
-        let store = SqliteStore::open(&args.database_path()).expect("sqlite store");
+        let store = SqliteStore::open(&dir.path().join("blepay.db")).expect("sqlite store");
         let app = App::new(config, Arc::new(store), system_clock());
         let listener = rt
-            .block_on(tokio::net::TcpListener::bind(args.listen))
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("listener");
         let port = listener.local_addr().unwrap().port();
         rt.spawn(blepay_service::server::serve(

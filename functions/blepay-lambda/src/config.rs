@@ -1,8 +1,13 @@
 //! Typed configuration of the Lambda functions, read once from the environment at cold start.
-//! A missing or malformed value fails the init with a message naming the variable.
+//! A missing or malformed value fails the init with a message naming the variable. The service's
+//! own settings are checked where `blepay serve`'s are, by
+//! [`blepay_service::config::Settings::validate`]; this loader only reads the variables and adds
+//! what only Lambda has (the table, the master key source).
 
-use blepay_core::Currency;
-use blepay_service::config::{ConfigError, SecretString};
+use blepay_service::config::{
+    ConfigError, DEFAULT_OFFLINE_AFTER_SECS, DEFAULT_START_TIMEOUT_SECS, SecretString, Settings,
+    ValidSettings, cfg_err as err,
+};
 
 /// Where the master keys (`version:hex64[,...]`, as `BLEPAY_MASTER_KEYS`) come from.
 #[derive(Debug, Clone)]
@@ -32,26 +37,14 @@ pub struct LambdaConfig {
     pub dynamodb_endpoint: Option<String>,
     /// One of [`MASTER_KEY_VARS`] (not needed by the sweeper).
     pub master_keys: Option<MasterKeySource>,
-    /// `BLEPAY_JWT_SECRET`: HS256 secret for phone JWTs when there is no authorizer context
-    /// (local runs). Unset when deployed: then a random secret nobody knows is used, so only
-    /// the gateway's JWT authorizer can let a phone in.
-    pub jwt_secret: Option<SecretString>,
-    /// `BLEPAY_OPS_TOKEN`: operator bearer token when there is no IAM context (local runs).
-    /// Unset when deployed: only IAM-signed calls reach the ops routes.
-    pub ops_token: Option<SecretString>,
-    /// `BLEPAY_START_TIMEOUT_SECS` (default 120).
-    pub start_timeout_secs: u64,
-    /// `BLEPAY_OFFLINE_AFTER_SECS` (default 300).
-    pub offline_after_secs: u64,
+    /// The service settings, validated: `BLEPAY_JWT_SECRET` is the HS256 secret for phone JWTs
+    /// when there is no authorizer context (local runs) — unset when deployed: then a random
+    /// secret nobody knows is used, so only the gateway's JWT authorizer can let a phone in;
+    /// `BLEPAY_OPS_TOKEN` the operator bearer token when there is no IAM context (local runs) —
+    /// unset when deployed: only IAM-signed calls reach the ops routes;
+    /// `BLEPAY_START_TIMEOUT_SECS` (default 120), `BLEPAY_OFFLINE_AFTER_SECS` (default 300),
     /// `BLEPAY_CURRENCY` (default EUR).
-    pub currency: Currency,
-}
-
-fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        var,
-        message: message.into(),
-    }
+    pub service: ValidSettings,
 }
 
 impl LambdaConfig {
@@ -95,33 +88,28 @@ impl LambdaConfig {
         }
         let master_keys = sources.into_iter().next();
 
-        let jwt_secret = secret(get("BLEPAY_JWT_SECRET"), "BLEPAY_JWT_SECRET")?;
-        let ops_token = secret(get("BLEPAY_OPS_TOKEN"), "BLEPAY_OPS_TOKEN")?;
-        let start_timeout_secs = number(
-            get("BLEPAY_START_TIMEOUT_SECS"),
-            "BLEPAY_START_TIMEOUT_SECS",
-            120,
-        )?;
-        if start_timeout_secs == 0 {
-            return Err(err("BLEPAY_START_TIMEOUT_SECS", "must be at least 1"));
+        let service = Settings {
+            jwt_secret: get("BLEPAY_JWT_SECRET").map(SecretString::new),
+            ops_token: get("BLEPAY_OPS_TOKEN").map(SecretString::new),
+            start_timeout_secs: number(
+                get("BLEPAY_START_TIMEOUT_SECS"),
+                "BLEPAY_START_TIMEOUT_SECS",
+                DEFAULT_START_TIMEOUT_SECS,
+            )?,
+            offline_after_secs: number(
+                get("BLEPAY_OFFLINE_AFTER_SECS"),
+                "BLEPAY_OFFLINE_AFTER_SECS",
+                DEFAULT_OFFLINE_AFTER_SECS,
+            )?,
+            currency: get("BLEPAY_CURRENCY").unwrap_or_else(|| Settings::default().currency),
         }
-        let offline_after_secs = number(
-            get("BLEPAY_OFFLINE_AFTER_SECS"),
-            "BLEPAY_OFFLINE_AFTER_SECS",
-            300,
-        )?;
-        let currency = Currency::parse(get("BLEPAY_CURRENCY").as_deref().unwrap_or("EUR"))
-            .map_err(|e| err("BLEPAY_CURRENCY", e.to_string()))?;
+        .validate()?;
 
         Ok(Self {
             table,
             dynamodb_endpoint,
             master_keys,
-            jwt_secret,
-            ops_token,
-            start_timeout_secs,
-            offline_after_secs,
-            currency,
+            service,
         })
     }
 
@@ -136,13 +124,6 @@ impl LambdaConfig {
                 format!("one of {} must be set", MASTER_KEY_VARS.join(", ")),
             )
         })
-    }
-}
-
-fn secret(value: Option<String>, var: &'static str) -> Result<Option<SecretString>, ConfigError> {
-    match value {
-        Some(v) if v.len() < 16 => Err(err(var, "must be at least 16 characters")),
-        v => Ok(v.map(SecretString::new)),
     }
 }
 
@@ -178,8 +159,15 @@ mod tests {
         assert!(
             matches!(c.master_keys, Some(MasterKeySource::SecretsManager(ref s)) if s == "blepay/master-keys")
         );
-        assert_eq!((c.start_timeout_secs, c.offline_after_secs), (120, 300));
-        assert!(c.jwt_secret.is_none() && c.ops_token.is_none() && c.dynamodb_endpoint.is_none());
+        assert_eq!(
+            (c.service.start_timeout_secs, c.service.offline_after_secs),
+            (120, 300)
+        );
+        assert!(
+            c.service.jwt_secret.is_none()
+                && c.service.ops_token.is_none()
+                && c.dynamodb_endpoint.is_none()
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use aws_config::{BehaviorVersion, SdkConfig};
 use axum::Router;
 use blepay_dynamodb::DynamoStore;
-use blepay_service::config::{Config, ConfigError, Keyring, SecretString};
+use blepay_service::config::{Config, ConfigError, Keyring};
 use blepay_service::http::{Surface, routes_for};
 use blepay_service::{App, system_clock};
 use blepay_store::{Store, StoreError};
@@ -94,28 +94,12 @@ impl From<SweepError> for Diagnostic {
 }
 
 /// The service configuration. Without `BLEPAY_JWT_SECRET` / `BLEPAY_OPS_TOKEN` (deployed), each
-/// gets a random value nobody knows, so a request without the gateway's authorizer context can
-/// never authenticate.
+/// gets a random value nobody knows ([`ValidSettings::into_config`]), so a request without the
+/// gateway's authorizer context can never authenticate.
+///
+/// [`ValidSettings::into_config`]: blepay_service::config::ValidSettings::into_config
 pub fn service_config(config: &LambdaConfig, keyring: Keyring) -> Config {
-    let unguessable = || SecretString::new(hex_random());
-    Config {
-        keyring,
-        jwt_secret: config.jwt_secret.clone().unwrap_or_else(unguessable),
-        ops_token: config.ops_token.clone().unwrap_or_else(unguessable),
-        start_timeout_secs: config.start_timeout_secs,
-        offline_after_secs: config.offline_after_secs,
-        currency: config.currency,
-    }
-}
-
-fn hex_random() -> String {
-    use std::fmt::Write;
-    rand::random::<[u8; 32]>()
-        .iter()
-        .fold(String::with_capacity(64), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    config.service.clone().into_config(keyring)
 }
 
 /// The AWS SDK configuration from the Lambda environment (region, role credentials).

@@ -5,7 +5,7 @@
 //! cold-start again (a new deployment, or a configuration change).
 
 use aws_config::SdkConfig;
-use blepay_service::config::{ConfigError, Keyring, SecretString};
+use blepay_service::config::{ConfigError, Keyring, SecretString, cfg_err as fail};
 
 use crate::config::MasterKeySource;
 
@@ -60,13 +60,6 @@ pub async fn load(source: &MasterKeySource, sdk: &SdkConfig) -> Result<Keyring, 
 /// Keep the fetched text in a type that zeroes its memory on drop.
 fn zeroize_on_drop(s: String) -> SecretString {
     SecretString::new(s)
-}
-
-fn fail(var: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        var,
-        message: message.into(),
-    }
 }
 
 /// An SDK error with its sources (the top-level `Display` of an SDK error is only "service error").

@@ -1,93 +1,16 @@
-//! Typed configuration, loaded once from the environment (or flags); malformed values fail at start
-//! with a message naming the variable. Secrets live in types whose `Debug` redacts them.
+//! Typed configuration. Each front end reads its own inputs — `blepay serve` its flags and
+//! `BLEPAY_*` variables (clap, in the `blepay` crate), the Lambda functions their environment
+//! (`blepay-lambda`'s loader) — into one [`Settings`], and [`Settings::validate`] is the one place
+//! they are checked: a malformed value fails at start with a message naming the variable. With
+//! a [`Keyring`] the valid settings make the service's [`Config`]. Secrets live in types whose
+//! `Debug` redacts them.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 
 use blepay_core::{Currency, KeyVersion};
 use blepay_proto::keys::MasterKey;
 use zeroize::Zeroizing;
-
-/// `blepay serve` settings. Every flag can come from its `BLEPAY_*` environment variable.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ServeArgs {
-    /// Address to listen on (HTTP/1.1, and HTTP/2 for gRPC, on the same port).
-    #[arg(long, env = "BLEPAY_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-    /// Directory holding the SQLite database (blepay.db) and, in development, generated keys.
-    #[arg(long, env = "BLEPAY_DATA_DIR", default_value = "./blepay-data")]
-    pub data_dir: PathBuf,
-    /// Master keys, `version:hex64` comma-separated (versions 0-15). Devices registered now use the
-    /// highest version. When unset, a key is generated into the data dir on first run (development).
-    #[arg(long, env = "BLEPAY_MASTER_KEYS", hide_env_values = true)]
-    pub master_keys: Option<SecretString>,
-    /// HS256 secret that signs phone JWTs. When unset, one is generated into the data dir (development).
-    #[arg(long, env = "BLEPAY_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<SecretString>,
-    /// Bearer token for the operator API. When unset, one is generated into the data dir (development).
-    #[arg(long, env = "BLEPAY_OPS_TOKEN", hide_env_values = true)]
-    pub ops_token: Option<SecretString>,
-    /// Seconds a paid session waits for the machine's start before it expires and the hold is released.
-    #[arg(long, env = "BLEPAY_START_TIMEOUT_SECS", default_value_t = 120)]
-    pub start_timeout_secs: u64,
-    /// A machine with no authenticated message for this long is OFFLINE, and cannot be paid.
-    #[arg(long, env = "BLEPAY_OFFLINE_AFTER_SECS", default_value_t = 300)]
-    pub offline_after_secs: u64,
-    /// The deployment's currency (ISO 4217): wallets hold it and every tariff must use it.
-    #[arg(long, env = "BLEPAY_CURRENCY", default_value = "EUR")]
-    pub currency: String,
-    /// Seconds between runs of the expiry sweeper.
-    #[arg(long, env = "BLEPAY_SWEEP_INTERVAL_SECS", default_value_t = 5)]
-    pub sweep_interval_secs: u64,
-}
-
-/// Which store `blepay serve` keeps its state in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum StoreKind {
-    /// The embedded SQLite file in the data dir.
-    #[default]
-    Sqlite,
-    /// Amazon DynamoDB (or a local DynamoDB-API server, with `BLEPAY_DYNAMODB_ENDPOINT`).
-    Dynamodb,
-}
-
-/// Where `blepay serve` keeps its state. Flattened beside [`ServeArgs`] on the command line (a
-/// separate struct, so code that builds `ServeArgs` directly keeps compiling and uses SQLite).
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct StoreArgs {
-    /// The store: `sqlite` (a file in the data dir) or `dynamodb`.
-    #[arg(long = "store", env = "BLEPAY_STORE", value_enum, default_value_t = StoreKind::Sqlite)]
-    pub kind: StoreKind,
-    #[command(flatten)]
-    pub dynamodb: DynamoArgs,
-}
-
-/// The DynamoDB table (for `serve` with `BLEPAY_STORE=dynamodb`, and `ops create-table`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct DynamoArgs {
-    /// DynamoDB endpoint URL, e.g. http://127.0.0.1:8000 for DynamoDB Local (AWS's when unset;
-    /// with an endpoint and no AWS credentials or region in the environment, dummy ones are used).
-    #[arg(long = "dynamodb-endpoint", env = "BLEPAY_DYNAMODB_ENDPOINT")]
-    pub endpoint: Option<String>,
-    /// DynamoDB table name.
-    #[arg(
-        long = "dynamodb-table",
-        env = "BLEPAY_DYNAMODB_TABLE",
-        default_value = "blepay"
-    )]
-    pub table: String,
-}
-
-impl Default for DynamoArgs {
-    fn default() -> Self {
-        Self {
-            endpoint: None,
-            table: "blepay".into(),
-        }
-    }
-}
 
 /// A string secret: `Debug` prints `<redacted>`, memory is zeroed on drop.
 #[derive(Clone)]
@@ -123,7 +46,8 @@ pub struct ConfigError {
     pub message: String,
 }
 
-fn cfg_err(var: &'static str, message: impl Into<String>) -> ConfigError {
+/// A [`ConfigError`] for `var`.
+pub fn cfg_err(var: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         var,
         message: message.into(),
@@ -185,7 +109,8 @@ impl Keyring {
     }
 }
 
-/// Everything the service needs, resolved.
+/// Everything the service needs, resolved (built by [`ValidSettings::into_config`]; tests may
+/// build one directly).
 #[derive(Debug, Clone)]
 pub struct Config {
     pub keyring: Keyring,
@@ -196,119 +121,104 @@ pub struct Config {
     pub currency: Currency,
 }
 
-/// What resolving the config generated (development mode), to tell the operator.
-#[derive(Debug, Default)]
-pub struct Generated {
-    pub notes: Vec<String>,
+/// `BLEPAY_START_TIMEOUT_SECS` when unset.
+pub const DEFAULT_START_TIMEOUT_SECS: u64 = 120;
+/// `BLEPAY_OFFLINE_AFTER_SECS` when unset.
+pub const DEFAULT_OFFLINE_AFTER_SECS: u64 = 300;
+/// `BLEPAY_CURRENCY` when unset.
+pub const DEFAULT_CURRENCY: &str = "EUR";
+/// The shortest `BLEPAY_JWT_SECRET` / `BLEPAY_OPS_TOKEN` accepted.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// The service's settings as a front end read them, not yet checked; each field is named after
+/// its variable. [`Settings::validate`] checks them.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `BLEPAY_JWT_SECRET`: the HS256 secret that signs phone JWTs.
+    pub jwt_secret: Option<SecretString>,
+    /// `BLEPAY_OPS_TOKEN`: the operator API's bearer token.
+    pub ops_token: Option<SecretString>,
+    /// `BLEPAY_START_TIMEOUT_SECS`: how long a paid session waits for the machine's start.
+    pub start_timeout_secs: u64,
+    /// `BLEPAY_OFFLINE_AFTER_SECS`: a machine silent for this long is OFFLINE.
+    pub offline_after_secs: u64,
+    /// `BLEPAY_CURRENCY`: the deployment's currency (ISO 4217).
+    pub currency: String,
 }
 
-impl ServeArgs {
-    /// Resolve secrets (generating missing ones into the data dir, mode 0600) and validate.
+impl Default for Settings {
+    /// The defaults of every variable; no secrets.
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            ops_token: None,
+            start_timeout_secs: DEFAULT_START_TIMEOUT_SECS,
+            offline_after_secs: DEFAULT_OFFLINE_AFTER_SECS,
+            currency: DEFAULT_CURRENCY.to_owned(),
+        }
+    }
+}
+
+/// Settings that passed [`Settings::validate`] (only it builds one); with a [`Keyring`] they make
+/// a [`Config`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ValidSettings {
+    /// At least [`MIN_SECRET_LEN`] characters when set.
+    pub jwt_secret: Option<SecretString>,
+    /// At least [`MIN_SECRET_LEN`] characters when set.
+    pub ops_token: Option<SecretString>,
+    /// At least 1.
+    pub start_timeout_secs: u64,
+    pub offline_after_secs: u64,
+    pub currency: Currency,
+}
+
+impl Settings {
+    /// Check every setting: the one place the rules live.
     ///
     /// # Errors
-    /// A [`ConfigError`] naming the variable at fault.
-    pub fn resolve(&self) -> Result<(Config, Generated), ConfigError> {
-        let mut generated = Generated::default();
-        std::fs::create_dir_all(&self.data_dir).map_err(|e| {
-            cfg_err(
-                "BLEPAY_DATA_DIR",
-                format!("cannot create {}: {e}", self.data_dir.display()),
-            )
-        })?;
-        let keys = match &self.master_keys {
-            Some(s) => s.clone(),
-            None => dev_secret(&self.data_dir, "master-keys", &mut generated, || {
-                format!("0:{}", hex::encode(rand::random::<[u8; 32]>()))
-            })
-            .map_err(|e| cfg_err("BLEPAY_MASTER_KEYS", e))?,
+    /// A [`ConfigError`] naming the variable at fault: a secret shorter than
+    /// [`MIN_SECRET_LEN`], a start timeout of 0, a currency that is not ISO 4217.
+    pub fn validate(self) -> Result<ValidSettings, ConfigError> {
+        let secret = |value: Option<SecretString>, var: &'static str| match value {
+            Some(s) if s.expose().len() < MIN_SECRET_LEN => {
+                Err(cfg_err(var, "must be at least 16 characters"))
+            }
+            s => Ok(s),
         };
-        let keyring =
-            Keyring::parse(keys.expose()).map_err(|e| cfg_err("BLEPAY_MASTER_KEYS", e))?;
-        let jwt_secret = match &self.jwt_secret {
-            Some(s) => s.clone(),
-            None => dev_secret(&self.data_dir, "jwt-secret", &mut generated, || {
-                hex::encode(rand::random::<[u8; 32]>())
-            })
-            .map_err(|e| cfg_err("BLEPAY_JWT_SECRET", e))?,
-        };
-        if jwt_secret.expose().len() < 16 {
-            return Err(cfg_err(
-                "BLEPAY_JWT_SECRET",
-                "must be at least 16 characters",
-            ));
-        }
-        let ops_token = match &self.ops_token {
-            Some(s) => s.clone(),
-            None => dev_secret(&self.data_dir, "ops-token", &mut generated, || {
-                hex::encode(rand::random::<[u8; 24]>())
-            })
-            .map_err(|e| cfg_err("BLEPAY_OPS_TOKEN", e))?,
-        };
-        if ops_token.expose().len() < 16 {
-            return Err(cfg_err(
-                "BLEPAY_OPS_TOKEN",
-                "must be at least 16 characters",
-            ));
-        }
+        let jwt_secret = secret(self.jwt_secret, "BLEPAY_JWT_SECRET")?;
+        let ops_token = secret(self.ops_token, "BLEPAY_OPS_TOKEN")?;
         if self.start_timeout_secs == 0 {
             return Err(cfg_err("BLEPAY_START_TIMEOUT_SECS", "must be at least 1"));
         }
         let currency = Currency::parse(&self.currency)
             .map_err(|e| cfg_err("BLEPAY_CURRENCY", e.to_string()))?;
-        Ok((
-            Config {
-                keyring,
-                jwt_secret,
-                ops_token,
-                start_timeout_secs: self.start_timeout_secs,
-                offline_after_secs: self.offline_after_secs,
-                currency,
-            },
-            generated,
-        ))
-    }
-
-    pub fn database_path(&self) -> PathBuf {
-        self.data_dir.join("blepay.db")
+        Ok(ValidSettings {
+            jwt_secret,
+            ops_token,
+            start_timeout_secs: self.start_timeout_secs,
+            offline_after_secs: self.offline_after_secs,
+            currency,
+        })
     }
 }
 
-/// Read `dir/name`, or create it with `make()` (mode 0600) and note that it was generated.
-fn dev_secret(
-    dir: &Path,
-    name: &str,
-    generated: &mut Generated,
-    make: impl FnOnce() -> String,
-) -> Result<SecretString, String> {
-    let path = dir.join(name);
-    match std::fs::read_to_string(&path) {
-        Ok(s) => Ok(SecretString::new(s.trim().to_owned())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let value = make();
-            write_private(&path, &value)
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            generated.notes.push(format!(
-                "generated a development {name} into {}",
-                path.display()
-            ));
-            Ok(SecretString::new(value))
+impl ValidSettings {
+    /// The service configuration with `keyring`. A secret left unset gets a random value nobody
+    /// knows, so nothing can authenticate with it (deployed on Lambda, the gateway's authorizers
+    /// authenticate callers instead).
+    pub fn into_config(self, keyring: Keyring) -> Config {
+        let unguessable = || SecretString::new(hex::encode(rand::random::<[u8; 32]>()));
+        Config {
+            keyring,
+            jwt_secret: self.jwt_secret.unwrap_or_else(unguessable),
+            ops_token: self.ops_token.unwrap_or_else(unguessable),
+            start_timeout_secs: self.start_timeout_secs,
+            offline_after_secs: self.offline_after_secs,
+            currency: self.currency,
         }
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
-}
-
-fn write_private(path: &Path, value: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path)?;
-    f.write_all(value.as_bytes())?;
-    f.sync_all()
 }
 
 #[cfg(test)]
@@ -337,5 +247,54 @@ mod tests {
         assert!(!format!("{s:?}").contains("hunter2"));
         let k = Keyring::parse(&format!("0:{}", "ab".repeat(32))).unwrap();
         assert!(!format!("{k:?}").contains("abab"));
+    }
+
+    #[test]
+    fn malformed_settings_name_their_variable() {
+        for (settings, var) in [
+            (
+                Settings {
+                    jwt_secret: Some(SecretString::new("short".into())),
+                    ..Settings::default()
+                },
+                "BLEPAY_JWT_SECRET",
+            ),
+            (
+                Settings {
+                    ops_token: Some(SecretString::new("short".into())),
+                    ..Settings::default()
+                },
+                "BLEPAY_OPS_TOKEN",
+            ),
+            (
+                Settings {
+                    start_timeout_secs: 0,
+                    ..Settings::default()
+                },
+                "BLEPAY_START_TIMEOUT_SECS",
+            ),
+            (
+                Settings {
+                    currency: "euro".into(),
+                    ..Settings::default()
+                },
+                "BLEPAY_CURRENCY",
+            ),
+        ] {
+            assert_eq!(settings.validate().unwrap_err().var, var);
+        }
+    }
+
+    #[test]
+    fn unset_secrets_become_unguessable() {
+        let keyring = Keyring::parse(&format!("0:{}", "ab".repeat(32))).unwrap();
+        let a = Settings::default()
+            .validate()
+            .unwrap()
+            .into_config(keyring.clone());
+        let b = Settings::default().validate().unwrap().into_config(keyring);
+        assert!(a.jwt_secret.expose().len() >= MIN_SECRET_LEN);
+        assert_ne!(a.jwt_secret.expose(), b.jwt_secret.expose());
+        assert_ne!(a.ops_token.expose(), a.jwt_secret.expose());
     }
 }

@@ -6,7 +6,7 @@
 //! - [`server`]: one port for both, and the expiry sweeper.
 //! - [`error`]: the one mapping from [`error::ErrorCode`] to HTTP status and gRPC code.
 //! - [`auth`]: phone JWTs and the operator token.
-//! - [`config`]: typed configuration and the master keyring.
+//! - [`config`]: typed configuration (`Settings` → validated once → `Config`) and the master keyring.
 //!
 //! Wire types (`pb`) stop here: below, the store and core speak domain types only.
 
@@ -19,5 +19,5 @@ pub mod http;
 pub mod server;
 
 pub use app::{App, Clock, system_clock};
-pub use config::{Config, DynamoArgs, ServeArgs, StoreArgs, StoreKind};
+pub use config::{Config, Settings, ValidSettings};
 pub use error::{ApiError, ErrorCode};

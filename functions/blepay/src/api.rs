@@ -90,3 +90,8 @@ impl Api {
         Ok(Answer { status, body })
     }
 }
+
+/// A random idempotency key (when the command line gives none).
+pub fn random_key() -> String {
+    hex::encode(rand::random::<[u8; 12]>())
+}

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use crate::args::ServeArgs;
 use anyhow::{Context, anyhow};
-use blepay_service::ServeArgs;
 use serde_json::json;
 
 use crate::api::Api;

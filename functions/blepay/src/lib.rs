@@ -1,7 +1,10 @@
 //! # blepay — the command's library
 //!
-//! `main.rs` only parses arguments; the work is here:
-//! - [`serve`]: run the self-hosted server on SQLite.
+//! `main.rs` only parses arguments and dispatches to one module per command; the work is here:
+//! - [`args`]: the server's argument types (clap) and their resolution into the service's
+//!   typed `Config` (development secrets generated into the data dir).
+//! - [`serve`]: run the self-hosted server on SQLite (or DynamoDB).
+//! - [`device`], [`phone`], [`ops`]: the `blepay device|phone|ops …` commands.
 //! - [`machine`]: a scriptable simulated machine (state dir with its sequence number, use counter
 //!   and clock offset) on `blepay-device-client`.
 //! - [`device_run`]: `blepay device run`, a simulated water dispenser on the device client's
@@ -12,8 +15,12 @@
 //!   payment cycle on the machine's link.
 
 pub mod api;
+pub mod args;
 pub mod bench;
 pub mod demo;
+pub mod device;
 pub mod device_run;
 pub mod machine;
+pub mod ops;
+pub mod phone;
 pub mod serve;

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::args::{ServeArgs, StoreArgs, StoreKind};
 use anyhow::Context;
 use blepay_dynamodb::DynamoStore;
-use blepay_service::{App, ServeArgs, StoreArgs, StoreKind, system_clock};
+use blepay_service::{App, system_clock};
 use blepay_sqlite::SqliteStore;
 use blepay_store::Store;
 use tokio::net::TcpListener;

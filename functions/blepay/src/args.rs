@@ -1,0 +1,243 @@
+//! The command line's argument types for the server (`serve`, and the store flags `bench` and
+//! `ops create-table` share) — clap lives here, in the CLI crate, not in the service. Every flag
+//! can come from its `BLEPAY_*` environment variable; [`ServeArgs::resolve`] turns them into the
+//! service's typed [`Config`], checked by [`Settings::validate`] like the Lambda loader's.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use blepay_service::config::{
+    Config, ConfigError, DEFAULT_CURRENCY, DEFAULT_OFFLINE_AFTER_SECS, DEFAULT_START_TIMEOUT_SECS,
+    Keyring, SecretString, Settings, cfg_err,
+};
+
+/// `blepay serve`: the server's settings and its store.
+#[derive(Debug, clap::Args)]
+pub struct ServeCommand {
+    #[command(flatten)]
+    pub args: ServeArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// `blepay serve` settings. Every flag can come from its `BLEPAY_*` environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (HTTP/1.1, and HTTP/2 for gRPC, on the same port).
+    #[arg(long, env = "BLEPAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory holding the SQLite database (blepay.db) and, in development, generated keys.
+    #[arg(long, env = "BLEPAY_DATA_DIR", default_value = "./blepay-data")]
+    pub data_dir: PathBuf,
+    /// Master keys, `version:hex64` comma-separated (versions 0-15). Devices registered now use the
+    /// highest version. When unset, a key is generated into the data dir on first run (development).
+    #[arg(long, env = "BLEPAY_MASTER_KEYS", hide_env_values = true)]
+    pub master_keys: Option<SecretString>,
+    /// HS256 secret that signs phone JWTs. When unset, one is generated into the data dir (development).
+    #[arg(long, env = "BLEPAY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<SecretString>,
+    /// Bearer token for the operator API. When unset, one is generated into the data dir (development).
+    #[arg(long, env = "BLEPAY_OPS_TOKEN", hide_env_values = true)]
+    pub ops_token: Option<SecretString>,
+    /// Seconds a paid session waits for the machine's start before it expires and the hold is released.
+    #[arg(long, env = "BLEPAY_START_TIMEOUT_SECS", default_value_t = DEFAULT_START_TIMEOUT_SECS)]
+    pub start_timeout_secs: u64,
+    /// A machine with no authenticated message for this long is OFFLINE, and cannot be paid.
+    #[arg(long, env = "BLEPAY_OFFLINE_AFTER_SECS", default_value_t = DEFAULT_OFFLINE_AFTER_SECS)]
+    pub offline_after_secs: u64,
+    /// The deployment's currency (ISO 4217): wallets hold it and every tariff must use it.
+    #[arg(long, env = "BLEPAY_CURRENCY", default_value = DEFAULT_CURRENCY)]
+    pub currency: String,
+    /// Seconds between runs of the expiry sweeper.
+    #[arg(long, env = "BLEPAY_SWEEP_INTERVAL_SECS", default_value_t = 5)]
+    pub sweep_interval_secs: u64,
+}
+
+/// Which store `blepay serve` keeps its state in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum StoreKind {
+    /// The embedded SQLite file in the data dir.
+    #[default]
+    Sqlite,
+    /// Amazon DynamoDB (or a local DynamoDB-API server, with `BLEPAY_DYNAMODB_ENDPOINT`).
+    Dynamodb,
+}
+
+impl StoreKind {
+    /// The name the flag takes (`sqlite`, `dynamodb`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Dynamodb => "dynamodb",
+        }
+    }
+}
+
+/// Where `blepay serve` keeps its state. Flattened beside [`ServeArgs`] on the command line (a
+/// separate struct, so code that builds `ServeArgs` directly keeps compiling and uses SQLite).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct StoreArgs {
+    /// The store: `sqlite` (a file in the data dir) or `dynamodb`.
+    #[arg(long = "store", env = "BLEPAY_STORE", value_enum, default_value_t = StoreKind::Sqlite)]
+    pub kind: StoreKind,
+    #[command(flatten)]
+    pub dynamodb: DynamoArgs,
+}
+
+/// The DynamoDB table (for `serve` with `BLEPAY_STORE=dynamodb`, and `ops create-table`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DynamoArgs {
+    /// DynamoDB endpoint URL, e.g. http://127.0.0.1:8000 for DynamoDB Local (AWS's when unset;
+    /// with an endpoint and no AWS credentials or region in the environment, dummy ones are used).
+    #[arg(long = "dynamodb-endpoint", env = "BLEPAY_DYNAMODB_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// DynamoDB table name.
+    #[arg(
+        long = "dynamodb-table",
+        env = "BLEPAY_DYNAMODB_TABLE",
+        default_value = "blepay"
+    )]
+    pub table: String,
+}
+
+impl Default for DynamoArgs {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            table: "blepay".into(),
+        }
+    }
+}
+
+/// What resolving the config generated (development mode), to tell the operator.
+#[derive(Debug, Default)]
+pub struct Generated {
+    pub notes: Vec<String>,
+}
+
+impl ServeArgs {
+    /// Resolve secrets (generating missing ones into the data dir, mode 0600) and validate.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the variable at fault.
+    pub fn resolve(&self) -> Result<(Config, Generated), ConfigError> {
+        let mut generated = Generated::default();
+        std::fs::create_dir_all(&self.data_dir).map_err(|e| {
+            cfg_err(
+                "BLEPAY_DATA_DIR",
+                format!("cannot create {}: {e}", self.data_dir.display()),
+            )
+        })?;
+        let keys = match &self.master_keys {
+            Some(s) => s.clone(),
+            None => dev_secret(&self.data_dir, "master-keys", &mut generated, || {
+                format!("0:{}", hex::encode(rand::random::<[u8; 32]>()))
+            })
+            .map_err(|e| cfg_err("BLEPAY_MASTER_KEYS", e))?,
+        };
+        let keyring =
+            Keyring::parse(keys.expose()).map_err(|e| cfg_err("BLEPAY_MASTER_KEYS", e))?;
+        let jwt_secret = match &self.jwt_secret {
+            Some(s) => s.clone(),
+            None => dev_secret(&self.data_dir, "jwt-secret", &mut generated, || {
+                hex::encode(rand::random::<[u8; 32]>())
+            })
+            .map_err(|e| cfg_err("BLEPAY_JWT_SECRET", e))?,
+        };
+        let ops_token = match &self.ops_token {
+            Some(s) => s.clone(),
+            None => dev_secret(&self.data_dir, "ops-token", &mut generated, || {
+                hex::encode(rand::random::<[u8; 24]>())
+            })
+            .map_err(|e| cfg_err("BLEPAY_OPS_TOKEN", e))?,
+        };
+        let settings = Settings {
+            jwt_secret: Some(jwt_secret),
+            ops_token: Some(ops_token),
+            start_timeout_secs: self.start_timeout_secs,
+            offline_after_secs: self.offline_after_secs,
+            currency: self.currency.clone(),
+        };
+        Ok((settings.validate()?.into_config(keyring), generated))
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("blepay.db")
+    }
+}
+
+/// Read `dir/name`, or create it with `make()` (mode 0600) and note that it was generated.
+fn dev_secret(
+    dir: &Path,
+    name: &str,
+    generated: &mut Generated,
+    make: impl FnOnce() -> String,
+) -> Result<SecretString, String> {
+    let path = dir.join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => Ok(SecretString::new(s.trim().to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let value = make();
+            write_private(&path, &value)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            generated.notes.push(format!(
+                "generated a development {name} into {}",
+                path.display()
+            ));
+            Ok(SecretString::new(value))
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+fn write_private(path: &Path, value: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(value.as_bytes())?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(dir: &Path) -> ServeArgs {
+        ServeArgs {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.to_owned(),
+            master_keys: None,
+            jwt_secret: None,
+            ops_token: None,
+            start_timeout_secs: DEFAULT_START_TIMEOUT_SECS,
+            offline_after_secs: DEFAULT_OFFLINE_AFTER_SECS,
+            currency: DEFAULT_CURRENCY.into(),
+            sweep_interval_secs: 5,
+        }
+    }
+
+    #[test]
+    fn development_secrets_are_generated_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, generated) = args(dir.path()).resolve().unwrap();
+        assert_eq!(generated.notes.len(), 3);
+        let (second, generated) = args(dir.path()).resolve().unwrap();
+        assert!(generated.notes.is_empty());
+        assert_eq!(first.jwt_secret.expose(), second.jwt_secret.expose());
+        assert_eq!(first.ops_token.expose(), second.ops_token.expose());
+    }
+
+    #[test]
+    fn a_short_secret_names_its_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = args(dir.path());
+        a.jwt_secret = Some("short".parse().unwrap());
+        assert_eq!(a.resolve().unwrap_err().var, "BLEPAY_JWT_SECRET");
+    }
+}

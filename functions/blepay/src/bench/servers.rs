@@ -1,0 +1,149 @@
+//! The servers of one run: the real one (`serve::bind_with`, or on DynamoDB with its request
+//! counter) and the hello-world ceiling on the same axum + tonic stack.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use blepay_dynamodb::{DynamoStore, RequestCounter};
+use blepay_proto::pb::v1 as pb;
+use blepay_proto::pb::v1::device_service_server::{DeviceService, DeviceServiceServer};
+use blepay_service::{App, system_clock};
+
+use super::BenchArgs;
+use crate::args::{ServeArgs, StoreArgs, StoreKind};
+
+pub(super) const JWT_SECRET: &str = "bench-jwt-secret-0123456789abcdef";
+pub(super) const OPS_TOKEN: &str = "bench-ops-token-0123456789abcdef";
+
+/// The servers of one run.
+pub(super) struct Env {
+    pub(super) app: App,
+    pub(super) base: String,
+    pub(super) blepay_addr: SocketAddr,
+    pub(super) hello_addr: SocketAddr,
+    pub(super) data_dir: PathBuf,
+    /// Counts the requests the DynamoDB store sends (`--store dynamodb`).
+    pub(super) dynamo: Option<RequestCounter>,
+    pub(super) _dir: tempfile::TempDir,
+    pub(super) tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Env {
+    pub(super) async fn start(args: &BenchArgs) -> anyhow::Result<Self> {
+        let dir = match &args.dir {
+            Some(d) => tempfile::tempdir_in(d),
+            None => tempfile::tempdir(),
+        }
+        .context("creating the temporary data directory")?;
+        let master = hex::encode(rand::random::<[u8; 32]>());
+        let serve = ServeArgs {
+            listen: "127.0.0.1:0".parse()?,
+            data_dir: dir.path().join("server"),
+            master_keys: Some(format!("0:{master}").parse()?),
+            jwt_secret: Some(JWT_SECRET.parse()?),
+            ops_token: Some(OPS_TOKEN.parse()?),
+            // Long enough that nothing expires or goes offline while the bench runs.
+            start_timeout_secs: 3600,
+            offline_after_secs: 3600,
+            currency: "EUR".into(),
+            sweep_interval_secs: 3600,
+        };
+        let (listener, app, dynamo) = match args.store.kind {
+            StoreKind::Sqlite => {
+                let bound = crate::serve::bind_with(&serve, &args.store).await?;
+                (bound.listener, bound.app, None)
+            }
+            StoreKind::Dynamodb => {
+                // Built here rather than by `serve::bind_with`, to keep its request counter.
+                let (listener, app, counter) = bind_dynamodb(&serve, &args.store).await?;
+                (listener, app, Some(counter))
+            }
+        };
+        let blepay_addr = listener.local_addr()?;
+        let server = tokio::spawn(blepay_service::server::serve(
+            listener,
+            app.clone(),
+            Duration::from_secs(3600),
+            std::future::pending(),
+        ));
+        let hello = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let hello_addr = hello.local_addr()?;
+        let hello_task = tokio::spawn(async move { axum::serve(hello, hello_router()).await });
+        Ok(Self {
+            app,
+            base: format!("http://{blepay_addr}"),
+            blepay_addr,
+            hello_addr,
+            data_dir: serve.data_dir,
+            dynamo,
+            _dir: dir,
+            tasks: vec![server, hello_task],
+        })
+    }
+}
+
+/// The server on the DynamoDB table `store` names (created when missing), and the counter of the
+/// requests its store sends.
+pub(super) async fn bind_dynamodb(
+    serve: &ServeArgs,
+    store: &StoreArgs,
+) -> anyhow::Result<(tokio::net::TcpListener, App, RequestCounter)> {
+    let (config, _generated) = serve.resolve()?;
+    let table = &store.dynamodb.table;
+    let endpoint = store.dynamodb.endpoint.as_deref();
+    let dynamo = DynamoStore::from_env(table, endpoint).await?;
+    blepay_dynamodb::create_table(dynamo.client(), table)
+        .await
+        .with_context(|| format!("creating the DynamoDB table {table} (endpoint {endpoint:?})"))?;
+    dynamo
+        .warm_up()
+        .await
+        .with_context(|| format!("DynamoDB table {table}"))?;
+    let counter = dynamo.request_counter();
+    let app = App::new(config, Arc::new(dynamo), system_clock());
+    let listener = tokio::net::TcpListener::bind(serve.listen)
+        .await
+        .with_context(|| format!("binding {}", serve.listen))?;
+    Ok((listener, app, counter))
+}
+
+/// The tonic hello-world: blepay's generated `DeviceService`, answering with the frame it got.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Echo;
+
+#[tonic::async_trait]
+impl DeviceService for Echo {
+    async fn exchange(
+        &self,
+        req: tonic::Request<pb::DeviceFrame>,
+    ) -> Result<tonic::Response<pb::DeviceFrame>, tonic::Status> {
+        Ok(tonic::Response::new(req.into_inner()))
+    }
+}
+
+/// The hello-world server: the same axum + tonic stack as blepay, doing nothing.
+pub(super) fn hello_router() -> axum::Router {
+    let grpc = tonic::service::Routes::new(DeviceServiceServer::new(Echo));
+    axum::Router::new()
+        .route(
+            "/hello",
+            axum::routing::post(|_body: axum::body::Bytes| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    r#"{"hello":"world"}"#,
+                )
+            }),
+        )
+        .route_service("/blepay.v1.DeviceService/{method}", grpc)
+}

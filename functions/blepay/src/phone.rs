@@ -1,0 +1,71 @@
+//! `blepay phone …`: a scriptable phone over the HTTP JSON API; prints the server's answer.
+
+use serde_json::json;
+
+use crate::api::{Api, random_key};
+
+/// `blepay phone` arguments.
+#[derive(Debug, clap::Args)]
+pub struct PhoneArgs {
+    #[arg(long, env = "BLEPAY_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// The user's JWT (see `blepay ops token`).
+    #[arg(long, env = "BLEPAY_TOKEN", hide_env_values = true)]
+    token: String,
+    #[command(subcommand)]
+    command: PhoneCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum PhoneCommand {
+    /// Verify a heard advert (base64 payload).
+    Verify {
+        #[arg(long)]
+        advert: String,
+    },
+    /// Pay: hold up to --max-amount for a session on the advertised machine.
+    Pay {
+        #[arg(long)]
+        advert: String,
+        #[arg(long)]
+        max_amount: i64,
+        /// Defaults to a random key; pass the same key to retry safely.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Show one of the user's sessions.
+    Session { session_id: String },
+    /// Show the user's wallet.
+    Wallet,
+}
+
+/// Run one phone command and print the answer.
+///
+/// # Errors
+/// On a transport failure or a refusal (the server's code and message).
+pub async fn run(p: PhoneArgs) -> anyhow::Result<()> {
+    let api = Api::new(&p.server, &p.token);
+    let answer = match p.command {
+        PhoneCommand::Verify { advert } => {
+            api.post("/v1/verify", &json!({ "advert": advert })).await?
+        }
+        PhoneCommand::Pay {
+            advert,
+            max_amount,
+            idempotency_key,
+        } => {
+            let key = idempotency_key.unwrap_or_else(random_key);
+            api.post(
+                "/v1/pay",
+                &json!({ "advert": advert, "maxAmount": max_amount, "idempotencyKey": key }),
+            )
+            .await?
+        }
+        PhoneCommand::Session { session_id } => {
+            api.get(&format!("/v1/sessions/{session_id}")).await?
+        }
+        PhoneCommand::Wallet => api.get("/v1/wallet").await?,
+    };
+    println!("{}", answer.into_result()?);
+    Ok(())
+}
