@@ -1,5 +1,7 @@
 //! The machine codec (`blepay_proto::machine`): its decoders are total over random bytes, typed
 //! messages round-trip, and the bytes are exactly the protobuf messages the wire carries.
+// The strategies below are test code outside `#[test]` functions: failing loudly is their job.
+#![allow(clippy::unwrap_used)]
 
 use blepay_core::{Amount, SessionId, SessionStatus, Units, UseCounter};
 use blepay_proto::machine::{
@@ -34,7 +36,7 @@ fn arb_grant() -> impl Strategy<Value = Grant> {
         arb_session(),
         1i64..1_000_000,
         1i64..1_000,
-        0u64..=i64::MAX as u64,
+        0..=i64::MAX.unsigned_abs(),
         any::<u16>(),
     )
         .prop_map(|(session, price, units, expires_at, use_counter)| Grant {

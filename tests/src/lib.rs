@@ -7,7 +7,9 @@
 //! ([`blepay::machine::Machine`]) posting authenticated frames to `/v1/device`.
 //!
 //! It keeps the [`App`] so tests can audit the ledger (`app.store().audit()`) after each scenario.
-//! The tests themselves live in `tests/api/` (one binary, one module per concern).
+//! The tests themselves live in `tests/api/` (one binary, one module per concern) and
+//! `tests/machine/` (the device client's transports and engine against the real server); the
+//! fault-injecting TCP proxy both use is [`proxy`].
 //!
 //! This is test code: it unwraps and panics on purpose, with messages saying what broke.
 #![allow(
@@ -16,6 +18,8 @@
     clippy::panic,
     clippy::missing_panics_doc
 )]
+
+pub mod proxy;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -34,7 +34,7 @@ use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use blepay_core::{DeviceId, KeyVersion, Slot, UseCounter};
-use blepay_device_client::Identity;
+use blepay_device_client::{Identity, Request};
 use blepay_proto::{Advert, AdvertFlags, MasterKey, derive_device_key};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -322,7 +322,7 @@ fn with_body(mut e: Value, body: &Value) -> Value {
     e
 }
 
-fn frame_event(identity: &Identity, seq: u32, body: &blepay_proto::pb::v1::DeviceRequest) -> Value {
+fn frame_event(identity: &Identity, seq: u32, body: &Request) -> Value {
     let mut e = fixture("device-poll.json");
     let frame = identity.request(seq, body).frame;
     e["headers"]["content-length"] = json!(frame.len().to_string());
@@ -572,7 +572,7 @@ async fn main() {
             let bytes = B64.decode(v["body"].as_str().unwrap()).unwrap();
             let pending = identity.request(seq, &req);
             let answer = identity.open(&pending, &bytes).unwrap();
-            assert_eq!(answer.error_code(), None, "{name}: {:?}", answer.response);
+            assert_eq!(answer.refusal_code(), None, "{name}: {:?}", answer.body);
             measure(name, t, &before);
         }
     }

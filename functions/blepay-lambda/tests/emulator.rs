@@ -15,8 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use blepay_core::{DeviceId, KeyVersion, SessionId, Units, UseCounter, UserId};
-use blepay_device_client::{Answer, Identity};
-use blepay_proto::pb::v1 as pb;
+use blepay_device_client::{Answer, Identity, Request};
 use blepay_proto::{AdvertFlags, DeviceKey};
 use serde_json::{Value, json};
 
@@ -106,7 +105,7 @@ impl Stack {
         self.json(req).await
     }
 
-    async fn machine(&self, id: &Identity, seq: u32, body: &pb::DeviceRequest) -> Answer {
+    async fn machine(&self, id: &Identity, seq: u32, body: &Request) -> Answer {
         let pending = id.request(seq, body);
         let r = self
             .http
@@ -125,7 +124,7 @@ impl Stack {
             )
         });
         assert_eq!(
-            answer.error_code(),
+            answer.refusal_code(),
             None,
             "machine request {seq} refused: {answer:?}"
         );
@@ -217,7 +216,7 @@ async fn the_lambda_binaries_take_a_payment_end_to_end_under_the_emulator() {
     let polled = stack
         .machine(&identity, 2, &blepay_device_client::poll())
         .await;
-    assert_eq!(polled.response.grants.len(), 1, "{polled:?}");
+    assert_eq!(polled.body.usable_grants().count(), 1, "{polled:?}");
     stack
         .machine(&identity, 3, &blepay_device_client::start(session))
         .await;
@@ -228,7 +227,7 @@ async fn the_lambda_binaries_take_a_payment_end_to_end_under_the_emulator() {
             &blepay_device_client::report(session, Units::new(3), true),
         )
         .await;
-    assert_eq!(done.response.amount, 150);
+    assert_eq!(done.body.session().map(|(_, amount)| amount), Some(150));
 
     // Everyone sees the settlement.
     let (status, s) = stack

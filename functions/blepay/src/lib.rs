@@ -5,8 +5,9 @@
 //!   typed `Config` (development secrets generated into the data dir).
 //! - [`serve`]: run the self-hosted server on SQLite (or DynamoDB).
 //! - [`device`], [`phone`], [`ops`]: the `blepay device|phone|ops …` commands.
-//! - [`machine`]: a scriptable simulated machine (state dir with its sequence number, use counter
-//!   and clock offset) on `blepay-device-client`.
+//! - [`machine`]: a scriptable simulated machine, one request per command, on the device
+//!   client's identity, outbox log and clock (its state dir is the device client's outbox log,
+//!   the one `device run` keeps).
 //! - [`device_run`]: `blepay device run`, a simulated water dispenser on the device client's
 //!   engine, driver and file-backed outbox.
 //! - [`api`]: a small HTTP client for the phone and operator APIs.

@@ -1,31 +1,41 @@
 //! A scriptable simulated machine: `blepay device advert|poll|start|report`.
 //!
-//! Its state directory keeps what a real machine keeps in flash: the next sequence number
-//! (persisted *before* each send, so it never goes back), the use counter (bumped after every
-//! session) and the offset between its clock and the server's (from every answer).
+//! It is the device client run one request per command, not a copy of its rules: the state
+//! directory holds the device client's own outbox log (`<state-dir>/outbox.log`, a [`FileLog`],
+//! the very file `blepay device run` keeps), so what a real machine keeps in flash is kept by the
+//! firmware's code ([`Outbox`], [`Clock`]):
+//! - the next sequence number is reserved in the log *before* a request is sealed
+//!   ([`Outbox::take_seq`]), so it never goes back;
+//! - a report is queued in the log before it is sent and dropped when answered; a final report
+//!   carries the bumped use counter in that same record, so a machine that loses power after the
+//!   server settled still advertises a fresh advert;
+//! - a request a previous command could not deliver is sent again, with the same bytes, before
+//!   any new one (request N+1 only after N was answered);
+//! - the clock offset comes from every answer ([`Clock::sync`]) and is persisted in the log.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use base64::Engine;
-use blepay_core::{DeviceId, KeyVersion, SessionId, UseCounter};
+use blepay_core::{DeviceId, KeyVersion, SessionId, Units};
+use blepay_device_client::clock::Clock;
+use blepay_device_client::file_log::FileLog;
 use blepay_device_client::grant::Grant;
+use blepay_device_client::journal::Op;
+use blepay_device_client::outbox::Outbox;
 use blepay_device_client::{Answer, Identity, Pending, Request, Status, machine};
 use blepay_proto::{AdvertFlags, DEFAULT_COMPANY_ID, DeviceKey};
-use serde::{Deserialize, Serialize};
 
-/// What the machine persists between runs.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct MachineState {
-    pub next_seq: u32,
-    pub use_counter: u16,
-    /// Server time minus local time, seconds.
-    pub clock_offset: i64,
-    /// True once an answer has set the clock.
-    pub clock_synced: bool,
-}
+/// The outbox log inside the state directory (shared with `blepay device run`).
+pub const OUTBOX_FILE: &str = crate::device_run::OUTBOX_FILE;
+
+/// One number per reservation: a command uses one or two, and the next command resumes right
+/// after them.
+const SEQ_BLOCK: u32 = 1;
+
+/// Rewrite the log as a snapshot once it grows beyond this.
+const COMPACT_AFTER_BYTES: usize = 4096;
 
 /// A machine: identity, server and state directory.
 #[derive(Debug)]
@@ -69,32 +79,19 @@ impl Machine {
         })
     }
 
-    fn state_path(&self) -> PathBuf {
-        self.state_dir.join("machine-state.json")
+    /// The outbox, recovered from the state directory.
+    fn outbox(&self) -> anyhow::Result<Outbox<FileLog>> {
+        let log = FileLog::open(self.state_dir.join(OUTBOX_FILE))?;
+        let (outbox, _) = Outbox::open(log, SEQ_BLOCK)?;
+        Ok(outbox)
     }
 
-    /// # Errors
-    /// When the state file exists but cannot be read.
-    pub fn load(&self) -> anyhow::Result<MachineState> {
-        match std::fs::read(self.state_path()) {
-            Ok(b) => serde_json::from_slice(&b).context("machine state file is corrupt"),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(MachineState::default()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Write the state durably (temp file, fsync, rename).
+    /// The sequence number the next request will carry.
     ///
     /// # Errors
-    /// On IO failure.
-    pub fn save(&self, s: &MachineState) -> anyhow::Result<()> {
-        use std::io::Write;
-        let tmp = self.state_dir.join("machine-state.json.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec(s)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, self.state_path())?;
-        Ok(())
+    /// When the state cannot be read.
+    pub fn next_seq(&self) -> anyhow::Result<u32> {
+        Ok(self.outbox()?.peek_seq())
     }
 
     /// The current advert, on the server-corrected clock.
@@ -102,49 +99,84 @@ impl Machine {
     /// # Errors
     /// When the state cannot be read.
     pub fn advert(&self) -> anyhow::Result<serde_json::Value> {
-        let s = self.load()?;
-        let now = local_now().saturating_add_signed(s.clock_offset);
-        let flags = if s.clock_synced {
+        let outbox = self.outbox()?;
+        let durable = outbox.durable();
+        let now = Clock::restore(durable.clock_offset).server_now(local_now());
+        let flags = if durable.clock_synced {
             AdvertFlags::NONE
         } else {
             AdvertFlags::CLOCK_UNSYNCED
         };
-        let advert = self
-            .identity
-            .advert(now, UseCounter::new(s.use_counter), flags);
+        let advert = self.identity.advert(now, durable.use_counter, flags);
         Ok(serde_json::json!({
             "advert": base64::engine::general_purpose::STANDARD.encode(advert.encode()),
             "advertisingData": hex::encode(advert.advertising_data(DEFAULT_COMPANY_ID)),
             "slot": advert.slot.get(),
-            "useCounter": s.use_counter,
+            "useCounter": durable.use_counter.get(),
         }))
     }
 
-    /// Send one request: take a sequence number (persisted first), send, retry the same bytes
-    /// on transport failure, verify the answer and sync the clock.
+    /// Send one request: first whatever an earlier command left unanswered in the outbox, then
+    /// this one with a sequence number reserved in the log first (a report is queued in the log
+    /// before it is sent). Transport failures are retried with the same bytes; the answer is
+    /// verified and sets the clock.
     ///
     /// # Errors
     /// On transport failure after retries, or an answer that does not authenticate.
-    pub async fn exchange(&self, body: &Request) -> anyhow::Result<(u16, Answer)> {
-        let mut state = self.load()?;
-        let seq = state.next_seq.max(1);
-        state.next_seq = seq
-            .checked_add(1)
-            .ok_or_else(|| anyhow!("sequence numbers exhausted"))?;
-        self.save(&state)?;
-        let pending = self.identity.request(seq, body);
-        let (status, bytes) = self.send(&pending).await?;
-        let answer = match self.identity.open(&pending, &bytes) {
+    pub async fn exchange(&self, request: &Request) -> anyhow::Result<(u16, Answer)> {
+        let mut outbox = self.outbox()?;
+        while let Some(entry) = outbox.front().cloned() {
+            self.deliver(&mut outbox, &entry.pending(), true).await?;
+        }
+        let seq = outbox.take_seq()?;
+        let pending = self.identity.request(seq, request);
+        let queued = match *request {
+            Request::Report {
+                session,
+                units,
+                last,
+            } => {
+                let current = outbox.durable().use_counter;
+                let use_counter = if last { current.next() } else { current };
+                let op = Op::Report {
+                    session,
+                    units,
+                    last,
+                    use_counter,
+                };
+                outbox.enqueue(seq, op, pending.frame.clone())?;
+                true
+            }
+            Request::Poll | Request::Start { .. } => false,
+        };
+        let answered = self.deliver(&mut outbox, &pending, queued).await?;
+        outbox.compact_if_over(COMPACT_AFTER_BYTES)?;
+        Ok(answered)
+    }
+
+    /// Send `pending` until the server answers, open the answer, sync the clock, and acknowledge
+    /// it in the outbox when it was `queued` there.
+    async fn deliver(
+        &self,
+        outbox: &mut Outbox<FileLog>,
+        pending: &Pending,
+        queued: bool,
+    ) -> anyhow::Result<(u16, Answer)> {
+        let sent_at = local_now();
+        let (status, bytes) = self.send(pending).await?;
+        let answer = match self.identity.open(pending, &bytes) {
             Ok(a) => a,
             Err(e) => bail!(
                 "server answered {status} without an authentic frame ({e}): {}",
                 String::from_utf8_lossy(&bytes)
             ),
         };
-        state.clock_offset = i64::try_from(answer.server_time).unwrap_or(i64::MAX)
-            - i64::try_from(local_now()).unwrap_or(0);
-        state.clock_synced = true;
-        self.save(&state)?;
+        let mut clock = Clock::restore(outbox.durable().clock_offset);
+        clock.sync(answer.server_time, sent_at, local_now());
+        outbox.save_clock(clock.offset(), true)?;
+        if queued {
+            outbox.ack(pending.seq, answer.refusal().is_some())?;
+        }
         Ok((status, answer))
     }
 
@@ -197,10 +229,10 @@ impl Machine {
         session_answer(&a)
     }
 
-    /// Report units. A final report bumps the use counter *before* it is sent (persisted first,
-    /// like the firmware engine's outbox): a machine that loses power after the server settled
-    /// but before it saved the bump would otherwise advertise a spent advert (`ADVERT_USED`)
-    /// until the slot rotates.
+    /// Report units. A final report bumps the use counter in the record that queues it, before
+    /// it is sent (the firmware engine's rule): a machine that loses power after the server
+    /// settled but before it saved the bump would otherwise advertise a spent advert
+    /// (`ADVERT_USED`) until the slot rotates.
     ///
     /// # Errors
     /// See [`Machine::exchange`]; or when the server refuses.
@@ -210,15 +242,10 @@ impl Machine {
         units: u64,
         last: bool,
     ) -> anyhow::Result<SessionAnswer> {
-        if last {
-            let mut s = self.load()?;
-            s.use_counter = s.use_counter.wrapping_add(1);
-            self.save(&s)?;
-        }
         let (_, a) = self
             .exchange(&blepay_device_client::report(
                 session,
-                blepay_core::Units::new(units),
+                Units::new(units),
                 last,
             ))
             .await?;

@@ -43,7 +43,7 @@ async fn a_retried_frame_gets_the_byte_identical_answer_and_runs_once() {
     let paid = app.pay("ida", &m.advert(), 200, "i-1").await.ok();
     let sid = blepay_core::SessionId::parse(paid["sessionId"].as_str().unwrap()).unwrap();
     m.machine.start(sid).await.unwrap();
-    let next = m.machine.load().unwrap().next_seq;
+    let next = m.machine.next_seq().unwrap();
     let id = m.identity();
     let last = id.request(next, &report(sid, blepay_core::Units::new(4), true));
     let (status, first) = app.post_frame(last.frame.clone()).await;

@@ -30,10 +30,6 @@ use blepay_proto::DeviceKey;
 use blepay_store::{Audit, Store};
 use serde_json::{Value, json};
 
-// The fault-injecting proxy of the device client's tests, shared by path (one copy of the code).
-#[path = "../../../device-client/tests/support/proxy.rs"]
-mod proxy;
-
 fn full() -> bool {
     std::env::var("BLEPAY_RELIABILITY").is_ok_and(|v| v == "full")
 }
@@ -589,7 +585,7 @@ impl LossyMachine {
 async fn final_reports_through_a_proxy_dropping_30_percent_of_connections_settle_exactly_once() {
     let (machines, cycles) = if full() { (20, 5) } else { (4, 3) };
     let app = spawn_app().await;
-    let proxy = proxy::Proxy::start(([127, 0, 0, 1], app.port).into(), 30, 0x05ee_db1e);
+    let proxy = blepay_e2e::proxy::Proxy::start(([127, 0, 0, 1], app.port).into(), 30, 0x05ee_db1e);
     let user = random_user();
     let funds = 1_000_000;
     app.top_up(&user, funds).await;

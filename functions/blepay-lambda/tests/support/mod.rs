@@ -16,7 +16,6 @@ use blepay_service::http::Surface;
 use blepay_service::{App, Config};
 use blepay_store::Store;
 use http_body_util::BodyExt;
-use prost::Message;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -363,7 +362,7 @@ fn poll_frame() -> Vec<u8> {
     let kv = KeyVersion::new(0).unwrap();
     let device = DeviceId::parse(DEVICE).unwrap();
     let key = derive_device_key(&master, kv, device);
-    let body = blepay_device_client::poll().encode_to_vec();
+    let body = blepay_device_client::poll().encode();
     blepay_proto::seal_request(&key, kv, device, 1, &body)
 }
 

@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 
 /// The refusal code, when the server refused the request.
 pub(super) fn refusal(answer: &Answer) -> Option<&'static str> {
-    answer.refusal_code().map(|c| c.as_str())
+    answer
+        .refusal_code()
+        .map(blepay_device_client::RefusalCode::as_str)
 }
 
 /// How many grants a poll answer brought.

@@ -2,18 +2,15 @@
 //! with every fault the field has: ERROR, +CME ERROR, silence, +HTTPACTION 601/603, a dropped
 //! bearer, power loss (before, during and after the request reached the server), a left-over
 //! HTTP session and URC noise. After each, the session settles exactly once.
-#![cfg(feature = "std")]
 
-mod support;
-
+use crate::support::machine::{Machine, assert_retries_are_byte_identical};
+use crate::support::server::Server;
+use crate::support::sim800::{Fault, HostPort, Sim, driver, server_backend};
 use blepay_core::SessionStatus;
 use blepay_device_client::at::AtError;
 use blepay_device_client::transport::{DEVICE_PATH, Transport};
 use blepay_device_client::{Identity, Status, machine, poll};
 use blepay_proto::pb::v1 as pb;
-use support::machine::{Machine, assert_retries_are_byte_identical};
-use support::server::Server;
-use support::sim800::{Fault, HostPort, Sim, driver, server_backend};
 
 type AtMachine =
     Machine<blepay_device_client::at::Sim800<HostPort, blepay_device_client::at::StdTimer>>;
@@ -39,7 +36,7 @@ fn a_session_settles_once_despite(
     // Arrange
     let (server, sim, mut m) = arranged(false);
     server.top_up("ida", 1000);
-    let sid = server.pay("ida", &m.id, 0, 200);
+    let sid = server.pay("ida", &m.link.identity, 0, 200);
     let grants = m.poll();
     assert_eq!(grants.len(), 1);
 
@@ -95,7 +92,7 @@ fn a_full_poll_start_report_exchange_runs_through_the_modem_as_the_manual_gives_
 
     // Four operations (poll, poll, start, report), one HTTP action each, no retry.
     assert_eq!(sim.forwarded().len(), 4);
-    assert_eq!(m.link.stats().tries, 4);
+    assert_eq!(m.transport.stats().tries, 4);
     let commands = sim.commands();
     let first: Vec<&str> = commands.iter().take(16).map(String::as_str).collect();
     assert_eq!(
@@ -127,7 +124,7 @@ fn an_error_reply_is_retried_and_the_session_settles_once() {
         &[Fault::Error("AT+HTTPPARA=\"URL\"")],
         &[Fault::Error("AT+HTTPACTION"), Fault::Error("AT+HTTPREAD")],
     );
-    assert!(m.link.stats().resyncs >= 3);
+    assert!(m.transport.stats().resyncs >= 3);
 }
 
 #[test]
@@ -147,20 +144,20 @@ fn a_silent_modem_times_out_and_the_exchange_is_retried() {
             Fault::Silence("AT+HTTPREAD"),
         ],
     );
-    assert!(m.link.stats().resyncs >= 3);
+    assert!(m.transport.stats().resyncs >= 3);
 }
 
 #[test]
 fn network_error_601_re_attaches_the_bearer_and_retries() {
     let (_s, _sim, m) = a_session_settles_once_despite(&[], &[Fault::ActionFails(601)]);
     // First attach plus one re-attach.
-    assert_eq!(m.link.stats().bearer_opens, 2);
+    assert_eq!(m.transport.stats().bearer_opens, 2);
 }
 
 #[test]
 fn dns_error_603_re_attaches_the_bearer_and_retries() {
     let (_s, _sim, m) = a_session_settles_once_despite(&[Fault::ActionFails(603)], &[]);
-    assert_eq!(m.link.stats().bearer_opens, 2);
+    assert_eq!(m.transport.stats().bearer_opens, 2);
 }
 
 #[test]
@@ -176,7 +173,7 @@ fn a_dropped_bearer_is_noticed_and_re_attached() {
         &[Fault::DropBearer("AT+HTTPACTION")],
         &[Fault::DropBearer("AT+HTTPINIT")],
     );
-    let stats = m.link.stats();
+    let stats = m.transport.stats();
     assert_eq!(stats.bearer_drops_seen, 2);
     assert_eq!(stats.bearer_opens, 3);
     assert_eq!(
@@ -189,7 +186,7 @@ fn a_dropped_bearer_is_noticed_and_re_attached() {
 #[test]
 fn a_power_loss_before_the_request_is_survived() {
     let (_s, _sim, m) = a_session_settles_once_despite(&[Fault::PowerLoss("AT+HTTPINIT")], &[]);
-    let stats = m.link.stats();
+    let stats = m.transport.stats();
     assert_eq!(stats.reboots_seen, 1);
     assert_eq!(
         stats.bearer_opens, 2,
@@ -223,7 +220,7 @@ fn an_http_session_left_open_is_closed_before_httpinit() {
     // Assert: the first poll went through, and the re-sync closed the old session.
     let commands = sim.commands();
     assert_eq!(commands[2], "AT+HTTPTERM");
-    assert_eq!(m.link.stats().tries, 1);
+    assert_eq!(m.transport.stats().tries, 1);
 }
 
 #[test]
@@ -237,8 +234,8 @@ fn an_httpinit_refused_because_a_session_is_open_is_repaired_with_httpterm() {
 
     // Assert: HTTPTERM + HTTPINIT inside the same try.
     assert_eq!(status, 200);
-    assert_eq!(m.link.stats().stale_http_sessions, 1);
-    assert_eq!(m.link.stats().tries, 2);
+    assert_eq!(m.transport.stats().stale_http_sessions, 1);
+    assert_eq!(m.transport.stats().tries, 2);
     drop(server);
 }
 
@@ -251,7 +248,7 @@ fn unsolicited_result_codes_between_replies_are_ignored() {
         ],
         &[Fault::Noise("AT+HTTPINIT"), Fault::Noise("AT+HTTPACTION")],
     );
-    assert_eq!(m.link.stats().tries, 4, "noise costs no retry");
+    assert_eq!(m.transport.stats().tries, 4, "noise costs no retry");
 }
 
 #[test]
@@ -265,8 +262,8 @@ fn a_modem_that_stays_silent_is_a_clear_timeout_and_a_retry_of_the_same_frame_su
 
     // Act
     let mut answer = Vec::new();
-    let first = m.link.post(DEVICE_PATH, &p.frame, &mut answer);
-    let second = m.link.post(DEVICE_PATH, &p.frame, &mut answer);
+    let first = m.transport.post(DEVICE_PATH, &p.frame, &mut answer);
+    let second = m.transport.post(DEVICE_PATH, &p.frame, &mut answer);
 
     // Assert
     assert_eq!(
@@ -282,7 +279,7 @@ fn a_modem_that_stays_silent_is_a_clear_timeout_and_a_retry_of_the_same_frame_su
             .contains("no answer to AT+HTTPACTION=1")
     );
     assert_eq!(second, Ok(200));
-    assert!(m.id.open(&p, &answer).is_ok());
+    assert!(m.link.identity.open(&p, &answer).is_ok());
     drop(server);
 }
 
@@ -292,7 +289,7 @@ fn binary_bodies_that_look_like_at_output_are_carried_byte_exact() {
     let tricky: Vec<u8> =
         b"\r\nOK\r\n+HTTPACTION: 1,200,9\r\nERROR\r\n\0\xff\r\n+HTTPREAD: 3\r\nDOWNLOAD\r\n"
             .to_vec();
-    let backend: support::sim800::Backend = Box::new(|_url, body| {
+    let backend: crate::support::sim800::Backend = Box::new(|_url, body| {
         let mut answer = b"\r\nOK\r\n".to_vec();
         answer.extend(body.iter().rev());
         answer.extend_from_slice(b"\r\nERROR\r\n");

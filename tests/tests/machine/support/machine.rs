@@ -5,11 +5,12 @@ use blepay_core::{SessionId, Units};
 use blepay_device_client::grant::Grant;
 use blepay_device_client::transport::{DEVICE_PATH, Transport};
 use blepay_device_client::{Answer, Identity, Pending, Request, poll, report, start};
+use blepay_e2e::Link;
 
 pub struct Machine<T> {
-    pub id: Identity,
-    pub seq: u32,
-    pub link: T,
+    /// Identity and sequence numbers, on the device client.
+    pub link: Link,
+    pub transport: T,
     /// Every frame handed to the transport, retries included.
     pub sent: Vec<Vec<u8>>,
     /// Transport errors seen, as text.
@@ -17,11 +18,10 @@ pub struct Machine<T> {
 }
 
 impl<T: Transport> Machine<T> {
-    pub fn new(id: Identity, link: T) -> Self {
+    pub fn new(id: Identity, transport: T) -> Self {
         Self {
-            id,
-            seq: 0,
-            link,
+            link: Link::new(id),
+            transport,
             sent: Vec::new(),
             errors: Vec::new(),
         }
@@ -29,8 +29,7 @@ impl<T: Transport> Machine<T> {
 
     /// Seal the next request.
     pub fn seal(&mut self, body: &Request) -> Pending {
-        self.seq += 1;
-        self.id.request(self.seq, body)
+        self.link.seal(body)
     }
 
     /// One try: post the frame, open the answer.
@@ -38,11 +37,12 @@ impl<T: Transport> Machine<T> {
         self.sent.push(p.frame.clone());
         let mut bytes = Vec::new();
         let status = self
-            .link
+            .transport
             .post(DEVICE_PATH, &p.frame, &mut bytes)
             .map_err(|e| format!("{e:?}"))?;
         let answer = self
-            .id
+            .link
+            .identity
             .open(p, &bytes)
             .map_err(|e| format!("status {status}: {e}"))?;
         Ok((status, answer))

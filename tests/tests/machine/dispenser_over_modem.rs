@@ -4,22 +4,18 @@
 //! to the real server; a simulated phone pays over HTTP with a fresh advert from the engine's
 //! advertiser each time. Every session settles exactly once, for exactly units × price, and the
 //! ledger reconciles.
-#![cfg(feature = "std")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use crate::support::dispenser::{Dispenser, Settled, local_now};
+use crate::support::machine::assert_retries_are_byte_identical;
+use crate::support::server::Server;
+use crate::support::sim800::{Sim, driver, server_backend};
 use blepay_core::Units;
+use blepay_e2e::proxy::Proxy;
 use blepay_proto::AdvertFlags;
 use blepay_proto::pb::v1 as pb;
-use support::dispenser::{Dispenser, Settled, local_now};
-use support::machine::assert_retries_are_byte_identical;
-use support::proxy::Proxy;
-use support::server::Server;
-use support::sim800::{Sim, driver, server_backend};
 
 const PRICE: i64 = 25;
 const SESSIONS: u64 = 12;

@@ -18,6 +18,7 @@ pub struct ProxyStats {
     pub dropped_after: u32,
 }
 
+#[derive(Debug)]
 pub struct Proxy {
     /// `http://127.0.0.1:PORT`.
     pub address: String,

@@ -1,7 +1,6 @@
 //! The real blepay server, in-process on `127.0.0.1:0`, on a SQLite file in a temporary
 //! directory: what `blepay::serve::bind` does (typed config, SQLite store, `App`), then
-//! `blepay_service::server::serve`, as `blepay serve` does. (Not through the `blepay` crate
-//! itself: that crate depends on this one, and the cycle would build this crate twice.)
+//! `blepay_service::server::serve`, as `blepay serve` does.
 //! The device side under test is blocking, so the server gets its own tokio runtime and the
 //! operator / phone steps call the [`App`] directly.
 
