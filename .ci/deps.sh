@@ -52,4 +52,16 @@ while IFS='|' read -r crate flags forbidden; do
     echo "ok   $crate ($flags) has none of: $forbidden"
   fi
 done <<< "$rows"
+
+# One simulated machine: frames are sealed and opened by blepay-proto and the device client only
+# (plus two byte-level tests, listed here by path).
+allowed='^(proto/|device-client/src/|tests/tests/api/device_link\.rs:|functions/blepay-lambda/tests/support/mod\.rs:)'
+stray=$(git grep -nE '\b(seal_request|open_response)\(' -- '*.rs' | grep -Ev "$allowed" || true)
+if [ -n "$stray" ]; then
+  echo "FAIL frames sealed/opened outside the device client (build the machine on blepay-device-client):" >&2
+  echo "$stray" >&2
+  fail=1
+else
+  echo "ok   frames are sealed/opened only by blepay-proto and blepay-device-client"
+fi
 exit $fail
