@@ -8,7 +8,7 @@
 //! | 1 | 8 | `device_id` |
 //! | 9 | 4 | slot = `floor(device_unix_seconds / 30)` |
 //! | 13 | 2 | `use_counter` |
-//! | 15 | 1 | flags: bit0 busy, bit1 fault, bit2 clock not synchronised; other bits 0 |
+//! | 15 | 1 | flags: bit0 busy, bit1 fault, bit2 clock not synchronised, bit3 link down; other bits 0 |
 //! | 16 | 8 | tag = first 8 bytes of HMAC-SHA256(device_key, "blepay/v1/advert" \|\| payload[0..16]) |
 //!
 //! [`Advert::parse`] checks structure only; [`Advert::verify`] checks the tag in constant time.
@@ -44,7 +44,7 @@ pub enum AdvertError {
     /// The high nibble of byte 0 is not format version 1.
     #[error("unsupported advert format version {0}")]
     UnsupportedVersion(u8),
-    /// A flag bit other than bits 0..=2 is set.
+    /// A flag bit other than bits 0..=3 is set.
     #[error("reserved advert flag bits set: {0:#04x}")]
     ReservedFlags(u8),
     /// The tag does not match the device key.
@@ -55,7 +55,7 @@ pub enum AdvertError {
     NotFound,
 }
 
-/// The flags byte of an advert. Only bits 0..=2 are defined; the others must be zero.
+/// The flags byte of an advert. Only bits 0..=3 are defined; the others must be zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct AdvertFlags(u8);
 
@@ -68,11 +68,14 @@ impl AdvertFlags {
     pub const FAULT: Self = Self(0b010);
     /// Bit 2: the machine has not synchronised its clock with the server yet.
     pub const CLOCK_UNSYNCED: Self = Self(0b100);
+    /// Bit 3: the machine's modem is not attached or its last exchange with the server failed,
+    /// so it cannot fetch a grant: the server treats it as OFFLINE.
+    pub const LINK_DOWN: Self = Self(0b1000);
     /// All defined bits.
-    pub const ALL: Self = Self(0b111);
+    pub const ALL: Self = Self(0b1111);
 
     /// # Errors
-    /// [`AdvertError::ReservedFlags`] when a bit outside 0..=2 is set.
+    /// [`AdvertError::ReservedFlags`] when a bit outside 0..=3 is set.
     pub const fn from_bits(bits: u8) -> Result<Self, AdvertError> {
         if bits & !Self::ALL.0 != 0 {
             Err(AdvertError::ReservedFlags(bits))
@@ -342,8 +345,8 @@ mod tests {
     #[test]
     fn reserved_flags_and_wrong_versions_and_lengths_are_refused() {
         assert_eq!(
-            AdvertFlags::from_bits(0x08),
-            Err(AdvertError::ReservedFlags(0x08))
+            AdvertFlags::from_bits(0x10),
+            Err(AdvertError::ReservedFlags(0x10))
         );
         let mut b = vector_advert().encode();
         b[15] = 0x80;
@@ -363,7 +366,8 @@ mod tests {
         assert_eq!(f.bits(), 0b101);
         assert!(f.contains(AdvertFlags::BUSY));
         assert!(!f.contains(AdvertFlags::FAULT));
-        assert_eq!(AdvertFlags::from_bits(7), Ok(AdvertFlags::ALL));
+        assert_eq!(AdvertFlags::from_bits(15), Ok(AdvertFlags::ALL));
+        assert!(AdvertFlags::ALL.contains(AdvertFlags::LINK_DOWN));
     }
 
     #[test]

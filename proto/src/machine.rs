@@ -11,12 +11,14 @@
 //! Decoders are total: malformed bytes are an `Err` value, never a panic (property tests in
 //! `tests/decoders.rs`). An answer is decoded knowing what it answers ([`RequestKind`]): a poll
 //! answer carries grants, a start or report answer the session's status and amount, either may be
-//! a [`Refusal`].
+//! a [`Refusal`]. A press answer carries the started session's terms; a heartbeat answer nothing.
 
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use blepay_core::{Amount, SessionId, SessionStatus, Units, UseCounter, units_for_hold};
+use blepay_core::{
+    Amount, SessionId, SessionStatus, Telemetry, TelemetryError, Units, UseCounter, units_for_hold,
+};
 use prost::Message;
 
 use crate::pb::v1 as pb;
@@ -26,11 +28,18 @@ use crate::pb::v1 as pb;
 // ---------------------------------------------------------------------------------------------
 
 /// A machine request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// "Anything for me?" — the answer lists the grants waiting for this machine.
+    /// The user pressed start: start the session waiting on this machine, whatever it is. The
+    /// answer is [`Answer::Started`] with its terms, or a refusal (`NO_SESSION_WAITING`,
+    /// `SESSION_EXPIRED`).
+    Press,
+    /// The idle machine's rare sign of life, with its telemetry. The answer is [`Answer::Ack`].
+    Heartbeat(Telemetry),
+    /// Legacy: "anything for me?" — the answer lists the grants waiting for this machine. The
+    /// firmware no longer polls; the server still answers.
     Poll,
-    /// The start button was pressed for `session`.
+    /// Legacy: the start button was pressed for `session` (learnt by polling).
     Start {
         /// The session to start.
         session: SessionId,
@@ -49,6 +58,10 @@ pub enum Request {
 /// Which request an answer answers (it decides how the answer is read).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestKind {
+    /// A press: the answer carries the started session's terms.
+    Press,
+    /// A heartbeat: the answer carries nothing but the server time.
+    Heartbeat,
     /// A poll: the answer carries grants.
     Poll,
     /// A start: the answer carries the session's status.
@@ -73,6 +86,39 @@ pub enum RequestError {
         /// Its length.
         len: usize,
     },
+    /// Telemetry outside its limits.
+    #[error("telemetry: {0}")]
+    Telemetry(TelemetryError),
+}
+
+fn telemetry_from(t: &pb::Telemetry) -> Result<Telemetry, RequestError> {
+    let too_long = t.firmware_version.len() > blepay_core::telemetry::MAX_FIRMWARE_VERSION_LEN;
+    if too_long {
+        return Err(RequestError::Telemetry(TelemetryError::FirmwareVersion));
+    }
+    let telemetry = Telemetry {
+        firmware_version: t.firmware_version.clone(),
+        fault_codes: t.fault_codes.clone(),
+        signal_quality: u8::try_from(t.signal_quality).unwrap_or(u8::MAX),
+        uptime_secs: t.uptime_secs,
+        boot_count: t.boot_count,
+        outbox_depth: t.outbox_depth,
+        lifetime_units: t.lifetime_units,
+    };
+    telemetry.validate().map_err(RequestError::Telemetry)?;
+    Ok(telemetry)
+}
+
+fn telemetry_to(t: &Telemetry) -> pb::Telemetry {
+    pb::Telemetry {
+        firmware_version: t.firmware_version.clone(),
+        fault_codes: t.fault_codes.clone(),
+        signal_quality: u32::from(t.signal_quality),
+        uptime_secs: t.uptime_secs,
+        boot_count: t.boot_count,
+        outbox_depth: t.outbox_depth,
+        lifetime_units: t.lifetime_units,
+    }
 }
 
 fn session_id_from(bytes: &[u8]) -> Result<SessionId, RequestError> {
@@ -85,6 +131,8 @@ impl Request {
     /// What kind of request this is.
     pub const fn kind(&self) -> RequestKind {
         match self {
+            Self::Press => RequestKind::Press,
+            Self::Heartbeat(_) => RequestKind::Heartbeat,
             Self::Poll => RequestKind::Poll,
             Self::Start { .. } => RequestKind::Start,
             Self::Report { .. } => RequestKind::Report,
@@ -93,12 +141,16 @@ impl Request {
 
     /// The wire message.
     pub fn to_pb(&self) -> pb::DeviceRequest {
-        let kind = match *self {
+        let kind = match self {
+            Self::Press => pb::device_request::Kind::Press(pb::Press {}),
+            Self::Heartbeat(t) => pb::device_request::Kind::Heartbeat(pb::Heartbeat {
+                telemetry: Some(telemetry_to(t)),
+            }),
             Self::Poll => pb::device_request::Kind::Poll(pb::Poll {}),
-            Self::Start { session } => pb::device_request::Kind::Start(pb::Start {
+            &Self::Start { session } => pb::device_request::Kind::Start(pb::Start {
                 session_id: session.to_bytes().to_vec(),
             }),
-            Self::Report {
+            &Self::Report {
                 session,
                 units,
                 last,
@@ -122,6 +174,14 @@ impl Request {
     /// No operation, or a session id that is not 16 bytes.
     pub fn from_pb(req: &pb::DeviceRequest) -> Result<Self, RequestError> {
         match &req.kind {
+            Some(pb::device_request::Kind::Press(_)) => Ok(Self::Press),
+            Some(pb::device_request::Kind::Heartbeat(h)) => Ok(Self::Heartbeat(
+                h.telemetry
+                    .as_ref()
+                    .map(telemetry_from)
+                    .transpose()?
+                    .unwrap_or_default(),
+            )),
             Some(pb::device_request::Kind::Poll(_)) => Ok(Self::Poll),
             Some(pb::device_request::Kind::Start(s)) => Ok(Self::Start {
                 session: session_id_from(&s.session_id)?,
@@ -158,7 +218,8 @@ pub struct Grant {
     pub hold: Amount,
     /// Price of one unit.
     pub price_per_unit: Amount,
-    /// Server unix time by which the start must reach the server.
+    /// Server unix time: in a poll answer, by which the start must reach the server; in a press
+    /// answer, by which the next report must (else the server closes the session by timeout).
     pub expires_at: u64,
     /// The advert use counter the payment was made with.
     pub use_counter: UseCounter,
@@ -176,6 +237,9 @@ pub enum GrantError {
     /// `expires_at` is negative.
     #[error("expiry is negative")]
     Expiry,
+    /// A press answer that does not carry exactly one grant.
+    #[error("a press answer carries exactly one grant")]
+    Count,
 }
 
 impl Grant {
@@ -293,11 +357,14 @@ pub enum RefusalCode {
     SessionNotStarted,
     /// A report that contradicts an earlier one.
     ReportConflict,
+    /// A press with no session waiting on this machine (the firmware shows "pay in the app
+    /// first").
+    NoSessionWaiting,
     /// A code this version does not know (a newer server): still a refusal.
     Unrecognized,
 }
 
-const REFUSAL_CODES: [RefusalCode; 7] = [
+const REFUSAL_CODES: [RefusalCode; 8] = [
     RefusalCode::FrameInvalid,
     RefusalCode::SequenceReplayed,
     RefusalCode::SessionNotFound,
@@ -305,6 +372,7 @@ const REFUSAL_CODES: [RefusalCode; 7] = [
     RefusalCode::SessionNotStartable,
     RefusalCode::SessionNotStarted,
     RefusalCode::ReportConflict,
+    RefusalCode::NoSessionWaiting,
 ];
 
 impl RefusalCode {
@@ -318,6 +386,7 @@ impl RefusalCode {
             Self::SessionNotStartable => "SESSION_NOT_STARTABLE",
             Self::SessionNotStarted => "SESSION_NOT_STARTED",
             Self::ReportConflict => "REPORT_CONFLICT",
+            Self::NoSessionWaiting => "NO_SESSION_WAITING",
             Self::Unrecognized => "UNRECOGNIZED",
         }
     }
@@ -345,6 +414,12 @@ pub struct Refusal {
 /// An answer to a machine request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
+    /// The answer to a press: the session it started (now ACTIVE), with its terms — the valve
+    /// may open on this answer alone. `expires_at` is the report deadline: the server closes the
+    /// session by timeout if no report reaches it by then. An unusable grant is an `Err`.
+    Started(Result<Grant, GrantError>),
+    /// The answer to a heartbeat: nothing but the frame's server time.
+    Ack,
     /// The answer to a poll: the sessions waiting for this machine's start, each read on its own
     /// (a grant that is not usable is an `Err`; the others still count).
     Grants(Vec<Result<Grant, GrantError>>),
@@ -385,7 +460,7 @@ impl Answer {
     pub const fn refusal(&self) -> Option<&Refusal> {
         match self {
             Self::Refused(r) => Some(r),
-            Self::Grants(_) | Self::Session { .. } => None,
+            Self::Grants(_) | Self::Session { .. } | Self::Started(_) | Self::Ack => None,
         }
     }
 
@@ -393,15 +468,17 @@ impl Answer {
     pub const fn session(&self) -> Option<(Status, i64)> {
         match self {
             Self::Session { status, amount } => Some((*status, *amount)),
-            Self::Grants(_) | Self::Refused(_) => None,
+            Self::Grants(_) | Self::Refused(_) | Self::Started(_) | Self::Ack => None,
         }
     }
 
-    /// The usable grants of a poll answer (none for any other answer).
+    /// The usable grants of a poll answer, or the started one of a press answer (none for any
+    /// other answer).
     pub fn usable_grants(&self) -> impl Iterator<Item = &Grant> {
         let grants = match self {
             Self::Grants(g) => g.as_slice(),
-            Self::Session { .. } | Self::Refused(_) => &[],
+            Self::Started(g) => core::slice::from_ref(g),
+            Self::Session { .. } | Self::Refused(_) | Self::Ack => &[],
         };
         grants.iter().filter_map(|g| g.as_ref().ok())
     }
@@ -409,6 +486,12 @@ impl Answer {
     /// The wire message. Unusable grants (`Err`) are left out.
     pub fn to_pb(&self) -> pb::DeviceResponse {
         match self {
+            Self::Started(grant) => pb::DeviceResponse {
+                grants: grant.iter().map(Grant::to_pb).collect(),
+                status: Status::Known(SessionStatus::Active).wire(),
+                ..Default::default()
+            },
+            Self::Ack => pb::DeviceResponse::default(),
             Self::Grants(grants) => pb::DeviceResponse {
                 grants: grants
                     .iter()
@@ -446,6 +529,11 @@ impl Answer {
             });
         }
         match to {
+            RequestKind::Press => Self::Started(match r.grants.as_slice() {
+                [one] => Grant::try_from(one),
+                _ => Err(GrantError::Count),
+            }),
+            RequestKind::Heartbeat => Self::Ack,
             RequestKind::Poll => Self::Grants(r.grants.iter().map(Grant::try_from).collect()),
             RequestKind::Start | RequestKind::Report => Self::Session {
                 status: Status::from_wire(r.status),

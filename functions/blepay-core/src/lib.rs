@@ -12,6 +12,7 @@ extern crate alloc;
 pub mod ids;
 pub mod money;
 pub mod session;
+pub mod telemetry;
 pub mod wallet;
 
 pub use ids::{
@@ -20,4 +21,5 @@ pub use ids::{
 };
 pub use money::{Amount, Currency, MoneyError, Tariff, UnitName, Units, units_for_hold};
 pub use session::{ReportOutcome, Session, SessionError, SessionStatus, Settlement, StartOutcome};
+pub use telemetry::{Telemetry, TelemetryError};
 pub use wallet::{EntryKind, LedgerAccount, LedgerEntry, Wallet, WalletError};
