@@ -2,8 +2,8 @@
 //! machine messages round-trip for arbitrary field values.
 
 use blepay_proto::pb::v1::{
-    DeviceFrame, DeviceRequest, DeviceResponse, Grant, PayRequest, Poll, Report, Start,
-    VerifyRequest, device_request,
+    DeviceFrame, DeviceRequest, DeviceResponse, Grant, Heartbeat, PayRequest, Poll, Press, Report,
+    Start, Telemetry, VerifyRequest, device_request,
 };
 use proptest::prelude::*;
 use prost::Message as _;
@@ -13,6 +13,26 @@ fn arb_request() -> impl Strategy<Value = DeviceRequest> {
     prop_oneof![
         Just(None),
         Just(Some(device_request::Kind::Poll(Poll {}))),
+        Just(Some(device_request::Kind::Press(Press {}))),
+        (
+            ".{0,40}",
+            proptest::collection::vec(any::<u32>(), 0..10),
+            any::<u32>(),
+            any::<u64>()
+        )
+            .prop_map(
+                |(firmware_version, fault_codes, signal_quality, uptime_secs)| {
+                    Some(device_request::Kind::Heartbeat(Heartbeat {
+                        telemetry: Some(Telemetry {
+                            firmware_version,
+                            fault_codes,
+                            signal_quality,
+                            uptime_secs,
+                            ..Telemetry::default()
+                        }),
+                    }))
+                }
+            ),
         session
             .clone()
             .prop_map(|session_id| Some(device_request::Kind::Start(Start { session_id }))),

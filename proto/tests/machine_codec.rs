@@ -3,7 +3,7 @@
 // The strategies below are test code outside `#[test]` functions: failing loudly is their job.
 #![allow(clippy::unwrap_used)]
 
-use blepay_core::{Amount, SessionId, SessionStatus, Units, UseCounter};
+use blepay_core::{Amount, SessionId, SessionStatus, Telemetry, Units, UseCounter};
 use blepay_proto::machine::{
     Answer, Grant, GrantError, RefusalCode, Request, RequestError, RequestKind, Status,
 };
@@ -15,8 +15,44 @@ fn arb_session() -> impl Strategy<Value = SessionId> {
     any::<[u8; 16]>().prop_map(SessionId::from_bytes)
 }
 
+/// Telemetry the decoder accepts (within its limits).
+fn arb_telemetry() -> impl Strategy<Value = Telemetry> {
+    (
+        "[ -~]{0,32}",
+        proptest::collection::vec(any::<u32>(), 0..=8),
+        prop_oneof![0u8..=31, Just(99u8)],
+        any::<u64>(),
+        any::<u32>(),
+        any::<u32>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(
+                firmware_version,
+                fault_codes,
+                signal_quality,
+                uptime_secs,
+                boot_count,
+                outbox_depth,
+                lifetime_units,
+            )| {
+                Telemetry {
+                    firmware_version,
+                    fault_codes,
+                    signal_quality,
+                    uptime_secs,
+                    boot_count,
+                    outbox_depth,
+                    lifetime_units,
+                }
+            },
+        )
+}
+
 fn arb_request() -> impl Strategy<Value = Request> {
     prop_oneof![
+        Just(Request::Press),
+        arb_telemetry().prop_map(Request::Heartbeat),
         Just(Request::Poll),
         arb_session().prop_map(|session| Request::Start { session }),
         (arb_session(), any::<u64>(), any::<bool>()).prop_map(|(session, units, last)| {
@@ -69,6 +105,7 @@ fn arb_code() -> impl Strategy<Value = RefusalCode> {
         Just(RefusalCode::SessionNotStartable),
         Just(RefusalCode::SessionNotStarted),
         Just(RefusalCode::ReportConflict),
+        Just(RefusalCode::NoSessionWaiting),
         Just(RefusalCode::Unrecognized),
     ]
 }
@@ -76,6 +113,8 @@ fn arb_code() -> impl Strategy<Value = RefusalCode> {
 /// An answer with the kind of request it answers.
 fn arb_answer() -> impl Strategy<Value = (RequestKind, Answer)> {
     prop_oneof![
+        arb_grant().prop_map(|g| (RequestKind::Press, Answer::Started(Ok(g)))),
+        Just((RequestKind::Heartbeat, Answer::Ack)),
         proptest::collection::vec(arb_grant(), 0..4)
             .prop_map(|g| (RequestKind::Poll, Answer::grants(g))),
         (arb_status(), any::<i64>(), any::<bool>()).prop_map(|(status, amount, start)| {
@@ -86,21 +125,15 @@ fn arb_answer() -> impl Strategy<Value = (RequestKind, Answer)> {
             };
             (kind, Answer::Session { status, amount })
         }),
-        (
-            prop_oneof![
-                Just(RequestKind::Poll),
-                Just(RequestKind::Start),
-                Just(RequestKind::Report)
-            ],
-            arb_code(),
-            ".{0,40}"
-        )
+        (kind(), arb_code(), ".{0,40}")
             .prop_map(|(kind, code, message)| (kind, Answer::refused(code, message))),
     ]
 }
 
 fn kind() -> impl Strategy<Value = RequestKind> {
     prop_oneof![
+        Just(RequestKind::Press),
+        Just(RequestKind::Heartbeat),
         Just(RequestKind::Poll),
         Just(RequestKind::Start),
         Just(RequestKind::Report)
@@ -255,5 +288,102 @@ fn an_error_code_makes_any_answer_a_refusal() {
     assert_eq!(
         answer,
         Answer::refused(RefusalCode::SessionExpired, "too late")
+    );
+}
+
+#[test]
+fn a_press_answer_must_carry_exactly_one_grant() {
+    let g = pb::Grant {
+        session_id: vec![3; 16],
+        hold_amount: 300,
+        price_per_unit: 25,
+        expires_at: 1_770_014_400,
+        use_counter: 7,
+    };
+    let none = pb::DeviceResponse {
+        status: 2,
+        ..Default::default()
+    };
+    assert_eq!(
+        Answer::from_pb(RequestKind::Press, &none),
+        Answer::Started(Err(GrantError::Count))
+    );
+    let two = pb::DeviceResponse {
+        grants: vec![g.clone(), g.clone()],
+        status: 2,
+        ..Default::default()
+    };
+    assert_eq!(
+        Answer::from_pb(RequestKind::Press, &two),
+        Answer::Started(Err(GrantError::Count))
+    );
+    let one = pb::DeviceResponse {
+        grants: vec![g],
+        status: 2,
+        ..Default::default()
+    };
+    let Answer::Started(Ok(grant)) = Answer::from_pb(RequestKind::Press, &one) else {
+        panic!("one grant is a started session");
+    };
+    assert_eq!(
+        (grant.max_units(), grant.expires_at),
+        (Units::new(12), 1_770_014_400)
+    );
+    let refused = pb::DeviceResponse {
+        error_code: "NO_SESSION_WAITING".into(),
+        error_message: "no session is waiting on this machine: pay in the app first".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        Answer::from_pb(RequestKind::Press, &refused)
+            .refusal()
+            .map(|r| r.code),
+        Some(RefusalCode::NoSessionWaiting)
+    );
+}
+
+#[test]
+fn telemetry_outside_its_limits_is_refused() {
+    let body = |t: pb::Telemetry| {
+        pb::DeviceRequest {
+            kind: Some(pb::device_request::Kind::Heartbeat(pb::Heartbeat {
+                telemetry: Some(t),
+            })),
+        }
+        .encode_to_vec()
+    };
+    let long = pb::Telemetry {
+        firmware_version: "v".repeat(33),
+        ..Default::default()
+    };
+    assert!(matches!(
+        Request::decode(&body(long)),
+        Err(RequestError::Telemetry(_))
+    ));
+    let csq = pb::Telemetry {
+        signal_quality: 64,
+        ..Default::default()
+    };
+    assert!(matches!(
+        Request::decode(&body(csq)),
+        Err(RequestError::Telemetry(_))
+    ));
+    let faults = pb::Telemetry {
+        fault_codes: vec![1; 9],
+        ..Default::default()
+    };
+    assert!(matches!(
+        Request::decode(&body(faults)),
+        Err(RequestError::Telemetry(_))
+    ));
+    let heartbeat_without_telemetry = pb::DeviceRequest {
+        kind: Some(pb::device_request::Kind::Heartbeat(pb::Heartbeat {
+            telemetry: None,
+        })),
+    }
+    .encode_to_vec();
+    assert_eq!(
+        Request::decode(&heartbeat_without_telemetry),
+        Ok(Request::Heartbeat(Telemetry::default()))
     );
 }

@@ -132,3 +132,91 @@ fn the_published_bodies_are_the_documented_messages() {
     let response = DeviceResponse::decode(v.bytes("response_body").as_slice()).unwrap();
     assert_eq!(response.status(), SessionStatus::Active);
 }
+
+/// The press/heartbeat exchange vectors (§4.1): a press with seq 2 answered with the started
+/// session's terms, a heartbeat with seq 3 answered with an empty body, and the same advert with
+/// the link-down flag. Every mismatch is listed with the value the code computes.
+#[test]
+fn the_press_and_heartbeat_vectors_match_the_code() {
+    use blepay_core::{Amount, SessionId, Telemetry};
+    use blepay_proto::machine::{Answer, Grant, Request};
+
+    let v = Vectors(published_vectors());
+    let master = MasterKey::from_bytes(v.bytes("master_key").try_into().unwrap());
+    let key_version = KeyVersion::new(v.num("key_version")).unwrap();
+    let device = DeviceId::from_bytes(v.bytes("device_id").try_into().unwrap());
+    let key = derive_device_key(&master, key_version, device);
+    let mut wrong = Vec::new();
+    let mut check = |name: &str, actual: &[u8]| {
+        if v.0.get(name).map(String::as_str) != Some(hex::encode(actual).as_str()) {
+            wrong.push(format!("{name} = {}", hex::encode(actual)));
+        }
+    };
+
+    let press = Request::Press.encode();
+    check("press_body", &press);
+    let press_frame = seal_request(&key, key_version, device, v.num("press_seq"), &press);
+    check("press_frame", &press_frame);
+    let press_tag = RequestFrame::parse(&press_frame).unwrap().tag();
+    check("press_tag", &press_tag);
+    let started = Answer::Started(Ok(Grant {
+        session: SessionId::from_bytes((0u8..16).collect::<Vec<_>>().try_into().unwrap()),
+        hold: Amount::positive(v.num("started_hold")).unwrap(),
+        price_per_unit: Amount::positive(v.num("started_price_per_unit")).unwrap(),
+        expires_at: v.num("started_report_deadline"),
+        use_counter: UseCounter::new(v.num("use_counter")),
+    }))
+    .encode();
+    check("started_body", &started);
+    let started_frame = seal_response(
+        &key,
+        &press_tag,
+        v.num("press_seq"),
+        v.num("started_server_time"),
+        &started,
+    );
+    check("started_frame", &started_frame);
+
+    let heartbeat = Request::Heartbeat(Telemetry {
+        firmware_version: v.get("heartbeat_firmware_version").to_owned(),
+        fault_codes: Vec::new(),
+        signal_quality: v.num("heartbeat_signal_quality"),
+        uptime_secs: v.num("heartbeat_uptime_secs"),
+        boot_count: v.num("heartbeat_boot_count"),
+        outbox_depth: 0,
+        lifetime_units: v.num("heartbeat_lifetime_units"),
+    })
+    .encode();
+    check("heartbeat_body", &heartbeat);
+    let heartbeat_frame = seal_request(&key, key_version, device, v.num("heartbeat_seq"), &heartbeat);
+    check("heartbeat_frame", &heartbeat_frame);
+    let heartbeat_tag = RequestFrame::parse(&heartbeat_frame).unwrap().tag();
+    let ack = Answer::Ack.encode();
+    check(
+        "ack_frame",
+        &seal_response(
+            &key,
+            &heartbeat_tag,
+            v.num("heartbeat_seq"),
+            v.num("ack_server_time"),
+            &ack,
+        ),
+    );
+
+    let link_down = Advert::sign(
+        &key,
+        key_version,
+        device,
+        Slot::new(v.num("slot")),
+        UseCounter::new(v.num("use_counter")),
+        AdvertFlags::from_bits(v.num("link_down_flags")).unwrap(),
+    );
+    check("link_down_payload", &link_down.encode());
+    assert!(
+        Advert::parse(&link_down.encode())
+            .unwrap()
+            .flags
+            .contains(AdvertFlags::LINK_DOWN)
+    );
+    assert!(wrong.is_empty(), "docs/protocol.md vectors differ:\n{}", wrong.join("\n"));
+}
