@@ -8,6 +8,11 @@
 //!                    EXPIRED (hold released)
 //! ```
 //!
+//! An ACTIVE session whose machine falls silent is closed by the server ([`Session::time_out`])
+//! at its last reported units once `active_timeout_secs` passed since its start or its last
+//! report ([`Session::report_deadline`]); a final report that arrives after that is a
+//! [`Session::late_final_report`] (docs/sessions.md).
+//!
 //! Every transition is a pure function of the session and the time passed in; the result says what
 //! money must move ([`Settlement`]). Repeats are outcomes, not errors: starting an ACTIVE session
 //! again or re-sending the same final report answers as the first time did.
@@ -64,6 +69,44 @@ pub enum SessionError {
     ReportConflict,
 }
 
+/// Why a SETTLED session was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The machine's final report.
+    Report,
+    /// The server, after `active_timeout_secs` without a report ([`Session::time_out`]).
+    Timeout,
+}
+
+impl CloseReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Report => "REPORT",
+            Self::Timeout => "TIMEOUT",
+        }
+    }
+
+    /// Parse the names written by [`CloseReason::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "REPORT" => Self::Report,
+            "TIMEOUT" => Self::Timeout,
+            _ => return None,
+        })
+    }
+}
+
+/// A final report that reached a session after the server had closed it by timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LateReport {
+    /// The units it reported.
+    pub units: Units,
+    /// When it arrived.
+    pub at: u64,
+    /// What it captured from the user's available balance (docs/sessions.md); may be 0.
+    pub charged: Amount,
+}
+
 /// Money to move when a session closes: capture `capture` of `hold`, release the rest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settlement {
@@ -86,6 +129,16 @@ pub enum ReportOutcome {
     AlreadySettled,
 }
 
+/// What a final report on a session closed by timeout did ([`Session::late_final_report`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LateOutcome {
+    /// Recorded on the session; `charged` (maybe 0) is still to be captured from the user's
+    /// available balance ([`crate::Wallet::late_capture`]).
+    Recorded { charged: Amount },
+    /// The same late report again: nothing changes, no money moves.
+    AlreadyRecorded,
+}
+
 /// A paid session on one machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
@@ -102,6 +155,12 @@ pub struct Session {
     pub expires_at: u64,
     pub started_at: Option<u64>,
     pub ended_at: Option<u64>,
+    /// When the machine last reported units (progress or final) on it.
+    pub last_report_at: Option<u64>,
+    /// Why it is SETTLED (`None` while open, and for EXPIRED sessions).
+    pub closed_by: Option<CloseReason>,
+    /// The final report that arrived after a timeout closed it, if any.
+    pub late_report: Option<LateReport>,
 }
 
 impl Session {
@@ -131,6 +190,9 @@ impl Session {
             expires_at: now.saturating_add(start_timeout_secs),
             started_at: None,
             ended_at: None,
+            last_report_at: None,
+            closed_by: None,
+            late_report: None,
         }
     }
 
@@ -150,6 +212,93 @@ impl Session {
             hold: self.hold,
             capture: Amount::ZERO,
         })
+    }
+
+    /// For an ACTIVE session: when the server closes it by timeout if no report reaches it
+    /// first: the later of its start and its last report, plus `active_timeout_secs`
+    /// (saturating). `None` for any other status.
+    pub fn report_deadline(&self, active_timeout_secs: u64) -> Option<u64> {
+        if self.status != SessionStatus::Active {
+            return None;
+        }
+        let base = match (self.started_at, self.last_report_at) {
+            (Some(s), Some(r)) => s.max(r),
+            (Some(t), None) | (None, Some(t)) => t,
+            (None, None) => self.created_at,
+        };
+        Some(base.saturating_add(active_timeout_secs))
+    }
+
+    /// True when the session is ACTIVE and its report deadline has passed.
+    pub fn is_due_to_time_out(&self, now: u64, active_timeout_secs: u64) -> bool {
+        self.report_deadline(active_timeout_secs)
+            .is_some_and(|deadline| now >= deadline)
+    }
+
+    /// Close an ACTIVE session whose report deadline passed: SETTLED at its last reported units
+    /// (`tariff.capture_for(units, hold)`), closed by [`CloseReason::Timeout`], ended `now`; the
+    /// rest of the hold is released.
+    pub fn time_out(&mut self, now: u64, active_timeout_secs: u64) -> Option<Settlement> {
+        if !self.is_due_to_time_out(now, active_timeout_secs) {
+            return None;
+        }
+        self.amount = self.tariff.capture_for(self.units, self.hold);
+        self.status = SessionStatus::Settled;
+        self.closed_by = Some(CloseReason::Timeout);
+        self.ended_at = Some(now);
+        Some(Settlement {
+            hold: self.hold,
+            capture: self.amount,
+        })
+    }
+
+    /// A final report of `units` that reached a session the server closed by timeout
+    /// (docs/sessions.md): units below the ones it was settled at, or other units than an earlier
+    /// late report, are [`SessionError::ReportConflict`]; the same late report again is
+    /// [`LateOutcome::AlreadyRecorded`]. Otherwise what the units still owe,
+    /// `tariff.capture_for(units, hold) - amount`, is charged up to `available` (the user's
+    /// available balance): `amount` grows by the charge (so the total captured never exceeds the
+    /// hold), `units` becomes the report's, and the report is recorded in `late_report`.
+    ///
+    /// # Errors
+    /// [`SessionError::ReportConflict`] as above; [`SessionError::NotStartable`] for a session that
+    /// was not closed by timeout.
+    pub fn late_final_report(
+        &mut self,
+        units: Units,
+        now: u64,
+        available: Amount,
+    ) -> Result<LateOutcome, SessionError> {
+        if self.status != SessionStatus::Settled || self.closed_by != Some(CloseReason::Timeout) {
+            return Err(SessionError::NotStartable(self.status));
+        }
+        if let Some(late) = self.late_report {
+            return if late.units == units {
+                Ok(LateOutcome::AlreadyRecorded)
+            } else {
+                Err(SessionError::ReportConflict)
+            };
+        }
+        if units < self.units {
+            return Err(SessionError::ReportConflict);
+        }
+        let owed = self
+            .tariff
+            .capture_for(units, self.hold)
+            .checked_sub(self.amount)
+            .unwrap_or(Amount::ZERO);
+        let charged = owed.min(available);
+        self.amount = self
+            .amount
+            .checked_add(charged)
+            .map_err(|_| SessionError::ReportConflict)?;
+        self.units = units;
+        self.late_report = Some(LateReport {
+            units,
+            at: now,
+            charged,
+        });
+        Ok(LateOutcome::Recorded { charged })
     }
 
     /// The machine's start button was pressed.
@@ -197,10 +346,12 @@ impl Session {
                 }
                 self.units = units;
                 self.amount = self.tariff.capture_for(units, self.hold);
+                self.last_report_at = Some(now);
                 if !last {
                     return Ok(ReportOutcome::Progress);
                 }
                 self.status = SessionStatus::Settled;
+                self.closed_by = Some(CloseReason::Report);
                 self.ended_at = Some(now);
                 Ok(ReportOutcome::Settled(Settlement {
                     hold: self.hold,
@@ -287,6 +438,67 @@ mod tests {
         );
         s.start(1001).unwrap();
         assert_eq!(s.start(1002), Ok(StartOutcome::AlreadyActive));
+    }
+
+    #[test]
+    fn a_silent_active_session_times_out_at_its_last_reported_units() {
+        let mut s = session();
+        s.start(1010).unwrap();
+        assert_eq!(s.report_deadline(3600), Some(4610));
+        s.report(Units::new(2), false, 2000).unwrap();
+        assert_eq!(s.report_deadline(3600), Some(5600));
+        assert_eq!(s.time_out(5599, 3600), None);
+        let settlement = s.time_out(5600, 3600).unwrap();
+        assert_eq!(settlement.capture.minor(), 60);
+        assert_eq!(settlement.hold.minor(), 100);
+        assert_eq!(
+            (s.status, s.closed_by, s.ended_at),
+            (
+                SessionStatus::Settled,
+                Some(CloseReason::Timeout),
+                Some(5600)
+            )
+        );
+        assert_eq!(s.report_deadline(3600), None);
+        assert_eq!(s.time_out(9999, 3600), None);
+    }
+
+    #[test]
+    fn a_late_final_report_charges_what_it_owes_up_to_the_available_balance_once() {
+        let mut s = session();
+        s.start(1010).unwrap();
+        s.report(Units::new(1), false, 1020).unwrap();
+        s.time_out(9000, 3600).unwrap();
+        assert_eq!(s.amount.minor(), 30);
+        let mut other = s.clone();
+        assert_eq!(
+            s.late_final_report(Units::new(0), 9100, Amount::MAX),
+            Err(SessionError::ReportConflict)
+        );
+        // 3 units cost 90: 60 more is owed, only 50 is available.
+        assert_eq!(
+            s.late_final_report(Units::new(3), 9100, Amount::new(50).unwrap()),
+            Ok(LateOutcome::Recorded {
+                charged: Amount::new(50).unwrap()
+            })
+        );
+        assert_eq!((s.amount.minor(), s.units.get()), (80, 3));
+        assert_eq!(
+            s.late_final_report(Units::new(3), 9200, Amount::MAX),
+            Ok(LateOutcome::AlreadyRecorded)
+        );
+        assert_eq!(
+            s.late_final_report(Units::new(4), 9200, Amount::MAX),
+            Err(SessionError::ReportConflict)
+        );
+        // Beyond the hold the capture stops at the hold.
+        assert_eq!(
+            other.late_final_report(Units::new(50), 9100, Amount::MAX),
+            Ok(LateOutcome::Recorded {
+                charged: Amount::new(70).unwrap()
+            })
+        );
+        assert_eq!(other.amount, other.hold);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! hold     : UserAvailable  -> UserHeld(u)
 //! release  : UserHeld       -> UserAvailable(u)
 //! capture  : UserHeld       -> Revenue
+//! late capture : UserAvailable -> Revenue   (a final report after a timeout, docs/sessions.md)
 //! ```
 //!
 //! Invariant: for every user, `available` and `held` equal the balances of their ledger accounts;
@@ -69,6 +70,8 @@ pub enum EntryKind {
     Hold,
     Release,
     Capture,
+    /// A late final report's capture from the available balance (docs/sessions.md).
+    LateCapture,
 }
 
 impl EntryKind {
@@ -78,6 +81,7 @@ impl EntryKind {
             Self::Hold => "HOLD",
             Self::Release => "RELEASE",
             Self::Capture => "CAPTURE",
+            Self::LateCapture => "LATE_CAPTURE",
         }
     }
 }
@@ -145,6 +149,40 @@ impl Wallet {
                 kind: EntryKind::Hold,
                 debit: LedgerAccount::UserAvailable(user.clone()),
                 credit: LedgerAccount::UserHeld(user.clone()),
+                amount,
+            },
+        ))
+    }
+
+    /// Capture `amount` straight from the available balance as revenue: what a final report that
+    /// arrived after its session was closed by timeout still owes (docs/sessions.md). Never makes
+    /// `available` negative.
+    ///
+    /// # Errors
+    /// [`WalletError::InsufficientFunds`] when `available < amount`; [`WalletError::Overflow`].
+    pub fn late_capture(
+        self,
+        user: &UserId,
+        amount: Amount,
+    ) -> Result<(Self, LedgerEntry), WalletError> {
+        let available =
+            self.available
+                .checked_sub(amount)
+                .map_err(|_| WalletError::InsufficientFunds {
+                    available: self.available,
+                    requested: amount,
+                })?;
+        let spent = self.spent.checked_add(amount)?;
+        Ok((
+            Self {
+                available,
+                spent,
+                ..self
+            },
+            LedgerEntry {
+                kind: EntryKind::LateCapture,
+                debit: LedgerAccount::UserAvailable(user.clone()),
+                credit: LedgerAccount::Revenue,
                 amount,
             },
         ))
@@ -238,6 +276,32 @@ mod tests {
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].kind, EntryKind::Capture);
         assert_eq!(entries[1].amount, amt(125));
+    }
+
+    #[test]
+    fn a_late_capture_moves_available_to_revenue_and_never_below_zero() {
+        let (w, _) = Wallet::default().top_up(&user(), amt(100)).unwrap();
+        let (w2, entry) = w.late_capture(&user(), amt(40)).unwrap();
+        assert_eq!(
+            w2,
+            Wallet {
+                available: amt(60),
+                held: amt(0),
+                spent: amt(40)
+            }
+        );
+        assert_eq!(
+            (entry.kind, entry.debit, entry.credit),
+            (
+                EntryKind::LateCapture,
+                LedgerAccount::UserAvailable(user()),
+                LedgerAccount::Revenue
+            )
+        );
+        assert!(matches!(
+            w2.late_capture(&user(), amt(61)),
+            Err(WalletError::InsufficientFunds { .. })
+        ));
     }
 
     proptest! {

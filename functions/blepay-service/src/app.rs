@@ -101,7 +101,12 @@ impl App {
         let advert = self.authentic_advert(&req.advert)?;
         check_fresh(&advert, now)?;
         let status = self.device_for_advert(&advert, now).await?;
-        let state = status.state(now, self.config().offline_after_secs);
+        // h-service: the advert's flags are not passed yet.
+        let state = status.state(
+            now,
+            self.config().offline_after_secs,
+            blepay_store::AdvertSignals::default(),
+        );
         let d = &status.device;
         Ok(pb::VerifyResponse {
             device_id: d.id.to_string(),
@@ -140,6 +145,8 @@ impl App {
             now,
             start_timeout_secs: self.config().start_timeout_secs,
             offline_after_secs: self.config().offline_after_secs,
+            // h-service: the advert's flags are not passed yet.
+            signals: blepay_store::AdvertSignals::default(),
         };
         if let Err(stale) = check_fresh(&advert, now) {
             // A retry of an earlier pay may carry the advert it was made with: answer it.
@@ -164,6 +171,11 @@ impl App {
             PayOutcome::DeviceOffline => Err(ApiError::new(
                 ErrorCode::DeviceOffline,
                 "the machine has not been heard from recently and could not be told to start",
+            )),
+            // h-service: placeholder until DEVICE_FAULT exists.
+            PayOutcome::DeviceFault => Err(ApiError::new(
+                ErrorCode::DeviceOffline,
+                "the machine reports a fault",
             )),
             PayOutcome::DeviceBusy => Err(ApiError::new(
                 ErrorCode::DeviceBusy,
@@ -348,6 +360,8 @@ impl App {
             digest: Sha256::digest(bytes).into(),
             op,
             now,
+            // h-service: placeholder until BLEPAY_ACTIVE_TIMEOUT_SECS is configured.
+            active_timeout_secs: 4 * 3600,
         };
         // The store saves the sealed answer frame, so a byte-identical retry gets a byte-identical
         // answer (its server_time is the original one: docs/protocol.md §3.3).
@@ -484,6 +498,8 @@ fn device_state_pb(s: DeviceState) -> pb::DeviceState {
         DeviceState::Idle => pb::DeviceState::Idle,
         DeviceState::Busy => pb::DeviceState::Busy,
         DeviceState::Offline => pb::DeviceState::Offline,
+        // h-service: placeholder.
+        DeviceState::Fault => pb::DeviceState::Fault,
     }
 }
 
@@ -536,6 +552,9 @@ pub fn session_pb(s: &Session) -> pb::Session {
 fn decode_device_request(body: &[u8]) -> Result<DeviceOp, String> {
     match machine::Request::decode(body).map_err(|e| e.to_string())? {
         machine::Request::Poll => Ok(DeviceOp::Poll),
+        // h-service: placeholder mapping.
+        machine::Request::Press => Ok(DeviceOp::Press),
+        machine::Request::Heartbeat(t) => Ok(DeviceOp::Heartbeat(t)),
         machine::Request::Start { session } => Ok(DeviceOp::Start { session }),
         machine::Request::Report {
             session,
@@ -565,6 +584,16 @@ pub fn device_answer(r: &DeviceOpResult) -> machine::Answer {
             status: s.status.into(),
             amount: s.amount.minor(),
         },
+        // h-service: placeholder answers.
+        DeviceOpResult::Started(s) => machine::Answer::Session {
+            status: s.status.into(),
+            amount: s.amount.minor(),
+        },
+        DeviceOpResult::NoSessionWaiting => machine::Answer::refused(
+            RefusalCode::NoSessionWaiting,
+            "no session is waiting on this machine",
+        ),
+        DeviceOpResult::Ack => machine::Answer::Ack,
         DeviceOpResult::SessionNotFound => machine::Answer::refused(
             RefusalCode::SessionNotFound,
             "no such session on this machine",

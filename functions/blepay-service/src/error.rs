@@ -161,6 +161,8 @@ impl From<RefusalCode> for ErrorCode {
             RefusalCode::SessionNotStartable => Self::SessionNotStartable,
             RefusalCode::SessionNotStarted => Self::SessionNotStarted,
             RefusalCode::ReportConflict => Self::ReportConflict,
+            // h-service: placeholder until NO_SESSION_WAITING exists.
+            RefusalCode::NoSessionWaiting => Self::Internal,
             // The server writes only the codes above.
             RefusalCode::Unrecognized => Self::Internal,
         }

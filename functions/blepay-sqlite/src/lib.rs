@@ -149,11 +149,7 @@ impl Store for SqliteStore {
             let Some(row) = load_device(c, id)? else {
                 return Ok(None);
             };
-            Ok(Some(DeviceStatus {
-                device: row.record,
-                last_seen: row.last_seen,
-                open_session: open_session_of(c, id)?,
-            }))
+            Ok(Some(row.status(open_session_of(c, id)?)))
         })
         .await
     }
@@ -242,6 +238,15 @@ impl Store for SqliteStore {
 
     async fn expire_due(&self, now: u64) -> Result<usize, StoreError> {
         self.run(move |c| expire_sessions(c, Due::All, now)).await
+    }
+
+    async fn time_out_active(
+        &self,
+        now: u64,
+        active_timeout_secs: u64,
+    ) -> Result<usize, StoreError> {
+        self.run(move |c| ops::time_out_sessions(c, now, active_timeout_secs))
+            .await
     }
 
     async fn audit(&self) -> Result<Audit, StoreError> {
@@ -353,6 +358,7 @@ mod tests {
             digest: [7; 32],
             op: blepay_store::DeviceOp::Poll,
             now: 200,
+            active_timeout_secs: 3600,
         };
         let never: ResponseEncoder =
             Arc::new(|_: &blepay_store::DeviceOpResult| panic!("a retry does not run"));

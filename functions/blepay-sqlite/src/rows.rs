@@ -1,11 +1,13 @@
 //! Loading and saving rows: each function is one statement inside the caller's transaction.
 
 use blepay_core::{
-    Currency, DeviceId, DeviceName, IdempotencyKey, KeyVersion, LedgerEntry, Session, SessionId,
-    SessionStatus, Slot, Tariff, UnitName, UseCounter, UserId, Wallet,
+    CloseReason, Currency, DeviceId, DeviceName, IdempotencyKey, KeyVersion, LateReport,
+    LedgerEntry, Session, SessionId, SessionStatus, Slot, Tariff, Telemetry, UnitName, Units,
+    UseCounter, UserId, Wallet,
 };
 use blepay_store::decide::LastCall;
-use blepay_store::{DeviceRecord, SavedAnswer, StoreError};
+use blepay_store::{DeviceRecord, DeviceStatus, SavedAnswer, StoreError};
+use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::convert::{BadValue, amount_col, db, parse_col, ts, units_from_sql, units_to_sql};
@@ -15,12 +17,29 @@ pub(crate) struct DeviceRow {
     /// The last accepted request and its saved answer.
     pub(crate) last: Option<LastCall>,
     pub(crate) last_seen: Option<u64>,
+    pub(crate) telemetry: Option<Telemetry>,
+    pub(crate) telemetry_at: Option<u64>,
+}
+
+impl DeviceRow {
+    /// The machine as the pay decision and the operators see it.
+    pub(crate) fn status(self, open_session: Option<SessionId>) -> DeviceStatus {
+        DeviceStatus {
+            device: self.record,
+            last_seen: self.last_seen,
+            open_session,
+            telemetry: self.telemetry,
+            telemetry_at: self.telemetry_at,
+        }
+    }
 }
 
 pub(crate) fn load_device(c: &Connection, id: DeviceId) -> Result<Option<DeviceRow>, StoreError> {
     c.query_row(
         "SELECT id, name, price_per_unit, unit_name, currency, key_version, created_at,
-                last_seq, last_digest, last_response, last_response_code, last_seen
+                last_seq, last_digest, last_response, last_response_code, last_seen,
+                telemetry_at, telemetry_firmware, telemetry_faults, telemetry_signal,
+                telemetry_uptime, telemetry_boots, telemetry_outbox, telemetry_lifetime_units
          FROM devices WHERE id = ?1",
         [id.as_bytes()],
         |r| {
@@ -38,6 +57,8 @@ pub(crate) fn load_device(c: &Connection, id: DeviceId) -> Result<Option<DeviceR
                 },
                 last: last_call(r)?,
                 last_seen: r.get(11)?,
+                telemetry_at: r.get(12)?,
+                telemetry: telemetry(r)?,
             })
         },
     )
@@ -59,6 +80,77 @@ fn last_call(r: &Row<'_>) -> rusqlite::Result<Option<LastCall>> {
     }))
 }
 
+/// Columns 12 to 19 of [`load_device`]'s row: the latest heartbeat's telemetry.
+fn telemetry(r: &Row<'_>) -> rusqlite::Result<Option<Telemetry>> {
+    let Some(firmware_version) = r.get::<_, Option<String>>(13)? else {
+        return Ok(None);
+    };
+    let faults: String = r.get(14)?;
+    let fault_codes = faults
+        .split(',')
+        .filter(|f| !f.is_empty())
+        .map(str::parse)
+        .collect::<Result<Vec<u32>, _>>()
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(14, Type::Text, Box::new(e)))?;
+    Ok(Some(Telemetry {
+        firmware_version,
+        fault_codes,
+        signal_quality: r.get(15)?,
+        uptime_secs: units_from_sql(r.get(16)?).get(),
+        boot_count: r.get(17)?,
+        outbox_depth: r.get(18)?,
+        lifetime_units: units_from_sql(r.get(19)?).get(),
+    }))
+}
+
+/// Save a heartbeat's telemetry, received at `at`.
+pub(crate) fn save_telemetry(
+    c: &Connection,
+    device: DeviceId,
+    t: &Telemetry,
+    at: u64,
+) -> Result<(), StoreError> {
+    let faults = t
+        .fault_codes
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    c.execute(
+        "UPDATE devices SET telemetry_at = ?1, telemetry_firmware = ?2, telemetry_faults = ?3,
+                telemetry_signal = ?4, telemetry_uptime = ?5, telemetry_boots = ?6,
+                telemetry_outbox = ?7, telemetry_lifetime_units = ?8
+         WHERE id = ?9",
+        params![
+            ts(at)?,
+            t.firmware_version,
+            faults,
+            t.signal_quality,
+            units_to_sql(Units::new(t.uptime_secs)),
+            t.boot_count,
+            t.outbox_depth,
+            units_to_sql(Units::new(t.lifetime_units)),
+            device.as_bytes()
+        ],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
+/// The AUTHORIZED or ACTIVE session on `device`, whole.
+pub(crate) fn load_open_session(
+    c: &Connection,
+    device: DeviceId,
+) -> Result<Option<Session>, StoreError> {
+    Ok(query_sessions(
+        c,
+        "device_id = ?1 AND status IN ('AUTHORIZED', 'ACTIVE')",
+        [device.as_bytes()],
+    )?
+    .into_iter()
+    .next())
+}
+
 pub(crate) fn open_session_of(
     c: &Connection,
     device: DeviceId,
@@ -73,7 +165,8 @@ pub(crate) fn open_session_of(
 }
 
 pub(crate) const SESSION_COLUMNS: &str = "id, device_id, user_id, hold, price_per_unit, unit_name, currency, use_counter, \
-                               status, units, amount, created_at, expires_at, started_at, ended_at";
+                               status, units, amount, created_at, expires_at, started_at, ended_at, \
+                               last_report_at, closed_by, late_units, late_at, late_charged";
 
 pub(crate) fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
     Ok(Session {
@@ -96,6 +189,27 @@ pub(crate) fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
         expires_at: r.get(12)?,
         started_at: r.get(13)?,
         ended_at: r.get(14)?,
+        last_report_at: r.get(15)?,
+        closed_by: r
+            .get::<_, Option<String>>(16)?
+            .map(|s| {
+                CloseReason::parse(&s).ok_or_else(|| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        16,
+                        rusqlite::types::Type::Text,
+                        Box::new(BadValue("unknown close reason")),
+                    )
+                })
+            })
+            .transpose()?,
+        late_report: match (r.get::<_, Option<i64>>(17)?, r.get::<_, Option<u64>>(18)?) {
+            (Some(units), Some(at)) => Some(LateReport {
+                units: units_from_sql(units),
+                at,
+                charged: amount_col(r, 19)?,
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -137,7 +251,8 @@ pub(crate) fn insert_session(c: &Connection, s: &Session) -> Result<(), StoreErr
     c.execute(
         &format!(
             "INSERT INTO sessions ({SESSION_COLUMNS})
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                     ?16, ?17, ?18, ?19, ?20)"
         ),
         params![
             s.id.as_bytes(),
@@ -155,22 +270,36 @@ pub(crate) fn insert_session(c: &Connection, s: &Session) -> Result<(), StoreErr
             ts(s.expires_at)?,
             s.started_at.map(ts).transpose()?,
             s.ended_at.map(ts).transpose()?,
+            s.last_report_at.map(ts).transpose()?,
+            s.closed_by.map(CloseReason::as_str),
+            s.late_report.map(|l| units_to_sql(l.units)),
+            s.late_report.map(|l| ts(l.at)).transpose()?,
+            s.late_report.map(|l| l.charged.minor()),
         ],
     )
     .map_err(db)?;
     Ok(())
 }
 
-/// Persist what the state machine may change: status, units, amount, start and end times.
+/// Persist what the state machine may change: status, units, amount, start, report and end
+/// times, why it closed and a late report.
 pub(crate) fn save_session_state(c: &Connection, s: &Session) -> Result<(), StoreError> {
     c.execute(
-        "UPDATE sessions SET status = ?1, units = ?2, amount = ?3, started_at = ?4, ended_at = ?5 WHERE id = ?6",
+        "UPDATE sessions SET status = ?1, units = ?2, amount = ?3, started_at = ?4, ended_at = ?5,
+                last_report_at = ?6, closed_by = ?7, late_units = ?8, late_at = ?9,
+                late_charged = ?10
+         WHERE id = ?11",
         params![
             s.status.as_str(),
             units_to_sql(s.units),
             s.amount.minor(),
             s.started_at.map(ts).transpose()?,
             s.ended_at.map(ts).transpose()?,
+            s.last_report_at.map(ts).transpose()?,
+            s.closed_by.map(CloseReason::as_str),
+            s.late_report.map(|l| units_to_sql(l.units)),
+            s.late_report.map(|l| ts(l.at)).transpose()?,
+            s.late_report.map(|l| l.charged.minor()),
             s.id.as_bytes(),
         ],
     )
