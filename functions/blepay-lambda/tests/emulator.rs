@@ -292,5 +292,8 @@ async fn the_sweeper_binary_runs_under_the_emulator() {
     );
     let (status, answer) = stack.json(stack.http.post(url).json(&event)).await;
     assert_eq!(status, 200, "{answer}");
-    assert!(answer["expired"].is_u64(), "{answer}");
+    assert!(
+        answer["expired"].is_u64() && answer["timedOut"].is_u64(),
+        "{answer}"
+    );
 }

@@ -93,10 +93,10 @@ async fn a_payment_flows_through_the_functions_routers_with_the_jwt_sub_as_the_u
         assert_eq!(body_json(r).await["sessionId"], session_id.as_str());
 
         // Nobody starts the machine: the sweeper expires the session and releases the hold.
-        let swept = blepay_lambda::sweep(backend.store(), NOW + 121)
+        let swept = blepay_lambda::sweep(backend.store(), NOW + 121, 14_400)
             .await
             .unwrap();
-        assert_eq!(swept, json!({ "expired": 1 }));
+        assert_eq!(swept, json!({ "expired": 1, "timedOut": 0 }));
         assert!(backend.store().audit().await.unwrap().reconciles());
     }
 }
