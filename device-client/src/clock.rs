@@ -248,7 +248,7 @@ mod tests {
         c.sync(T + 1000, 1000, 1000);
         assert_eq!(c.drift_ppm(), None, "baseline too short");
         // the local crystal ran 1 s fast over 10 000 s: +100 ppm
-        c.sync(T + 10_000, 10_001, 10_001);
+        c.sync(T + 9_999, 10_000, 10_000);
         assert_eq!(c.drift_ppm(), Some(100));
     }
 }
