@@ -1,8 +1,8 @@
 //! What each request costs on the 2G link: body, frame and the whole HTTP request, measured.
 
+use blepay_core::Telemetry;
 use blepay_core::Units;
 use blepay_device_client::transport::http_post_request;
-use blepay_core::Telemetry;
 use blepay_device_client::{heartbeat, poll, press, report, start};
 
 use crate::common::{identity, session};
@@ -25,7 +25,10 @@ fn every_request_fits_the_2g_budget() {
     let cases = [
         ("press", press()),
         ("heartbeat (full telemetry)", heartbeat(telemetry)),
-        ("heartbeat (empty telemetry)", heartbeat(Telemetry::default())),
+        (
+            "heartbeat (empty telemetry)",
+            heartbeat(Telemetry::default()),
+        ),
         ("poll (legacy)", poll()),
         ("start", start(session(9))),
         (

@@ -13,7 +13,9 @@ use blepay_proto::pb::v1 as pb;
 use blepay_proto::seal_response;
 use prost::Message;
 
-use crate::common::{ACTIVE_TIMEOUT, FakeServer, LOCAL0, Lost, Rig, Status, config, identity, session};
+use crate::common::{
+    ACTIVE_TIMEOUT, FakeServer, LOCAL0, Lost, Rig, Status, config, identity, session,
+};
 
 fn hold_250_at_10(rig: &Rig) {
     let expires = rig.server.time.get() + 120;
@@ -62,8 +64,15 @@ fn an_idle_machine_sends_only_a_heartbeat_every_interval() {
     for w in sent_at.windows(2) {
         assert_eq!(w[1] - w[0], interval);
     }
-    assert!(rig.kinds().iter().all(|k| *k == "heartbeat"), "{:?}", rig.kinds());
-    assert!(rig.engine().outbox().is_empty(), "heartbeats are not persisted");
+    assert!(
+        rig.kinds().iter().all(|k| *k == "heartbeat"),
+        "{:?}",
+        rig.kinds()
+    );
+    assert!(
+        rig.engine().outbox().is_empty(),
+        "heartbeats are not persisted"
+    );
     // the wakeup never sleeps through the next heartbeat
     let now = rig.local;
     assert!(rig.engine().next_wakeup(now) <= sent_at[5] + interval);
@@ -106,12 +115,7 @@ fn the_heartbeat_carries_the_telemetry() {
     assert_eq!(t.signal_quality, 17);
     assert_eq!(t.uptime_secs, 100);
     assert_eq!((t.boot_count, t.outbox_depth, t.lifetime_units), (1, 0, 0));
-    assert!(
-        driver
-            .engine()
-            .advert_flags()
-            .contains(AdvertFlags::FAULT)
-    );
+    assert!(driver.engine().advert_flags().contains(AdvertFlags::FAULT));
 
     // a session of 7 units, then a reboot: boot count and lifetime units persist
     server.pay(1, 250, 10, crate::common::T0 + 1000);
@@ -122,8 +126,8 @@ fn the_heartbeat_carries_the_telemetry() {
     driver.step(&mut || now).unwrap();
     assert_eq!(server.sess(1).status, Status::Settled);
     let (engine, modem) = driver.into_parts();
-    let engine = blepay_device_client::engine::Engine::open(identity(), cfg, engine.into_log(), 5)
-        .unwrap();
+    let engine =
+        blepay_device_client::engine::Engine::open(identity(), cfg, engine.into_log(), 5).unwrap();
     let mut driver = Driver::new(engine, modem);
     now = 9;
     driver.step(&mut || now).unwrap();
@@ -136,11 +140,17 @@ fn the_heartbeat_carries_the_telemetry() {
 fn a_press_starts_the_waiting_session_in_one_exchange_and_a_short_session_is_two() {
     let mut rig = booted();
     hold_250_at_10(&rig);
-    assert!(matches!(rig.step(), Step::Idle), "no polling: nothing is sent");
+    assert!(
+        matches!(rig.step(), Step::Idle),
+        "no polling: nothing is sent"
+    );
 
     // the press: one request, persisted before it is sent; nothing flows yet
     rig.press();
-    assert_eq!(rig.engine().phase(), &Phase::Pressing { interrupted: false });
+    assert_eq!(
+        rig.engine().phase(),
+        &Phase::Pressing { interrupted: false }
+    );
     assert_eq!(rig.engine().outbox().len(), 1);
     assert!(rig.take_actions().is_empty());
     assert!(rig.engine().advert_flags().contains(AdvertFlags::BUSY));
@@ -154,12 +164,19 @@ fn a_press_starts_the_waiting_session_in_one_exchange_and_a_short_session_is_two
         }]
     );
     assert_eq!(rig.server.sess(1).status, Status::Active);
-    assert!(matches!(rig.step(), Step::Idle), "nothing more while pouring");
+    assert!(
+        matches!(rig.step(), Step::Idle),
+        "nothing more while pouring"
+    );
 
     // 7 units, the user stops: the final report settles it
     rig.meter(7);
     rig.end();
-    assert_eq!(rig.engine().use_counter().get(), 1, "bumped with the final report");
+    assert_eq!(
+        rig.engine().use_counter().get(),
+        1,
+        "bumped with the final report"
+    );
     assert_eq!(exchanged_kind(&rig.step()), Some(RequestKind::FinalReport));
     let acts = rig.take_actions();
     assert_eq!(
@@ -204,7 +221,10 @@ fn dispensing_stops_at_the_cap_with_progress_reports_on_the_way() {
     );
     rig.settle_down();
     let sess = rig.server.sess(1);
-    assert_eq!((sess.status, sess.amount, sess.settles), (Status::Settled, 250, 1));
+    assert_eq!(
+        (sess.status, sess.amount, sess.settles),
+        (Status::Settled, 250, 1)
+    );
 }
 
 #[test]
@@ -251,7 +271,11 @@ fn a_press_with_no_session_waiting_changes_nothing() {
     let after = rig.engine().outbox().durable();
     assert_eq!(
         (after.use_counter, after.open.clone(), after.lifetime_units),
-        (before.use_counter, before.open.clone(), before.lifetime_units)
+        (
+            before.use_counter,
+            before.open.clone(),
+            before.lifetime_units
+        )
     );
     assert_eq!(rig.engine().advert_flags(), AdvertFlags::NONE);
     assert!(matches!(rig.step(), Step::Idle));
@@ -298,7 +322,10 @@ fn no_water_flows_before_the_started_answer_and_retries_send_the_same_bytes() {
         } => seq,
         other => panic!("{other:?}"),
     };
-    assert!(rig.take_actions().is_empty(), "no StartDispensing on a failed press");
+    assert!(
+        rig.take_actions().is_empty(),
+        "no StartDispensing on a failed press"
+    );
     assert!(matches!(rig.step(), Step::Idle), "backing off");
     // the server executes the press but its answer is lost: the retry gets the saved answer
     rig.wait(1);
@@ -316,7 +343,10 @@ fn no_water_flows_before_the_started_answer_and_retries_send_the_same_bytes() {
         } => assert_eq!(seq, first),
         other => panic!("{other:?}"),
     }
-    assert_eq!(rig.server.state.borrow().last.as_ref().unwrap().1, frame_before);
+    assert_eq!(
+        rig.server.state.borrow().last.as_ref().unwrap().1,
+        frame_before
+    );
     let executed = rig.server.state.borrow().executed.clone();
     assert_eq!(executed.iter().filter(|&&s| s == first).count(), 1);
     assert_eq!(rig.server.state.borrow().presses_started, 1);
@@ -441,7 +471,10 @@ fn a_long_session_reports_before_the_servers_deadline() {
     rig.server.pay(1, 100_000, 1, rig.server.time.get() + 120);
     rig.press();
     rig.step();
-    let Phase::Dispensing { deadline, timeout, .. } = rig.engine().phase().clone() else {
+    let Phase::Dispensing {
+        deadline, timeout, ..
+    } = rig.engine().phase().clone()
+    else {
         panic!("{:?}", rig.engine().phase())
     };
     assert_eq!(timeout, u64::try_from(ACTIVE_TIMEOUT).unwrap());
@@ -483,11 +516,17 @@ fn a_press_interrupted_by_a_power_loss_is_resent_and_never_pours() {
         rig.server.time.set(rig.server.time.get() + 30);
         let mut rig = rig.reboot(local);
         assert_eq!(rig.engine().phase(), &Phase::Pressing { interrupted: true });
-        assert_eq!(rig.engine().outbox().front().unwrap().frame, frame, "same bytes");
+        assert_eq!(
+            rig.engine().outbox().front().unwrap().frame,
+            frame,
+            "same bytes"
+        );
         rig.settle_down();
         let acts = rig.take_actions();
         assert!(
-            !acts.iter().any(|a| matches!(a, Action::StartDispensing { .. })),
+            !acts
+                .iter()
+                .any(|a| matches!(a, Action::StartDispensing { .. })),
             "answer lost: {answer_lost}: {acts:?}"
         );
         assert!(acts.contains(&Action::SessionAborted {
@@ -501,7 +540,10 @@ fn a_press_interrupted_by_a_power_loss_is_resent_and_never_pours() {
             error: None
         }));
         let sess = rig.server.sess(1);
-        assert_eq!((sess.status, sess.amount, sess.settles), (Status::Settled, 0, 1));
+        assert_eq!(
+            (sess.status, sess.amount, sess.settles),
+            (Status::Settled, 0, 1)
+        );
         assert_eq!(rig.server.state.borrow().presses_started, 1);
         assert_eq!(rig.server.state.borrow().replays, 0);
         assert_eq!(rig.engine().phase(), &Phase::Idle);
@@ -538,7 +580,13 @@ fn a_started_answer_for_a_session_already_ended_never_pours_again() {
     let tag: [u8; 16] = tx.frame[tx.frame.len() - 16..].try_into().unwrap();
     let answer = seal_response(&identity().key, &tag, tx.seq, rig.server.time.get(), &body);
     let r = rig.engine().on_response(now, 200, &answer).unwrap();
-    assert!(matches!(r, Response::Answered { kind: RequestKind::Press, .. }));
+    assert!(matches!(
+        r,
+        Response::Answered {
+            kind: RequestKind::Press,
+            ..
+        }
+    ));
     assert!(rig.engine().drain_actions().next().is_none());
     assert_eq!(rig.engine().phase(), &Phase::Idle);
     assert!(rig.engine().outbox().is_empty());

@@ -46,10 +46,7 @@ fn a_session_settles_once_despite(
     }
     let grant = m.press_started();
     assert_eq!((grant.session, grant.max_units()), (sid, Units::new(8)));
-    assert_eq!(
-        server.session(sid).status,
-        pb::SessionStatus::Active as i32
-    );
+    assert_eq!(server.session(sid).status, pb::SessionStatus::Active as i32);
     for f in before_report {
         sim.inject(f.clone());
     }
@@ -305,11 +302,8 @@ fn echo_server(
         }
         let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         let body = answer(&got[end..]);
-        let mut out = format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
+        let mut out =
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
         out.extend(body);
         c.write_all(&out).unwrap();
         got
@@ -367,17 +361,32 @@ fn the_modem_sends_the_sim800_header_set_and_counts_the_bytes_of_each_exchange()
     for (head, body) in heads.iter().zip(sim.forwarded()) {
         assert_eq!(
             head,
-            &request_head(host, DEVICE_PATH, Some("application/octet-stream"), body.len())
+            &request_head(
+                host,
+                DEVICE_PATH,
+                Some("application/octet-stream"),
+                body.len()
+            )
         );
     }
     let bytes = sim.link_bytes();
     assert_eq!(bytes.exchanges.len(), 3);
-    for (e, (head, body)) in bytes.exchanges.iter().zip(heads.iter().zip(sim.forwarded())) {
+    for (e, (head, body)) in bytes
+        .exchanges
+        .iter()
+        .zip(heads.iter().zip(sim.forwarded()))
+    {
         assert_eq!(e.sent, (head.len() + body.len()) as u64);
         assert!(e.received > 0 && e.received < 400, "{e:?}");
     }
-    let cycle: u64 = bytes.exchanges[1..].iter().map(|e| e.sent + e.received).sum();
-    println!("press + final report on TCP: {cycle} bytes; per exchange {:?}", bytes.exchanges);
+    let cycle: u64 = bytes.exchanges[1..]
+        .iter()
+        .map(|e| e.sent + e.received)
+        .sum();
+    println!(
+        "press + final report on TCP: {cycle} bytes; per exchange {:?}",
+        bytes.exchanges
+    );
     assert!(cycle < 1_000, "a short cycle above TCP: {cycle} bytes");
 }
 

@@ -84,7 +84,15 @@ fn twelve_sessions_over_the_modem_through_a_proxy_dropping_30_percent_settle_exa
     );
     assert!(machine.aborted.is_empty(), "{:?}", machine.aborted);
     assert!(machine.not_started.is_empty(), "{:?}", machine.not_started);
-    assert_eq!(machine.started, machine.settled.iter().map(|s| s.session).collect::<Vec<_>>(), "one press, one valve opening per session");
+    assert_eq!(
+        machine.started,
+        machine
+            .settled
+            .iter()
+            .map(|s| s.session)
+            .collect::<Vec<_>>(),
+        "one press, one valve opening per session"
+    );
     let w = server.wallet("ida");
     assert_eq!(
         (w.available, w.held, w.spent),
