@@ -681,7 +681,10 @@ pub fn device_answer(r: &DeviceOpResult, active_timeout_secs: u64) -> machine::A
             session: s.id,
             hold: s.hold,
             price_per_unit: s.tariff.price_per_unit,
-            expires_at: s.report_deadline(active_timeout_secs),
+            // ACTIVE, so it has one; the start deadline only if the store answered otherwise.
+            expires_at: s
+                .report_deadline(active_timeout_secs)
+                .unwrap_or(s.expires_at),
             use_counter: s.use_counter,
         })),
         DeviceOpResult::NoSessionWaiting => machine::Answer::refused(
