@@ -1,4 +1,5 @@
-//! A scriptable simulated machine: `blepay device advert|poll|start|report`.
+//! A scriptable simulated machine: `blepay device advert|press|report|heartbeat` (and the legacy
+//! `poll|start`, which the server still answers but the firmware no longer sends).
 //!
 //! It is the device client run one request per command, not a copy of its rules: the state
 //! directory holds the device client's own outbox log (`<state-dir>/outbox.log`, a [`FileLog`],
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use base64::Engine;
-use blepay_core::{DeviceId, KeyVersion, SessionId, Units};
+use blepay_core::{DeviceId, KeyVersion, SessionId, Telemetry, Units};
 use blepay_device_client::clock::Clock;
 use blepay_device_client::file_log::FileLog;
 use blepay_device_client::grant::Grant;
@@ -94,25 +95,45 @@ impl Machine {
         Ok(self.outbox()?.peek_seq())
     }
 
+    /// Requests waiting in the outbox for delivery (the heartbeat's `outbox_depth`).
+    ///
+    /// # Errors
+    /// When the state cannot be read.
+    pub fn outbox_depth(&self) -> anyhow::Result<u32> {
+        Ok(u32::try_from(self.outbox()?.len()).unwrap_or(u32::MAX))
+    }
+
     /// The current advert, on the server-corrected clock.
     ///
     /// # Errors
     /// When the state cannot be read.
     pub fn advert(&self) -> anyhow::Result<serde_json::Value> {
+        self.advert_with(AdvertFlags::NONE)
+    }
+
+    /// The current advert with `extra` flags (link down, fault) on top of what the state says.
+    ///
+    /// # Errors
+    /// When the state cannot be read.
+    pub fn advert_with(&self, extra: AdvertFlags) -> anyhow::Result<serde_json::Value> {
         let outbox = self.outbox()?;
         let durable = outbox.durable();
         let now = Clock::restore(durable.clock_offset).server_now(local_now());
-        let flags = if durable.clock_synced {
+        let synced = if durable.clock_synced {
             AdvertFlags::NONE
         } else {
             AdvertFlags::CLOCK_UNSYNCED
         };
+        let flags = AdvertFlags::from_bits(synced.bits() | extra.bits())
+            .map_err(|e| anyhow!("advert flags: {e}"))?;
         let advert = self.identity.advert(now, durable.use_counter, flags);
         Ok(serde_json::json!({
             "advert": base64::engine::general_purpose::STANDARD.encode(advert.encode()),
             "advertisingData": hex::encode(advert.advertising_data(DEFAULT_COMPANY_ID)),
             "slot": advert.slot.get(),
             "useCounter": durable.use_counter.get(),
+            "linkDown": flags.contains(AdvertFlags::LINK_DOWN),
+            "fault": flags.contains(AdvertFlags::FAULT),
         }))
     }
 
@@ -130,8 +151,8 @@ impl Machine {
         }
         let seq = outbox.take_seq()?;
         let pending = self.identity.request(seq, request);
-        let queued = match *request {
-            Request::Report {
+        let queued = match request {
+            &Request::Report {
                 session,
                 units,
                 last,
@@ -147,7 +168,11 @@ impl Machine {
                 outbox.enqueue(seq, op, pending.frame.clone())?;
                 true
             }
-            Request::Poll | Request::Start { .. } => false,
+            // A press is retried with the same bytes within this command (the server answers a
+            // retry with its saved answer, so at most one session starts); it is not queued.
+            Request::Press | Request::Heartbeat(_) | Request::Poll | Request::Start { .. } => {
+                false
+            }
         };
         let answered = self.deliver(&mut outbox, &pending, queued).await?;
         outbox.compact_if_over(COMPACT_AFTER_BYTES)?;
@@ -210,7 +235,41 @@ impl Machine {
             .context(format!("POST {url}")))
     }
 
-    /// Poll for grants.
+    /// The start button: one exchange that starts the session waiting on this machine and
+    /// brings its terms (the valve may open on this answer alone).
+    ///
+    /// # Errors
+    /// See [`Machine::exchange`]; or when the server refuses (`NO_SESSION_WAITING`,
+    /// `SESSION_EXPIRED`, ...): the error names the code.
+    pub async fn press(&self) -> anyhow::Result<Grant> {
+        let (_, a) = self.exchange(&Request::Press).await?;
+        refused(&a)?;
+        match a.body {
+            machine::Answer::Started(Ok(grant)) => Ok(grant),
+            machine::Answer::Started(Err(e)) => bail!("the press answer's grant is unusable: {e}"),
+            other => bail!("a press answered with {other:?}"),
+        }
+    }
+
+    /// The press as one exchange, whatever the server answers: (HTTP status, answer).
+    ///
+    /// # Errors
+    /// See [`Machine::exchange`].
+    pub async fn press_answer(&self) -> anyhow::Result<(u16, Answer)> {
+        self.exchange(&Request::Press).await
+    }
+
+    /// The idle machine's heartbeat, with its telemetry.
+    ///
+    /// # Errors
+    /// See [`Machine::exchange`]; or when the server refuses.
+    pub async fn heartbeat(&self, telemetry: Telemetry) -> anyhow::Result<()> {
+        let (_, a) = self.exchange(&Request::Heartbeat(telemetry)).await?;
+        refused(&a)?;
+        Ok(())
+    }
+
+    /// Legacy: poll for grants (the firmware no longer polls; the server still answers).
     ///
     /// # Errors
     /// See [`Machine::exchange`]; or when the server refuses.
@@ -220,7 +279,7 @@ impl Machine {
         Ok(a.body.usable_grants().cloned().collect())
     }
 
-    /// The start button was pressed for `session`.
+    /// Legacy: the start button was pressed for `session` (learnt by polling).
     ///
     /// # Errors
     /// See [`Machine::exchange`]; or when the server refuses.
@@ -271,7 +330,10 @@ fn session_answer(a: &Answer) -> anyhow::Result<SessionAnswer> {
     refused(a)?;
     match a.body {
         machine::Answer::Session { status, amount } => Ok(SessionAnswer { status, amount }),
-        machine::Answer::Grants(_) | machine::Answer::Refused(_) => Ok(SessionAnswer {
+        machine::Answer::Grants(_)
+        | machine::Answer::Refused(_)
+        | machine::Answer::Started(_)
+        | machine::Answer::Ack => Ok(SessionAnswer {
             status: Status::Unspecified,
             amount: 0,
         }),
