@@ -17,6 +17,18 @@
 //! AT+HTTPTERM
 //! ```
 //!
+//! At heartbeat time the engine asks for the link's state ([`Transport::link_status`]), read
+//! locally — no data leaves the modem:
+//!
+//! ```text
+//! AT+CSQ                             -> +CSQ: <rssi>,<ber>  (rssi 0..31, 99 = not known), OK
+//! AT+SAPBR=2,1                       -> +SAPBR: 1,<status>,"<ip>"  (1 = connected), OK
+//! ```
+//!
+//! (SIM800 Series AT Command Manual V1.09 §3.2.35 `AT+CSQ`: `<rssi>` 0 = −115 dBm or less … 31 =
+//! −52 dBm or greater, 99 not known or not detectable; `<ber>` 0..7 RXQUAL, 99 not known. A real
+//! modem's log reads `+CSQ: 24,99`.)
+//!
 //! [`Sim800`] drives that dialogue and implements [`Transport`]. It is `no_std` + `alloc`: it
 //! needs only a serial port with the blocking [`embedded_io`] traits (`Read + Write +
 //! ReadReady`) and a millisecond [`Timer`]. Every wait has a deadline ([`Timeouts`]); silence
@@ -51,7 +63,7 @@ use core::fmt;
 
 use embedded_io::{Read, ReadReady, Write};
 
-use crate::transport::Transport;
+use crate::transport::{LinkStatus, Transport};
 
 /// A monotonic millisecond clock for command deadlines.
 pub trait Timer {
@@ -269,6 +281,38 @@ where
     /// Give the serial port and timer back.
     pub fn into_parts(self) -> (S, T) {
         (self.serial, self.timer)
+    }
+
+    /// `AT+CSQ` → `+CSQ: <rssi>,<ber>`: the received signal strength, 0..=31 or 99 (not known).
+    ///
+    /// # Errors
+    /// The modem did not answer, or not with a `+CSQ:` line.
+    pub fn signal_quality(&mut self) -> Res<u8, S> {
+        if !self.synced {
+            self.resync()?;
+        }
+        let command = "AT+CSQ";
+        let lines = self.command(command, command, self.config.timeouts.command_ms)?;
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix("+CSQ:"))
+            .and_then(|rest| rest.trim().split(',').next())
+            .and_then(|rssi| rssi.trim().parse::<u8>().ok())
+            .map(|rssi| if rssi <= 31 { rssi } else { 99 })
+            .ok_or(AtError::Unexpected { command })
+    }
+
+    /// `AT+SAPBR=2,1`: is the GPRS bearer up? (Updates what the next exchange assumes.)
+    ///
+    /// # Errors
+    /// The modem did not answer, or not with a `+SAPBR:` line.
+    pub fn attached(&mut self) -> Res<bool, S> {
+        if !self.synced {
+            self.resync()?;
+        }
+        let up = self.bearer_connected()?;
+        self.bearer = if up { Bearer::Up } else { Bearer::Unknown };
+        Ok(up)
     }
 
     /// One HTTP exchange, no retry. On error the caller marks state for recovery.
@@ -688,6 +732,32 @@ where
                     }
                 }
             }
+        }
+    }
+
+    /// `AT+CSQ` and `AT+SAPBR=2,1`; a modem that does not answer is not attached and its signal
+    /// is not known.
+    fn link_status(&mut self) -> LinkStatus {
+        let signal_quality = match self.signal_quality() {
+            Ok(q) => q,
+            Err(e) => {
+                self.recover_after(&e);
+                return LinkStatus {
+                    attached: Some(false),
+                    signal_quality: blepay_core::telemetry::SIGNAL_UNKNOWN,
+                };
+            }
+        };
+        let attached = match self.attached() {
+            Ok(up) => up,
+            Err(e) => {
+                self.recover_after(&e);
+                false
+            }
+        };
+        LinkStatus {
+            attached: Some(attached),
+            signal_quality,
         }
     }
 }

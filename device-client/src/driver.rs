@@ -7,7 +7,8 @@
 //! let mut driver = Driver::new(engine, sim800);
 //! loop {
 //!     let now = local_seconds();
-//!     if button.take_press() { driver.engine_mut().on_start_button(now)?; }
+//!     if button.take_press() { driver.engine_mut().on_start_button(now)?; } // one Press request
+//!     driver.engine_mut().set_fault_codes(&machine.fault_codes());
 //!     driver.engine_mut().on_meter(now, meter.take_pulses())?;
 //!     if valve.finished() { driver.engine_mut().on_dispense_end(now)?; }
 //!     driver.engine_mut().tick(now)?;
@@ -16,6 +17,7 @@
 //!         match action {
 //!             Action::StartDispensing { max_units, .. } => valve.open(max_units),
 //!             Action::StopDispensing { .. } => valve.close(),
+//!             Action::NotStarted { reason } if reason.pay_in_app_first() => display.pay_in_app(),
 //!             other => display.show(&other),
 //!         }
 //!     }
@@ -98,7 +100,8 @@ impl<T: Transport, L: RecordLog> Driver<T, L> {
     }
 
     /// Send the request that is due, if any, and feed the answer (or the failure) back to the
-    /// engine. `clock` gives the local time; it is read again after the (blocking) exchange so
+    /// engine. Before a new heartbeat the transport's [`crate::transport::LinkStatus`] is read
+    /// into the engine (signal quality for the telemetry, attach state for the link-down flag). `clock` gives the local time; it is read again after the (blocking) exchange so
     /// the clock sync sees the round trip.
     ///
     /// # Errors
@@ -107,7 +110,13 @@ impl<T: Transport, L: RecordLog> Driver<T, L> {
         &mut self,
         clock: &mut impl FnMut() -> u64,
     ) -> Result<Step<T::Error>, EngineError<L::Error>> {
-        let Some(tx) = self.engine.transmit(clock())? else {
+        let now = clock();
+        if self.engine.heartbeat_due(now) {
+            // Cheap and local (SIM800: AT+CSQ, AT+SAPBR=2,1): no data leaves the modem.
+            let status = self.transport.link_status();
+            self.engine.on_link_status(status);
+        }
+        let Some(tx) = self.engine.transmit(now)? else {
             return Ok(Step::Idle);
         };
         self.response.clear();

@@ -2,46 +2,70 @@
 //! dispenses, and what it advertises. Time is passed in as local seconds (`now`).
 //!
 //! ```text
-//!            poll answer with a grant               start button (before expires_at)
-//!   Idle ─────────────────────────────► Granted ─────────────────────────────► Starting
-//!    ▲  ◄── grant expired ───────────────┘                                    │ start answered
-//!    │  ◄── start refused (SESSION_EXPIRED, …) ───────────────────────────────┤
-//!    │                                                                        ▼ ACTIVE
-//!    │      final report answered        cap reached / end / no flow /     Dispensing
-//!    └────────────────────────── Ending ◄──── start button again ───────────┘  (meter ticks,
-//!                                                                              progress reports)
+//!          start button                 Started (the server's terms)
+//!   Idle ───────────────► Pressing ──────────────────────────────────► Dispensing
+//!    ▲ ◄── NO_SESSION_WAITING / ───┘                                    │ meter ticks, progress
+//!    │     SESSION_EXPIRED (nothing changes)                            │ reports (long sessions)
+//!    │                                                                  ▼ cap / end / no flow
+//!    └──────────────────────── final report answered ──────────── Ending
 //! ```
 //!
-//! Inputs: [`Engine::on_response`] (answers to its own requests), [`Engine::on_start_button`],
-//! [`Engine::on_meter`], [`Engine::on_dispense_end`], [`Engine::tick`] (timers). Outputs:
-//! [`Engine::transmit`] (the one request to send now — the same bytes again on a retry) and
-//! [`Engine::drain_actions`] (open/close the valve, show a state), [`Engine::advert_update`].
+//! Inputs: [`Engine::on_start_button`], [`Engine::on_meter`], [`Engine::on_dispense_end`],
+//! [`Engine::tick`] (timers), [`Engine::on_response`] / [`Engine::on_transport_error`] (the fate of
+//! its own requests), [`Engine::on_link_status`] and [`Engine::set_fault_codes`] (telemetry).
+//! Outputs: [`Engine::transmit`] (the one request to send now — the same bytes again on a retry),
+//! [`Engine::drain_actions`] (open/close the valve, what to show), [`Engine::advert_update`].
 //!
 //! Decisions:
-//! - **No optimistic dispensing.** The valve opens only when the server answered the start with
-//!   `ACTIVE`. The server is the only authority on start (a grant may have expired, the hold may
-//!   be gone); a GPRS round trip (0.5–1 s) after a button press is an acceptable wait.
+//! - **Silent while idle.** An idle machine sends nothing but a heartbeat every
+//!   [`Config::heartbeat_interval_secs`] (30 min by default) with its [`Telemetry`]; any answered
+//!   exchange restarts that interval. A heartbeat is also sent at boot and whenever the clock is
+//!   not synchronised (backing off).
+//! - **The press fetches the grant.** The start button queues one `Press` request (persisted in
+//!   the outbox before it is sent, like every request but heartbeats); the server starts the
+//!   session waiting on this machine and answers with its terms, and the valve opens on that
+//!   answer alone (`Action::StartDispensing`, at most [`Grant::max_units`]). A short session is
+//!   two exchanges: press → Started, final report → settled. Presses while a press is queued, a
+//!   session is open or its final report is pending are ignored (counted in
+//!   [`Stats::presses_ignored`]).
+//! - **No optimistic dispensing.** Nothing flows before the server's authenticated answer.
+//!   `NO_SESSION_WAITING` / `SESSION_EXPIRED` change nothing on the machine
+//!   (`Action::NotStarted`: show "pay in the app first").
+//! - **A press interrupted by a power loss does not pour.** A press still queued after a reboot
+//!   is resent with the same bytes (the server answers a byte-identical retry from its saved
+//!   answer, so at most one session starts); if the answer starts a session, the valve stays
+//!   closed — the user pressed before the power cut and may be gone — and the final report of 0
+//!   units is sent at once, so the session settles with nothing captured and the hold released
+//!   (`Action::SessionAborted { reason: Interrupted }`, then `SessionSettled`). An answer naming
+//!   a session the journal shows already started or ended never opens the valve again.
 //! - **Everything goes through one in-flight slot**: a request is answered before the next is
-//!   sent (docs/protocol.md §3.3). Queued starts and reports go first; polls only when the outbox
-//!   is empty and the machine is idle or waiting for the button.
+//!   sent (docs/protocol.md §3.3). Queued presses and reports go first; a heartbeat only when the
+//!   outbox is empty and the machine is idle, and a press pre-empts a heartbeat still waiting for
+//!   its retry (its sequence number is simply skipped).
 //! - **Cap**: the machine stops at `floor(hold / price_per_unit)` units (the units the hold pays
 //!   for: `blepay_core::units_for_hold`, the function `Tariff::units_for` uses) and reports what
 //!   the meter counted.
 //! - **Progress reports** every `report_every_units` units or `report_every_secs` seconds, at most
 //!   one queued at a time (reports are cumulative, so a newer one supersedes a waiting one).
-//!   They are also the checkpoint of dispensed units in flash.
+//!   They are also the checkpoint of dispensed units in flash. The press answer's `expires_at` is
+//!   the report deadline (the server closes a silent session by timeout then): a progress report
+//!   is queued `report_deadline_margin_secs` before it, and each answered report moves the
+//!   deadline on by the same timeout.
 //! - **A reboot ends the open session**: the valve is closed by the power loss; on recovery the
-//!   engine queues the final report with the units of the last queued report (a start still
-//!   unanswered is sent first, then a final report). Units dispensed after the last progress
-//!   report are not charged.
-//! - The start button while dispensing ends dispensing.
-//! - The use counter is bumped when the final report is queued, in the same record.
+//!   engine queues the final report with the units of the last queued report. Units dispensed
+//!   after the last progress report are not charged.
+//! - The use counter is bumped when the final report is queued, in the same record; so are the
+//!   lifetime units.
+//! - **Link down**: the advert's `LINK_DOWN` flag is set when the last exchange failed (transport
+//!   error or no authentic answer) or the transport says the modem is not attached, and cleared
+//!   by the next authenticated answer. `FAULT` is set while the machine reports a fault code.
 
 use alloc::collections::VecDeque;
 use alloc::collections::vec_deque::Drain;
+use alloc::string::String;
 use alloc::vec::Vec;
 
-use blepay_core::{SessionId, SessionStatus, Units, UseCounter};
+use blepay_core::{SessionId, SessionStatus, Telemetry, Units, UseCounter};
 use blepay_proto::AdvertFlags;
 
 use crate::advertiser::{AdvertData, Advertiser};
@@ -51,6 +75,7 @@ use crate::journal::{Entry, Op};
 use crate::log::RecordLog;
 use crate::machine;
 use crate::outbox::{Outbox, OutboxError, Recovery};
+use crate::transport::LinkStatus;
 use crate::{Answer, Identity, LinkError, Pending, RefusalCode, Status};
 
 /// Tunables. [`Config::default`] suits a water dispenser on GPRS.
@@ -58,8 +83,10 @@ use crate::{Answer, Identity, LinkError, Pending, RefusalCode, Status};
 pub struct Config {
     /// Bluetooth company identifier in the advert.
     pub company_id: u16,
-    /// Poll every this many seconds while idle or waiting for the button.
-    pub poll_every_secs: u64,
+    /// Firmware version carried by the heartbeat's telemetry (at most 32 bytes are sent).
+    pub firmware_version: &'static str,
+    /// An idle machine sends a heartbeat this many seconds after its last answered exchange.
+    pub heartbeat_interval_secs: u64,
     /// First retry delay after a failed exchange; doubles up to `retry_max_secs`.
     pub retry_min_secs: u64,
     /// Longest retry delay.
@@ -71,6 +98,9 @@ pub struct Config {
     pub report_every_units: u64,
     /// Queue a progress report every this many seconds while units change (0: never by time).
     pub report_every_secs: u64,
+    /// Queue a progress report this many seconds before the server's report deadline (at most
+    /// half the server's timeout).
+    pub report_deadline_margin_secs: u64,
     /// End dispensing after this many seconds without a meter tick (0: never).
     pub no_flow_timeout_secs: u64,
     /// Sequence numbers reserved per persisted high-water mark.
@@ -79,22 +109,30 @@ pub struct Config {
     pub compact_after_bytes: usize,
     /// Re-persist the clock offset when it moved by more than this many seconds.
     pub clock_persist_drift_secs: u64,
+    /// The longest round trip an answer may have to correct the clock ([`Clock::max_rtt`]).
+    pub clock_max_rtt_secs: u64,
 }
+
+/// The default heartbeat interval: 30 minutes (1,440 heartbeats in 30 days).
+pub const DEFAULT_HEARTBEAT_SECS: u64 = 1800;
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             company_id: blepay_proto::DEFAULT_COMPANY_ID,
-            poll_every_secs: 5,
+            firmware_version: env!("CARGO_PKG_VERSION"),
+            heartbeat_interval_secs: DEFAULT_HEARTBEAT_SECS,
             retry_min_secs: 1,
             retry_max_secs: 30,
             answer_timeout_secs: 90,
             report_every_units: 100,
             report_every_secs: 60,
+            report_deadline_margin_secs: 60,
             no_flow_timeout_secs: 30,
             seq_block: 64,
             compact_after_bytes: 4096,
             clock_persist_drift_secs: 10,
+            clock_max_rtt_secs: crate::clock::DEFAULT_MAX_RTT_SECS,
         }
     }
 }
@@ -104,7 +142,7 @@ impl Default for Config {
 pub enum StopReason {
     /// Units × price reached the hold.
     CapReached,
-    /// The hardware reported the end of dispensing (or the button was pressed again).
+    /// The hardware reported the end of dispensing.
     Ended,
     /// No meter tick for `no_flow_timeout_secs`.
     NoFlow,
@@ -114,24 +152,54 @@ pub enum StopReason {
     Interrupted,
 }
 
-/// Why a session ended without dispensing.
+/// Why a started session ended without dispensing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AbortReason {
-    /// The grant's `expires_at` passed before the start button.
-    Expired,
-    /// The server refused the start with this code (e.g. `SESSION_EXPIRED`).
+    /// The press was sent before a power loss and answered after it: the valve stays closed and
+    /// the session is reported with 0 units.
+    Interrupted,
+    /// Legacy start: the server refused it with this code.
     Refused(RefusalCode),
-    /// The server answered the start with a status other than `ACTIVE`.
+    /// Legacy start: the server answered with a status other than `ACTIVE`.
     NotActive(Status),
 }
 
 impl AbortReason {
-    /// The reason as a protocol string: `EXPIRED`, the refusal code, or the status's name.
+    /// The reason as a protocol string: `INTERRUPTED`, the refusal code, or the status's name.
     pub const fn as_str(&self) -> &'static str {
         match self {
-            Self::Expired => "EXPIRED",
+            Self::Interrupted => "INTERRUPTED",
             Self::Refused(code) => code.as_str(),
             Self::NotActive(status) => status.as_str(),
+        }
+    }
+}
+
+/// Why a press started nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotStarted {
+    /// The server refused the press: `NO_SESSION_WAITING` (nobody paid), `SESSION_EXPIRED` (the
+    /// payment timed out; the server released the hold), or another code.
+    Refused(RefusalCode),
+    /// The server answered with terms the machine cannot use (it dispenses nothing; the server
+    /// closes the session by timeout with nothing reported).
+    BadTerms(GrantError),
+}
+
+impl NotStarted {
+    /// True when the firmware should show "pay in the app first".
+    pub const fn pay_in_app_first(&self) -> bool {
+        matches!(
+            self,
+            Self::Refused(RefusalCode::NoSessionWaiting | RefusalCode::SessionExpired)
+        )
+    }
+
+    /// The reason as a string: the refusal code, or `BAD_TERMS`.
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            Self::Refused(code) => code.as_str(),
+            Self::BadTerms(_) => "BAD_TERMS",
         }
     }
 }
@@ -139,17 +207,8 @@ impl AbortReason {
 /// What the firmware must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// A grant arrived: invite the user to press start (e.g. light the button).
-    AwaitStart {
-        /// The session.
-        session: SessionId,
-        /// Server unix time by which start must be pressed.
-        expires_at: u64,
-        /// The units the hold pays for.
-        max_units: Units,
-    },
-    /// The server confirmed the start: open the valve. The firmware should stop on its own at
-    /// `max_units` too.
+    /// The server started a session on the press: open the valve. The firmware should stop on
+    /// its own at `max_units` too.
     StartDispensing {
         /// The session.
         session: SessionId,
@@ -163,7 +222,13 @@ pub enum Action {
         /// Why.
         reason: StopReason,
     },
-    /// The session ended before dispensing; nothing was charged.
+    /// The press started nothing; nothing changed (show "pay in the app first" when
+    /// [`NotStarted::pay_in_app_first`]).
+    NotStarted {
+        /// Why.
+        reason: NotStarted,
+    },
+    /// A started session ends without dispensing (its final report of 0 units follows).
     SessionAborted {
         /// The session.
         session: SessionId,
@@ -188,21 +253,14 @@ pub enum Action {
 pub enum Phase {
     /// No session.
     Idle,
-    /// A grant is waiting for the start button.
-    Granted {
-        /// The grant.
-        grant: Grant,
-    },
-    /// The start request is queued or in flight.
-    Starting {
-        /// The grant.
-        grant: Grant,
-        /// Recovered after a reboot: end the session as soon as the start is answered.
+    /// The press is queued or in flight.
+    Pressing {
+        /// Recovered after a reboot: if the answer starts a session, report 0 units at once.
         interrupted: bool,
     },
     /// The valve is open.
     Dispensing {
-        /// The grant.
+        /// The session's terms.
         grant: Grant,
         /// Units counted so far.
         units: Units,
@@ -212,6 +270,10 @@ pub enum Phase {
         reported_at: u64,
         /// Local time of the last meter tick (or of the start).
         flow_at: u64,
+        /// Server time by which the next report must reach the server.
+        deadline: u64,
+        /// The server's report timeout (`expires_at − server_time` of the press answer).
+        timeout: u64,
     },
     /// The final report is queued or in flight.
     Ending {
@@ -224,12 +286,10 @@ pub enum Phase {
 
 impl Phase {
     /// The session this phase is about.
-    pub fn session(&self) -> Option<SessionId> {
+    pub const fn session(&self) -> Option<SessionId> {
         match self {
-            Self::Idle => None,
-            Self::Granted { grant }
-            | Self::Starting { grant, .. }
-            | Self::Dispensing { grant, .. } => Some(grant.session),
+            Self::Idle | Self::Pressing { .. } => None,
+            Self::Dispensing { grant, .. } => Some(grant.session),
             Self::Ending { session, .. } => Some(*session),
         }
     }
@@ -238,14 +298,29 @@ impl Phase {
 /// Which request a [`Transmit`] carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestKind {
-    /// "Anything for me?" — not persisted.
-    Poll,
-    /// Start of a session.
+    /// The idle machine's heartbeat — not persisted.
+    Heartbeat,
+    /// The start button: start the session waiting on this machine.
+    Press,
+    /// Legacy start of a session (only from an outbox written by the polling firmware).
     Start,
     /// A progress report.
     Report,
     /// The final report.
     FinalReport,
+}
+
+impl RequestKind {
+    /// A short name (`heartbeat`, `press`, `start`, `report`, `final-report`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Heartbeat => "heartbeat",
+            Self::Press => "press",
+            Self::Start => "start",
+            Self::Report => "report",
+            Self::FinalReport => "final-report",
+        }
+    }
 }
 
 /// A request to send now.
@@ -284,12 +359,12 @@ pub enum Response {
 /// Counters for diagnostics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stats {
-    /// Grants ignored because a session was already open.
-    pub grants_ignored_busy: u32,
-    /// Grants ignored because their `expires_at` had passed.
-    pub grants_expired: u32,
-    /// Grants that did not parse.
-    pub grants_invalid: u32,
+    /// Presses ignored because a press was queued or a session open.
+    pub presses_ignored: u32,
+    /// Heartbeats handed out (first sends; retries not counted).
+    pub heartbeats: u32,
+    /// Started answers naming a session the journal already started or ended (not dispensed).
+    pub known_sessions_ignored: u32,
     /// Exchanges that failed (transport error or no authentic answer).
     pub failed_exchanges: u32,
 }
@@ -301,11 +376,16 @@ pub type EngineError<E> = OutboxError<E>;
 struct InFlight {
     kind: RequestKind,
     pending: Pending,
+    /// Local time it was first handed out, when it cannot have been sent before (not recovered
+    /// from the outbox after a reboot): the clock's upper bound.
+    first_sent_at: Option<u64>,
     /// Local time it was last handed out; `None` before the first time.
     sent_at: Option<u64>,
     /// Local time from which it may be handed out (again).
     due_at: u64,
     failures: u32,
+    /// Handed out and neither answered nor failed yet.
+    outstanding: bool,
 }
 
 /// The machine: identity, durable outbox, clock, session phase.
@@ -318,15 +398,23 @@ pub struct Engine<L: RecordLog> {
     advertiser: Advertiser,
     phase: Phase,
     in_flight: Option<InFlight>,
-    next_poll_at: u64,
-    fault: bool,
+    /// Sequence numbers below this may have been sent before this boot.
+    boot_seq: u32,
+    booted_at: u64,
+    next_heartbeat_at: u64,
+    /// Heartbeats answered in a row without synchronising the clock (for the backoff).
+    unsynced_answers: u32,
+    link_down: bool,
+    signal_quality: u8,
+    fault_codes: Vec<u32>,
     actions: VecDeque<Action>,
     stats: Stats,
     recovery: Recovery,
 }
 
-fn entry_kind(e: &Entry) -> RequestKind {
+const fn entry_kind(e: &Entry) -> RequestKind {
     match e.op {
+        Op::Press => RequestKind::Press,
         Op::Start { .. } => RequestKind::Start,
         Op::Report { last: false, .. } => RequestKind::Report,
         Op::Report { last: true, .. } => RequestKind::FinalReport,
@@ -334,25 +422,27 @@ fn entry_kind(e: &Entry) -> RequestKind {
 }
 
 impl<L: RecordLog> Engine<L> {
-    /// Boot: recover the outbox from `log` and resume. A session that was open when the power went
-    /// is ended (see the module docs): the final report is queued now, or after the pending start
-    /// is answered.
+    /// Boot: recover the outbox from `log`, count the boot, and resume. A session that was open
+    /// when the power went is ended (see the module docs): its final report is queued now; a press
+    /// still queued is resent, and a session it starts is reported with 0 units.
     ///
     /// # Errors
-    /// The log cannot be read, or the final report of an interrupted session cannot be queued.
+    /// The log cannot be read or written.
     pub fn open(
         identity: Identity,
         config: Config,
         log: L,
         now: u64,
     ) -> Result<Self, EngineError<L::Error>> {
-        let (outbox, recovery) = Outbox::open(log, config.seq_block)?;
+        let (mut outbox, recovery) = Outbox::open(log, config.seq_block)?;
+        outbox.count_boot()?;
         let durable = outbox.durable();
         let clock = if durable.clock_synced {
             Clock::restore(durable.clock_offset)
         } else {
             Clock::new()
-        };
+        }
+        .with_max_rtt(config.clock_max_rtt_secs);
         let open = durable.open.clone();
         let ending = durable.queue.iter().find_map(|e| match e.op {
             Op::Report {
@@ -361,8 +451,13 @@ impl<L: RecordLog> Engine<L> {
                 last: true,
                 ..
             } => Some((session, units)),
-            Op::Start { .. } | Op::Report { .. } => None,
+            Op::Press | Op::Start { .. } | Op::Report { .. } => None,
         });
+        let pressing = durable
+            .queue
+            .iter()
+            .any(|e| matches!(e.op, Op::Press | Op::Start { .. }));
+        let boot_seq = outbox.peek_seq();
         let mut engine = Self {
             identity,
             config,
@@ -371,19 +466,20 @@ impl<L: RecordLog> Engine<L> {
             advertiser: Advertiser::new(config.company_id),
             phase: Phase::Idle,
             in_flight: None,
-            next_poll_at: now,
-            fault: false,
+            boot_seq,
+            booted_at: now,
+            next_heartbeat_at: now,
+            unsynced_answers: 0,
+            link_down: false,
+            signal_quality: blepay_core::telemetry::SIGNAL_UNKNOWN,
+            fault_codes: Vec::new(),
             actions: VecDeque::new(),
             stats: Stats::default(),
             recovery,
         };
         match open {
-            Some(o) if !o.started => {
-                engine.phase = Phase::Starting {
-                    grant: o.grant,
-                    interrupted: true,
-                }
-            }
+            // A legacy start still queued.
+            Some(o) if !o.started => engine.phase = Phase::Pressing { interrupted: true },
             Some(o) => {
                 engine.actions.push_back(Action::StopDispensing {
                     session: o.grant.session,
@@ -394,6 +490,8 @@ impl<L: RecordLog> Engine<L> {
             None => {
                 if let Some((session, units)) = ending {
                     engine.phase = Phase::Ending { session, units };
+                } else if pressing {
+                    engine.phase = Phase::Pressing { interrupted: true };
                 }
             }
         }
@@ -445,9 +543,37 @@ impl<L: RecordLog> Engine<L> {
         self.outbox.into_log()
     }
 
-    /// Set or clear the advert's fault flag.
-    pub fn set_fault(&mut self, fault: bool) {
-        self.fault = fault;
+    /// The machine's current fault codes (empty: healthy). They go into the heartbeat, and any
+    /// code sets the advert's fault flag. At most 8 are sent.
+    pub fn set_fault_codes(&mut self, codes: &[u32]) {
+        self.fault_codes.clear();
+        self.fault_codes.extend_from_slice(codes);
+    }
+
+    /// The fault codes set with [`Engine::set_fault_codes`].
+    pub fn fault_codes(&self) -> &[u32] {
+        &self.fault_codes
+    }
+
+    /// What the transport knows about the link (the driver asks it before each heartbeat): the
+    /// signal quality goes into the telemetry; a modem that is not attached sets the link-down
+    /// flag until the next authenticated answer.
+    pub fn on_link_status(&mut self, status: LinkStatus) {
+        let q = status.signal_quality;
+        self.signal_quality = if q <= 31 {
+            q
+        } else {
+            blepay_core::telemetry::SIGNAL_UNKNOWN
+        };
+        if status.attached == Some(false) {
+            self.link_down = true;
+        }
+    }
+
+    /// True when the last exchange failed or the modem said it is not attached (cleared by the
+    /// next authenticated answer).
+    pub const fn link_down(&self) -> bool {
+        self.link_down
     }
 
     /// Never use a sequence number below `floor` (see [`Outbox::raise_seq_floor`]).
@@ -458,18 +584,50 @@ impl<L: RecordLog> Engine<L> {
         self.outbox.raise_seq_floor(floor)
     }
 
-    /// The advert flags now: busy while a session is open, clock not synchronised until the first
-    /// answer since boot, fault when set.
+    /// The telemetry a heartbeat sent at local time `now` carries.
+    pub fn telemetry(&self, now: u64) -> Telemetry {
+        let mut firmware_version = String::new();
+        for c in self.config.firmware_version.chars() {
+            if firmware_version.len() + c.len_utf8()
+                > blepay_core::telemetry::MAX_FIRMWARE_VERSION_LEN
+            {
+                break;
+            }
+            firmware_version.push(c);
+        }
+        let durable = self.outbox.durable();
+        Telemetry {
+            firmware_version,
+            fault_codes: self
+                .fault_codes
+                .iter()
+                .copied()
+                .take(blepay_core::telemetry::MAX_FAULT_CODES)
+                .collect(),
+            signal_quality: self.signal_quality,
+            uptime_secs: now.saturating_sub(self.booted_at),
+            boot_count: durable.boot_count,
+            outbox_depth: u32::try_from(self.outbox.len()).unwrap_or(u32::MAX),
+            lifetime_units: durable.lifetime_units,
+        }
+    }
+
+    /// The advert flags now: busy while a session is open, fault while a fault code is set,
+    /// clock not synchronised until the first bounded answer since boot, link down after a
+    /// failed exchange or when the modem is not attached.
     pub fn advert_flags(&self) -> AdvertFlags {
         let mut flags = AdvertFlags::NONE;
         if self.phase != Phase::Idle {
             flags = flags | AdvertFlags::BUSY;
         }
-        if self.fault {
+        if !self.fault_codes.is_empty() {
             flags = flags | AdvertFlags::FAULT;
         }
         if !self.clock.is_synced() {
             flags = flags | AdvertFlags::CLOCK_UNSYNCED;
+        }
+        if self.link_down {
+            flags = flags | AdvertFlags::LINK_DOWN;
         }
         flags
     }
@@ -501,49 +659,67 @@ impl<L: RecordLog> Engine<L> {
         self.actions.drain(..)
     }
 
-    /// The request to send now, if one is due: the oldest queued start/report (the same bytes on
-    /// every retry), else a poll when one is due. At most one request is in flight; after handing
-    /// it out, report the result with [`Engine::on_response`] or [`Engine::on_transport_error`].
+    /// True when the next [`Engine::transmit`] at `now` would build a new heartbeat (the driver
+    /// then asks the transport for its [`LinkStatus`] first).
+    pub fn heartbeat_due(&self, now: u64) -> bool {
+        self.in_flight.is_none()
+            && self.outbox.is_empty()
+            && self.phase == Phase::Idle
+            && now >= self.next_heartbeat_at
+    }
+
+    /// The request to send now, if one is due: the oldest queued press/report (the same bytes on
+    /// every retry), else a heartbeat when one is due. At most one request is in flight; after
+    /// handing it out, report the result with [`Engine::on_response`] or
+    /// [`Engine::on_transport_error`].
     ///
     /// # Errors
-    /// Storage, when reserving a sequence number for a poll fails (nothing is sent).
+    /// Storage, when reserving a sequence number for a heartbeat fails (nothing is sent).
     pub fn transmit(&mut self, now: u64) -> Result<Option<Transmit>, EngineError<L::Error>> {
         if self.in_flight.is_none() {
             if let Some(e) = self.outbox.front() {
                 self.in_flight = Some(InFlight {
                     kind: entry_kind(e),
                     pending: e.pending(),
+                    first_sent_at: None,
                     sent_at: None,
                     due_at: now,
                     failures: 0,
+                    outstanding: false,
                 });
-            } else if self.may_poll() && now >= self.next_poll_at {
+            } else if self.heartbeat_due(now) {
                 let seq = self.outbox.take_seq()?;
-                let pending = self.identity.request(seq, &crate::poll());
+                let pending = self
+                    .identity
+                    .request(seq, &crate::heartbeat(self.telemetry(now)));
+                self.stats.heartbeats = self.stats.heartbeats.saturating_add(1);
                 self.in_flight = Some(InFlight {
-                    kind: RequestKind::Poll,
+                    kind: RequestKind::Heartbeat,
                     pending,
+                    first_sent_at: None,
                     sent_at: None,
                     due_at: now,
                     failures: 0,
+                    outstanding: false,
                 });
             }
         }
         let timeout = self.config.answer_timeout_secs;
+        let boot_seq = self.boot_seq;
         let Some(f) = self.in_flight.as_mut().filter(|f| now >= f.due_at) else {
             return Ok(None);
         };
+        if f.sent_at.is_none() && f.pending.seq >= boot_seq {
+            f.first_sent_at = Some(now);
+        }
         f.sent_at = Some(now);
+        f.outstanding = true;
         f.due_at = now.saturating_add(timeout);
         Ok(Some(Transmit {
             seq: f.pending.seq,
             kind: f.kind,
             frame: f.pending.frame.clone(),
         }))
-    }
-
-    fn may_poll(&self) -> bool {
-        matches!(self.phase, Phase::Idle | Phase::Granted { .. })
     }
 
     fn backoff(&self, failures: u32) -> u64 {
@@ -556,10 +732,12 @@ impl<L: RecordLog> Engine<L> {
     }
 
     /// The request in flight could not be delivered or got no answer: it is retried later with the
-    /// same bytes (backing off).
+    /// same bytes (backing off). The advert says link down until the next authenticated answer.
     pub fn on_transport_error(&mut self, now: u64) {
         self.stats.failed_exchanges = self.stats.failed_exchanges.saturating_add(1);
+        self.link_down = true;
         let Some(failures) = self.in_flight.as_mut().map(|f| {
+            f.outstanding = false;
             f.failures = f.failures.saturating_add(1);
             f.failures
         }) else {
@@ -572,8 +750,8 @@ impl<L: RecordLog> Engine<L> {
     }
 
     /// An HTTP answer (`status`, `body`) to the request in flight arrived at local time `now`.
-    /// An authentic answer sets the clock, acknowledges the request and drives the session; anything
-    /// else leaves the request in flight to be retried with the same bytes.
+    /// An authentic answer sets the clock, acknowledges the request and drives the session;
+    /// anything else leaves the request in flight to be retried with the same bytes.
     ///
     /// # Errors
     /// Storage, while persisting the acknowledgement, the clock or a follow-up report. The answer
@@ -613,34 +791,51 @@ impl<L: RecordLog> Engine<L> {
         f: &InFlight,
         answer: &Answer,
     ) -> Result<(), EngineError<L::Error>> {
-        let previous = self.clock.offset();
-        let first = self
-            .clock
-            .sync(answer.server_time, f.sent_at.unwrap_or(now), now);
-        let drift = self.clock.offset().abs_diff(previous);
-        if first || drift > self.config.clock_persist_drift_secs {
+        self.link_down = false;
+        // Any answer to this seq was stamped after its first send (a retry may get an earlier
+        // try's saved answer): that, not the last try, bounds its age.
+        let seen = self.clock.observe(answer.server_time, f.first_sent_at, now);
+        if seen.first || seen.moved.unsigned_abs() > self.config.clock_persist_drift_secs {
             self.outbox.save_clock(self.clock.offset(), true)?;
         }
+        self.schedule_heartbeat(now);
         let refused = answer.refusal().is_some();
-        if f.kind == RequestKind::Poll {
+        if f.kind == RequestKind::Heartbeat {
             self.in_flight = None;
-            self.next_poll_at = now.saturating_add(self.config.poll_every_secs);
-            if let machine::Answer::Grants(grants) = &answer.body {
-                self.take_grants(now, grants);
-            }
             return Ok(());
         }
-        let entry = self.outbox.ack(f.pending.seq, refused)?;
-        self.in_flight = None;
+        let entry = self.outbox.front().cloned();
+        let Some(entry) = entry.filter(|e| e.seq == f.pending.seq) else {
+            self.in_flight = None;
+            return Err(OutboxError::NotHead(f.pending.seq));
+        };
         match entry.op {
-            Op::Start { grant } => self.on_start_answer(now, grant, answer),
+            Op::Press => self.on_press_answer(now, entry.seq, answer),
+            Op::Start { grant } => {
+                self.outbox.ack(entry.seq, refused)?;
+                self.in_flight = None;
+                self.on_legacy_start_answer(&grant, answer)
+            }
             Op::Report {
                 session,
                 last: false,
                 ..
             } => {
+                self.outbox.ack(entry.seq, refused)?;
+                self.in_flight = None;
                 if refused {
-                    self.stop(session, StopReason::Refused)?;
+                    return self.stop(session, StopReason::Refused);
+                }
+                if let Phase::Dispensing {
+                    grant,
+                    deadline,
+                    timeout,
+                    ..
+                } = &mut self.phase
+                {
+                    if grant.session == session && *timeout > 0 {
+                        *deadline = answer.server_time.saturating_add(*timeout);
+                    }
                 }
                 Ok(())
             }
@@ -650,17 +845,15 @@ impl<L: RecordLog> Engine<L> {
                 last: true,
                 ..
             } => {
+                self.outbox.ack(entry.seq, refused)?;
+                self.in_flight = None;
                 if matches!(self.phase, Phase::Ending { session: s, .. } if s == session) {
                     self.phase = Phase::Idle;
-                    self.next_poll_at = now;
                 }
                 self.actions.push_back(Action::SessionSettled {
                     session,
                     units,
-                    amount: match answer.body {
-                        machine::Answer::Session { amount, .. } => amount,
-                        machine::Answer::Grants(_) | machine::Answer::Refused(_) => 0,
-                    },
+                    amount: answer.body.session().map_or(0, |(_, amount)| amount),
                     error: answer.refusal_code(),
                 });
                 self.outbox
@@ -670,50 +863,74 @@ impl<L: RecordLog> Engine<L> {
         }
     }
 
-    fn on_start_answer(
+    /// After an answered exchange: the next heartbeat is an interval away — or soon, backing off,
+    /// while the clock is not synchronised.
+    fn schedule_heartbeat(&mut self, now: u64) {
+        let interval = self.config.heartbeat_interval_secs.max(1);
+        let delay = if self.clock.is_synced() {
+            self.unsynced_answers = 0;
+            interval
+        } else {
+            self.unsynced_answers = self.unsynced_answers.saturating_add(1);
+            self.backoff(self.unsynced_answers).min(interval)
+        };
+        self.next_heartbeat_at = now.saturating_add(delay);
+    }
+
+    /// Is `session` one the journal already started or ended?
+    fn known_session(&self, session: SessionId) -> bool {
+        let d = self.outbox.durable();
+        d.open.as_ref().is_some_and(|o| o.grant.session == session)
+            || d.last_final == Some(session)
+            || d.queue.iter().any(|e| e.op.session() == Some(session))
+    }
+
+    fn on_press_answer(
         &mut self,
         now: u64,
-        grant: Grant,
+        seq: u32,
         answer: &Answer,
     ) -> Result<(), EngineError<L::Error>> {
-        let Phase::Starting {
-            grant: g,
-            interrupted,
-        } = &self.phase
-        else {
-            return Ok(());
+        let interrupted = matches!(self.phase, Phase::Pressing { interrupted: true });
+        let grant = match &answer.body {
+            machine::Answer::Started(Ok(grant)) => grant.clone(),
+            machine::Answer::Started(Err(e)) => return self.not_started(seq, false, NotStarted::BadTerms(*e)),
+            machine::Answer::Refused(r) => {
+                return self.not_started(seq, true, NotStarted::Refused(r.code));
+            }
+            // Not what the codec reads a press answer as.
+            machine::Answer::Ack | machine::Answer::Grants(_) | machine::Answer::Session { .. } => {
+                return self.not_started(seq, false, NotStarted::BadTerms(GrantError::Count));
+            }
         };
-        if g.session != grant.session {
+        if self.known_session(grant.session) {
+            // Never pour twice: whatever the journal says about this session stands (an open one
+            // is ended by its final report, queued at boot).
+            self.stats.known_sessions_ignored = self.stats.known_sessions_ignored.saturating_add(1);
+            self.outbox.ack(seq, false)?;
+            self.in_flight = None;
+            if matches!(self.phase, Phase::Pressing { .. }) {
+                self.phase = Phase::Idle;
+            }
             return Ok(());
         }
-        let interrupted = *interrupted;
-        let not_active = match &answer.body {
-            machine::Answer::Session {
-                status: Status::Known(SessionStatus::Active),
-                ..
-            } => None,
-            machine::Answer::Session { status, .. } => Some(AbortReason::NotActive(*status)),
-            machine::Answer::Refused(r) => Some(AbortReason::Refused(r.code)),
-            // Not what a start is answered with (the codec reads start answers as a session).
-            machine::Answer::Grants(_) => Some(AbortReason::NotActive(Status::Unspecified)),
-        };
-        if let Some(reason) = not_active {
-            self.phase = Phase::Idle;
-            self.next_poll_at = now;
+        self.outbox.started(seq, grant.clone())?;
+        self.in_flight = None;
+        if interrupted {
             self.actions.push_back(Action::SessionAborted {
                 session: grant.session,
-                reason,
+                reason: AbortReason::Interrupted,
             });
-            return Ok(());
-        }
-        if interrupted {
             return self.queue_final(grant.session, Units::ZERO);
         }
         self.actions.push_back(Action::StartDispensing {
             session: grant.session,
             max_units: grant.max_units(),
         });
+        let timeout = grant.expires_at.saturating_sub(answer.server_time);
         self.phase = Phase::Dispensing {
+            deadline: grant.expires_at,
+            timeout,
             grant,
             units: Units::ZERO,
             reported: Units::ZERO,
@@ -723,83 +940,79 @@ impl<L: RecordLog> Engine<L> {
         Ok(())
     }
 
-    fn take_grants(&mut self, now: u64, grants: &[Result<Grant, GrantError>]) {
-        let server_now = self.clock.server_now(now);
-        for g in grants {
-            let Ok(grant) = g.clone() else {
-                self.stats.grants_invalid = self.stats.grants_invalid.saturating_add(1);
-                continue;
-            };
-            if self.phase.session() == Some(grant.session) {
-                continue; // the grant we already hold, listed again
-            }
-            if self.phase != Phase::Idle {
-                self.stats.grants_ignored_busy = self.stats.grants_ignored_busy.saturating_add(1);
-                continue;
-            }
-            if server_now >= grant.expires_at {
-                self.stats.grants_expired = self.stats.grants_expired.saturating_add(1);
-                continue;
-            }
-            self.actions.push_back(Action::AwaitStart {
-                session: grant.session,
-                expires_at: grant.expires_at,
-                max_units: grant.max_units(),
-            });
-            self.phase = Phase::Granted { grant };
+    fn not_started(
+        &mut self,
+        seq: u32,
+        refused: bool,
+        reason: NotStarted,
+    ) -> Result<(), EngineError<L::Error>> {
+        self.outbox.ack(seq, refused)?;
+        self.in_flight = None;
+        if matches!(self.phase, Phase::Pressing { .. }) {
+            self.phase = Phase::Idle;
         }
+        self.actions.push_back(Action::NotStarted { reason });
+        Ok(())
     }
 
-    /// The physical start button. With a live grant: queue the start request (dispensing begins
-    /// when the server answers `ACTIVE`). While dispensing: end of dispensing. Otherwise ignored.
+    /// A legacy start (queued by the polling firmware before an upgrade) answered after a reboot:
+    /// the user is gone, so an `ACTIVE` session is reported with 0 units.
+    fn on_legacy_start_answer(
+        &mut self,
+        grant: &Grant,
+        answer: &Answer,
+    ) -> Result<(), EngineError<L::Error>> {
+        if !matches!(self.phase, Phase::Pressing { .. }) {
+            return Ok(());
+        }
+        let reason = match &answer.body {
+            machine::Answer::Session {
+                status: Status::Known(SessionStatus::Active),
+                ..
+            } => AbortReason::Interrupted,
+            machine::Answer::Session { status, .. } => AbortReason::NotActive(*status),
+            machine::Answer::Refused(r) => AbortReason::Refused(r.code),
+            machine::Answer::Grants(_) | machine::Answer::Started(_) | machine::Answer::Ack => {
+                AbortReason::NotActive(Status::Unspecified)
+            }
+        };
+        let active = reason == AbortReason::Interrupted;
+        self.actions.push_back(Action::SessionAborted {
+            session: grant.session,
+            reason,
+        });
+        if active {
+            return self.queue_final(grant.session, Units::ZERO);
+        }
+        self.phase = Phase::Idle;
+        Ok(())
+    }
+
+    /// The physical start button. When idle: queue the press (dispensing begins when the server
+    /// answers with a started session). Otherwise ignored: a press is already queued or in
+    /// flight, or a session is open.
     ///
     /// # Errors
-    /// Storage: the start is then not queued, and the grant is still waiting.
-    pub fn on_start_button(&mut self, now: u64) -> Result<(), EngineError<L::Error>> {
-        match &self.phase {
-            Phase::Granted { grant } => {
-                let grant = grant.clone();
-                if self.clock.server_now(now) >= grant.expires_at {
-                    self.expire(grant.session);
-                    return Ok(());
-                }
-                let seq = self.outbox.take_seq()?;
-                let pending = self.identity.request(seq, &crate::start(grant.session));
-                self.outbox.enqueue(
-                    seq,
-                    Op::Start {
-                        grant: grant.clone(),
-                    },
-                    pending.frame,
-                )?;
-                self.phase = Phase::Starting {
-                    grant,
-                    interrupted: false,
-                };
-                if self
-                    .in_flight
-                    .as_ref()
-                    .is_some_and(|f| f.kind == RequestKind::Poll && f.sent_at.is_none())
-                {
-                    self.in_flight = None; // a poll not handed out yet: the start goes first
-                }
-                Ok(())
-            }
-            Phase::Dispensing { grant, .. } => {
-                let session = grant.session;
-                self.stop(session, StopReason::Ended)
-            }
-            Phase::Idle | Phase::Starting { .. } | Phase::Ending { .. } => Ok(()),
+    /// Storage: the press is then not queued (the user presses again).
+    pub fn on_start_button(&mut self, _now: u64) -> Result<(), EngineError<L::Error>> {
+        if self.phase != Phase::Idle {
+            self.stats.presses_ignored = self.stats.presses_ignored.saturating_add(1);
+            return Ok(());
         }
-    }
-
-    fn expire(&mut self, session: SessionId) {
-        self.phase = Phase::Idle;
-        self.stats.grants_expired = self.stats.grants_expired.saturating_add(1);
-        self.actions.push_back(Action::SessionAborted {
-            session,
-            reason: AbortReason::Expired,
-        });
+        let seq = self.outbox.take_seq()?;
+        let pending = self.identity.request(seq, &crate::press());
+        self.outbox.enqueue(seq, Op::Press, pending.frame)?;
+        self.phase = Phase::Pressing { interrupted: false };
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| f.kind == RequestKind::Heartbeat && !f.outstanding)
+        {
+            // A heartbeat not sent yet or waiting for its retry: the press goes first (the
+            // heartbeat's sequence number is skipped, which the protocol allows).
+            self.in_flight = None;
+        }
+        Ok(())
     }
 
     /// `delta` units counted by the meter. Stops at the cap (queues the final report), queues a
@@ -843,18 +1056,13 @@ impl<L: RecordLog> Engine<L> {
         }
     }
 
-    /// Timers: grant expiry, the no-flow timeout, time-based progress reports. Call it whenever
+    /// Timers: the no-flow timeout, time- and deadline-based progress reports. Call it whenever
     /// [`Engine::next_wakeup`] is reached (calling it more often is harmless).
     ///
     /// # Errors
     /// Storage, while queueing a report.
     pub fn tick(&mut self, now: u64) -> Result<(), EngineError<L::Error>> {
         match &self.phase {
-            Phase::Granted { grant } if self.clock.server_now(now) >= grant.expires_at => {
-                let session = grant.session;
-                self.expire(session);
-                Ok(())
-            }
             Phase::Dispensing { grant, flow_at, .. } => {
                 let timeout = self.config.no_flow_timeout_secs;
                 if timeout > 0 && now.saturating_sub(*flow_at) >= timeout {
@@ -867,8 +1075,27 @@ impl<L: RecordLog> Engine<L> {
         }
     }
 
+    /// The local time at which a progress report is due for the server's deadline.
+    fn deadline_report_at(&self) -> Option<u64> {
+        let Phase::Dispensing {
+            deadline, timeout, ..
+        } = &self.phase
+        else {
+            return None;
+        };
+        if *timeout == 0 {
+            return None;
+        }
+        let margin = self.config.report_deadline_margin_secs.min(*timeout / 2);
+        Some(local_at(
+            deadline.saturating_sub(margin),
+            self.clock.offset(),
+        ))
+    }
+
     /// Queue a progress report when one is due and none is waiting.
     fn maybe_progress(&mut self, now: u64, by_time: bool) -> Result<(), EngineError<L::Error>> {
+        let deadline_due = by_time && self.deadline_report_at().is_some_and(|at| now >= at);
         let Phase::Dispensing {
             grant,
             units,
@@ -884,11 +1111,12 @@ impl<L: RecordLog> Engine<L> {
             self.config.report_every_secs,
         );
         let new_units = units.get().saturating_sub(reported.get());
-        let due = if by_time {
-            every_secs > 0 && new_units > 0 && now.saturating_sub(*reported_at) >= every_secs
-        } else {
-            every_units > 0 && new_units >= every_units
-        };
+        let due = deadline_due
+            || if by_time {
+                every_secs > 0 && new_units > 0 && now.saturating_sub(*reported_at) >= every_secs
+            } else {
+                every_units > 0 && new_units >= every_units
+            };
         let session = grant.session;
         let waiting = self
             .outbox
@@ -943,7 +1171,8 @@ impl<L: RecordLog> Engine<L> {
         self.queue_final(session, units)
     }
 
-    /// Queue the final report (bumping the use counter in the same record) and enter `Ending`.
+    /// Queue the final report (bumping the use counter and the lifetime units in the same
+    /// record) and enter `Ending`.
     fn queue_final(
         &mut self,
         session: SessionId,
@@ -969,33 +1198,32 @@ impl<L: RecordLog> Engine<L> {
     }
 
     /// The local time by which the engine wants to be called again ([`Engine::tick`],
-    /// [`Engine::transmit`], [`Engine::advert_update`]): the next retry or poll, grant expiry,
-    /// no-flow timeout, progress report, or advert slot change.
+    /// [`Engine::transmit`], [`Engine::advert_update`]): the next retry or heartbeat, the
+    /// no-flow timeout, a progress report, or the advert's slot change.
     pub fn next_wakeup(&self, now: u64) -> u64 {
         let mut at = self.next_slot_at(now);
         let mut consider = |t: u64| at = at.min(t.max(now));
         match &self.in_flight {
             Some(f) => consider(f.due_at),
             None if !self.outbox.is_empty() => consider(now),
-            None if self.may_poll() => consider(self.next_poll_at),
+            None if self.phase == Phase::Idle => consider(self.next_heartbeat_at),
             None => {}
         }
-        let offset = self.clock.offset();
-        match &self.phase {
-            Phase::Granted { grant } => consider(local_at(grant.expires_at, offset)),
-            Phase::Dispensing {
-                flow_at,
-                reported_at,
-                ..
-            } => {
-                if self.config.no_flow_timeout_secs > 0 {
-                    consider(flow_at.saturating_add(self.config.no_flow_timeout_secs));
-                }
-                if self.config.report_every_secs > 0 {
-                    consider(reported_at.saturating_add(self.config.report_every_secs));
-                }
+        if let Phase::Dispensing {
+            flow_at,
+            reported_at,
+            ..
+        } = &self.phase
+        {
+            if self.config.no_flow_timeout_secs > 0 {
+                consider(flow_at.saturating_add(self.config.no_flow_timeout_secs));
             }
-            _ => {}
+            if self.config.report_every_secs > 0 {
+                consider(reported_at.saturating_add(self.config.report_every_secs));
+            }
+            if let Some(t) = self.deadline_report_at() {
+                consider(t);
+            }
         }
         at
     }
@@ -1009,6 +1237,6 @@ impl<L: RecordLog> Engine<L> {
 }
 
 /// Local time at which the server clock shows `server_time`.
-fn local_at(server_time: u64, offset: i64) -> u64 {
+const fn local_at(server_time: u64, offset: i64) -> u64 {
     server_time.saturating_add_signed(offset.saturating_neg())
 }

@@ -9,10 +9,19 @@
 //! | [`Record::Enqueue`] | `02` | `seq` u32, op, `frame_len` u16, frame |
 //! | [`Record::Ack`] | `03` | `seq` u32, `refused` u8 |
 //! | [`Record::Session`] | `04` | grant, `started` u8, `units` u64 |
+//! | [`Record::Started`] | `05` | `seq` u32, grant |
+//! | [`Record::Counters`] | `06` | `boot_count` u32, `lifetime_units` u64, `last_final` (16, zeros: none) |
 //!
-//! op = `01` grant (start) or `02` `session_id` (16), `units` u64, `final` u8, `use_counter_after`
-//! u16 (report); grant = `session_id` (16), `hold` i64, `price_per_unit` i64, `expires_at` u64,
-//! `use_counter` u16.
+//! op = `01` grant (legacy start), `02` `session_id` (16), `units` u64, `final` u8,
+//! `use_counter_after` u16 (report), or `03` (press, no fields); grant = `session_id` (16), `hold`
+//! i64, `price_per_unit` i64, `expires_at` u64, `use_counter` u16.
+//!
+//! A press is acknowledged by [`Record::Started`] when the server started a session (the terms
+//! arrive with the answer, so the acknowledgement and the open session are one record: a power
+//! loss cannot keep one without the other), by [`Record::Ack`] when it refused.
+//!
+//! Records `01`–`04` are the format of the polling firmware and are read unchanged, so an outbox
+//! written before an upgrade (a legacy start still queued) is recovered and finished.
 //!
 //! Replay ([`Durable::apply`]) is also applied to every record as it is appended, so the state in
 //! RAM is always what a recovery would rebuild.
@@ -27,7 +36,9 @@ use crate::grant::Grant;
 /// What a queued request does (kept next to its sealed frame to rebuild the session on recovery).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// Start the session of `grant`.
+    /// The start button was pressed: start the session waiting on this machine, whatever it is.
+    Press,
+    /// Legacy (polling firmware): start the session of `grant`.
     Start {
         /// The grant being started (hold, price, expiry are needed after a reboot).
         grant: Grant,
@@ -47,10 +58,11 @@ pub enum Op {
 
 impl Op {
     /// The session this request is about.
-    pub const fn session(&self) -> SessionId {
+    pub const fn session(&self) -> Option<SessionId> {
         match self {
-            Self::Start { grant } => grant.session,
-            Self::Report { session, .. } => *session,
+            Self::Press => None,
+            Self::Start { grant } => Some(grant.session),
+            Self::Report { session, .. } => Some(*session),
         }
     }
 }
@@ -72,6 +84,7 @@ impl Entry {
         crate::Pending {
             seq: self.seq,
             kind: match self.op {
+                Op::Press => crate::machine::RequestKind::Press,
                 Op::Start { .. } => crate::machine::RequestKind::Start,
                 Op::Report { .. } => crate::machine::RequestKind::Report,
             },
@@ -118,14 +131,35 @@ pub enum Record {
     },
     /// Snapshot of the open session (written by compaction).
     Session(OpenSession),
+    /// The press `seq` was answered with a started session: acknowledges the press and opens the
+    /// session (started) in one record.
+    Started {
+        /// The press answered.
+        seq: u32,
+        /// The started session's terms.
+        grant: Grant,
+    },
+    /// Counters kept for telemetry and for recognising an answer about a session already ended.
+    /// Absolute values (a snapshot writes it last).
+    Counters {
+        /// Boots since manufacture (since the log was created).
+        boot_count: u32,
+        /// Units in all final reports queued so far.
+        lifetime_units: u64,
+        /// The session of the last final report queued.
+        last_final: Option<SessionId>,
+    },
 }
 
 const TAG_STATE: u8 = 1;
 const TAG_ENQUEUE: u8 = 2;
 const TAG_ACK: u8 = 3;
 const TAG_SESSION: u8 = 4;
+const TAG_STARTED: u8 = 5;
+const TAG_COUNTERS: u8 = 6;
 const OP_START: u8 = 1;
 const OP_REPORT: u8 = 2;
+const OP_PRESS: u8 = 3;
 
 struct Cursor<'a>(&'a [u8]);
 
@@ -206,6 +240,7 @@ impl Record {
                 out.push(TAG_ENQUEUE);
                 out.extend_from_slice(&e.seq.to_be_bytes());
                 match &e.op {
+                    Op::Press => out.push(OP_PRESS),
                     Op::Start { grant } => {
                         out.push(OP_START);
                         put_grant(&mut out, grant);
@@ -238,6 +273,21 @@ impl Record {
                 out.push(u8::from(s.started));
                 out.extend_from_slice(&s.units.get().to_be_bytes());
             }
+            Self::Started { seq, grant } => {
+                out.push(TAG_STARTED);
+                out.extend_from_slice(&seq.to_be_bytes());
+                put_grant(&mut out, grant);
+            }
+            Self::Counters {
+                boot_count,
+                lifetime_units,
+                last_final,
+            } => {
+                out.push(TAG_COUNTERS);
+                out.extend_from_slice(&boot_count.to_be_bytes());
+                out.extend_from_slice(&lifetime_units.to_be_bytes());
+                out.extend_from_slice(&last_final.map_or([0; 16], SessionId::to_bytes));
+            }
         }
         out
     }
@@ -256,6 +306,7 @@ impl Record {
             TAG_ENQUEUE => {
                 let seq = c.u32()?;
                 let op = match c.u8()? {
+                    OP_PRESS => Op::Press,
                     OP_START => Op::Start { grant: c.grant()? },
                     OP_REPORT => Op::Report {
                         session: SessionId::from_bytes(c.array()?),
@@ -278,6 +329,18 @@ impl Record {
                 started: c.bool()?,
                 units: Units::new(c.u64()?),
             }),
+            TAG_STARTED => Self::Started {
+                seq: c.u32()?,
+                grant: c.grant()?,
+            },
+            TAG_COUNTERS => Self::Counters {
+                boot_count: c.u32()?,
+                lifetime_units: c.u64()?,
+                last_final: {
+                    let id: [u8; 16] = c.array()?;
+                    (id != [0; 16]).then(|| SessionId::from_bytes(id))
+                },
+            },
             _ => return None,
         };
         c.0.is_empty().then_some(record)
@@ -300,6 +363,12 @@ pub struct Durable {
     pub open: Option<OpenSession>,
     /// Unacknowledged requests, oldest first.
     pub queue: VecDeque<Entry>,
+    /// Boots since the log was created (bumped by `Engine::open`).
+    pub boot_count: u32,
+    /// Units in all final reports queued so far.
+    pub lifetime_units: u64,
+    /// The session of the last final report queued (acknowledged or not).
+    pub last_final: Option<SessionId>,
 }
 
 impl Default for Durable {
@@ -311,6 +380,9 @@ impl Default for Durable {
             clock_synced: false,
             open: None,
             queue: VecDeque::new(),
+            boot_count: 0,
+            lifetime_units: 0,
+            last_final: None,
         }
     }
 }
@@ -332,7 +404,13 @@ impl Durable {
             }
             Record::Enqueue(e) => {
                 self.seq_high_water = self.seq_high_water.max(e.seq.saturating_add(1));
+                // A seq is only ever enqueued once; a duplicate (impossible by construction) is
+                // kept out so a retry can never send two different frames with one seq.
+                if self.queue.iter().any(|q| q.seq == e.seq) {
+                    return;
+                }
                 match &e.op {
+                    Op::Press => {}
                     Op::Start { grant } => {
                         self.open = Some(OpenSession {
                             grant: grant.clone(),
@@ -355,6 +433,8 @@ impl Durable {
                                 self.open = None;
                             }
                             self.use_counter = *use_counter;
+                            self.lifetime_units = self.lifetime_units.saturating_add(units.get());
+                            self.last_final = Some(*session);
                         } else if let Some(o) =
                             self.open.as_mut().filter(|o| o.grant.session == *session)
                         {
@@ -362,11 +442,7 @@ impl Durable {
                         }
                     }
                 }
-                // A seq is only ever enqueued once; a duplicate (impossible by construction) is
-                // kept out so a retry can never send two different frames with one seq.
-                if self.queue.iter().all(|q| q.seq != e.seq) {
-                    self.queue.push_back(e.clone());
-                }
+                self.queue.push_back(e.clone());
             }
             Record::Ack { seq, refused } => {
                 let Some(pos) = self.queue.iter().position(|q| q.seq == *seq) else {
@@ -390,6 +466,35 @@ impl Durable {
                 }
             }
             Record::Session(s) => self.open = Some(s.clone()),
+            Record::Started { seq, grant } => {
+                let Some(pos) = self.queue.iter().position(|q| q.seq == *seq) else {
+                    return;
+                };
+                self.queue.remove(pos);
+                self.open = Some(OpenSession {
+                    grant: grant.clone(),
+                    started: true,
+                    units: Units::ZERO,
+                });
+            }
+            Record::Counters {
+                boot_count,
+                lifetime_units,
+                last_final,
+            } => {
+                self.boot_count = *boot_count;
+                self.lifetime_units = *lifetime_units;
+                self.last_final = *last_final;
+            }
+        }
+    }
+
+    /// The counters as a record.
+    pub const fn counters(&self) -> Record {
+        Record::Counters {
+            boot_count: self.boot_count,
+            lifetime_units: self.lifetime_units,
+            last_final: self.last_final,
         }
     }
 
@@ -406,6 +511,9 @@ impl Durable {
             out.push(Record::Session(open.clone()));
         }
         out.extend(self.queue.iter().cloned().map(Record::Enqueue));
+        // Last: replaying the queued final reports above adds their units again; this sets the
+        // counters back to their true values.
+        out.push(self.counters());
         out
     }
 }

@@ -9,20 +9,21 @@
 //! Crate map:
 //! - [`Identity`] (here) — device id + key: signs adverts, seals [`Request`]s, opens answers into
 //!   typed [`Answer`]s (the codec is `blepay_proto::machine`, the one the server uses); and the
-//!   request builders [`poll`], [`start`], [`report`].
-//! - [`grant`] — [`grant::Grant`], a session authorised on this machine, and its cap.
-//! - [`engine`] — the session engine: grants, start button, meter ticks, end of dispensing →
-//!   requests to send and actions (open/close the valve); one session and one request in flight
-//!   at a time.
-//! - [`outbox`] — the persisted queue of starts and reports (appended before sending, dropped when
-//!   answered) and the sequence-number high-water mark; [`journal`] — its record format and
-//!   replay.
+//!   request builders [`press`], [`heartbeat`], [`report`] (and the legacy [`poll`], [`start`]).
+//! - [`grant`] — [`grant::Grant`], the terms of a session started on this machine, and its cap.
+//! - [`engine`] — the session engine: start button, meter ticks, end of dispensing, heartbeat
+//!   timer → requests to send and actions (open/close the valve); one session and one request in
+//!   flight at a time; nothing sent while idle but a rare heartbeat.
+//! - [`outbox`] — the persisted queue of presses and reports (appended before sending, dropped
+//!   when answered), the sequence-number high-water mark and the telemetry counters; [`journal`]
+//!   — its record format and replay.
 //! - [`log`] — [`log::RecordLog`], append-only records with CRC-32, and [`log::MemLog`];
 //!   `file_log::FileLog` with `std`.
 //! - [`clock`] — server time from the authenticated answers; [`advertiser`] — the 31-byte
 //!   advertising data and the HCI command, per 30 s slot.
-//! - [`transport`] — the blocking [`transport::Transport`] trait (one HTTP POST); [`driver`] — the
-//!   loop gluing the engine to a transport.
+//! - [`transport`] — the blocking [`transport::Transport`] trait (one HTTP POST, and the link's
+//!   status); [`driver`] — the loop gluing the engine to a transport; [`at`] — the SIM800
+//!   transport; `sim800_sim` (feature `sim800-sim`) — a SIM800 simulator for tests and benches.
 //!
 //! Rules the caller must keep (docs/protocol.md) are kept by the [`engine::Engine`]:
 //! - the next sequence number is persisted *before* a request is sent, so it never goes back
@@ -46,6 +47,8 @@ pub mod http;
 pub mod journal;
 pub mod log;
 pub mod outbox;
+#[cfg(feature = "sim800-sim")]
+pub mod sim800_sim;
 pub mod transport;
 
 use alloc::vec::Vec;
@@ -165,12 +168,22 @@ impl Identity {
     }
 }
 
-/// A poll request.
+/// A press request: the start button was pressed.
+pub const fn press() -> Request {
+    Request::Press
+}
+
+/// A heartbeat request carrying `telemetry`.
+pub const fn heartbeat(telemetry: blepay_core::Telemetry) -> Request {
+    Request::Heartbeat(telemetry)
+}
+
+/// Legacy: a poll request (the firmware no longer polls).
 pub const fn poll() -> Request {
     Request::Poll
 }
 
-/// A start request.
+/// Legacy: a start request for a session learnt by polling.
 pub const fn start(session: SessionId) -> Request {
     Request::Start { session }
 }

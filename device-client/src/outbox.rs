@@ -1,6 +1,7 @@
 //! The persisted outbox: requests appended to a [`RecordLog`] *before* they are sent, sent in
 //! order, dropped only when an authenticated answer for their sequence number arrives — and the
-//! sequence-number high-water mark, the use counter and the clock offset next to them.
+//! sequence-number high-water mark, the use counter, the clock offset and the telemetry counters
+//! (boot count, lifetime units) next to them.
 //!
 //! **Sequence numbers never go back.** Numbers are handed out from a block reserved by persisting
 //! a high-water mark ahead of use ([`Record::State`]); after a reboot numbering resumes at the
@@ -9,6 +10,7 @@
 
 use alloc::vec::Vec;
 
+use crate::grant::Grant;
 use crate::journal::{Durable, Entry, Op, Record};
 use crate::log::RecordLog;
 
@@ -195,6 +197,37 @@ impl<L: RecordLog> Outbox<L> {
             .ok_or(OutboxError::NotHead(seq))?;
         self.append(&Record::Ack { seq, refused })?;
         Ok(head)
+    }
+
+    /// The oldest request, the press `seq`, was answered with a started session: persist the
+    /// acknowledgement and the open session (`grant`, started, no units) in one record.
+    ///
+    /// # Errors
+    /// [`OutboxError::NotHead`] when `seq` is not the oldest queued request (nothing changes);
+    /// [`OutboxError::Storage`].
+    pub fn started(&mut self, seq: u32, grant: Grant) -> Result<Entry, OutboxError<L::Error>> {
+        let head = self
+            .state
+            .queue
+            .front()
+            .cloned()
+            .filter(|e| e.seq == seq)
+            .ok_or(OutboxError::NotHead(seq))?;
+        self.append(&Record::Started { seq, grant })?;
+        Ok(head)
+    }
+
+    /// Count one more boot (persisted). Returns the new boot count.
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    pub fn count_boot(&mut self) -> Result<u32, OutboxError<L::Error>> {
+        let mut record = self.state.counters();
+        if let Record::Counters { boot_count, .. } = &mut record {
+            *boot_count = boot_count.saturating_add(1);
+        }
+        self.append(&record)?;
+        Ok(self.state.boot_count)
     }
 
     /// Persist the clock offset (and that it came from the server).

@@ -4,6 +4,23 @@
 //! `blepay device run`) plugs in to carry its sealed frames: a SIM800 AT-command modem on the
 //! machine, a plain HTTP client on a PC. The driver loop ([`crate::driver`]) connects the two.
 
+/// What the transport knows about the link without sending anything (asked at heartbeat time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkStatus {
+    /// Whether the modem is attached (its data bearer is up); `None` when not known.
+    pub attached: Option<bool>,
+    /// `AT+CSQ` `<rssi>`: 0..=31, or 99 ([`blepay_core::telemetry::SIGNAL_UNKNOWN`]) when not known.
+    pub signal_quality: u8,
+}
+
+impl LinkStatus {
+    /// Nothing known (a plain HTTP client).
+    pub const UNKNOWN: Self = Self {
+        attached: None,
+        signal_quality: blepay_core::telemetry::SIGNAL_UNKNOWN,
+    };
+}
+
 /// One blocking HTTP exchange with the blepay server.
 ///
 /// `path` is the request path (`/v1/device`), `body` the sealed request frame (sent as
@@ -24,6 +41,12 @@ pub trait Transport {
         body: &[u8],
         response: &mut alloc::vec::Vec<u8>,
     ) -> Result<u16 /*HTTP status*/, Self::Error>;
+
+    /// The link's state, read locally (no data sent): the driver asks before each heartbeat and
+    /// puts it in the telemetry and the advert's link-down flag. The default knows nothing.
+    fn link_status(&mut self) -> LinkStatus {
+        LinkStatus::UNKNOWN
+    }
 }
 
 /// The request path of the device endpoint.

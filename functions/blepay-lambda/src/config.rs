@@ -5,7 +5,8 @@
 //! what only Lambda has (the table, the master key source).
 
 use blepay_service::config::{
-    ConfigError, DEFAULT_OFFLINE_AFTER_SECS, DEFAULT_START_TIMEOUT_SECS, SecretString, Settings,
+    ConfigError, DEFAULT_ACTIVE_TIMEOUT_SECS, DEFAULT_OFFLINE_AFTER_SECS,
+    DEFAULT_START_TIMEOUT_SECS, SecretString, Settings,
     ValidSettings, cfg_err as err,
 };
 
@@ -42,8 +43,10 @@ pub struct LambdaConfig {
     /// secret nobody knows is used, so only the gateway's JWT authorizer can let a phone in;
     /// `BLEPAY_OPS_TOKEN` the operator bearer token when there is no IAM context (local runs) —
     /// unset when deployed: only IAM-signed calls reach the ops routes;
-    /// `BLEPAY_START_TIMEOUT_SECS` (default 120), `BLEPAY_OFFLINE_AFTER_SECS` (default 300),
-    /// `BLEPAY_CURRENCY` (default EUR).
+    /// `BLEPAY_START_TIMEOUT_SECS` (default 120), `BLEPAY_OFFLINE_AFTER_SECS` (default 4200:
+    /// two missed 30-minute heartbeats and 10 minutes), `BLEPAY_ACTIVE_TIMEOUT_SECS` (default
+    /// 14400: 4 h; the sweeper settles ACTIVE sessions silent that long), `BLEPAY_CURRENCY`
+    /// (default EUR).
     pub service: ValidSettings,
 }
 
@@ -100,6 +103,11 @@ impl LambdaConfig {
                 get("BLEPAY_OFFLINE_AFTER_SECS"),
                 "BLEPAY_OFFLINE_AFTER_SECS",
                 DEFAULT_OFFLINE_AFTER_SECS,
+            )?,
+            active_timeout_secs: number(
+                get("BLEPAY_ACTIVE_TIMEOUT_SECS"),
+                "BLEPAY_ACTIVE_TIMEOUT_SECS",
+                DEFAULT_ACTIVE_TIMEOUT_SECS,
             )?,
             currency: get("BLEPAY_CURRENCY").unwrap_or_else(|| Settings::default().currency),
         }
@@ -160,8 +168,12 @@ mod tests {
             matches!(c.master_keys, Some(MasterKeySource::SecretsManager(ref s)) if s == "blepay/master-keys")
         );
         assert_eq!(
-            (c.service.start_timeout_secs, c.service.offline_after_secs),
-            (120, 300)
+            (
+                c.service.start_timeout_secs,
+                c.service.offline_after_secs,
+                c.service.active_timeout_secs
+            ),
+            (120, 4200, 14_400)
         );
         assert!(
             c.service.jwt_secret.is_none()
@@ -203,6 +215,10 @@ mod tests {
             ("BLEPAY_START_TIMEOUT_SECS", "soon"),
             ("BLEPAY_START_TIMEOUT_SECS", "0"),
             ("BLEPAY_OFFLINE_AFTER_SECS", "-1"),
+            ("BLEPAY_OFFLINE_AFTER_SECS", "0"),
+            ("BLEPAY_ACTIVE_TIMEOUT_SECS", "4h"),
+            ("BLEPAY_ACTIVE_TIMEOUT_SECS", "0"),
+            ("BLEPAY_ACTIVE_TIMEOUT_SECS", "99999999"),
             ("BLEPAY_CURRENCY", "euro"),
             ("BLEPAY_JWT_SECRET", "short"),
             ("BLEPAY_OPS_TOKEN", "short"),

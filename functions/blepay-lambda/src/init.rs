@@ -51,28 +51,59 @@ pub fn router(app: App, surface: Surface) -> Router {
     with_upstream_identity(routes_for(app, surface))
 }
 
-/// Cold start of the sweeper: only the store (it derives no keys, so it needs no master key and
-/// no access to the secret).
+/// What the sweeper runs on: the store and the ACTIVE timeout.
+#[derive(Clone)]
+pub struct Sweeper {
+    pub store: Arc<dyn Store>,
+    /// `BLEPAY_ACTIVE_TIMEOUT_SECS`.
+    pub active_timeout_secs: u64,
+}
+
+impl std::fmt::Debug for Sweeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sweeper")
+            .field("active_timeout_secs", &self.active_timeout_secs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Cold start of the sweeper: only the store and the timeouts (it derives no keys, so it needs
+/// no master key and no access to the secret).
 ///
 /// # Errors
 /// See [`InitError`].
-pub async fn sweeper_store() -> Result<Arc<dyn Store>, InitError> {
+pub async fn sweeper() -> Result<Sweeper, InitError> {
     let config = LambdaConfig::from_env()?;
     let sdk = sdk_config().await;
-    Ok(Arc::new(dynamo_store(&config, &sdk).await))
+    Ok(Sweeper {
+        store: Arc::new(dynamo_store(&config, &sdk).await),
+        active_timeout_secs: config.service.active_timeout_secs,
+    })
 }
 
-/// One sweep: expire sessions never started and release their holds (what `blepay serve`'s
-/// background sweeper does, here on an EventBridge schedule).
+/// One sweep (what `blepay serve`'s background sweeper does, here on an EventBridge schedule):
+/// expire sessions never started and release their holds, then settle ACTIVE sessions with no
+/// report for `active_timeout_secs` at their last reported units. Answers
+/// `{"expired": n, "timedOut": m}`.
 ///
 /// # Errors
 /// On storage failure; the scheduled invocation fails and the next one retries.
-pub async fn sweep(store: &dyn Store, now: u64) -> Result<serde_json::Value, SweepError> {
-    let expired = store.expire_due(now).await.map_err(SweepError)?;
-    if expired > 0 {
-        tracing::info!(expired, "expired sessions and released their holds");
+pub async fn sweep(
+    store: &dyn Store,
+    now: u64,
+    active_timeout_secs: u64,
+) -> Result<serde_json::Value, SweepError> {
+    let swept = blepay_service::app::sweep(store, now, active_timeout_secs)
+        .await
+        .map_err(SweepError)?;
+    if !swept.is_empty() {
+        tracing::info!(
+            expired = swept.expired,
+            timed_out = swept.timed_out,
+            "expired unstarted sessions and settled silent ACTIVE ones by timeout"
+        );
     }
-    Ok(serde_json::json!({ "expired": expired }))
+    Ok(serde_json::json!({ "expired": swept.expired, "timedOut": swept.timed_out }))
 }
 
 /// A failed sweep, reported to Lambda as a diagnostic.

@@ -9,7 +9,7 @@
 //! | `blepay-verify-fn` | `/v1/verify`, `/v1/pay`, `/v1/sessions/{id}`, `/v1/wallet` | the gateway's JWT authorizer (`sub` = user) |
 //! | `blepay-ops-fn` | `/v1/ops/...` | the gateway's IAM authorization |
 //! | `blepay-device-fn` | `POST /v1/device` | each frame (docs/protocol.md) |
-//! | `blepay-sweeper-fn` | EventBridge schedule | — |
+//! | `blepay-sweeper-fn` | EventBridge schedule: expiry and the ACTIVE timeout | — |
 //!
 //! ## Map
 //! - [`config`]: typed configuration from the environment, loaded once at cold start.
@@ -31,4 +31,4 @@ pub mod keys;
 
 pub use config::{LambdaConfig, MasterKeySource};
 pub use identity::with_upstream_identity;
-pub use init::{InitError, SweepError, http_router, router, sweep, sweeper_store};
+pub use init::{InitError, SweepError, Sweeper, http_router, router, sweep, sweeper};

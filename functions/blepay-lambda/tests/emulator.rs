@@ -105,11 +105,13 @@ impl Stack {
         self.json(req).await
     }
 
+    /// A machine exchange at the plain path machines use, as on the CloudFront front door
+    /// (`POST {url}/v1/device`, routed to blepay-device-fn by the emulator's router).
     async fn machine(&self, id: &Identity, seq: u32, body: &Request) -> Answer {
         let pending = id.request(seq, body);
         let r = self
             .http
-            .post(self.function("blepay-device-fn", "/v1/device"))
+            .post(format!("{}/v1/device", self.url))
             .header("content-type", "application/octet-stream")
             .body(pending.frame.clone())
             .send()
@@ -175,10 +177,30 @@ async fn the_lambda_binaries_take_a_payment_end_to_end_under_the_emulator() {
     let Some(stack) = stack() else { return };
     let (identity, user) = provision(&stack).await;
 
-    // The machine comes online; its clock is the server's.
+    // The machine's heartbeat: it is online, its clock is the server's.
     let first = stack
-        .machine(&identity, 1, &blepay_device_client::poll())
+        .machine(
+            &identity,
+            1,
+            &Request::Heartbeat(blepay_core::Telemetry {
+                firmware_version: "emulated-1".into(),
+                signal_quality: 20,
+                ..blepay_core::Telemetry::default()
+            }),
+        )
         .await;
+    let (status, device) = stack
+        .ops(
+            reqwest::Method::GET,
+            &format!("/v1/ops/devices/{}", identity.device_id),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, device["state"].as_str(), device["telemetry"]["firmwareVersion"].as_str()),
+        (200, Some("IDLE"), Some("emulated-1")),
+        "{device}"
+    );
     let advert = identity.advert(first.server_time, UseCounter::new(1), AdvertFlags::NONE);
     let advert = B64.encode(advert.encode());
 
@@ -212,18 +234,19 @@ async fn the_lambda_binaries_take_a_payment_end_to_end_under_the_emulator() {
     let session_id = paid["sessionId"].as_str().unwrap().to_owned();
     let session = SessionId::parse(&session_id).unwrap();
 
-    // Machine: the grant arrives, the user presses start, 3 litres flow.
-    let polled = stack
-        .machine(&identity, 2, &blepay_device_client::poll())
-        .await;
-    assert_eq!(polled.body.usable_grants().count(), 1, "{polled:?}");
-    stack
-        .machine(&identity, 3, &blepay_device_client::start(session))
-        .await;
+    // Machine: the user presses start (one exchange fetches the grant and starts it), 3 litres
+    // flow.
+    let pressed = stack.machine(&identity, 2, &Request::Press).await;
+    let grants: Vec<_> = pressed.body.usable_grants().collect();
+    assert_eq!(
+        grants.iter().map(|g| g.session).collect::<Vec<_>>(),
+        [session],
+        "{pressed:?}"
+    );
     let done = stack
         .machine(
             &identity,
-            4,
+            3,
             &blepay_device_client::report(session, Units::new(3), true),
         )
         .await;
@@ -259,8 +282,8 @@ async fn the_lambda_binaries_take_a_payment_end_to_end_under_the_emulator() {
         )
         .await;
     assert_eq!(
-        (status, s["userId"].as_str()),
-        (200, Some(user.as_str())),
+        (status, s["userId"].as_str(), s["closedBy"].as_str()),
+        (200, Some(user.as_str()), Some("REPORT")),
         "{s}"
     );
 
@@ -292,5 +315,8 @@ async fn the_sweeper_binary_runs_under_the_emulator() {
     );
     let (status, answer) = stack.json(stack.http.post(url).json(&event)).await;
     assert_eq!(status, 200, "{answer}");
-    assert!(answer["expired"].is_u64(), "{answer}");
+    assert!(
+        answer["expired"].is_u64() && answer["timedOut"].is_u64(),
+        "{answer}"
+    );
 }

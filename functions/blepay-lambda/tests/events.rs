@@ -93,10 +93,10 @@ async fn a_payment_flows_through_the_functions_routers_with_the_jwt_sub_as_the_u
         assert_eq!(body_json(r).await["sessionId"], session_id.as_str());
 
         // Nobody starts the machine: the sweeper expires the session and releases the hold.
-        let swept = blepay_lambda::sweep(backend.store(), NOW + 121)
+        let swept = blepay_lambda::sweep(backend.store(), NOW + 121, 14_400)
             .await
             .unwrap();
-        assert_eq!(swept, json!({ "expired": 1 }));
+        assert_eq!(swept, json!({ "expired": 1, "timedOut": 0 }));
         assert!(backend.store().audit().await.unwrap().reconciles());
     }
 }
@@ -209,6 +209,61 @@ async fn the_machine_route_answers_a_forged_frame_with_an_error() {
         let r = call(&device, e.to_string()).await;
         assert!(r.status().is_client_error(), "{}", r.status());
         assert_eq!(body_json(r).await["code"], "DEVICE_AUTH_FAILED");
+    }
+}
+
+#[tokio::test]
+async fn the_device_function_answers_a_frame_delivered_the_way_cloudfront_delivers_it() {
+    for backend in Backend::all().await {
+        let r = call(
+            &backend.router(Surface::Ops),
+            event("ops-register-device.json"),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::OK);
+
+        // The machine's heartbeat, through the plain-HTTP front door (CloudFront's headers, the
+        // API's Host, a base64 body): what blepay-device-fn hands back to API Gateway.
+        let answer = support::invoke(
+            &backend.router(Surface::Device),
+            event("device-heartbeat-cloudfront.json"),
+        )
+        .await;
+        assert_eq!(answer["statusCode"], 200, "{answer}");
+        assert_eq!(answer["isBase64Encoded"], true, "{answer}");
+        // Only the headers HTTP needs: API Gateway adds the framing (content-length) itself.
+        let headers = answer["headers"].as_object().unwrap();
+        let names: Vec<&str> = headers.keys().map(String::as_str).collect();
+        assert!(
+            names == ["content-type"] || names == ["content-length", "content-type"],
+            "{answer}"
+        );
+        assert_eq!(headers["content-type"], "application/octet-stream");
+        assert!(
+            answer["multiValueHeaders"]
+                .as_object()
+                .is_none_or(|m| m.keys().all(|k| headers.contains_key(k))),
+            "{answer}"
+        );
+
+        // The body is the signed answer frame, bound to the request: an acknowledgement at the
+        // server's time.
+        let frame = B64.decode(answer["body"].as_str().unwrap()).unwrap();
+        let opened = support::vector_identity()
+            .open(&support::heartbeat_pending(), &frame)
+            .unwrap();
+        assert_eq!(opened.body, blepay_proto::machine::Answer::Ack);
+        assert_eq!(opened.server_time, NOW);
+
+        // The heartbeat counted: the operator sees the telemetry it carried.
+        let status = backend
+            .store()
+            .device_status(blepay_core::DeviceId::parse(support::DEVICE).unwrap(), NOW)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.last_seen, Some(NOW), "{}", backend.name());
+        assert_eq!(status.telemetry, Some(support::vector_telemetry()));
     }
 }
 

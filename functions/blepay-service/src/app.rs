@@ -5,18 +5,18 @@
 use std::sync::Arc;
 
 use blepay_core::{
-    Amount, Currency, DeviceId, DeviceName, IdempotencyKey, Session, SessionError, SessionId,
-    SessionStatus, Slot, Tariff, UnitName, UserId, Wallet,
+    Amount, CloseReason, Currency, DeviceId, DeviceName, IdempotencyKey, Session, SessionError,
+    SessionId, SessionStatus, Slot, Tariff, Telemetry, UnitName, UserId, Wallet,
 };
 use blepay_proto::machine::{self, RefusalCode};
 use blepay_proto::pb::v1 as pb;
 use blepay_proto::{
-    Advert, AdvertError, FrameError, RequestFrame, derive_device_key, seal_response,
+    Advert, AdvertError, AdvertFlags, FrameError, RequestFrame, derive_device_key, seal_response,
 };
 use blepay_store::{
-    DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, DeviceRecord, DeviceState,
-    DeviceStatus, PayCommand, PayOutcome, RegisterOutcome, ResponseEncoder, SavedAnswer, Store,
-    TopUpOutcome,
+    AdvertSignals, DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, DeviceRecord,
+    DeviceState, DeviceStatus, PayCommand, PayOutcome, RegisterOutcome, ResponseEncoder,
+    SavedAnswer, Store, TopUpOutcome,
 };
 use sha2::{Digest, Sha256};
 
@@ -65,6 +65,21 @@ pub struct DeviceAnswer {
     pub frame: Vec<u8>,
 }
 
+/// What one sweep did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Swept {
+    /// AUTHORIZED sessions past their start deadline, expired (holds released).
+    pub expired: usize,
+    /// ACTIVE sessions silent for the active timeout, settled at their last reported units.
+    pub timed_out: usize,
+}
+
+impl Swept {
+    pub const fn is_empty(&self) -> bool {
+        self.expired == 0 && self.timed_out == 0
+    }
+}
+
 impl App {
     pub fn new(config: Config, store: Arc<dyn Store>, clock: Clock) -> Self {
         Self {
@@ -92,7 +107,8 @@ impl App {
     // Phone
     // ----------------------------------------------------------------------------------------
 
-    /// Verify an advert: who the machine is, its tariff and state. No money moves.
+    /// Verify an advert: who the machine is, its tariff and state (OFFLINE when the advert's
+    /// link-down flag is set, FAULT when its fault flag is). No money moves.
     ///
     /// # Errors
     /// INVALID_ARGUMENT, ADVERT_INVALID, ADVERT_STALE, DEVICE_UNKNOWN, RETRY_LATER.
@@ -101,7 +117,7 @@ impl App {
         let advert = self.authentic_advert(&req.advert)?;
         check_fresh(&advert, now)?;
         let status = self.device_for_advert(&advert, now).await?;
-        let state = status.state(now, self.config().offline_after_secs);
+        let state = status.state(now, self.config().offline_after_secs, signals(&advert));
         let d = &status.device;
         Ok(pb::VerifyResponse {
             device_id: d.id.to_string(),
@@ -116,7 +132,7 @@ impl App {
     /// Pay: hold `max_amount` and open a session the machine will be told about.
     ///
     /// # Errors
-    /// INVALID_ARGUMENT, ADVERT_*, DEVICE_UNKNOWN/OFFLINE/BUSY, INSUFFICIENT_FUNDS,
+    /// INVALID_ARGUMENT, ADVERT_*, DEVICE_UNKNOWN/OFFLINE/FAULT/BUSY, INSUFFICIENT_FUNDS,
     /// IDEMPOTENCY_KEY_REUSED, RETRY_LATER.
     pub async fn pay(
         &self,
@@ -140,6 +156,7 @@ impl App {
             now,
             start_timeout_secs: self.config().start_timeout_secs,
             offline_after_secs: self.config().offline_after_secs,
+            signals: signals(&advert),
         };
         if let Err(stale) = check_fresh(&advert, now) {
             // A retry of an earlier pay may carry the advert it was made with: answer it.
@@ -163,7 +180,12 @@ impl App {
             PayOutcome::DeviceUnknown => Err(device_unknown(advert.device_id)),
             PayOutcome::DeviceOffline => Err(ApiError::new(
                 ErrorCode::DeviceOffline,
-                "the machine has not been heard from recently and could not be told to start",
+                "the machine is offline (not heard from recently, or its advert says its link is \
+                 down): it could not start the session",
+            )),
+            PayOutcome::DeviceFault => Err(ApiError::new(
+                ErrorCode::DeviceFault,
+                "the machine reports a fault: it cannot serve a session",
             )),
             PayOutcome::DeviceBusy => Err(ApiError::new(
                 ErrorCode::DeviceBusy,
@@ -298,6 +320,51 @@ impl App {
         Ok(session_pb(&self.session(id).await?))
     }
 
+    /// A machine as the operator sees it: tariff, state, last seen, open session, latest
+    /// telemetry. Its state is what the server knows without an advert: OFFLINE when silent for
+    /// `BLEPAY_OFFLINE_AFTER_SECS`, FAULT when its latest heartbeat reported fault codes.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT (not 16 hex characters), DEVICE_UNKNOWN, RETRY_LATER.
+    pub async fn ops_device(&self, id: &str) -> Result<pb::Device, ApiError> {
+        let id = DeviceId::parse(id).map_err(|e| ApiError::invalid(format!("deviceId: {e}")))?;
+        let now = self.now();
+        let status = self
+            .inner
+            .store
+            .device_status(id, now)
+            .await?
+            .ok_or_else(|| device_unknown(id))?;
+        // The latest heartbeat's fault codes are the machine's own word, as the advert's fault
+        // flag is: the same rule decides (DeviceStatus::state).
+        let signals = AdvertSignals {
+            link_down: false,
+            fault: status
+                .telemetry
+                .as_ref()
+                .is_some_and(|t| !t.fault_codes.is_empty()),
+        };
+        let state = status.state(now, self.config().offline_after_secs, signals);
+        let d = &status.device;
+        Ok(pb::Device {
+            device_id: d.id.to_string(),
+            name: d.name.as_str().to_owned(),
+            price_per_unit: d.tariff.price_per_unit.minor(),
+            unit_name: d.tariff.unit_name.as_str().to_owned(),
+            currency: d.tariff.currency.to_string(),
+            key_version: u32::from(d.key_version.get()),
+            created_at: secs(d.created_at),
+            state: device_state_pb(state) as i32,
+            last_seen_at: status.last_seen.map_or(0, secs),
+            open_session_id: status
+                .open_session
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            telemetry: status.telemetry.as_ref().map(telemetry_pb),
+            telemetry_at: status.telemetry_at.map_or(0, secs),
+        })
+    }
+
     /// Parse a user id from a path or request (operators name users).
     ///
     /// # Errors
@@ -342,12 +409,14 @@ impl App {
             Ok(op) => op,
             Err(msg) => return Ok(refuse(RefusalCode::FrameInvalid, msg)),
         };
+        let active_timeout = self.config().active_timeout_secs;
         let call = DeviceCall {
             device: frame.device_id(),
             seq: frame.seq(),
             digest: Sha256::digest(bytes).into(),
             op,
             now,
+            active_timeout_secs: active_timeout,
         };
         // The store saves the sealed answer frame, so a byte-identical retry gets a byte-identical
         // answer (its server_time is the original one: docs/protocol.md §3.3).
@@ -355,7 +424,7 @@ impl App {
         // The refusal code travels with the saved answer, so a retry gets the same HTTP status
         // without the service decoding its own frame.
         let encoder: ResponseEncoder = Arc::new(move |r: &DeviceOpResult| {
-            let answer = device_answer(r);
+            let answer = device_answer(r, active_timeout);
             SavedAnswer {
                 frame: seal_response(&enc_key, &tag, seq, now, &answer.encode()),
                 code: answer.refusal().map(|f| f.code.as_str().to_owned()),
@@ -379,12 +448,15 @@ impl App {
         }
     }
 
-    /// Expire sessions whose start deadline passed (the sweeper).
+    /// One sweep: expire sessions whose start deadline passed, and settle ACTIVE sessions with
+    /// no report for `BLEPAY_ACTIVE_TIMEOUT_SECS` at their last reported units.
     ///
     /// # Errors
-    /// On storage failure.
-    pub async fn sweep(&self) -> Result<usize, ApiError> {
-        Ok(self.inner.store.expire_due(self.now()).await?)
+    /// On storage failure (what was done before it stays done; the next sweep retries).
+    pub async fn sweep(&self) -> Result<Swept, ApiError> {
+        sweep(self.inner.store.as_ref(), self.now(), self.config().active_timeout_secs)
+            .await
+            .map_err(ApiError::from)
     }
 
     // ----------------------------------------------------------------------------------------
@@ -445,6 +517,28 @@ impl App {
     }
 }
 
+/// One sweep on `store` at `now` (`blepay serve`'s background loop and the Lambda sweeper).
+///
+/// # Errors
+/// The store's.
+pub async fn sweep(
+    store: &dyn Store,
+    now: u64,
+    active_timeout_secs: u64,
+) -> Result<Swept, blepay_store::StoreError> {
+    let expired = store.expire_due(now).await?;
+    let timed_out = store.time_out_active(now, active_timeout_secs).await?;
+    Ok(Swept { expired, timed_out })
+}
+
+/// What the verified advert says about the machine's link and health.
+fn signals(advert: &Advert) -> AdvertSignals {
+    AdvertSignals {
+        link_down: advert.flags.contains(AdvertFlags::LINK_DOWN),
+        fault: advert.flags.contains(AdvertFlags::FAULT),
+    }
+}
+
 fn check_fresh(advert: &Advert, now: u64) -> Result<(), ApiError> {
     let server = Slot::at(now);
     if advert.slot.is_within(server, SLOT_TOLERANCE) {
@@ -484,6 +578,7 @@ fn device_state_pb(s: DeviceState) -> pb::DeviceState {
         DeviceState::Idle => pb::DeviceState::Idle,
         DeviceState::Busy => pb::DeviceState::Busy,
         DeviceState::Offline => pb::DeviceState::Offline,
+        DeviceState::Fault => pb::DeviceState::Fault,
     }
 }
 
@@ -528,6 +623,32 @@ pub fn session_pb(s: &Session) -> pb::Session {
         started_at: s.started_at.map_or(0, secs),
         ended_at: s.ended_at.map_or(0, secs),
         use_counter: u32::from(s.use_counter.get()),
+        closed_by: s.closed_by.map_or(pb::CloseReason::Unspecified, close_reason_pb) as i32,
+        last_report_at: s.last_report_at.map_or(0, secs),
+        late_report: s.late_report.as_ref().map(|l| pb::LateReport {
+            units: l.units.get(),
+            at: secs(l.at),
+            charged: l.charged.minor(),
+        }),
+    }
+}
+
+fn telemetry_pb(t: &Telemetry) -> pb::Telemetry {
+    pb::Telemetry {
+        firmware_version: t.firmware_version.clone(),
+        fault_codes: t.fault_codes.clone(),
+        signal_quality: u32::from(t.signal_quality),
+        uptime_secs: t.uptime_secs,
+        boot_count: t.boot_count,
+        outbox_depth: t.outbox_depth,
+        lifetime_units: t.lifetime_units,
+    }
+}
+
+fn close_reason_pb(r: CloseReason) -> pb::CloseReason {
+    match r {
+        CloseReason::Report => pb::CloseReason::Report,
+        CloseReason::Timeout => pb::CloseReason::Timeout,
     }
 }
 
@@ -535,6 +656,8 @@ pub fn session_pb(s: &Session) -> pb::Session {
 /// `blepay_proto::machine`; its error message goes into the refusal the machine gets).
 fn decode_device_request(body: &[u8]) -> Result<DeviceOp, String> {
     match machine::Request::decode(body).map_err(|e| e.to_string())? {
+        machine::Request::Press => Ok(DeviceOp::Press),
+        machine::Request::Heartbeat(telemetry) => Ok(DeviceOp::Heartbeat(telemetry)),
         machine::Request::Poll => Ok(DeviceOp::Poll),
         machine::Request::Start { session } => Ok(DeviceOp::Start { session }),
         machine::Request::Report {
@@ -549,9 +672,23 @@ fn decode_device_request(body: &[u8]) -> Result<DeviceOp, String> {
     }
 }
 
-/// The typed answer for a device operation's result.
-pub fn device_answer(r: &DeviceOpResult) -> machine::Answer {
+/// The typed answer for a device operation's result. A press answer's grant carries the report
+/// deadline (`active_timeout_secs` after the start: the server closes the session by timeout if no
+/// report reaches it by then).
+pub fn device_answer(r: &DeviceOpResult, active_timeout_secs: u64) -> machine::Answer {
     match r {
+        DeviceOpResult::Started(s) => machine::Answer::Started(Ok(machine::Grant {
+            session: s.id,
+            hold: s.hold,
+            price_per_unit: s.tariff.price_per_unit,
+            expires_at: s.report_deadline(active_timeout_secs),
+            use_counter: s.use_counter,
+        })),
+        DeviceOpResult::NoSessionWaiting => machine::Answer::refused(
+            RefusalCode::NoSessionWaiting,
+            "no session is waiting on this machine: pay in the app first",
+        ),
+        DeviceOpResult::Ack => machine::Answer::Ack,
         DeviceOpResult::Grants(sessions) => {
             machine::Answer::grants(sessions.iter().map(|s| machine::Grant {
                 session: s.id,

@@ -118,13 +118,27 @@ pub struct Config {
     pub ops_token: SecretString,
     pub start_timeout_secs: u64,
     pub offline_after_secs: u64,
+    pub active_timeout_secs: u64,
     pub currency: Currency,
 }
 
 /// `BLEPAY_START_TIMEOUT_SECS` when unset.
 pub const DEFAULT_START_TIMEOUT_SECS: u64 = 120;
-/// `BLEPAY_OFFLINE_AFTER_SECS` when unset.
-pub const DEFAULT_OFFLINE_AFTER_SECS: u64 = 300;
+/// The machines' default heartbeat interval (the device client's; docs/protocol.md): 30 min.
+pub const HEARTBEAT_INTERVAL_SECS: u64 = 30 * 60;
+/// `BLEPAY_OFFLINE_AFTER_SECS` when unset: two missed heartbeats plus 10 minutes of slack
+/// (4200 s = 70 min). One lost heartbeat (a 2G blip) does not make a machine OFFLINE; a machine
+/// that stopped talking is OFFLINE within 70 minutes. A machine whose link is down says so at
+/// once in its advert (the link-down flag), so pay does not wait for this timeout to refuse it.
+pub const DEFAULT_OFFLINE_AFTER_SECS: u64 = 2 * HEARTBEAT_INTERVAL_SECS + 600;
+/// `BLEPAY_ACTIVE_TIMEOUT_SECS` when unset: 4 hours. An ACTIVE session whose machine has sent
+/// nothing for it (no progress or final report) for this long is settled by the server at its
+/// last reported units. The longest legitimate cycle without progress reports is a washer's
+/// (about 2 h); 4 h leaves it twice that, and a dead machine's user gets the rest of the hold
+/// back the same day — hours, not days.
+pub const DEFAULT_ACTIVE_TIMEOUT_SECS: u64 = 4 * 60 * 60;
+/// The largest `BLEPAY_ACTIVE_TIMEOUT_SECS` accepted: 7 days.
+pub const MAX_ACTIVE_TIMEOUT_SECS: u64 = 7 * 24 * 60 * 60;
 /// `BLEPAY_CURRENCY` when unset.
 pub const DEFAULT_CURRENCY: &str = "EUR";
 /// The shortest `BLEPAY_JWT_SECRET` / `BLEPAY_OPS_TOKEN` accepted.
@@ -140,8 +154,12 @@ pub struct Settings {
     pub ops_token: Option<SecretString>,
     /// `BLEPAY_START_TIMEOUT_SECS`: how long a paid session waits for the machine's start.
     pub start_timeout_secs: u64,
-    /// `BLEPAY_OFFLINE_AFTER_SECS`: a machine silent for this long is OFFLINE.
+    /// `BLEPAY_OFFLINE_AFTER_SECS`: a machine with no fresh authenticated message for this long
+    /// is OFFLINE.
     pub offline_after_secs: u64,
+    /// `BLEPAY_ACTIVE_TIMEOUT_SECS`: an ACTIVE session with no report for this long is settled by
+    /// timeout at its last reported units.
+    pub active_timeout_secs: u64,
     /// `BLEPAY_CURRENCY`: the deployment's currency (ISO 4217).
     pub currency: String,
 }
@@ -154,6 +172,7 @@ impl Default for Settings {
             ops_token: None,
             start_timeout_secs: DEFAULT_START_TIMEOUT_SECS,
             offline_after_secs: DEFAULT_OFFLINE_AFTER_SECS,
+            active_timeout_secs: DEFAULT_ACTIVE_TIMEOUT_SECS,
             currency: DEFAULT_CURRENCY.to_owned(),
         }
     }
@@ -170,7 +189,10 @@ pub struct ValidSettings {
     pub ops_token: Option<SecretString>,
     /// At least 1.
     pub start_timeout_secs: u64,
+    /// At least 1.
     pub offline_after_secs: u64,
+    /// At least 1, at most [`MAX_ACTIVE_TIMEOUT_SECS`].
+    pub active_timeout_secs: u64,
     pub currency: Currency,
 }
 
@@ -179,7 +201,8 @@ impl Settings {
     ///
     /// # Errors
     /// A [`ConfigError`] naming the variable at fault: a secret shorter than
-    /// [`MIN_SECRET_LEN`], a start timeout of 0, a currency that is not ISO 4217.
+    /// [`MIN_SECRET_LEN`], a timeout of 0, an active timeout above [`MAX_ACTIVE_TIMEOUT_SECS`], a
+    /// currency that is not ISO 4217.
     pub fn validate(self) -> Result<ValidSettings, ConfigError> {
         let secret = |value: Option<SecretString>, var: &'static str| match value {
             Some(s) if s.expose().len() < MIN_SECRET_LEN => {
@@ -192,6 +215,21 @@ impl Settings {
         if self.start_timeout_secs == 0 {
             return Err(cfg_err("BLEPAY_START_TIMEOUT_SECS", "must be at least 1"));
         }
+        if self.offline_after_secs == 0 {
+            return Err(cfg_err("BLEPAY_OFFLINE_AFTER_SECS", "must be at least 1"));
+        }
+        if self.active_timeout_secs == 0 {
+            return Err(cfg_err("BLEPAY_ACTIVE_TIMEOUT_SECS", "must be at least 1"));
+        }
+        if self.active_timeout_secs > MAX_ACTIVE_TIMEOUT_SECS {
+            return Err(cfg_err(
+                "BLEPAY_ACTIVE_TIMEOUT_SECS",
+                format!(
+                    "must be at most {MAX_ACTIVE_TIMEOUT_SECS} (7 days): a hold frozen longer is \
+                     not a timeout"
+                ),
+            ));
+        }
         let currency = Currency::parse(&self.currency)
             .map_err(|e| cfg_err("BLEPAY_CURRENCY", e.to_string()))?;
         Ok(ValidSettings {
@@ -199,6 +237,7 @@ impl Settings {
             ops_token,
             start_timeout_secs: self.start_timeout_secs,
             offline_after_secs: self.offline_after_secs,
+            active_timeout_secs: self.active_timeout_secs,
             currency,
         })
     }
@@ -216,6 +255,7 @@ impl ValidSettings {
             ops_token: self.ops_token.unwrap_or_else(unguessable),
             start_timeout_secs: self.start_timeout_secs,
             offline_after_secs: self.offline_after_secs,
+            active_timeout_secs: self.active_timeout_secs,
             currency: self.currency,
         }
     }
@@ -275,6 +315,27 @@ mod tests {
             ),
             (
                 Settings {
+                    offline_after_secs: 0,
+                    ..Settings::default()
+                },
+                "BLEPAY_OFFLINE_AFTER_SECS",
+            ),
+            (
+                Settings {
+                    active_timeout_secs: 0,
+                    ..Settings::default()
+                },
+                "BLEPAY_ACTIVE_TIMEOUT_SECS",
+            ),
+            (
+                Settings {
+                    active_timeout_secs: MAX_ACTIVE_TIMEOUT_SECS + 1,
+                    ..Settings::default()
+                },
+                "BLEPAY_ACTIVE_TIMEOUT_SECS",
+            ),
+            (
+                Settings {
                     currency: "euro".into(),
                     ..Settings::default()
                 },
@@ -283,6 +344,18 @@ mod tests {
         ] {
             assert_eq!(settings.validate().unwrap_err().var, var);
         }
+    }
+
+    #[test]
+    fn the_defaults_fit_the_heartbeat_and_the_longest_cycle() {
+        let v = Settings::default().validate().unwrap();
+        // Two heartbeats may be lost before a machine goes OFFLINE.
+        assert!(v.offline_after_secs > 2 * HEARTBEAT_INTERVAL_SECS);
+        assert_eq!(v.offline_after_secs, 4200);
+        // A 2 h washer cycle without progress reports is not cut short; a dead machine's hold
+        // is released within hours.
+        assert_eq!(v.active_timeout_secs, 14_400);
+        assert!(v.active_timeout_secs >= 2 * 2 * 60 * 60 && v.active_timeout_secs < 24 * 60 * 60);
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub enum ErrorCode {
     DeviceUnknown,
     DeviceBusy,
     DeviceOffline,
+    DeviceFault,
     DeviceExists,
     InsufficientFunds,
     SessionNotFound,
@@ -31,6 +32,7 @@ pub enum ErrorCode {
     SessionNotStartable,
     SessionNotStarted,
     ReportConflict,
+    NoSessionWaiting,
     // the unexpected
     RetryLater,
     Internal,
@@ -50,6 +52,7 @@ impl ErrorCode {
             Self::DeviceUnknown => "DEVICE_UNKNOWN",
             Self::DeviceBusy => "DEVICE_BUSY",
             Self::DeviceOffline => "DEVICE_OFFLINE",
+            Self::DeviceFault => "DEVICE_FAULT",
             Self::DeviceExists => "DEVICE_EXISTS",
             Self::InsufficientFunds => "INSUFFICIENT_FUNDS",
             Self::SessionNotFound => "SESSION_NOT_FOUND",
@@ -61,6 +64,7 @@ impl ErrorCode {
             Self::SessionNotStartable => "SESSION_NOT_STARTABLE",
             Self::SessionNotStarted => "SESSION_NOT_STARTED",
             Self::ReportConflict => "REPORT_CONFLICT",
+            Self::NoSessionWaiting => "NO_SESSION_WAITING",
             Self::RetryLater => "RETRY_LATER",
             Self::Internal => "INTERNAL",
         }
@@ -76,12 +80,16 @@ impl ErrorCode {
             Self::Unauthenticated | Self::DeviceAuthFailed => StatusCode::UNAUTHORIZED,
             Self::InvalidArgument | Self::FrameInvalid => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NotFound | Self::DeviceUnknown | Self::SessionNotFound => StatusCode::NOT_FOUND,
+            Self::NotFound
+            | Self::DeviceUnknown
+            | Self::SessionNotFound
+            | Self::NoSessionWaiting => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::AdvertInvalid | Self::AdvertStale => StatusCode::FORBIDDEN,
             Self::AdvertUsed
             | Self::DeviceBusy
             | Self::DeviceOffline
+            | Self::DeviceFault
             | Self::DeviceExists
             | Self::IdempotencyKeyReused
             | Self::SequenceReplayed
@@ -102,13 +110,17 @@ impl ErrorCode {
             Self::InvalidArgument | Self::FrameInvalid | Self::PayloadTooLarge => {
                 Code::InvalidArgument
             }
-            Self::NotFound | Self::DeviceUnknown | Self::SessionNotFound => Code::NotFound,
+            Self::NotFound
+            | Self::DeviceUnknown
+            | Self::SessionNotFound
+            | Self::NoSessionWaiting => Code::NotFound,
             Self::MethodNotAllowed => Code::Unimplemented,
             Self::AdvertInvalid | Self::AdvertStale => Code::PermissionDenied,
             Self::DeviceExists => Code::AlreadyExists,
             Self::AdvertUsed
             | Self::DeviceBusy
             | Self::DeviceOffline
+            | Self::DeviceFault
             | Self::IdempotencyKeyReused
             | Self::SequenceReplayed
             | Self::SessionExpired
@@ -122,7 +134,7 @@ impl ErrorCode {
     }
 }
 
-const ALL: [ErrorCode; 24] = [
+const ALL: [ErrorCode; 26] = [
     ErrorCode::Unauthenticated,
     ErrorCode::InvalidArgument,
     ErrorCode::PayloadTooLarge,
@@ -134,6 +146,7 @@ const ALL: [ErrorCode; 24] = [
     ErrorCode::DeviceUnknown,
     ErrorCode::DeviceBusy,
     ErrorCode::DeviceOffline,
+    ErrorCode::DeviceFault,
     ErrorCode::DeviceExists,
     ErrorCode::InsufficientFunds,
     ErrorCode::SessionNotFound,
@@ -145,6 +158,7 @@ const ALL: [ErrorCode; 24] = [
     ErrorCode::SessionNotStartable,
     ErrorCode::SessionNotStarted,
     ErrorCode::ReportConflict,
+    ErrorCode::NoSessionWaiting,
     ErrorCode::RetryLater,
     ErrorCode::Internal,
 ];
@@ -161,6 +175,7 @@ impl From<RefusalCode> for ErrorCode {
             RefusalCode::SessionNotStartable => Self::SessionNotStartable,
             RefusalCode::SessionNotStarted => Self::SessionNotStarted,
             RefusalCode::ReportConflict => Self::ReportConflict,
+            RefusalCode::NoSessionWaiting => Self::NoSessionWaiting,
             // The server writes only the codes above.
             RefusalCode::Unrecognized => Self::Internal,
         }
@@ -253,6 +268,7 @@ mod tests {
             R::SessionNotStartable,
             R::SessionNotStarted,
             R::ReportConflict,
+            R::NoSessionWaiting,
         ] {
             assert_eq!(ErrorCode::from(code).as_str(), code.as_str());
         }
@@ -271,6 +287,8 @@ mod tests {
             (E::DeviceUnknown, 404),
             (E::DeviceBusy, 409),
             (E::DeviceOffline, 409),
+            (E::DeviceFault, 409),
+            (E::NoSessionWaiting, 404),
             (E::InsufficientFunds, 402),
             (E::SessionNotFound, 404),
             (E::DeviceExists, 409),

@@ -104,6 +104,14 @@ impl OpsService for Ops {
         operator(&self.0, &req)?;
         reply(self.0.ops_session(&req.into_inner().session_id).await)
     }
+
+    async fn get_device(
+        &self,
+        req: Request<pb::GetDeviceRequest>,
+    ) -> Result<Response<pb::Device>, Status> {
+        operator(&self.0, &req)?;
+        reply(self.0.ops_device(&req.into_inner().device_id).await)
+    }
 }
 
 /// `blepay.v1.DeviceService`: the frame is the authentication, as over HTTP. An authenticated

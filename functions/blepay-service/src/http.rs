@@ -21,6 +21,9 @@ use crate::error::{ApiError, ErrorCode};
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// The machine route: a raw frame in, a raw frame out.
+pub const DEVICE_PATH: &str = "/v1/device";
+
 pub const PROTOBUF: &str = "application/x-protobuf";
 pub const OCTET_STREAM: &str = "application/octet-stream";
 
@@ -63,12 +66,13 @@ pub fn routes_for(app: App, surface: Surface) -> Router {
     if all || surface == Surface::Ops {
         router = router
             .route("/v1/ops/devices", post(register_device))
+            .route("/v1/ops/devices/{device_id}", get(ops_device))
             .route("/v1/ops/wallets/{user_id}/topup", post(top_up))
             .route("/v1/ops/wallets/{user_id}", get(ops_wallet))
             .route("/v1/ops/sessions/{session_id}", get(ops_session));
     }
     if all || surface == Surface::Device {
-        router = router.route("/v1/device", post(device));
+        router = router.route(DEVICE_PATH, post(device));
     }
     router
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
@@ -277,6 +281,18 @@ async fn register_device(
     Ok(Reply(app.register_device(req).await?, f))
 }
 
+async fn ops_device(
+    State(app): State<App>,
+    _: Operator,
+    Path(device_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Reply<pb::Device>, ApiError> {
+    Ok(Reply(
+        app.ops_device(&device_id).await?,
+        Format::of_accept(&headers),
+    ))
+}
+
 async fn top_up(
     State(app): State<App>,
     _: Operator,
@@ -310,7 +326,9 @@ async fn ops_session(
     ))
 }
 
-/// The machine link: the body is a raw request frame, the answer a raw response frame.
+/// The machine link: the body is a raw request frame, the answer a raw response frame with only
+/// `content-type: application/octet-stream` and `content-length` (the server adds no `date` on
+/// this route: see `server.rs`, docs/api.md "The machine route's headers").
 async fn device(State(app): State<App>, body: Body) -> Response {
     let bytes = match read_body(body).await {
         Ok(b) => b,

@@ -19,6 +19,7 @@ fn app(dir: &tempfile::TempDir) -> App {
         ops_token: SecretString::new("ops-token-0123456789".into()),
         start_timeout_secs: 120,
         offline_after_secs: 300,
+        active_timeout_secs: 14_400,
         currency: blepay_core::Currency::parse("EUR").unwrap(),
     };
     let store = SqliteStore::open(&dir.path().join("blepay.db")).unwrap();

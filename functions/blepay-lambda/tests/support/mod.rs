@@ -42,6 +42,23 @@ pub fn event(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Run an event through `router` exactly as `lambda_http::run` does — the event JSON in, the
+/// response JSON the function hands back to API Gateway out (`statusCode`, `headers`, `body`,
+/// `isBase64Encoded`).
+pub async fn invoke(router: &Router, event: impl AsRef<str>) -> Value {
+    let request: lambda_http::request::LambdaRequest =
+        serde_json::from_str(event.as_ref()).expect("a valid API Gateway v2 event");
+    let adapter = lambda_http::Adapter::from(router.clone());
+    let response = adapter
+        .oneshot(lambda_http::LambdaEvent::new(
+            request,
+            lambda_http::Context::default(),
+        ))
+        .await
+        .expect("routers are infallible");
+    serde_json::to_value(&response).expect("the response serializes")
+}
+
 /// Send an event through a router, as `lambda_http::run` does.
 pub async fn call(router: &Router, event: impl AsRef<str>) -> axum::response::Response {
     let request =
@@ -366,6 +383,96 @@ fn poll_frame() -> Vec<u8> {
     blepay_proto::seal_request(&key, kv, device, 1, &body)
 }
 
+/// The test vector machine's identity (device 0102030405060708, key version 0).
+pub fn vector_identity() -> blepay_device_client::Identity {
+    let master = MasterKey::parse_hex(MASTER_KEYS.trim_start_matches("0:")).unwrap();
+    let key_version = KeyVersion::new(0).unwrap();
+    let device_id = DeviceId::parse(DEVICE).unwrap();
+    blepay_device_client::Identity {
+        device_id,
+        key_version,
+        key: derive_device_key(&master, key_version, device_id),
+    }
+}
+
+/// The heartbeat of the CloudFront fixture: what the machine reports.
+pub fn vector_telemetry() -> blepay_core::Telemetry {
+    blepay_core::Telemetry {
+        firmware_version: "1.4.2".into(),
+        fault_codes: vec![],
+        signal_quality: 18,
+        uptime_secs: 86_400,
+        boot_count: 3,
+        outbox_depth: 0,
+        lifetime_units: 12_345,
+    }
+}
+
+/// The first heartbeat of machine 0102030405060708 (sequence number 1), as the device client
+/// seals it (the CloudFront fixture's body).
+pub fn heartbeat_pending() -> blepay_device_client::Pending {
+    vector_identity().request(
+        1,
+        &blepay_device_client::Request::Heartbeat(vector_telemetry()),
+    )
+}
+
+/// The CloudFront edge that forwarded the machine's request to the HTTP API (API Gateway's TCP
+/// peer, so its `sourceIp`).
+const EDGE_IP: &str = "64.252.69.139";
+/// The machine's address as CloudFront saw it (the SIM's carrier NAT).
+const MACHINE_IP: &str = "198.51.100.23";
+
+/// A machine's POST /v1/device as it reaches `blepay-device-fn` through the front door: the
+/// SIM800 sent plain HTTP to CloudFront (`DeviceFrontDoor`), which forwarded it over TLS 1.2 to the
+/// HTTP API with the origin request policy `AllViewerExceptHostHeader`:
+/// - the modem's headers pass (`User-Agent: SIMCOM_MODULE`, `Accept`, `Content-Type`,
+///   `Content-Length`), its `Connection: Keep-Alive` does not (hop by hop), and `Host` is the
+///   API's own domain, not the distribution's;
+/// - CloudFront adds `Via`, `X-Amz-Cf-Id`, `X-Forwarded-For` (the machine) and its
+///   `CloudFront-*` headers (`CloudFront-Forwarded-Proto: http`: the viewer came in plain);
+/// - API Gateway appends the edge to `X-Forwarded-For`, adds `X-Forwarded-Proto: https` and
+///   `X-Forwarded-Port: 443` (its own hop) and `X-Amzn-Trace-Id`; `sourceIp` is the edge.
+fn cloudfront_machine_event(frame: &[u8], request_id: &str) -> Value {
+    let mut e = machine_event(
+        "POST",
+        "/v1/device",
+        "/v1/device",
+        None,
+        None,
+        None,
+        Some(("application/octet-stream", B64.encode(frame), true)),
+        request_id,
+    );
+    let headers = e["headers"].as_object_mut().unwrap();
+    for (name, value) in [
+        ("cloudfront-forwarded-proto", "http".to_owned()),
+        ("cloudfront-is-android-viewer", "false".to_owned()),
+        ("cloudfront-is-desktop-viewer", "true".to_owned()),
+        ("cloudfront-is-ios-viewer", "false".to_owned()),
+        ("cloudfront-is-mobile-viewer", "false".to_owned()),
+        ("cloudfront-is-smarttv-viewer", "false".to_owned()),
+        ("cloudfront-is-tablet-viewer", "false".to_owned()),
+        ("cloudfront-viewer-address", format!("{MACHINE_IP}:49152")),
+        ("cloudfront-viewer-asn", "64496".to_owned()),
+        ("cloudfront-viewer-country", "DE".to_owned()),
+        ("cloudfront-viewer-http-version", "1.1".to_owned()),
+        (
+            "via",
+            "1.1 5f3c2b1a0e9d8c7b6a5f4e3d2c1b0a99.cloudfront.net (CloudFront)".to_owned(),
+        ),
+        (
+            "x-amz-cf-id",
+            "q5XzP0n3bUeK1vR8sT2wY4aC6dF7gH9jL0mN2pQ4rS6tU8vW0xY1zA==".to_owned(),
+        ),
+        ("x-forwarded-for", format!("{MACHINE_IP}, {EDGE_IP}")),
+    ] {
+        headers.insert(name.to_owned(), json!(value));
+    }
+    e["requestContext"]["http"]["sourceIp"] = json!(EDGE_IP);
+    e
+}
+
 /// Every recorded event, by file name.
 pub fn recorded_events() -> Vec<(&'static str, Value)> {
     let advert = B64.encode(hex::decode(ADVERT_HEX).unwrap());
@@ -419,6 +526,10 @@ pub fn recorded_events() -> Vec<(&'static str, Value)> {
                 Some(("application/octet-stream", B64.encode(poll_frame()), true)),
                 "Kd1aaLS3IAMEJpD=",
             ),
+        ),
+        (
+            "device-heartbeat-cloudfront.json",
+            cloudfront_machine_event(&heartbeat_pending().frame, "Kd1afQX8IAMEJuI="),
         ),
         (
             "phone-verify.json",
