@@ -20,6 +20,9 @@ pub use ids::{
     UserId,
 };
 pub use money::{Amount, Currency, MoneyError, Tariff, UnitName, Units, units_for_hold};
-pub use session::{ReportOutcome, Session, SessionError, SessionStatus, Settlement, StartOutcome};
+pub use session::{
+    CloseReason, LateReport, ReportOutcome, Session, SessionError, SessionStatus, Settlement,
+    StartOutcome,
+};
 pub use telemetry::{Telemetry, TelemetryError};
 pub use wallet::{EntryKind, LedgerAccount, LedgerEntry, Wallet, WalletError};

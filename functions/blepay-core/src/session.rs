@@ -8,6 +8,11 @@
 //!                    EXPIRED (hold released)
 //! ```
 //!
+//! An ACTIVE session whose machine falls silent is closed by the server ([`Session::time_out`])
+//! at its last reported units once `active_timeout_secs` passed since its start or its last
+//! report ([`Session::report_deadline`]); a final report that arrives after that is a
+//! [`Session::late_final_report`] (docs/sessions.md).
+//!
 //! Every transition is a pure function of the session and the time passed in; the result says what
 //! money must move ([`Settlement`]). Repeats are outcomes, not errors: starting an ACTIVE session
 //! again or re-sending the same final report answers as the first time did.
@@ -64,6 +69,44 @@ pub enum SessionError {
     ReportConflict,
 }
 
+/// Why a SETTLED session was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The machine's final report.
+    Report,
+    /// The server, after `active_timeout_secs` without a report ([`Session::time_out`]).
+    Timeout,
+}
+
+impl CloseReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Report => "REPORT",
+            Self::Timeout => "TIMEOUT",
+        }
+    }
+
+    /// Parse the names written by [`CloseReason::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "REPORT" => Self::Report,
+            "TIMEOUT" => Self::Timeout,
+            _ => return None,
+        })
+    }
+}
+
+/// A final report that reached a session after the server had closed it by timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LateReport {
+    /// The units it reported.
+    pub units: Units,
+    /// When it arrived.
+    pub at: u64,
+    /// What it captured from the user's available balance (docs/sessions.md); may be 0.
+    pub charged: Amount,
+}
+
 /// Money to move when a session closes: capture `capture` of `hold`, release the rest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settlement {
@@ -102,6 +145,12 @@ pub struct Session {
     pub expires_at: u64,
     pub started_at: Option<u64>,
     pub ended_at: Option<u64>,
+    /// When the machine last reported units (progress or final) on it.
+    pub last_report_at: Option<u64>,
+    /// Why it is SETTLED (`None` while open, and for EXPIRED sessions).
+    pub closed_by: Option<CloseReason>,
+    /// The final report that arrived after a timeout closed it, if any.
+    pub late_report: Option<LateReport>,
 }
 
 impl Session {
@@ -131,6 +180,9 @@ impl Session {
             expires_at: now.saturating_add(start_timeout_secs),
             started_at: None,
             ended_at: None,
+            last_report_at: None,
+            closed_by: None,
+            late_report: None,
         }
     }
 
@@ -149,6 +201,44 @@ impl Session {
         Some(Settlement {
             hold: self.hold,
             capture: Amount::ZERO,
+        })
+    }
+
+    /// For an ACTIVE session: when the server closes it by timeout if no report reaches it
+    /// first: the later of its start and its last report, plus `active_timeout_secs`
+    /// (saturating). `None` for any other status.
+    pub fn report_deadline(&self, active_timeout_secs: u64) -> Option<u64> {
+        if self.status != SessionStatus::Active {
+            return None;
+        }
+        let base = match (self.started_at, self.last_report_at) {
+            (Some(s), Some(r)) => s.max(r),
+            (Some(t), None) | (None, Some(t)) => t,
+            (None, None) => self.created_at,
+        };
+        Some(base.saturating_add(active_timeout_secs))
+    }
+
+    /// True when the session is ACTIVE and its report deadline has passed.
+    pub fn is_due_to_time_out(&self, now: u64, active_timeout_secs: u64) -> bool {
+        self.report_deadline(active_timeout_secs)
+            .is_some_and(|deadline| now >= deadline)
+    }
+
+    /// Close an ACTIVE session whose report deadline passed: SETTLED at its last reported units
+    /// (`tariff.capture_for(units, hold)`), closed by [`CloseReason::Timeout`], ended `now`; the
+    /// rest of the hold is released.
+    pub fn time_out(&mut self, now: u64, active_timeout_secs: u64) -> Option<Settlement> {
+        if !self.is_due_to_time_out(now, active_timeout_secs) {
+            return None;
+        }
+        self.amount = self.tariff.capture_for(self.units, self.hold);
+        self.status = SessionStatus::Settled;
+        self.closed_by = Some(CloseReason::Timeout);
+        self.ended_at = Some(now);
+        Some(Settlement {
+            hold: self.hold,
+            capture: self.amount,
         })
     }
 
@@ -197,10 +287,12 @@ impl Session {
                 }
                 self.units = units;
                 self.amount = self.tariff.capture_for(units, self.hold);
+                self.last_report_at = Some(now);
                 if !last {
                     return Ok(ReportOutcome::Progress);
                 }
                 self.status = SessionStatus::Settled;
+                self.closed_by = Some(CloseReason::Report);
                 self.ended_at = Some(now);
                 Ok(ReportOutcome::Settled(Settlement {
                     hold: self.hold,

@@ -9,6 +9,7 @@
 //! hold     : UserAvailable  -> UserHeld(u)
 //! release  : UserHeld       -> UserAvailable(u)
 //! capture  : UserHeld       -> Revenue
+//! late capture : UserAvailable -> Revenue   (a final report after a timeout, docs/sessions.md)
 //! ```
 //!
 //! Invariant: for every user, `available` and `held` equal the balances of their ledger accounts;
@@ -69,6 +70,8 @@ pub enum EntryKind {
     Hold,
     Release,
     Capture,
+    /// A late final report's capture from the available balance (docs/sessions.md).
+    LateCapture,
 }
 
 impl EntryKind {
@@ -78,6 +81,7 @@ impl EntryKind {
             Self::Hold => "HOLD",
             Self::Release => "RELEASE",
             Self::Capture => "CAPTURE",
+            Self::LateCapture => "LATE_CAPTURE",
         }
     }
 }
@@ -145,6 +149,40 @@ impl Wallet {
                 kind: EntryKind::Hold,
                 debit: LedgerAccount::UserAvailable(user.clone()),
                 credit: LedgerAccount::UserHeld(user.clone()),
+                amount,
+            },
+        ))
+    }
+
+    /// Capture `amount` straight from the available balance as revenue: what a final report that
+    /// arrived after its session was closed by timeout still owes (docs/sessions.md). Never makes
+    /// `available` negative.
+    ///
+    /// # Errors
+    /// [`WalletError::InsufficientFunds`] when `available < amount`; [`WalletError::Overflow`].
+    pub fn late_capture(
+        self,
+        user: &UserId,
+        amount: Amount,
+    ) -> Result<(Self, LedgerEntry), WalletError> {
+        let available =
+            self.available
+                .checked_sub(amount)
+                .map_err(|_| WalletError::InsufficientFunds {
+                    available: self.available,
+                    requested: amount,
+                })?;
+        let spent = self.spent.checked_add(amount)?;
+        Ok((
+            Self {
+                available,
+                spent,
+                ..self
+            },
+            LedgerEntry {
+                kind: EntryKind::LateCapture,
+                debit: LedgerAccount::UserAvailable(user.clone()),
+                credit: LedgerAccount::Revenue,
                 amount,
             },
         ))

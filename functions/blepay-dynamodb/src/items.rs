@@ -195,6 +195,8 @@ impl DeviceItem {
             device: self.record.clone(),
             last_seen: self.last_seen,
             open_session: self.open.as_ref().map(|o| o.id),
+            telemetry: None,
+            telemetry_at: None,
         }
     }
 }
@@ -305,6 +307,9 @@ pub(crate) fn session_from_item(item: &Item) -> Result<Session, StoreError> {
         expires_at: get_n(item, "expires_at")?,
         started_at: opt_n(item, "started_at")?,
         ended_at: opt_n(item, "ended_at")?,
+        last_report_at: None,
+        closed_by: None,
+        late_report: None,
     })
 }
 

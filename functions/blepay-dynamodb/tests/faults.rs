@@ -86,6 +86,7 @@ async fn a_final_report_that_keeps_being_throttled_is_unavailable_and_can_be_ret
         digest: digest(3),
         op: last.clone(),
         now: T0 + 2,
+        active_timeout_secs: blepay_store::conformance::ACTIVE_TIMEOUT,
     };
     let encode: blepay_store::ResponseEncoder =
         std::sync::Arc::new(blepay_store::conformance::answer_of);

@@ -153,6 +153,8 @@ impl Store for SqliteStore {
                 device: row.record,
                 last_seen: row.last_seen,
                 open_session: open_session_of(c, id)?,
+                telemetry: None,
+                telemetry_at: None,
             }))
         })
         .await
@@ -242,6 +244,14 @@ impl Store for SqliteStore {
 
     async fn expire_due(&self, now: u64) -> Result<usize, StoreError> {
         self.run(move |c| expire_sessions(c, Due::All, now)).await
+    }
+
+    async fn time_out_active(
+        &self,
+        _now: u64,
+        _active_timeout_secs: u64,
+    ) -> Result<usize, StoreError> {
+        Err(StoreError::Internal("not yet".into()))
     }
 
     async fn audit(&self) -> Result<Audit, StoreError> {
@@ -353,6 +363,7 @@ mod tests {
             digest: [7; 32],
             op: blepay_store::DeviceOp::Poll,
             now: 200,
+            active_timeout_secs: 3600,
         };
         let never: ResponseEncoder =
             Arc::new(|_: &blepay_store::DeviceOpResult| panic!("a retry does not run"));

@@ -59,6 +59,8 @@ pub(crate) fn pay(c: &Connection, cmd: &PayCommand) -> Result<PayOutcome, StoreE
                 device: row.record,
                 last_seen: row.last_seen,
                 open_session: open_session_of(c, cmd.device)?,
+                telemetry: None,
+                telemetry_at: None,
             })
         })
         .transpose()?;
@@ -134,6 +136,9 @@ fn run_op(c: &Connection, call: &DeviceCall) -> Result<DeviceOpResult, StoreErro
             )?));
         }
         DeviceOp::Start { session } | DeviceOp::Report { session, .. } => session,
+        DeviceOp::Press | DeviceOp::Heartbeat(_) => {
+            return Err(StoreError::Internal("not yet".into()));
+        }
     };
     let loaded = load_session_of_device(c, session, call.device)?;
     let decision = decide_session_op(&call.op, call.device, loaded, now);

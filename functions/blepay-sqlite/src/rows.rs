@@ -1,7 +1,7 @@
 //! Loading and saving rows: each function is one statement inside the caller's transaction.
 
 use blepay_core::{
-    Currency, DeviceId, DeviceName, IdempotencyKey, KeyVersion, LedgerEntry, Session, SessionId,
+    CloseReason, Currency, DeviceId, LateReport, DeviceName, IdempotencyKey, KeyVersion, LedgerEntry, Session, SessionId,
     SessionStatus, Slot, Tariff, UnitName, UseCounter, UserId, Wallet,
 };
 use blepay_store::decide::LastCall;
@@ -73,7 +73,8 @@ pub(crate) fn open_session_of(
 }
 
 pub(crate) const SESSION_COLUMNS: &str = "id, device_id, user_id, hold, price_per_unit, unit_name, currency, use_counter, \
-                               status, units, amount, created_at, expires_at, started_at, ended_at";
+                               status, units, amount, created_at, expires_at, started_at, ended_at, \
+                               last_report_at, closed_by, late_units, late_at, late_charged";
 
 pub(crate) fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
     Ok(Session {
@@ -96,6 +97,30 @@ pub(crate) fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
         expires_at: r.get(12)?,
         started_at: r.get(13)?,
         ended_at: r.get(14)?,
+        last_report_at: r.get(15)?,
+        closed_by: r
+            .get::<_, Option<String>>(16)?
+            .map(|s| {
+                CloseReason::parse(&s).ok_or_else(|| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        16,
+                        rusqlite::types::Type::Text,
+                        Box::new(BadValue("unknown close reason")),
+                    )
+                })
+            })
+            .transpose()?,
+        late_report: match (
+            r.get::<_, Option<i64>>(17)?,
+            r.get::<_, Option<u64>>(18)?,
+        ) {
+            (Some(units), Some(at)) => Some(LateReport {
+                units: units_from_sql(units),
+                at,
+                charged: amount_col(r, 19)?,
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -137,7 +162,8 @@ pub(crate) fn insert_session(c: &Connection, s: &Session) -> Result<(), StoreErr
     c.execute(
         &format!(
             "INSERT INTO sessions ({SESSION_COLUMNS})
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                     ?16, ?17, ?18, ?19, ?20)"
         ),
         params![
             s.id.as_bytes(),
@@ -155,22 +181,36 @@ pub(crate) fn insert_session(c: &Connection, s: &Session) -> Result<(), StoreErr
             ts(s.expires_at)?,
             s.started_at.map(ts).transpose()?,
             s.ended_at.map(ts).transpose()?,
+            s.last_report_at.map(ts).transpose()?,
+            s.closed_by.map(CloseReason::as_str),
+            s.late_report.map(|l| units_to_sql(l.units)),
+            s.late_report.map(|l| ts(l.at)).transpose()?,
+            s.late_report.map(|l| l.charged.minor()),
         ],
     )
     .map_err(db)?;
     Ok(())
 }
 
-/// Persist what the state machine may change: status, units, amount, start and end times.
+/// Persist what the state machine may change: status, units, amount, start, report and end
+/// times, why it closed and a late report.
 pub(crate) fn save_session_state(c: &Connection, s: &Session) -> Result<(), StoreError> {
     c.execute(
-        "UPDATE sessions SET status = ?1, units = ?2, amount = ?3, started_at = ?4, ended_at = ?5 WHERE id = ?6",
+        "UPDATE sessions SET status = ?1, units = ?2, amount = ?3, started_at = ?4, ended_at = ?5,
+                last_report_at = ?6, closed_by = ?7, late_units = ?8, late_at = ?9,
+                late_charged = ?10
+         WHERE id = ?11",
         params![
             s.status.as_str(),
             units_to_sql(s.units),
             s.amount.minor(),
             s.started_at.map(ts).transpose()?,
             s.ended_at.map(ts).transpose()?,
+            s.last_report_at.map(ts).transpose()?,
+            s.closed_by.map(CloseReason::as_str),
+            s.late_report.map(|l| units_to_sql(l.units)),
+            s.late_report.map(|l| ts(l.at)).transpose()?,
+            s.late_report.map(|l| l.charged.minor()),
             s.id.as_bytes(),
         ],
     )

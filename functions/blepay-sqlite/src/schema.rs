@@ -86,6 +86,43 @@ CREATE INDEX ledger_by_kind ON ledger (kind);
     // 2: the refusal code saved with a machine's last answer (`SavedAnswer::code`). Rows saved
     // before it have NULL there: their answer reads back as not a refusal (HTTP 200).
     "ALTER TABLE devices ADD COLUMN last_response_code TEXT;",
+    // 3: issue 9 — a machine's latest heartbeat telemetry; sessions closed by timeout and the
+    // final reports that arrive late (docs/sessions.md); the LATE_CAPTURE ledger entry (the
+    // ledger's CHECK is widened by rebuilding the table, ids kept).
+    r"
+ALTER TABLE devices ADD COLUMN telemetry_at INTEGER;
+ALTER TABLE devices ADD COLUMN telemetry_firmware TEXT;
+ALTER TABLE devices ADD COLUMN telemetry_faults TEXT;
+ALTER TABLE devices ADD COLUMN telemetry_signal INTEGER;
+ALTER TABLE devices ADD COLUMN telemetry_uptime INTEGER;
+ALTER TABLE devices ADD COLUMN telemetry_boots INTEGER;
+ALTER TABLE devices ADD COLUMN telemetry_outbox INTEGER;
+ALTER TABLE devices ADD COLUMN telemetry_lifetime_units INTEGER;
+
+ALTER TABLE sessions ADD COLUMN last_report_at INTEGER;
+ALTER TABLE sessions ADD COLUMN closed_by TEXT CHECK (closed_by IN ('REPORT', 'TIMEOUT'));
+ALTER TABLE sessions ADD COLUMN late_units INTEGER;
+ALTER TABLE sessions ADD COLUMN late_at INTEGER;
+ALTER TABLE sessions ADD COLUMN late_charged INTEGER;
+UPDATE sessions SET closed_by = 'REPORT' WHERE status = 'SETTLED';
+-- ACTIVE sessions by the base of their report deadline, for the timeout sweep.
+CREATE INDEX sessions_active_by_report ON sessions (status, coalesce(last_report_at, started_at));
+
+CREATE TABLE ledger_v3 (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    at         INTEGER NOT NULL,
+    kind       TEXT NOT NULL CHECK (kind IN ('TOPUP', 'HOLD', 'RELEASE', 'CAPTURE', 'LATE_CAPTURE')),
+    debit      TEXT NOT NULL,
+    credit     TEXT NOT NULL,
+    amount     INTEGER NOT NULL CHECK (amount > 0),
+    session_id BLOB
+) STRICT;
+INSERT INTO ledger_v3 (id, at, kind, debit, credit, amount, session_id)
+    SELECT id, at, kind, debit, credit, amount, session_id FROM ledger;
+DROP TABLE ledger;
+ALTER TABLE ledger_v3 RENAME TO ledger;
+CREATE INDEX ledger_by_kind ON ledger (kind);
+",
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -74,7 +74,7 @@ async fn balances_and_sessions_survive_closing_and_reopening_the_file() {
         .unwrap()
         .unwrap();
     assert_eq!(status.open_session, Some(before.open.id));
-    assert_eq!(status.state(T0 + 11, OFFLINE_AFTER), DeviceState::Busy);
+    assert_eq!(status.state(T0 + 11, OFFLINE_AFTER, blepay_store::AdvertSignals::default()), DeviceState::Busy);
 }
 
 #[tokio::test]
@@ -116,6 +116,7 @@ async fn idempotency_keys_advert_uses_and_saved_answers_survive_reopening_the_fi
             last: true,
         },
         now: T0 + 13,
+        active_timeout_secs: blepay_store::conformance::ACTIVE_TIMEOUT,
     };
     let never: ResponseEncoder =
         Arc::new(|_: &DeviceOpResult| -> SavedAnswer { panic!("a retry must not run again") });

@@ -31,7 +31,7 @@ use blepay_core::{
 };
 
 use crate::{
-    Audit, DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, DeviceRecord, DeviceState,
+    AdvertSignals, Audit, DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, DeviceRecord, DeviceState,
     PayCommand, PayOutcome, RegisterOutcome, ResponseEncoder, SavedAnswer, Store, TopUpOutcome,
 };
 
@@ -99,6 +99,8 @@ pub const T0: u64 = 1_770_000_000;
 pub const PRICE: i64 = 25;
 pub const START_TIMEOUT: u64 = 120;
 pub const OFFLINE_AFTER: u64 = 300;
+/// `BLEPAY_ACTIVE_TIMEOUT_SECS` of the suite.
+pub const ACTIVE_TIMEOUT: u64 = 3600;
 
 pub fn device_id(n: u8) -> DeviceId {
     DeviceId::from_bytes([0xd0, 0, 0, 0, 0, 0, 0, n])
@@ -157,6 +159,7 @@ pub fn pay_cmd(who: &str, idem: &str, n: u8, use_counter: u16, max: i64, now: u6
         now,
         start_timeout_secs: START_TIMEOUT,
         offline_after_secs: OFFLINE_AFTER,
+        signals: AdvertSignals::default(),
     }
 }
 
@@ -171,7 +174,11 @@ pub fn digest(seq: u32) -> [u8; 32] {
 /// are refusals.
 pub fn answer_of(r: &DeviceOpResult) -> SavedAnswer {
     let code = match r {
-        DeviceOpResult::Grants(_) | DeviceOpResult::Session(_) => None,
+        DeviceOpResult::Grants(_)
+        | DeviceOpResult::Session(_)
+        | DeviceOpResult::Started(_)
+        | DeviceOpResult::Ack => None,
+        DeviceOpResult::NoSessionWaiting => Some("NO_SESSION_WAITING".to_owned()),
         DeviceOpResult::SessionNotFound => Some("SESSION_NOT_FOUND".to_owned()),
         DeviceOpResult::Refused(e) => Some(format!("{e:?}")),
     };
@@ -205,6 +212,7 @@ pub async fn device_call_with(
         digest,
         op,
         now,
+        active_timeout_secs: ACTIVE_TIMEOUT,
     };
     let outcome = store.device_call(&call, encode).await.unwrap();
     let ran = seen.lock().unwrap().take();
@@ -334,7 +342,7 @@ pub async fn device_status_tells_last_seen_and_the_open_session(store: Arc<dyn S
         .unwrap()
         .unwrap();
     assert_eq!((status.last_seen, status.open_session), (None, None));
-    assert_eq!(status.state(T0, OFFLINE_AFTER), DeviceState::Offline);
+    assert_eq!(status.state(T0, OFFLINE_AFTER, AdvertSignals::default()), DeviceState::Offline);
 
     device_op(&*store, 1, 1, DeviceOp::Poll, T0).await;
     let status = store
@@ -343,7 +351,7 @@ pub async fn device_status_tells_last_seen_and_the_open_session(store: Arc<dyn S
         .unwrap()
         .unwrap();
     assert_eq!(status.last_seen, Some(T0));
-    assert_eq!(status.state(T0, OFFLINE_AFTER), DeviceState::Idle);
+    assert_eq!(status.state(T0, OFFLINE_AFTER, AdvertSignals::default()), DeviceState::Idle);
 
     fund(&*store, "alice", 1000).await;
     let s = created(&*store, &pay_cmd("alice", "k1", 1, 7, 300, T0)).await;
@@ -353,7 +361,7 @@ pub async fn device_status_tells_last_seen_and_the_open_session(store: Arc<dyn S
         .unwrap()
         .unwrap();
     assert_eq!(status.open_session, Some(s.id));
-    assert_eq!(status.state(T0, OFFLINE_AFTER), DeviceState::Busy);
+    assert_eq!(status.state(T0, OFFLINE_AFTER, AdvertSignals::default()), DeviceState::Busy);
     reconciled(&*store).await;
 }
 
@@ -738,7 +746,7 @@ pub async fn a_started_session_settles_at_the_cost_of_the_units(store: Arc<dyn S
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(status.state(T0 + 31, OFFLINE_AFTER), DeviceState::Idle);
+    assert_eq!(status.state(T0 + 31, OFFLINE_AFTER, AdvertSignals::default()), DeviceState::Idle);
     let audit = reconciled(&*store).await;
     assert_eq!(
         (audit.revenue, audit.spent, audit.held, audit.open_holds),
@@ -985,6 +993,7 @@ pub async fn a_retried_device_call_returns_the_saved_answer_without_running_agai
         digest: digest(2),
         op: DeviceOp::Start { session: s.id },
         now: T0 + 10,
+        active_timeout_secs: ACTIVE_TIMEOUT,
     };
     let DeviceCallOutcome::Fresh(body) = store
         .device_call(&start, Arc::clone(&encode))

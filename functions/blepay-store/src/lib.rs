@@ -103,6 +103,12 @@ pub trait Store: Send + Sync + 'static {
     /// Returns how many were expired.
     async fn expire_due(&self, now: u64) -> Result<usize, StoreError>;
 
+    /// Close by timeout every ACTIVE session whose report deadline
+    /// ([`Session::report_deadline`]) is `<= now`: SETTLED at its last reported units, the rest of
+    /// the hold released, the machine freed. Returns how many were closed.
+    async fn time_out_active(&self, now: u64, active_timeout_secs: u64)
+    -> Result<usize, StoreError>;
+
     /// Totals for reconciliation: the ledger, the wallets and the open holds.
     async fn audit(&self) -> Result<Audit, StoreError>;
 }

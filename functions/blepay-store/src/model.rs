@@ -2,7 +2,7 @@
 
 use blepay_core::{
     Amount, DeviceId, DeviceName, IdempotencyKey, KeyVersion, Session, SessionError, SessionId,
-    Slot, Tariff, UnitName, Units, UseCounter, UserId, Wallet,
+    Slot, Tariff, Telemetry, UnitName, Units, UseCounter, UserId, Wallet,
 };
 
 /// A registered machine.
@@ -26,19 +26,36 @@ pub enum RegisterOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceStatus {
     pub device: DeviceRecord,
-    /// Unix seconds of the last authenticated message, if any.
+    /// Unix seconds of the last authenticated request with a fresh sequence number, if any (a
+    /// retry answered from the saved answer, a replay or a refused number never refresh it).
     pub last_seen: Option<u64>,
     /// The AUTHORIZED or ACTIVE session on it, if any.
     pub open_session: Option<SessionId>,
+    /// The telemetry of its latest heartbeat, if any.
+    pub telemetry: Option<Telemetry>,
+    /// When that heartbeat arrived (unix seconds).
+    pub telemetry_at: Option<u64>,
+}
+
+/// What the machine's verified advert signals about itself (its flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AdvertSignals {
+    /// The link-down flag: the modem is not attached or its last exchange failed.
+    pub link_down: bool,
+    /// The fault flag.
+    pub fault: bool,
 }
 
 impl DeviceStatus {
-    /// OFFLINE when nothing authenticated was heard for `offline_after_secs` (or ever), else BUSY
-    /// with an open session, else IDLE.
-    pub fn state(&self, now: u64, offline_after_secs: u64) -> DeviceState {
+    /// The machine's state, first match wins: OFFLINE when nothing fresh was heard for
+    /// `offline_after_secs` (or ever) or the advert signals link down; FAULT when the advert
+    /// signals a fault; BUSY with an open session; else IDLE.
+    pub fn state(&self, now: u64, offline_after_secs: u64, signals: AdvertSignals) -> DeviceState {
         match self.last_seen {
             None => DeviceState::Offline,
             Some(t) if now.saturating_sub(t) > offline_after_secs => DeviceState::Offline,
+            Some(_) if signals.link_down => DeviceState::Offline,
+            Some(_) if signals.fault => DeviceState::Fault,
             Some(_) if self.open_session.is_some() => DeviceState::Busy,
             Some(_) => DeviceState::Idle,
         }
@@ -50,6 +67,8 @@ pub enum DeviceState {
     Idle,
     Busy,
     Offline,
+    /// The advert's fault flag is set.
+    Fault,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +96,8 @@ pub struct PayCommand {
     pub now: u64,
     pub start_timeout_secs: u64,
     pub offline_after_secs: u64,
+    /// The verified advert's flags.
+    pub signals: AdvertSignals,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +111,10 @@ pub enum PayOutcome {
         unit_name: UnitName,
     },
     DeviceUnknown,
+    /// Nothing fresh heard within `offline_after_secs`, or the advert signals link down.
     DeviceOffline,
+    /// The advert signals a fault.
+    DeviceFault,
     DeviceBusy,
     AdvertUsed,
     InsufficientFunds {
@@ -104,6 +128,10 @@ pub enum PayOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceOp {
     Poll,
+    /// The start button was pressed: start the AUTHORIZED session waiting on the machine.
+    Press,
+    /// An idle machine's heartbeat, with its telemetry (validated by the codec).
+    Heartbeat(Telemetry),
     Start {
         session: SessionId,
     },
@@ -123,6 +151,9 @@ pub struct DeviceCall {
     pub digest: [u8; 32],
     pub op: DeviceOp,
     pub now: u64,
+    /// `BLEPAY_ACTIVE_TIMEOUT_SECS`: an ACTIVE session read by the request whose report deadline
+    /// passed is closed by timeout first ([`blepay_core::Session::time_out`]).
+    pub active_timeout_secs: u64,
 }
 
 /// The result of a device operation, before encoding.
@@ -132,6 +163,13 @@ pub enum DeviceOpResult {
     Grants(Vec<Session>),
     /// Start or report: the session after the operation.
     Session(Session),
+    /// Press: the session now ACTIVE on the machine (started by this press or an earlier one),
+    /// with its terms.
+    Started(Session),
+    /// Press: no session is waiting on the machine; nothing changed.
+    NoSessionWaiting,
+    /// Heartbeat: the telemetry was saved.
+    Ack,
     SessionNotFound,
     Refused(SessionError),
 }

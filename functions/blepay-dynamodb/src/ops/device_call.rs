@@ -26,6 +26,9 @@ impl DynamoStore {
         // start or report.
         let (device, session) = match &call.op {
             DeviceOp::Poll => (self.query_device(call.device).await?, None),
+            DeviceOp::Press | DeviceOp::Heartbeat(_) => {
+                return Err(StoreError::Internal("not yet".into()).into());
+            }
             DeviceOp::Start { session } | DeviceOp::Report { session, .. } => {
                 let [d, s] = <[Option<Item>; 2]>::try_from(
                     self.batch_get(vec![device_key(call.device), session_key(*session)])
@@ -162,6 +165,9 @@ impl DynamoStore {
                     .cloned()
                     .collect();
                 DeviceOpResult::Grants(grants)
+            }
+            DeviceOp::Press | DeviceOp::Heartbeat(_) => {
+                return Err(StoreError::Internal("not yet".into()).into());
             }
             DeviceOp::Start { .. } | DeviceOp::Report { .. } => {
                 let decision = decide_session_op(&call.op, call.device, session, now);

@@ -277,8 +277,12 @@ fn pay_refusal(
             return Ok(None);
         }
         return Ok(
-            match device.status().state(cmd.now, cmd.offline_after_secs) {
+            match device
+                .status()
+                .state(cmd.now, cmd.offline_after_secs, cmd.signals)
+            {
                 DeviceState::Offline => Some(PayOutcome::DeviceOffline),
+                DeviceState::Fault => Some(PayOutcome::DeviceFault),
                 DeviceState::Busy => Some(PayOutcome::DeviceBusy),
                 // Idle and online: another tariff, or the read was stale.
                 DeviceState::Idle => None,

@@ -50,7 +50,7 @@ pub fn decide_session_op(
     };
     let expired = s.expire(now).map(|settlement| (s.clone(), settlement));
     let (result, change) = match op {
-        DeviceOp::Poll => return not_found,
+        DeviceOp::Poll | DeviceOp::Press | DeviceOp::Heartbeat(_) => return not_found,
         DeviceOp::Start { .. } => match s.start(now) {
             Ok(StartOutcome::Started) => (
                 DeviceOpResult::Session(s.clone()),

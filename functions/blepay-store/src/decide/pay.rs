@@ -100,10 +100,12 @@ pub enum PayDecision {
 /// 2. a record under the key: [`PayOutcome::Replayed`] with its session when the fingerprint
 ///    matches, else [`PayOutcome::KeyReused`];
 /// 3. [`PayOutcome::DeviceUnknown`];
-/// 4. [`PayOutcome::DeviceOffline`] (nothing heard within `offline_after_secs`);
-/// 5. [`PayOutcome::DeviceBusy`] (an open session on the machine);
-/// 6. [`PayOutcome::AdvertUsed`];
-/// 7. [`PayOutcome::InsufficientFunds`];
+/// 4. [`PayOutcome::DeviceOffline`] (nothing fresh heard within `offline_after_secs`, or the
+///    advert's link-down flag);
+/// 5. [`PayOutcome::DeviceFault`] (the advert's fault flag);
+/// 6. [`PayOutcome::DeviceBusy`] (an open session on the machine);
+/// 7. [`PayOutcome::AdvertUsed`];
+/// 8. [`PayOutcome::InsufficientFunds`];
 ///
 /// and otherwise [`PayDecision::Create`]: hold `max_amount` (the core's wallet rule) for a new
 /// AUTHORIZED session with the machine's tariff. DynamoDB's pay transaction orders its conditions
@@ -133,8 +135,9 @@ pub fn decide_pay(facts: &PayFacts<'_>) -> Result<PayDecision, StoreError> {
     let Some(device) = facts.device else {
         return Ok(Answer(PayOutcome::DeviceUnknown));
     };
-    match device.state(cmd.now, cmd.offline_after_secs) {
+    match device.state(cmd.now, cmd.offline_after_secs, cmd.signals) {
         DeviceState::Offline => return Ok(Answer(PayOutcome::DeviceOffline)),
+        DeviceState::Fault => return Ok(Answer(PayOutcome::DeviceFault)),
         DeviceState::Busy => return Ok(Answer(PayOutcome::DeviceBusy)),
         DeviceState::Idle => {}
     }
@@ -198,6 +201,7 @@ mod tests {
             now: NOW,
             start_timeout_secs: 120,
             offline_after_secs: 300,
+            signals: crate::AdvertSignals::default(),
         }
     }
 
@@ -216,6 +220,8 @@ mod tests {
             },
             last_seen,
             open_session: open,
+            telemetry: None,
+            telemetry_at: None,
         }
     }
 
