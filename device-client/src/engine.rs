@@ -894,7 +894,9 @@ impl<L: RecordLog> Engine<L> {
         let interrupted = matches!(self.phase, Phase::Pressing { interrupted: true });
         let grant = match &answer.body {
             machine::Answer::Started(Ok(grant)) => grant.clone(),
-            machine::Answer::Started(Err(e)) => return self.not_started(seq, false, NotStarted::BadTerms(*e)),
+            machine::Answer::Started(Err(e)) => {
+                return self.not_started(seq, false, NotStarted::BadTerms(*e));
+            }
             machine::Answer::Refused(r) => {
                 return self.not_started(seq, true, NotStarted::Refused(r.code));
             }

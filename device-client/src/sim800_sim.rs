@@ -382,7 +382,8 @@ fn split_url(url: &str) -> Option<(&str, &str)> {
 
 /// The request head a SIM800 sends for `AT+HTTPACTION=1` (see the module docs).
 pub fn request_head(host: &str, path: &str, content_type: Option<&str>, len: usize) -> String {
-    let content_type = content_type.map_or_else(String::new, |ct| format!("Content-Type: {ct}\r\n"));
+    let content_type =
+        content_type.map_or_else(String::new, |ct| format!("Content-Type: {ct}\r\n"));
     format!(
         "POST {path} HTTP/1.1\r\nHost: {host}\r\n{content_type}Content-Length: {len}\r\n\
          Connection: Keep-Alive\r\nAccept: */*\r\nUser-Agent: SIMCOM_MODULE\r\n\r\n"
@@ -401,7 +402,8 @@ impl Counted<'_> {
         let mut chunk = [0u8; 1024];
         let n = self.stream.read(&mut chunk)?;
         self.read += n as u64;
-        self.buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        self.buf
+            .extend_from_slice(chunk.get(..n).unwrap_or_default());
         Ok(n > 0)
     }
 
@@ -437,10 +439,7 @@ fn post_tcp(
     heads: &mut Vec<String>,
 ) -> Result<(u16, Vec<u8>), TcpFailure> {
     let (host, path) = split_url(url).ok_or(TcpFailure)?;
-    let addr = host
-        .to_socket_addrs()?
-        .next()
-        .ok_or(TcpFailure)?;
+    let addr = host.to_socket_addrs()?.next().ok_or(TcpFailure)?;
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
@@ -742,7 +741,14 @@ impl Modem {
         };
         let mut bytes = Exchange::default();
         let mut heads = Vec::new();
-        let answer = post_tcp(&url, content.as_deref(), &body, timeout, &mut bytes, &mut heads);
+        let answer = post_tcp(
+            &url,
+            content.as_deref(),
+            &body,
+            timeout,
+            &mut bytes,
+            &mut heads,
+        );
         {
             let mut ctl = lock(&self.ctl);
             ctl.bytes.exchanges.push(bytes);

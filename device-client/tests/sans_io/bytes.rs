@@ -1,8 +1,9 @@
 //! What each request costs on the 2G link: body, frame and the whole HTTP request, measured.
 
+use blepay_core::Telemetry;
 use blepay_core::Units;
 use blepay_device_client::transport::http_post_request;
-use blepay_device_client::{poll, report, start};
+use blepay_device_client::{heartbeat, poll, press, report, start};
 
 use crate::common::{identity, session};
 
@@ -12,8 +13,23 @@ const HOST: &str = "device.blepay.example.com:8080";
 #[test]
 fn every_request_fits_the_2g_budget() {
     let id = identity();
+    let telemetry = Telemetry {
+        firmware_version: "dispenser-2.4.1+build.1234".into(),
+        fault_codes: vec![101, 70_000],
+        signal_quality: 23,
+        uptime_secs: 31_536_000,
+        boot_count: 1_234,
+        outbox_depth: 2,
+        lifetime_units: 12_345_678,
+    };
     let cases = [
-        ("poll", poll()),
+        ("press", press()),
+        ("heartbeat (full telemetry)", heartbeat(telemetry)),
+        (
+            "heartbeat (empty telemetry)",
+            heartbeat(Telemetry::default()),
+        ),
+        ("poll (legacy)", poll()),
         ("start", start(session(9))),
         (
             "report (progress, 1234 units)",
@@ -38,7 +54,7 @@ fn every_request_fits_the_2g_budget() {
             pending.frame.len(),
             http.len()
         );
-        assert!(body_len <= 64, "{name}: body {body_len} > 64");
+        assert!(body_len <= 80, "{name}: body {body_len} > 80");
         assert!(
             http.len() <= 300,
             "{name}: HTTP request {} > 300",

@@ -28,7 +28,7 @@ fn the_advert_follows_the_server_clock_and_is_the_protocol_advert() {
             .advert_flags()
             .contains(AdvertFlags::CLOCK_UNSYNCED)
     );
-    rig.step(); // the first poll answer sets the clock
+    rig.step(); // the boot heartbeat's answer sets the clock
     let now = rig.local;
     let ad = rig.engine().advert(now);
     assert_eq!(ad.advert.slot, Slot::at(T0));
@@ -57,10 +57,8 @@ fn the_advert_is_reloaded_only_when_the_slot_or_the_flags_change() {
     assert!(rig.engine().advert_update(now + to_next - 1).is_none());
     let next = rig.engine().advert_update(now + to_next).unwrap();
     assert_eq!(next.advert.slot.get(), synced.advert.slot.get() + 1);
-    // a grant makes the machine busy
-    rig.server.pay(1, 100, 10, T0 + 120);
-    rig.wait(5);
-    rig.step();
+    // a press makes the machine busy
+    rig.press();
     let local = rig.local;
     let busy = rig.engine().advert_update(local).unwrap();
     assert!(busy.advert.flags.contains(AdvertFlags::BUSY));

@@ -57,15 +57,26 @@ pub struct Sess {
     pub units: u64,
     pub amount: i64,
     pub settles: u32,
+    pub expiry_told: bool,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct ServerState {
-    pub last: Option<(u32, Vec<u8>, Vec<u8>)>,
+    /// The last executed request: (seq, frame, answer body, server time it was stamped with).
+    pub last: Option<(u32, Vec<u8>, Vec<u8>, u64)>,
     pub sessions: BTreeMap<[u8; 16], Sess>,
     pub executed: Vec<u32>,
     pub replays: u32,
+    /// The kind of every request executed (not replayed), in order.
+    pub kinds: Vec<&'static str>,
+    /// The telemetry of the last heartbeat.
+    pub telemetry: Option<pb::Telemetry>,
+    /// Sessions started by a press.
+    pub presses_started: u32,
 }
+
+/// How long the fake server keeps an ACTIVE session without a report.
+pub const ACTIVE_TIMEOUT: i64 = 600;
 
 /// The server: shared state so a test can look at it while the driver owns the transport.
 #[derive(Debug, Clone)]
@@ -111,6 +122,7 @@ impl FakeServer {
                 units: 0,
                 amount: 0,
                 settles: 0,
+                expiry_told: false,
             },
         );
     }
@@ -129,17 +141,20 @@ impl FakeServer {
         }
         let now = self.time.get();
         let mut st = self.state.borrow_mut();
-        let body = match &st.last {
-            Some((seq, bytes, answer)) if *seq == req.seq() && bytes == frame => answer.clone(),
-            Some((seq, _, _)) if req.seq() <= *seq => {
+        let (body, stamp) = match &st.last {
+            // a byte-identical retry gets the saved answer, stamped as it was
+            Some((seq, bytes, answer, stamp)) if *seq == req.seq() && bytes == frame => {
+                (answer.clone(), *stamp)
+            }
+            Some((seq, _, _, _)) if req.seq() <= *seq => {
                 st.replays += 1;
-                refusal("SEQUENCE_REPLAYED")
+                (refusal("SEQUENCE_REPLAYED"), now)
             }
             _ => {
                 let answer = execute(&mut st, req.body(), now);
                 st.executed.push(req.seq());
-                st.last = Some((req.seq(), frame.to_vec(), answer.clone()));
-                answer
+                st.last = Some((req.seq(), frame.to_vec(), answer.clone(), now));
+                (answer, now)
             }
         };
         let status =
@@ -150,7 +165,7 @@ impl FakeServer {
             };
         (
             status,
-            seal_response(&self.key, &req.tag(), req.seq(), now, &body),
+            seal_response(&self.key, &req.tag(), req.seq(), stamp, &body),
         )
     }
 }
@@ -174,11 +189,60 @@ fn execute(st: &mut ServerState, body: &[u8], now: u64) -> Vec<u8> {
             s.status = Status::Expired;
         }
     }
+
     let find = |st: &mut ServerState, id: &[u8]| -> Option<[u8; 16]> {
         let id: [u8; 16] = id.try_into().ok()?;
         st.sessions.contains_key(&id).then_some(id)
     };
+    st.kinds.push(match &req.kind {
+        Some(Kind::Press(_)) => "press",
+        Some(Kind::Heartbeat(_)) => "heartbeat",
+        Some(Kind::Poll(_)) => "poll",
+        Some(Kind::Start(_)) => "start",
+        Some(Kind::Report(r)) if r.r#final => "final",
+        Some(Kind::Report(_)) => "report",
+        None => "none",
+    });
     match req.kind {
+        Some(Kind::Press(_)) => {
+            let waiting = st
+                .sessions
+                .iter_mut()
+                .find(|(_, s)| s.status == Status::Authorized);
+            if let Some((id, s)) = waiting {
+                s.status = Status::Active;
+                let grant = pb::Grant {
+                    session_id: id.to_vec(),
+                    hold_amount: s.hold,
+                    price_per_unit: s.price,
+                    expires_at: now + ACTIVE_TIMEOUT,
+                    use_counter: 0,
+                };
+                st.presses_started += 1;
+                return pb::DeviceResponse {
+                    grants: vec![grant],
+                    status: pb::SessionStatus::Active as i32,
+                    ..Default::default()
+                }
+                .encode_to_vec();
+            }
+            // A session that expired waiting is told once, to the next press.
+            let expired = st
+                .sessions
+                .values_mut()
+                .find(|s| s.status == Status::Expired && !s.expiry_told)
+                .map(|s| s.expiry_told = true)
+                .is_some();
+            if expired {
+                refusal("SESSION_EXPIRED")
+            } else {
+                refusal("NO_SESSION_WAITING")
+            }
+        }
+        Some(Kind::Heartbeat(h)) => {
+            st.telemetry = h.telemetry;
+            pb::DeviceResponse::default().encode_to_vec()
+        }
         Some(Kind::Poll(_)) => pb::DeviceResponse {
             grants: st
                 .sessions
@@ -289,12 +353,23 @@ impl Rig<MemLog> {
     }
 }
 
+impl Rig<MemLog> {
+    pub fn with_config(config: Config) -> Self {
+        let server = FakeServer::new(identity().key);
+        Self::on_with(server, MemLog::new(), LOCAL0, config)
+    }
+}
+
 impl<L: RecordLog> Rig<L>
 where
     L::Error: std::fmt::Debug,
 {
     pub fn on(server: FakeServer, log: L, local: u64) -> Self {
-        let engine = Engine::open(identity(), config(), log, local).unwrap();
+        Self::on_with(server, log, local, config())
+    }
+
+    pub fn on_with(server: FakeServer, log: L, local: u64, config: Config) -> Self {
+        let engine = Engine::open(identity(), config, log, local).unwrap();
         let mut rig = Self {
             driver: Driver::new(engine, server.clone()),
             server,
@@ -363,6 +438,27 @@ where
 
     pub fn take_actions(&mut self) -> Vec<Action> {
         std::mem::take(&mut self.actions)
+    }
+
+    /// Power loss: the same flash, a new engine at local time `local` (the server keeps going).
+    pub fn reboot(self, local: u64) -> Self {
+        let config = *self.driver.engine().config();
+        let (engine, server) = self.driver.into_parts();
+        let log = engine.into_log();
+        let engine = Engine::open(identity(), config, log, local).unwrap();
+        let mut rig = Self {
+            driver: Driver::new(engine, server.clone()),
+            server,
+            local,
+            actions: Vec::new(),
+        };
+        rig.collect();
+        rig
+    }
+
+    /// The kinds of the requests the server executed.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        self.server.state.borrow().kinds.clone()
     }
 }
 

@@ -27,8 +27,8 @@ struct Recorded {
     sent: Vec<(usize, u32)>,
 }
 
-/// Two sessions with failures in between: polls, a lost start answer, progress reports, a final
-/// report, then a second session cut short.
+/// Two sessions with failures in between: heartbeats, a refused press, a lost press answer,
+/// progress reports, a final report, then a second session cut short.
 fn record_a_busy_log() -> Recorded {
     let server = FakeServer::new(identity().key);
     let appends = Rc::new(RefCell::new(Vec::new()));
@@ -48,12 +48,15 @@ fn record_a_busy_log() -> Recorded {
             Step::Idle => {}
         }
     };
-    for _ in 0..3 {
-        step(&mut rig);
-        rig.wait(5);
-    }
-    rig.server.pay(1, 1000, 10, T0 + 200);
+    // the boot heartbeat, a press with nobody paid, a heartbeat an interval later
     step(&mut rig);
+    rig.press();
+    step(&mut rig);
+    rig.wait(rig.driver.engine().config().heartbeat_interval_secs);
+    step(&mut rig);
+    // session 1: the press answer is lost (the retry gets the saved answer), progress reports,
+    // a final report that fails once
+    rig.server.pay(1, 1000, 10, rig.server.time.get() + 200);
     rig.press();
     rig.server.lose_answer.set(1);
     step(&mut rig);
@@ -70,10 +73,12 @@ fn record_a_busy_log() -> Recorded {
     rig.wait(1);
     step(&mut rig);
     rig.wait(5);
-    rig.server.pay(2, 1000, 10, T0 + 400);
-    step(&mut rig);
-    step(&mut rig);
+    // session 2: a press that fails once, then cut short while pouring
+    rig.server.pay(2, 1000, 10, rig.server.time.get() + 200);
     rig.press();
+    rig.server.fail_before.set(1);
+    step(&mut rig);
+    rig.wait(1);
     step(&mut rig);
     rig.meter(12);
     rig.server.lose_answer.set(1);
@@ -99,7 +104,8 @@ fn expected_queue(prefix: &[u8]) -> Vec<(u32, Vec<u8>)> {
         match Record::decode(r).unwrap() {
             Record::Enqueue(e) => queue.push((e.seq, e.frame)),
             Record::Ack { seq, .. } => queue.retain(|(s, _)| *s != seq),
-            Record::State { .. } | Record::Session(_) => {}
+            Record::Started { seq, .. } => queue.retain(|(s, _)| *s != seq),
+            Record::State { .. } | Record::Session(_) | Record::Counters { .. } => {}
         }
     }
     queue
@@ -110,7 +116,7 @@ fn acked(prefix: &[u8]) -> BTreeSet<u32> {
     records
         .into_iter()
         .filter_map(|r| match Record::decode(r) {
-            Some(Record::Ack { seq, .. }) => Some(seq),
+            Some(Record::Ack { seq, .. } | Record::Started { seq, .. }) => Some(seq),
             _ => None,
         })
         .collect()

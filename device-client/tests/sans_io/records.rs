@@ -69,6 +69,25 @@ fn record() -> impl Strategy<Value = Record> {
                 units: Units::new(u)
             }
         )),
+        (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..200)).prop_map(|(seq, frame)| {
+            Record::Enqueue(Entry {
+                seq,
+                op: Op::Press,
+                frame,
+            })
+        }),
+        (any::<u32>(), grant()).prop_map(|(seq, grant)| Record::Started { seq, grant }),
+        (
+            any::<u32>(),
+            any::<u64>(),
+            proptest::option::of(any::<[u8; 16]>())
+        )
+            .prop_map(|(boot_count, lifetime_units, last)| Record::Counters {
+                boot_count,
+                lifetime_units,
+                // all zeros is "none" on the medium
+                last_final: last.filter(|id| *id != [0; 16]).map(SessionId::from_bytes),
+            }),
     ]
 }
 

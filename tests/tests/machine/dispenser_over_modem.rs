@@ -2,8 +2,8 @@
 //! SIM800 AT transport — talking to a simulated modem whose HTTP bridge goes through a TCP proxy
 //! that drops 30% of the connections (half before forwarding, half after the server answered),
 //! to the real server; a simulated phone pays over HTTP with a fresh advert from the engine's
-//! advertiser each time. Every session settles exactly once, for exactly units × price, and the
-//! ledger reconciles.
+//! advertiser each time, then the user presses start (one Press request fetches the grant).
+//! Every session settles exactly once, for exactly units × price, and the ledger reconciles.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::support::dispenser::{Dispenser, Settled, local_now};
 use crate::support::machine::assert_retries_are_byte_identical;
 use crate::support::server::Server;
-use crate::support::sim800::{Sim, driver, server_backend};
+use crate::support::sim800::{Sim, driver};
 use blepay_core::Units;
 use blepay_e2e::proxy::Proxy;
 use blepay_proto::AdvertFlags;
@@ -27,7 +27,7 @@ fn twelve_sessions_over_the_modem_through_a_proxy_dropping_30_percent_settle_exa
     let began = Instant::now();
     let server = Server::start();
     let proxy = Proxy::start(([127, 0, 0, 1], server.port).into(), 30, 0x0b1e_5eed);
-    let (sim, port) = Sim::start(server_backend());
+    let (sim, port) = Sim::start();
     let id = server.register(PRICE);
     let mut machine = Dispenser::new(id, driver(port, &proxy.address));
     server.top_up("ida", 10_000);
@@ -46,6 +46,7 @@ fn twelve_sessions_over_the_modem_through_a_proxy_dropping_30_percent_settle_exa
             "cycle {cycle}: idle and synced"
         );
         let session = server.pay_http("ida", &advert.payload, MAX_AMOUNT);
+        machine.press();
         let done = machine.settled.len() + 1;
         machine.run_until(Duration::from_secs(60), |m| m.settled.len() == done);
 
@@ -82,6 +83,16 @@ fn twelve_sessions_over_the_modem_through_a_proxy_dropping_30_percent_settle_exa
         "each session settled once on the machine"
     );
     assert!(machine.aborted.is_empty(), "{:?}", machine.aborted);
+    assert!(machine.not_started.is_empty(), "{:?}", machine.not_started);
+    assert_eq!(
+        machine.started,
+        machine
+            .settled
+            .iter()
+            .map(|s| s.session)
+            .collect::<Vec<_>>(),
+        "one press, one valve opening per session"
+    );
     let w = server.wallet("ida");
     assert_eq!(
         (w.available, w.held, w.spent),

@@ -34,6 +34,7 @@ fn twenty_payment_cycles_through_a_proxy_dropping_30_percent_settle_exactly_once
         m.units_per_session = units;
         let advert = m.engine().advert(local_now());
         let sid = server.pay_http("ida", &advert.payload, 200);
+        m.press();
         let done = m.settled.len() + 1;
         m.run_until(Duration::from_secs(60), |m| m.settled.len() == done);
 

@@ -1,13 +1,14 @@
 //! A simulated water dispenser on the real client: the session [`Engine`] (outbox in a
 //! [`MemLog`]) and the [`Driver`] over any [`Transport`], turned by the firmware loop of the
-//! `driver` module docs. The start button is pressed as soon as a grant arrives; the meter
-//! counts one unit per turn up to `units_per_session`, then the hardware ends dispensing.
+//! `driver` module docs. The user presses the start button after paying ([`Dispenser::press`]);
+//! the valve opens on the server's answer to that one press, the meter counts one unit per turn up
+//! to `units_per_session`, then the hardware ends dispensing.
 
 use std::time::{Duration, Instant};
 
 use blepay_core::{SessionId, Units};
 use blepay_device_client::driver::{Driver, Step};
-use blepay_device_client::engine::{Action, Config, Engine};
+use blepay_device_client::engine::{Action, Config, Engine, NotStarted};
 use blepay_device_client::log::MemLog;
 use blepay_device_client::transport::Transport;
 use blepay_device_client::{Identity, RefusalCode};
@@ -29,7 +30,13 @@ pub struct Dispenser<T: Transport> {
     pouring: Option<u64>,
     pub settled: Vec<Settled>,
     pub aborted: Vec<SessionId>,
+    /// Presses that started nothing.
+    pub not_started: Vec<NotStarted>,
+    /// Sessions the valve opened for.
+    pub started: Vec<SessionId>,
     pub transport_failures: u32,
+    /// The user pressed start: fed to the engine at the next turn.
+    pressed: bool,
 }
 
 /// Local seconds: wall-clock unix time (the engine corrects it with the server's time).
@@ -39,10 +46,10 @@ pub fn local_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Tunables for a test: poll every second, a progress report every 2 units, retries after 1 s.
+/// Tunables for a test: a progress report every 2 units, retries after 1 s (the heartbeat stays
+/// at its default: these tests never wait that long).
 pub fn test_config() -> Config {
     Config {
-        poll_every_secs: 1,
         retry_min_secs: 1,
         retry_max_secs: 1,
         report_every_units: 2,
@@ -60,8 +67,16 @@ impl<T: Transport> Dispenser<T> {
             pouring: None,
             settled: Vec::new(),
             aborted: Vec::new(),
+            not_started: Vec::new(),
+            started: Vec::new(),
             transport_failures: 0,
+            pressed: false,
         }
+    }
+
+    /// The user presses the start button.
+    pub fn press(&mut self) {
+        self.pressed = true;
     }
 
     pub fn engine(&self) -> &Engine<MemLog> {
@@ -72,6 +87,9 @@ impl<T: Transport> Dispenser<T> {
     pub fn turn(&mut self) -> bool {
         let now = local_now();
         let engine = self.driver.engine_mut();
+        if std::mem::take(&mut self.pressed) {
+            engine.on_start_button(now).unwrap();
+        }
         if let Some(left) = self.pouring.as_mut() {
             if *left > 0 {
                 *left -= 1;
@@ -89,13 +107,11 @@ impl<T: Transport> Dispenser<T> {
         let actions: Vec<Action> = self.driver.engine_mut().drain_actions().collect();
         for action in actions {
             match action {
-                Action::AwaitStart { .. } => {
-                    self.driver
-                        .engine_mut()
-                        .on_start_button(local_now())
-                        .unwrap();
+                Action::StartDispensing { session, .. } => {
+                    self.started.push(session);
+                    self.pouring = Some(self.units_per_session);
                 }
-                Action::StartDispensing { .. } => self.pouring = Some(self.units_per_session),
+                Action::NotStarted { reason } => self.not_started.push(reason),
                 Action::StopDispensing { .. } => self.pouring = None,
                 Action::SessionAborted { session, .. } => self.aborted.push(session),
                 Action::SessionSettled {

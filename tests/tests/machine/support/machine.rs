@@ -4,7 +4,7 @@
 use blepay_core::{SessionId, Units};
 use blepay_device_client::grant::Grant;
 use blepay_device_client::transport::{DEVICE_PATH, Transport};
-use blepay_device_client::{Answer, Identity, Pending, Request, poll, report, start};
+use blepay_device_client::{Answer, Identity, Pending, Request, heartbeat, press, report};
 use blepay_e2e::Link;
 
 pub struct Machine<T> {
@@ -67,14 +67,24 @@ impl<T: Transport> Machine<T> {
         self.deliver(&p, 10)
     }
 
-    pub fn poll(&mut self) -> Vec<Grant> {
-        let (status, a) = self.exchange(&poll());
-        assert_eq!((status, a.refusal()), (200, None), "poll");
-        a.body.usable_grants().cloned().collect()
+    /// A heartbeat (empty telemetry): the machine is online.
+    pub fn heartbeat(&mut self) {
+        let (status, a) = self.exchange(&heartbeat(blepay_core::Telemetry::default()));
+        assert_eq!((status, a.refusal()), (200, None), "heartbeat");
     }
 
-    pub fn start(&mut self, s: SessionId) -> (u16, Answer) {
-        self.exchange(&start(s))
+    /// The start button: the started session's terms, or the refusal.
+    pub fn press(&mut self) -> (u16, Answer) {
+        self.exchange(&press())
+    }
+
+    /// The start button with a session waiting: its terms.
+    pub fn press_started(&mut self) -> Grant {
+        let (status, a) = self.press();
+        match a.body {
+            blepay_device_client::machine::Answer::Started(Ok(g)) if status == 200 => g,
+            other => panic!("press: {status} {other:?}"),
+        }
     }
 
     pub fn report(&mut self, s: SessionId, units: u64, last: bool) -> (u16, Answer) {
