@@ -96,8 +96,9 @@ enum DeviceCommand {
         last: bool,
     },
     /// Run a simulated water dispenser on the device client's engine: advertises (to
-    /// <state-dir>/advert.json), polls, waits for the start button (<state-dir>/start, a line on
-    /// stdin, or --auto-start), dispenses, reports; one JSON line per event.
+    /// <state-dir>/advert.json), sends a heartbeat every 30 minutes and nothing else while idle;
+    /// the start button (<state-dir>/start, a line on stdin, or --auto-start) fetches the paid
+    /// session in one exchange, dispenses, reports; one JSON line per event.
     Run(crate::device_run::RunArgs),
 }
 

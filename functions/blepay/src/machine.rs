@@ -7,7 +7,8 @@
 //! firmware's code ([`Outbox`], [`Clock`]):
 //! - the next sequence number is reserved in the log *before* a request is sealed
 //!   ([`Outbox::take_seq`]), so it never goes back;
-//! - a report is queued in the log before it is sent and dropped when answered; a final report
+//! - a press and a report are queued in the log before they are sent and dropped when answered
+//!   (a press left unanswered by an earlier command is the next press's answer); a final report
 //!   carries the bumped use counter in that same record, so a machine that loses power after the
 //!   server settled still advertises a fresh advert;
 //! - a request a previous command could not deliver is sent again, with the same bytes, before
@@ -147,7 +148,13 @@ impl Machine {
     pub async fn exchange(&self, request: &Request) -> anyhow::Result<(u16, Answer)> {
         let mut outbox = self.outbox()?;
         while let Some(entry) = outbox.front().cloned() {
-            self.deliver(&mut outbox, &entry.pending(), true).await?;
+            let answered = self.deliver(&mut outbox, &entry.pending(), true).await?;
+            // A press an earlier command could not deliver is this press: its answer (the
+            // session it started, or the refusal) is the answer, and no second press is sent.
+            let press_again = matches!(entry.op, Op::Press) && matches!(request, Request::Press);
+            if press_again && outbox.is_empty() {
+                return Ok(answered);
+            }
         }
         let seq = outbox.take_seq()?;
         let pending = self.identity.request(seq, request);
@@ -168,11 +175,14 @@ impl Machine {
                 outbox.enqueue(seq, op, pending.frame.clone())?;
                 true
             }
-            // A press is retried with the same bytes within this command (the server answers a
-            // retry with its saved answer, so at most one session starts); it is not queued.
-            Request::Press | Request::Heartbeat(_) | Request::Poll | Request::Start { .. } => {
-                false
+            // A press is queued like the firmware queues it: a command that fails before its
+            // answer leaves it in the log, and the next command sends the same bytes first (the
+            // server answers a retry from its saved answer: at most one session starts).
+            Request::Press => {
+                outbox.enqueue(seq, Op::Press, pending.frame.clone())?;
+                true
             }
+            Request::Heartbeat(_) | Request::Poll | Request::Start { .. } => false,
         };
         let answered = self.deliver(&mut outbox, &pending, queued).await?;
         outbox.compact_if_over(COMPACT_AFTER_BYTES)?;
