@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use blepay_service::config::{
-    Config, ConfigError, DEFAULT_CURRENCY, DEFAULT_OFFLINE_AFTER_SECS, DEFAULT_START_TIMEOUT_SECS,
+    Config, ConfigError, DEFAULT_ACTIVE_TIMEOUT_SECS, DEFAULT_CURRENCY, DEFAULT_OFFLINE_AFTER_SECS,
+    DEFAULT_START_TIMEOUT_SECS,
     Keyring, SecretString, Settings, cfg_err,
 };
 
@@ -42,13 +43,19 @@ pub struct ServeArgs {
     /// Seconds a paid session waits for the machine's start before it expires and the hold is released.
     #[arg(long, env = "BLEPAY_START_TIMEOUT_SECS", default_value_t = DEFAULT_START_TIMEOUT_SECS)]
     pub start_timeout_secs: u64,
-    /// A machine with no authenticated message for this long is OFFLINE, and cannot be paid.
+    /// A machine with no fresh authenticated message (a byte-identical retry does not count) for
+    /// this long is OFFLINE, and cannot be paid. The default is two heartbeat intervals (30 min
+    /// each) and ten minutes.
     #[arg(long, env = "BLEPAY_OFFLINE_AFTER_SECS", default_value_t = DEFAULT_OFFLINE_AFTER_SECS)]
     pub offline_after_secs: u64,
+    /// An ACTIVE session with no report for this long is settled by the server at its last
+    /// reported units (closed by timeout), the rest of its hold released and the machine freed.
+    #[arg(long, env = "BLEPAY_ACTIVE_TIMEOUT_SECS", default_value_t = DEFAULT_ACTIVE_TIMEOUT_SECS)]
+    pub active_timeout_secs: u64,
     /// The deployment's currency (ISO 4217): wallets hold it and every tariff must use it.
     #[arg(long, env = "BLEPAY_CURRENCY", default_value = DEFAULT_CURRENCY)]
     pub currency: String,
-    /// Seconds between runs of the expiry sweeper.
+    /// Seconds between runs of the sweeper (expiry of unpaid-for starts, the ACTIVE timeout).
     #[arg(long, env = "BLEPAY_SWEEP_INTERVAL_SECS", default_value_t = 5)]
     pub sweep_interval_secs: u64,
 }
@@ -156,6 +163,7 @@ impl ServeArgs {
             ops_token: Some(ops_token),
             start_timeout_secs: self.start_timeout_secs,
             offline_after_secs: self.offline_after_secs,
+            active_timeout_secs: self.active_timeout_secs,
             currency: self.currency.clone(),
         };
         Ok((settings.validate()?.into_config(keyring), generated))
@@ -217,6 +225,7 @@ mod tests {
             ops_token: None,
             start_timeout_secs: DEFAULT_START_TIMEOUT_SECS,
             offline_after_secs: DEFAULT_OFFLINE_AFTER_SECS,
+            active_timeout_secs: DEFAULT_ACTIVE_TIMEOUT_SECS,
             currency: DEFAULT_CURRENCY.into(),
             sweep_interval_secs: 5,
         }

@@ -26,6 +26,7 @@ pub async fn run() -> anyhow::Result<()> {
         ops_token: Some(ops_token.parse()?),
         start_timeout_secs: 120,
         offline_after_secs: 300,
+        active_timeout_secs: blepay_service::config::DEFAULT_ACTIVE_TIMEOUT_SECS,
         currency: "EUR".into(),
         sweep_interval_secs: 5,
     };
@@ -77,8 +78,17 @@ pub async fn run() -> anyhow::Result<()> {
         0,
         &dir.path().join("machine"),
     )?;
-    machine.poll().await?;
-    println!("4. the machine polled over its own (2G) link: the server now sees it online");
+    machine
+        .heartbeat(blepay_core::Telemetry {
+            firmware_version: concat!("blepay-demo/", env!("CARGO_PKG_VERSION")).into(),
+            signal_quality: 18,
+            ..blepay_core::Telemetry::default()
+        })
+        .await?;
+    println!(
+        "4. the machine sent its heartbeat over its own (2G) link: the server now sees it online \
+         (an idle machine sends nothing else, one heartbeat every 30 minutes)"
+    );
 
     let advert = machine.advert()?;
     println!(
@@ -110,16 +120,16 @@ pub async fn run() -> anyhow::Result<()> {
         .to_owned();
     println!("7. the phone paid (hold up to 2.00 EUR): {pay}");
 
-    let grants = machine.poll().await?;
-    for g in &grants {
-        println!("8. the machine's poll received the grant {}", grant_json(g));
+    let grant = machine.press().await?;
+    if grant.session.to_string() != session {
+        return Err(anyhow!("the press started {}, not {session}", grant.session));
     }
-    let sid = blepay_core::SessionId::parse(&session).map_err(|e| anyhow!(e))?;
-    let r = machine.start(sid).await?;
+    let sid = grant.session;
     println!(
-        "9. the user pressed start on the machine: {}",
-        response_json(&r)
+        "8. the user pressed start on the machine: one exchange started the session and brought its terms {}",
+        grant_json(&grant)
     );
+    println!("9. the valve opens (at most {} litres)", grant.max_units().get());
     machine.report(sid, 2, false).await?;
     println!("10. dispensing... 2 litres so far");
     let r = machine.report(sid, 3, true).await?;

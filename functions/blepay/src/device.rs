@@ -1,9 +1,13 @@
-//! `blepay device …`: the scriptable machine (`advert`, `poll`, `start`, `report`, on
-//! [`crate::machine`]) and the simulated dispenser (`run`, on [`crate::device_run`]).
+//! `blepay device …`: the scriptable machine (`advert`, `press`, `report`, `heartbeat`, and the
+//! legacy `poll` and `start`, on [`crate::machine`]) and the simulated dispenser (`run`, on
+//! [`crate::device_run`]).
 
 use std::path::PathBuf;
 
 use anyhow::anyhow;
+
+use blepay_core::Telemetry;
+use blepay_proto::AdvertFlags;
 
 use crate::machine::{Machine, grant_json, response_json};
 
@@ -42,10 +46,42 @@ pub struct DeviceArgs {
 #[derive(Debug, clap::Subcommand)]
 enum DeviceCommand {
     /// Print the current advert (base64 payload, advertising data hex).
-    Advert,
-    /// Poll the server; prints one JSON line per grant.
+    Advert {
+        /// Set the advert's link-down flag (the modem is not attached): the server treats the
+        /// machine as OFFLINE.
+        #[arg(long)]
+        link_down: bool,
+        /// Set the advert's fault flag: the server shows FAULT and refuses pays.
+        #[arg(long)]
+        fault: bool,
+    },
+    /// The start button: one exchange starts the session paid for on this machine; prints its
+    /// terms as one JSON line (or fails with NO_SESSION_WAITING: "pay in the app first").
+    Press,
+    /// The idle machine's rare sign of life, with telemetry; prints `{"ack":true,...}`.
+    Heartbeat {
+        /// Firmware version.
+        #[arg(long, default_value = concat!("blepay-cli/", env!("CARGO_PKG_VERSION")))]
+        firmware_version: String,
+        /// Fault codes (comma-separated); none when healthy.
+        #[arg(long, value_delimiter = ',')]
+        fault_codes: Vec<u32>,
+        /// Signal quality, SIM800 `AT+CSQ` rssi: 0..=31, or 99 (unknown).
+        #[arg(long, default_value_t = 99)]
+        signal_quality: u8,
+        /// Seconds since boot.
+        #[arg(long, default_value_t = 0)]
+        uptime_secs: u64,
+        /// Boots since manufacture.
+        #[arg(long, default_value_t = 0)]
+        boot_count: u32,
+        /// Units dispensed since manufacture.
+        #[arg(long, default_value_t = 0)]
+        lifetime_units: u64,
+    },
+    /// Legacy: poll the server; prints one JSON line per grant (the firmware no longer polls).
     Poll,
-    /// The start button: start a granted session.
+    /// Legacy: the start button for a session learnt by polling (`press` needs no poll).
     Start {
         #[arg(long)]
         session: String,
@@ -60,8 +96,9 @@ enum DeviceCommand {
         last: bool,
     },
     /// Run a simulated water dispenser on the device client's engine: advertises (to
-    /// <state-dir>/advert.json), polls, waits for the start button (<state-dir>/start, a line on
-    /// stdin, or --auto-start), dispenses, reports; one JSON line per event.
+    /// <state-dir>/advert.json), sends a heartbeat every 30 minutes and nothing else while idle;
+    /// the start button (<state-dir>/start, a line on stdin, or --auto-start) fetches the paid
+    /// session in one exchange, dispenses, reports; one JSON line per event.
     Run(crate::device_run::RunArgs),
 }
 
@@ -101,7 +138,41 @@ pub async fn run(d: DeviceArgs) -> anyhow::Result<()> {
     )?;
     let session = |s: &str| blepay_core::SessionId::parse(s).map_err(|e| anyhow!("--session: {e}"));
     match command {
-        DeviceCommand::Advert => println!("{}", m.advert()?),
+        DeviceCommand::Advert { link_down, fault } => {
+            let mut bits = 0;
+            if link_down {
+                bits |= AdvertFlags::LINK_DOWN.bits();
+            }
+            if fault {
+                bits |= AdvertFlags::FAULT.bits();
+            }
+            let flags = AdvertFlags::from_bits(bits).map_err(|e| anyhow!("{e}"))?;
+            println!("{}", m.advert_with(flags)?);
+        }
+        DeviceCommand::Press => println!("{}", grant_json(&m.press().await?)),
+        DeviceCommand::Heartbeat {
+            firmware_version,
+            fault_codes,
+            signal_quality,
+            uptime_secs,
+            boot_count,
+            lifetime_units,
+        } => {
+            let telemetry = Telemetry {
+                firmware_version,
+                fault_codes,
+                signal_quality,
+                uptime_secs,
+                boot_count,
+                outbox_depth: m.outbox_depth()?,
+                lifetime_units,
+            };
+            telemetry
+                .validate()
+                .map_err(|e| anyhow!("telemetry: {e}"))?;
+            m.heartbeat(telemetry).await?;
+            println!("{}", serde_json::json!({ "ack": true, "nextSeq": m.next_seq()? }));
+        }
         DeviceCommand::Poll => m
             .poll()
             .await?

@@ -7,14 +7,21 @@
 //!   `<state-dir>/advert.json` (base64 payload, advertising data and HCI command in hex), where a
 //!   phone simulator reads it, and printed;
 //! - **start button**: a file `<state-dir>/start` (removed when taken), a line on stdin, or
-//!   `--auto-start`; pressed while dispensing, it ends dispensing;
-//! - **valve and meter**: once the server answered the start `ACTIVE`, units flow at
+//!   `--auto-start` (a user pressing every `--auto-start-every-secs` while the machine is idle).
+//!   A press sends one `Press` request: the server starts the session paid for on this machine
+//!   and answers with its terms, or refuses `NO_SESSION_WAITING` ("pay in the app first": a
+//!   `not-started` event, nothing changes). Pressed while dispensing, it ends dispensing;
+//! - **valve and meter**: once the press answer started the session, units flow at
 //!   `--flow-units-per-sec` until `--units` (then the "container is full") or the cap the hold
-//!   pays for (the engine stops there).
+//!   pays for (the engine stops there);
+//! - **link**: idle, the machine sends nothing but a heartbeat every `--heartbeat-every-secs`
+//!   (30 minutes by default; also one at boot), with its telemetry (`--fault-codes` set the
+//!   advert's fault flag too).
 //!
-//! stdout carries one JSON line per event: `boot`, `recovered`, `advert`, `grant`, `started`,
-//! `progress` (a progress report the server acknowledged), `stopped`, `aborted`, `settled`.
-//! Link failures go to the log (stderr); requests are retried with the same bytes.
+//! stdout carries one JSON line per event: `boot`, `recovered`, `advert`, `heartbeat` (answered),
+//! `pressed`, `not-started`, `started`, `progress` (a progress report the server acknowledged),
+//! `stopped`, `aborted`, `settled`. Link failures go to the log (stderr); requests are retried
+//! with the same bytes.
 //!
 //! Power loss is `SIGKILL`: on the next run the engine recovers the outbox from the log and ends
 //! the interrupted session with a final report of the last reported units (docs/protocol.md).
@@ -51,18 +58,27 @@ pub const START_FILE: &str = "start";
 /// Options of `blepay device run` (the machine's identity and state dir come from `blepay device`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// Press the start button as soon as a grant arrives.
+    /// A simulated user presses the start button every `--auto-start-every-secs` while the
+    /// machine is idle (each press is one exchange; without a payment it starts nothing).
     #[arg(long)]
     pub auto_start: bool,
+    /// Seconds between the simulated user's presses (`--auto-start`).
+    #[arg(long, default_value_t = 2)]
+    pub auto_start_every_secs: u64,
     /// Flow rate of the simulated valve, units per second.
     #[arg(long, default_value_t = 1.0)]
     pub flow_units_per_sec: f64,
     /// End dispensing after this many units (default: at the cap the hold pays for).
     #[arg(long)]
     pub units: Option<u64>,
-    /// Poll every this many seconds while idle or waiting for the button.
-    #[arg(long, default_value_t = 1)]
-    pub poll_every_secs: u64,
+    /// Send a heartbeat after this many seconds without an answered exchange (idle machines send
+    /// nothing else).
+    #[arg(long, default_value_t = blepay_device_client::engine::DEFAULT_HEARTBEAT_SECS)]
+    pub heartbeat_every_secs: u64,
+    /// Fault codes the machine reports (comma-separated): its heartbeat carries them and its
+    /// advert sets the fault flag, so phones see FAULT and cannot pay.
+    #[arg(long, value_delimiter = ',')]
+    pub fault_codes: Vec<u32>,
     /// Send a progress report every this many seconds while dispensing (0: never by time).
     #[arg(long, default_value_t = 1)]
     pub report_every_secs: u64,
@@ -191,6 +207,8 @@ fn advert_json(ad: &AdvertData) -> Value {
         "slot": ad.advert.slot.get(),
         "useCounter": ad.advert.use_counter.get(),
         "busy": ad.advert.flags.contains(AdvertFlags::BUSY),
+        "fault": ad.advert.flags.contains(AdvertFlags::FAULT),
+        "linkDown": ad.advert.flags.contains(AdvertFlags::LINK_DOWN),
         "clockSynced": !ad.advert.flags.contains(AdvertFlags::CLOCK_UNSYNCED),
     })
 }
@@ -208,8 +226,7 @@ fn write_atomically(path: &Path, value: &Value) -> anyhow::Result<()> {
 fn phase_name(p: &Phase) -> &'static str {
     match p {
         Phase::Idle => "idle",
-        Phase::Granted { .. } => "granted",
-        Phase::Starting { .. } => "starting",
+        Phase::Pressing { .. } => "pressing",
         Phase::Dispensing { .. } => "dispensing",
         Phase::Ending { .. } => "ending",
     }
@@ -241,7 +258,8 @@ pub fn run_blocking(
         .with_context(|| format!("creating {}", machine.state_dir.display()))?;
     let log = FileLog::open(machine.state_dir.join(OUTBOX_FILE))?;
     let config = Config {
-        poll_every_secs: args.poll_every_secs.max(1),
+        heartbeat_interval_secs: args.heartbeat_every_secs.max(1),
+        firmware_version: concat!("blepay-device-run/", env!("CARGO_PKG_VERSION")),
         report_every_secs: args.report_every_secs,
         report_every_units: args.report_every_units,
         // The simulated meter always flows while the valve is open.
@@ -263,7 +281,9 @@ pub fn run_blocking(
         valve: None,
         progress_units: None,
         ended: 0,
+        last_auto_press: None,
     };
+    m.driver.engine_mut().set_fault_codes(&args.fault_codes);
     m.boot()?;
     m.run(presses)
 }
@@ -280,6 +300,8 @@ struct Sim<'a, W> {
     progress_units: Option<u64>,
     /// Sessions settled or aborted.
     ended: u32,
+    /// When the simulated user last pressed (`--auto-start`).
+    last_auto_press: Option<Instant>,
 }
 
 impl<W: Write> Sim<'_, W> {
@@ -315,7 +337,11 @@ impl<W: Write> Sim<'_, W> {
         loop {
             let now = local_now();
             if self.button_pressed(presses) {
+                let phase = phase_name(self.driver.engine().phase());
                 self.driver.engine_mut().on_start_button(now)?;
+                if phase == "idle" {
+                    self.emit(&json!({"event": "pressed"}))?;
+                }
             }
             self.meter(now)?;
             self.driver.engine_mut().tick(now)?;
@@ -344,17 +370,27 @@ impl<W: Write> Sim<'_, W> {
         *e.phase() == Phase::Idle && e.outbox().is_empty()
     }
 
-    /// A press from stdin or the start file, taken only when the button means something
-    /// (a grant waits, or dispensing can be ended).
-    fn button_pressed(&self, presses: &mpsc::Receiver<()>) -> bool {
+    /// A press from stdin, the start file or the simulated user, taken only when the button
+    /// means something: idle (a press fetches the paid session) or dispensing (it ends).
+    fn button_pressed(&mut self, presses: &mpsc::Receiver<()>) -> bool {
         let phase = self.driver.engine().phase();
-        if !matches!(phase, Phase::Granted { .. } | Phase::Dispensing { .. }) {
+        let idle = *phase == Phase::Idle && self.driver.engine().outbox().is_empty();
+        if !idle && !matches!(phase, Phase::Dispensing { .. }) {
             return false;
         }
         if presses.try_recv().is_ok() {
             return true;
         }
-        std::fs::remove_file(&self.start_path).is_ok()
+        if std::fs::remove_file(&self.start_path).is_ok() {
+            return true;
+        }
+        let every = Duration::from_secs(self.args.auto_start_every_secs.max(1));
+        if idle && self.args.auto_start && self.last_auto_press.is_none_or(|t| t.elapsed() >= every)
+        {
+            self.last_auto_press = Some(Instant::now());
+            return true;
+        }
+        false
     }
 
     fn meter(&mut self, now: u64) -> anyhow::Result<()> {
@@ -404,6 +440,15 @@ impl<W: Write> Sim<'_, W> {
                             self.emit(&json!({"event": "progress", "units": units}))?;
                         }
                     }
+                    Response::Answered { kind, answer }
+                        if kind == RequestKind::Heartbeat && answer.refusal().is_none() =>
+                    {
+                        self.emit(&json!({
+                            "event": "heartbeat",
+                            "seq": seq,
+                            "serverTime": answer.server_time,
+                        }))?;
+                    }
                     Response::NotAuthentic { status, error } => {
                         tracing::warn!(?kind, seq, status, %error, "answer not authentic; retrying");
                     }
@@ -425,20 +470,12 @@ impl<W: Write> Sim<'_, W> {
 
     fn act(&mut self, action: Action) -> anyhow::Result<()> {
         match action {
-            Action::AwaitStart {
-                session,
-                expires_at,
-                max_units,
-            } => {
+            Action::NotStarted { reason } => {
                 self.emit(&json!({
-                    "event": "grant",
-                    "session": session.to_string(),
-                    "expiresAt": expires_at,
-                    "maxUnits": max_units.get(),
+                    "event": "not-started",
+                    "reason": reason.as_str(),
+                    "payInAppFirst": reason.pay_in_app_first(),
                 }))?;
-                if self.args.auto_start {
-                    self.driver.engine_mut().on_start_button(local_now())?;
-                }
             }
             Action::StartDispensing { session, max_units } => {
                 let until = self

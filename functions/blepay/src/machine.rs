@@ -1,4 +1,5 @@
-//! A scriptable simulated machine: `blepay device advert|poll|start|report`.
+//! A scriptable simulated machine: `blepay device advert|press|report|heartbeat` (and the legacy
+//! `poll|start`, which the server still answers but the firmware no longer sends).
 //!
 //! It is the device client run one request per command, not a copy of its rules: the state
 //! directory holds the device client's own outbox log (`<state-dir>/outbox.log`, a [`FileLog`],
@@ -6,7 +7,8 @@
 //! firmware's code ([`Outbox`], [`Clock`]):
 //! - the next sequence number is reserved in the log *before* a request is sealed
 //!   ([`Outbox::take_seq`]), so it never goes back;
-//! - a report is queued in the log before it is sent and dropped when answered; a final report
+//! - a press and a report are queued in the log before they are sent and dropped when answered
+//!   (a press left unanswered by an earlier command is the next press's answer); a final report
 //!   carries the bumped use counter in that same record, so a machine that loses power after the
 //!   server settled still advertises a fresh advert;
 //! - a request a previous command could not deliver is sent again, with the same bytes, before
@@ -18,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use base64::Engine;
-use blepay_core::{DeviceId, KeyVersion, SessionId, Units};
+use blepay_core::{DeviceId, KeyVersion, SessionId, Telemetry, Units};
 use blepay_device_client::clock::Clock;
 use blepay_device_client::file_log::FileLog;
 use blepay_device_client::grant::Grant;
@@ -94,25 +96,45 @@ impl Machine {
         Ok(self.outbox()?.peek_seq())
     }
 
+    /// Requests waiting in the outbox for delivery (the heartbeat's `outbox_depth`).
+    ///
+    /// # Errors
+    /// When the state cannot be read.
+    pub fn outbox_depth(&self) -> anyhow::Result<u32> {
+        Ok(u32::try_from(self.outbox()?.len()).unwrap_or(u32::MAX))
+    }
+
     /// The current advert, on the server-corrected clock.
     ///
     /// # Errors
     /// When the state cannot be read.
     pub fn advert(&self) -> anyhow::Result<serde_json::Value> {
+        self.advert_with(AdvertFlags::NONE)
+    }
+
+    /// The current advert with `extra` flags (link down, fault) on top of what the state says.
+    ///
+    /// # Errors
+    /// When the state cannot be read.
+    pub fn advert_with(&self, extra: AdvertFlags) -> anyhow::Result<serde_json::Value> {
         let outbox = self.outbox()?;
         let durable = outbox.durable();
         let now = Clock::restore(durable.clock_offset).server_now(local_now());
-        let flags = if durable.clock_synced {
+        let synced = if durable.clock_synced {
             AdvertFlags::NONE
         } else {
             AdvertFlags::CLOCK_UNSYNCED
         };
+        let flags = AdvertFlags::from_bits(synced.bits() | extra.bits())
+            .map_err(|e| anyhow!("advert flags: {e}"))?;
         let advert = self.identity.advert(now, durable.use_counter, flags);
         Ok(serde_json::json!({
             "advert": base64::engine::general_purpose::STANDARD.encode(advert.encode()),
             "advertisingData": hex::encode(advert.advertising_data(DEFAULT_COMPANY_ID)),
             "slot": advert.slot.get(),
             "useCounter": durable.use_counter.get(),
+            "linkDown": flags.contains(AdvertFlags::LINK_DOWN),
+            "fault": flags.contains(AdvertFlags::FAULT),
         }))
     }
 
@@ -126,12 +148,18 @@ impl Machine {
     pub async fn exchange(&self, request: &Request) -> anyhow::Result<(u16, Answer)> {
         let mut outbox = self.outbox()?;
         while let Some(entry) = outbox.front().cloned() {
-            self.deliver(&mut outbox, &entry.pending(), true).await?;
+            let answered = self.deliver(&mut outbox, &entry.pending(), true).await?;
+            // A press an earlier command could not deliver is this press: its answer (the
+            // session it started, or the refusal) is the answer, and no second press is sent.
+            let press_again = matches!(entry.op, Op::Press) && matches!(request, Request::Press);
+            if press_again && outbox.is_empty() {
+                return Ok(answered);
+            }
         }
         let seq = outbox.take_seq()?;
         let pending = self.identity.request(seq, request);
-        let queued = match *request {
-            Request::Report {
+        let queued = match request {
+            &Request::Report {
                 session,
                 units,
                 last,
@@ -147,7 +175,14 @@ impl Machine {
                 outbox.enqueue(seq, op, pending.frame.clone())?;
                 true
             }
-            Request::Poll | Request::Start { .. } => false,
+            // A press is queued like the firmware queues it: a command that fails before its
+            // answer leaves it in the log, and the next command sends the same bytes first (the
+            // server answers a retry from its saved answer: at most one session starts).
+            Request::Press => {
+                outbox.enqueue(seq, Op::Press, pending.frame.clone())?;
+                true
+            }
+            Request::Heartbeat(_) | Request::Poll | Request::Start { .. } => false,
         };
         let answered = self.deliver(&mut outbox, &pending, queued).await?;
         outbox.compact_if_over(COMPACT_AFTER_BYTES)?;
@@ -210,7 +245,41 @@ impl Machine {
             .context(format!("POST {url}")))
     }
 
-    /// Poll for grants.
+    /// The start button: one exchange that starts the session waiting on this machine and
+    /// brings its terms (the valve may open on this answer alone).
+    ///
+    /// # Errors
+    /// See [`Machine::exchange`]; or when the server refuses (`NO_SESSION_WAITING`,
+    /// `SESSION_EXPIRED`, ...): the error names the code.
+    pub async fn press(&self) -> anyhow::Result<Grant> {
+        let (_, a) = self.exchange(&Request::Press).await?;
+        refused(&a)?;
+        match a.body {
+            machine::Answer::Started(Ok(grant)) => Ok(grant),
+            machine::Answer::Started(Err(e)) => bail!("the press answer's grant is unusable: {e}"),
+            other => bail!("a press answered with {other:?}"),
+        }
+    }
+
+    /// The press as one exchange, whatever the server answers: (HTTP status, answer).
+    ///
+    /// # Errors
+    /// See [`Machine::exchange`].
+    pub async fn press_answer(&self) -> anyhow::Result<(u16, Answer)> {
+        self.exchange(&Request::Press).await
+    }
+
+    /// The idle machine's heartbeat, with its telemetry.
+    ///
+    /// # Errors
+    /// See [`Machine::exchange`]; or when the server refuses.
+    pub async fn heartbeat(&self, telemetry: Telemetry) -> anyhow::Result<()> {
+        let (_, a) = self.exchange(&Request::Heartbeat(telemetry)).await?;
+        refused(&a)?;
+        Ok(())
+    }
+
+    /// Legacy: poll for grants (the firmware no longer polls; the server still answers).
     ///
     /// # Errors
     /// See [`Machine::exchange`]; or when the server refuses.
@@ -220,7 +289,7 @@ impl Machine {
         Ok(a.body.usable_grants().cloned().collect())
     }
 
-    /// The start button was pressed for `session`.
+    /// Legacy: the start button was pressed for `session` (learnt by polling).
     ///
     /// # Errors
     /// See [`Machine::exchange`]; or when the server refuses.
@@ -271,7 +340,10 @@ fn session_answer(a: &Answer) -> anyhow::Result<SessionAnswer> {
     refused(a)?;
     match a.body {
         machine::Answer::Session { status, amount } => Ok(SessionAnswer { status, amount }),
-        machine::Answer::Grants(_) | machine::Answer::Refused(_) => Ok(SessionAnswer {
+        machine::Answer::Grants(_)
+        | machine::Answer::Refused(_)
+        | machine::Answer::Started(_)
+        | machine::Answer::Ack => Ok(SessionAnswer {
             status: Status::Unspecified,
             amount: 0,
         }),

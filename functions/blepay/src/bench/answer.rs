@@ -13,12 +13,7 @@ pub(super) fn refusal(answer: &Answer) -> Option<&'static str> {
         .map(blepay_device_client::RefusalCode::as_str)
 }
 
-/// How many grants a poll answer brought.
-pub(super) fn grant_count(answer: &Answer) -> usize {
-    answer.body.usable_grants().count()
-}
-
-/// Whether a poll answer brought the grant of `session`.
+/// Whether an answer brought the grant of `session` (a press answer: started it).
 pub(super) fn grants(answer: &Answer, session: SessionId) -> bool {
     answer.body.usable_grants().any(|g| g.session == session)
 }

@@ -219,8 +219,9 @@ impl Ctx {
         Ok((status, r.bytes().await?.to_vec()))
     }
 
-    /// Finish the paid `session` with one unit: the machine polls for its grant (unless it holds
-    /// it already), is started, dispenses one unit and reports; it is free again.
+    /// Finish the paid `session` with one unit: the user presses start (one exchange: the
+    /// server starts the session and the machine opens its valve on the answer), the machine
+    /// dispenses one unit and sends its final report; it is free again.
     pub(super) async fn settle(
         &self,
         t: Transport,
@@ -229,26 +230,19 @@ impl Ctx {
         session: SessionId,
     ) -> anyhow::Result<()> {
         let machine = self.machine(m)?;
-        if machine.granted()? != Some(session) {
-            let polled = self.exchange(t, worker, m).await?;
-            if !answer::grants(&polled, session) {
-                bail!("the poll did not bring the grant of {session}");
-            }
-        }
         machine.press_start(self.app.now())?;
-        self.exchange(t, worker, m).await?;
+        let pressed = self.exchange(t, worker, m).await?;
+        if !answer::grants(&pressed, session) || machine.dispensing()? != Some(session) {
+            bail!("the press did not start {session}");
+        }
         machine.dispense(self.app.now(), 1)?;
         self.exchange(t, worker, m).await?;
         Ok(())
     }
 
-    /// pay → poll (must bring the grant) → start → final report.
+    /// pay → press (starts the session, brings its terms) → final report.
     pub(super) async fn cycle(&self, t: Transport, worker: usize, m: usize) -> anyhow::Result<()> {
         let session = self.pay(t, worker, m).await?;
-        let polled = self.exchange(t, worker, m).await?;
-        if !answer::grants(&polled, session) {
-            bail!("the poll did not bring the grant of {session}");
-        }
         self.settle(t, worker, m, session).await
     }
 
@@ -307,7 +301,8 @@ pub(super) async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
         .await?)
 }
 
-/// Register the machines, top up one user per client, bring every machine online (a poll), and
+/// Register the machines, top up one user per client, bring every machine online (its boot
+/// heartbeat), and
 /// connect the gRPC channels.
 pub(super) async fn setup(
     env: &Env,

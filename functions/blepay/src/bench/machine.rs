@@ -2,7 +2,6 @@
 //! [`MemLog`], so the bench keeps no copy of the firmware's rules (sequence numbers, grants,
 //! the use counter, the advert).
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use anyhow::{anyhow, bail};
@@ -14,11 +13,11 @@ use blepay_device_client::{Answer, Identity};
 
 use super::answer;
 
-/// How the bench's machines run the device client's engine: no timers of their own (the clients
-/// drive every exchange) and no progress reports (a cycle is pay, poll, start, final report).
+/// How the bench's machines run the device client's engine: the boot heartbeat is their one
+/// idle exchange (the next is 30 minutes away, beyond any run) and no progress reports (a cycle
+/// is pay, press, final report).
 fn engine_config() -> EngineConfig {
     EngineConfig {
-        poll_every_secs: 0,
         report_every_units: 0,
         report_every_secs: 0,
         no_flow_timeout_secs: 0,
@@ -31,15 +30,12 @@ fn engine_config() -> EngineConfig {
 /// advert. One client at a time drives a machine; the lock is never held across an exchange.
 pub(super) struct Machine {
     engine: Mutex<Engine<MemLog>>,
-    /// The sequence number of the last request sent (`--link-bytes` continues after it).
-    last_seq: AtomicU32,
 }
 
 impl Machine {
     pub(super) fn new(identity: Identity, now: u64) -> anyhow::Result<Self> {
         Ok(Self {
             engine: Mutex::new(Engine::open(identity, engine_config(), MemLog::new(), now)?),
-            last_seq: AtomicU32::new(0),
         })
     }
 
@@ -57,23 +53,12 @@ impl Machine {
         Ok(self.engine()?.advert(now).payload)
     }
 
-    /// Who the machine is.
-    pub(super) fn identity(&self) -> anyhow::Result<Identity> {
-        Ok(self.engine()?.identity().clone())
-    }
-
-    /// The sequence number of the last request sent.
-    pub(super) fn last_seq(&self) -> u32 {
-        self.last_seq.load(Ordering::SeqCst)
-    }
-
     /// The request the engine sends now.
     pub(super) fn transmit(&self, now: u64) -> anyhow::Result<Transmit> {
         let t = self
             .engine()?
             .transmit(now)?
             .ok_or_else(|| anyhow!("the machine has nothing to send"))?;
-        self.last_seq.store(t.seq, Ordering::SeqCst);
         Ok(t)
     }
 
@@ -99,15 +84,15 @@ impl Machine {
         Ok(())
     }
 
-    /// The session the machine holds a grant for, waiting for the start button.
-    pub(super) fn granted(&self) -> anyhow::Result<Option<SessionId>> {
+    /// The session the machine is dispensing for (started by its press).
+    pub(super) fn dispensing(&self) -> anyhow::Result<Option<SessionId>> {
         Ok(match self.engine()?.phase() {
-            Phase::Granted { grant } => Some(grant.session),
+            Phase::Dispensing { grant, .. } => Some(grant.session),
             _ => None,
         })
     }
 
-    /// The start button (the start request is queued).
+    /// The start button (the press request is queued).
     pub(super) fn press_start(&self, now: u64) -> anyhow::Result<()> {
         self.engine()?.on_start_button(now)?;
         Ok(())
@@ -116,6 +101,7 @@ impl Machine {
     /// The meter counts `units`, then dispensing ends (the final report is queued).
     pub(super) fn dispense(&self, now: u64, units: u64) -> anyhow::Result<()> {
         let mut engine = self.engine()?;
+        engine.drain_actions().for_each(drop);
         engine.on_meter(now, units)?;
         engine.on_dispense_end(now)?;
         engine.drain_actions().for_each(drop);

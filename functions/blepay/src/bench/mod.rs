@@ -13,19 +13,20 @@
 //! channel per client), with `--concurrency` clients for `--duration` seconds each:
 //! - **verify**: a freshly signed advert of one of the machines;
 //! - **pay**: in rounds, one pay per machine (a fresh advert per machine and use counter); the
-//!   sessions are settled (poll, start, final report) between rounds, off the clock, so the machines
+//!   sessions are settled (press, final report) between rounds, off the clock, so the machines
 //!   are free again — `pay_rps` is pays / time spent paying;
-//! - **cycle**: pay → poll (the grant arrives) → start → final report, each client on machines
-//!   of its own; `cycle_rps` counts cycles, `cycle_req_rps` the four requests of each.
+//! - **cycle**: pay → press (the session starts, its terms come back) → final report, each
+//!   client on machines of its own; `cycle_rps` counts cycles, `cycle_req_rps` the three
+//!   requests of each.
 //!
 //! Each figure is reported as req/s, p50 and p99 latency, and the ratio to the hello-world server
 //! over the same transport. Everything (servers and clients) shares this machine's cores, as a
 //! single-box deployment would; the numbers say what the server does on it, not what a cluster
 //! would. The last line printed is one JSON object with every figure.
 //!
-//! `--link-bytes` instead measures what one payment cycle costs on the machine's (2G) link:
-//! the exact frames of a real poll, start and final report, with HTTP/1.1 framing, against the
-//! same messages written as JSON.
+//! `--link-bytes` instead measures what the machine's (2G) link costs: a real heartbeat, press
+//! and final report through the device client's SIM800 simulator, bytes counted on each TCP
+//! connection, plus a stated TCP/IP model for bytes on the wire, and the same messages as JSON.
 //!
 //! Files: [`servers`] (the real server and the hello-world one), [`fleet`] (machines and users,
 //! the operations over HTTP or gRPC), [`machine`] (one machine: the device client's engine on an
@@ -155,7 +156,7 @@ async fn load(env: &Env, args: &BenchArgs) -> anyhow::Result<()> {
             requests: 1,
             baseline_rps,
         });
-        for (op, figures, requests) in [("verify", verify, 1), ("pay", pay, 1), ("cycle", cycle, 4)]
+        for (op, figures, requests) in [("verify", verify, 1), ("pay", pay, 1), ("cycle", cycle, 3)]
         {
             rows.push(Row {
                 name: format!("{name} {op}"),

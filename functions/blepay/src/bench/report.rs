@@ -12,7 +12,7 @@ use super::measure::Figures;
 pub(super) struct Row {
     pub(super) name: String,
     pub(super) figures: Figures,
-    /// Requests per operation (4 for a cycle).
+    /// Requests per operation (3 for a cycle: pay, press, final report).
     pub(super) requests: u64,
     pub(super) baseline_rps: f64,
 }

@@ -56,6 +56,7 @@ impl Env {
             // Long enough that nothing expires or goes offline while the bench runs.
             start_timeout_secs: 3600,
             offline_after_secs: 3600,
+            active_timeout_secs: 3600,
             currency: "EUR".into(),
             sweep_interval_secs: 3600,
         };
