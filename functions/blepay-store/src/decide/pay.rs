@@ -308,6 +308,25 @@ mod tests {
     }
 
     #[test]
+    fn the_advert_flags_refuse_offline_before_fault_before_busy() {
+        let busy = machine(Some(NOW), Some(SessionId::from_bytes([2; 16])));
+        let with = |link_down, fault| {
+            let mut c = cmd(300);
+            c.signals = crate::AdvertSignals { link_down, fault };
+            answer(&PayFacts {
+                cmd: &c,
+                device: Some(&busy),
+                prior: None,
+                advert_used: true,
+                wallet: funds(0),
+            })
+        };
+        assert_eq!(with(true, true), PayOutcome::DeviceOffline);
+        assert_eq!(with(false, true), PayOutcome::DeviceFault);
+        assert_eq!(with(false, false), PayOutcome::DeviceBusy);
+    }
+
+    #[test]
     fn a_pay_with_the_key_of_the_same_request_is_replayed_whatever_the_machine_does_now() {
         let c = cmd(300);
         let busy = machine(Some(NOW), Some(SessionId::from_bytes([9; 16])));
