@@ -4,7 +4,8 @@
 //! in-process on `127.0.0.1:0`, on a real SQLite file in a temporary directory, with explicit
 //! secrets. The returned [`TestApp`] drives it the way the outside world does: HTTP JSON with a
 //! `reqwest` client, gRPC with the tonic clients, and simulated machines
-//! ([`blepay::machine::Machine`]) posting authenticated frames to `/v1/device`.
+//! ([`blepay::machine::Machine`]) posting authenticated frames to `/v1/device`: a heartbeat
+//! brings a machine online, a press starts the session paid for on it, a final report settles.
 //!
 //! It keeps the [`App`] so tests can audit the ledger (`app.store().audit()`) after each scenario.
 //! The tests themselves live in `tests/api/` (one binary, one module per concern) and
@@ -58,7 +59,9 @@ pub fn master_keys_env() -> String {
 pub struct Settings {
     pub start_timeout_secs: u64,
     pub offline_after_secs: u64,
-    /// How often the expiry sweeper runs (its first run is at start).
+    /// An ACTIVE session with no report for this long is settled by timeout.
+    pub active_timeout_secs: u64,
+    /// How often the sweeper runs (expiry, ACTIVE timeout; its first run is at start).
     pub sweep_every: Duration,
 }
 
@@ -67,6 +70,7 @@ impl Default for Settings {
         Self {
             start_timeout_secs: 120,
             offline_after_secs: 300,
+            active_timeout_secs: blepay_service::config::DEFAULT_ACTIVE_TIMEOUT_SECS,
             sweep_every: Duration::from_secs(3600),
         }
     }
@@ -132,6 +136,7 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         ops_token: Some(OPS_TOKEN.parse().expect("ops token")),
         start_timeout_secs: settings.start_timeout_secs,
         offline_after_secs: settings.offline_after_secs,
+        active_timeout_secs: settings.active_timeout_secs,
         currency: "EUR".into(),
         sweep_interval_secs: settings.sweep_every.as_secs().max(1),
     };
@@ -256,6 +261,17 @@ pub fn signed_advert(
     slot_offset: i64,
     use_counter: u16,
 ) -> String {
+    signed_advert_with(device_id, key, slot_offset, use_counter, AdvertFlags::NONE)
+}
+
+/// [`signed_advert`] with `flags` (link down, fault, busy) in its signed flags byte.
+pub fn signed_advert_with(
+    device_id: &str,
+    key: &DeviceKey,
+    slot_offset: i64,
+    use_counter: u16,
+    flags: AdvertFlags,
+) -> String {
     let slot = i64::from(Slot::at(unix_now()).get()) + slot_offset;
     let advert = Advert::sign(
         key,
@@ -263,7 +279,7 @@ pub fn signed_advert(
         DeviceId::parse(device_id).expect("device id"),
         Slot::new(u32::try_from(slot).expect("slot")),
         UseCounter::new(use_counter),
-        AdvertFlags::NONE,
+        flags,
     );
     b64(&advert.encode())
 }
@@ -276,6 +292,17 @@ pub fn unb64(s: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(s)
         .expect("base64")
+}
+
+/// The telemetry the suite's machines send in their heartbeats.
+pub fn test_telemetry() -> blepay_core::Telemetry {
+    blepay_core::Telemetry {
+        firmware_version: "e2e-1.0".into(),
+        signal_quality: 18,
+        uptime_secs: 60,
+        boot_count: 1,
+        ..blepay_core::Telemetry::default()
+    }
 }
 
 /// The link half of a simulated machine, on the device client: its [`Identity`] seals requests
@@ -418,13 +445,35 @@ impl TestApp {
         }
     }
 
-    /// A registered machine that has polled once (so it is online).
+    /// A registered machine that has sent its first heartbeat (so it is online).
     pub async fn online_machine(&self, price: i64) -> TestMachine {
         let (id, key) = self.register_device(price).await;
         let m = self.machine(&id, &key);
-        m.machine.poll().await.expect("first poll");
+        m.machine
+            .heartbeat(test_telemetry())
+            .await
+            .expect("first heartbeat");
         m
     }
+
+    /// The device as operators see it (`GET /v1/ops/devices/{id}`): tariff, state, last seen,
+    /// open session, the latest heartbeat's telemetry.
+    pub async fn ops_device(&self, device_id: &str) -> Value {
+        self.get(&format!("/v1/ops/devices/{device_id}"), &self.ops_token)
+            .await
+            .ok()
+    }
+
+    /// Verify `advert` as `user`'s phone → the raw answer.
+    pub async fn verify(&self, user: &str, advert: &str) -> Answer {
+        self.post(
+            "/v1/verify",
+            &self.token_for(user),
+            &json!({ "advert": advert }),
+        )
+        .await
+    }
+
 
     /// A phone pays with `advert` → the raw answer.
     pub async fn pay(&self, user: &str, advert: &str, max_amount: i64, key: &str) -> Answer {

@@ -6,8 +6,7 @@
 
 use blepay_service::config::{
     ConfigError, DEFAULT_ACTIVE_TIMEOUT_SECS, DEFAULT_OFFLINE_AFTER_SECS,
-    DEFAULT_START_TIMEOUT_SECS, SecretString, Settings,
-    ValidSettings, cfg_err as err,
+    DEFAULT_START_TIMEOUT_SECS, SecretString, Settings, ValidSettings, cfg_err as err,
 };
 
 /// Where the master keys (`version:hex64[,...]`, as `BLEPAY_MASTER_KEYS`) come from.

@@ -172,15 +172,11 @@ async fn provision(stack: &Stack) -> (Identity, UserId) {
     (identity, user)
 }
 
-#[tokio::test]
-async fn the_lambda_binaries_take_a_payment_end_to_end_under_the_emulator() {
-    let Some(stack) = stack() else { return };
-    let (identity, user) = provision(&stack).await;
-
-    // The machine's heartbeat: it is online, its clock is the server's.
-    let first = stack
+/// The machine's first heartbeat (sequence number 1); ops then see it IDLE with its telemetry.
+async fn first_heartbeat(stack: &Stack, identity: &Identity) -> Answer {
+    let answer = stack
         .machine(
-            &identity,
+            identity,
             1,
             &Request::Heartbeat(blepay_core::Telemetry {
                 firmware_version: "emulated-1".into(),
@@ -197,10 +193,24 @@ async fn the_lambda_binaries_take_a_payment_end_to_end_under_the_emulator() {
         )
         .await;
     assert_eq!(
-        (status, device["state"].as_str(), device["telemetry"]["firmwareVersion"].as_str()),
+        (
+            status,
+            device["state"].as_str(),
+            device["telemetry"]["firmwareVersion"].as_str()
+        ),
         (200, Some("IDLE"), Some("emulated-1")),
         "{device}"
     );
+    answer
+}
+
+#[tokio::test]
+async fn the_lambda_binaries_take_a_payment_end_to_end_under_the_emulator() {
+    let Some(stack) = stack() else { return };
+    let (identity, user) = provision(&stack).await;
+
+    // The machine's heartbeat: it is online, its clock is the server's.
+    let first = first_heartbeat(&stack, &identity).await;
     let advert = identity.advert(first.server_time, UseCounter::new(1), AdvertFlags::NONE);
     let advert = B64.encode(advert.encode());
 

@@ -454,9 +454,13 @@ impl App {
     /// # Errors
     /// On storage failure (what was done before it stays done; the next sweep retries).
     pub async fn sweep(&self) -> Result<Swept, ApiError> {
-        sweep(self.inner.store.as_ref(), self.now(), self.config().active_timeout_secs)
-            .await
-            .map_err(ApiError::from)
+        sweep(
+            self.inner.store.as_ref(),
+            self.now(),
+            self.config().active_timeout_secs,
+        )
+        .await
+        .map_err(ApiError::from)
     }
 
     // ----------------------------------------------------------------------------------------
@@ -623,7 +627,9 @@ pub fn session_pb(s: &Session) -> pb::Session {
         started_at: s.started_at.map_or(0, secs),
         ended_at: s.ended_at.map_or(0, secs),
         use_counter: u32::from(s.use_counter.get()),
-        closed_by: s.closed_by.map_or(pb::CloseReason::Unspecified, close_reason_pb) as i32,
+        closed_by: s
+            .closed_by
+            .map_or(pb::CloseReason::Unspecified, close_reason_pb) as i32,
         last_report_at: s.last_report_at.map_or(0, secs),
         late_report: s.late_report.as_ref().map(|l| pb::LateReport {
             units: l.units.get(),

@@ -161,7 +161,11 @@ async fn a_machine_answer_carries_only_content_type_and_content_length() {
         (&forged, "401 Unauthorized", "application/json"),
     ] {
         let answer = exchange(&mut stream, &sim800_post(&host, frame)).await;
-        assert_eq!(answer.status_line, format!("HTTP/1.1 {status}"), "{answer:?}");
+        assert_eq!(
+            answer.status_line,
+            format!("HTTP/1.1 {status}"),
+            "{answer:?}"
+        );
         assert_eq!(
             answer.names(),
             ["content-length", "content-type"],
@@ -177,7 +181,11 @@ async fn a_machine_answer_carries_only_content_type_and_content_length() {
             "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
             answer.body.len()
         );
-        assert_eq!(answer.wire_len, head.len() + answer.body.len(), "{answer:?}");
+        assert_eq!(
+            answer.wire_len,
+            head.len() + answer.body.len(),
+            "{answer:?}"
+        );
     }
 
     // The frames are real answers: the heartbeat's is an acknowledgement, the press's a signed
@@ -205,7 +213,9 @@ async fn every_other_route_still_carries_a_date() {
             format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes(),
         )
         .await;
-        let date = answer.header("date").unwrap_or_else(|| panic!("{path}: {answer:?}"));
+        let date = answer
+            .header("date")
+            .unwrap_or_else(|| panic!("{path}: {answer:?}"));
         assert!(
             httpdate::parse_http_date(date).is_ok(),
             "{path}: an IMF-fixdate, not {date:?}"

@@ -74,10 +74,16 @@ async fn a_press_with_a_waiting_session_starts_it_in_one_exchange_and_the_cycle_
         Some("application/octet-stream")
     );
     let Answer::Started(Ok(grant)) = &press.answer.body else {
-        panic!("a press answer carries the started session: {:?}", press.answer)
+        panic!(
+            "a press answer carries the started session: {:?}",
+            press.answer
+        )
     };
     assert_eq!(grant.session, SessionId::parse(&session_id).unwrap());
-    assert_eq!((grant.hold.minor(), grant.price_per_unit.minor()), (500, 50));
+    assert_eq!(
+        (grant.hold.minor(), grant.price_per_unit.minor()),
+        (500, 50)
+    );
     assert_eq!(grant.use_counter.get(), 1);
     // The report deadline: the server closes the session by timeout if nothing reaches it.
     assert_eq!(grant.expires_at, T0 + 30 + ACTIVE_TIMEOUT);
@@ -100,7 +106,10 @@ async fn a_press_with_a_waiting_session_starts_it_in_one_exchange_and_the_cycle_
 
     // A second press while the session runs: nothing is waiting any more.
     let second = service.exchange(&mut machine, &Request::Press).await;
-    assert_eq!(second.answer.refusal_code(), Some(RefusalCode::NoSessionWaiting));
+    assert_eq!(
+        second.answer.refusal_code(),
+        Some(RefusalCode::NoSessionWaiting)
+    );
 
     // 3 litres, final report: settled.
     let session = SessionId::parse(&session_id).unwrap();
@@ -117,7 +126,11 @@ async fn a_press_with_a_waiting_session_starts_it_in_one_exchange_and_the_cycle_
     assert_eq!(done.answer.body.session().map(|(_, a)| a), Some(150));
     let s = ops_session(&service, &session_id).await;
     assert_eq!(
-        (s["status"].as_str(), s["amount"].as_str(), s["closedBy"].as_str()),
+        (
+            s["status"].as_str(),
+            s["amount"].as_str(),
+            s["closedBy"].as_str()
+        ),
         (Some("SETTLED"), Some("150"), Some("REPORT")),
         "{s}"
     );
@@ -130,7 +143,11 @@ async fn a_press_with_a_waiting_session_starts_it_in_one_exchange_and_the_cycle_
     assert_eq!(r.json()["closedBy"], "REPORT");
     let w = wallet(&service, "ana").await;
     assert_eq!(
-        (w["available"].as_str(), w["held"].as_str(), w["spent"].as_str()),
+        (
+            w["available"].as_str(),
+            w["held"].as_str(),
+            w["spent"].as_str()
+        ),
         (Some("850"), Some("0"), Some("150"))
     );
     assert!(service.app.store().audit().await.unwrap().reconciles());
@@ -166,7 +183,10 @@ async fn a_press_with_no_session_waiting_is_a_signed_404_and_changes_nothing() {
     assert_eq!(device["state"], "IDLE");
     assert_eq!(device["telemetry"], device_before["telemetry"]);
     let w = wallet(&service, "ana").await;
-    assert_eq!((w["available"].as_str(), w["held"].as_str()), (Some("1000"), Some("0")));
+    assert_eq!(
+        (w["available"].as_str(), w["held"].as_str()),
+        (Some("1000"), Some("0"))
+    );
 
     // The retry is byte-identical, with the same status.
     let again = service.resend(&machine, &press.pending).await;
@@ -186,13 +206,22 @@ async fn the_latest_heartbeat_is_the_operator_s_view_and_a_replayed_one_is_no_si
     let (status, d) = ops_device(&service, DEVICE).await;
     assert_eq!(status, StatusCode::OK, "{d}");
     assert_eq!(
-        (d["state"].as_str(), d["lastSeenAt"].as_str(), d["telemetryAt"].as_str()),
+        (
+            d["state"].as_str(),
+            d["lastSeenAt"].as_str(),
+            d["telemetryAt"].as_str()
+        ),
         (Some("OFFLINE"), Some("0"), Some("0")),
         "{d}"
     );
     assert!(d.get("telemetry").is_none(), "{d}");
     assert_eq!(
-        (d["name"].as_str(), d["pricePerUnit"].as_str(), d["unitName"].as_str(), d["currency"].as_str()),
+        (
+            d["name"].as_str(),
+            d["pricePerUnit"].as_str(),
+            d["unitName"].as_str(),
+            d["currency"].as_str()
+        ),
         (Some("Water 1"), Some("50"), Some("litre"), Some("EUR"))
     );
 
@@ -203,8 +232,16 @@ async fn the_latest_heartbeat_is_the_operator_s_view_and_a_replayed_one_is_no_si
     assert_eq!(heartbeat.answer.body, Answer::Ack);
     let (_, d) = ops_device(&service, DEVICE).await;
     assert_eq!(
-        (d["state"].as_str(), d["lastSeenAt"].as_str(), d["telemetryAt"].as_str()),
-        (Some("IDLE"), Some(T0.to_string().as_str()), Some(T0.to_string().as_str())),
+        (
+            d["state"].as_str(),
+            d["lastSeenAt"].as_str(),
+            d["telemetryAt"].as_str()
+        ),
+        (
+            Some("IDLE"),
+            Some(T0.to_string().as_str()),
+            Some(T0.to_string().as_str())
+        ),
         "{d}"
     );
     let t = &d["telemetry"];
@@ -217,7 +254,14 @@ async fn the_latest_heartbeat_is_the_operator_s_view_and_a_replayed_one_is_no_si
             t["outboxDepth"].as_u64(),
             t["lifetimeUnits"].as_str()
         ),
-        (Some("1.4.2"), Some(18), Some("86400"), Some(3), Some(0), Some("12345")),
+        (
+            Some("1.4.2"),
+            Some(18),
+            Some("86400"),
+            Some(3),
+            Some(0),
+            Some("12345")
+        ),
         "{d}"
     );
     assert_eq!(t["faultCodes"], serde_json::json!([]));
@@ -227,7 +271,10 @@ async fn the_latest_heartbeat_is_the_operator_s_view_and_a_replayed_one_is_no_si
     service.set_now(T0 + 3_600);
     let replayed = service.resend(&machine, &heartbeat.pending).await;
     assert_eq!(replayed.reply.body, heartbeat.reply.body);
-    assert_eq!(replayed.answer.server_time, T0, "the saved answer, its time included");
+    assert_eq!(
+        replayed.answer.server_time, T0,
+        "the saved answer, its time included"
+    );
     let (_, d) = ops_device(&service, DEVICE).await;
     assert_eq!(d["lastSeenAt"], T0.to_string(), "{d}");
 
@@ -266,7 +313,10 @@ async fn the_ops_device_route_speaks_json_and_protobuf_and_refuses_what_it_must(
         .await;
 
     let (status, e) = ops_device(&service, "0102030405060709").await;
-    assert_eq!((status, e["code"].as_str()), (StatusCode::NOT_FOUND, Some("DEVICE_UNKNOWN")));
+    assert_eq!(
+        (status, e["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("DEVICE_UNKNOWN"))
+    );
     let (status, e) = ops_device(&service, "not-a-device").await;
     assert_eq!(
         (status, e["code"].as_str()),
@@ -325,10 +375,17 @@ async fn the_advert_s_link_down_and_fault_flags_are_honoured_by_verify_and_pay()
             flags.bits(),
             r.json()
         );
-        assert_eq!(service.app.store().audit().await.unwrap(), audit, "nothing moved");
+        assert_eq!(
+            service.app.store().audit().await.unwrap(),
+            audit,
+            "nothing moved"
+        );
     }
     let w = wallet(&service, "ana").await;
-    assert_eq!((w["available"].as_str(), w["held"].as_str()), (Some("1000"), Some("0")));
+    assert_eq!(
+        (w["available"].as_str(), w["held"].as_str()),
+        (Some("1000"), Some("0"))
+    );
 
     // The same machine with clean flags is IDLE and takes the payment.
     let r = service.verify(&machine, &ana, AdvertFlags::NONE).await;
@@ -373,13 +430,22 @@ async fn an_active_session_whose_machine_goes_silent_is_settled_by_the_sweeper()
     assert_eq!((swept.expired, swept.timed_out), (0, 1));
     let s = ops_session(&service, &session_id).await;
     assert_eq!(
-        (s["status"].as_str(), s["closedBy"].as_str(), s["amount"].as_str(), s["units"].as_str()),
+        (
+            s["status"].as_str(),
+            s["closedBy"].as_str(),
+            s["amount"].as_str(),
+            s["units"].as_str()
+        ),
         (Some("SETTLED"), Some("TIMEOUT"), Some("100"), Some("2")),
         "{s}"
     );
     let w = wallet(&service, "ana").await;
     assert_eq!(
-        (w["available"].as_str(), w["held"].as_str(), w["spent"].as_str()),
+        (
+            w["available"].as_str(),
+            w["held"].as_str(),
+            w["spent"].as_str()
+        ),
         (Some("900"), Some("0"), Some("100"))
     );
     let (_, d) = ops_device(&service, DEVICE).await;

@@ -56,6 +56,12 @@ enum OpsCommand {
     },
     /// Show any session.
     Session { session_id: String },
+    /// Show a machine: tariff, state (IDLE/BUSY/OFFLINE/FAULT), last seen, open session and the
+    /// latest heartbeat's telemetry.
+    Device {
+        #[arg(long)]
+        device_id: String,
+    },
     /// Create the DynamoDB table (idempotent: an existing table is fine).
     CreateTable {
         #[command(flatten)]
@@ -110,6 +116,9 @@ pub async fn run(o: OpsArgs) -> anyhow::Result<()> {
         OpsCommand::Wallet { user } => api.get(&format!("/v1/ops/wallets/{user}")).await?,
         OpsCommand::Session { session_id } => {
             api.get(&format!("/v1/ops/sessions/{session_id}")).await?
+        }
+        OpsCommand::Device { device_id } => {
+            api.get(&format!("/v1/ops/devices/{device_id}")).await?
         }
         OpsCommand::CreateTable { dynamodb } => return create_table(&dynamodb).await,
         OpsCommand::Token {

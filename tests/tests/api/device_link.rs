@@ -1,6 +1,7 @@
 //! The machine link: authenticated frames, sequence numbers, retries and garbage.
 
-use blepay_device_client::{RefusalCode, poll, report, start};
+use blepay_device_client::{RefusalCode, heartbeat, report, start};
+use blepay_e2e::test_telemetry;
 use blepay_e2e::{TestApp, TestMachine, spawn_app};
 use blepay_proto::open_response;
 use blepay_proto::pb::v1 as pb;
@@ -18,8 +19,8 @@ async fn a_replayed_older_frame_is_refused_as_sequence_replayed() {
     // Arrange: frames 1 and 2 accepted.
     let (app, m) = arranged().await;
     let id = m.identity();
-    let one = id.request(1, &poll());
-    let two = id.request(2, &poll());
+    let one = id.request(1, &heartbeat(test_telemetry()));
+    let two = id.request(2, &heartbeat(test_telemetry()));
     assert_eq!(app.post_frame(one.frame.clone()).await.0, 200);
     assert_eq!(app.post_frame(two.frame.clone()).await.0, 200);
 
@@ -38,11 +39,10 @@ async fn a_replayed_older_frame_is_refused_as_sequence_replayed() {
 async fn a_retried_frame_gets_the_byte_identical_answer_and_runs_once() {
     // Arrange: a paid session, and the machine's final report.
     let (app, m) = arranged().await;
-    m.machine.poll().await.unwrap();
+    m.machine.heartbeat(test_telemetry()).await.unwrap();
     app.top_up("ida", 1000).await;
-    let paid = app.pay("ida", &m.advert(), 200, "i-1").await.ok();
-    let sid = blepay_core::SessionId::parse(paid["sessionId"].as_str().unwrap()).unwrap();
-    m.machine.start(sid).await.unwrap();
+    app.pay("ida", &m.advert(), 200, "i-1").await.ok();
+    let sid = m.machine.press().await.unwrap().session;
     let next = m.machine.next_seq().unwrap();
     let id = m.identity();
     let last = id.request(next, &report(sid, blepay_core::Units::new(4), true));
@@ -85,7 +85,7 @@ async fn a_retried_frame_gets_the_byte_identical_answer_and_runs_once() {
 async fn a_frame_with_a_flipped_byte_is_device_auth_failed() {
     // Arrange
     let (app, m) = arranged().await;
-    let mut frame = m.identity().request(1, &poll()).frame;
+    let mut frame = m.identity().request(1, &heartbeat(test_telemetry())).frame;
     frame[10] ^= 0x01; // inside the sequence number
 
     // Act
@@ -108,7 +108,7 @@ async fn a_frame_with_a_flipped_byte_is_device_auth_failed() {
         .ok();
     assert_eq!(v["state"], "OFFLINE");
     assert_eq!(
-        app.post_frame(m.identity().request(1, &poll()).frame)
+        app.post_frame(m.identity().request(1, &heartbeat(test_telemetry())).frame)
             .await
             .0,
         200
@@ -136,7 +136,7 @@ async fn a_garbage_body_is_frame_invalid() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_start_for_a_session_of_another_machine_is_not_found() {
+async fn a_legacy_start_for_a_session_of_another_machine_is_not_found() {
     // Arrange
     let app = spawn_app().await;
     let a = app.online_machine(25).await;

@@ -26,7 +26,6 @@ impl Dispenser {
             .arg("--state-dir")
             .arg(state_dir)
             .args(["--flow-units-per-sec", "4", "--report-every-secs", "1"])
-            .args(["--poll-every-secs", "1"])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -127,16 +126,16 @@ async fn device_run_killed_mid_session_delivers_the_final_report_after_restart_e
     let mut first = Dispenser::spawn(&app, &device, &state, &[]);
     let advert = tokio::task::block_in_place(|| synced_advert(&state));
 
-    // Act 1: the phone pays with the advert the machine published; the start button (a file);
-    // it dispenses at 4 units/s, reporting progress every second.
+    // Act 1: the phone pays with the advert the machine published; the start button (a file)
+    // fetches the session in one exchange; it dispenses at 4 units/s, reporting progress every
+    // second.
     let paid = app.pay(&user, &advert, 500, &random_key()).await.ok();
     let session = paid["sessionId"].as_str().unwrap().to_owned();
     tokio::task::block_in_place(|| {
-        let grant = first.wait_for("grant", Duration::from_secs(20));
-        assert_eq!(grant["session"], session.as_str());
-        assert_eq!(grant["maxUnits"], 50);
         std::fs::write(state.join("start"), b"").unwrap();
-        first.wait_for("started", Duration::from_secs(20));
+        let started = first.wait_for("started", Duration::from_secs(20));
+        assert_eq!(started["session"], session.as_str());
+        assert_eq!(started["maxUnits"], 50);
         let progress = first.wait_for("progress", Duration::from_secs(20));
         assert!(progress["units"].as_u64().unwrap() >= 1, "{progress}");
     });

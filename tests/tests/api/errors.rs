@@ -211,7 +211,7 @@ async fn an_advert_that_already_paid_for_a_session_is_used() {
     let advert = m.advert();
     let paid = app.pay("alice", &advert, 100, "a-1").await.ok();
     let sid = SessionId::parse(paid["sessionId"].as_str().unwrap()).unwrap();
-    m.machine.start(sid).await.unwrap();
+    assert_eq!(m.machine.press().await.unwrap().session, sid);
     m.machine.report(sid, 1, true).await.unwrap();
     let before = app.snapshot("bob").await;
 
@@ -267,7 +267,7 @@ async fn a_machine_serving_a_session_is_busy() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_machine_never_heard_from_is_offline_and_cannot_be_paid() {
-    // Arrange: registered, never polled.
+    // Arrange: registered, never heard from.
     let app = spawn_app().await;
     app.top_up("alice", 1000).await;
     let (id, key) = app.register_device(25).await;
@@ -360,7 +360,7 @@ async fn registering_an_existing_id_is_device_exists() {
     // Assert: refused, and the original tariff and key stand.
     again.assert_error(409, "DEVICE_EXISTS");
     let m = app.machine(&id, &key);
-    m.machine.poll().await.unwrap();
+    m.machine.heartbeat(blepay_e2e::test_telemetry()).await.unwrap();
     let v = app
         .post(
             "/v1/verify",

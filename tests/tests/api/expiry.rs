@@ -2,6 +2,7 @@ use std::time::Duration;
 
 use blepay_core::SessionId;
 use blepay_device_client::{RefusalCode, start};
+// The press after the deadline is tested in `press.rs`; this is the legacy start.
 use blepay_e2e::{Settings, spawn_app_with, unix_now};
 use serde_json::json;
 
@@ -84,7 +85,7 @@ async fn the_sweeper_alone_expires_an_unstarted_session() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_start_after_expiry_is_refused_as_session_expired() {
+async fn a_legacy_start_after_expiry_is_refused_as_session_expired() {
     // Arrange
     let app = spawn_app_with(short_timeout(Duration::from_secs(3600))).await;
     let m = app.online_machine(25).await;

@@ -1,5 +1,5 @@
 use blepay_core::SessionStatus;
-use blepay_device_client::{Request, Status, machine, poll, report, start};
+use blepay_device_client::{Request, Status, heartbeat, machine, press, report};
 use blepay_e2e::{Link, TestApp, spawn_app, unb64};
 use blepay_proto::pb::v1 as pb;
 use blepay_proto::pb::v1::device_service_client::DeviceServiceClient;
@@ -96,14 +96,14 @@ async fn a_phone_pays_a_machine_and_the_money_settles_over_grpc() {
         (1000, 0, 0, "EUR")
     );
 
-    // The machine polls over DeviceService.
+    // The machine's heartbeat over DeviceService brings it online.
     let mut machine = GrpcMachine {
         link: Link::new(blepay_e2e::identity(&device_id, &reg.device_key)),
         client: DeviceServiceClient::new(ch.clone()),
     };
     assert_eq!(
-        machine.exchange(&poll()).await,
-        machine::Answer::Grants(vec![])
+        machine.exchange(&heartbeat(blepay_e2e::test_telemetry())).await,
+        machine::Answer::Ack
     );
     let advert = unb64(&blepay_e2e::signed_advert(
         &device_id,
@@ -156,19 +156,16 @@ async fn a_phone_pays_a_machine_and_the_money_settles_over_grpc() {
         .into_inner();
     assert_eq!((w.available, w.held, w.spent), (800, 200, 0));
 
-    let polled = machine.exchange(&poll()).await;
-    let grants: Vec<_> = polled.usable_grants().collect();
-    assert_eq!(grants.len(), 1);
+    // The press: one exchange starts the session and carries its terms.
+    let pressed = machine.exchange(&press()).await;
+    let grants: Vec<_> = pressed.usable_grants().collect();
+    assert_eq!(grants.len(), 1, "{pressed:?}");
     assert_eq!(grants[0].session.to_string(), paid.session_id);
-    let sid = blepay_core::SessionId::parse(&paid.session_id).unwrap();
     assert_eq!(
-        machine
-            .exchange(&start(sid))
-            .await
-            .session()
-            .map(|(status, _)| status),
-        Some(Status::Known(SessionStatus::Active))
+        (grants[0].hold.minor(), grants[0].price_per_unit.minor()),
+        (200, 25)
     );
+    let sid = grants[0].session;
     machine
         .exchange(&report(sid, blepay_core::Units::new(1), false))
         .await;

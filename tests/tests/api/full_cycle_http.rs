@@ -1,6 +1,6 @@
-use blepay_core::{SessionId, SessionStatus};
+use blepay_core::SessionStatus;
 use blepay_device_client::Status;
-use blepay_e2e::spawn_app;
+use blepay_e2e::{spawn_app, test_telemetry};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -16,8 +16,8 @@ async fn a_phone_pays_a_machine_and_the_money_settles_over_http_json() {
     let m = app.machine(&device_id, &device_key);
     let alice = app.token_for("alice");
 
-    // Act + Assert: the machine polls and becomes online.
-    assert!(m.machine.poll().await.unwrap().is_empty());
+    // Act + Assert: the machine's heartbeat brings it online.
+    m.machine.heartbeat(test_telemetry()).await.unwrap();
     let advert = m.advert();
     let verified = app
         .post("/v1/verify", &alice, &json!({"advert": advert}))
@@ -51,20 +51,24 @@ async fn a_phone_pays_a_machine_and_the_money_settles_over_http_json() {
         .ok();
     assert_eq!(busy["state"], "BUSY");
 
-    // The machine's poll carries the grant.
-    let grants = m.machine.poll().await.unwrap();
-    assert_eq!(grants.len(), 1);
-    assert_eq!(grants[0].session.to_string(), session_id);
+    // The user presses start: one exchange starts the session and brings its terms, with the
+    // report deadline (the ACTIVE timeout from now).
+    let before_press = blepay_e2e::unix_now();
+    let grant = m.machine.press().await.unwrap();
+    assert_eq!(grant.session.to_string(), session_id);
     assert_eq!(
-        (grants[0].hold.minor(), grants[0].price_per_unit.minor()),
-        (200, 25)
+        (grant.hold.minor(), grant.price_per_unit.minor(), grant.use_counter.get()),
+        (200, 25, 0)
     );
-    assert_eq!(grants[0].expires_at, expires_at);
+    let timeout = blepay_service::config::DEFAULT_ACTIVE_TIMEOUT_SECS;
+    assert!(
+        (before_press + timeout..=blepay_e2e::unix_now() + timeout).contains(&grant.expires_at),
+        "the press answer's expires_at is the report deadline: {}",
+        grant.expires_at
+    );
+    let sid = grant.session;
 
-    // Start, progress, final report: 3 litres × 25 = 75 ≤ 200.
-    let sid = SessionId::parse(&session_id).unwrap();
-    let started = m.machine.start(sid).await.unwrap();
-    assert_eq!(started.status, Status::Known(SessionStatus::Active));
+    // Progress, final report: 3 litres × 25 = 75 ≤ 200.
     let active = app
         .get(&format!("/v1/sessions/{session_id}"), &alice)
         .await
@@ -132,8 +136,8 @@ async fn the_final_amount_is_capped_at_the_hold() {
     let m = app.online_machine(25).await;
     app.top_up("bob", 1000).await;
     let paid = app.pay("bob", &m.advert(), 100, "pay-cap").await.ok();
-    let sid = SessionId::parse(paid["sessionId"].as_str().unwrap()).unwrap();
-    m.machine.start(sid).await.unwrap();
+    let sid = m.machine.press().await.unwrap().session;
+    assert_eq!(sid.to_string(), paid["sessionId"].as_str().unwrap());
 
     // Act: 10 litres × 25 = 250 > hold 100.
     let settled = m.machine.report(sid, 10, true).await.unwrap();

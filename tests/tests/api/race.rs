@@ -1,6 +1,7 @@
 //! Twenty phones race for one machine: exactly one session, and no "database is locked".
 
-use blepay_e2e::{Answer, TestApp, random_user, signed_advert, spawn_app};
+use blepay_device_client::RefusalCode;
+use blepay_e2e::{Answer, TestApp, TestMachine, random_user, signed_advert, spawn_app};
 use std::sync::Arc;
 
 use blepay_proto::DeviceKey;
@@ -43,9 +44,10 @@ async fn race(app: &TestApp, adverts: Vec<String>) -> Vec<Answer> {
     answers
 }
 
-async fn assert_exactly_one_session(app: &TestApp, answers: &[Answer]) {
+async fn assert_exactly_one_session(app: &TestApp, answers: &[Answer]) -> String {
     let ok = answers.iter().filter(|a| a.status == 200).count();
     assert_eq!(ok, 1, "exactly one pay succeeds: {answers:?}");
+    let winner = answers.iter().find(|a| a.status == 200).unwrap().str("sessionId");
     for a in answers.iter().filter(|a| a.status != 200) {
         assert_eq!(a.status, 409, "{a:?}");
         let code = a.body["code"].as_str().unwrap();
@@ -59,6 +61,14 @@ async fn assert_exactly_one_session(app: &TestApp, answers: &[Answer]) {
         (100, 100),
         "one hold in total: {audit:?}"
     );
+    winner
+}
+
+/// The machine's press starts exactly the winner's session, and a second press finds none.
+async fn assert_the_press_starts_only(m: &TestMachine, winner: &str) {
+    assert_eq!(m.machine.press().await.unwrap().session.to_string(), winner);
+    let (_, again) = m.machine.press_answer().await.unwrap();
+    assert_eq!(again.refusal_code(), Some(RefusalCode::NoSessionWaiting));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -72,8 +82,8 @@ async fn twenty_phones_paying_with_the_same_advert_open_exactly_one_session() {
     let answers = race(&app, vec![advert; 20]).await;
 
     // Assert
-    assert_exactly_one_session(&app, &answers).await;
-    assert_eq!(m.machine.poll().await.unwrap().len(), 1);
+    let winner = assert_exactly_one_session(&app, &answers).await;
+    assert_the_press_starts_only(&m, &winner).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -90,6 +100,6 @@ async fn twenty_phones_paying_with_their_own_adverts_open_exactly_one_session() 
     let answers = race(&app, adverts).await;
 
     // Assert
-    assert_exactly_one_session(&app, &answers).await;
-    assert_eq!(m.machine.poll().await.unwrap().len(), 1);
+    let winner = assert_exactly_one_session(&app, &answers).await;
+    assert_the_press_starts_only(&m, &winner).await;
 }

@@ -137,15 +137,19 @@ async fn phones_racing_for_machines_never_open_two_sessions_on_one_machine_nor_h
     if !codes.contains_key("503 RETRY_LATER") {
         assert_eq!(winners, machines, "every machine was won once: {codes:?}");
     }
-    // ...each machine grants exactly its one session, and the holds are exactly the winners'.
+    // ...each machine holds exactly its one session (the operator's view), and the holds are
+    // exactly the winners'.
     for (i, m) in ms.iter().enumerate() {
-        let grants = m.machine.poll().await.unwrap();
-        let expected: Vec<String> = sessions_by_machine
+        let expected = sessions_by_machine
             .get(&i)
-            .map(|s| s.iter().cloned().collect())
+            .and_then(|s| s.first().cloned())
             .unwrap_or_default();
-        let granted: Vec<String> = grants.iter().map(|g| g.session.to_string()).collect();
-        assert_eq!(granted, expected, "machine {i}");
+        let device = app.ops_device(&m.device_id).await;
+        assert_eq!(
+            device["openSessionId"].as_str().unwrap_or(""),
+            expected,
+            "machine {i}"
+        );
     }
     let winners_i64 = i64::try_from(winners).unwrap();
     let phones_i64 = i64::try_from(phones).unwrap();
@@ -175,7 +179,7 @@ async fn phones_racing_for_machines_never_open_two_sessions_on_one_machine_nor_h
         };
         let sid = SessionId::parse(sid).unwrap();
         let units = 1 + u64::try_from(i).unwrap() % 4;
-        m.machine.start(sid).await.unwrap();
+        assert_eq!(m.machine.press().await.unwrap().session, sid, "machine {i}");
         m.machine.report(sid, units, true).await.unwrap();
         revenue += i64::try_from(units).unwrap() * PRICE;
     }
@@ -313,7 +317,7 @@ async fn send_or_refusal(
     }
 }
 
-/// One worker: its own user and machine; top up, pay, start, settle, again, until stopped.
+/// One worker: its own user and machine; top up, pay, press, settle, again, until stopped.
 async fn worker(
     address: String,
     user: String,
@@ -361,8 +365,9 @@ async fn worker(
             .pays
             .push((user.clone(), key, advert, sid.clone()));
         let session = SessionId::parse(&sid).unwrap();
-        if machine.poll().await.is_err() || machine.start(session).await.is_err() {
-            return;
+        match machine.press().await {
+            Ok(g) if g.session == session => {}
+            _ => return,
         }
         if machine.report(session, 2, true).await.is_err() {
             return;
@@ -410,12 +415,12 @@ async fn kill_9_under_load_loses_no_acknowledged_operation_and_the_ledger_reconc
 
     let acks = Arc::new(Mutex::new(Acks::default()));
     for _ in 0..kills {
-        // Every machine polls once (it is online), then the workers run until the kill.
+        // Every machine sends a heartbeat (it is online), then the workers run until the kill.
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         for (user, device_id, key, state) in &fleet {
             let m = Machine::new(&server.address, device_id, key, 0, state).unwrap();
-            m.poll().await.unwrap();
+            m.heartbeat(blepay_e2e::test_telemetry()).await.unwrap();
             tasks.push(tokio::spawn(worker(
                 server.address.clone(),
                 user.clone(),
@@ -438,12 +443,21 @@ async fn kill_9_under_load_loses_no_acknowledged_operation_and_the_ledger_reconc
         }
         server = start_server(&data).await;
 
-        // The sessions the kill left open (paid, not settled) are finished by their machine.
+        // The sessions the kill left open (paid, not settled) are finished by their machine:
+        // the one waiting is started by a press (a press the kill left unanswered in the
+        // machine's outbox is sent again first, with the same bytes), the active one reported.
         for (user, device_id, key, state) in &fleet {
             let m = Machine::new(&server.address, device_id, key, 0, state).unwrap();
             let token = phone_token(user);
-            let mut open: BTreeSet<SessionId> =
-                m.poll().await.unwrap().iter().map(|g| g.session).collect();
+            let url = format!("{}/v1/ops/devices/{device_id}", server.address);
+            let d = client.get(url).bearer_auth(OPS_TOKEN).send().await.unwrap();
+            let d = Answer::of(d).await.ok();
+            let mut open: BTreeSet<SessionId> = d["openSessionId"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(|s| SessionId::parse(s).unwrap())
+                .into_iter()
+                .collect();
             let last_pay = acks
                 .lock()
                 .unwrap()
@@ -458,7 +472,9 @@ async fn kill_9_under_load_loses_no_acknowledged_operation_and_the_ledger_reconc
                 let s = client.get(url).bearer_auth(&token).send().await.unwrap();
                 let s = Answer::of(s).await.ok();
                 match s["status"].as_str() {
-                    Some("AUTHORIZED") => m.start(sid).await.map(drop).unwrap(),
+                    Some("AUTHORIZED") => {
+                        assert_eq!(m.press().await.unwrap().session, sid);
+                    }
                     Some("ACTIVE") => {}
                     _ => continue,
                 }
@@ -590,8 +606,8 @@ async fn final_reports_through_a_proxy_dropping_30_percent_of_connections_settle
     let funds = 1_000_000;
     app.top_up(&user, funds).await;
 
-    // Each machine runs its cycles concurrently with the others: pay (phone, direct), then poll,
-    // start and final report through the proxy.
+    // Each machine runs its cycles concurrently with the others: pay (phone, direct), then the
+    // press (one exchange starts the session) and the final report through the proxy.
     let mut tasks = Vec::new();
     for i in 0..machines {
         let (id, key) = app.register_device(PRICE).await;
@@ -609,7 +625,8 @@ async fn final_reports_through_a_proxy_dropping_30_percent_of_connections_settle
             (app.client.clone(), app.url("/v1/pay"), app.token_for(&user));
         let device_key = DeviceKey::parse_hex(&key).unwrap();
         tasks.push(tokio::spawn(async move {
-            m.exchange(&blepay_device_client::poll()).await;
+            m.exchange(&blepay_device_client::heartbeat(blepay_e2e::test_telemetry()))
+                .await;
             let mut expected = Vec::new();
             for c in 0..cycles {
                 let advert = signed_advert(&id, &device_key, 0, u16::try_from(c).unwrap());
@@ -623,9 +640,9 @@ async fn final_reports_through_a_proxy_dropping_30_percent_of_connections_settle
                     .await;
                 let paid = Answer::of(r.unwrap()).await.ok();
                 let sid = SessionId::parse(paid["sessionId"].as_str().unwrap()).unwrap();
-                let polled = m.exchange(&blepay_device_client::poll()).await;
-                assert_eq!(polled.usable_grants().count(), 1);
-                m.exchange(&blepay_device_client::start(sid)).await;
+                let pressed = m.exchange(&blepay_device_client::press()).await;
+                let started: Vec<_> = pressed.usable_grants().map(|g| g.session).collect();
+                assert_eq!(started, vec![sid]);
                 let units = 1 + u64::try_from((i + c) % 4).unwrap();
                 let report =
                     blepay_device_client::report(sid, blepay_core::Units::new(units), true);

@@ -56,7 +56,7 @@ fn phone_token(user: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_acknowledged_operation_survives_kill_9_and_the_cycle_finishes_after_restart() {
-    // Arrange: the real binary, a register, a top-up, a poll and a pay — all acknowledged.
+    // Arrange: the real binary, a register, a top-up, a heartbeat and a pay — all acknowledged.
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let server = Server::start(&data_dir).await;
@@ -79,7 +79,7 @@ async fn every_acknowledged_operation_survives_kill_9_and_the_cycle_finishes_aft
         .await;
     let machine_dir = dir.path().join("machine");
     let m = Machine::new(&server.0.address, &device_id, &device_key, 0, &machine_dir).unwrap();
-    m.poll().await.unwrap();
+    m.heartbeat(blepay_e2e::test_telemetry()).await.unwrap();
     let advert = m.advert().unwrap()["advert"].as_str().unwrap().to_owned();
     let paid = server
         .post(
@@ -124,10 +124,8 @@ async fn every_acknowledged_operation_survives_kill_9_and_the_cycle_finishes_aft
 
     // ...and the machine (same state dir: its sequence numbers go on) finishes the cycle.
     let m = Machine::new(&server.0.address, &device_id, &device_key, 0, &machine_dir).unwrap();
-    let grants = m.poll().await.unwrap();
-    assert_eq!(grants.len(), 1);
     let sid = SessionId::parse(&session).unwrap();
-    m.start(sid).await.unwrap();
+    assert_eq!(m.press().await.unwrap().session, sid);
     let done = m.report(sid, 2, true).await.unwrap();
     assert_eq!(done.amount, 50);
     assert_eq!(

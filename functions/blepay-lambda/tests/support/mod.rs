@@ -474,6 +474,7 @@ fn cloudfront_machine_event(frame: &[u8], request_id: &str) -> Value {
 }
 
 /// Every recorded event, by file name.
+#[allow(clippy::too_many_lines)] // a table of events
 pub fn recorded_events() -> Vec<(&'static str, Value)> {
     let advert = B64.encode(hex::decode(ADVERT_HEX).unwrap());
     let wallet_path = format!("/v1/ops/wallets/{USER}");

@@ -127,7 +127,13 @@ impl Service {
     }
 
     /// A phone call as `user` (an HS256 token valid for an hour of real time).
-    pub async fn phone(&self, user: &UserId, method: &str, path: &str, body: Option<Value>) -> Reply {
+    pub async fn phone(
+        &self,
+        user: &UserId,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Reply {
         let real_now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -163,8 +169,10 @@ impl Service {
             .ops(
                 "POST",
                 "/v1/ops/devices",
-                Some(json!({"deviceId": device, "name": "Water 1", "pricePerUnit": "50",
-                            "unitName": "litre", "currency": "EUR"})),
+                Some(
+                    json!({"deviceId": device, "name": "Water 1", "pricePerUnit": "50",
+                            "unitName": "litre", "currency": "EUR"}),
+                ),
             )
             .await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
@@ -221,8 +229,13 @@ impl Service {
     /// A verify with the machine's advert at the server's time carrying `flags`.
     pub async fn verify(&self, machine: &Machine, user: &UserId, flags: AdvertFlags) -> Reply {
         let advert = machine.advert(self.now(), 1, flags);
-        self.phone(user, "POST", "/v1/verify", Some(json!({ "advert": advert })))
-            .await
+        self.phone(
+            user,
+            "POST",
+            "/v1/verify",
+            Some(json!({ "advert": advert })),
+        )
+        .await
     }
 
     /// A pay of up to 500 with the machine's advert (use counter `counter`) carrying `flags`.
