@@ -258,7 +258,7 @@ pub(crate) fn telemetry_attr(t: &Telemetry) -> AttributeValue {
         ("firmware".to_string(), s(&t.firmware_version)),
         (
             "faults".to_string(),
-            AttributeValue::L(t.fault_codes.iter().map(|c| n(c)).collect()),
+            AttributeValue::L(t.fault_codes.iter().map(n).collect()),
         ),
         ("signal".to_string(), n(t.signal_quality)),
         ("uptime".to_string(), n(t.uptime_secs)),

@@ -343,6 +343,7 @@ async fn without_knowledge_of_the_machine_each_operation_reads_then_writes_once(
     blepay_store::conformance::reconciled(&store).await;
 }
 
+#[allow(clippy::unwrap_used, reason = "test code")]
 async fn created_on(store: &blepay_dynamodb::DynamoStore, key: &str, counter: u16, now: u64) {
     let out = store
         .pay(&pay_cmd("alice", key, 1, counter, 300, now))

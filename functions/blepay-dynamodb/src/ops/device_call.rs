@@ -2,12 +2,13 @@
 //! ([`decide_session_op`]), and the answer saved with the operation's writes.
 
 use aws_sdk_dynamodb::types::TransactWriteItem;
-use blepay_core::{CloseReason, Session, SessionStatus, Wallet};
+use blepay_core::{CloseReason, LedgerEntry, Session, SessionStatus, Wallet};
 use blepay_store::decide::{
     SeqCheck, SessionChange, SessionOpFacts, check_seq, decide_session_op, needs_wallet,
 };
 use blepay_store::{
-    DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, ResponseEncoder, StoreError,
+    DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, ResponseEncoder, SavedAnswer,
+    StoreError,
 };
 
 use super::attempts::Tx;
@@ -143,10 +144,9 @@ impl DynamoStore {
                 }
                 None
             }
-            (DeviceOp::Heartbeat(_), _) => None,
             // A press decides on the open session the device item holds: no session, an
             // AUTHORIZED one in time, an ACTIVE one not overdue (the write checks id and status).
-            (DeviceOp::Press, None) => None,
+            (DeviceOp::Heartbeat(_), _) | (DeviceOp::Press, None) => None,
             (DeviceOp::Press, Some(o))
                 if (o.status == SessionStatus::Authorized && now < o.expires_at)
                     || (o.status == SessionStatus::Active
@@ -255,35 +255,7 @@ impl DynamoStore {
         };
         // The answer is encoded before anything is written, and saved with the operation.
         let answer = encode(&result);
-        let mut upd = Upd::new(device_key(call.device))
-            .set("last_seq = :seq, last_digest = :digest, last_response = :body, last_seen = :seen")
-            .val(":seq", n(call.seq))
-            .val(":digest", b(&call.digest))
-            .val(":body", b(&answer.frame))
-            .val(":seen", n(seen));
-        upd = match &answer.code {
-            Some(code) => upd.set("last_code = :code").val(":code", s(code)),
-            None => upd.remove("last_code"),
-        };
-        upd = match device.last_seq {
-            Some(prev) => upd.cond("last_seq = :prev").val(":prev", n(prev)),
-            None => upd.cond("attribute_exists(pk) AND attribute_not_exists(last_seq)"),
-        };
-        if guessed {
-            // Every other fact of the guess the decision used.
-            upd = upd.cond("attribute_not_exists(last_seen) OR last_seen <= :seen");
-            upd = match &device.open {
-                None => upd
-                    .cond("attribute_not_exists(#open)")
-                    .name("#open", "open"),
-                Some(o) => upd
-                    .cond("#open.id = :guess_open AND #open.#status = :guess_status")
-                    .name("#open", "open")
-                    .name("#status", "status")
-                    .val(":guess_open", s(o.id.to_string()))
-                    .val(":guess_status", s(o.status.as_str())),
-            };
-        }
+        let upd = answer_update(call, device, &answer, seen, guessed);
         let upd = upd.merge(device_changes);
         let written = if writes.is_empty() {
             match upd.send(&self.client, &self.table).await {
@@ -309,6 +281,50 @@ impl DynamoStore {
             telemetry_at: telemetry.1,
         });
         Ok(Some(DeviceCallOutcome::Fresh(answer)))
+    }
+
+    /// The writes of a late final report ([`SessionChange::LateReport`]): the session's new units,
+    /// amount and record, and with `capture` the wallet's debit (only from money that is there)
+    /// and the `LATE_CAPTURE` ledger entry.
+    fn late_report_writes(
+        &self,
+        late: &Session,
+        capture: Option<&LedgerEntry>,
+        now: u64,
+        writes: &mut Vec<TransactWriteItem>,
+    ) -> Result<Upd, Failure> {
+        let Some(report) = late.late_report else {
+            return Err(StoreError::Internal("a late report without its record".into()).into());
+        };
+        writes.push(
+            Upd::new(session_key(late.id))
+                .set("units = :units, amount = :amount")
+                .set("late_units = :units, late_at = :at, late_charged = :charged")
+                .cond("#status = :settled AND closed_by = :timeout")
+                .cond("attribute_not_exists(late_at) AND units <= :units")
+                .name("#status", "status")
+                .val(":settled", s(SessionStatus::Settled.as_str()))
+                .val(":timeout", s(CloseReason::Timeout.as_str()))
+                .val(":units", n(late.units.get()))
+                .val(":amount", n(late.amount.minor()))
+                .val(":at", n(report.at))
+                .val(":charged", n(report.charged.minor()))
+                .into_transact(&self.table)?,
+        );
+        if let Some(entry) = capture {
+            writes.push(
+                Upd::new(wallet_key(&late.user_id))
+                    .set("available = available - :c, spent = spent + :c")
+                    .cond("available >= :c")
+                    .val(":c", n(entry.amount.minor()))
+                    .into_transact(&self.table)?,
+            );
+            writes.push(put_new(
+                &self.table,
+                ledger_item(entry, now, Some(late.id), ""),
+            )?);
+        }
+        Ok(Upd::default())
     }
 
     /// The writes of a start's or report's [`SessionChange`]; returns the device changes to merge
@@ -387,47 +403,53 @@ impl DynamoStore {
                 session: late,
                 capture,
                 wallet: _,
-            } => {
-                let Some(report) = late.late_report else {
-                    return Err(
-                        StoreError::Internal("a late report without its record".into()).into(),
-                    );
-                };
-                writes.push(
-                    Upd::new(session_key(late.id))
-                        .set("units = :units, amount = :amount")
-                        .set("late_units = :units, late_at = :at, late_charged = :charged")
-                        .cond("#status = :settled AND closed_by = :timeout")
-                        .cond("attribute_not_exists(late_at) AND units <= :units")
-                        .name("#status", "status")
-                        .val(":settled", s(SessionStatus::Settled.as_str()))
-                        .val(":timeout", s(CloseReason::Timeout.as_str()))
-                        .val(":units", n(late.units.get()))
-                        .val(":amount", n(late.amount.minor()))
-                        .val(":at", n(report.at))
-                        .val(":charged", n(report.charged.minor()))
-                        .into_transact(&self.table)?,
-                );
-                if let Some(entry) = capture {
-                    // Only from money that is there: the condition is the core's rule.
-                    writes.push(
-                        Upd::new(wallet_key(&late.user_id))
-                            .set("available = available - :c, spent = spent + :c")
-                            .cond("available >= :c")
-                            .val(":c", n(entry.amount.minor()))
-                            .into_transact(&self.table)?,
-                    );
-                    writes.push(put_new(
-                        &self.table,
-                        ledger_item(entry, now, Some(late.id), ""),
-                    )?);
-                }
-                Upd::default()
-            }
+            } => self.late_report_writes(late, capture.as_ref(), now, writes)?,
             SessionChange::Settled(settled, settlement) => {
                 *open = None;
                 self.close_writes(settled, *settlement, now, writes)?
             }
         })
     }
+}
+
+/// The device's update that saves a fresh request: its sequence number, digest and answer, and
+/// `last_seen`; conditioned on the sequence state read (and, for a decision from a guess, on
+/// every other guessed fact).
+fn answer_update(
+    call: &DeviceCall,
+    device: &DeviceItem,
+    answer: &SavedAnswer,
+    seen: u64,
+    guessed: bool,
+) -> Upd {
+    let mut upd = Upd::new(device_key(call.device))
+        .set("last_seq = :seq, last_digest = :digest, last_response = :body, last_seen = :seen")
+        .val(":seq", n(call.seq))
+        .val(":digest", b(&call.digest))
+        .val(":body", b(&answer.frame))
+        .val(":seen", n(seen));
+    upd = match &answer.code {
+        Some(code) => upd.set("last_code = :code").val(":code", s(code)),
+        None => upd.remove("last_code"),
+    };
+    upd = match device.last_seq {
+        Some(prev) => upd.cond("last_seq = :prev").val(":prev", n(prev)),
+        None => upd.cond("attribute_exists(pk) AND attribute_not_exists(last_seq)"),
+    };
+    if guessed {
+        // Every other fact of the guess the decision used.
+        upd = upd.cond("attribute_not_exists(last_seen) OR last_seen <= :seen");
+        upd = match &device.open {
+            None => upd
+                .cond("attribute_not_exists(#open)")
+                .name("#open", "open"),
+            Some(o) => upd
+                .cond("#open.id = :guess_open AND #open.#status = :guess_status")
+                .name("#open", "open")
+                .name("#status", "status")
+                .val(":guess_open", s(o.id.to_string()))
+                .val(":guess_status", s(o.status.as_str())),
+        };
+    }
+    upd
 }
