@@ -128,47 +128,24 @@ pub fn decide_session_op(
             Ok(StartOutcome::AlreadyActive) => (DeviceOpResult::Session(s), SessionChange::None),
             Err(e) => (DeviceOpResult::Refused(e), SessionChange::None),
         },
-        DeviceOp::Report { units, last, .. } if s.closed_by == Some(CloseReason::Timeout) => {
-            if !*last {
-                (DeviceOpResult::Session(s), SessionChange::None)
-            } else {
-                let stored = facts.wallet.filter(|_| wallet_needed).ok_or_else(|| {
-                    StoreError::Internal("a late final report needs the wallet".into())
-                })?;
-                // The wallet after the timeout decided above, if it was.
-                let wallet = match &closed {
-                    Some((c, settlement)) => {
-                        stored
-                            .settle(&c.user_id, settlement.hold, settlement.capture)
-                            .map_err(rule)?
-                            .0
-                    }
-                    None => stored,
-                };
-                match s.late_final_report(*units, now, wallet.available) {
-                    Ok(LateOutcome::AlreadyRecorded) => {
-                        (DeviceOpResult::Session(s), SessionChange::None)
-                    }
-                    Ok(LateOutcome::Recorded { charged }) => {
-                        let (wallet, capture) = if charged.is_zero() {
-                            (wallet, None)
-                        } else {
-                            let (w, entry) =
-                                wallet.late_capture(&s.user_id, charged).map_err(rule)?;
-                            (w, Some(entry))
-                        };
-                        (
-                            DeviceOpResult::Session(s.clone()),
-                            SessionChange::LateReport {
-                                session: s,
-                                capture,
-                                wallet,
-                            },
-                        )
-                    }
-                    Err(e) => (DeviceOpResult::Refused(e), SessionChange::None),
+        DeviceOp::Report { last: false, .. } if s.closed_by == Some(CloseReason::Timeout) => {
+            (DeviceOpResult::Session(s), SessionChange::None)
+        }
+        DeviceOp::Report { units, .. } if s.closed_by == Some(CloseReason::Timeout) => {
+            let stored = facts.wallet.filter(|_| wallet_needed).ok_or_else(|| {
+                StoreError::Internal("a late final report needs the wallet".into())
+            })?;
+            // The wallet after the timeout decided above, if it was.
+            let wallet = match &closed {
+                Some((c, settlement)) => {
+                    stored
+                        .settle(&c.user_id, settlement.hold, settlement.capture)
+                        .map_err(rule)?
+                        .0
                 }
-            }
+                None => stored,
+            };
+            late_final_report(s, *units, now, wallet)?
         }
         DeviceOp::Report { units, last, .. } => match s.report(*units, *last, now) {
             Ok(ReportOutcome::Progress) => (
@@ -187,6 +164,35 @@ pub fn decide_session_op(
         result,
         closed,
         change,
+    })
+}
+
+/// A final report of `units` on `s`, closed by timeout, with its user's wallet as it is now.
+fn late_final_report(
+    mut s: Session,
+    units: blepay_core::Units,
+    now: u64,
+    wallet: Wallet,
+) -> Result<(DeviceOpResult, SessionChange), StoreError> {
+    Ok(match s.late_final_report(units, now, wallet.available) {
+        Ok(LateOutcome::AlreadyRecorded) => (DeviceOpResult::Session(s), SessionChange::None),
+        Ok(LateOutcome::Recorded { charged }) => {
+            let (wallet, capture) = if charged.is_zero() {
+                (wallet, None)
+            } else {
+                let (w, entry) = wallet.late_capture(&s.user_id, charged).map_err(rule)?;
+                (w, Some(entry))
+            };
+            (
+                DeviceOpResult::Session(s.clone()),
+                SessionChange::LateReport {
+                    session: s,
+                    capture,
+                    wallet,
+                },
+            )
+        }
+        Err(e) => (DeviceOpResult::Refused(e), SessionChange::None),
     })
 }
 

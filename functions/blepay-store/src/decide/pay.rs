@@ -54,6 +54,10 @@ impl PayCommand {
 
 /// What the store found under the pay's (user, key) record.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value per pay, moved once; boxing buys nothing"
+)]
 pub enum PriorPay {
     /// The record's fingerprint matches ([`PayFingerprint::matches_stored`]): the session it
     /// created, expired first if it was due.
