@@ -288,8 +288,9 @@ async fn an_active_session_whose_machine_dies_is_settled_by_timeout_and_a_late_r
     );
     let timed_out = reconciled(&app).await;
 
-    // Act 2: the machine comes back and drains its outbox: the final report of 4 units, then
-    // the same report again (a lost answer), then a fresh final report for the same session.
+    // Act 2: the machine comes back and drains its outbox: the final report of 4 units; then the
+    // same report once more with a fresh sequence number, and one frame sent twice byte for byte
+    // (a lost answer).
     let (status, late) = m
         .machine
         .exchange(&report(sid, Units::new(4), true))
@@ -301,10 +302,25 @@ async fn an_active_session_whose_machine_dies_is_settled_by_timeout_and_a_late_r
         .await
         .unwrap();
 
+    let frame = m
+        .identity()
+        .request(
+            m.machine.next_seq().unwrap(),
+            &report(sid, Units::new(4), true),
+        )
+        .frame;
+    let (raw_status, raw_first) = app.post_frame(frame.clone()).await;
+    let (raw_status_again, raw_again) = app.post_frame(frame).await;
+
     // Assert 2: answered (authenticated, so the outbox drains), recorded on the session, and
     // money moved at most once, never above the hold.
     assert!(status < 500, "{status} {late:?}");
     assert!(status_again < 500, "{status_again}");
+    assert!(raw_status < 500 && raw_status == raw_status_again);
+    assert_eq!(
+        raw_first, raw_again,
+        "a retry gets the byte-identical answer"
+    );
     let s = app.ops_session(&sid.to_string()).await;
     assert_eq!(s["status"], "SETTLED", "{s}");
     assert_eq!(s["lateReport"]["units"].as_str(), Some("4"), "{s}");
