@@ -129,6 +129,16 @@ pub enum ReportOutcome {
     AlreadySettled,
 }
 
+/// What a final report on a session closed by timeout did ([`Session::late_final_report`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LateOutcome {
+    /// Recorded on the session; `charged` (maybe 0) is still to be captured from the user's
+    /// available balance ([`crate::Wallet::late_capture`]).
+    Recorded { charged: Amount },
+    /// The same late report again: nothing changes, no money moves.
+    AlreadyRecorded,
+}
+
 /// A paid session on one machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
@@ -240,6 +250,55 @@ impl Session {
             hold: self.hold,
             capture: self.amount,
         })
+    }
+
+    /// A final report of `units` that reached a session the server closed by timeout
+    /// (docs/sessions.md): units below the ones it was settled at, or other units than an earlier
+    /// late report, are [`SessionError::ReportConflict`]; the same late report again is
+    /// [`LateOutcome::AlreadyRecorded`]. Otherwise what the units still owe,
+    /// `tariff.capture_for(units, hold) - amount`, is charged up to `available` (the user's
+    /// available balance): `amount` grows by the charge (so the total captured never exceeds the
+    /// hold), `units` becomes the report's, and the report is recorded in `late_report`.
+    ///
+    /// # Errors
+    /// [`SessionError::ReportConflict`] as above; [`SessionError::NotStartable`] for a session that
+    /// was not closed by timeout.
+    pub fn late_final_report(
+        &mut self,
+        units: Units,
+        now: u64,
+        available: Amount,
+    ) -> Result<LateOutcome, SessionError> {
+        if self.status != SessionStatus::Settled || self.closed_by != Some(CloseReason::Timeout) {
+            return Err(SessionError::NotStartable(self.status));
+        }
+        if let Some(late) = self.late_report {
+            return if late.units == units {
+                Ok(LateOutcome::AlreadyRecorded)
+            } else {
+                Err(SessionError::ReportConflict)
+            };
+        }
+        if units < self.units {
+            return Err(SessionError::ReportConflict);
+        }
+        let owed = self
+            .tariff
+            .capture_for(units, self.hold)
+            .checked_sub(self.amount)
+            .unwrap_or(Amount::ZERO);
+        let charged = owed.min(available);
+        self.amount = self
+            .amount
+            .checked_add(charged)
+            .map_err(|_| SessionError::ReportConflict)?;
+        self.units = units;
+        self.late_report = Some(LateReport {
+            units,
+            at: now,
+            charged,
+        });
+        Ok(LateOutcome::Recorded { charged })
     }
 
     /// The machine's start button was pressed.
@@ -379,6 +438,67 @@ mod tests {
         );
         s.start(1001).unwrap();
         assert_eq!(s.start(1002), Ok(StartOutcome::AlreadyActive));
+    }
+
+    #[test]
+    fn a_silent_active_session_times_out_at_its_last_reported_units() {
+        let mut s = session();
+        s.start(1010).unwrap();
+        assert_eq!(s.report_deadline(3600), Some(4610));
+        s.report(Units::new(2), false, 2000).unwrap();
+        assert_eq!(s.report_deadline(3600), Some(5600));
+        assert_eq!(s.time_out(5599, 3600), None);
+        let settlement = s.time_out(5600, 3600).unwrap();
+        assert_eq!(settlement.capture.minor(), 60);
+        assert_eq!(settlement.hold.minor(), 100);
+        assert_eq!(
+            (s.status, s.closed_by, s.ended_at),
+            (
+                SessionStatus::Settled,
+                Some(CloseReason::Timeout),
+                Some(5600)
+            )
+        );
+        assert_eq!(s.report_deadline(3600), None);
+        assert_eq!(s.time_out(9999, 3600), None);
+    }
+
+    #[test]
+    fn a_late_final_report_charges_what_it_owes_up_to_the_available_balance_once() {
+        let mut s = session();
+        s.start(1010).unwrap();
+        s.report(Units::new(1), false, 1020).unwrap();
+        s.time_out(9000, 3600).unwrap();
+        assert_eq!(s.amount.minor(), 30);
+        let mut other = s.clone();
+        assert_eq!(
+            s.late_final_report(Units::new(0), 9100, Amount::MAX),
+            Err(SessionError::ReportConflict)
+        );
+        // 3 units cost 90: 60 more is owed, only 50 is available.
+        assert_eq!(
+            s.late_final_report(Units::new(3), 9100, Amount::new(50).unwrap()),
+            Ok(LateOutcome::Recorded {
+                charged: Amount::new(50).unwrap()
+            })
+        );
+        assert_eq!((s.amount.minor(), s.units.get()), (80, 3));
+        assert_eq!(
+            s.late_final_report(Units::new(3), 9200, Amount::MAX),
+            Ok(LateOutcome::AlreadyRecorded)
+        );
+        assert_eq!(
+            s.late_final_report(Units::new(4), 9200, Amount::MAX),
+            Err(SessionError::ReportConflict)
+        );
+        // Beyond the hold the capture stops at the hold.
+        assert_eq!(
+            other.late_final_report(Units::new(50), 9100, Amount::MAX),
+            Ok(LateOutcome::Recorded {
+                charged: Amount::new(70).unwrap()
+            })
+        );
+        assert_eq!(other.amount, other.hold);
     }
 
     #[test]

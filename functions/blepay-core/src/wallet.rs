@@ -278,6 +278,32 @@ mod tests {
         assert_eq!(entries[1].amount, amt(125));
     }
 
+    #[test]
+    fn a_late_capture_moves_available_to_revenue_and_never_below_zero() {
+        let (w, _) = Wallet::default().top_up(&user(), amt(100)).unwrap();
+        let (w2, entry) = w.late_capture(&user(), amt(40)).unwrap();
+        assert_eq!(
+            w2,
+            Wallet {
+                available: amt(60),
+                held: amt(0),
+                spent: amt(40)
+            }
+        );
+        assert_eq!(
+            (entry.kind, entry.debit, entry.credit),
+            (
+                EntryKind::LateCapture,
+                LedgerAccount::UserAvailable(user()),
+                LedgerAccount::Revenue
+            )
+        );
+        assert!(matches!(
+            w2.late_capture(&user(), amt(61)),
+            Err(WalletError::InsufficientFunds { .. })
+        ));
+    }
+
     proptest! {
         #[test]
         fn any_sequence_of_operations_conserves_money(ops in proptest::collection::vec((0u8..3, 0i64..10_000, 0i64..10_000), 0..50)) {

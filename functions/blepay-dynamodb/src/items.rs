@@ -11,8 +11,9 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
 use blepay_core::{
-    Amount, Currency, DeviceId, DeviceName, IdempotencyKey, KeyVersion, LedgerEntry, Session,
-    SessionId, SessionStatus, Slot, Tariff, UnitName, Units, UseCounter, UserId, Wallet,
+    Amount, CloseReason, Currency, DeviceId, DeviceName, IdempotencyKey, KeyVersion, LateReport,
+    LedgerEntry, Session, SessionId, SessionStatus, Slot, Tariff, Telemetry, UnitName, Units,
+    UseCounter, UserId, Wallet,
 };
 use blepay_store::decide::LastCall;
 use blepay_store::{DeviceRecord, DeviceStatus, SavedAnswer, StoreError};
@@ -27,6 +28,9 @@ pub(crate) const DUE_INDEX: &str = "due";
 pub(crate) const DUE_PK: &str = "due_pk";
 pub(crate) const DUE_AT: &str = "due_at";
 pub(crate) const DUE_PARTITION: &str = "DUE";
+/// The `due` GSI partition of ACTIVE sessions, sorted by the base of their report deadline
+/// (the later of their start and their last report): the timeout sweep's candidates.
+pub(crate) const ACTIVE_PARTITION: &str = "ACTIVE";
 /// The TTL attribute (unix seconds) of advert markers and idempotency records.
 pub(crate) const TTL: &str = "ttl";
 /// How long advert markers and idempotency records are kept.
@@ -177,6 +181,9 @@ pub(crate) struct DeviceItem {
     pub last_seen: Option<u64>,
     /// The AUTHORIZED or ACTIVE session on the machine (the "busy" lock and the poll grant).
     pub open: Option<Session>,
+    /// The latest heartbeat's telemetry (`telemetry`, M) and when it arrived (`telemetry_at`).
+    pub telemetry: Option<Telemetry>,
+    pub telemetry_at: Option<u64>,
 }
 
 impl DeviceItem {
@@ -195,8 +202,8 @@ impl DeviceItem {
             device: self.record.clone(),
             last_seen: self.last_seen,
             open_session: self.open.as_ref().map(|o| o.id),
-            telemetry: None,
-            telemetry_at: None,
+            telemetry: self.telemetry.clone(),
+            telemetry_at: self.telemetry_at,
         }
     }
 }
@@ -238,6 +245,48 @@ pub(crate) fn device_from_item(item: &Item) -> Result<DeviceItem, StoreError> {
             .transpose()?,
         last_seen: opt_n(item, "last_seen")?,
         open: opt_m(item, "open")?.map(session_from_item).transpose()?,
+        telemetry: opt_m(item, "telemetry")?
+            .map(telemetry_from_item)
+            .transpose()?,
+        telemetry_at: opt_n(item, "telemetry_at")?,
+    })
+}
+
+/// A heartbeat's telemetry as the device item's `telemetry` map.
+pub(crate) fn telemetry_attr(t: &Telemetry) -> AttributeValue {
+    AttributeValue::M(HashMap::from([
+        ("firmware".to_string(), s(&t.firmware_version)),
+        (
+            "faults".to_string(),
+            AttributeValue::L(t.fault_codes.iter().map(n).collect()),
+        ),
+        ("signal".to_string(), n(t.signal_quality)),
+        ("uptime".to_string(), n(t.uptime_secs)),
+        ("boots".to_string(), n(t.boot_count)),
+        ("outbox".to_string(), n(t.outbox_depth)),
+        ("lifetime_units".to_string(), n(t.lifetime_units)),
+    ]))
+}
+
+fn telemetry_from_item(item: &Item) -> Result<Telemetry, StoreError> {
+    let fault_codes = match item.get("faults") {
+        Some(AttributeValue::L(list)) => list
+            .iter()
+            .map(|v| match v {
+                AttributeValue::N(x) => x.parse().map_err(|_| corrupt("telemetry", "faults")),
+                _ => Err(corrupt("telemetry", "faults")),
+            })
+            .collect::<Result<Vec<u32>, _>>()?,
+        _ => return Err(corrupt("telemetry", "faults")),
+    };
+    Ok(Telemetry {
+        firmware_version: get_s(item, "firmware")?.to_owned(),
+        fault_codes,
+        signal_quality: get_n(item, "signal")?,
+        uptime_secs: get_n(item, "uptime")?,
+        boot_count: get_n(item, "boots")?,
+        outbox_depth: get_n(item, "outbox")?,
+        lifetime_units: get_n(item, "lifetime_units")?,
     })
 }
 
@@ -277,6 +326,17 @@ pub(crate) fn session_attrs(x: &Session) -> Item {
     if let Some(t) = x.ended_at {
         item.insert("ended_at".into(), n(t));
     }
+    if let Some(t) = x.last_report_at {
+        item.insert("last_report_at".into(), n(t));
+    }
+    if let Some(c) = x.closed_by {
+        item.insert("closed_by".into(), s(c.as_str()));
+    }
+    if let Some(l) = x.late_report {
+        item.insert("late_units".into(), n(l.units.get()));
+        item.insert("late_at".into(), n(l.at));
+        item.insert("late_charged".into(), n(l.charged.minor()));
+    }
     item
 }
 
@@ -289,7 +349,17 @@ pub(crate) fn session_item(x: &Session) -> Item {
         item.insert(DUE_PK.into(), s(DUE_PARTITION));
         item.insert(DUE_AT.into(), n(x.expires_at));
     }
+    if let Some(base) = report_base(x) {
+        item.insert(DUE_PK.into(), s(ACTIVE_PARTITION));
+        item.insert(DUE_AT.into(), n(base));
+    }
     item
+}
+
+/// For an ACTIVE session: the base of its report deadline (the later of its start and its last
+/// report), its `due_at` in the [`ACTIVE_PARTITION`] of the `due` GSI.
+pub(crate) fn report_base(x: &Session) -> Option<u64> {
+    x.report_deadline(0)
 }
 
 pub(crate) fn session_from_item(item: &Item) -> Result<Session, StoreError> {
@@ -307,9 +377,18 @@ pub(crate) fn session_from_item(item: &Item) -> Result<Session, StoreError> {
         expires_at: get_n(item, "expires_at")?,
         started_at: opt_n(item, "started_at")?,
         ended_at: opt_n(item, "ended_at")?,
-        last_report_at: None,
-        closed_by: None,
-        late_report: None,
+        last_report_at: opt_n(item, "last_report_at")?,
+        closed_by: opt_s(item, "closed_by")?
+            .map(|c| CloseReason::parse(c).ok_or_else(|| corrupt("session", "closed_by")))
+            .transpose()?,
+        late_report: match (opt_n(item, "late_units")?, opt_n(item, "late_at")?) {
+            (Some(units), Some(at)) => Some(LateReport {
+                units: Units::new(units),
+                at,
+                charged: amount(item, "late_charged")?,
+            }),
+            _ => None,
+        },
     })
 }
 

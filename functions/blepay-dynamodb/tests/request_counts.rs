@@ -149,7 +149,7 @@ async fn each_happy_path_operation_uses_its_minimum_of_requests() {
         "top-up"
     );
 
-    // A device retry (same seq, same bytes) is one read plus a last-seen touch.
+    // A device retry (same seq, same bytes) is one read and writes nothing (no sign of life).
     counter.reset();
     let (outcome, ran) = blepay_store::conformance::device_call_with(
         &store,
@@ -168,10 +168,75 @@ async fn each_happy_path_operation_uses_its_minimum_of_requests() {
     assert!(ran.is_none());
     assert_eq!(
         counter.by_operation(),
-        ops(&[("BatchGetItem", 1), ("UpdateItem", 1)]),
+        ops(&[("BatchGetItem", 1)]),
         "device retry"
     );
-    assert_eq!(counter.count(), 2);
+    assert_eq!(counter.count(), 1);
+
+    // The button-press cycle: pay, then a warm press is one transaction, like start.
+    let cmd = pay_cmd("alice", "p2", 1, 8, 300, T0 + 61);
+    let PayOutcome::Created(second) = store.pay(&cmd).await.unwrap() else {
+        panic!("the second pay is created");
+    };
+    counter.reset();
+    let pressed = device_op(&store, 1, 6, DeviceOp::Press, T0 + 62).await;
+    let DeviceOpResult::Started(pressed) = pressed else {
+        panic!("the press starts the session: {pressed:?}");
+    };
+    assert_eq!(pressed.id, second.id);
+    assert_eq!(
+        counter.by_operation(),
+        ops(&[("TransactWriteItems", 1)]),
+        "press"
+    );
+    report(&format!("press: {:?}", counter.by_operation()));
+
+    // A press with nothing waiting (after the session settled) is one conditional UpdateItem.
+    let last = DeviceOp::Report {
+        session: second.id,
+        units: Units::new(2),
+        last: true,
+    };
+    device_op(&store, 1, 7, last, T0 + 63).await;
+    counter.reset();
+    assert_eq!(
+        device_op(&store, 1, 8, DeviceOp::Press, T0 + 64).await,
+        DeviceOpResult::NoSessionWaiting
+    );
+    assert_eq!(
+        counter.by_operation(),
+        ops(&[("UpdateItem", 1)]),
+        "press, none waiting"
+    );
+
+    // A warm heartbeat: one conditional UpdateItem.
+    counter.reset();
+    let heartbeat = DeviceOp::Heartbeat(blepay_store::conformance::telemetry(3));
+    assert_eq!(
+        device_op(&store, 1, 9, heartbeat, T0 + 1800).await,
+        DeviceOpResult::Ack
+    );
+    assert_eq!(
+        counter.by_operation(),
+        ops(&[("UpdateItem", 1)]),
+        "heartbeat"
+    );
+    report(&format!("heartbeat: {:?}", counter.by_operation()));
+
+    // The timeout sweep with nothing due: one Query of the `due` GSI.
+    counter.reset();
+    assert_eq!(
+        store
+            .time_out_active(T0 + 1800, blepay_store::conformance::ACTIVE_TIMEOUT)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        counter.by_operation(),
+        ops(&[("Query", 1)]),
+        "time_out_active"
+    );
 }
 
 #[tokio::test]
@@ -254,7 +319,37 @@ async fn without_knowledge_of_the_machine_each_operation_reads_then_writes_once(
             "{what}"
         );
     }
+    // A cold press: the device item (its open session) read, then one transaction.
+    created_on(&store, "p2", 8, T0 + 3).await;
+    counter.reset();
+    assert!(matches!(
+        device_op(&store, 1, 5, DeviceOp::Press, T0 + 4).await,
+        DeviceOpResult::Started(_)
+    ));
+    assert_eq!(
+        counter.by_operation(),
+        ops(&[("Query", 1), ("TransactWriteItems", 1)]),
+        "cold press"
+    );
+    // A cold heartbeat: the device item read, then one UpdateItem.
+    counter.reset();
+    let heartbeat = DeviceOp::Heartbeat(blepay_store::conformance::telemetry(1));
+    device_op(&store, 1, 6, heartbeat, T0 + 5).await;
+    assert_eq!(
+        counter.by_operation(),
+        ops(&[("Query", 1), ("UpdateItem", 1)]),
+        "cold heartbeat"
+    );
     blepay_store::conformance::reconciled(&store).await;
+}
+
+#[allow(clippy::unwrap_used, reason = "test code")]
+async fn created_on(store: &blepay_dynamodb::DynamoStore, key: &str, counter: u16, now: u64) {
+    let out = store
+        .pay(&pay_cmd("alice", key, 1, counter, 300, now))
+        .await
+        .unwrap();
+    assert!(matches!(out, PayOutcome::Created(_)), "{out:?}");
 }
 
 /// Two processes serve one machine: what one knows goes stale when the other answers. A stale

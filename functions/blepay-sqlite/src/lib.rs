@@ -149,13 +149,7 @@ impl Store for SqliteStore {
             let Some(row) = load_device(c, id)? else {
                 return Ok(None);
             };
-            Ok(Some(DeviceStatus {
-                device: row.record,
-                last_seen: row.last_seen,
-                open_session: open_session_of(c, id)?,
-                telemetry: None,
-                telemetry_at: None,
-            }))
+            Ok(Some(row.status(open_session_of(c, id)?)))
         })
         .await
     }
@@ -248,10 +242,11 @@ impl Store for SqliteStore {
 
     async fn time_out_active(
         &self,
-        _now: u64,
-        _active_timeout_secs: u64,
+        now: u64,
+        active_timeout_secs: u64,
     ) -> Result<usize, StoreError> {
-        Err(StoreError::Internal("not yet".into()))
+        self.run(move |c| ops::time_out_sessions(c, now, active_timeout_secs))
+            .await
     }
 
     async fn audit(&self) -> Result<Audit, StoreError> {

@@ -3,8 +3,8 @@
 
 use blepay_core::{DeviceId, IdempotencyKey, Session, SessionId, Settlement, UserId, Wallet};
 use blepay_store::decide::{
-    AuditTally, PayDecision, PayFacts, PriorPay, SeqCheck, SessionChange, check_seq, decide_pay,
-    decide_session_op,
+    AuditTally, PayDecision, PayFacts, PriorPay, SeqCheck, SessionChange, SessionOpFacts,
+    check_seq, decide_pay, decide_session_op, needs_wallet,
 };
 use blepay_store::{
     Audit, DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, DeviceStatus, PayCommand,
@@ -14,9 +14,9 @@ use rusqlite::{Connection, params};
 
 use crate::convert::{amount_col, db, parse_col, ts, wallet_rule};
 use crate::rows::{
-    Idempotency, advert_used, insert_session, load_device, load_idempotency, load_session,
-    load_session_of_device, load_wallet, mark_advert_used, open_session_of, query_sessions,
-    save_idempotency, save_session_state, save_wallet, write_entry,
+    Idempotency, advert_used, insert_session, load_device, load_idempotency, load_open_session,
+    load_session, load_session_of_device, load_wallet, mark_advert_used, open_session_of,
+    query_sessions, save_idempotency, save_session_state, save_telemetry, save_wallet, write_entry,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -55,13 +55,7 @@ pub(crate) fn pay(c: &Connection, cmd: &PayCommand) -> Result<PayOutcome, StoreE
     expire_sessions(c, Due::OfUser(&cmd.user), cmd.now)?;
     let device = load_device(c, cmd.device)?
         .map(|row| -> Result<DeviceStatus, StoreError> {
-            Ok(DeviceStatus {
-                device: row.record,
-                last_seen: row.last_seen,
-                open_session: open_session_of(c, cmd.device)?,
-                telemetry: None,
-                telemetry_at: None,
-            })
+            Ok(row.status(open_session_of(c, cmd.device)?))
         })
         .transpose()?;
     let facts = PayFacts {
@@ -107,15 +101,9 @@ pub(crate) fn device_call(
     };
     match check_seq(device.last, call.seq, &call.digest)? {
         SeqCheck::Fresh => {}
-        SeqCheck::Retry(answer) => {
-            // The message still counts as a sign of life.
-            c.execute(
-                "UPDATE devices SET last_seen = max(coalesce(last_seen, ?1), ?1) WHERE id = ?2",
-                params![ts(call.now)?, call.device.as_bytes()],
-            )
-            .map_err(db)?;
-            return Ok(DeviceCallOutcome::Retry(answer));
-        }
+        // A byte-identical retry is no sign of life (anyone who saw the frame can send it again):
+        // only a fresh sequence number refreshes `last_seen` (`save_answer`).
+        SeqCheck::Retry(answer) => return Ok(DeviceCallOutcome::Retry(answer)),
         SeqCheck::Replayed { last_seq } => return Ok(DeviceCallOutcome::Replayed { last_seq }),
     }
     let result = run_op(c, call)?;
@@ -126,7 +114,7 @@ pub(crate) fn device_call(
 
 fn run_op(c: &Connection, call: &DeviceCall) -> Result<DeviceOpResult, StoreError> {
     let now = call.now;
-    let session = match call.op {
+    let session = match &call.op {
         DeviceOp::Poll => {
             expire_sessions(c, Due::OfDevice(call.device), now)?;
             return Ok(DeviceOpResult::Grants(query_sessions(
@@ -135,16 +123,34 @@ fn run_op(c: &Connection, call: &DeviceCall) -> Result<DeviceOpResult, StoreErro
                 [call.device.as_bytes()],
             )?));
         }
-        DeviceOp::Start { session } | DeviceOp::Report { session, .. } => session,
-        DeviceOp::Press | DeviceOp::Heartbeat(_) => {
-            return Err(StoreError::Internal("not yet".into()));
+        DeviceOp::Heartbeat(telemetry) => {
+            save_telemetry(c, call.device, telemetry, now)?;
+            return Ok(DeviceOpResult::Ack);
+        }
+        DeviceOp::Press => load_open_session(c, call.device)?,
+        DeviceOp::Start { session } | DeviceOp::Report { session, .. } => {
+            load_session_of_device(c, *session, call.device)?
         }
     };
-    let loaded = load_session_of_device(c, session, call.device)?;
-    let decision = decide_session_op(&call.op, call.device, loaded, now);
-    if let Some((expired, settlement)) = &decision.expired {
-        save_session_state(c, expired)?;
-        close_hold(c, expired, *settlement, now)?;
+    let wallet = match &session {
+        Some(s) if needs_wallet(&call.op, s, now, call.active_timeout_secs) => {
+            Some(load_wallet(c, &s.user_id)?)
+        }
+        _ => None,
+    };
+    let decision = decide_session_op(
+        &call.op,
+        SessionOpFacts {
+            device: call.device,
+            session,
+            wallet,
+            now,
+            active_timeout_secs: call.active_timeout_secs,
+        },
+    )?;
+    if let Some((closed, settlement)) = &decision.closed {
+        save_session_state(c, closed)?;
+        close_hold(c, closed, *settlement, now)?;
     }
     match &decision.change {
         SessionChange::None => {}
@@ -152,6 +158,17 @@ fn run_op(c: &Connection, call: &DeviceCall) -> Result<DeviceOpResult, StoreErro
         SessionChange::Settled(s, settlement) => {
             save_session_state(c, s)?;
             close_hold(c, s, *settlement, now)?;
+        }
+        SessionChange::LateReport {
+            session,
+            capture,
+            wallet,
+        } => {
+            save_session_state(c, session)?;
+            if let Some(entry) = capture {
+                write_entry(c, entry, now, Some(session.id))?;
+                save_wallet(c, &session.user_id, wallet)?;
+            }
         }
     }
     Ok(decision.result)
@@ -211,6 +228,31 @@ pub(crate) fn expire_sessions(c: &Connection, due: Due<'_>, now: u64) -> Result<
         }
     }
     Ok(expired)
+}
+
+/// Close by timeout every ACTIVE session whose report deadline is `<= now` (the rule is the
+/// core's [`Session::time_out`]), settling its hold.
+pub(crate) fn time_out_sessions(
+    c: &Connection,
+    now: u64,
+    active_timeout_secs: u64,
+) -> Result<usize, StoreError> {
+    let cutoff = now.saturating_sub(active_timeout_secs);
+    let sessions = query_sessions(
+        c,
+        // Reports follow the start, so this is the later of the two (`sessions_active_by_report`).
+        "status = 'ACTIVE' AND coalesce(last_report_at, started_at) <= ?1",
+        params![ts(cutoff)?],
+    )?;
+    let mut closed = 0;
+    for mut s in sessions {
+        if let Some(settlement) = s.time_out(now, active_timeout_secs) {
+            save_session_state(c, &s)?;
+            close_hold(c, &s, settlement, now)?;
+            closed += 1;
+        }
+    }
+    Ok(closed)
 }
 
 /// Apply a session's settlement (capture and/or release) to its user's wallet and the ledger.

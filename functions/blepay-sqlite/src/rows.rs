@@ -1,11 +1,13 @@
 //! Loading and saving rows: each function is one statement inside the caller's transaction.
 
 use blepay_core::{
-    CloseReason, Currency, DeviceId, LateReport, DeviceName, IdempotencyKey, KeyVersion, LedgerEntry, Session, SessionId,
-    SessionStatus, Slot, Tariff, UnitName, UseCounter, UserId, Wallet,
+    CloseReason, Currency, DeviceId, DeviceName, IdempotencyKey, KeyVersion, LateReport,
+    LedgerEntry, Session, SessionId, SessionStatus, Slot, Tariff, Telemetry, UnitName, Units,
+    UseCounter, UserId, Wallet,
 };
 use blepay_store::decide::LastCall;
-use blepay_store::{DeviceRecord, SavedAnswer, StoreError};
+use blepay_store::{DeviceRecord, DeviceStatus, SavedAnswer, StoreError};
+use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::convert::{BadValue, amount_col, db, parse_col, ts, units_from_sql, units_to_sql};
@@ -15,12 +17,29 @@ pub(crate) struct DeviceRow {
     /// The last accepted request and its saved answer.
     pub(crate) last: Option<LastCall>,
     pub(crate) last_seen: Option<u64>,
+    pub(crate) telemetry: Option<Telemetry>,
+    pub(crate) telemetry_at: Option<u64>,
+}
+
+impl DeviceRow {
+    /// The machine as the pay decision and the operators see it.
+    pub(crate) fn status(self, open_session: Option<SessionId>) -> DeviceStatus {
+        DeviceStatus {
+            device: self.record,
+            last_seen: self.last_seen,
+            open_session,
+            telemetry: self.telemetry,
+            telemetry_at: self.telemetry_at,
+        }
+    }
 }
 
 pub(crate) fn load_device(c: &Connection, id: DeviceId) -> Result<Option<DeviceRow>, StoreError> {
     c.query_row(
         "SELECT id, name, price_per_unit, unit_name, currency, key_version, created_at,
-                last_seq, last_digest, last_response, last_response_code, last_seen
+                last_seq, last_digest, last_response, last_response_code, last_seen,
+                telemetry_at, telemetry_firmware, telemetry_faults, telemetry_signal,
+                telemetry_uptime, telemetry_boots, telemetry_outbox, telemetry_lifetime_units
          FROM devices WHERE id = ?1",
         [id.as_bytes()],
         |r| {
@@ -38,6 +57,8 @@ pub(crate) fn load_device(c: &Connection, id: DeviceId) -> Result<Option<DeviceR
                 },
                 last: last_call(r)?,
                 last_seen: r.get(11)?,
+                telemetry_at: r.get(12)?,
+                telemetry: telemetry(r)?,
             })
         },
     )
@@ -57,6 +78,77 @@ fn last_call(r: &Row<'_>) -> rusqlite::Result<Option<LastCall>> {
         digest: r.get(8)?,
         answer: frame.map(|frame| SavedAnswer { frame, code }),
     }))
+}
+
+/// Columns 12 to 19 of [`load_device`]'s row: the latest heartbeat's telemetry.
+fn telemetry(r: &Row<'_>) -> rusqlite::Result<Option<Telemetry>> {
+    let Some(firmware_version) = r.get::<_, Option<String>>(13)? else {
+        return Ok(None);
+    };
+    let faults: String = r.get(14)?;
+    let fault_codes = faults
+        .split(',')
+        .filter(|f| !f.is_empty())
+        .map(str::parse)
+        .collect::<Result<Vec<u32>, _>>()
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(14, Type::Text, Box::new(e)))?;
+    Ok(Some(Telemetry {
+        firmware_version,
+        fault_codes,
+        signal_quality: r.get(15)?,
+        uptime_secs: units_from_sql(r.get(16)?).get(),
+        boot_count: r.get(17)?,
+        outbox_depth: r.get(18)?,
+        lifetime_units: units_from_sql(r.get(19)?).get(),
+    }))
+}
+
+/// Save a heartbeat's telemetry, received at `at`.
+pub(crate) fn save_telemetry(
+    c: &Connection,
+    device: DeviceId,
+    t: &Telemetry,
+    at: u64,
+) -> Result<(), StoreError> {
+    let faults = t
+        .fault_codes
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    c.execute(
+        "UPDATE devices SET telemetry_at = ?1, telemetry_firmware = ?2, telemetry_faults = ?3,
+                telemetry_signal = ?4, telemetry_uptime = ?5, telemetry_boots = ?6,
+                telemetry_outbox = ?7, telemetry_lifetime_units = ?8
+         WHERE id = ?9",
+        params![
+            ts(at)?,
+            t.firmware_version,
+            faults,
+            t.signal_quality,
+            units_to_sql(Units::new(t.uptime_secs)),
+            t.boot_count,
+            t.outbox_depth,
+            units_to_sql(Units::new(t.lifetime_units)),
+            device.as_bytes()
+        ],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
+/// The AUTHORIZED or ACTIVE session on `device`, whole.
+pub(crate) fn load_open_session(
+    c: &Connection,
+    device: DeviceId,
+) -> Result<Option<Session>, StoreError> {
+    Ok(query_sessions(
+        c,
+        "device_id = ?1 AND status IN ('AUTHORIZED', 'ACTIVE')",
+        [device.as_bytes()],
+    )?
+    .into_iter()
+    .next())
 }
 
 pub(crate) fn open_session_of(
@@ -110,10 +202,7 @@ pub(crate) fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
                 })
             })
             .transpose()?,
-        late_report: match (
-            r.get::<_, Option<i64>>(17)?,
-            r.get::<_, Option<u64>>(18)?,
-        ) {
+        late_report: match (r.get::<_, Option<i64>>(17)?, r.get::<_, Option<u64>>(18)?) {
             (Some(units), Some(at)) => Some(LateReport {
                 units: units_from_sql(units),
                 at,

@@ -74,7 +74,14 @@ async fn balances_and_sessions_survive_closing_and_reopening_the_file() {
         .unwrap()
         .unwrap();
     assert_eq!(status.open_session, Some(before.open.id));
-    assert_eq!(status.state(T0 + 11, OFFLINE_AFTER, blepay_store::AdvertSignals::default()), DeviceState::Busy);
+    assert_eq!(
+        status.state(
+            T0 + 11,
+            OFFLINE_AFTER,
+            blepay_store::AdvertSignals::default()
+        ),
+        DeviceState::Busy
+    );
 }
 
 #[tokio::test]

@@ -26,13 +26,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use blepay_core::{
-    Amount, Currency, DeviceId, DeviceName, IdempotencyKey, KeyVersion, Session, SessionError,
-    SessionId, SessionStatus, Slot, Tariff, UnitName, Units, UseCounter, UserId, Wallet,
+    Amount, CloseReason, Currency, DeviceId, DeviceName, IdempotencyKey, KeyVersion, LateReport,
+    Session, SessionError, SessionId, SessionStatus, Slot, Tariff, Telemetry, UnitName, Units,
+    UseCounter, UserId, Wallet,
 };
 
 use crate::{
-    AdvertSignals, Audit, DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, DeviceRecord, DeviceState,
-    PayCommand, PayOutcome, RegisterOutcome, ResponseEncoder, SavedAnswer, Store, TopUpOutcome,
+    AdvertSignals, Audit, DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, DeviceRecord,
+    DeviceState, PayCommand, PayOutcome, RegisterOutcome, ResponseEncoder, SavedAnswer, Store,
+    TopUpOutcome,
 };
 
 /// Expand to one `#[tokio::test]` per conformance check, each on a store from `$factory`
@@ -76,6 +78,17 @@ macro_rules! conformance_tests {
             a_session_of_another_device_is_not_found,
             concurrent_pays_for_one_machine_create_exactly_one_session,
             concurrent_pays_with_one_key_create_one_session_and_one_hold,
+            a_press_starts_the_waiting_session_and_answers_its_terms,
+            a_press_with_no_session_waiting_changes_nothing,
+            a_press_after_the_start_deadline_expires_the_session_and_releases_the_hold,
+            pressing_twice_starts_one_session,
+            a_heartbeat_stores_the_telemetry_and_refreshes_last_seen,
+            a_retried_heartbeat_does_not_refresh_last_seen,
+            time_out_active_settles_silent_sessions_at_their_last_reported_units,
+            a_device_op_on_a_silent_active_session_times_it_out_first,
+            a_late_final_report_captures_what_it_owes_once,
+            a_late_final_report_charges_no_more_than_is_available,
+            a_pay_is_refused_offline_on_link_down_and_fault_on_the_fault_flag,
         );
     };
     (@each $factory:expr; $($check:ident),+ $(,)?) => {
@@ -342,7 +355,10 @@ pub async fn device_status_tells_last_seen_and_the_open_session(store: Arc<dyn S
         .unwrap()
         .unwrap();
     assert_eq!((status.last_seen, status.open_session), (None, None));
-    assert_eq!(status.state(T0, OFFLINE_AFTER, AdvertSignals::default()), DeviceState::Offline);
+    assert_eq!(
+        status.state(T0, OFFLINE_AFTER, AdvertSignals::default()),
+        DeviceState::Offline
+    );
 
     device_op(&*store, 1, 1, DeviceOp::Poll, T0).await;
     let status = store
@@ -351,7 +367,10 @@ pub async fn device_status_tells_last_seen_and_the_open_session(store: Arc<dyn S
         .unwrap()
         .unwrap();
     assert_eq!(status.last_seen, Some(T0));
-    assert_eq!(status.state(T0, OFFLINE_AFTER, AdvertSignals::default()), DeviceState::Idle);
+    assert_eq!(
+        status.state(T0, OFFLINE_AFTER, AdvertSignals::default()),
+        DeviceState::Idle
+    );
 
     fund(&*store, "alice", 1000).await;
     let s = created(&*store, &pay_cmd("alice", "k1", 1, 7, 300, T0)).await;
@@ -361,7 +380,10 @@ pub async fn device_status_tells_last_seen_and_the_open_session(store: Arc<dyn S
         .unwrap()
         .unwrap();
     assert_eq!(status.open_session, Some(s.id));
-    assert_eq!(status.state(T0, OFFLINE_AFTER, AdvertSignals::default()), DeviceState::Busy);
+    assert_eq!(
+        status.state(T0, OFFLINE_AFTER, AdvertSignals::default()),
+        DeviceState::Busy
+    );
     reconciled(&*store).await;
 }
 
@@ -746,7 +768,10 @@ pub async fn a_started_session_settles_at_the_cost_of_the_units(store: Arc<dyn S
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(status.state(T0 + 31, OFFLINE_AFTER, AdvertSignals::default()), DeviceState::Idle);
+    assert_eq!(
+        status.state(T0 + 31, OFFLINE_AFTER, AdvertSignals::default()),
+        DeviceState::Idle
+    );
     let audit = reconciled(&*store).await;
     assert_eq!(
         (audit.revenue, audit.spent, audit.held, audit.open_holds),
@@ -1026,8 +1051,8 @@ pub async fn a_retried_device_call_returns_the_saved_answer_without_running_agai
         .unwrap();
     assert_eq!(
         status.last_seen,
-        Some(T0 + 250),
-        "a retry is an authenticated message"
+        Some(T0 + 10),
+        "a byte-identical retry is no sign of life"
     );
 }
 
@@ -1215,6 +1240,484 @@ pub async fn concurrent_pays_with_one_key_create_one_session_and_one_hold(store:
         wallet(700, 300, 0)
     );
     assert_eq!(reconciled(&*store).await.held, 300);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Press, heartbeat, timeouts, late reports (issue 9)
+// ---------------------------------------------------------------------------------------------
+
+/// The session a press started (or found ACTIVE).
+pub fn started_of(result: DeviceOpResult) -> Session {
+    match result {
+        DeviceOpResult::Started(s) => s,
+        other => panic!("expected a started session, got {other:?}"),
+    }
+}
+
+/// A heartbeat's telemetry.
+pub fn telemetry(boots: u32) -> Telemetry {
+    Telemetry {
+        firmware_version: "1.4.2".into(),
+        fault_codes: vec![3, 17],
+        signal_quality: 18,
+        uptime_secs: 86_400,
+        boot_count: boots,
+        outbox_depth: 2,
+        lifetime_units: 12_345,
+    }
+}
+
+/// Machine 1 online with alice's ACTIVE session (hold 300) pressed at `T0 + 10`.
+async fn active_session(store: &dyn Store) -> Session {
+    online_machine(store, 1, T0).await;
+    fund(store, "alice", 1000).await;
+    created(store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+    started_of(device_op(store, 1, 2, DeviceOp::Press, T0 + 10).await)
+}
+
+pub async fn a_press_starts_the_waiting_session_and_answers_its_terms(store: Arc<dyn Store>) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+    let paid = created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+
+    let started = started_of(device_op(&*store, 1, 2, DeviceOp::Press, T0 + 10).await);
+
+    assert_eq!(started.id, paid.id);
+    assert_eq!(started.status, SessionStatus::Active);
+    assert_eq!(started.started_at, Some(T0 + 10));
+    assert_eq!(
+        (started.hold, started.tariff.clone(), started.use_counter),
+        (paid.hold, paid.tariff.clone(), paid.use_counter)
+    );
+    assert_eq!(
+        started.report_deadline(ACTIVE_TIMEOUT),
+        Some(T0 + 10 + ACTIVE_TIMEOUT)
+    );
+    assert_eq!(
+        store.session(paid.id, T0 + 11).await.unwrap(),
+        Some(started.clone())
+    );
+    // The session settles by reports as a started one does.
+    let report = DeviceOp::Report {
+        session: paid.id,
+        units: Units::new(3),
+        last: true,
+    };
+    let settled = session_of(device_op(&*store, 1, 3, report, T0 + 20).await);
+    assert_eq!(settled.amount, amount(75));
+    assert_eq!(
+        store.wallet(&user("alice"), T0 + 20).await.unwrap(),
+        wallet(925, 0, 75)
+    );
+    reconciled(&*store).await;
+}
+
+pub async fn a_press_with_no_session_waiting_changes_nothing(store: Arc<dyn Store>) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+    let before = reconciled(&*store).await;
+
+    let result = device_op(&*store, 1, 2, DeviceOp::Press, T0 + 10).await;
+
+    assert_eq!(result, DeviceOpResult::NoSessionWaiting);
+    assert_eq!(reconciled(&*store).await, before);
+    let status = store
+        .device_status(device_id(1), T0 + 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.open_session, None);
+    assert_eq!(
+        status.last_seen,
+        Some(T0 + 10),
+        "a fresh request is a sign of life"
+    );
+    // The answer was saved with the sequence number: a retry gets it.
+    let (outcome, ran) = device_call_with(&*store, 1, 2, digest(2), DeviceOp::Press, T0 + 11).await;
+    assert_eq!(outcome, DeviceCallOutcome::Retry(answer_of(&result)));
+    assert_eq!(ran, None);
+}
+
+pub async fn a_press_after_the_start_deadline_expires_the_session_and_releases_the_hold(
+    store: Arc<dyn Store>,
+) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+    let paid = created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+
+    let result = device_op(&*store, 1, 2, DeviceOp::Press, T0 + START_TIMEOUT).await;
+
+    assert_eq!(result, DeviceOpResult::Refused(SessionError::Expired));
+    let s = store
+        .session(paid.id, T0 + START_TIMEOUT)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.status, SessionStatus::Expired);
+    assert_eq!(
+        store
+            .wallet(&user("alice"), T0 + START_TIMEOUT)
+            .await
+            .unwrap(),
+        wallet(1000, 0, 0)
+    );
+    let status = store
+        .device_status(device_id(1), T0 + START_TIMEOUT)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.open_session, None);
+    reconciled(&*store).await;
+}
+
+pub async fn pressing_twice_starts_one_session(store: Arc<dyn Store>) {
+    let first = active_session(&*store).await;
+
+    // A press re-sent with a fresh number (after a reboot) answers the same session.
+    let second = started_of(device_op(&*store, 1, 3, DeviceOp::Press, T0 + 12).await);
+
+    assert_eq!(second.id, first.id);
+    assert_eq!(second.started_at, Some(T0 + 10), "not started again");
+    assert_eq!(
+        store.wallet(&user("alice"), T0 + 12).await.unwrap(),
+        wallet(700, 300, 0)
+    );
+    let audit = reconciled(&*store).await;
+    assert_eq!(audit.open_holds, 300, "one session holds money");
+}
+
+pub async fn a_heartbeat_stores_the_telemetry_and_refreshes_last_seen(store: Arc<dyn Store>) {
+    online_machine(&*store, 1, T0).await;
+    let before = reconciled(&*store).await;
+
+    let result = device_op(&*store, 1, 2, DeviceOp::Heartbeat(telemetry(4)), T0 + 900).await;
+    assert_eq!(result, DeviceOpResult::Ack);
+    let status = store
+        .device_status(device_id(1), T0 + 900)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.telemetry, Some(telemetry(4)));
+    assert_eq!(status.telemetry_at, Some(T0 + 900));
+    assert_eq!(status.last_seen, Some(T0 + 900));
+
+    // The latest heartbeat replaces the earlier one.
+    let mut healthy = telemetry(5);
+    healthy.fault_codes.clear();
+    device_op(
+        &*store,
+        1,
+        3,
+        DeviceOp::Heartbeat(healthy.clone()),
+        T0 + 1800,
+    )
+    .await;
+    let status = store
+        .device_status(device_id(1), T0 + 1800)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.telemetry, Some(healthy));
+    assert_eq!(status.telemetry_at, Some(T0 + 1800));
+    assert_eq!(reconciled(&*store).await, before);
+}
+
+pub async fn a_retried_heartbeat_does_not_refresh_last_seen(store: Arc<dyn Store>) {
+    online_machine(&*store, 1, T0).await;
+    device_op(&*store, 1, 2, DeviceOp::Heartbeat(telemetry(1)), T0 + 10).await;
+
+    // The same frame again much later (an eavesdropper's replay): answered, not a sign of life.
+    let (outcome, ran) = device_call_with(
+        &*store,
+        1,
+        2,
+        digest(2),
+        DeviceOp::Heartbeat(telemetry(1)),
+        T0 + 10 + 2 * OFFLINE_AFTER,
+    )
+    .await;
+    assert!(
+        matches!(outcome, DeviceCallOutcome::Retry(_)),
+        "{outcome:?}"
+    );
+    assert_eq!(ran, None);
+    let (outcome, _) = device_call_with(
+        &*store,
+        1,
+        1,
+        digest(1),
+        DeviceOp::Poll,
+        T0 + 10 + 2 * OFFLINE_AFTER,
+    )
+    .await;
+    assert_eq!(outcome, DeviceCallOutcome::Replayed { last_seq: 2 });
+
+    let now = T0 + 10 + 2 * OFFLINE_AFTER;
+    let status = store
+        .device_status(device_id(1), now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.last_seen, Some(T0 + 10));
+    assert_eq!(status.telemetry_at, Some(T0 + 10));
+    assert_eq!(
+        status.state(now, OFFLINE_AFTER, AdvertSignals::default()),
+        DeviceState::Offline
+    );
+    refused_without_change(
+        &*store,
+        &pay_cmd("alice", "p1", 1, 7, 300, now),
+        PayOutcome::DeviceOffline,
+    )
+    .await;
+}
+
+pub async fn time_out_active_settles_silent_sessions_at_their_last_reported_units(
+    store: Arc<dyn Store>,
+) {
+    let s = active_session(&*store).await;
+    let progress = DeviceOp::Report {
+        session: s.id,
+        units: Units::new(2),
+        last: false,
+    };
+    device_op(&*store, 1, 3, progress, T0 + 100).await;
+    // Machine 2: started, never reported.
+    online_machine(&*store, 2, T0).await;
+    fund(&*store, "bob", 500).await;
+    let other = created(&*store, &pay_cmd("bob", "q1", 2, 1, 200, T0)).await;
+    device_op(&*store, 2, 2, DeviceOp::Press, T0 + 20).await;
+
+    // The deadline counts from the last report: nothing is due just before it.
+    assert_eq!(
+        store
+            .time_out_active(T0 + 20 + ACTIVE_TIMEOUT - 1, ACTIVE_TIMEOUT)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .time_out_active(T0 + 20 + ACTIVE_TIMEOUT, ACTIVE_TIMEOUT)
+            .await
+            .unwrap(),
+        1
+    );
+    let bob = store
+        .session(other.id, T0 + 20 + ACTIVE_TIMEOUT)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (bob.status, bob.closed_by, bob.amount),
+        (
+            SessionStatus::Settled,
+            Some(CloseReason::Timeout),
+            Amount::ZERO
+        )
+    );
+    assert_eq!(
+        store
+            .wallet(&user("bob"), T0 + 20 + ACTIVE_TIMEOUT)
+            .await
+            .unwrap(),
+        wallet(500, 0, 0)
+    );
+
+    let at = T0 + 100 + ACTIVE_TIMEOUT;
+    assert_eq!(store.time_out_active(at, ACTIVE_TIMEOUT).await.unwrap(), 1);
+    let alice = store.session(s.id, at).await.unwrap().unwrap();
+    assert_eq!(alice.status, SessionStatus::Settled);
+    assert_eq!(alice.closed_by, Some(CloseReason::Timeout));
+    assert_eq!((alice.units, alice.amount), (Units::new(2), amount(50)));
+    assert_eq!(alice.ended_at, Some(at));
+    assert_eq!(alice.last_report_at, Some(T0 + 100));
+    assert_eq!(
+        store.wallet(&user("alice"), at).await.unwrap(),
+        wallet(950, 0, 50)
+    );
+    let status = store
+        .device_status(device_id(1), at)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.open_session, None, "the machine is free again");
+    assert_eq!(
+        store.time_out_active(at + 1, ACTIVE_TIMEOUT).await.unwrap(),
+        0
+    );
+    reconciled(&*store).await;
+}
+
+pub async fn a_device_op_on_a_silent_active_session_times_it_out_first(store: Arc<dyn Store>) {
+    let s = active_session(&*store).await;
+    let at = T0 + 10 + ACTIVE_TIMEOUT;
+
+    // The sweeper has not run: the press reads the overdue session and closes it first.
+    let result = device_op(&*store, 1, 3, DeviceOp::Press, at).await;
+
+    assert_eq!(result, DeviceOpResult::NoSessionWaiting);
+    let closed = store.session(s.id, at).await.unwrap().unwrap();
+    assert_eq!(
+        (closed.status, closed.closed_by, closed.amount),
+        (
+            SessionStatus::Settled,
+            Some(CloseReason::Timeout),
+            Amount::ZERO
+        )
+    );
+    assert_eq!(
+        store.wallet(&user("alice"), at).await.unwrap(),
+        wallet(1000, 0, 0)
+    );
+    assert_eq!(store.time_out_active(at, ACTIVE_TIMEOUT).await.unwrap(), 0);
+    // A progress report on it now is answered with the closed session, changing nothing.
+    let before = reconciled(&*store).await;
+    let progress = DeviceOp::Report {
+        session: s.id,
+        units: Units::new(1),
+        last: false,
+    };
+    assert_eq!(
+        session_of(device_op(&*store, 1, 4, progress, at + 5).await),
+        closed
+    );
+    assert_eq!(reconciled(&*store).await, before);
+}
+
+pub async fn a_late_final_report_captures_what_it_owes_once(store: Arc<dyn Store>) {
+    let s = active_session(&*store).await;
+    let progress = DeviceOp::Report {
+        session: s.id,
+        units: Units::new(1),
+        last: false,
+    };
+    device_op(&*store, 1, 3, progress, T0 + 20).await;
+    let at = T0 + 20 + ACTIVE_TIMEOUT;
+    assert_eq!(store.time_out_active(at, ACTIVE_TIMEOUT).await.unwrap(), 1);
+    assert_eq!(
+        store.wallet(&user("alice"), at).await.unwrap(),
+        wallet(975, 0, 25)
+    );
+
+    // Back from an outage, the machine's outbox drains its final report: 5 units (125).
+    let last = |units| DeviceOp::Report {
+        session: s.id,
+        units: Units::new(units),
+        last: true,
+    };
+    let late = session_of(device_op(&*store, 1, 4, last(5), at + 600).await);
+    assert_eq!(late.status, SessionStatus::Settled);
+    assert_eq!((late.units, late.amount), (Units::new(5), amount(125)));
+    assert_eq!(
+        late.late_report,
+        Some(LateReport {
+            units: Units::new(5),
+            at: at + 600,
+            charged: amount(100)
+        })
+    );
+    assert_eq!(late.closed_by, Some(CloseReason::Timeout));
+    assert_eq!(
+        store.session(s.id, at + 600).await.unwrap(),
+        Some(late.clone())
+    );
+    assert_eq!(
+        store.wallet(&user("alice"), at + 600).await.unwrap(),
+        wallet(875, 0, 125)
+    );
+    let audit = reconciled(&*store).await;
+    assert_eq!(audit.revenue, 125);
+
+    // The same report again (a fresh number: the outbox re-sent it) moves no money.
+    assert_eq!(
+        session_of(device_op(&*store, 1, 5, last(5), at + 700).await),
+        late
+    );
+    // Other units are refused.
+    assert_eq!(
+        device_op(&*store, 1, 6, last(6), at + 800).await,
+        DeviceOpResult::Refused(SessionError::ReportConflict)
+    );
+    assert_eq!(reconciled(&*store).await, audit);
+    assert_eq!(store.session(s.id, at + 800).await.unwrap(), Some(late));
+}
+
+pub async fn a_late_final_report_charges_no_more_than_is_available(store: Arc<dyn Store>) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 300).await;
+    let paid = created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+    device_op(&*store, 1, 2, DeviceOp::Press, T0 + 10).await;
+    let progress = DeviceOp::Report {
+        session: paid.id,
+        units: Units::new(2),
+        last: false,
+    };
+    device_op(&*store, 1, 3, progress, T0 + 20).await;
+    let at = T0 + 20 + ACTIVE_TIMEOUT;
+    store.time_out_active(at, ACTIVE_TIMEOUT).await.unwrap();
+    // 50 captured, 250 released; alice spends 200 of it on another machine.
+    online_machine(&*store, 2, at).await;
+    created(&*store, &pay_cmd("alice", "p2", 2, 1, 200, at)).await;
+    assert_eq!(
+        store.wallet(&user("alice"), at).await.unwrap(),
+        wallet(50, 200, 50)
+    );
+
+    // 10 units: the hold caps it at 300, 250 is owed, 50 is there.
+    let last = DeviceOp::Report {
+        session: paid.id,
+        units: Units::new(10),
+        last: true,
+    };
+    let late = session_of(device_op(&*store, 1, 4, last, at + 60).await);
+
+    assert_eq!(late.amount, amount(100));
+    assert_eq!(late.late_report.map(|l| l.charged), Some(amount(50)));
+    assert_eq!(
+        store.wallet(&user("alice"), at + 60).await.unwrap(),
+        wallet(0, 200, 100)
+    );
+    let audit = reconciled(&*store).await;
+    assert_eq!(audit.revenue, 100);
+}
+
+pub async fn a_pay_is_refused_offline_on_link_down_and_fault_on_the_fault_flag(
+    store: Arc<dyn Store>,
+) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+
+    let mut link_down = pay_cmd("alice", "p1", 1, 7, 300, T0 + 1);
+    link_down.signals = AdvertSignals {
+        link_down: true,
+        fault: true,
+    };
+    refused_without_change(&*store, &link_down, PayOutcome::DeviceOffline).await;
+
+    let mut fault = pay_cmd("alice", "p2", 1, 8, 300, T0 + 1);
+    fault.signals = AdvertSignals {
+        link_down: false,
+        fault: true,
+    };
+    refused_without_change(&*store, &fault, PayOutcome::DeviceFault).await;
+
+    let status = store
+        .device_status(device_id(1), T0 + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        status.state(T0 + 1, OFFLINE_AFTER, link_down.signals),
+        DeviceState::Offline
+    );
+    assert_eq!(
+        status.state(T0 + 1, OFFLINE_AFTER, fault.signals),
+        DeviceState::Fault
+    );
+    // Without the flags the same machine takes the pay.
+    created(&*store, &pay_cmd("alice", "p3", 1, 9, 300, T0 + 1)).await;
+    reconciled(&*store).await;
 }
 
 #[cfg(test)]

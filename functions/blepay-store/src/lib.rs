@@ -106,8 +106,11 @@ pub trait Store: Send + Sync + 'static {
     /// Close by timeout every ACTIVE session whose report deadline
     /// ([`Session::report_deadline`]) is `<= now`: SETTLED at its last reported units, the rest of
     /// the hold released, the machine freed. Returns how many were closed.
-    async fn time_out_active(&self, now: u64, active_timeout_secs: u64)
-    -> Result<usize, StoreError>;
+    async fn time_out_active(
+        &self,
+        now: u64,
+        active_timeout_secs: u64,
+    ) -> Result<usize, StoreError>;
 
     /// Totals for reconciliation: the ledger, the wallets and the open holds.
     async fn audit(&self) -> Result<Audit, StoreError>;

@@ -2,8 +2,10 @@
 //! ([`decide_session_op`]), and the answer saved with the operation's writes.
 
 use aws_sdk_dynamodb::types::TransactWriteItem;
-use blepay_core::{Session, SessionStatus};
-use blepay_store::decide::{SeqCheck, SessionChange, check_seq, decide_session_op};
+use blepay_core::{CloseReason, LedgerEntry, Session, SessionStatus, Wallet};
+use blepay_store::decide::{
+    SeqCheck, SessionChange, SessionOpFacts, check_seq, decide_session_op, needs_wallet,
+};
 use blepay_store::{
     DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, ResponseEncoder, SavedAnswer,
     StoreError,
@@ -12,8 +14,9 @@ use blepay_store::{
 use super::attempts::Tx;
 use crate::DynamoStore;
 use crate::items::{
-    DUE_AT, DUE_PK, DeviceItem, Failure, Item, Upd, b, device_from_item, device_key, n, s,
-    session_from_item, session_key, wallet_key,
+    ACTIVE_PARTITION, DUE_AT, DUE_PK, DeviceItem, Failure, Item, Upd, b, device_from_item,
+    device_key, ledger_item, n, put_new, s, session_from_item, session_key, telemetry_attr,
+    wallet_from_item, wallet_key,
 };
 
 impl DynamoStore {
@@ -25,9 +28,8 @@ impl DynamoStore {
         // The one read: the device item (sequence state, lock, grant), plus the session named by a
         // start or report.
         let (device, session) = match &call.op {
-            DeviceOp::Poll => (self.query_device(call.device).await?, None),
-            DeviceOp::Press | DeviceOp::Heartbeat(_) => {
-                return Err(StoreError::Internal("not yet".into()).into());
+            DeviceOp::Poll | DeviceOp::Press | DeviceOp::Heartbeat(_) => {
+                (self.query_device(call.device).await?, None)
             }
             DeviceOp::Start { session } | DeviceOp::Report { session, .. } => {
                 let [d, s] = <[Option<Item>; 2]>::try_from(
@@ -48,7 +50,10 @@ impl DynamoStore {
         self.shadow.put(device.clone());
         match check_seq(device.last_call(), call.seq, &call.digest)? {
             SeqCheck::Fresh => {}
-            SeqCheck::Retry(answer) => return self.answer_retry(call, &device, answer).await,
+            // A retry gets its saved answer and writes nothing: anyone who saw the frame can
+            // send it again, so it is no sign of life (`last_seen` moves only with a fresh
+            // sequence number).
+            SeqCheck::Retry(answer) => return Ok(DeviceCallOutcome::Retry(answer)),
             SeqCheck::Replayed { last_seq } => {
                 return Ok(DeviceCallOutcome::Replayed { last_seq });
             }
@@ -65,9 +70,42 @@ impl DynamoStore {
                 ));
             }
         }
-        let session = session.map(|i| session_from_item(&i)).transpose()?;
+        let (now, timeout) = (call.now, call.active_timeout_secs);
+        let mut session = session.map(|i| session_from_item(&i)).transpose()?;
+        if matches!(call.op, DeviceOp::Press) {
+            // The fact is the machine's open session; the device item keeps it whole.
+            session = device.open.clone();
+            if let Some(o) = session
+                .as_ref()
+                .filter(|o| o.is_due_to_time_out(now, timeout))
+            {
+                // Check the overdue guess on the session item itself (an item written before the
+                // snapshot kept report times has none).
+                session = self
+                    .get(session_key(o.id))
+                    .await?
+                    .map(|i| session_from_item(&i))
+                    .transpose()?;
+            }
+        }
+        // An ACTIVE session past its report deadline is closed by timeout first, on its own.
+        if let Some(s) = session
+            .as_ref()
+            .filter(|s| s.device_id == call.device && s.is_due_to_time_out(now, timeout))
+        {
+            self.time_out_one(s, now, timeout).await?;
+            return Err(Failure::Contention(
+                "timed out a silent session; read again".into(),
+            ));
+        }
+        let wallet = match &session {
+            Some(s) if needs_wallet(&call.op, s, now, timeout) => {
+                Some(wallet_from_item(self.get(wallet_key(&s.user_id)).await?.as_ref())?.wallet)
+            }
+            _ => None,
+        };
         match self
-            .device_decide_and_write(call, encode, &device, session, false)
+            .device_decide_and_write(call, encode, &device, session, wallet, false)
             .await?
         {
             Some(outcome) => Ok(outcome),
@@ -97,7 +135,7 @@ impl DynamoStore {
         ) {
             return Ok(None);
         }
-        let now = call.now;
+        let (now, timeout) = (call.now, call.active_timeout_secs);
         let open = device.open.as_ref();
         let session = match (&call.op, open) {
             (DeviceOp::Poll, open) => {
@@ -105,6 +143,16 @@ impl DynamoStore {
                     return Ok(None);
                 }
                 None
+            }
+            // A press decides on the open session the device item holds: no session, an
+            // AUTHORIZED one in time, an ACTIVE one not overdue (the write checks id and status).
+            (DeviceOp::Heartbeat(_), _) | (DeviceOp::Press, None) => None,
+            (DeviceOp::Press, Some(o))
+                if (o.status == SessionStatus::Authorized && now < o.expires_at)
+                    || (o.status == SessionStatus::Active
+                        && !o.is_due_to_time_out(now, timeout)) =>
+            {
+                Some(o.clone())
             }
             // While AUTHORIZED, the session item is exactly the snapshot the machine holds.
             (DeviceOp::Start { session }, Some(o))
@@ -118,14 +166,16 @@ impl DynamoStore {
             // report's outcome does not depend on them as long as they are not above the new
             // count, which the write checks.
             (DeviceOp::Report { session, .. }, Some(o))
-                if o.id == *session && o.status == SessionStatus::Active =>
+                if o.id == *session
+                    && o.status == SessionStatus::Active
+                    && !o.is_due_to_time_out(now, timeout) =>
             {
                 Some(o.clone())
             }
             _ => return Ok(None),
         };
         match self
-            .device_decide_and_write(call, encode, &device, session, true)
+            .device_decide_and_write(call, encode, &device, session, None, true)
             .await
         {
             Ok(Some(outcome)) => Ok(Some(outcome)),
@@ -149,9 +199,11 @@ impl DynamoStore {
         encode: &ResponseEncoder,
         device: &DeviceItem,
         session: Option<Session>,
+        wallet: Option<Wallet>,
         guessed: bool,
     ) -> Result<Option<DeviceCallOutcome>, Failure> {
         let now = call.now;
+        let mut telemetry = (device.telemetry.clone(), device.telemetry_at);
         let seen = device.last_seen.map_or(now, |t| t.max(now));
         let mut writes = Vec::new();
         let mut device_changes = Upd::default();
@@ -166,12 +218,26 @@ impl DynamoStore {
                     .collect();
                 DeviceOpResult::Grants(grants)
             }
-            DeviceOp::Press | DeviceOp::Heartbeat(_) => {
-                return Err(StoreError::Internal("not yet".into()).into());
+            DeviceOp::Heartbeat(t) => {
+                device_changes = device_changes
+                    .set("telemetry = :telemetry, telemetry_at = :telemetry_at")
+                    .val(":telemetry", telemetry_attr(t))
+                    .val(":telemetry_at", n(now));
+                telemetry = (Some(t.clone()), Some(now));
+                DeviceOpResult::Ack
             }
-            DeviceOp::Start { .. } | DeviceOp::Report { .. } => {
-                let decision = decide_session_op(&call.op, call.device, session, now);
-                if let Some((expired, settlement)) = &decision.expired {
+            DeviceOp::Press | DeviceOp::Start { .. } | DeviceOp::Report { .. } => {
+                let decision = decide_session_op(
+                    &call.op,
+                    SessionOpFacts {
+                        device: call.device,
+                        session,
+                        wallet,
+                        now,
+                        active_timeout_secs: call.active_timeout_secs,
+                    },
+                )?;
+                if let Some((expired, settlement)) = &decision.closed {
                     // An overdue session expires first (as any read of it would).
                     let changes = self.close_writes(expired, *settlement, now, &mut writes)?;
                     device_changes = device_changes.merge(changes);
@@ -189,35 +255,7 @@ impl DynamoStore {
         };
         // The answer is encoded before anything is written, and saved with the operation.
         let answer = encode(&result);
-        let mut upd = Upd::new(device_key(call.device))
-            .set("last_seq = :seq, last_digest = :digest, last_response = :body, last_seen = :seen")
-            .val(":seq", n(call.seq))
-            .val(":digest", b(&call.digest))
-            .val(":body", b(&answer.frame))
-            .val(":seen", n(seen));
-        upd = match &answer.code {
-            Some(code) => upd.set("last_code = :code").val(":code", s(code)),
-            None => upd.remove("last_code"),
-        };
-        upd = match device.last_seq {
-            Some(prev) => upd.cond("last_seq = :prev").val(":prev", n(prev)),
-            None => upd.cond("attribute_exists(pk) AND attribute_not_exists(last_seq)"),
-        };
-        if guessed {
-            // Every other fact of the guess the decision used.
-            upd = upd.cond("attribute_not_exists(last_seen) OR last_seen <= :seen");
-            upd = match &device.open {
-                None => upd
-                    .cond("attribute_not_exists(#open)")
-                    .name("#open", "open"),
-                Some(o) => upd
-                    .cond("#open.id = :guess_open AND #open.#status = :guess_status")
-                    .name("#open", "open")
-                    .name("#status", "status")
-                    .val(":guess_open", s(o.id.to_string()))
-                    .val(":guess_status", s(o.status.as_str())),
-            };
-        }
+        let upd = answer_update(call, device, &answer, seen, guessed);
         let upd = upd.merge(device_changes);
         let written = if writes.is_empty() {
             match upd.send(&self.client, &self.table).await {
@@ -239,8 +277,54 @@ impl DynamoStore {
             last_answer: Some(answer.clone()),
             last_seen: Some(seen),
             open: open_after,
+            telemetry: telemetry.0,
+            telemetry_at: telemetry.1,
         });
         Ok(Some(DeviceCallOutcome::Fresh(answer)))
+    }
+
+    /// The writes of a late final report ([`SessionChange::LateReport`]): the session's new units,
+    /// amount and record, and with `capture` the wallet's debit (only from money that is there)
+    /// and the `LATE_CAPTURE` ledger entry.
+    fn late_report_writes(
+        &self,
+        late: &Session,
+        capture: Option<&LedgerEntry>,
+        now: u64,
+        writes: &mut Vec<TransactWriteItem>,
+    ) -> Result<Upd, Failure> {
+        let Some(report) = late.late_report else {
+            return Err(StoreError::Internal("a late report without its record".into()).into());
+        };
+        writes.push(
+            Upd::new(session_key(late.id))
+                .set("units = :units, amount = :amount")
+                .set("late_units = :units, late_at = :at, late_charged = :charged")
+                .cond("#status = :settled AND closed_by = :timeout")
+                .cond("attribute_not_exists(late_at) AND units <= :units")
+                .name("#status", "status")
+                .val(":settled", s(SessionStatus::Settled.as_str()))
+                .val(":timeout", s(CloseReason::Timeout.as_str()))
+                .val(":units", n(late.units.get()))
+                .val(":amount", n(late.amount.minor()))
+                .val(":at", n(report.at))
+                .val(":charged", n(report.charged.minor()))
+                .into_transact(&self.table)?,
+        );
+        if let Some(entry) = capture {
+            writes.push(
+                Upd::new(wallet_key(&late.user_id))
+                    .set("available = available - :c, spent = spent + :c")
+                    .cond("available >= :c")
+                    .val(":c", n(entry.amount.minor()))
+                    .into_transact(&self.table)?,
+            );
+            writes.push(put_new(
+                &self.table,
+                ledger_item(entry, now, Some(late.id), ""),
+            )?);
+        }
+        Ok(Upd::default())
     }
 
     /// The writes of a start's or report's [`SessionChange`]; returns the device changes to merge
@@ -256,14 +340,16 @@ impl DynamoStore {
             SessionChange::None => Upd::default(),
             SessionChange::Started(started) => {
                 let sid = started.id.to_string();
+                // It moves to the ACTIVE partition of the `due` GSI, by its report base.
                 writes.push(
                     Upd::new(session_key(started.id))
                         .set("#status = :status, started_at = :t")
-                        .remove(format!("{DUE_PK}, {DUE_AT}"))
+                        .set(format!("{DUE_PK} = :active, {DUE_AT} = :t"))
                         .cond("#status = :prev")
                         .name("#status", "status")
                         .val(":status", s(started.status.as_str()))
                         .val(":prev", s(SessionStatus::Authorized.as_str()))
+                        .val(":active", s(ACTIVE_PARTITION))
                         .val(":t", n(now))
                         .into_transact(&self.table)?,
                 );
@@ -286,44 +372,84 @@ impl DynamoStore {
             }
             SessionChange::Progressed(progressed) => {
                 // The outcome holds for any count stored so far up to this one.
+                // The report moves its report deadline: the GSI key and the device's snapshot
+                // follow.
+                let t = progressed.last_report_at.unwrap_or(now);
                 writes.push(
                     Upd::new(session_key(progressed.id))
-                        .set("units = :units, amount = :amount")
+                        .set("units = :units, amount = :amount, last_report_at = :t")
+                        .set(format!("{DUE_PK} = :active_pk, {DUE_AT} = :t"))
                         .cond("#status = :active AND units <= :units")
                         .name("#status", "status")
                         .val(":active", s(SessionStatus::Active.as_str()))
+                        .val(":active_pk", s(ACTIVE_PARTITION))
                         .val(":units", n(progressed.units.get()))
                         .val(":amount", n(progressed.amount.minor()))
+                        .val(":t", n(t))
                         .into_transact(&self.table)?,
                 );
+                *open = Some(progressed.clone());
                 Upd::default()
+                    .set("#open.units = :p_units, #open.amount = :p_amount")
+                    .set("#open.last_report_at = :p_t")
+                    .cond("#open.id = :open_sid")
+                    .name("#open", "open")
+                    .val(":p_units", n(progressed.units.get()))
+                    .val(":p_amount", n(progressed.amount.minor()))
+                    .val(":p_t", n(t))
+                    .val(":open_sid", s(progressed.id.to_string()))
             }
+            SessionChange::LateReport {
+                session: late,
+                capture,
+                wallet: _,
+            } => self.late_report_writes(late, capture.as_ref(), now, writes)?,
             SessionChange::Settled(settled, settlement) => {
                 *open = None;
                 self.close_writes(settled, *settlement, now, writes)?
             }
         })
     }
+}
 
-    /// A retry of the last request: its saved answer; the message still counts as a sign of life.
-    pub(super) async fn answer_retry(
-        &self,
-        call: &DeviceCall,
-        device: &DeviceItem,
-        answer: SavedAnswer,
-    ) -> Result<DeviceCallOutcome, Failure> {
-        if device.last_seen.is_none_or(|t| t < call.now) {
-            let touched = Upd::new(device_key(call.device))
-                .set("last_seen = :now")
-                .cond("attribute_not_exists(last_seen) OR last_seen < :now")
-                .val(":now", n(call.now))
-                .send(&self.client, &self.table)
-                .await;
-            match touched {
-                Ok(()) | Err(Failure::Condition) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(DeviceCallOutcome::Retry(answer))
+/// The device's update that saves a fresh request: its sequence number, digest and answer, and
+/// `last_seen`; conditioned on the sequence state read (and, for a decision from a guess, on
+/// every other guessed fact).
+fn answer_update(
+    call: &DeviceCall,
+    device: &DeviceItem,
+    answer: &SavedAnswer,
+    seen: u64,
+    guessed: bool,
+) -> Upd {
+    let mut upd = Upd::new(device_key(call.device))
+        .set("last_seq = :seq, last_digest = :digest, last_response = :body, last_seen = :seen")
+        .val(":seq", n(call.seq))
+        .val(":digest", b(&call.digest))
+        .val(":body", b(&answer.frame))
+        .val(":seen", n(seen));
+    upd = match &answer.code {
+        Some(code) => upd.set("last_code = :code").val(":code", s(code)),
+        None => upd.remove("last_code"),
+    };
+    upd = match device.last_seq {
+        Some(prev) => upd.cond("last_seq = :prev").val(":prev", n(prev)),
+        None => upd.cond("attribute_exists(pk) AND attribute_not_exists(last_seq)"),
+    };
+    if guessed {
+        // Every other fact of the guess the decision used.
+        upd = upd.cond("attribute_not_exists(last_seen) OR last_seen <= :seen");
+        upd = match &device.open {
+            None => upd
+                .cond("attribute_not_exists(#open)")
+                .name("#open", "open"),
+            Some(o) => upd
+                .cond("#open.id = :guess_open AND #open.#status = :guess_status")
+                .name("#open", "open")
+                .name("#status", "status")
+                .val(":guess_open", s(o.id.to_string()))
+                .val(":guess_status", s(o.status.as_str())),
+        };
     }
+    upd
 }

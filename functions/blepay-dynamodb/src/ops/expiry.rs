@@ -1,15 +1,16 @@
 //! Expiring overdue AUTHORIZED sessions (releasing their holds), and closing a session's hold.
 
 use aws_sdk_dynamodb::types::TransactWriteItem;
-use blepay_core::{Amount, Session, SessionStatus, Wallet};
+use blepay_core::{Amount, CloseReason, Session, SessionStatus, Wallet};
 use blepay_store::StoreError;
 
 use super::attempts::Tx;
 use super::wallet_rule;
 use crate::DynamoStore;
 use crate::items::{
-    self, DUE_AT, DUE_INDEX, DUE_PARTITION, DUE_PK, Failure, Item, Upd, WalletItem, device_key, n,
-    put_new, s, session_from_item, session_key, wallet_delta, wallet_key,
+    self, ACTIVE_PARTITION, DUE_AT, DUE_INDEX, DUE_PARTITION, DUE_PK, Failure, Item, Upd,
+    WalletItem, device_key, n, put_new, s, session_from_item, session_key, wallet_delta,
+    wallet_key,
 };
 
 impl DynamoStore {
@@ -48,8 +49,28 @@ impl DynamoStore {
         } else {
             SessionStatus::Active
         };
+        let mut session = Upd::new(session_key(closed.id));
+        if let Some(reason) = closed.closed_by {
+            session = session
+                .set("closed_by = :closed_by")
+                .val(":closed_by", s(reason.as_str()));
+        }
+        if let Some(t) = closed.last_report_at {
+            session = session
+                .set("last_report_at = :last_report_at")
+                .val(":last_report_at", n(t));
+        }
+        if closed.closed_by == Some(CloseReason::Timeout) {
+            // No report reached it since it was read (a report moves the deadline).
+            session = match closed.last_report_at {
+                Some(t) => session
+                    .cond("attribute_not_exists(last_report_at) OR last_report_at <= :read_report")
+                    .val(":read_report", n(t)),
+                None => session.cond("attribute_not_exists(last_report_at)"),
+            };
+        }
         writes.push(
-            Upd::new(session_key(closed.id))
+            session
                 .set("#status = :status, units = :units, amount = :amount, ended_at = :ended")
                 .remove(format!("{DUE_PK}, {DUE_AT}"))
                 // The count stored so far cannot exceed the closing one (a final report decided
@@ -115,6 +136,77 @@ impl DynamoStore {
                 Ok(true)
             }
             Tx::Cancelled(_) => Ok(false),
+        }
+    }
+
+    /// Close `s` (ACTIVE, past its report deadline) by timeout in one transaction. `false` when it
+    /// changed meanwhile (a report reached it, or someone else closed it).
+    pub(super) async fn time_out_one(
+        &self,
+        s: &Session,
+        now: u64,
+        active_timeout_secs: u64,
+    ) -> Result<bool, Failure> {
+        let mut closed = s.clone();
+        let Some(settlement) = closed.time_out(now, active_timeout_secs) else {
+            return Err(StoreError::Internal("timing out a session that is not due".into()).into());
+        };
+        let mut writes = Vec::new();
+        let device = self.close_writes(&closed, settlement, now, &mut writes)?;
+        writes.push(
+            Upd::new(device_key(s.device_id))
+                .merge(device)
+                .into_transact(&self.table)?,
+        );
+        match self.transact(writes).await? {
+            Tx::Done => {
+                self.shadow.closed(s.device_id, s.id);
+                Ok(true)
+            }
+            Tx::Cancelled(_) => Ok(false),
+        }
+    }
+
+    /// Close by timeout every ACTIVE session whose report base (`due_at` in the `ACTIVE`
+    /// partition of the `due` GSI) is at or before `now - active_timeout_secs`.
+    pub(super) async fn time_out_active_once(
+        &self,
+        now: u64,
+        active_timeout_secs: u64,
+    ) -> Result<usize, Failure> {
+        let cutoff = now.saturating_sub(active_timeout_secs);
+        let mut closed = 0;
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(DUE_INDEX)
+                .key_condition_expression("#pk = :pk AND #at <= :cutoff")
+                .expression_attribute_names("#pk", DUE_PK)
+                .expression_attribute_names("#at", DUE_AT)
+                .expression_attribute_values(":pk", s(ACTIVE_PARTITION))
+                .expression_attribute_values(":cutoff", n(cutoff))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| items::sdk_error(&e))?;
+            for item in out.items() {
+                let session = session_from_item(item)?;
+                // The index is eventually consistent: the transaction's conditions decide.
+                if session.is_due_to_time_out(now, active_timeout_secs)
+                    && self
+                        .time_out_one(&session, now, active_timeout_secs)
+                        .await?
+                {
+                    closed += 1;
+                }
+            }
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(closed),
+            }
         }
     }
 

@@ -124,10 +124,11 @@ impl Store for DynamoStore {
 
     async fn time_out_active(
         &self,
-        _now: u64,
-        _active_timeout_secs: u64,
+        now: u64,
+        active_timeout_secs: u64,
     ) -> Result<usize, StoreError> {
-        Err(StoreError::Internal("not yet".into()))
+        self.retrying(|| self.time_out_active_once(now, active_timeout_secs))
+            .await
     }
 
     async fn audit(&self) -> Result<Audit, StoreError> {

@@ -8,7 +8,8 @@
 //!   [`PayFingerprint`] / [`PayCommand::is_retry_of`](crate::PayCommand::is_retry_of) say what
 //!   makes a pay a retry.
 //! - [`check_seq`]: a machine request's sequence number — fresh, a retry, or replayed.
-//! - [`decide_session_op`]: a start's or report's result and what it changes.
+//! - [`decide_session_op`]: a start's, press's or report's result and what it changes (lazy
+//!   expiry and timeout, the late-report rule).
 //! - [`AuditTally`]: the reconciliation totals, with checked arithmetic.
 
 mod audit;
@@ -17,6 +18,8 @@ mod pay;
 mod seq;
 
 pub use audit::AuditTally;
-pub use device_op::{SessionChange, SessionOpDecision, decide_session_op};
+pub use device_op::{
+    SessionChange, SessionOpDecision, SessionOpFacts, decide_session_op, needs_wallet,
+};
 pub use pay::{NewPay, PayDecision, PayFacts, PayFingerprint, PriorPay, decide_pay};
 pub use seq::{LastCall, SeqCheck, check_seq};

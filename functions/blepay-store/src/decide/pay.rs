@@ -54,6 +54,10 @@ impl PayCommand {
 
 /// What the store found under the pay's (user, key) record.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value per pay, moved once; boxing buys nothing"
+)]
 pub enum PriorPay {
     /// The record's fingerprint matches ([`PayFingerprint::matches_stored`]): the session it
     /// created, expired first if it was due.
@@ -305,6 +309,25 @@ mod tests {
                 available: Amount::ZERO
             }
         );
+    }
+
+    #[test]
+    fn the_advert_flags_refuse_offline_before_fault_before_busy() {
+        let busy = machine(Some(NOW), Some(SessionId::from_bytes([2; 16])));
+        let with = |link_down, fault| {
+            let mut c = cmd(300);
+            c.signals = crate::AdvertSignals { link_down, fault };
+            answer(&PayFacts {
+                cmd: &c,
+                device: Some(&busy),
+                prior: None,
+                advert_used: true,
+                wallet: funds(0),
+            })
+        };
+        assert_eq!(with(true, true), PayOutcome::DeviceOffline);
+        assert_eq!(with(false, true), PayOutcome::DeviceFault);
+        assert_eq!(with(false, false), PayOutcome::DeviceBusy);
     }
 
     #[test]
