@@ -240,7 +240,8 @@ pub(crate) fn time_out_sessions(
     let cutoff = now.saturating_sub(active_timeout_secs);
     let sessions = query_sessions(
         c,
-        "status = 'ACTIVE' AND coalesce(max(last_report_at, started_at), started_at, last_report_at, created_at) <= ?1",
+        // Reports follow the start, so this is the later of the two (`sessions_active_by_report`).
+        "status = 'ACTIVE' AND coalesce(last_report_at, started_at) <= ?1",
         params![ts(cutoff)?],
     )?;
     let mut closed = 0;
