@@ -474,7 +474,6 @@ impl TestApp {
         .await
     }
 
-
     /// A phone pays with `advert` → the raw answer.
     pub async fn pay(&self, user: &str, advert: &str, max_amount: i64, key: &str) -> Answer {
         self.post(

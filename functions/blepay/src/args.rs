@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 
 use blepay_service::config::{
     Config, ConfigError, DEFAULT_ACTIVE_TIMEOUT_SECS, DEFAULT_CURRENCY, DEFAULT_OFFLINE_AFTER_SECS,
-    DEFAULT_START_TIMEOUT_SECS,
-    Keyring, SecretString, Settings, cfg_err,
+    DEFAULT_START_TIMEOUT_SECS, Keyring, SecretString, Settings, cfg_err,
 };
 
 /// `blepay serve`: the server's settings and its store.

@@ -122,14 +122,20 @@ pub async fn run() -> anyhow::Result<()> {
 
     let grant = machine.press().await?;
     if grant.session.to_string() != session {
-        return Err(anyhow!("the press started {}, not {session}", grant.session));
+        return Err(anyhow!(
+            "the press started {}, not {session}",
+            grant.session
+        ));
     }
     let sid = grant.session;
     println!(
         "8. the user pressed start on the machine: one exchange started the session and brought its terms {}",
         grant_json(&grant)
     );
-    println!("9. the valve opens (at most {} litres)", grant.max_units().get());
+    println!(
+        "9. the valve opens (at most {} litres)",
+        grant.max_units().get()
+    );
     machine.report(sid, 2, false).await?;
     println!("10. dispensing... 2 litres so far");
     let r = machine.report(sid, 3, true).await?;

@@ -171,7 +171,10 @@ pub async fn run(d: DeviceArgs) -> anyhow::Result<()> {
                 .validate()
                 .map_err(|e| anyhow!("telemetry: {e}"))?;
             m.heartbeat(telemetry).await?;
-            println!("{}", serde_json::json!({ "ack": true, "nextSeq": m.next_seq()? }));
+            println!(
+                "{}",
+                serde_json::json!({ "ack": true, "nextSeq": m.next_seq()? })
+            );
         }
         DeviceCommand::Poll => m
             .poll()

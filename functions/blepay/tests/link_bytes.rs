@@ -73,5 +73,8 @@ fn link_bytes_prints_its_figures_as_the_last_json_line_and_meets_the_budgets() {
         1440 * n("link_heartbeat_wire_bytes")
     );
     // The request a SIM800 sends carries its User-Agent and friends: well over the bare frame.
-    assert!(n("link_press_tcp_sent") > n("link_press_frame_bytes") + 100, "{v}");
+    assert!(
+        n("link_press_tcp_sent") > n("link_press_frame_bytes") + 100,
+        "{v}"
+    );
 }

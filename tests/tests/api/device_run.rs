@@ -208,3 +208,63 @@ async fn device_run_killed_mid_session_delivers_the_final_report_after_restart_e
         first.seen, second.seen
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn device_run_is_silent_while_idle_and_a_press_nobody_paid_for_starts_nothing() {
+    // Arrange: a running machine with the default 30-minute heartbeat.
+    let app = spawn_app().await;
+    let device = app.register_device(10).await;
+    let user = random_user();
+    app.top_up(&user, 1000).await;
+    let state = app.dir.path().join("idle-dispenser");
+    let mut m = Dispenser::spawn(&app, &device, &state, &["--units", "2", "--sessions", "1"]);
+    let advert = tokio::task::block_in_place(|| {
+        m.wait_for("heartbeat", Duration::from_secs(20));
+        synced_advert(&state)
+    });
+    let seen = app.ops_device(&device.0).await["lastSeenAt"].clone();
+
+    // Act 1: idle for 2 s, then the button with nothing paid.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        app.ops_device(&device.0).await["lastSeenAt"],
+        seen,
+        "an idle machine sends nothing between heartbeats"
+    );
+    let before = app.snapshot(&user).await;
+    let refused = tokio::task::block_in_place(|| {
+        std::fs::write(state.join("start"), b"").unwrap();
+        m.wait_for("not-started", Duration::from_secs(20))
+    });
+
+    // Assert 1: "pay in the app first", nothing changed.
+    assert_eq!(
+        (
+            refused["reason"].as_str(),
+            refused["payInAppFirst"].as_bool()
+        ),
+        (Some("NO_SESSION_WAITING"), Some(true)),
+        "{refused}"
+    );
+    let after = app.snapshot(&user).await;
+    assert_eq!((&after.0, &after.1), (&before.0, &before.1));
+
+    // Act 2: the phone pays, the user presses: one exchange starts it; 2 units, settled.
+    let paid = app.pay(&user, &advert, 100, &random_key()).await.ok();
+    let settled = tokio::task::block_in_place(|| {
+        std::fs::write(state.join("start"), b"").unwrap();
+        let started = m.wait_for("started", Duration::from_secs(20));
+        assert_eq!(started["session"], paid["sessionId"]);
+        m.wait_for("settled", Duration::from_secs(30))
+    });
+
+    // Assert 2
+    assert_eq!(
+        (settled["units"].as_u64(), settled["amount"].as_i64()),
+        (Some(2), Some(20))
+    );
+    let presses = m.seen.iter().filter(|v| v["event"] == "pressed").count();
+    assert_eq!(presses, 2, "{:?}", m.seen);
+    assert_eq!(m.count("heartbeat"), 1, "{:?}", m.seen);
+    assert!(app.audit().await.reconciles());
+}

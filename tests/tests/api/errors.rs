@@ -360,7 +360,10 @@ async fn registering_an_existing_id_is_device_exists() {
     // Assert: refused, and the original tariff and key stand.
     again.assert_error(409, "DEVICE_EXISTS");
     let m = app.machine(&id, &key);
-    m.machine.heartbeat(blepay_e2e::test_telemetry()).await.unwrap();
+    m.machine
+        .heartbeat(blepay_e2e::test_telemetry())
+        .await
+        .unwrap();
     let v = app
         .post(
             "/v1/verify",

@@ -102,7 +102,9 @@ async fn a_phone_pays_a_machine_and_the_money_settles_over_grpc() {
         client: DeviceServiceClient::new(ch.clone()),
     };
     assert_eq!(
-        machine.exchange(&heartbeat(blepay_e2e::test_telemetry())).await,
+        machine
+            .exchange(&heartbeat(blepay_e2e::test_telemetry()))
+            .await,
         machine::Answer::Ack
     );
     let advert = unb64(&blepay_e2e::signed_advert(

@@ -57,7 +57,11 @@ async fn a_phone_pays_a_machine_and_the_money_settles_over_http_json() {
     let grant = m.machine.press().await.unwrap();
     assert_eq!(grant.session.to_string(), session_id);
     assert_eq!(
-        (grant.hold.minor(), grant.price_per_unit.minor(), grant.use_counter.get()),
+        (
+            grant.hold.minor(),
+            grant.price_per_unit.minor(),
+            grant.use_counter.get()
+        ),
         (200, 25, 0)
     );
     let timeout = blepay_service::config::DEFAULT_ACTIVE_TIMEOUT_SECS;

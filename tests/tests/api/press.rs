@@ -37,7 +37,10 @@ where
 
 async fn reconciled(app: &TestApp) -> blepay_store::Audit {
     let audit = app.audit().await;
-    assert!(audit.reconciles(), "the ledger does not reconcile: {audit:?}");
+    assert!(
+        audit.reconciles(),
+        "the ledger does not reconcile: {audit:?}"
+    );
     audit
 }
 
@@ -59,8 +62,15 @@ async fn a_press_with_a_waiting_session_starts_it_in_one_exchange_and_the_cycle_
     let grant = m.machine.press().await.unwrap();
 
     // Assert: one exchange, and its answer carries the terms the valve needs.
-    assert_eq!(m.machine.next_seq().unwrap(), seq_before + 1, "one exchange");
-    assert_eq!(grant.session.to_string(), paid["sessionId"].as_str().unwrap());
+    assert_eq!(
+        m.machine.next_seq().unwrap(),
+        seq_before + 1,
+        "one exchange"
+    );
+    assert_eq!(
+        grant.session.to_string(),
+        paid["sessionId"].as_str().unwrap()
+    );
     assert_eq!(
         (
             grant.hold.minor(),
@@ -87,7 +97,11 @@ async fn a_press_with_a_waiting_session_starts_it_in_one_exchange_and_the_cycle_
     assert_eq!(m.machine.next_seq().unwrap(), seq_before + 2);
     let s = app.ops_session(&sid).await;
     assert_eq!(
-        (s["status"].as_str(), s["amount"].as_str(), s["closedBy"].as_str()),
+        (
+            s["status"].as_str(),
+            s["amount"].as_str(),
+            s["closedBy"].as_str()
+        ),
         (Some("SETTLED"), Some("75"), Some("REPORT")),
         "{s}"
     );
@@ -135,12 +149,11 @@ async fn presses_in_quick_succession_start_one_session() {
     let again = m.machine.press_answer().await.unwrap();
     let third = m.machine.press_answer().await.unwrap();
 
-    // Assert: the later presses start nothing and hold nothing more.
+    // Assert: the later presses start nothing new and hold nothing more: the server answers
+    // them with the session already running (the firmware does not open the valve twice).
     for (status, answer) in [again, third] {
-        assert_eq!(
-            (status, answer.refusal_code()),
-            (404, Some(RefusalCode::NoSessionWaiting))
-        );
+        let named: Vec<_> = answer.body.usable_grants().map(|g| g.session).collect();
+        assert_eq!((status, named), (200, vec![first.session]), "{answer:?}");
     }
     assert_eq!(
         app.ops_session(&first.session.to_string()).await["status"],
@@ -249,21 +262,35 @@ async fn an_active_session_whose_machine_dies_is_settled_by_timeout_and_a_late_r
     assert!(closed, "{}", app.ops_session(&sid.to_string()).await);
     let s = app.ops_session(&sid.to_string()).await;
     assert_eq!(
-        (s["closedBy"].as_str(), s["units"].as_str(), s["amount"].as_str()),
+        (
+            s["closedBy"].as_str(),
+            s["units"].as_str(),
+            s["amount"].as_str()
+        ),
         (Some("TIMEOUT"), Some("2"), Some("50")),
         "{s}"
     );
     let w = app.wallet("uma").await;
     assert_eq!(
-        (money(&w, "available"), money(&w, "held"), money(&w, "spent")),
+        (
+            money(&w, "available"),
+            money(&w, "held"),
+            money(&w, "spent")
+        ),
         (950, 0, 50),
         "{w}"
     );
-    assert_eq!(app.ops_device(&m.device_id).await["openSessionId"].as_str().unwrap_or(""), "");
+    assert_eq!(
+        app.ops_device(&m.device_id).await["openSessionId"]
+            .as_str()
+            .unwrap_or(""),
+        ""
+    );
     let timed_out = reconciled(&app).await;
 
-    // Act 2: the machine comes back and drains its outbox: the final report of 4 units, then
-    // the same report again (a lost answer), then a fresh final report for the same session.
+    // Act 2: the machine comes back and drains its outbox: the final report of 4 units; then the
+    // same report once more with a fresh sequence number, and one frame sent twice byte for byte
+    // (a lost answer).
     let (status, late) = m
         .machine
         .exchange(&report(sid, Units::new(4), true))
@@ -275,10 +302,25 @@ async fn an_active_session_whose_machine_dies_is_settled_by_timeout_and_a_late_r
         .await
         .unwrap();
 
+    let frame = m
+        .identity()
+        .request(
+            m.machine.next_seq().unwrap(),
+            &report(sid, Units::new(4), true),
+        )
+        .frame;
+    let (raw_status, raw_first) = app.post_frame(frame.clone()).await;
+    let (raw_status_again, raw_again) = app.post_frame(frame).await;
+
     // Assert 2: answered (authenticated, so the outbox drains), recorded on the session, and
     // money moved at most once, never above the hold.
     assert!(status < 500, "{status} {late:?}");
     assert!(status_again < 500, "{status_again}");
+    assert!(raw_status < 500 && raw_status == raw_status_again);
+    assert_eq!(
+        raw_first, raw_again,
+        "a retry gets the byte-identical answer"
+    );
     let s = app.ops_session(&sid.to_string()).await;
     assert_eq!(s["status"], "SETTLED", "{s}");
     assert_eq!(s["lateReport"]["units"].as_str(), Some("4"), "{s}");
@@ -322,7 +364,10 @@ async fn a_replayed_frame_does_not_make_an_offline_machine_online() {
 
     // Assert: the replay gets the saved answer, but the machine stays OFFLINE.
     assert_eq!((status, &replayed), (200, &first));
-    assert_eq!(app.verify("val", &m.advert()).await.ok()["state"], "OFFLINE");
+    assert_eq!(
+        app.verify("val", &m.advert()).await.ok()["state"],
+        "OFFLINE"
+    );
     let device = app.ops_device(&id).await;
     assert_eq!(
         (device["state"].as_str(), &device["lastSeenAt"]),

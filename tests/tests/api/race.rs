@@ -1,6 +1,5 @@
 //! Twenty phones race for one machine: exactly one session, and no "database is locked".
 
-use blepay_device_client::RefusalCode;
 use blepay_e2e::{Answer, TestApp, TestMachine, random_user, signed_advert, spawn_app};
 use std::sync::Arc;
 
@@ -47,7 +46,11 @@ async fn race(app: &TestApp, adverts: Vec<String>) -> Vec<Answer> {
 async fn assert_exactly_one_session(app: &TestApp, answers: &[Answer]) -> String {
     let ok = answers.iter().filter(|a| a.status == 200).count();
     assert_eq!(ok, 1, "exactly one pay succeeds: {answers:?}");
-    let winner = answers.iter().find(|a| a.status == 200).unwrap().str("sessionId");
+    let winner = answers
+        .iter()
+        .find(|a| a.status == 200)
+        .unwrap()
+        .str("sessionId");
     for a in answers.iter().filter(|a| a.status != 200) {
         assert_eq!(a.status, 409, "{a:?}");
         let code = a.body["code"].as_str().unwrap();
@@ -64,11 +67,10 @@ async fn assert_exactly_one_session(app: &TestApp, answers: &[Answer]) -> String
     winner
 }
 
-/// The machine's press starts exactly the winner's session, and a second press finds none.
+/// The machine's press starts exactly the winner's session, and a second press names it again.
 async fn assert_the_press_starts_only(m: &TestMachine, winner: &str) {
     assert_eq!(m.machine.press().await.unwrap().session.to_string(), winner);
-    let (_, again) = m.machine.press_answer().await.unwrap();
-    assert_eq!(again.refusal_code(), Some(RefusalCode::NoSessionWaiting));
+    assert_eq!(m.machine.press().await.unwrap().session.to_string(), winner);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -625,8 +625,10 @@ async fn final_reports_through_a_proxy_dropping_30_percent_of_connections_settle
             (app.client.clone(), app.url("/v1/pay"), app.token_for(&user));
         let device_key = DeviceKey::parse_hex(&key).unwrap();
         tasks.push(tokio::spawn(async move {
-            m.exchange(&blepay_device_client::heartbeat(blepay_e2e::test_telemetry()))
-                .await;
+            m.exchange(&blepay_device_client::heartbeat(
+                blepay_e2e::test_telemetry(),
+            ))
+            .await;
             let mut expected = Vec::new();
             for c in 0..cycles {
                 let advert = signed_advert(&id, &device_key, 0, u16::try_from(c).unwrap());

@@ -135,7 +135,11 @@ impl Measured {
     /// The exchange with JSON bodies instead of frames: the same SIM800 head (with
     /// `application/json`) and the server's answer head with the JSON length.
     fn json_http(&self, compact: bool, host: &str) -> u64 {
-        let (q, a) = if compact { self.json_compact } else { self.json };
+        let (q, a) = if compact {
+            self.json_compact
+        } else {
+            self.json
+        };
         let q_head = sim800_sim::request_head(host, DEVICE_PATH, Some("application/json"), len(q));
         let answer_head = self.received.saturating_sub(self.answer);
         let digits = |n: u64| u64::try_from(n.to_string().len()).unwrap_or(0);
@@ -242,7 +246,8 @@ impl LinkMachine {
         if let Some(code) = answer::refusal(&answer) {
             bail!("{name} refused: {code}");
         }
-        let host_delta = i64::try_from(self.link_host.len())? - i64::try_from(self.actual_host.len())?;
+        let host_delta =
+            i64::try_from(self.link_host.len())? - i64::try_from(self.actual_host.len())?;
         let sent = u64::try_from(i64::try_from(bytes.sent())? + host_delta)?;
         let seq = t.seq;
         let mut req_json = serde_json::to_value(request.to_pb())?;
@@ -366,7 +371,10 @@ pub(super) async fn run(env: &Env, host: &str) -> anyhow::Result<()> {
         let granted = press.answer_body.body.usable_grants().next().cloned();
         let grant = granted.ok_or_else(|| anyhow!("the press answer carries no session"))?;
         if grant.session.to_string() != session {
-            bail!("the press started {}, not the paid {session}", grant.session);
+            bail!(
+                "the press started {}, not the paid {session}",
+                grant.session
+            );
         }
         m.engine.drain_actions().for_each(drop);
         m.engine.on_meter(m.now, CYCLE_UNITS)?;
@@ -475,8 +483,16 @@ impl Figures {
         let heartbeats_per_month = MONTH_SECS / DEFAULT_HEARTBEAT_SECS;
         let idle_month = heartbeats_per_month * heartbeat.wire();
         let binary_http = cycle_tcp;
-        let json_http: u64 = self.cycle.iter().map(|m| m.json_http(false, &self.host)).sum();
-        let compact_http: u64 = self.cycle.iter().map(|m| m.json_http(true, &self.host)).sum();
+        let json_http: u64 = self
+            .cycle
+            .iter()
+            .map(|m| m.json_http(false, &self.host))
+            .sum();
+        let compact_http: u64 = self
+            .cycle
+            .iter()
+            .map(|m| m.json_http(true, &self.host))
+            .sum();
         #[allow(clippy::cast_precision_loss)]
         let ratio = json_http as f64 / binary_http.max(1) as f64;
         let mut v = json!({
