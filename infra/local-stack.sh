@@ -127,16 +127,6 @@ echo $! >"$STATE/emulator.pid"
 for fn in blepay-ops-fn blepay-verify-fn blepay-device-fn; do
   wait_for "http://127.0.0.1:$PORT/lambda-url/$fn/healthz" "$fn" "$STATE/emulator.log" 300
 done
-# The machines' path, as on the CloudFront front door (the emulator's router, Cargo.toml
-# [package.metadata.lambda.watch.router]): an empty body is answered FRAME_INVALID by the function.
-code="$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'content-type: application/octet-stream' \
-  --data-binary '' "http://127.0.0.1:$PORT/v1/device")"
-if [[ "$code" != "400" ]]; then
-  echo "POST http://127.0.0.1:$PORT/v1/device did not reach blepay-device-fn (HTTP $code)" >&2
-  tail -n 40 "$STATE/emulator.log" >&2 || true
-  stop
-  exit 1
-fi
 
 URL="http://127.0.0.1:$PORT"
 cat >"$STATE/local.env" <<ENV
@@ -154,7 +144,7 @@ blepay local stack is up (DynamoDB Local $ENDPOINT, table $TABLE; logs in $STATE
             (Authorization: Bearer <HS256 JWT signed with BLEPAY_JWT_SECRET>)
   operator  $URL/lambda-url/blepay-ops-fn/v1/ops/devices | /v1/ops/wallets/{user}/topup | ...
             (Authorization: Bearer \$BLEPAY_OPS_TOKEN)
-  machine   $URL/v1/device   (plain HTTP, the front door's path; also $URL/lambda-url/blepay-device-fn/v1/device)
+  machine   $URL/lambda-url/blepay-device-fn/v1/device   (plain HTTP)
   sweeper   cargo lambda invoke -A 127.0.0.1 -P $PORT blepay-sweeper-fn --data-ascii '{}'
 Secrets for this run: source $STATE/local.env
 MSG

@@ -105,13 +105,11 @@ impl Stack {
         self.json(req).await
     }
 
-    /// A machine exchange at the plain path machines use, as on the CloudFront front door
-    /// (`POST {url}/v1/device`, routed to blepay-device-fn by the emulator's router).
     async fn machine(&self, id: &Identity, seq: u32, body: &Request) -> Answer {
         let pending = id.request(seq, body);
         let r = self
             .http
-            .post(format!("{}/v1/device", self.url))
+            .post(self.function("blepay-device-fn", "/v1/device"))
             .header("content-type", "application/octet-stream")
             .body(pending.frame.clone())
             .send()

@@ -104,12 +104,15 @@ async fn a_press_with_a_waiting_session_starts_it_in_one_exchange_and_the_cycle_
     assert_eq!(again.reply.status, press.reply.status);
     assert_eq!(again.reply.body, press.reply.body, "byte-identical answer");
 
-    // A second press while the session runs: nothing is waiting any more.
+    // A second press while the session runs (a new request: the machine lost power before the
+    // answer): the same session's terms, no second session, no second hold.
     let second = service.exchange(&mut machine, &Request::Press).await;
-    assert_eq!(
-        second.answer.refusal_code(),
-        Some(RefusalCode::NoSessionWaiting)
-    );
+    let Answer::Started(Ok(again)) = &second.answer.body else {
+        panic!("{:?}", second.answer)
+    };
+    assert_eq!(again.session, grant.session);
+    let w = wallet(&service, "ana").await;
+    assert_eq!(w["held"], "500");
 
     // 3 litres, final report: settled.
     let session = SessionId::parse(&session_id).unwrap();
