@@ -188,7 +188,13 @@ fn the_press_and_heartbeat_vectors_match_the_code() {
     })
     .encode();
     check("heartbeat_body", &heartbeat);
-    let heartbeat_frame = seal_request(&key, key_version, device, v.num("heartbeat_seq"), &heartbeat);
+    let heartbeat_frame = seal_request(
+        &key,
+        key_version,
+        device,
+        v.num("heartbeat_seq"),
+        &heartbeat,
+    );
     check("heartbeat_frame", &heartbeat_frame);
     let heartbeat_tag = RequestFrame::parse(&heartbeat_frame).unwrap().tag();
     let ack = Answer::Ack.encode();
@@ -218,5 +224,9 @@ fn the_press_and_heartbeat_vectors_match_the_code() {
             .flags
             .contains(AdvertFlags::LINK_DOWN)
     );
-    assert!(wrong.is_empty(), "docs/protocol.md vectors differ:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "docs/protocol.md vectors differ:\n{}",
+        wrong.join("\n")
+    );
 }
