@@ -63,6 +63,8 @@ pub struct Settings {
     pub active_timeout_secs: u64,
     /// How often the sweeper runs (expiry, ACTIVE timeout; its first run is at start).
     pub sweep_every: Duration,
+    /// Per-user pay limits (the product's defaults unless a test changes them).
+    pub pay_limits: blepay_service::config::PayLimits,
 }
 
 impl Default for Settings {
@@ -72,6 +74,7 @@ impl Default for Settings {
             offline_after_secs: 300,
             active_timeout_secs: blepay_service::config::DEFAULT_ACTIVE_TIMEOUT_SECS,
             sweep_every: Duration::from_secs(3600),
+            pay_limits: blepay_service::config::PayLimits::default(),
         }
     }
 }
@@ -129,16 +132,17 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(settings: Settings) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let args = ServeArgs {
-        listen: "127.0.0.1:0".parse().expect("listen address"),
-        data_dir: dir.path().join("server"),
         master_keys: Some(master_keys_env().parse().expect("master keys")),
         jwt_secret: Some(JWT_SECRET.parse().expect("jwt secret")),
         ops_token: Some(OPS_TOKEN.parse().expect("ops token")),
         start_timeout_secs: settings.start_timeout_secs,
         offline_after_secs: settings.offline_after_secs,
         active_timeout_secs: settings.active_timeout_secs,
-        currency: "EUR".into(),
+        max_unstarted_per_user: settings.pay_limits.max_unstarted_per_user,
+        pay_rate_max: settings.pay_limits.rate_max,
+        pay_rate_window_secs: settings.pay_limits.rate_window_secs,
         sweep_interval_secs: settings.sweep_every.as_secs().max(1),
+        ..ServeArgs::local(dir.path().join("server"))
     };
     let bound = blepay::serve::bind_with(&args, &store_args().await)
         .await

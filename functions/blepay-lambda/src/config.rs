@@ -5,8 +5,9 @@
 //! what only Lambda has (the table, the master key source).
 
 use blepay_service::config::{
-    ConfigError, DEFAULT_ACTIVE_TIMEOUT_SECS, DEFAULT_OFFLINE_AFTER_SECS,
-    DEFAULT_START_TIMEOUT_SECS, SecretString, Settings, ValidSettings, cfg_err as err,
+    ConfigError, DEFAULT_ACTIVE_TIMEOUT_SECS, DEFAULT_MAX_UNSTARTED_PER_USER,
+    DEFAULT_OFFLINE_AFTER_SECS, DEFAULT_PAY_RATE_MAX, DEFAULT_PAY_RATE_WINDOW_SECS,
+    DEFAULT_START_TIMEOUT_SECS, PayLimits, SecretString, Settings, ValidSettings, cfg_err as err,
 };
 
 /// Where the master keys (`version:hex64[,...]`, as `BLEPAY_MASTER_KEYS`) come from.
@@ -109,6 +110,23 @@ impl LambdaConfig {
                 DEFAULT_ACTIVE_TIMEOUT_SECS,
             )?,
             currency: get("BLEPAY_CURRENCY").unwrap_or_else(|| Settings::default().currency),
+            pay_limits: PayLimits {
+                max_unstarted_per_user: count(
+                    get("BLEPAY_MAX_UNSTARTED_PER_USER"),
+                    "BLEPAY_MAX_UNSTARTED_PER_USER",
+                    DEFAULT_MAX_UNSTARTED_PER_USER,
+                )?,
+                rate_max: count(
+                    get("BLEPAY_PAY_RATE_MAX"),
+                    "BLEPAY_PAY_RATE_MAX",
+                    DEFAULT_PAY_RATE_MAX,
+                )?,
+                rate_window_secs: number(
+                    get("BLEPAY_PAY_RATE_WINDOW_SECS"),
+                    "BLEPAY_PAY_RATE_WINDOW_SECS",
+                    DEFAULT_PAY_RATE_WINDOW_SECS,
+                )?,
+            },
         }
         .validate()?;
 
@@ -132,6 +150,13 @@ impl LambdaConfig {
             )
         })
     }
+}
+
+fn count(value: Option<String>, var: &'static str, default: u32) -> Result<u32, ConfigError> {
+    value.map_or(Ok(default), |v| {
+        v.parse()
+            .map_err(|_| err(var, format!("must be a whole number, not {v:?}")))
+    })
 }
 
 fn number(value: Option<String>, var: &'static str, default: u64) -> Result<u64, ConfigError> {

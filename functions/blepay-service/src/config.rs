@@ -120,6 +120,70 @@ pub struct Config {
     pub offline_after_secs: u64,
     pub active_timeout_secs: u64,
     pub currency: Currency,
+    /// How many unstarted sessions a user may hold and how fast they may pay.
+    pub pay_limits: PayLimits,
+}
+
+/// Per-user limits on pay (issue 10, M4): locking machines must cost something. A pay refused by
+/// either changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PayLimits {
+    /// `BLEPAY_MAX_UNSTARTED_PER_USER`: AUTHORIZED sessions (paid, not yet started, not past
+    /// their start deadline) one user may have open at once.
+    pub max_unstarted_per_user: u32,
+    /// `BLEPAY_PAY_RATE_MAX`: sessions one user may open per window.
+    pub rate_max: u32,
+    /// `BLEPAY_PAY_RATE_WINDOW_SECS`: the window of `rate_max`.
+    pub rate_window_secs: u64,
+}
+
+/// `BLEPAY_MAX_UNSTARTED_PER_USER` when unset: one machine waiting for its button per user.
+pub const DEFAULT_MAX_UNSTARTED_PER_USER: u32 = 1;
+/// `BLEPAY_PAY_RATE_MAX` when unset.
+pub const DEFAULT_PAY_RATE_MAX: u32 = 10;
+/// `BLEPAY_PAY_RATE_WINDOW_SECS` when unset: 10 sessions per hour.
+pub const DEFAULT_PAY_RATE_WINDOW_SECS: u64 = 3600;
+/// The largest `BLEPAY_MAX_UNSTARTED_PER_USER` accepted.
+pub const MAX_UNSTARTED_PER_USER: u32 = 16;
+/// The longest `BLEPAY_PAY_RATE_WINDOW_SECS` accepted: one day.
+pub const MAX_PAY_RATE_WINDOW_SECS: u64 = 24 * 60 * 60;
+
+impl Default for PayLimits {
+    fn default() -> Self {
+        Self {
+            max_unstarted_per_user: DEFAULT_MAX_UNSTARTED_PER_USER,
+            rate_max: DEFAULT_PAY_RATE_MAX,
+            rate_window_secs: DEFAULT_PAY_RATE_WINDOW_SECS,
+        }
+    }
+}
+
+impl PayLimits {
+    /// Check the limits.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the variable: an unstarted cap of 0 or above
+    /// [`MAX_UNSTARTED_PER_USER`], a rate of 0, a window of 0 or above
+    /// [`MAX_PAY_RATE_WINDOW_SECS`].
+    pub fn validate(self) -> Result<Self, ConfigError> {
+        if self.max_unstarted_per_user == 0 || self.max_unstarted_per_user > MAX_UNSTARTED_PER_USER
+        {
+            return Err(cfg_err(
+                "BLEPAY_MAX_UNSTARTED_PER_USER",
+                format!("must be 1 to {MAX_UNSTARTED_PER_USER}"),
+            ));
+        }
+        if self.rate_max == 0 {
+            return Err(cfg_err("BLEPAY_PAY_RATE_MAX", "must be at least 1"));
+        }
+        if self.rate_window_secs == 0 || self.rate_window_secs > MAX_PAY_RATE_WINDOW_SECS {
+            return Err(cfg_err(
+                "BLEPAY_PAY_RATE_WINDOW_SECS",
+                format!("must be 1 to {MAX_PAY_RATE_WINDOW_SECS}"),
+            ));
+        }
+        Ok(self)
+    }
 }
 
 /// `BLEPAY_START_TIMEOUT_SECS` when unset.
@@ -162,6 +226,8 @@ pub struct Settings {
     pub active_timeout_secs: u64,
     /// `BLEPAY_CURRENCY`: the deployment's currency (ISO 4217).
     pub currency: String,
+    /// `BLEPAY_MAX_UNSTARTED_PER_USER`, `BLEPAY_PAY_RATE_MAX`, `BLEPAY_PAY_RATE_WINDOW_SECS`.
+    pub pay_limits: PayLimits,
 }
 
 impl Default for Settings {
@@ -174,6 +240,7 @@ impl Default for Settings {
             offline_after_secs: DEFAULT_OFFLINE_AFTER_SECS,
             active_timeout_secs: DEFAULT_ACTIVE_TIMEOUT_SECS,
             currency: DEFAULT_CURRENCY.to_owned(),
+            pay_limits: PayLimits::default(),
         }
     }
 }
@@ -194,6 +261,7 @@ pub struct ValidSettings {
     /// At least 1, at most [`MAX_ACTIVE_TIMEOUT_SECS`].
     pub active_timeout_secs: u64,
     pub currency: Currency,
+    pub pay_limits: PayLimits,
 }
 
 impl Settings {
@@ -232,6 +300,7 @@ impl Settings {
         }
         let currency = Currency::parse(&self.currency)
             .map_err(|e| cfg_err("BLEPAY_CURRENCY", e.to_string()))?;
+        let pay_limits = self.pay_limits.validate()?;
         Ok(ValidSettings {
             jwt_secret,
             ops_token,
@@ -239,6 +308,7 @@ impl Settings {
             offline_after_secs: self.offline_after_secs,
             active_timeout_secs: self.active_timeout_secs,
             currency,
+            pay_limits,
         })
     }
 }
@@ -257,6 +327,7 @@ impl ValidSettings {
             offline_after_secs: self.offline_after_secs,
             active_timeout_secs: self.active_timeout_secs,
             currency: self.currency,
+            pay_limits: self.pay_limits,
         }
     }
 }
@@ -340,6 +411,36 @@ mod tests {
                     ..Settings::default()
                 },
                 "BLEPAY_CURRENCY",
+            ),
+            (
+                Settings {
+                    pay_limits: PayLimits {
+                        max_unstarted_per_user: 0,
+                        ..PayLimits::default()
+                    },
+                    ..Settings::default()
+                },
+                "BLEPAY_MAX_UNSTARTED_PER_USER",
+            ),
+            (
+                Settings {
+                    pay_limits: PayLimits {
+                        rate_max: 0,
+                        ..PayLimits::default()
+                    },
+                    ..Settings::default()
+                },
+                "BLEPAY_PAY_RATE_MAX",
+            ),
+            (
+                Settings {
+                    pay_limits: PayLimits {
+                        rate_window_secs: MAX_PAY_RATE_WINDOW_SECS + 1,
+                        ..PayLimits::default()
+                    },
+                    ..Settings::default()
+                },
+                "BLEPAY_PAY_RATE_WINDOW_SECS",
             ),
         ] {
             assert_eq!(settings.validate().unwrap_err().var, var);

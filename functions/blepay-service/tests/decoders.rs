@@ -21,6 +21,7 @@ fn app(dir: &tempfile::TempDir) -> App {
         offline_after_secs: 300,
         active_timeout_secs: 14_400,
         currency: blepay_core::Currency::parse("EUR").unwrap(),
+        pay_limits: blepay_service::config::PayLimits::default(),
     };
     let store = SqliteStore::open(&dir.path().join("blepay.db")).unwrap();
     App::new(config, Arc::new(store), Arc::new(|| 1_770_000_000))

@@ -7,8 +7,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use blepay_service::config::{
-    Config, ConfigError, DEFAULT_ACTIVE_TIMEOUT_SECS, DEFAULT_CURRENCY, DEFAULT_OFFLINE_AFTER_SECS,
-    DEFAULT_START_TIMEOUT_SECS, Keyring, SecretString, Settings, cfg_err,
+    Config, ConfigError, DEFAULT_ACTIVE_TIMEOUT_SECS, DEFAULT_CURRENCY,
+    DEFAULT_MAX_UNSTARTED_PER_USER, DEFAULT_OFFLINE_AFTER_SECS, DEFAULT_PAY_RATE_MAX,
+    DEFAULT_PAY_RATE_WINDOW_SECS, DEFAULT_START_TIMEOUT_SECS, Keyring, PayLimits, SecretString,
+    Settings, cfg_err,
 };
 
 /// `blepay serve`: the server's settings and its store.
@@ -54,6 +56,15 @@ pub struct ServeArgs {
     /// The deployment's currency (ISO 4217): wallets hold it and every tariff must use it.
     #[arg(long, env = "BLEPAY_CURRENCY", default_value = DEFAULT_CURRENCY)]
     pub currency: String,
+    /// Paid sessions not yet started (waiting for the machine's button) one user may hold at once.
+    #[arg(long, env = "BLEPAY_MAX_UNSTARTED_PER_USER", default_value_t = DEFAULT_MAX_UNSTARTED_PER_USER)]
+    pub max_unstarted_per_user: u32,
+    /// Sessions one user may open per `--pay-rate-window-secs`.
+    #[arg(long, env = "BLEPAY_PAY_RATE_MAX", default_value_t = DEFAULT_PAY_RATE_MAX)]
+    pub pay_rate_max: u32,
+    /// The window of `--pay-rate-max`, in seconds.
+    #[arg(long, env = "BLEPAY_PAY_RATE_WINDOW_SECS", default_value_t = DEFAULT_PAY_RATE_WINDOW_SECS)]
+    pub pay_rate_window_secs: u64,
     /// Seconds between runs of the sweeper (expiry of unpaid-for starts, the ACTIVE timeout).
     #[arg(long, env = "BLEPAY_SWEEP_INTERVAL_SECS", default_value_t = 5)]
     pub sweep_interval_secs: u64,
@@ -122,6 +133,27 @@ pub struct Generated {
 }
 
 impl ServeArgs {
+    /// The flags' defaults, listening on an ephemeral loopback port with `data_dir`: for code that
+    /// runs a server itself (demo, bench, tests), which overrides what it needs with
+    /// `ServeArgs { .., ..ServeArgs::local(dir) }`.
+    pub fn local(data_dir: PathBuf) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir,
+            master_keys: None,
+            jwt_secret: None,
+            ops_token: None,
+            start_timeout_secs: DEFAULT_START_TIMEOUT_SECS,
+            offline_after_secs: DEFAULT_OFFLINE_AFTER_SECS,
+            active_timeout_secs: DEFAULT_ACTIVE_TIMEOUT_SECS,
+            currency: DEFAULT_CURRENCY.into(),
+            max_unstarted_per_user: DEFAULT_MAX_UNSTARTED_PER_USER,
+            pay_rate_max: DEFAULT_PAY_RATE_MAX,
+            pay_rate_window_secs: DEFAULT_PAY_RATE_WINDOW_SECS,
+            sweep_interval_secs: 5,
+        }
+    }
+
     /// Resolve secrets (generating missing ones into the data dir, mode 0600) and validate.
     ///
     /// # Errors
@@ -164,6 +196,11 @@ impl ServeArgs {
             offline_after_secs: self.offline_after_secs,
             active_timeout_secs: self.active_timeout_secs,
             currency: self.currency.clone(),
+            pay_limits: PayLimits {
+                max_unstarted_per_user: self.max_unstarted_per_user,
+                rate_max: self.pay_rate_max,
+                rate_window_secs: self.pay_rate_window_secs,
+            },
         };
         Ok((settings.validate()?.into_config(keyring), generated))
     }
@@ -216,18 +253,7 @@ mod tests {
     use super::*;
 
     fn args(dir: &Path) -> ServeArgs {
-        ServeArgs {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.to_owned(),
-            master_keys: None,
-            jwt_secret: None,
-            ops_token: None,
-            start_timeout_secs: DEFAULT_START_TIMEOUT_SECS,
-            offline_after_secs: DEFAULT_OFFLINE_AFTER_SECS,
-            active_timeout_secs: DEFAULT_ACTIVE_TIMEOUT_SECS,
-            currency: DEFAULT_CURRENCY.into(),
-            sweep_interval_secs: 5,
-        }
+        ServeArgs::local(dir.to_owned())
     }
 
     #[test]

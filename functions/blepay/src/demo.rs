@@ -19,16 +19,9 @@ pub async fn run() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let ops_token = hex::encode(rand::random::<[u8; 16]>());
     let args = ServeArgs {
-        listen: "127.0.0.1:0".parse()?,
-        data_dir: dir.path().join("server"),
-        master_keys: None,
-        jwt_secret: None,
         ops_token: Some(ops_token.parse()?),
-        start_timeout_secs: 120,
         offline_after_secs: 300,
-        active_timeout_secs: blepay_service::config::DEFAULT_ACTIVE_TIMEOUT_SECS,
-        currency: "EUR".into(),
-        sweep_interval_secs: 5,
+        ..ServeArgs::local(dir.path().join("server"))
     };
     let bound = crate::serve::bind(&args).await?;
     let addr = bound.listener.local_addr()?;

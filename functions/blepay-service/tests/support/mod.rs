@@ -65,6 +65,7 @@ pub fn config() -> Config {
         offline_after_secs: OFFLINE_AFTER,
         active_timeout_secs: ACTIVE_TIMEOUT,
         currency: blepay_core::Currency::parse("EUR").unwrap(),
+        pay_limits: blepay_service::config::PayLimits::default(),
     }
 }
 

@@ -48,8 +48,6 @@ impl Env {
         .context("creating the temporary data directory")?;
         let master = hex::encode(rand::random::<[u8; 32]>());
         let serve = ServeArgs {
-            listen: "127.0.0.1:0".parse()?,
-            data_dir: dir.path().join("server"),
             master_keys: Some(format!("0:{master}").parse()?),
             jwt_secret: Some(JWT_SECRET.parse()?),
             ops_token: Some(OPS_TOKEN.parse()?),
@@ -57,8 +55,10 @@ impl Env {
             start_timeout_secs: 3600,
             offline_after_secs: 3600,
             active_timeout_secs: 3600,
-            currency: "EUR".into(),
             sweep_interval_secs: 3600,
+            // The fleet's phones pay as fast as they can: no per-user throttle in a load test.
+            pay_rate_max: u32::MAX,
+            ..ServeArgs::local(dir.path().join("server"))
         };
         let (listener, app, dynamo) = match args.store.kind {
             StoreKind::Sqlite => {
