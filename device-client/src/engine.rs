@@ -59,6 +59,9 @@
 //! - **Link down**: the advert's `LINK_DOWN` flag is set when the last exchange failed (transport
 //!   error or no authentic answer) or the transport says the modem is not attached, and cleared
 //!   by the next authenticated answer. `FAULT` is set while the machine reports a fault code.
+//! - **Sequence numbers run out** after 2^32 − 2 requests: within [`Config::seq_reserve`] of the
+//!   end the engine reports [`FAULT_SEQ_LOW`] (in the heartbeat, with `FAULT`), so the machine
+//!   stops taking sessions but keeps talking while an operator re-provisions it.
 
 use alloc::collections::VecDeque;
 use alloc::collections::vec_deque::Drain;
@@ -105,6 +108,11 @@ pub struct Config {
     pub no_flow_timeout_secs: u64,
     /// Sequence numbers reserved per persisted high-water mark.
     pub seq_block: u32,
+    /// When at most this many sequence numbers are left before `u32::MAX` (after which the
+    /// server can accept nothing from this device: docs/protocol.md §3.3), the engine reports the
+    /// fault code [`FAULT_SEQ_LOW`] and sets the advert's FAULT flag, so an operator re-provisions
+    /// the machine (a new device id) before it falls silent. 0: only when exhausted.
+    pub seq_reserve: u32,
     /// Compact the log when it grows beyond this many bytes.
     pub compact_after_bytes: usize,
     /// Re-persist the clock offset when it moved by more than this many seconds.
@@ -115,6 +123,14 @@ pub struct Config {
 
 /// The default heartbeat interval: 30 minutes (1,440 heartbeats in 30 days).
 pub const DEFAULT_HEARTBEAT_SECS: u64 = 1800;
+
+/// The fault code the engine reports itself (first in the heartbeat's fault codes, with the
+/// advert's FAULT flag) once the sequence numbers left are within [`Config::seq_reserve`].
+pub const FAULT_SEQ_LOW: u32 = 0xB1E0_0001;
+
+/// The default [`Config::seq_reserve`]: 65,536 numbers, 45 days of one frame a minute, or 3.7
+/// years of the heartbeats alone a FAULT machine still sends (it takes no new sessions).
+pub const DEFAULT_SEQ_RESERVE: u32 = 65_536;
 
 impl Default for Config {
     fn default() -> Self {
@@ -130,6 +146,7 @@ impl Default for Config {
             report_deadline_margin_secs: 60,
             no_flow_timeout_secs: 30,
             seq_block: 64,
+            seq_reserve: DEFAULT_SEQ_RESERVE,
             compact_after_bytes: 4096,
             clock_persist_drift_secs: 10,
             clock_max_rtt_secs: crate::clock::DEFAULT_MAX_RTT_SECS,
@@ -550,9 +567,16 @@ impl<L: RecordLog> Engine<L> {
         self.fault_codes.extend_from_slice(codes);
     }
 
-    /// The fault codes set with [`Engine::set_fault_codes`].
+    /// The fault codes set with [`Engine::set_fault_codes`] (the heartbeat also carries the
+    /// engine's own, [`FAULT_SEQ_LOW`]).
     pub fn fault_codes(&self) -> &[u32] {
         &self.fault_codes
+    }
+
+    /// True when at most [`Config::seq_reserve`] sequence numbers are left: the engine then
+    /// reports [`FAULT_SEQ_LOW`] and the FAULT flag.
+    pub const fn seq_low(&self) -> bool {
+        u32::MAX - self.outbox.peek_seq() <= self.config.seq_reserve
     }
 
     /// What the transport knows about the link (the driver asks it before each heartbeat): the
@@ -599,9 +623,10 @@ impl<L: RecordLog> Engine<L> {
         Telemetry {
             firmware_version,
             fault_codes: self
-                .fault_codes
-                .iter()
-                .copied()
+                .seq_low()
+                .then_some(FAULT_SEQ_LOW)
+                .into_iter()
+                .chain(self.fault_codes.iter().copied())
                 .take(blepay_core::telemetry::MAX_FAULT_CODES)
                 .collect(),
             signal_quality: self.signal_quality,
@@ -612,7 +637,8 @@ impl<L: RecordLog> Engine<L> {
         }
     }
 
-    /// The advert flags now: busy while a session is open, fault while a fault code is set,
+    /// The advert flags now: busy while a session is open, fault while a fault code is set or
+    /// the sequence numbers run low ([`Engine::seq_low`]),
     /// clock not synchronised until the first bounded answer since boot, link down after a
     /// failed exchange or when the modem is not attached.
     pub fn advert_flags(&self) -> AdvertFlags {
@@ -620,7 +646,7 @@ impl<L: RecordLog> Engine<L> {
         if self.phase != Phase::Idle {
             flags = flags | AdvertFlags::BUSY;
         }
-        if !self.fault_codes.is_empty() {
+        if !self.fault_codes.is_empty() || self.seq_low() {
             flags = flags | AdvertFlags::FAULT;
         }
         if !self.clock.is_synced() {

@@ -4,9 +4,10 @@ use blepay_core::Units;
 use blepay_device_client::RefusalCode;
 use blepay_device_client::driver::{Driver, Step};
 use blepay_device_client::engine::{
-    AbortReason, Action, Config, DEFAULT_HEARTBEAT_SECS, NotStarted, Phase, RequestKind, Response,
-    StopReason,
+    AbortReason, Action, Config, DEFAULT_HEARTBEAT_SECS, DEFAULT_SEQ_RESERVE, Engine,
+    FAULT_SEQ_LOW, NotStarted, Phase, RequestKind, Response, StopReason,
 };
+use blepay_device_client::log::MemLog;
 use blepay_device_client::transport::{LinkStatus, Transport};
 use blepay_proto::AdvertFlags;
 use blepay_proto::pb::v1 as pb;
@@ -134,6 +135,59 @@ fn the_heartbeat_carries_the_telemetry() {
     let t = server.state.borrow().telemetry.clone().unwrap();
     assert_eq!((t.boot_count, t.lifetime_units, t.uptime_secs), (2, 7, 4));
     assert!(t.fault_codes.is_empty());
+}
+
+/// Within `seq_reserve` numbers of `u32::MAX` (after which the server accepts nothing from the
+/// machine) the engine reports FAULT_SEQ_LOW in the heartbeat and the FAULT flag, across reboots.
+#[test]
+fn within_the_seq_reserve_the_engine_reports_seq_low_and_the_fault_flag() {
+    assert_eq!(
+        (Config::default().seq_reserve, DEFAULT_SEQ_RESERVE),
+        (65_536, 65_536)
+    );
+    assert_eq!(FAULT_SEQ_LOW, 0xB1E0_0001);
+    let cfg = Config {
+        seq_reserve: 100,
+        ..config()
+    };
+    let mut engine = Engine::open(identity(), cfg, MemLog::new(), LOCAL0).unwrap();
+    assert!(!engine.seq_low());
+    assert!(!engine.advert_flags().contains(AdvertFlags::FAULT));
+
+    // 101 numbers left: still fine.
+    engine.raise_seq_floor(u32::MAX - 101).unwrap();
+    assert!(!engine.seq_low());
+    assert!(engine.telemetry(LOCAL0).fault_codes.is_empty());
+    assert!(!engine.advert_flags().contains(AdvertFlags::FAULT));
+
+    // 100 left: the fault code comes first, before the firmware's own.
+    engine.raise_seq_floor(u32::MAX - 100).unwrap();
+    engine.set_fault_codes(&[7]);
+    assert!(engine.seq_low());
+    assert_eq!(engine.telemetry(LOCAL0).fault_codes, [FAULT_SEQ_LOW, 7]);
+    assert_eq!(
+        engine.fault_codes(),
+        [7],
+        "the firmware's codes stay its own"
+    );
+    engine.set_fault_codes(&[]);
+    assert!(engine.advert_flags().contains(AdvertFlags::FAULT));
+
+    // The heartbeat carries it to the server; a reboot keeps it (the floor is persisted).
+    let server = FakeServer::new(identity().key);
+    let mut driver = Driver::new(engine, server.clone());
+    let now = LOCAL0 + 10;
+    driver.step(&mut || now).unwrap();
+    let t = server.state.borrow().telemetry.clone().unwrap();
+    assert_eq!(t.fault_codes, [FAULT_SEQ_LOW]);
+    assert_eq!(
+        server.state.borrow().executed.last().copied(),
+        Some(u32::MAX - 100)
+    );
+    let (engine, _) = driver.into_parts();
+    let engine = Engine::open(identity(), cfg, engine.into_log(), 5).unwrap();
+    assert!(engine.seq_low());
+    assert!(engine.advert_flags().contains(AdvertFlags::FAULT));
 }
 
 #[test]

@@ -187,7 +187,7 @@ pub(crate) struct DeviceItem {
 }
 
 impl DeviceItem {
-    /// The last accepted request, for [`blepay_store::decide::check_seq`].
+    /// The last accepted request, for [`blepay_store::decide::check_call`].
     pub fn last_call(&self) -> Option<LastCall> {
         self.last_seq.map(|seq| LastCall {
             seq,

@@ -82,6 +82,7 @@ async fn a_final_report_that_keeps_being_throttled_is_unavailable_and_can_be_ret
     };
     let call = blepay_store::DeviceCall {
         device: device_id(1),
+        key_version: blepay_core::KeyVersion::new(0).unwrap(),
         seq: 3,
         digest: digest(3),
         op: last.clone(),

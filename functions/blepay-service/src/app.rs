@@ -380,9 +380,17 @@ impl App {
     /// One machine exchange: verify the frame, run the request once, answer with an authenticated
     /// frame. Unauthenticated failures are errors (the caller cannot be answered in a frame).
     ///
+    /// A frame under a key version that is not the device's registered one (a retired master
+    /// key, still in the keyring to verify adverts and frames of devices not yet re-keyed) is
+    /// refused exactly as a forged one — same code, status and body, decided after the tag check
+    /// — so the answer tells nothing about which devices exist or how they are keyed.
+    ///
+    /// An authenticated frame whose body does not decode is a FRAME_INVALID refusal that the
+    /// store saves with its sequence number like any other (docs/protocol.md §3.3).
+    ///
     /// # Errors
-    /// FRAME_INVALID (unparseable frame), DEVICE_AUTH_FAILED (bad tag or key version),
-    /// DEVICE_UNKNOWN, RETRY_LATER.
+    /// FRAME_INVALID (unparseable frame), DEVICE_AUTH_FAILED (bad tag, a key version not in the
+    /// keyring or not the device's registered one), DEVICE_UNKNOWN, RETRY_LATER.
     pub async fn device_exchange(&self, bytes: &[u8]) -> Result<DeviceAnswer, ApiError> {
         let frame = RequestFrame::parse(bytes)
             .map_err(|e| ApiError::new(ErrorCode::FrameInvalid, e.to_string()))?;
@@ -390,12 +398,10 @@ impl App {
             .config()
             .keyring
             .get(frame.key_version())
-            .ok_or_else(|| ApiError::new(ErrorCode::DeviceAuthFailed, "unknown key version"))?;
+            .ok_or_else(frame_not_authentic)?;
         let key = derive_device_key(master, frame.key_version(), frame.device_id());
         frame.verify(&key).map_err(|e| match e {
-            FrameError::BadTag => {
-                ApiError::new(ErrorCode::DeviceAuthFailed, "frame tag does not verify")
-            }
+            FrameError::BadTag => frame_not_authentic(),
             other => ApiError::new(ErrorCode::FrameInvalid, other.to_string()),
         })?;
         let now = self.now();
@@ -405,13 +411,12 @@ impl App {
             code: Some(ErrorCode::from(code)),
             frame: seal(&machine::Answer::refused(code, message).encode()),
         };
-        let op = match decode_device_request(frame.body()) {
-            Ok(op) => op,
-            Err(msg) => return Ok(refuse(RefusalCode::FrameInvalid, msg)),
-        };
+        // An undecodable body still runs through the store: its refusal is the saved answer.
+        let op = decode_device_request(frame.body()).unwrap_or_else(DeviceOp::Invalid);
         let active_timeout = self.config().active_timeout_secs;
         let call = DeviceCall {
             device: frame.device_id(),
+            key_version: frame.key_version(),
             seq: frame.seq(),
             digest: Sha256::digest(bytes).into(),
             op,
@@ -445,6 +450,14 @@ impl App {
                 ),
             )),
             DeviceCallOutcome::DeviceUnknown => Err(device_unknown(frame.device_id())),
+            DeviceCallOutcome::KeyVersionRefused => {
+                tracing::warn!(
+                    device = %frame.device_id(),
+                    key_version = frame.key_version().get(),
+                    "frame tagged under a key version the device is not registered with"
+                );
+                Err(frame_not_authentic())
+            }
         }
     }
 
@@ -557,6 +570,12 @@ fn check_fresh(advert: &Advert, now: u64) -> Result<(), ApiError> {
             ),
         ))
     }
+}
+
+/// The one answer to a frame that is not authentic for its device: a bad tag, a key version
+/// outside the keyring, or one the device is not registered with are indistinguishable.
+fn frame_not_authentic() -> ApiError {
+    ApiError::new(ErrorCode::DeviceAuthFailed, "frame tag does not verify")
 }
 
 fn device_unknown(id: DeviceId) -> ApiError {
@@ -723,6 +742,9 @@ pub fn device_answer(r: &DeviceOpResult, active_timeout_secs: u64) -> machine::A
                 SessionError::ReportConflict => RefusalCode::ReportConflict,
             };
             machine::Answer::refused(code, e.to_string())
+        }
+        DeviceOpResult::FrameInvalid(reason) => {
+            machine::Answer::refused(RefusalCode::FrameInvalid, reason.clone())
         }
     }
 }

@@ -354,6 +354,7 @@ mod tests {
         let store = SqliteStore::open(&path).unwrap();
         let retry = DeviceCall {
             device: DeviceId::from_bytes(id),
+            key_version: blepay_core::KeyVersion::new(0).unwrap(),
             seq: 7,
             digest: [7; 32],
             op: blepay_store::DeviceOp::Poll,

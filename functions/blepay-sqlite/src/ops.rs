@@ -4,7 +4,7 @@
 use blepay_core::{DeviceId, IdempotencyKey, Session, SessionId, Settlement, UserId, Wallet};
 use blepay_store::decide::{
     AuditTally, PayDecision, PayFacts, PriorPay, SeqCheck, SessionChange, SessionOpFacts,
-    check_seq, decide_pay, decide_session_op, needs_wallet,
+    check_call, decide_pay, decide_session_op, needs_wallet,
 };
 use blepay_store::{
     Audit, DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, DeviceStatus, PayCommand,
@@ -89,7 +89,7 @@ pub(crate) fn pay(c: &Connection, cmd: &PayCommand) -> Result<PayOutcome, StoreE
 // Machine requests
 // ---------------------------------------------------------------------------------------------
 
-/// A machine request: the sequence-number check, the operation, and the answer `encode` produces
+/// A machine request: the key-version and sequence-number checks, the operation, and the answer `encode` produces
 /// saved with the request, all in the caller's transaction.
 pub(crate) fn device_call(
     c: &Connection,
@@ -99,8 +99,9 @@ pub(crate) fn device_call(
     let Some(device) = load_device(c, call.device)? else {
         return Ok(DeviceCallOutcome::DeviceUnknown);
     };
-    match check_seq(device.last, call.seq, &call.digest)? {
+    match check_call(device.record.key_version, device.last, call)? {
         SeqCheck::Fresh => {}
+        SeqCheck::KeyVersionRefused => return Ok(DeviceCallOutcome::KeyVersionRefused),
         // A byte-identical retry is no sign of life (anyone who saw the frame can send it again):
         // only a fresh sequence number refreshes `last_seen` (`save_answer`).
         SeqCheck::Retry(answer) => return Ok(DeviceCallOutcome::Retry(answer)),
@@ -127,6 +128,7 @@ fn run_op(c: &Connection, call: &DeviceCall) -> Result<DeviceOpResult, StoreErro
             save_telemetry(c, call.device, telemetry, now)?;
             return Ok(DeviceOpResult::Ack);
         }
+        DeviceOp::Invalid(reason) => return Ok(DeviceOpResult::FrameInvalid(reason.clone())),
         DeviceOp::Press => load_open_session(c, call.device)?,
         DeviceOp::Start { session } | DeviceOp::Report { session, .. } => {
             load_session_of_device(c, *session, call.device)?

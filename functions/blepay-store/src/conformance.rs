@@ -89,6 +89,9 @@ macro_rules! conformance_tests {
             a_late_final_report_captures_what_it_owes_once,
             a_late_final_report_charges_no_more_than_is_available,
             a_pay_is_refused_offline_on_link_down_and_fault_on_the_fault_flag,
+            a_frame_under_a_retired_key_version_is_refused_and_changes_nothing,
+            an_operation_that_did_not_decode_is_saved_and_advances_the_sequence_number,
+            the_last_sequence_number_is_answered_once_and_nothing_follows_it,
         );
     };
     (@each $factory:expr; $($check:ident),+ $(,)?) => {
@@ -194,6 +197,7 @@ pub fn answer_of(r: &DeviceOpResult) -> SavedAnswer {
         DeviceOpResult::NoSessionWaiting => Some("NO_SESSION_WAITING".to_owned()),
         DeviceOpResult::SessionNotFound => Some("SESSION_NOT_FOUND".to_owned()),
         DeviceOpResult::Refused(e) => Some(format!("{e:?}")),
+        DeviceOpResult::FrameInvalid(_) => Some("FRAME_INVALID".to_owned()),
     };
     SavedAnswer {
         frame: format!("{r:?}").into_bytes(),
@@ -201,9 +205,25 @@ pub fn answer_of(r: &DeviceOpResult) -> SavedAnswer {
     }
 }
 
-/// Run one machine request; returns the outcome and the operation's result when it ran.
+/// Run one machine request tagged under key version 0 (the suite's machines' registered one);
+/// returns the outcome and the operation's result when it ran.
 pub async fn device_call_with(
     store: &dyn Store,
+    n: u8,
+    seq: u32,
+    digest: [u8; 32],
+    op: DeviceOp,
+    now: u64,
+) -> (DeviceCallOutcome, Option<DeviceOpResult>) {
+    let v0 = KeyVersion::new(0).unwrap();
+    device_call_under(store, v0, n, seq, digest, op, now).await
+}
+
+/// Run one machine request whose tag verified under `key_version`; returns the outcome and the
+/// operation's result when it ran.
+pub async fn device_call_under(
+    store: &dyn Store,
+    key_version: KeyVersion,
     n: u8,
     seq: u32,
     digest: [u8; 32],
@@ -221,6 +241,7 @@ pub async fn device_call_with(
     };
     let call = DeviceCall {
         device: device_id(n),
+        key_version,
         seq,
         digest,
         op,
@@ -1014,6 +1035,7 @@ pub async fn a_retried_device_call_returns_the_saved_answer_without_running_agai
     };
     let start = DeviceCall {
         device: device_id(1),
+        key_version: KeyVersion::new(0).unwrap(),
         seq: 2,
         digest: digest(2),
         op: DeviceOp::Start { session: s.id },
@@ -1718,6 +1740,163 @@ pub async fn a_pay_is_refused_offline_on_link_down_and_fault_on_the_fault_flag(
     // Without the flags the same machine takes the pay.
     created(&*store, &pay_cmd("alice", "p3", 1, 9, 300, T0 + 1)).await;
     reconciled(&*store).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frames: key versions, undecodable operations, the end of the sequence space
+// ---------------------------------------------------------------------------------------------
+
+/// Everything a machine request could change, to compare before and after a refused one.
+#[derive(Debug, PartialEq, Eq)]
+struct MachineSnapshot {
+    audit: Audit,
+    wallet: Wallet,
+    session: Option<Session>,
+    last_seen: Option<u64>,
+    open_session: Option<SessionId>,
+}
+
+async fn machine_snapshot(store: &dyn Store, n: u8, s: SessionId, now: u64) -> MachineSnapshot {
+    let status = store
+        .device_status(device_id(n), now)
+        .await
+        .unwrap()
+        .unwrap();
+    MachineSnapshot {
+        audit: reconciled(store).await,
+        wallet: store.wallet(&user("alice"), now).await.unwrap(),
+        session: store.session(s, now).await.unwrap(),
+        last_seen: status.last_seen,
+        open_session: status.open_session,
+    }
+}
+
+/// A machine registered at key version 3 (the keyring holds 0 to 3): a frame whose tag verified
+/// under version 0's derived key — an old master key, the usual reason to rotate — is refused
+/// like a forged one, runs nothing and saves nothing (not even its sequence number); the
+/// machine's genuine report, with that same number, then settles.
+pub async fn a_frame_under_a_retired_key_version_is_refused_and_changes_nothing(
+    store: Arc<dyn Store>,
+) {
+    let (v0, v3) = (KeyVersion::new(0).unwrap(), KeyVersion::new(3).unwrap());
+    let rekeyed = DeviceRecord {
+        key_version: v3,
+        ..dispenser(1)
+    };
+    assert_eq!(
+        store.register_device(&rekeyed, T0).await.unwrap(),
+        RegisterOutcome::Created
+    );
+    let poll = device_call_under(&*store, v3, 1, 1, digest(1), DeviceOp::Poll, T0).await;
+    assert!(matches!(poll.0, DeviceCallOutcome::Fresh(_)), "{poll:?}");
+    fund(&*store, "alice", 1000).await;
+    let s = created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+    let start = DeviceOp::Start { session: s.id };
+    let (started, _) = device_call_under(&*store, v3, 1, 2, digest(2), start, T0 + 10).await;
+    assert!(
+        matches!(started, DeviceCallOutcome::Fresh(_)),
+        "{started:?}"
+    );
+
+    let last = DeviceOp::Report {
+        session: s.id,
+        units: Units::new(12),
+        last: true,
+    };
+    let before = machine_snapshot(&*store, 1, s.id, T0 + 20).await;
+    let mut forged = digest(3);
+    forged[31] = 0x0f;
+    let refused = device_call_under(&*store, v0, 1, 3, forged, last.clone(), T0 + 20).await;
+    assert_eq!(refused, (DeviceCallOutcome::KeyVersionRefused, None));
+    // Even a byte-identical copy of an accepted request is refused under the wrong version,
+    // and a higher sequence number moves nothing.
+    let poll_again = device_call_under(&*store, v0, 1, 1, digest(1), DeviceOp::Poll, T0 + 20).await;
+    assert_eq!(poll_again, (DeviceCallOutcome::KeyVersionRefused, None));
+    let ahead = device_call_under(&*store, v0, 1, 1000, digest(1000), DeviceOp::Poll, T0 + 20);
+    assert_eq!(ahead.await, (DeviceCallOutcome::KeyVersionRefused, None));
+    assert_eq!(machine_snapshot(&*store, 1, s.id, T0 + 20).await, before);
+
+    // The machine's own report, numbered 3 as the refused one was, settles.
+    let (genuine, ran) = device_call_under(&*store, v3, 1, 3, digest(3), last, T0 + 21).await;
+    let ran = ran.expect("the genuine report ran");
+    assert_eq!(genuine, DeviceCallOutcome::Fresh(answer_of(&ran)));
+    let settled = session_of(ran);
+    assert_eq!(
+        (settled.status, settled.amount),
+        (SessionStatus::Settled, amount(12 * PRICE))
+    );
+    assert_eq!(
+        store.wallet(&user("alice"), T0 + 21).await.unwrap(),
+        wallet(700, 0, 300)
+    );
+    reconciled(&*store).await;
+}
+
+/// An authenticated frame whose operation does not decode is answered FRAME_INVALID, and that
+/// refusal is its stored answer (docs/protocol.md §3.3): a byte-identical retry gets it again
+/// without running anything, and a lower sequence number afterwards is replayed.
+pub async fn an_operation_that_did_not_decode_is_saved_and_advances_the_sequence_number(
+    store: Arc<dyn Store>,
+) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+    let s = created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+    let invalid = DeviceOp::Invalid("session id is not 16 bytes".into());
+
+    let (first, ran) = device_call_with(&*store, 1, 5, digest(5), invalid.clone(), T0 + 1).await;
+    let refusal = DeviceOpResult::FrameInvalid("session id is not 16 bytes".into());
+    assert_eq!(ran, Some(refusal.clone()));
+    let expected = answer_of(&refusal);
+    assert_eq!(expected.code.as_deref(), Some("FRAME_INVALID"));
+    assert_eq!(first, DeviceCallOutcome::Fresh(expected.clone()));
+    let before = machine_snapshot(&*store, 1, s.id, T0 + 2).await;
+    assert_eq!(
+        before.last_seen,
+        Some(T0 + 1),
+        "a fresh number is a sign of life"
+    );
+
+    let retry = device_call_with(&*store, 1, 5, digest(5), invalid, T0 + 2).await;
+    assert_eq!(retry, (DeviceCallOutcome::Retry(expected), None));
+    let start = DeviceOp::Start { session: s.id };
+    let lower = device_call_with(&*store, 1, 4, digest(4), start.clone(), T0 + 2).await;
+    assert_eq!(lower, (DeviceCallOutcome::Replayed { last_seq: 5 }, None));
+    assert_eq!(machine_snapshot(&*store, 1, s.id, T0 + 2).await, before);
+
+    // The next number runs.
+    let started = session_of(device_op(&*store, 1, 6, start, T0 + 3).await);
+    assert_eq!(started.status, SessionStatus::Active);
+    reconciled(&*store).await;
+}
+
+/// `u32::MAX` is answered once, and a byte-identical retry answered again; nothing can follow it:
+/// the device is exhausted (docs/protocol.md §3.3) until it is re-provisioned.
+pub async fn the_last_sequence_number_is_answered_once_and_nothing_follows_it(
+    store: Arc<dyn Store>,
+) {
+    online_machine(&*store, 1, T0).await;
+    let result = device_op(&*store, 1, u32::MAX, DeviceOp::Poll, T0 + 1).await;
+    let retry = device_call_with(
+        &*store,
+        1,
+        u32::MAX,
+        digest(u32::MAX),
+        DeviceOp::Poll,
+        T0 + 2,
+    );
+    assert_eq!(
+        retry.await,
+        (DeviceCallOutcome::Retry(answer_of(&result)), None)
+    );
+    let mut other = digest(u32::MAX);
+    other[31] = 1;
+    for (seq, d) in [(u32::MAX, other), (1, digest(1)), (u32::MAX - 1, digest(7))] {
+        let (outcome, ran) = device_call_with(&*store, 1, seq, d, DeviceOp::Poll, T0 + 3).await;
+        assert_eq!(
+            (outcome, ran),
+            (DeviceCallOutcome::Replayed { last_seq: u32::MAX }, None)
+        );
+    }
 }
 
 #[cfg(test)]

@@ -140,12 +140,20 @@ pub enum DeviceOp {
         units: Units,
         last: bool,
     },
+    /// An authenticated frame whose body does not decode into an operation (not a valid
+    /// `DeviceRequest`, a session id of the wrong length, no operation): the decoder's message.
+    /// It runs nothing, but is answered [`DeviceOpResult::FrameInvalid`] and that refusal is saved
+    /// with its sequence number like any other (docs/protocol.md §3.3).
+    Invalid(String),
 }
 
 /// One authenticated machine request, after its frame's MAC was verified.
 #[derive(Debug, Clone)]
 pub struct DeviceCall {
     pub device: DeviceId,
+    /// The master-key version the frame's tag verified under. Only the device's registered one
+    /// ([`DeviceRecord::key_version`]) is accepted ([`crate::decide::check_call`]).
+    pub key_version: KeyVersion,
     pub seq: u32,
     /// A digest of the whole request frame, to tell a retry from a different request.
     pub digest: [u8; 32],
@@ -172,6 +180,8 @@ pub enum DeviceOpResult {
     Ack,
     SessionNotFound,
     Refused(SessionError),
+    /// The operation did not decode ([`DeviceOp::Invalid`]): its message. Nothing changed.
+    FrameInvalid(String),
 }
 
 /// A machine request's answer, as the encoder produced it and the store saved it with the
@@ -198,6 +208,9 @@ pub enum DeviceCallOutcome {
         last_seq: u32,
     },
     DeviceUnknown,
+    /// The frame verified under a key version that is not the device's registered one (a
+    /// retired master key): refused like a forged frame, nothing ran, nothing was saved.
+    KeyVersionRefused,
 }
 
 /// Reconciliation totals, all in minor units.

@@ -1,10 +1,11 @@
-//! Machine requests: the sequence-number check ([`check_seq`]), the start/report decision
+//! Machine requests: the key-version and sequence-number checks ([`check_call`]), the
+//! start/report decision
 //! ([`decide_session_op`]), and the answer saved with the operation's writes.
 
 use aws_sdk_dynamodb::types::TransactWriteItem;
 use blepay_core::{CloseReason, LedgerEntry, Session, SessionStatus, Wallet};
 use blepay_store::decide::{
-    SeqCheck, SessionChange, SessionOpFacts, check_seq, decide_session_op, needs_wallet,
+    SeqCheck, SessionChange, SessionOpFacts, check_call, decide_session_op, needs_wallet,
 };
 use blepay_store::{
     DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, ResponseEncoder, SavedAnswer,
@@ -28,7 +29,7 @@ impl DynamoStore {
         // The one read: the device item (sequence state, lock, grant), plus the session named by a
         // start or report.
         let (device, session) = match &call.op {
-            DeviceOp::Poll | DeviceOp::Press | DeviceOp::Heartbeat(_) => {
+            DeviceOp::Poll | DeviceOp::Press | DeviceOp::Heartbeat(_) | DeviceOp::Invalid(_) => {
                 (self.query_device(call.device).await?, None)
             }
             DeviceOp::Start { session } | DeviceOp::Report { session, .. } => {
@@ -48,8 +49,9 @@ impl DynamoStore {
         };
         let device = device_from_item(&device)?;
         self.shadow.put(device.clone());
-        match check_seq(device.last_call(), call.seq, &call.digest)? {
+        match check_call(device.record.key_version, device.last_call(), call)? {
             SeqCheck::Fresh => {}
+            SeqCheck::KeyVersionRefused => return Ok(DeviceCallOutcome::KeyVersionRefused),
             // A retry gets its saved answer and writes nothing: anyone who saw the frame can
             // send it again, so it is no sign of life (`last_seen` moves only with a fresh
             // sequence number).
@@ -128,9 +130,9 @@ impl DynamoStore {
         let Some(device) = self.shadow.get(call.device) else {
             return Ok(None);
         };
-        // Retries and replays are answered from a read, never from a guess.
+        // Retries, replays and refused key versions are answered from a read, never from a guess.
         if !matches!(
-            check_seq(device.last_call(), call.seq, &call.digest),
+            check_call(device.record.key_version, device.last_call(), call),
             Ok(SeqCheck::Fresh)
         ) {
             return Ok(None);
@@ -146,7 +148,7 @@ impl DynamoStore {
             }
             // A press decides on the open session the device item holds: no session, an
             // AUTHORIZED one in time, an ACTIVE one not overdue (the write checks id and status).
-            (DeviceOp::Heartbeat(_), _) | (DeviceOp::Press, None) => None,
+            (DeviceOp::Heartbeat(_) | DeviceOp::Invalid(_), _) | (DeviceOp::Press, None) => None,
             (DeviceOp::Press, Some(o))
                 if (o.status == SessionStatus::Authorized && now < o.expires_at)
                     || (o.status == SessionStatus::Active
@@ -226,6 +228,8 @@ impl DynamoStore {
                 telemetry = (Some(t.clone()), Some(now));
                 DeviceOpResult::Ack
             }
+            // Runs nothing; the refusal is saved with the sequence number like any answer.
+            DeviceOp::Invalid(reason) => DeviceOpResult::FrameInvalid(reason.clone()),
             DeviceOp::Press | DeviceOp::Start { .. } | DeviceOp::Report { .. } => {
                 let decision = decide_session_op(
                     &call.op,
@@ -413,8 +417,9 @@ impl DynamoStore {
 }
 
 /// The device's update that saves a fresh request: its sequence number, digest and answer, and
-/// `last_seen`; conditioned on the sequence state read (and, for a decision from a guess, on
-/// every other guessed fact).
+/// `last_seen`; conditioned on the sequence state read and on the key version the frame verified
+/// under still being the registered one (and, for a decision from a guess, on every other
+/// guessed fact).
 fn answer_update(
     call: &DeviceCall,
     device: &DeviceItem,
@@ -427,7 +432,9 @@ fn answer_update(
         .val(":seq", n(call.seq))
         .val(":digest", b(&call.digest))
         .val(":body", b(&answer.frame))
-        .val(":seen", n(seen));
+        .val(":seen", n(seen))
+        .cond("key_version = :key_version")
+        .val(":key_version", n(call.key_version.get()));
     upd = match &answer.code {
         Some(code) => upd.set("last_code = :code").val(":code", s(code)),
         None => upd.remove("last_code"),

@@ -71,12 +71,17 @@ pub fn config() -> Config {
 
 impl Service {
     pub fn new() -> Self {
+        Self::with_config(config())
+    }
+
+    /// The service with `config` (e.g. another keyring).
+    pub fn with_config(config: Config) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("blepay.db")).unwrap();
         let clock = Arc::new(AtomicU64::new(T0));
         let c = clock.clone();
         let app = App::new(
-            config(),
+            config,
             Arc::new(store),
             Arc::new(move || c.load(Ordering::SeqCst)),
         );

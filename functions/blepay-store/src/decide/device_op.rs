@@ -73,7 +73,8 @@ pub fn needs_wallet(op: &DeviceOp, session: &Session, now: u64, active_timeout_s
 /// final report on a session closed by timeout follows the late-report rule
 /// ([`Session::late_final_report`], docs/sessions.md); a progress report on one is answered with
 /// the session, changing nothing. A poll or heartbeat names no session:
-/// [`DeviceOpResult::SessionNotFound`].
+/// [`DeviceOpResult::SessionNotFound`]. An operation that did not decode
+/// ([`DeviceOp::Invalid`]) is [`DeviceOpResult::FrameInvalid`] and changes nothing.
 ///
 /// # Errors
 /// [`StoreError::Internal`] when the wallet is needed ([`needs_wallet`]) but missing, or a wallet
@@ -88,6 +89,10 @@ pub fn decide_session_op(
         change: SessionChange::None,
     };
     let none_found = match op {
+        // An operation that did not decode names no session and runs nothing.
+        DeviceOp::Invalid(reason) => {
+            return Ok(nothing(DeviceOpResult::FrameInvalid(reason.clone())));
+        }
         DeviceOp::Press => DeviceOpResult::NoSessionWaiting,
         _ => DeviceOpResult::SessionNotFound,
     };
@@ -101,7 +106,9 @@ pub fn decide_session_op(
         .or_else(|| s.time_out(now, timeout))
         .map(|settlement| (s.clone(), settlement));
     let (result, change) = match op {
-        DeviceOp::Poll | DeviceOp::Heartbeat(_) => return Ok(nothing(none_found)),
+        DeviceOp::Poll | DeviceOp::Heartbeat(_) | DeviceOp::Invalid(_) => {
+            return Ok(nothing(none_found));
+        }
         DeviceOp::Press => match s.status {
             // Not overdue: that expired it above.
             SessionStatus::Authorized => match s.start(now) {
@@ -425,6 +432,19 @@ mod tests {
         let progress = decide(&report(9, false), machine(), Some(session.clone()), at + 1);
         assert_eq!(progress.result, DeviceOpResult::Session(session));
         assert_eq!(progress.change, SessionChange::None);
+    }
+
+    #[test]
+    fn an_operation_that_did_not_decode_is_frame_invalid_and_changes_nothing() {
+        let op = DeviceOp::Invalid("session id is not 16 bytes".into());
+        for s in [None, Some(authorized())] {
+            let d = decide(&op, machine(), s, NOW + 500);
+            assert_eq!(
+                d.result,
+                DeviceOpResult::FrameInvalid("session id is not 16 bytes".into())
+            );
+            assert_eq!((d.closed, d.change), (None, SessionChange::None));
+        }
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! - [`decide_pay`]: a pay's answer, in one declared precedence order, and the session it opens;
 //!   [`PayFingerprint`] / [`PayCommand::is_retry_of`](crate::PayCommand::is_retry_of) say what
 //!   makes a pay a retry.
-//! - [`check_seq`]: a machine request's sequence number — fresh, a retry, or replayed.
+//! - [`check_call`]: a machine request's key version (only the device's registered one), then
+//!   [`check_seq`]: its sequence number — fresh, a retry, or replayed.
 //! - [`decide_session_op`]: a start's, press's or report's result and what it changes (lazy
 //!   expiry and timeout, the late-report rule).
 //! - [`AuditTally`]: the reconciliation totals, with checked arithmetic.
@@ -22,4 +23,4 @@ pub use device_op::{
     SessionChange, SessionOpDecision, SessionOpFacts, decide_session_op, needs_wallet,
 };
 pub use pay::{NewPay, PayDecision, PayFacts, PayFingerprint, PriorPay, decide_pay};
-pub use seq::{LastCall, SeqCheck, check_seq};
+pub use seq::{LastCall, SeqCheck, check_call, check_seq};

@@ -1,6 +1,12 @@
-//! The sequence-number check of machine requests.
+//! The checks of a machine request before it runs: its key version, then its sequence number.
+//!
+//! Sequence numbers are `u32` and strictly increasing: a request numbered `u32::MAX` is answered
+//! (and a byte-identical retry of it answered again), but nothing can follow it — the device is
+//! exhausted until it is re-provisioned (docs/protocol.md §3.3).
 
-use crate::{SavedAnswer, StoreError};
+use blepay_core::KeyVersion;
+
+use crate::{DeviceCall, SavedAnswer, StoreError};
 
 /// What the store saved of a machine's last accepted request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +26,27 @@ pub enum SeqCheck {
     Retry(SavedAnswer),
     /// Not newer than the last accepted one, or its number with other bytes: refuse.
     Replayed { last_seq: u32 },
+    /// Tagged under a key version other than the device's registered one: refuse like a forged
+    /// frame ([`crate::DeviceCallOutcome::KeyVersionRefused`]); nothing runs or is saved.
+    KeyVersionRefused,
+}
+
+/// Check an authenticated machine request against its device: the key version its tag verified
+/// under must be the one the device is registered with (`registered`) — a frame tagged with a
+/// retired master key's derived key is refused, even byte-identical to an earlier one — and then
+/// its sequence number ([`check_seq`]).
+///
+/// # Errors
+/// As [`check_seq`].
+pub fn check_call(
+    registered: KeyVersion,
+    last: Option<LastCall>,
+    call: &DeviceCall,
+) -> Result<SeqCheck, StoreError> {
+    if call.key_version != registered {
+        return Ok(SeqCheck::KeyVersionRefused);
+    }
+    check_seq(last, call.seq, &call.digest)
 }
 
 /// Check a request numbered `seq` with frame digest `digest` against the machine's last one.
@@ -97,6 +124,65 @@ mod tests {
             check_seq(Some(last(5, [1; 32])), 4, &[1; 32]).unwrap(),
             replayed
         );
+    }
+
+    fn call(key_version: u8, seq: u32, digest: [u8; 32]) -> DeviceCall {
+        DeviceCall {
+            device: blepay_core::DeviceId::from_bytes([1; 8]),
+            key_version: KeyVersion::new(key_version).unwrap(),
+            seq,
+            digest,
+            op: crate::DeviceOp::Poll,
+            now: 0,
+            active_timeout_secs: 0,
+        }
+    }
+
+    #[test]
+    fn a_call_under_another_key_version_is_refused_whatever_its_number() {
+        let v3 = KeyVersion::new(3).unwrap();
+        for c in [
+            call(0, 6, [2; 32]),
+            call(2, 5, [1; 32]),
+            call(4, 0, [1; 32]),
+        ] {
+            assert_eq!(
+                check_call(v3, Some(last(5, [1; 32])), &c).unwrap(),
+                SeqCheck::KeyVersionRefused
+            );
+        }
+        assert_eq!(
+            check_call(v3, None, &call(0, 1, [1; 32])).unwrap(),
+            SeqCheck::KeyVersionRefused
+        );
+        // Under the registered version the sequence number decides.
+        assert_eq!(
+            check_call(v3, Some(last(5, [1; 32])), &call(3, 6, [2; 32])).unwrap(),
+            SeqCheck::Fresh
+        );
+        assert_eq!(
+            check_call(v3, Some(last(5, [1; 32])), &call(3, 5, [1; 32])).unwrap(),
+            SeqCheck::Retry(answer())
+        );
+    }
+
+    #[test]
+    fn the_last_number_is_answered_once_and_nothing_follows_it() {
+        assert_eq!(
+            check_seq(Some(last(5, [1; 32])), u32::MAX, &[2; 32]).unwrap(),
+            SeqCheck::Fresh
+        );
+        let exhausted = Some(last(u32::MAX, [2; 32]));
+        assert_eq!(
+            check_seq(exhausted.clone(), u32::MAX, &[2; 32]).unwrap(),
+            SeqCheck::Retry(answer())
+        );
+        for (seq, d) in [(u32::MAX, [3; 32]), (0, [3; 32]), (u32::MAX - 1, [3; 32])] {
+            assert_eq!(
+                check_seq(exhausted.clone(), seq, &d).unwrap(),
+                SeqCheck::Replayed { last_seq: u32::MAX }
+            );
+        }
     }
 
     #[test]
