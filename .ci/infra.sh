@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # CI for infra/ and the Lambda functions:
 #   1. the SAM template passes cfn-lint and `sam validate --lint` (offline, no credentials);
-#   2. the Lambda binaries answer the HTTP contract under the cargo-lambda emulator, on DynamoDB
+#   2. its permissions are least-privilege (infra/test_template.py: each function's DynamoDB
+#      actions are the ones its code sends, the operator role is the only way to the ops routes);
+#   3. the Lambda binaries answer the HTTP contract under the cargo-lambda emulator, on DynamoDB
 #      Local (infra/local-stack.sh --detach, then the emulator test with BLEPAY_LAMBDA_E2E=1).
 # The recorded-event tests (functions/blepay-lambda/tests/events.rs) run with `cargo test`.
 # Uses the debug profile only, like the rest of .ci/run.
@@ -16,6 +18,9 @@ cfn-lint infra/template.yaml
 
 echo "== infra: sam validate --lint ($(sam --version))"
 sam validate --lint -t infra/template.yaml --region us-east-1
+
+echo "== infra: permissions (infra/test_template.py)"
+"$BLEPAY_TOOLS_BIN/python3" infra/test_template.py
 
 if command -v checkov >/dev/null 2>&1; then
   echo "== infra: checkov (advisory)"

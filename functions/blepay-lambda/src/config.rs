@@ -4,6 +4,7 @@
 //! [`blepay_service::config::Settings::validate`]; this loader only reads the variables and adds
 //! what only Lambda has (the table, the master key source).
 
+use crate::identity::OperatorRole;
 use blepay_service::config::{
     ConfigError, DEFAULT_ACTIVE_TIMEOUT_SECS, DEFAULT_MAX_UNSTARTED_PER_USER,
     DEFAULT_OFFLINE_AFTER_SECS, DEFAULT_PAY_RATE_MAX, DEFAULT_PAY_RATE_WINDOW_SECS,
@@ -48,6 +49,10 @@ pub struct LambdaConfig {
     /// 14400: 4 h; the sweeper settles ACTIVE sessions silent that long), `BLEPAY_CURRENCY`
     /// (default EUR).
     pub service: ValidSettings,
+    /// `BLEPAY_OPERATOR_ROLE_ID`: the unique id (`AROA…`) of the only IAM role whose sessions the
+    /// ops routes accept (infra/template.yaml sets it); unset, any IAM caller the gateway let
+    /// through is an operator.
+    pub operator_role: OperatorRole,
 }
 
 impl LambdaConfig {
@@ -130,11 +135,31 @@ impl LambdaConfig {
         }
         .validate()?;
 
+        let operator_role = match get("BLEPAY_OPERATOR_ROLE_ID") {
+            None => OperatorRole::AnyIamCaller,
+            Some(id)
+                if id.starts_with("AROA")
+                    && id.len() <= 128
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) =>
+            {
+                OperatorRole::Only(id)
+            }
+            Some(_) => {
+                return Err(err(
+                    "BLEPAY_OPERATOR_ROLE_ID",
+                    "must be an IAM role's unique id (AROA followed by capitals and digits)",
+                ));
+            }
+        };
+
         Ok(Self {
             table,
             dynamodb_endpoint,
             master_keys,
             service,
+            operator_role,
         })
     }
 
@@ -207,6 +232,21 @@ mod tests {
     }
 
     #[test]
+    fn the_operator_role_id_restricts_the_operators() {
+        let base = ("BLEPAY_DYNAMODB_TABLE", "t");
+        assert_eq!(
+            config(&[base]).unwrap().operator_role,
+            OperatorRole::AnyIamCaller
+        );
+        assert_eq!(
+            config(&[base, ("BLEPAY_OPERATOR_ROLE_ID", "AROAOPERATORS1234567")])
+                .unwrap()
+                .operator_role,
+            OperatorRole::Only("AROAOPERATORS1234567".into())
+        );
+    }
+
+    #[test]
     fn a_missing_table_names_its_variable() {
         let e = config(&[("BLEPAY_MASTER_KEYS_PARAMETER", "/blepay/keys")]).unwrap_err();
         assert_eq!(e.var, "BLEPAY_DYNAMODB_TABLE");
@@ -246,6 +286,11 @@ mod tests {
             ("BLEPAY_CURRENCY", "euro"),
             ("BLEPAY_JWT_SECRET", "short"),
             ("BLEPAY_OPS_TOKEN", "short"),
+            (
+                "BLEPAY_OPERATOR_ROLE_ID",
+                "arn:aws:iam::123456789012:role/ops",
+            ),
+            ("BLEPAY_OPERATOR_ROLE_ID", "AIDAUSER123456789012"),
         ] {
             let e = config(&[base[0], (var, value)]).unwrap_err();
             assert_eq!(e.var, var, "{var}={value}");

@@ -7,15 +7,46 @@
 //!   extractors check the `Authorization` header as `blepay serve` does.
 //!
 //! The request context is built by API Gateway, never by the client, so it cannot be forged.
+//!
+//! An HTTP API has no resource policy: IAM authorization lets in any principal of the account
+//! whose own policies allow `execute-api:Invoke` on the route. With [`OperatorRole::Only`]
+//! (`BLEPAY_OPERATOR_ROLE_ID`, set by infra/template.yaml) only sessions of the stack's operator
+//! role are operators; any other IAM caller is refused with 401 UNAUTHENTICATED before a handler
+//! runs.
+
+use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use blepay_core::UserId;
 use blepay_service::ApiError;
 use blepay_service::http::{AuthorizedOperator, AuthorizedUser};
 use lambda_http::request::RequestContext;
+
+/// Which IAM callers are operators.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum OperatorRole {
+    /// Any IAM principal the gateway let through (when `BLEPAY_OPERATOR_ROLE_ID` is unset).
+    #[default]
+    AnyIamCaller,
+    /// Only sessions of the IAM role with this unique id (`AROA…`): the gateway's
+    /// `authorizer.iam.userId` of a role session is `<role id>:<session name>`.
+    Only(String),
+}
+
+impl OperatorRole {
+    /// Whether the IAM caller the gateway describes is an operator.
+    fn admits(&self, user_id: Option<&str>) -> bool {
+        match self {
+            Self::AnyIamCaller => true,
+            Self::Only(role_id) => user_id
+                .and_then(|u| u.strip_prefix(role_id.as_str()))
+                .is_some_and(|rest| rest.starts_with(':')),
+        }
+    }
+}
 
 /// Who the gateway says is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,11 +59,15 @@ pub enum Upstream {
     Nobody,
 }
 
-/// Read the identity out of a Lambda request context.
+/// Read the identity out of a Lambda request context; IAM callers must be `operators`.
 ///
 /// # Errors
-/// UNAUTHENTICATED when a JWT authorizer context has no `sub`, or one that is not a valid user id.
-pub fn upstream(context: Option<&RequestContext>) -> Result<Upstream, ApiError> {
+/// UNAUTHENTICATED when a JWT authorizer context has no `sub`, or one that is not a valid user
+/// id, or when an IAM caller is not a session of the operator role.
+pub fn upstream(
+    context: Option<&RequestContext>,
+    operators: &OperatorRole,
+) -> Result<Upstream, ApiError> {
     let Some(RequestContext::ApiGatewayV2(ctx)) = context else {
         return Ok(Upstream::Nobody);
     };
@@ -54,14 +89,22 @@ pub fn upstream(context: Option<&RequestContext>) -> Result<Upstream, ApiError> 
             .clone()
             .or_else(|| iam.caller_id.clone())
             .unwrap_or_else(|| "unknown IAM principal".to_owned());
+        if !operators.admits(iam.user_id.as_deref()) {
+            tracing::warn!(%principal, "IAM caller is not the operator role: refused");
+            return Err(ApiError::unauthenticated("not authorized as an operator"));
+        }
         return Ok(Upstream::Operator(principal));
     }
     Ok(Upstream::Nobody)
 }
 
 /// Middleware: insert the gateway-authenticated caller into the request's extensions.
-async fn insert_identity(mut req: Request, next: Next) -> Response {
-    match upstream(req.extensions().get::<RequestContext>()) {
+async fn insert_identity(
+    State(operators): State<Arc<OperatorRole>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    match upstream(req.extensions().get::<RequestContext>(), &operators) {
         Ok(Upstream::User(user)) => {
             req.extensions_mut().insert(AuthorizedUser(user));
         }
@@ -75,7 +118,40 @@ async fn insert_identity(mut req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-/// `router` with the gateway's caller identity made visible to the service's extractors.
+/// `router` with the gateway's caller identity made visible to the service's extractors (any
+/// IAM caller is an operator).
 pub fn with_upstream_identity(router: Router) -> Router {
-    router.layer(middleware::from_fn(insert_identity))
+    with_upstream_identity_for(router, OperatorRole::AnyIamCaller)
+}
+
+/// `router` with the gateway's caller identity made visible to the service's extractors; only
+/// IAM callers `operators` admits are operators.
+pub fn with_upstream_identity_for(router: Router, operators: OperatorRole) -> Router {
+    router.layer(middleware::from_fn_with_state(
+        Arc::new(operators),
+        insert_identity,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OperatorRole;
+
+    #[test]
+    fn only_sessions_of_the_operator_role_are_operators() {
+        let only = OperatorRole::Only("AROAOPERATORS1234567".into());
+        assert!(only.admits(Some("AROAOPERATORS1234567:alice")));
+        for other in [
+            None,
+            Some(""),
+            Some("AROAOPERATORS1234567"),
+            Some("AROAOPERATORS12345678:alice"),
+            Some("AROAOTHERROLE1234567:alice"),
+            Some("AIDAUSER123456789012"),
+            Some("x:AROAOPERATORS1234567:alice"),
+        ] {
+            assert!(!only.admits(other), "{other:?}");
+        }
+        assert!(OperatorRole::AnyIamCaller.admits(None));
+    }
 }

@@ -15,7 +15,7 @@ use blepay_store::{Store, StoreError};
 use lambda_http::lambda_runtime::Diagnostic;
 
 use crate::config::LambdaConfig;
-use crate::identity::with_upstream_identity;
+use crate::identity::{OperatorRole, with_upstream_identity_for};
 use crate::keys;
 
 /// Why a function could not start. Lambda reports it as an init error; the message names the
@@ -42,13 +42,19 @@ pub async fn http_router(surface: Surface) -> Result<Router, InitError> {
         Arc::new(store),
         system_clock(),
     );
-    Ok(router(app, surface))
+    Ok(router_for(app, surface, config.operator_role.clone()))
 }
 
 /// The router a function runs: the service's routes for `surface`, with the caller API Gateway
-/// authenticated made visible to the extractors. Tests send recorded events through it.
+/// authenticated made visible to the extractors (any IAM caller is an operator). Tests send
+/// recorded events through it.
 pub fn router(app: App, surface: Surface) -> Router {
-    with_upstream_identity(routes_for(app, surface))
+    router_for(app, surface, OperatorRole::AnyIamCaller)
+}
+
+/// [`router`], with only the IAM callers `operators` admits as operators.
+pub fn router_for(app: App, surface: Surface, operators: OperatorRole) -> Router {
+    with_upstream_identity_for(routes_for(app, surface), operators)
 }
 
 /// What the sweeper runs on: the store and the ACTIVE timeout.

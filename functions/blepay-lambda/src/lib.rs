@@ -7,7 +7,7 @@
 //! | binary | routes | caller authenticated by |
 //! |---|---|---|
 //! | `blepay-verify-fn` | `/v1/verify`, `/v1/pay`, `/v1/sessions/{id}`, `/v1/wallet` | the gateway's JWT authorizer (`sub` = user) |
-//! | `blepay-ops-fn` | `/v1/ops/...` | the gateway's IAM authorization |
+//! | `blepay-ops-fn` | `/v1/ops/...` | the gateway's IAM authorization, sessions of the operator role only (`BLEPAY_OPERATOR_ROLE_ID`) |
 //! | `blepay-device-fn` | `POST /v1/device` | each frame (docs/protocol.md) |
 //! | `blepay-sweeper-fn` | EventBridge schedule: expiry and the ACTIVE timeout | — |
 //!
@@ -30,5 +30,5 @@ pub mod init;
 pub mod keys;
 
 pub use config::{LambdaConfig, MasterKeySource};
-pub use identity::with_upstream_identity;
-pub use init::{InitError, SweepError, Sweeper, http_router, router, sweep, sweeper};
+pub use identity::{OperatorRole, with_upstream_identity, with_upstream_identity_for};
+pub use init::{InitError, SweepError, Sweeper, http_router, router, router_for, sweep, sweeper};

@@ -101,6 +101,51 @@ async fn a_payment_flows_through_the_functions_routers_with_the_jwt_sub_as_the_u
     }
 }
 
+/// The recorded ops events are signed by a session of this role (`userId` `<role id>:ops-alice`).
+const RECORDED_OPERATOR_ROLE: &str = "AROAXEXAMPLEROLEID123";
+
+#[tokio::test]
+async fn with_the_operator_role_configured_no_other_iam_caller_reaches_the_ops_routes() {
+    use blepay_lambda::OperatorRole;
+    for backend in Backend::all().await {
+        let user = blepay_core::UserId::parse(USER).unwrap();
+        let mut e: Value = serde_json::from_str(&event("ops-topup.json")).unwrap();
+        e["requestContext"]["authorizer"]["iam"]["userId"] = json!("AIDAEXAMPLEUSERID1234");
+        e["requestContext"]["authorizer"]["iam"]["userArn"] =
+            json!("arn:aws:iam::123456789012:user/admin");
+        let not_a_role_session = e.to_string();
+        for (role, request) in [
+            // Another role of the account, allowed execute-api:Invoke by its own policies.
+            ("AROAOTHERROLEID456789", event("ops-topup.json")),
+            // A role id that is only a prefix of the caller's.
+            ("AROAXEXAMPLEROLEID12", event("ops-topup.json")),
+            // An IAM user (say an administrator with `*`), not a session of the role.
+            (RECORDED_OPERATOR_ROLE, not_a_role_session),
+        ] {
+            let ops = backend.router_for(Surface::Ops, OperatorRole::Only(role.into()));
+            let r = call(&ops, request).await;
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "role {role}");
+            assert_eq!(body_json(r).await["code"], "UNAUTHENTICATED");
+            let r = call(&ops, event("ops-wallet.json")).await;
+            if role != RECORDED_OPERATOR_ROLE {
+                assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "role {role}");
+            }
+            // The refused top-up created no money.
+            let w = backend.store().wallet(&user, NOW).await.unwrap();
+            assert_eq!(w.available.minor(), 0, "role {role}");
+        }
+
+        // A session of the operator role is an operator.
+        let ops = backend.router_for(
+            Surface::Ops,
+            OperatorRole::Only(RECORDED_OPERATOR_ROLE.into()),
+        );
+        let r = call(&ops, event("ops-topup.json")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(body_json(r).await["available"], "1000");
+    }
+}
+
 #[tokio::test]
 async fn each_function_serves_only_its_own_routes() {
     for backend in Backend::all().await {

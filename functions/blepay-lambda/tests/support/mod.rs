@@ -158,6 +158,11 @@ impl Backend {
         blepay_lambda::router(self.app.clone(), surface)
     }
 
+    /// The ops function's router when only sessions of the role `operators` admits are operators.
+    pub fn router_for(&self, surface: Surface, operators: blepay_lambda::OperatorRole) -> Router {
+        blepay_lambda::router_for(self.app.clone(), surface, operators)
+    }
+
     pub fn store(&self) -> &dyn Store {
         self.app.store().as_ref()
     }
