@@ -146,6 +146,89 @@ async fn with_the_operator_role_configured_no_other_iam_caller_reaches_the_ops_r
     }
 }
 
+/// The DynamoDB actions infra/template.yaml grants the function `resource` (its `- dynamodb:X`
+/// lines; infra/test_template.py checks the policies' shape).
+fn granted_actions(resource: &str) -> std::collections::BTreeSet<String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../infra/template.yaml");
+    let template = std::fs::read_to_string(&path).unwrap();
+    let start = format!("  {resource}:");
+    let mut lines = template.lines().skip_while(|l| *l != start.as_str());
+    assert!(lines.next().is_some(), "{resource} is not in the template");
+    lines
+        // The resource ends at the next line indented by at most two spaces.
+        .take_while(|l| l.is_empty() || l.starts_with("   "))
+        .filter_map(|l| l.trim().strip_prefix("- dynamodb:"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The IAM action a DynamoDB request needs (a transaction needs its items' actions: every
+/// transaction blepay writes updates an item; the item kinds are checked statically by
+/// infra/test_template.py).
+fn needed_action(operation: &str) -> &str {
+    match operation {
+        "TransactGetItems" => "GetItem",
+        "TransactWriteItems" => "UpdateItem",
+        other => other,
+    }
+}
+
+#[tokio::test]
+async fn each_function_sends_only_requests_its_template_policy_allows() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let (backend, counter) = Backend::dynamodb_counted().await;
+    let mut used: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    let mut run = |function: &'static str, ops: BTreeMap<String, u64>| {
+        used.entry(function)
+            .or_default()
+            .extend(ops.into_keys().map(|o| needed_action(&o).to_owned()));
+    };
+    let calls = [
+        (
+            Surface::Ops,
+            "OpsFunction",
+            event("ops-register-device.json"),
+        ),
+        (Surface::Ops, "OpsFunction", event("ops-topup.json")),
+        // (The recorded poll and heartbeat share a sequence number: one of them.)
+        (
+            Surface::Device,
+            "DeviceFunction",
+            event("device-heartbeat-cloudfront.json"),
+        ),
+        (Surface::Phone, "VerifyFunction", event("phone-verify.json")),
+        (Surface::Phone, "VerifyFunction", event("phone-pay.json")),
+        (Surface::Phone, "VerifyFunction", event("phone-pay.json")),
+        (Surface::Phone, "VerifyFunction", event("phone-wallet.json")),
+        (Surface::Ops, "OpsFunction", event("ops-wallet.json")),
+        (Surface::Ops, "OpsFunction", event("ops-topup.json")),
+    ];
+    for (surface, function, request) in calls {
+        counter.reset();
+        let r = call(&backend.router(surface), request).await;
+        assert!(r.status().is_success(), "{function}: {}", r.status());
+        run(function, counter.by_operation());
+    }
+    // The sweeper expires the unstarted session (its hold released).
+    counter.reset();
+    let swept = blepay_lambda::sweep(backend.store(), NOW + 121, 14_400)
+        .await
+        .unwrap();
+    assert_eq!(swept["expired"], 1);
+    run("SweeperFunction", counter.by_operation());
+
+    assert_eq!(used.len(), 4);
+    for (function, actions) in &used {
+        let granted = granted_actions(function);
+        eprintln!("{function}: sends requests needing {actions:?}; granted {granted:?}");
+        let missing: Vec<&String> = actions.difference(&granted).collect();
+        assert!(
+            missing.is_empty(),
+            "{function} sends requests needing {missing:?}, not in its policy {granted:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn each_function_serves_only_its_own_routes() {
     for backend in Backend::all().await {

@@ -126,6 +126,16 @@ impl Backend {
         Self::with_store("dynamodb", Arc::new(store), Box::new(()))
     }
 
+    /// A fresh DynamoDB Local table, and the counter of the requests the store sends.
+    pub async fn dynamodb_counted() -> (Self, blepay_dynamodb::RequestCounter) {
+        let store = blepay_dynamodb::testing::fresh_store().await;
+        let counter = store.request_counter();
+        (
+            Self::with_store("dynamodb", Arc::new(store), Box::new(())),
+            counter,
+        )
+    }
+
     pub fn name(&self) -> &'static str {
         self.name
     }
