@@ -269,6 +269,24 @@ async fn announce_only(
     answered.ok()
 }
 
+#[tokio::test]
+async fn an_http2_connection_is_limited_to_32_concurrent_streams() {
+    // Arrange
+    let served = serve(ServerLimits::default(), false, false).await;
+
+    // Act: the server's SETTINGS arrive with the first exchange.
+    let client = h2c(served.addr).await;
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::get(format!("http://{}/healthz", served.addr))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(req, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+
+    // Assert: at most 32 streams at once (h2's default is unlimited).
+    assert_eq!(client.current_max_send_streams(), 32);
+}
+
 /// gRPC status codes.
 const OUT_OF_RANGE: &str = "11";
 const UNAUTHENTICATED: &str = "16";
