@@ -189,9 +189,9 @@ impl TransportArgs {
                 format!(
                     "{listen} is not a loopback address and TLS is off: phone tokens and the \
                      operator token would cross the network in the clear. Set --tls-cert and \
-                     --tls-key (BLEPAY_TLS_CERT, BLEPAY_TLS_KEY), serve machines on \
-                     --device-listen, or pass --allow-insecure (BLEPAY_ALLOW_INSECURE=true) \
-                     behind a TLS-terminating proxy"
+                     --tls-key (BLEPAY_TLS_CERT, BLEPAY_TLS_KEY), or pass --allow-insecure \
+                     (BLEPAY_ALLOW_INSECURE=true) behind a TLS-terminating proxy. Machines' \
+                     plain HTTP belongs on --device-listen (POST /v1/device only)"
                 ),
             ));
         }
