@@ -1,15 +1,43 @@
 //! The gRPC front end (tonic): the same handlers as HTTP, the same error mapping.
+//!
+//! Every service has a decode limit sized to its messages ([`GrpcOptions`]; tonic's default is
+//! 4 MiB for everything), and the phone and operator credentials are checked by interceptors on
+//! the request's headers, before its body is read or decoded: an unauthenticated caller costs the
+//! server one header block (issue 10, H1).
 
 use blepay_core::UserId;
 use blepay_proto::pb::v1 as pb;
 use blepay_proto::pb::v1::device_service_server::{DeviceService, DeviceServiceServer};
 use blepay_proto::pb::v1::ops_service_server::{OpsService, OpsServiceServer};
 use blepay_proto::pb::v1::phone_service_server::{PhoneService, PhoneServiceServer};
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::app::App;
 use crate::auth;
 use crate::error::ApiError;
+use crate::limits::{DEFAULT_GRPC_MAX_MESSAGE_BYTES, DEVICE_GRPC_MAX_MESSAGE_BYTES};
+
+/// What the gRPC services are built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcOptions {
+    /// The largest request message of the phone, operator and reflection services
+    /// (`BLEPAY_GRPC_MAX_MESSAGE_BYTES`); `DeviceService` takes one frame at most
+    /// ([`DEVICE_GRPC_MAX_MESSAGE_BYTES`]).
+    pub max_message_bytes: usize,
+    /// Serve gRPC server reflection (`BLEPAY_GRPC_REFLECTION`; off by default: it hands anyone
+    /// the full descriptor of `OpsService`).
+    pub reflection: bool,
+}
+
+impl Default for GrpcOptions {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: DEFAULT_GRPC_MAX_MESSAGE_BYTES,
+            reflection: false,
+        }
+    }
+}
 
 fn authorization<T>(req: &Request<T>) -> Option<&str> {
     req.metadata()
@@ -17,12 +45,46 @@ fn authorization<T>(req: &Request<T>) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
 }
 
-fn phone_user<T>(app: &App, req: &Request<T>) -> Result<UserId, Status> {
-    Ok(auth::phone_user(app.config(), authorization(req))?)
+/// The phone user the interceptor authenticated, carried in the request's extensions.
+#[derive(Debug, Clone)]
+struct Caller(UserId);
+
+/// An operator the interceptor authenticated.
+#[derive(Debug, Clone, Copy)]
+struct OperatorChecked;
+
+/// The phone interceptor: a valid phone JWT, or UNAUTHENTICATED before the body is read.
+fn phone_interceptor(app: App) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |mut req: Request<()>| {
+        let user = auth::phone_user(app.config(), authorization(&req))?;
+        req.extensions_mut().insert(Caller(user));
+        Ok(req)
+    }
 }
 
-fn operator<T>(app: &App, req: &Request<T>) -> Result<(), Status> {
-    Ok(auth::ops(app.config(), authorization(req))?)
+/// The operator interceptor: the ops token, or UNAUTHENTICATED before the body is read.
+fn ops_interceptor(app: App) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |mut req: Request<()>| {
+        auth::ops(app.config(), authorization(&req))?;
+        req.extensions_mut().insert(OperatorChecked);
+        Ok(req)
+    }
+}
+
+/// The user the phone interceptor put on `req` (a service reached without it refuses).
+fn phone_user<T>(req: &Request<T>) -> Result<UserId, Status> {
+    req.extensions()
+        .get::<Caller>()
+        .map(|c| c.0.clone())
+        .ok_or_else(|| ApiError::unauthenticated("not authenticated").into())
+}
+
+/// That the operator interceptor passed `req`.
+fn operator<T>(req: &Request<T>) -> Result<(), Status> {
+    req.extensions()
+        .get::<OperatorChecked>()
+        .map(|_| ())
+        .ok_or_else(|| ApiError::unauthenticated("not authenticated").into())
 }
 
 fn reply<T>(r: Result<T, ApiError>) -> Result<Response<T>, Status> {
@@ -39,12 +101,12 @@ impl PhoneService for Phone {
         &self,
         req: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
-        phone_user(&self.0, &req)?;
+        phone_user(&req)?;
         reply(self.0.verify(req.into_inner()).await)
     }
 
     async fn pay(&self, req: Request<pb::PayRequest>) -> Result<Response<pb::PayResponse>, Status> {
-        let user = phone_user(&self.0, &req)?;
+        let user = phone_user(&req)?;
         reply(self.0.pay(&user, req.into_inner()).await)
     }
 
@@ -52,7 +114,7 @@ impl PhoneService for Phone {
         &self,
         req: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
-        let user = phone_user(&self.0, &req)?;
+        let user = phone_user(&req)?;
         reply(
             self.0
                 .user_session(&user, &req.into_inner().session_id)
@@ -64,7 +126,7 @@ impl PhoneService for Phone {
         &self,
         req: Request<pb::GetWalletRequest>,
     ) -> Result<Response<pb::Wallet>, Status> {
-        let user = phone_user(&self.0, &req)?;
+        let user = phone_user(&req)?;
         reply(self.0.wallet(&user).await)
     }
 }
@@ -79,12 +141,12 @@ impl OpsService for Ops {
         &self,
         req: Request<pb::RegisterDeviceRequest>,
     ) -> Result<Response<pb::RegisterDeviceResponse>, Status> {
-        operator(&self.0, &req)?;
+        operator(&req)?;
         reply(self.0.register_device(req.into_inner()).await)
     }
 
     async fn top_up(&self, req: Request<pb::TopUpRequest>) -> Result<Response<pb::Wallet>, Status> {
-        operator(&self.0, &req)?;
+        operator(&req)?;
         reply(self.0.top_up(req.into_inner()).await)
     }
 
@@ -92,7 +154,7 @@ impl OpsService for Ops {
         &self,
         req: Request<pb::OpsGetWalletRequest>,
     ) -> Result<Response<pb::Wallet>, Status> {
-        operator(&self.0, &req)?;
+        operator(&req)?;
         let user = App::parse_user(&req.into_inner().user_id)?;
         reply(self.0.wallet(&user).await)
     }
@@ -101,7 +163,7 @@ impl OpsService for Ops {
         &self,
         req: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
-        operator(&self.0, &req)?;
+        operator(&req)?;
         reply(self.0.ops_session(&req.into_inner().session_id).await)
     }
 
@@ -109,7 +171,7 @@ impl OpsService for Ops {
         &self,
         req: Request<pb::GetDeviceRequest>,
     ) -> Result<Response<pb::Device>, Status> {
-        operator(&self.0, &req)?;
+        operator(&req)?;
         reply(self.0.ops_device(&req.into_inner().device_id).await)
     }
 }
@@ -132,22 +194,41 @@ impl DeviceService for Device {
     }
 }
 
-/// The three services plus reflection (v1 and v1alpha), as tonic routes.
+/// The three services, each with its decode limit, the phone and operator ones behind their
+/// credential interceptors; plus reflection (v1 and v1alpha) when `options.reflection`.
 ///
 /// # Errors
 /// When the reflection descriptor set cannot be loaded.
-pub fn routes(app: &App) -> Result<tonic::service::Routes, tonic_reflection::server::Error> {
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(blepay_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(blepay_proto::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-    Ok(
-        tonic::service::Routes::new(PhoneServiceServer::new(Phone(app.clone())))
-            .add_service(OpsServiceServer::new(Ops(app.clone())))
-            .add_service(DeviceServiceServer::new(Device(app.clone())))
+pub fn routes(
+    app: &App,
+    options: GrpcOptions,
+) -> Result<tonic::service::Routes, tonic_reflection::server::Error> {
+    let limit = options.max_message_bytes;
+    let phone = InterceptedService::new(
+        PhoneServiceServer::new(Phone(app.clone())).max_decoding_message_size(limit),
+        phone_interceptor(app.clone()),
+    );
+    let ops = InterceptedService::new(
+        OpsServiceServer::new(Ops(app.clone())).max_decoding_message_size(limit),
+        ops_interceptor(app.clone()),
+    );
+    let device = DeviceServiceServer::new(Device(app.clone()))
+        .max_decoding_message_size(DEVICE_GRPC_MAX_MESSAGE_BYTES);
+    let mut routes = tonic::service::Routes::new(phone)
+        .add_service(ops)
+        .add_service(device);
+    if options.reflection {
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(blepay_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()?
+            .max_decoding_message_size(limit);
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(blepay_proto::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?
+            .max_decoding_message_size(limit);
+        routes = routes
             .add_service(reflection_v1)
-            .add_service(reflection_v1alpha),
-    )
+            .add_service(reflection_v1alpha);
+    }
+    Ok(routes)
 }

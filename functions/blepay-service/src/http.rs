@@ -18,8 +18,12 @@ use crate::app::App;
 use crate::auth;
 use crate::error::{ApiError, ErrorCode};
 
-/// Largest accepted request body.
+/// Largest accepted request body (but the machine route's, [`MAX_DEVICE_BODY_BYTES`]).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Largest machine-route body: one frame (docs/protocol.md §3: anything over 1,024 bytes is
+/// FRAME_INVALID). No more than this is read.
+pub const MAX_DEVICE_BODY_BYTES: usize = blepay_proto::frame::MAX_FRAME_LEN;
 
 /// The machine route: a raw frame in, a raw frame out.
 pub const DEVICE_PATH: &str = "/v1/device";
@@ -50,6 +54,21 @@ pub enum Surface {
     Device,
     /// All of the above (`blepay serve`).
     All,
+}
+
+/// The machine listener's routes (`blepay serve --device-listen`): `POST /v1/device` and
+/// nothing else (no health check, no phone or operator route: this listener is plain HTTP).
+pub fn device_routes(app: App) -> Router {
+    Router::new()
+        .route(DEVICE_PATH, post(device))
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "method not allowed on this route",
+            )
+        })
+        .with_state(app)
 }
 
 /// The routes of one [`Surface`], plus `/healthz`; anything else is 404 NOT_FOUND.
@@ -114,23 +133,37 @@ impl Format {
     }
 }
 
+/// Why a body could not be read.
+enum BodyError {
+    /// Longer than the limit.
+    TooLarge,
+    /// The connection failed, or the body timed out.
+    Unreadable(String),
+}
+
+/// Read a body of at most `limit` bytes; no more than `limit` is read.
+async fn read_limited(body: Body, limit: usize) -> Result<bytes::Bytes, BodyError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(<dyn std::error::Error + 'static>::is::<http_body_util::LengthLimitError>);
+        if too_large {
+            BodyError::TooLarge
+        } else {
+            BodyError::Unreadable(e.to_string())
+        }
+    })
+}
+
 /// Read a body of at most [`MAX_BODY_BYTES`].
 async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
-    axum::body::to_bytes(body, MAX_BODY_BYTES)
+    read_limited(body, MAX_BODY_BYTES)
         .await
-        .map_err(|e| {
-            // The only failure of a limited read on a healthy connection is the limit.
-            let too_large = std::error::Error::source(&e).is_some_and(
-                <dyn std::error::Error + 'static>::is::<http_body_util::LengthLimitError>,
-            );
-            if too_large {
-                ApiError::new(
-                    ErrorCode::PayloadTooLarge,
-                    format!("body exceeds {MAX_BODY_BYTES} bytes"),
-                )
-            } else {
-                ApiError::invalid(format!("cannot read body: {e}"))
-            }
+        .map_err(|e| match e {
+            BodyError::TooLarge => ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("body exceeds {MAX_BODY_BYTES} bytes"),
+            ),
+            BodyError::Unreadable(e) => ApiError::invalid(format!("cannot read body: {e}")),
         })
 }
 
@@ -329,10 +362,22 @@ async fn ops_session(
 /// The machine link: the body is a raw request frame, the answer a raw response frame with only
 /// `content-type: application/octet-stream` and `content-length` (the server adds no `date` on
 /// this route: see `server.rs`, docs/api.md "The machine route's headers").
+///
+/// At most [`MAX_DEVICE_BODY_BYTES`] are read: a longer body is 400 FRAME_INVALID, like any frame
+/// outside 29–1,024 bytes (docs/protocol.md §3), not the other routes' 413.
 async fn device(State(app): State<App>, body: Body) -> Response {
-    let bytes = match read_body(body).await {
+    let bytes = match read_limited(body, MAX_DEVICE_BODY_BYTES).await {
         Ok(b) => b,
-        Err(e) => return e.into_response(),
+        Err(BodyError::TooLarge) => {
+            return ApiError::new(
+                ErrorCode::FrameInvalid,
+                format!("frame too large: at most {MAX_DEVICE_BODY_BYTES} bytes allowed"),
+            )
+            .into_response();
+        }
+        Err(BodyError::Unreadable(e)) => {
+            return ApiError::invalid(format!("cannot read body: {e}")).into_response();
+        }
     };
     match app.device_exchange(&bytes).await {
         Ok(answer) => {

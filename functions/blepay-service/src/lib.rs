@@ -3,7 +3,8 @@
 //! - [`app`]: the handlers as plain async functions over wire messages ([`App`]).
 //! - [`http`]: the axum router (proto3 JSON and `application/x-protobuf`).
 //! - [`grpc`]: the tonic services (plus reflection v1 and v1alpha).
-//! - [`server`]: one port for both, and the expiry sweeper.
+//! - [`server`]: one port for both (plain or TLS), the machine listener, and the expiry sweeper.
+//! - [`limits`]: timeouts, connection/stream caps and message sizes of the listeners.
 //! - [`error`]: the one mapping from [`error::ErrorCode`] to HTTP status and gRPC code.
 //! - [`auth`]: phone JWTs and the operator token.
 //! - [`config`]: typed configuration (`Settings` → validated once → `Config`) and the master keyring.
@@ -16,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod limits;
 pub mod server;
 
 pub use app::{App, Clock, system_clock};

@@ -5,12 +5,19 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use blepay_service::config::{
     Config, ConfigError, DEFAULT_ACTIVE_TIMEOUT_SECS, DEFAULT_CURRENCY,
     DEFAULT_MAX_UNSTARTED_PER_USER, DEFAULT_OFFLINE_AFTER_SECS, DEFAULT_PAY_RATE_MAX,
     DEFAULT_PAY_RATE_WINDOW_SECS, DEFAULT_START_TIMEOUT_SECS, Keyring, PayLimits, SecretString,
     Settings, cfg_err,
+};
+use blepay_service::limits::{
+    DEFAULT_GRPC_MAX_MESSAGE_BYTES, DEFAULT_H2_KEEPALIVE_INTERVAL_SECS,
+    DEFAULT_H2_KEEPALIVE_TIMEOUT_SECS, DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+    DEFAULT_HEADER_READ_TIMEOUT_SECS, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_REQUEST_BODY_TIMEOUT_SECS, ServerLimits,
 };
 
 /// `blepay serve`: the server's settings and its store.
@@ -68,6 +75,128 @@ pub struct ServeArgs {
     /// Seconds between runs of the sweeper (expiry of unpaid-for starts, the ACTIVE timeout).
     #[arg(long, env = "BLEPAY_SWEEP_INTERVAL_SECS", default_value_t = 5)]
     pub sweep_interval_secs: u64,
+    #[command(flatten)]
+    pub transport: TransportArgs,
+}
+
+/// How `blepay serve` listens: TLS, the machine listener, reflection and the limits one client
+/// meets (issue 10, H1, M1, M7, L7). Every flag can come from its `BLEPAY_*` variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TransportArgs {
+    /// PEM certificate chain: with `--tls-key`, `--listen` speaks TLS (HTTP/1.1 and HTTP/2,
+    /// gRPC). Phone JWTs and the operator token must not cross a network in the clear.
+    #[arg(long, env = "BLEPAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "BLEPAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// A second, plain-HTTP listener serving only `POST /v1/device`, for machines whose modems
+    /// cannot do TLS 1.2 (each frame authenticates itself).
+    #[arg(long, env = "BLEPAY_DEVICE_LISTEN")]
+    pub device_listen: Option<SocketAddr>,
+    /// Allow phone and operator traffic over plain HTTP on a non-loopback `--listen` (behind a
+    /// TLS-terminating proxy on the same host or network you trust).
+    #[arg(long, env = "BLEPAY_ALLOW_INSECURE")]
+    pub allow_insecure: bool,
+    /// Serve gRPC server reflection (off: it describes the whole operator API to anyone).
+    #[arg(long, env = "BLEPAY_GRPC_REFLECTION")]
+    pub grpc_reflection: bool,
+    /// Largest gRPC request message of the phone, operator and reflection services, in bytes
+    /// (DeviceService takes one frame: 1,040 bytes).
+    #[arg(long, env = "BLEPAY_GRPC_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_GRPC_MAX_MESSAGE_BYTES)]
+    pub grpc_max_message_bytes: usize,
+    /// Seconds a request head (a new connection's first request, a TLS handshake) may take.
+    #[arg(long, env = "BLEPAY_HEADER_READ_TIMEOUT_SECS", default_value_t = DEFAULT_HEADER_READ_TIMEOUT_SECS)]
+    pub header_read_timeout_secs: u64,
+    /// Seconds a whole request body may take.
+    #[arg(long, env = "BLEPAY_REQUEST_BODY_TIMEOUT_SECS", default_value_t = DEFAULT_REQUEST_BODY_TIMEOUT_SECS)]
+    pub request_body_timeout_secs: u64,
+    /// Seconds a connection with no request in flight stays open.
+    #[arg(long, env = "BLEPAY_IDLE_TIMEOUT_SECS", default_value_t = DEFAULT_IDLE_TIMEOUT_SECS)]
+    pub idle_timeout_secs: u64,
+    /// Seconds between HTTP/2 keep-alive pings.
+    #[arg(long, env = "BLEPAY_H2_KEEPALIVE_INTERVAL_SECS", default_value_t = DEFAULT_H2_KEEPALIVE_INTERVAL_SECS)]
+    pub h2_keepalive_interval_secs: u64,
+    /// Seconds an HTTP/2 ping may go unanswered before the connection is closed.
+    #[arg(long, env = "BLEPAY_H2_KEEPALIVE_TIMEOUT_SECS", default_value_t = DEFAULT_H2_KEEPALIVE_TIMEOUT_SECS)]
+    pub h2_keepalive_timeout_secs: u64,
+    /// Open connections per listener; at the cap the listener stops accepting until one closes.
+    #[arg(long, env = "BLEPAY_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Concurrent streams (requests) per HTTP/2 connection.
+    #[arg(long, env = "BLEPAY_H2_MAX_CONCURRENT_STREAMS", default_value_t = DEFAULT_H2_MAX_CONCURRENT_STREAMS)]
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for TransportArgs {
+    /// The flags' defaults: plain HTTP, no machine listener, reflection off.
+    fn default() -> Self {
+        Self {
+            tls_cert: None,
+            tls_key: None,
+            device_listen: None,
+            allow_insecure: false,
+            grpc_reflection: false,
+            grpc_max_message_bytes: DEFAULT_GRPC_MAX_MESSAGE_BYTES,
+            header_read_timeout_secs: DEFAULT_HEADER_READ_TIMEOUT_SECS,
+            request_body_timeout_secs: DEFAULT_REQUEST_BODY_TIMEOUT_SECS,
+            idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+            h2_keepalive_interval_secs: DEFAULT_H2_KEEPALIVE_INTERVAL_SECS,
+            h2_keepalive_timeout_secs: DEFAULT_H2_KEEPALIVE_TIMEOUT_SECS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            h2_max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+        }
+    }
+}
+
+impl TransportArgs {
+    /// The listeners' limits, checked.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the variable at fault.
+    pub fn limits(&self) -> Result<ServerLimits, ConfigError> {
+        ServerLimits {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+            request_body_timeout: Duration::from_secs(self.request_body_timeout_secs),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            h2_keepalive_interval: Duration::from_secs(self.h2_keepalive_interval_secs),
+            h2_keepalive_timeout: Duration::from_secs(self.h2_keepalive_timeout_secs),
+            max_connections: self.max_connections,
+            h2_max_concurrent_streams: self.h2_max_concurrent_streams,
+            grpc_max_message_bytes: self.grpc_max_message_bytes,
+        }
+        .validate()
+    }
+
+    /// Whether `--tls-cert`/`--tls-key` are set (clap requires both or neither).
+    pub fn tls(&self) -> Option<(&Path, &Path)> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            _ => None,
+        }
+    }
+
+    /// Refuse phone and operator traffic in plain HTTP on a non-loopback `listen` unless
+    /// `--allow-insecure`: phone JWTs and the operator token (which creates money) would cross
+    /// the network in the clear.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming `BLEPAY_LISTEN`.
+    pub fn check_listen(&self, listen: SocketAddr) -> Result<(), ConfigError> {
+        if self.tls().is_none() && !listen.ip().is_loopback() && !self.allow_insecure {
+            return Err(cfg_err(
+                "BLEPAY_LISTEN",
+                format!(
+                    "{listen} is not a loopback address and TLS is off: phone tokens and the \
+                     operator token would cross the network in the clear. Set --tls-cert and \
+                     --tls-key (BLEPAY_TLS_CERT, BLEPAY_TLS_KEY), or pass --allow-insecure \
+                     (BLEPAY_ALLOW_INSECURE=true) behind a TLS-terminating proxy. Machines' \
+                     plain HTTP belongs on --device-listen (POST /v1/device only)"
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Which store `blepay serve` keeps its state in.
@@ -151,6 +280,7 @@ impl ServeArgs {
             pay_rate_max: DEFAULT_PAY_RATE_MAX,
             pay_rate_window_secs: DEFAULT_PAY_RATE_WINDOW_SECS,
             sweep_interval_secs: 5,
+            transport: TransportArgs::default(),
         }
     }
 
@@ -265,6 +395,34 @@ mod tests {
         assert!(generated.notes.is_empty());
         assert_eq!(first.jwt_secret.expose(), second.jwt_secret.expose());
         assert_eq!(first.ops_token.expose(), second.ops_token.expose());
+    }
+
+    #[test]
+    fn plain_http_on_a_public_address_is_refused_unless_allowed() {
+        let t = TransportArgs::default();
+        let public: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        assert_eq!(t.check_listen(public).unwrap_err().var, "BLEPAY_LISTEN");
+        assert!(t.check_listen("127.0.0.1:8080".parse().unwrap()).is_ok());
+        assert!(t.check_listen("[::1]:8080".parse().unwrap()).is_ok());
+        let allowed = TransportArgs {
+            allow_insecure: true,
+            ..TransportArgs::default()
+        };
+        assert!(allowed.check_listen(public).is_ok());
+        let tls = TransportArgs {
+            tls_cert: Some("c.pem".into()),
+            tls_key: Some("k.pem".into()),
+            ..TransportArgs::default()
+        };
+        assert!(tls.check_listen(public).is_ok());
+    }
+
+    #[test]
+    fn the_flag_defaults_are_the_limits_defaults() {
+        assert_eq!(
+            TransportArgs::default().limits().unwrap(),
+            ServerLimits::default()
+        );
     }
 
     #[test]

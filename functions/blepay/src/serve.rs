@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::args::{ServeArgs, StoreArgs, StoreKind};
 use anyhow::Context;
 use blepay_dynamodb::DynamoStore;
+use blepay_service::server::{Listeners, ServeOptions};
 use blepay_service::{App, system_clock};
 use blepay_sqlite::SqliteStore;
 use blepay_store::Store;
@@ -15,9 +16,33 @@ use tokio::net::TcpListener;
 /// A server bound and ready: its address and the app behind it.
 #[derive(Debug)]
 pub struct Bound {
+    /// `--listen`: phones, operators, gRPC (TLS when configured).
     pub listener: TcpListener,
+    /// `--device-listen`: plain HTTP, `POST /v1/device` only.
+    pub device_listener: Option<TcpListener>,
     pub app: App,
+    /// The limits, reflection and TLS from the transport flags.
+    pub options: ServeOptions,
     pub notes: Vec<String>,
+}
+
+impl Bound {
+    /// Serve until `shutdown` resolves, as the transport flags say.
+    ///
+    /// # Errors
+    /// When the gRPC services cannot be built.
+    pub async fn serve(
+        self,
+        sweep_every: Duration,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let listeners = Listeners {
+            main: self.listener,
+            device: self.device_listener,
+        };
+        blepay_service::server::serve_with(listeners, self.app, sweep_every, self.options, shutdown)
+            .await
+    }
 }
 
 /// Resolve config, open the store and bind the listener.
@@ -33,15 +58,36 @@ pub async fn bind(args: &ServeArgs) -> anyhow::Result<Bound> {
 /// # Errors
 /// A config error naming its variable, or a store/listener failure.
 pub async fn bind_with(args: &ServeArgs, store: &StoreArgs) -> anyhow::Result<Bound> {
+    let transport = &args.transport;
+    transport.check_listen(args.listen)?;
+    let limits = transport.limits()?;
+    let tls = match transport.tls() {
+        Some((cert, key)) => Some(blepay_service::server::tls_acceptor(cert, key)?),
+        None => None,
+    };
     let (config, generated) = args.resolve()?;
     let store = open_store(args, store).await?;
     let app = App::new(config, store, system_clock());
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    let device_listener = match transport.device_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr} (BLEPAY_DEVICE_LISTEN)"))?,
+        ),
+        None => None,
+    };
     Ok(Bound {
         listener,
+        device_listener,
         app,
+        options: ServeOptions {
+            limits,
+            grpc_reflection: transport.grpc_reflection,
+            tls,
+        },
         notes: generated.notes,
     })
 }
@@ -89,9 +135,20 @@ pub async fn run_with(args: ServeArgs, store: StoreArgs) -> anyhow::Result<()> {
         tracing::warn!("{note}");
     }
     let addr = bound.listener.local_addr()?;
-    tracing::info!(%addr, data_dir = %args.data_dir.display(), "blepay serving HTTP and gRPC");
+    let scheme = if bound.options.tls.is_some() {
+        "HTTPS (TLS)"
+    } else {
+        "plain HTTP"
+    };
+    tracing::info!(%addr, data_dir = %args.data_dir.display(), "blepay serving {scheme} and gRPC");
+    if let Some(device) = &bound.device_listener {
+        tracing::info!(addr = %device.local_addr()?, "machine listener: plain HTTP, POST /v1/device only");
+    }
+    if bound.options.grpc_reflection {
+        tracing::info!("gRPC reflection is on");
+    }
     let sweep = Duration::from_secs(args.sweep_interval_secs.max(1));
-    blepay_service::server::serve(bound.listener, bound.app, sweep, shutdown_signal()).await?;
+    bound.serve(sweep, shutdown_signal()).await?;
     tracing::info!("blepay stopped");
     Ok(())
 }
