@@ -23,6 +23,8 @@ pub const DEFAULT_H2_KEEPALIVE_TIMEOUT_SECS: u64 = 20;
 /// `BLEPAY_MAX_CONNECTIONS` when unset: open connections per listener; at the cap the listener
 /// stops accepting (new clients wait in the kernel's backlog) until one closes.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// The largest `BLEPAY_MAX_CONNECTIONS` accepted.
+pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 /// `BLEPAY_H2_MAX_CONCURRENT_STREAMS` when unset: streams (requests) in flight per HTTP/2
 /// connection.
 pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 32;
@@ -104,8 +106,11 @@ impl ServerLimits {
                 return Err(cfg_err(var, "must be at least 1 second"));
             }
         }
-        if self.max_connections == 0 {
-            return Err(cfg_err("BLEPAY_MAX_CONNECTIONS", "must be at least 1"));
+        if self.max_connections == 0 || self.max_connections > MAX_MAX_CONNECTIONS {
+            return Err(cfg_err(
+                "BLEPAY_MAX_CONNECTIONS",
+                format!("must be 1 to {MAX_MAX_CONNECTIONS}"),
+            ));
         }
         if self.h2_max_concurrent_streams == 0 {
             return Err(cfg_err(
