@@ -10,7 +10,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use blepay_core::{DeviceId, KeyVersion, SessionId, SessionStatus, Units};
+use blepay_core::{DeviceId, KeyVersion, SessionId, SessionStatus, Telemetry, Units};
 use blepay_device_client::{Identity, Pending, RefusalCode, Request};
 use blepay_proto::machine::{Answer, Status};
 use blepay_proto::pb::v1 as pb;
@@ -130,7 +130,7 @@ async fn active_session(service: &Service, served: &Served, machine: &mut Machin
     let ana = user("ana");
     let heartbeat = machine
         .identity
-        .request(1, &Request::Heartbeat(Default::default()));
+        .request(1, &Request::Heartbeat(Telemetry::default()));
     assert_eq!(
         exchange(served.addr, machine, &heartbeat).await.1,
         Answer::Ack
@@ -274,7 +274,7 @@ async fn an_authenticated_frame_invalid_refusal_is_saved_and_advances_the_sequen
     let machine = service.provision(DEVICE, &user("ana")).await;
     let served = serve(&service).await;
     let id = &machine.identity;
-    let heartbeat = id.request(1, &Request::Heartbeat(Default::default()));
+    let heartbeat = id.request(1, &Request::Heartbeat(Telemetry::default()));
     assert_eq!(
         exchange(served.addr, &machine, &heartbeat).await.1,
         Answer::Ack
@@ -313,7 +313,7 @@ async fn an_authenticated_frame_invalid_refusal_is_saved_and_advances_the_sequen
         );
 
         // A lower number is a replay now, and runs nothing.
-        let lower = id.request(seq - 1, &Request::Heartbeat(Default::default()));
+        let lower = id.request(seq - 1, &Request::Heartbeat(Telemetry::default()));
         let (status, answer) = exchange(served.addr, &machine, &lower).await;
         assert_eq!(status, 409, "{what}: {answer:?}");
         let Answer::Refused(r) = answer else {
