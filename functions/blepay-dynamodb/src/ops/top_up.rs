@@ -9,8 +9,7 @@ use blepay_store::{StoreError, TopUpOutcome};
 use super::wallet_rule;
 use crate::DynamoStore;
 use crate::items::{
-    self, Failure, Item, RETENTION_SECS, TTL, Upd, get_s, n, put_new, s, wallet_from_item,
-    wallet_key,
+    self, Failure, Item, Upd, get_n, get_s, n, put_new, s, wallet_from_item, wallet_key,
 };
 
 impl DynamoStore {
@@ -21,9 +20,13 @@ impl DynamoStore {
         key: &IdempotencyKey,
         now: u64,
     ) -> Result<TopUpOutcome, Failure> {
-        let [wallet, seen] = <[Option<Item>; 2]>::try_from(
-            self.batch_get(vec![wallet_key(user), items::topup_key_key(user, key)])
-                .await?,
+        let [wallet, seen, ledger_row] = <[Option<Item>; 3]>::try_from(
+            self.batch_get(vec![
+                wallet_key(user),
+                items::topup_key_key(user, key),
+                items::topup_ledger_key(user, key),
+            ])
+            .await?,
         )
         .map_err(|_| StoreError::Internal("BatchGetItem answered the wrong count".into()))?;
         let w = wallet_from_item(wallet.as_ref())?;
@@ -31,8 +34,16 @@ impl DynamoStore {
             return Err(Failure::Contention("expired due holds; read again".into()));
         }
         let fingerprint = amount.minor().to_string();
-        if let Some(seen) = seen {
-            return Ok(if get_s(&seen, "fingerprint")? == fingerprint {
+        // The key record, or else the deterministic ledger row the credit wrote: a record that
+        // expired (written with a TTL by an earlier build) must not make the retry fail on the
+        // row forever (issue 10, L5).
+        let seen_amount = match (&seen, &ledger_row) {
+            (Some(seen), _) => Some(get_s(seen, "fingerprint")?.to_owned()),
+            (None, Some(row)) => Some(get_n::<i64>(row, "amount")?.to_string()),
+            (None, None) => None,
+        };
+        if let Some(seen) = seen_amount {
+            return Ok(if seen == fingerprint {
                 TopUpOutcome::Replayed(w.wallet)
             } else {
                 TopUpOutcome::KeyReused
@@ -66,14 +77,14 @@ impl DynamoStore {
         record.extend([
             ("type".to_string(), s("IDEMPOTENCY")),
             ("fingerprint".to_string(), s(&fingerprint)),
-            (TTL.to_string(), n(now + RETENTION_SECS)),
+            // No TTL: the record lives as long as the TOPUP ledger row it protects (issue 10, L5).
         ]);
         let actions = vec![
             wallet_upd.into_transact(&self.table)?,
             put_new(&self.table, record)?,
             put_new(
                 &self.table,
-                items::ledger_item(&entry, now, None, &format!("TOPUP#{user}#{key}")),
+                items::ledger_item(&entry, now, None, &items::topup_ledger_id(user, key)),
             )?,
         ];
         self.transact_or_rerun(actions).await?;
