@@ -2,15 +2,16 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::AttributeValue;
-use blepay_core::{Amount, IdempotencyKey, UserId, WalletError};
-use blepay_store::{StoreError, TopUpOutcome};
-
-use super::wallet_rule;
 use crate::DynamoStore;
 use crate::items::{
     self, Failure, Item, Upd, get_n, get_s, n, put_new, s, wallet_from_item, wallet_key,
 };
+use aws_sdk_dynamodb::types::AttributeValue;
+use blepay_core::{Amount, IdempotencyKey, UserId};
+use blepay_store::decide::{
+    NewTopUp, TopUpDecision, TopUpFacts, decide_top_up, top_up_fingerprint,
+};
+use blepay_store::{StoreError, TopUpOutcome};
 
 impl DynamoStore {
     pub(super) async fn top_up_once(
@@ -33,25 +34,30 @@ impl DynamoStore {
         if self.expire_due_holds(&w, now).await? {
             return Err(Failure::Contention("expired due holds; read again".into()));
         }
-        let fingerprint = amount.minor().to_string();
+        let fingerprint = top_up_fingerprint(amount);
         // The key record, or else the deterministic ledger row the credit wrote: a record that
         // expired (written with a TTL by an earlier build) must not make the retry fail on the
         // row forever (issue 10, L5).
-        let seen_amount = match (&seen, &ledger_row) {
+        let prior = match (&seen, &ledger_row) {
             (Some(seen), _) => Some(get_s(seen, "fingerprint")?.to_owned()),
-            (None, Some(row)) => Some(get_n::<i64>(row, "amount")?.to_string()),
+            (None, Some(row)) => Some(top_up_fingerprint(
+                Amount::new(get_n(row, "amount")?)
+                    .map_err(|_| items::corrupt("ledger entry", "amount"))?,
+            )),
             (None, None) => None,
         };
-        if let Some(seen) = seen_amount {
-            return Ok(if seen == fingerprint {
-                TopUpOutcome::Replayed(w.wallet)
-            } else {
-                TopUpOutcome::KeyReused
-            });
-        }
-        let (after, entry) = match w.wallet.top_up(user, amount) {
-            Err(WalletError::Overflow) => return Ok(TopUpOutcome::LimitExceeded),
-            other => other.map_err(wallet_rule)?,
+        let facts = TopUpFacts {
+            user,
+            amount,
+            prior: prior.as_deref(),
+            wallet: w.wallet,
+        };
+        let NewTopUp {
+            wallet: after,
+            entry,
+        } = match decide_top_up(&facts)? {
+            TopUpDecision::Answer(outcome) => return Ok(outcome),
+            TopUpDecision::Credit(new) => new,
         };
         let mut wallet_upd = Upd::new(wallet_key(user))
             .set("available = :a, held = :h, spent = :s, #type = :type, #user = :user")
