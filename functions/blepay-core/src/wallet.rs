@@ -104,17 +104,32 @@ pub struct Wallet {
 }
 
 impl Wallet {
-    /// Credit a top-up.
+    /// What this wallet was ever credited: `available + held + spent`. Holds, releases and
+    /// captures only move money between the three balances, so this changes only with a top-up.
     ///
     /// # Errors
-    /// [`WalletError::Overflow`] when the balance would exceed [`Amount::MAX`].
+    /// [`WalletError::Overflow`] when it exceeds [`Amount::MAX`] (a wallet no rule here produces).
+    pub fn lifetime_total(&self) -> Result<Amount, WalletError> {
+        Ok(self
+            .available
+            .checked_add(self.held)?
+            .checked_add(self.spent)?)
+    }
+
+    /// Credit a top-up.
+    ///
+    /// The wallet's lifetime total ([`Wallet::lifetime_total`]: every top-up ever credited) must
+    /// stay at most [`Amount::MAX`]. Since `spent` can only grow out of that total, no capture can
+    /// ever take `spent` (or any balance) past [`Amount::MAX`] either (issue 10, L2).
+    ///
+    /// # Errors
+    /// [`WalletError::Overflow`] when the lifetime total would exceed [`Amount::MAX`].
     pub fn top_up(self, user: &UserId, amount: Amount) -> Result<(Self, LedgerEntry), WalletError> {
+        self.lifetime_total()?.checked_add(amount)?;
         let next = Self {
             available: self.available.checked_add(amount)?,
             ..self
         };
-        // available + held must stay representable too
-        next.available.checked_add(next.held)?;
         Ok((
             next,
             LedgerEntry {
@@ -304,7 +319,38 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn a_top_up_past_the_lifetime_maximum_is_refused_even_after_the_money_was_spent() {
+        let (w, _) = Wallet::default().top_up(&user(), Amount::MAX).unwrap();
+        let (w, _) = w.hold(&user(), Amount::MAX).unwrap();
+        let (w, _) = w.settle(&user(), Amount::MAX, Amount::MAX).unwrap();
+        assert_eq!(w.available, Amount::ZERO);
+        assert_eq!(w.spent, Amount::MAX);
+        assert_eq!(w.top_up(&user(), amt(1)), Err(WalletError::Overflow));
+    }
+
     proptest! {
+        /// Whatever happens, no balance can pass `Amount::MAX`: every rule either refuses or
+        /// keeps the lifetime total (which only top-ups raise, up to the maximum).
+        #[test]
+        fn no_sequence_of_operations_overflows_a_balance(ops in proptest::collection::vec((0u8..4, 0i64..=Amount::MAX.minor(), 0i64..=Amount::MAX.minor()), 0..40)) {
+            let u = user();
+            let mut w = Wallet::default();
+            let mut holds: alloc::vec::Vec<Amount> = alloc::vec::Vec::new();
+            for (op, a, b) in ops {
+                match op {
+                    0 => if let Ok((n, _)) = w.top_up(&u, amt(a)) { w = n; },
+                    1 => if let Ok((n, _)) = w.hold(&u, amt(a)) { w = n; holds.push(amt(a)); },
+                    2 => if let Ok((n, _)) = w.late_capture(&u, amt(a)) { w = n; },
+                    _ => if let Some(h) = holds.pop() {
+                        let (n, _) = w.settle(&u, h, amt(b).min(h)).unwrap();
+                        w = n;
+                    },
+                }
+                prop_assert!(w.lifetime_total().is_ok());
+            }
+        }
+
         #[test]
         fn any_sequence_of_operations_conserves_money(ops in proptest::collection::vec((0u8..3, 0i64..10_000, 0i64..10_000), 0..50)) {
             let u = user();

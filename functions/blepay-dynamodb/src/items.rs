@@ -31,9 +31,10 @@ pub(crate) const DUE_PARTITION: &str = "DUE";
 /// The `due` GSI partition of ACTIVE sessions, sorted by the base of their report deadline
 /// (the later of their start and their last report): the timeout sweep's candidates.
 pub(crate) const ACTIVE_PARTITION: &str = "ACTIVE";
-/// The TTL attribute (unix seconds) of advert markers and idempotency records.
+/// The TTL attribute (unix seconds) of advert markers and rate counters (idempotency records
+/// have none since issue 10: they live as long as the ledger rows they protect).
 pub(crate) const TTL: &str = "ttl";
-/// How long advert markers and idempotency records are kept.
+/// How long advert markers are kept.
 pub(crate) const RETENTION_SECS: u64 = 7 * 24 * 3600;
 
 // ---------------------------------------------------------------------------------------------
@@ -65,6 +66,22 @@ pub(crate) fn pay_key_key(user: &UserId, k: &IdempotencyKey) -> Item {
 
 pub(crate) fn topup_key_key(user: &UserId, k: &IdempotencyKey) -> Item {
     key(format!("USER#{user}"), &format!("TOPUP#{k}"))
+}
+
+/// A user's pay counter for rate window `window` (`blepay_store::PayLimits::window`): attribute
+/// `n`, the sessions opened in it, and a TTL at the window's end.
+pub(crate) fn rate_key(user: &UserId, window: u64) -> Item {
+    key(format!("USER#{user}"), &format!("RATE#{window}"))
+}
+
+/// The id of the ledger row a top-up with `k` writes (`ledger_key`'s `topup`).
+pub(crate) fn topup_ledger_id(user: &UserId, k: &IdempotencyKey) -> String {
+    format!("TOPUP#{user}#{k}")
+}
+
+/// The key of the ledger row a top-up with `k` writes.
+pub(crate) fn topup_ledger_key(user: &UserId, k: &IdempotencyKey) -> Item {
+    key(format!("LEDGER#{}", topup_ledger_id(user, k)), "ENTRY")
 }
 
 pub(crate) fn session_key(id: SessionId) -> Item {

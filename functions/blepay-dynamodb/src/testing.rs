@@ -235,6 +235,65 @@ pub async fn fresh_dyn_store_reading_first() -> (Arc<dyn Store>, ()) {
     (Arc::new(fresh_store().await.without_device_shadow()), ())
 }
 
+/// Delete one item of the store's table (a record an earlier build wrote with a TTL, swept).
+pub async fn delete_item(store: &DynamoStore, pk: &str, sk: &str) {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    store
+        .client
+        .delete_item()
+        .table_name(&store.table)
+        .key(crate::items::PK, AttributeValue::S(pk.to_owned()))
+        .key(crate::items::SK, AttributeValue::S(sk.to_owned()))
+        .send()
+        .await
+        .expect("delete");
+}
+
+/// Do what DynamoDB's TTL sweeper does by `now` (DynamoDB Local never deletes expired items):
+/// delete every item of the store's table whose `ttl` is `<= now`. Returns how many it deleted.
+pub async fn sweep_ttl(store: &DynamoStore, now: u64) -> usize {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let mut deleted = 0;
+    let mut start = None;
+    loop {
+        let out = store
+            .client
+            .scan()
+            .table_name(&store.table)
+            .consistent_read(true)
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .expect("scan");
+        for item in out.items() {
+            let expired = match item.get(crate::items::TTL) {
+                Some(AttributeValue::N(t)) => t.parse::<u64>().expect("a numeric ttl") <= now,
+                _ => false,
+            };
+            if expired {
+                let key = [crate::items::PK, crate::items::SK]
+                    .into_iter()
+                    .map(|k| (k.to_owned(), item[k].clone()))
+                    .collect();
+                store
+                    .client
+                    .delete_item()
+                    .table_name(&store.table)
+                    .set_key(Some(key))
+                    .send()
+                    .await
+                    .expect("delete");
+                deleted += 1;
+            }
+        }
+        match out.last_evaluated_key {
+            Some(k) if !k.is_empty() => start = Some(k),
+            _ => break,
+        }
+    }
+    deleted
+}
+
 // ---------------------------------------------------------------------------------------------
 // Fault injection
 // ---------------------------------------------------------------------------------------------

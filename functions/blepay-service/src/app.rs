@@ -132,8 +132,9 @@ impl App {
     /// Pay: hold `max_amount` and open a session the machine will be told about.
     ///
     /// # Errors
-    /// INVALID_ARGUMENT, ADVERT_*, DEVICE_UNKNOWN/OFFLINE/FAULT/BUSY, INSUFFICIENT_FUNDS,
-    /// IDEMPOTENCY_KEY_REUSED, RETRY_LATER.
+    /// INVALID_ARGUMENT, ADVERT_*, DEVICE_UNKNOWN/OFFLINE/FAULT/BUSY, TOO_MANY_UNSTARTED,
+    /// RATE_LIMITED (with a retry-after), INSUFFICIENT_FUNDS, IDEMPOTENCY_KEY_REUSED,
+    /// RETRY_LATER.
     pub async fn pay(
         &self,
         user: &UserId,
@@ -157,6 +158,7 @@ impl App {
             start_timeout_secs: self.config().start_timeout_secs,
             offline_after_secs: self.config().offline_after_secs,
             signals: signals(&advert),
+            limits: store_limits(self.config().pay_limits),
         };
         if let Err(stale) = check_fresh(&advert, now) {
             // A retry of an earlier pay may carry the advert it was made with: answer it.
@@ -200,6 +202,18 @@ impl App {
                 format!("available balance {available} is below maxAmount {max_amount}"),
             )),
             PayOutcome::KeyReused => Err(key_reused()),
+            PayOutcome::TooManyUnstarted { max } => Err(ApiError::new(
+                ErrorCode::TooManyUnstarted,
+                format!(
+                    "you already have {max} paid session(s) waiting for a machine's start button; \
+                     start or let them expire first"
+                ),
+            )),
+            PayOutcome::RateLimited { retry_after_secs } => Err(ApiError::new(
+                ErrorCode::RateLimited,
+                format!("too many sessions opened recently; retry in {retry_after_secs} s"),
+            )
+            .with_retry_after(retry_after_secs)),
         }
     }
 
@@ -306,7 +320,8 @@ impl App {
             TopUpOutcome::Credited(w) | TopUpOutcome::Replayed(w) => Ok(self.wallet_pb(&user, &w)),
             TopUpOutcome::KeyReused => Err(key_reused()),
             TopUpOutcome::LimitExceeded => Err(ApiError::invalid(format!(
-                "amount: the wallet balance would exceed the maximum of {} minor units",
+                "amount: the wallet's lifetime total (all it was ever credited) would exceed the \
+                 maximum of {} minor units",
                 Amount::MAX
             ))),
         }
@@ -549,6 +564,15 @@ pub async fn sweep(
 }
 
 /// What the verified advert says about the machine's link and health.
+/// The store's view of the configured per-user pay limits.
+fn store_limits(l: crate::config::PayLimits) -> blepay_store::PayLimits {
+    blepay_store::PayLimits {
+        max_unstarted_per_user: l.max_unstarted_per_user,
+        rate_max: l.rate_max,
+        rate_window_secs: l.rate_window_secs,
+    }
+}
+
 fn signals(advert: &Advert) -> AdvertSignals {
     AdvertSignals {
         link_down: advert.flags.contains(AdvertFlags::LINK_DOWN),

@@ -24,6 +24,10 @@ pub enum ErrorCode {
     InsufficientFunds,
     SessionNotFound,
     IdempotencyKeyReused,
+    /// The user already has as many AUTHORIZED (unstarted) sessions as allowed.
+    TooManyUnstarted,
+    /// The user opened too many sessions in the current rate window; comes with a retry-after.
+    RateLimited,
     // machine link
     FrameInvalid,
     DeviceAuthFailed,
@@ -57,6 +61,8 @@ impl ErrorCode {
             Self::InsufficientFunds => "INSUFFICIENT_FUNDS",
             Self::SessionNotFound => "SESSION_NOT_FOUND",
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            Self::TooManyUnstarted => "TOO_MANY_UNSTARTED",
+            Self::RateLimited => "RATE_LIMITED",
             Self::FrameInvalid => "FRAME_INVALID",
             Self::DeviceAuthFailed => "DEVICE_AUTH_FAILED",
             Self::SequenceReplayed => "SEQUENCE_REPLAYED",
@@ -92,11 +98,13 @@ impl ErrorCode {
             | Self::DeviceFault
             | Self::DeviceExists
             | Self::IdempotencyKeyReused
+            | Self::TooManyUnstarted
             | Self::SequenceReplayed
             | Self::SessionExpired
             | Self::SessionNotStartable
             | Self::SessionNotStarted
             | Self::ReportConflict => StatusCode::CONFLICT,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::InsufficientFunds => StatusCode::PAYMENT_REQUIRED,
             Self::RetryLater => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -122,19 +130,21 @@ impl ErrorCode {
             | Self::DeviceOffline
             | Self::DeviceFault
             | Self::IdempotencyKeyReused
+            | Self::TooManyUnstarted
             | Self::SequenceReplayed
             | Self::SessionExpired
             | Self::SessionNotStartable
             | Self::SessionNotStarted
             | Self::ReportConflict
             | Self::InsufficientFunds => Code::FailedPrecondition,
+            Self::RateLimited => Code::ResourceExhausted,
             Self::RetryLater => Code::Unavailable,
             Self::Internal => Code::Internal,
         }
     }
 }
 
-const ALL: [ErrorCode; 26] = [
+const ALL: [ErrorCode; 28] = [
     ErrorCode::Unauthenticated,
     ErrorCode::InvalidArgument,
     ErrorCode::PayloadTooLarge,
@@ -151,6 +161,8 @@ const ALL: [ErrorCode; 26] = [
     ErrorCode::InsufficientFunds,
     ErrorCode::SessionNotFound,
     ErrorCode::IdempotencyKeyReused,
+    ErrorCode::TooManyUnstarted,
+    ErrorCode::RateLimited,
     ErrorCode::FrameInvalid,
     ErrorCode::DeviceAuthFailed,
     ErrorCode::SequenceReplayed,
@@ -188,6 +200,9 @@ impl From<RefusalCode> for ErrorCode {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// When set, the answer says when to retry: HTTP `Retry-After: <secs>`, gRPC metadata
+    /// `retry-after`.
+    pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -195,7 +210,14 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            retry_after_secs: None,
         }
+    }
+    /// This error, telling the caller to retry in `secs` seconds.
+    #[must_use]
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidArgument, message)
@@ -232,7 +254,13 @@ impl IntoResponse for ApiError {
             code: self.code.as_str(),
             message: &self.message,
         };
-        (self.code.http_status(), axum::Json(body)).into_response()
+        let mut response = (self.code.http_status(), axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 
@@ -242,6 +270,11 @@ impl From<ApiError> for tonic::Status {
         if let Ok(v) = e.code.as_str().parse() {
             status.metadata_mut().insert("x-blepay-code", v);
         }
+        if let Some(secs) = e.retry_after_secs {
+            if let Ok(v) = secs.to_string().parse() {
+                status.metadata_mut().insert("retry-after", v);
+            }
+        }
         status
     }
 }
@@ -249,6 +282,25 @@ impl From<ApiError> for tonic::Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retry_after_is_a_header_and_grpc_metadata() {
+        let e = ApiError::new(ErrorCode::RateLimited, "slow down").with_retry_after(42);
+        let http = e.clone().into_response();
+        assert_eq!(http.status().as_u16(), 429);
+        assert_eq!(http.headers()[axum::http::header::RETRY_AFTER], "42");
+        let status = tonic::Status::from(e);
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(status.metadata().get("retry-after").unwrap(), "42");
+        let no_retry = ApiError::new(ErrorCode::TooManyUnstarted, "wait").into_response();
+        assert_eq!(no_retry.status().as_u16(), 409);
+        assert!(
+            no_retry
+                .headers()
+                .get(axum::http::header::RETRY_AFTER)
+                .is_none()
+        );
+    }
 
     #[test]
     fn every_code_parses_back_from_its_name() {
@@ -292,6 +344,8 @@ mod tests {
             (E::InsufficientFunds, 402),
             (E::SessionNotFound, 404),
             (E::DeviceExists, 409),
+            (E::TooManyUnstarted, 409),
+            (E::RateLimited, 429),
             (E::RetryLater, 503),
         ];
         for (code, status) in table {

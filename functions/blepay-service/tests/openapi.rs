@@ -80,6 +80,8 @@ fn every_error_code_is_in_the_error_schema_with_its_status_on_the_routes() {
         "SESSION_NOT_FOUND",
         "DEVICE_EXISTS",
         "IDEMPOTENCY_KEY_REUSED",
+        "TOO_MANY_UNSTARTED",
+        "RATE_LIMITED",
         "NOT_FOUND",
         "FRAME_INVALID",
         "DEVICE_AUTH_FAILED",

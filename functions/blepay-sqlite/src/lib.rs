@@ -26,8 +26,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use blepay_core::{
-    Amount, DeviceId, IdempotencyKey, Session, SessionId, UserId, Wallet, WalletError,
+use blepay_core::{Amount, DeviceId, IdempotencyKey, Session, SessionId, UserId, Wallet};
+use blepay_store::decide::{
+    NewTopUp, TopUpDecision, TopUpFacts, decide_top_up, top_up_fingerprint,
 };
 use blepay_store::{
     Audit, DeviceCall, DeviceCallOutcome, DeviceRecord, DeviceStatus, PayCommand, PayOutcome,
@@ -35,7 +36,7 @@ use blepay_store::{
 };
 use rusqlite::{Connection, TransactionBehavior, params};
 
-use crate::convert::{db, ts, wallet_rule};
+use crate::convert::{db, ts};
 use crate::ops::{Due, expire_sessions};
 use crate::rows::{
     load_device, load_idempotency, load_session, load_wallet, open_session_of, save_idempotency,
@@ -165,20 +166,20 @@ impl Store for SqliteStore {
         self.run(move |c| {
             expire_sessions(c, Due::OfUser(&user), now)?;
             let scope = format!("topup:{user}");
-            let fingerprint = amount.minor().to_string();
-            if let Some(seen) = load_idempotency(c, &scope, &key)? {
-                return Ok(if seen.fingerprint == fingerprint {
-                    TopUpOutcome::Replayed(load_wallet(c, &user)?)
-                } else {
-                    TopUpOutcome::KeyReused
-                });
-            }
-            let (wallet, entry) = match load_wallet(c, &user)?.top_up(&user, amount) {
-                Err(WalletError::Overflow) => return Ok(TopUpOutcome::LimitExceeded),
-                other => other.map_err(wallet_rule)?,
+            let seen = load_idempotency(c, &scope, &key)?;
+            let facts = TopUpFacts {
+                user: &user,
+                amount,
+                prior: seen.as_ref().map(|s| s.fingerprint.as_str()),
+                wallet: load_wallet(c, &user)?,
+            };
+            let NewTopUp { wallet, entry } = match decide_top_up(&facts)? {
+                TopUpDecision::Answer(outcome) => return Ok(outcome),
+                TopUpDecision::Credit(new) => new,
             };
             save_wallet(c, &user, &wallet)?;
             write_entry(c, &entry, now, None)?;
+            let fingerprint = top_up_fingerprint(amount);
             save_idempotency(c, &scope, &key, &fingerprint, None, now)?;
             Ok(TopUpOutcome::Credited(wallet))
         })

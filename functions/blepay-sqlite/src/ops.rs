@@ -14,9 +14,10 @@ use rusqlite::{Connection, params};
 
 use crate::convert::{amount_col, db, parse_col, ts, wallet_rule};
 use crate::rows::{
-    Idempotency, advert_used, insert_session, load_device, load_idempotency, load_open_session,
-    load_session, load_session_of_device, load_wallet, mark_advert_used, open_session_of,
-    query_sessions, save_idempotency, save_session_state, save_telemetry, save_wallet, write_entry,
+    Idempotency, advert_used, count_opened_since, count_unstarted, insert_session, load_device,
+    load_idempotency, load_open_session, load_session, load_session_of_device, load_wallet,
+    mark_advert_used, open_session_of, query_sessions, save_idempotency, save_session_state,
+    save_telemetry, save_wallet, write_entry,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -64,6 +65,8 @@ pub(crate) fn pay(c: &Connection, cmd: &PayCommand) -> Result<PayOutcome, StoreE
         prior,
         advert_used: advert_used(c, cmd.device, cmd.slot, cmd.use_counter)?,
         wallet: load_wallet(c, &cmd.user)?,
+        unstarted: count_unstarted(c, &cmd.user)?,
+        opened_in_window: count_opened_since(c, &cmd.user, cmd.limits.window_start(cmd.now))?,
     };
 
     let new = match decide_pay(&facts)? {

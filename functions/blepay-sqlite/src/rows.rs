@@ -247,6 +247,34 @@ pub(crate) fn load_session_of_device(
     .next())
 }
 
+/// How many AUTHORIZED sessions `user` holds (index `sessions_by_user`).
+pub(crate) fn count_unstarted(c: &Connection, user: &UserId) -> Result<u32, StoreError> {
+    count(
+        c,
+        "SELECT count(*) FROM sessions WHERE user_id = ?1 AND status = 'AUTHORIZED'",
+        params![user.as_str()],
+    )
+}
+
+/// How many sessions `user` opened at or after `since` (index `sessions_by_user_created`).
+pub(crate) fn count_opened_since(
+    c: &Connection,
+    user: &UserId,
+    since: u64,
+) -> Result<u32, StoreError> {
+    count(
+        c,
+        "SELECT count(*) FROM sessions WHERE user_id = ?1 AND created_at >= ?2",
+        params![user.as_str(), ts(since)?],
+    )
+}
+
+fn count<P: rusqlite::Params>(c: &Connection, sql: &str, p: P) -> Result<u32, StoreError> {
+    let n: i64 = c.query_row(sql, p, |r| r.get(0)).map_err(db)?;
+    // More than 4 billion rows saturate: every limit is far below.
+    Ok(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
 pub(crate) fn insert_session(c: &Connection, s: &Session) -> Result<(), StoreError> {
     c.execute(
         &format!(

@@ -123,6 +123,9 @@ DROP TABLE ledger;
 ALTER TABLE ledger_v3 RENAME TO ledger;
 CREATE INDEX ledger_by_kind ON ledger (kind);
 ",
+    // 4: issue 10 (M4) — the pay rate limit counts a user's sessions opened since the start of the
+    // current window.
+    "CREATE INDEX sessions_by_user_created ON sessions (user_id, created_at);",
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

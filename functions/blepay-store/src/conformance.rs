@@ -33,8 +33,8 @@ use blepay_core::{
 
 use crate::{
     AdvertSignals, Audit, DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, DeviceRecord,
-    DeviceState, PayCommand, PayOutcome, RegisterOutcome, ResponseEncoder, SavedAnswer, Store,
-    TopUpOutcome,
+    DeviceState, PayCommand, PayLimits, PayOutcome, RegisterOutcome, ResponseEncoder, SavedAnswer,
+    Store, TopUpOutcome,
 };
 
 /// Expand to one `#[tokio::test]` per conformance check, each on a store from `$factory`
@@ -92,6 +92,12 @@ macro_rules! conformance_tests {
             a_frame_under_a_retired_key_version_is_refused_and_changes_nothing,
             an_operation_that_did_not_decode_is_saved_and_advances_the_sequence_number,
             the_last_sequence_number_is_answered_once_and_nothing_follows_it,
+            a_pay_beyond_the_unstarted_cap_is_refused_and_changes_nothing,
+            a_pay_beyond_the_rate_is_refused_until_the_next_window,
+            concurrent_pays_by_one_user_on_several_machines_open_one_session,
+            concurrent_pays_beyond_the_rate_open_exactly_the_rate,
+            a_top_up_past_the_lifetime_maximum_is_refused_after_the_money_was_spent,
+            keys_reused_after_a_week_are_still_answered_as_retries,
         );
     };
     (@each $factory:expr; $($check:ident),+ $(,)?) => {
@@ -160,6 +166,13 @@ pub fn wallet(available: i64, held: i64, spent: i64) -> Wallet {
     }
 }
 
+/// The pay limits of [`pay_cmd`]: roomy enough for every check that is not about them.
+pub const ROOMY: PayLimits = PayLimits {
+    max_unstarted_per_user: 16,
+    rate_max: 1000,
+    rate_window_secs: 3600,
+};
+
 /// A pay by `who` on machine `n` heard at `now`, advert use counter `use_counter`, with a session
 /// id derived from the counter.
 pub fn pay_cmd(who: &str, idem: &str, n: u8, use_counter: u16, max: i64, now: u64) -> PayCommand {
@@ -176,6 +189,7 @@ pub fn pay_cmd(who: &str, idem: &str, n: u8, use_counter: u16, max: i64, now: u6
         start_timeout_secs: START_TIMEOUT,
         offline_after_secs: OFFLINE_AFTER,
         signals: AdvertSignals::default(),
+        limits: ROOMY,
     }
 }
 
@@ -1897,6 +1911,307 @@ pub async fn the_last_sequence_number_is_answered_once_and_nothing_follows_it(
             (DeviceCallOutcome::Replayed { last_seq: u32::MAX }, None)
         );
     }
+// Limits (issue 10: M4, L2, L5)
+// ---------------------------------------------------------------------------------------------
+
+/// `cmd` with `limits`.
+fn limited(mut cmd: PayCommand, limits: PayLimits) -> PayCommand {
+    cmd.limits = limits;
+    cmd
+}
+
+/// With the default cap of one, a user holding a machine that waits for its button cannot pay
+/// for another; a retry of the pay that went through is still answered; once the first session
+/// started (or expired), the next pay goes through.
+pub async fn a_pay_beyond_the_unstarted_cap_is_refused_and_changes_nothing(store: Arc<dyn Store>) {
+    for n in 1..=4 {
+        online_machine(&*store, n, T0).await;
+    }
+    fund(&*store, "alice", 1000).await;
+    let first_cmd = limited(pay_cmd("alice", "p1", 1, 7, 300, T0), PayLimits::DEFAULT);
+    let first = created(&*store, &first_cmd).await;
+
+    let second = limited(
+        pay_cmd("alice", "p2", 2, 7, 300, T0 + 1),
+        PayLimits::DEFAULT,
+    );
+    refused_without_change(&*store, &second, PayOutcome::TooManyUnstarted { max: 1 }).await;
+    // The limit is the caller's: with room for two, the same pay goes through (and a third
+    // is refused).
+    let two = PayLimits {
+        max_unstarted_per_user: 2,
+        ..PayLimits::DEFAULT
+    };
+    let third = limited(pay_cmd("alice", "p3", 3, 7, 300, T0 + 1), two);
+    assert_eq!(
+        store.pay(&limited(first_cmd.clone(), two)).await.unwrap(),
+        PayOutcome::Replayed(first.clone()),
+        "a retry is answered at the cap"
+    );
+    let mut second_of_two = limited(second.clone(), two);
+    second_of_two.key = key("p2b");
+    created(&*store, &second_of_two).await;
+    refused_without_change(&*store, &third, PayOutcome::TooManyUnstarted { max: 2 }).await;
+    assert_eq!(
+        store.pay(&first_cmd).await.unwrap(),
+        PayOutcome::Replayed(first.clone()),
+        "a retry is answered above the cap"
+    );
+
+    // Machine 1 starts: alice holds one unstarted session again (machine 2's).
+    started_of(device_op(&*store, 1, 2, DeviceOp::Press, T0 + 5).await);
+    let third = limited(pay_cmd("alice", "p3", 3, 7, 300, T0 + 6), two);
+    created(&*store, &third).await;
+    refused_without_change(
+        &*store,
+        &limited(pay_cmd("alice", "p4", 4, 7, 300, T0 + 6), two),
+        PayOutcome::TooManyUnstarted { max: 2 },
+    )
+    .await;
+    // Expired sessions do not count: after the start deadline both waiting ones are gone.
+    let late = T0 + 6 + START_TIMEOUT + 1;
+    device_op(&*store, 2, 2, DeviceOp::Poll, late).await;
+    let after = limited(pay_cmd("alice", "p5", 2, 8, 100, late), PayLimits::DEFAULT);
+    created(&*store, &after).await;
+    reconciled(&*store).await;
+}
+
+/// At most `rate_max` sessions per user per fixed window; the refusal says when the next window
+/// begins, and then pays go through again.
+pub async fn a_pay_beyond_the_rate_is_refused_until_the_next_window(store: Arc<dyn Store>) {
+    let limits = PayLimits {
+        max_unstarted_per_user: 16,
+        rate_max: 2,
+        rate_window_secs: 60,
+    };
+    for n in 1..=4 {
+        online_machine(&*store, n, T0).await;
+    }
+    fund(&*store, "alice", 1000).await;
+    fund(&*store, "bob", 1000).await;
+    // T0 is a whole minute.
+    assert_eq!(limits.window_start(T0), T0);
+    let first = limited(pay_cmd("alice", "p1", 1, 7, 100, T0), limits);
+    let s1 = created(&*store, &first).await;
+    created(
+        &*store,
+        &limited(pay_cmd("alice", "p2", 2, 7, 100, T0 + 1), limits),
+    )
+    .await;
+    let third = limited(pay_cmd("alice", "p3", 3, 7, 100, T0 + 20), limits);
+    refused_without_change(
+        &*store,
+        &third,
+        PayOutcome::RateLimited {
+            retry_after_secs: 40,
+        },
+    )
+    .await;
+    // A retry is answered; other users have their own count.
+    assert_eq!(store.pay(&first).await.unwrap(), PayOutcome::Replayed(s1));
+    created(
+        &*store,
+        &limited(pay_cmd("bob", "b1", 4, 7, 100, T0 + 20), limits),
+    )
+    .await;
+    // Refused pays did not count, and the next window starts afresh.
+    let next = limited(pay_cmd("alice", "p3", 3, 8, 100, T0 + 60), limits);
+    created(&*store, &next).await;
+    reconciled(&*store).await;
+}
+
+/// The cap holds under a race: concurrent pays by one user on different idle machines open one
+/// session, the rest are refused and change nothing.
+pub async fn concurrent_pays_by_one_user_on_several_machines_open_one_session(
+    store: Arc<dyn Store>,
+) {
+    const MACHINES: u8 = 6;
+    for n in 1..=MACHINES {
+        online_machine(&*store, n, T0).await;
+    }
+    fund(&*store, "alice", 10_000).await;
+    let pays: Vec<_> = (1..=MACHINES)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            let cmd = limited(
+                pay_cmd("alice", &format!("race-{n}"), n, 7, 300, T0),
+                PayLimits::DEFAULT,
+            );
+            tokio::spawn(async move { store.pay(&cmd).await.unwrap() })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for pay in pays {
+        outcomes.push(pay.await.unwrap());
+    }
+    let created = outcomes
+        .iter()
+        .filter(|o| matches!(o, PayOutcome::Created(_)))
+        .count();
+    let refused = outcomes
+        .iter()
+        .filter(|o| **o == PayOutcome::TooManyUnstarted { max: 1 })
+        .count();
+    assert_eq!(
+        (created, refused),
+        (1, usize::from(MACHINES) - 1),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        store.wallet(&user("alice"), T0).await.unwrap(),
+        wallet(9_700, 300, 0)
+    );
+    let audit = reconciled(&*store).await;
+    assert_eq!((audit.held, audit.open_holds), (300, 300));
+}
+
+/// The rate holds under a race too.
+pub async fn concurrent_pays_beyond_the_rate_open_exactly_the_rate(store: Arc<dyn Store>) {
+    const MACHINES: u8 = 6;
+    let limits = PayLimits {
+        max_unstarted_per_user: 16,
+        rate_max: 2,
+        rate_window_secs: 3600,
+    };
+    for n in 1..=MACHINES {
+        online_machine(&*store, n, T0).await;
+    }
+    fund(&*store, "alice", 10_000).await;
+    let pays: Vec<_> = (1..=MACHINES)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            let cmd = limited(
+                pay_cmd("alice", &format!("race-{n}"), n, 7, 300, T0),
+                limits,
+            );
+            tokio::spawn(async move { store.pay(&cmd).await.unwrap() })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for pay in pays {
+        outcomes.push(pay.await.unwrap());
+    }
+    let created = outcomes
+        .iter()
+        .filter(|o| matches!(o, PayOutcome::Created(_)))
+        .count();
+    let refused = outcomes
+        .iter()
+        .filter(|o| matches!(o, PayOutcome::RateLimited { .. }))
+        .count();
+    assert_eq!(
+        (created, refused),
+        (2, usize::from(MACHINES) - 2),
+        "{outcomes:?}"
+    );
+    assert_eq!(reconciled(&*store).await.held, 600);
+}
+
+/// A wallet's lifetime total (all it was ever credited) stays within `Amount::MAX`, so `spent`
+/// can never pass it: a top-up that would take it past is refused, also after the money was
+/// spent (issue 10, L2: SQLite then failed the final report forever, DynamoDB wrote a wallet it
+/// could not read back).
+pub async fn a_top_up_past_the_lifetime_maximum_is_refused_after_the_money_was_spent(
+    store: Arc<dyn Store>,
+) {
+    let alice = user("alice");
+    online_machine(&*store, 1, T0).await;
+    assert!(matches!(
+        store
+            .top_up(&alice, Amount::MAX, &key("t1"), T0)
+            .await
+            .unwrap(),
+        TopUpOutcome::Credited(_)
+    ));
+    let s = created(
+        &*store,
+        &pay_cmd("alice", "p1", 1, 7, Amount::MAX.minor(), T0),
+    )
+    .await;
+    started_of(device_op(&*store, 1, 2, DeviceOp::Press, T0 + 1).await);
+    let all = Units::new(u64::try_from(Amount::MAX.minor() / PRICE).unwrap());
+    let last = DeviceOp::Report {
+        session: s.id,
+        units: all,
+        last: true,
+    };
+    let settled = session_of(device_op(&*store, 1, 3, last, T0 + 2).await);
+    assert_eq!(
+        (settled.status, settled.amount),
+        (SessionStatus::Settled, Amount::MAX)
+    );
+    let spent = wallet(0, 0, Amount::MAX.minor());
+    assert_eq!(store.wallet(&alice, T0 + 3).await.unwrap(), spent);
+
+    for (k, minor) in [("t2", 1), ("t3", Amount::MAX.minor())] {
+        assert_eq!(
+            store
+                .top_up(&alice, amount(minor), &key(k), T0 + 3)
+                .await
+                .unwrap(),
+            TopUpOutcome::LimitExceeded
+        );
+    }
+    assert_eq!(store.wallet(&alice, T0 + 3).await.unwrap(), spent);
+    let audit = reconciled(&*store).await;
+    assert_eq!(
+        (audit.top_ups, audit.spent),
+        (Amount::MAX.minor(), Amount::MAX.minor())
+    );
+    // Other wallets are not affected.
+    fund(&*store, "bob", 100).await;
+}
+
+/// Idempotency keys are kept as long as what they protect: a top-up retried, or a pay key reused,
+/// eight days later is answered as the retry it is (issue 10, L5: DynamoDB's key records expired
+/// after seven days while the top-up's ledger row did not).
+pub async fn keys_reused_after_a_week_are_still_answered_as_retries(store: Arc<dyn Store>) {
+    const LATER: u64 = T0 + 8 * 24 * 3600;
+    let alice = user("alice");
+    online_machine(&*store, 1, T0).await;
+    let TopUpOutcome::Credited(_) = store
+        .top_up(&alice, amount(1000), &key("t1"), T0)
+        .await
+        .unwrap()
+    else {
+        panic!("credited");
+    };
+    let paid = created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+
+    device_op(&*store, 1, 2, DeviceOp::Poll, LATER).await;
+    let TopUpOutcome::Replayed(w) = store
+        .top_up(&alice, amount(1000), &key("t1"), LATER)
+        .await
+        .unwrap()
+    else {
+        panic!("a top-up retried after a week is replayed");
+    };
+    assert_eq!(
+        w,
+        wallet(1000, 0, 0),
+        "the session expired, nothing was credited twice"
+    );
+    assert_eq!(
+        store
+            .top_up(&alice, amount(999), &key("t1"), LATER)
+            .await
+            .unwrap(),
+        TopUpOutcome::KeyReused
+    );
+    let again = pay_cmd("alice", "p1", 1, 8, 300, LATER);
+    let PayOutcome::Replayed(s) = store.pay(&again).await.unwrap() else {
+        panic!("a pay key reused after a week is a retry");
+    };
+    assert_eq!((s.id, s.status), (paid.id, SessionStatus::Expired));
+    assert_eq!(
+        store
+            .pay(&pay_cmd("alice", "p1", 1, 9, 200, LATER))
+            .await
+            .unwrap(),
+        PayOutcome::KeyReused
+    );
+    let audit = reconciled(&*store).await;
+    assert_eq!((audit.top_ups, audit.held), (1000, 0));
 }
 
 #[cfg(test)]

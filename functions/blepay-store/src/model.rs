@@ -98,6 +98,61 @@ pub struct PayCommand {
     pub offline_after_secs: u64,
     /// The verified advert's flags.
     pub signals: AdvertSignals,
+    /// The per-user limits on pay (issue 10, M4).
+    pub limits: PayLimits,
+}
+
+/// Per-user limits on pay: locking a machine must cost something (issue 10, M4). A pay refused by
+/// either limit changes nothing; a retry of a pay that went through is answered whatever the
+/// limits say now. The service builds this from its `BLEPAY_MAX_UNSTARTED_PER_USER`,
+/// `BLEPAY_PAY_RATE_MAX` and `BLEPAY_PAY_RATE_WINDOW_SECS` (validated there: all at least 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PayLimits {
+    /// AUTHORIZED sessions (paid, not started, not past their start deadline) one user may hold.
+    pub max_unstarted_per_user: u32,
+    /// Sessions one user may open per rate window.
+    pub rate_max: u32,
+    /// The length of a rate window, in seconds. Windows are fixed: window `w` is
+    /// `[w * rate_window_secs, (w + 1) * rate_window_secs)`.
+    pub rate_window_secs: u64,
+}
+
+impl PayLimits {
+    /// The service's defaults: one machine waiting per user, 10 pays an hour.
+    pub const DEFAULT: Self = Self {
+        max_unstarted_per_user: 1,
+        rate_max: 10,
+        rate_window_secs: 3600,
+    };
+
+    /// The number of the rate window `now` falls in (a window of 0 seconds counts as 1).
+    pub const fn window(&self, now: u64) -> u64 {
+        now / self.window_len()
+    }
+
+    /// When the window `now` falls in began (unix seconds).
+    pub const fn window_start(&self, now: u64) -> u64 {
+        self.window(now) * self.window_len()
+    }
+
+    /// Seconds from `now` until the next window begins (at least 1).
+    pub const fn secs_to_next_window(&self, now: u64) -> u64 {
+        self.window_start(now) + self.window_len() - now
+    }
+
+    const fn window_len(&self) -> u64 {
+        if self.rate_window_secs == 0 {
+            1
+        } else {
+            self.rate_window_secs
+        }
+    }
+}
+
+impl Default for PayLimits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +177,15 @@ pub enum PayOutcome {
     },
     /// The key was used before for another machine or amount.
     KeyReused,
+    /// The user already holds [`PayLimits::max_unstarted_per_user`] AUTHORIZED sessions.
+    TooManyUnstarted {
+        max: u32,
+    },
+    /// The user already opened [`PayLimits::rate_max`] sessions in this rate window; the next
+    /// window begins in `retry_after_secs`.
+    RateLimited {
+        retry_after_secs: u64,
+    },
 }
 
 /// What a machine asks.

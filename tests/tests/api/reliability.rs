@@ -602,14 +602,17 @@ async fn final_reports_through_a_proxy_dropping_30_percent_of_connections_settle
     let (machines, cycles) = if full() { (20, 5) } else { (4, 3) };
     let app = spawn_app().await;
     let proxy = blepay_e2e::proxy::Proxy::start(([127, 0, 0, 1], app.port).into(), 30, 0x05ee_db1e);
-    let user = random_user();
     let funds = 1_000_000;
-    app.top_up(&user, funds).await;
 
     // Each machine runs its cycles concurrently with the others: pay (phone, direct), then the
-    // press (one exchange starts the session) and the final report through the proxy.
+    // press (one exchange starts the session) and the final report through the proxy. One user
+    // per machine: a user may hold one unstarted session at a time (BLEPAY_MAX_UNSTARTED_PER_USER).
     let mut tasks = Vec::new();
+    let mut users = Vec::new();
     for i in 0..machines {
+        let user = random_user();
+        app.top_up(&user, funds).await;
+        users.push(user.clone());
         let (id, key) = app.register_device(PRICE).await;
         let mut m = LossyMachine {
             link: Link::new(identity(&id, &key)),
@@ -656,37 +659,38 @@ async fn final_reports_through_a_proxy_dropping_30_percent_of_connections_settle
     }
     let mut expected = Vec::new();
     let mut retries = 0;
-    for t in tasks {
-        let (e, r) = t.await.unwrap();
-        expected.extend(e);
-        retries += r;
-    }
-
-    // Assert: every session settled once, for its amount; the wallet and ledger agree.
     let mut spent = 0;
-    for (sid, amount) in &expected {
-        let s = app.ops_session(&sid.to_string()).await;
+    for (t, user) in tasks.into_iter().zip(&users) {
+        let (e, r) = t.await.unwrap();
+        retries += r;
+        // Assert: every session settled once, for its amount; each wallet and the ledger agree.
+        let mut user_spent = 0;
+        for (sid, amount) in &e {
+            let s = app.ops_session(&sid.to_string()).await;
+            assert_eq!(
+                (s["status"].as_str(), s["amount"].as_str()),
+                (Some("SETTLED"), Some(amount.to_string().as_str())),
+                "{s}"
+            );
+            user_spent += amount;
+        }
+        let w = app.wallet(user).await;
         assert_eq!(
-            (s["status"].as_str(), s["amount"].as_str()),
-            (Some("SETTLED"), Some(amount.to_string().as_str())),
-            "{s}"
+            (
+                w["available"].as_str(),
+                w["held"].as_str(),
+                w["spent"].as_str()
+            ),
+            (
+                Some((funds - user_spent).to_string().as_str()),
+                Some("0"),
+                Some(user_spent.to_string().as_str())
+            ),
+            "{w}"
         );
-        spent += amount;
+        spent += user_spent;
+        expected.extend(e);
     }
-    let w = app.wallet(&user).await;
-    assert_eq!(
-        (
-            w["available"].as_str(),
-            w["held"].as_str(),
-            w["spent"].as_str()
-        ),
-        (
-            Some((funds - spent).to_string().as_str()),
-            Some("0"),
-            Some(spent.to_string().as_str())
-        ),
-        "{w}"
-    );
     let audit = app.audit().await;
     assert!(audit.reconciles(), "{audit:?}");
     assert_eq!(audit.revenue, spent, "{audit:?}");

@@ -18,12 +18,13 @@ impl DynamoStore {
         // The one read: the device (tariff, liveness, lock), the wallet (balance, due holds), the
         // idempotency record (a retry is answered before anything else) and the advert marker —
         // one isolated snapshot, so a concurrent pay with this key is seen whole or not at all.
-        let [device, wallet, seen, advert_used] = <[Option<Item>; 4]>::try_from(
+        let [device, wallet, seen, advert_used, rate] = <[Option<Item>; 5]>::try_from(
             self.transact_get(vec![
                 device_key(cmd.device),
                 wallet_key(&cmd.user),
                 items::pay_key_key(&cmd.user, &cmd.key),
                 items::advert_key(cmd.device, cmd.slot, cmd.use_counter),
+                items::rate_key(&cmd.user, cmd.limits.window(cmd.now)),
             ])
             .await?,
         )
@@ -85,6 +86,9 @@ impl DynamoStore {
             prior,
             advert_used: advert_used.is_some(),
             wallet: w.wallet,
+            // No hold is due (they were expired above): every one is an unstarted session.
+            unstarted: count(w.holds.len()),
+            opened_in_window: rate_count(rate.as_ref())?,
         };
 
         let new = match decide_pay(&facts)? {
@@ -119,7 +123,7 @@ impl DynamoStore {
             return Ok(None);
         };
         // The facts assumed (the transaction checks each): no pay with this key yet, an unused
-        // advert, and the money there. The wallet is not read: the core holds the amount on a
+        // advert, the user within both limits, and the money there. The wallet is not read: the core holds the amount on a
         // wallet holding exactly it, and the difference is applied under the condition that the
         // money is there. Any answer but a new session is left to the read.
         let base = Wallet {
@@ -134,6 +138,8 @@ impl DynamoStore {
             prior: None,
             advert_used: false,
             wallet: base,
+            unstarted: 0,
+            opened_in_window: 0,
         };
         let PayDecision::Create(new) = decide_pay(&assumed)? else {
             return Ok(None);
@@ -191,7 +197,8 @@ impl DynamoStore {
             ("type".to_string(), s("IDEMPOTENCY")),
             ("fingerprint".to_string(), s(cmd.fingerprint().to_string())),
             ("session".to_string(), s(&sid)),
-            (TTL.to_string(), n(cmd.now + RETENTION_SECS)),
+            // No TTL: the record lives as long as the session and ledger rows it protects, so
+            // a key reused after any time is answered as SQLite answers it (issue 10, L5).
         ]);
         let mut device = Upd::new(device_key(cmd.device))
             .set("#open = :snap")
@@ -214,17 +221,33 @@ impl DynamoStore {
             device.into_transact(&self.table)?,
             // PAY_ADVERT: the single-use advert marker.
             put_new(&self.table, advert)?,
-            // PAY_WALLET: the hold, only if the money is there.
+            // PAY_WALLET: the hold, only if the user holds fewer unstarted sessions (`holds`,
+            // their AUTHORIZED sessions) than the cap and the money is there.
             Upd::new(wallet_key(&cmd.user))
                 .set("available = available + :da, held = held + :dh, spent = spent + :ds")
                 .set("holds.#sid = :snap")
+                .cond("attribute_not_exists(holds) OR size(holds) < :cap")
                 .cond("available >= :amt")
                 .name("#sid", &sid)
                 .val(":da", n(da))
                 .val(":dh", n(dh))
                 .val(":ds", n(ds))
+                .val(":cap", n(cmd.limits.max_unstarted_per_user))
                 .val(":amt", n(cmd.max_amount.minor()))
                 .val(":snap", snapshot)
+                .into_transact(&self.table)?,
+            // PAY_RATE: the user's counter of this rate window, only while below the rate.
+            Upd::new(items::rate_key(&cmd.user, cmd.limits.window(cmd.now)))
+                .set("#n = if_not_exists(#n, :zero) + :one, #type = :rate, #ttl = :end")
+                .cond("attribute_not_exists(#n) OR #n < :max")
+                .name("#n", "n")
+                .name("#type", "type")
+                .name("#ttl", TTL)
+                .val(":zero", n(0))
+                .val(":one", n(1))
+                .val(":rate", s("RATE"))
+                .val(":end", n(cmd.now + cmd.limits.secs_to_next_window(cmd.now)))
+                .val(":max", n(cmd.limits.rate_max))
                 .into_transact(&self.table)?,
             // The session (random ids do not collide) and the ledger entry.
             put_new(&self.table, session_item(session))?,
@@ -241,6 +264,19 @@ const PAY_KEY: usize = 0;
 const PAY_DEVICE: usize = 1;
 const PAY_ADVERT: usize = 2;
 const PAY_WALLET: usize = 3;
+const PAY_RATE: usize = 4;
+
+fn count(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
+
+/// The sessions a rate counter item says were opened in its window (0 without the item).
+fn rate_count(item: Option<&Item>) -> Result<u32, StoreError> {
+    match item {
+        None => Ok(0),
+        Some(item) => items::opt_n(item, "n").map(Option::unwrap_or_default),
+    }
+}
 
 /// The refusal a cancelled pay transaction means, from its cancellation reasons (the old items,
 /// `ALL_OLD`); `None` when they leave it open and the pay must be decided from a fresh read: a
@@ -295,15 +331,36 @@ fn pay_refusal(
         }
         return Ok(Some(PayOutcome::AdvertUsed));
     }
-    if let Some(old) = failed(PAY_WALLET) {
-        let wallet = wallet_from_item(old)?;
-        if wallet
-            .holds
-            .iter()
-            .any(|h| ours(h) || h.is_due_to_expire(cmd.now))
-        {
-            return Ok(None);
+    // The wallet (the unstarted cap, then the money) and the rate counter, in
+    // `decide_pay`'s order: too many unstarted, rate limited, insufficient funds.
+    let wallet = match failed(PAY_WALLET) {
+        None => None,
+        Some(old) => {
+            let wallet = wallet_from_item(old)?;
+            if wallet
+                .holds
+                .iter()
+                .any(|h| ours(h) || h.is_due_to_expire(cmd.now))
+            {
+                return Ok(None);
+            }
+            if count(wallet.holds.len()) >= cmd.limits.max_unstarted_per_user {
+                return Ok(Some(PayOutcome::TooManyUnstarted {
+                    max: cmd.limits.max_unstarted_per_user,
+                }));
+            }
+            Some(wallet)
         }
+    };
+    if let Some(old) = failed(PAY_RATE) {
+        if rate_count(old)? >= cmd.limits.rate_max {
+            return Ok(Some(PayOutcome::RateLimited {
+                retry_after_secs: cmd.limits.secs_to_next_window(cmd.now),
+            }));
+        }
+        return Ok(None);
+    }
+    if let Some(wallet) = wallet {
         let available = wallet.wallet.available;
         if available < cmd.max_amount {
             return Ok(Some(PayOutcome::InsufficientFunds { available }));

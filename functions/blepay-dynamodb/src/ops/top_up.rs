@@ -2,16 +2,16 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::AttributeValue;
-use blepay_core::{Amount, IdempotencyKey, UserId, WalletError};
-use blepay_store::{StoreError, TopUpOutcome};
-
-use super::wallet_rule;
 use crate::DynamoStore;
 use crate::items::{
-    self, Failure, Item, RETENTION_SECS, TTL, Upd, get_s, n, put_new, s, wallet_from_item,
-    wallet_key,
+    self, Failure, Item, Upd, get_n, get_s, n, put_new, s, wallet_from_item, wallet_key,
 };
+use aws_sdk_dynamodb::types::AttributeValue;
+use blepay_core::{Amount, IdempotencyKey, UserId};
+use blepay_store::decide::{
+    NewTopUp, TopUpDecision, TopUpFacts, decide_top_up, top_up_fingerprint,
+};
+use blepay_store::{StoreError, TopUpOutcome};
 
 impl DynamoStore {
     pub(super) async fn top_up_once(
@@ -21,26 +21,43 @@ impl DynamoStore {
         key: &IdempotencyKey,
         now: u64,
     ) -> Result<TopUpOutcome, Failure> {
-        let [wallet, seen] = <[Option<Item>; 2]>::try_from(
-            self.batch_get(vec![wallet_key(user), items::topup_key_key(user, key)])
-                .await?,
+        let [wallet, seen, ledger_row] = <[Option<Item>; 3]>::try_from(
+            self.batch_get(vec![
+                wallet_key(user),
+                items::topup_key_key(user, key),
+                items::topup_ledger_key(user, key),
+            ])
+            .await?,
         )
         .map_err(|_| StoreError::Internal("BatchGetItem answered the wrong count".into()))?;
         let w = wallet_from_item(wallet.as_ref())?;
         if self.expire_due_holds(&w, now).await? {
             return Err(Failure::Contention("expired due holds; read again".into()));
         }
-        let fingerprint = amount.minor().to_string();
-        if let Some(seen) = seen {
-            return Ok(if get_s(&seen, "fingerprint")? == fingerprint {
-                TopUpOutcome::Replayed(w.wallet)
-            } else {
-                TopUpOutcome::KeyReused
-            });
-        }
-        let (after, entry) = match w.wallet.top_up(user, amount) {
-            Err(WalletError::Overflow) => return Ok(TopUpOutcome::LimitExceeded),
-            other => other.map_err(wallet_rule)?,
+        let fingerprint = top_up_fingerprint(amount);
+        // The key record, or else the deterministic ledger row the credit wrote: a record that
+        // expired (written with a TTL by an earlier build) must not make the retry fail on the
+        // row forever (issue 10, L5).
+        let prior = match (&seen, &ledger_row) {
+            (Some(seen), _) => Some(get_s(seen, "fingerprint")?.to_owned()),
+            (None, Some(row)) => Some(top_up_fingerprint(
+                Amount::new(get_n(row, "amount")?)
+                    .map_err(|_| items::corrupt("ledger entry", "amount"))?,
+            )),
+            (None, None) => None,
+        };
+        let facts = TopUpFacts {
+            user,
+            amount,
+            prior: prior.as_deref(),
+            wallet: w.wallet,
+        };
+        let NewTopUp {
+            wallet: after,
+            entry,
+        } = match decide_top_up(&facts)? {
+            TopUpDecision::Answer(outcome) => return Ok(outcome),
+            TopUpDecision::Credit(new) => new,
         };
         let mut wallet_upd = Upd::new(wallet_key(user))
             .set("available = :a, held = :h, spent = :s, #type = :type, #user = :user")
@@ -66,14 +83,14 @@ impl DynamoStore {
         record.extend([
             ("type".to_string(), s("IDEMPOTENCY")),
             ("fingerprint".to_string(), s(&fingerprint)),
-            (TTL.to_string(), n(now + RETENTION_SECS)),
+            // No TTL: the record lives as long as the TOPUP ledger row it protects (issue 10, L5).
         ]);
         let actions = vec![
             wallet_upd.into_transact(&self.table)?,
             put_new(&self.table, record)?,
             put_new(
                 &self.table,
-                items::ledger_item(&entry, now, None, &format!("TOPUP#{user}#{key}")),
+                items::ledger_item(&entry, now, None, &items::topup_ledger_id(user, key)),
             )?,
         ];
         self.transact_or_rerun(actions).await?;

@@ -11,12 +11,14 @@
 //!   [`check_seq`]: its sequence number — fresh, a retry, or replayed.
 //! - [`decide_session_op`]: a start's, press's or report's result and what it changes (lazy
 //!   expiry and timeout, the late-report rule).
+//! - [`decide_top_up`]: a top-up's answer (a retry, the lifetime money bound) and its credit.
 //! - [`AuditTally`]: the reconciliation totals, with checked arithmetic.
 
 mod audit;
 mod device_op;
 mod pay;
 mod seq;
+mod top_up;
 
 pub use audit::AuditTally;
 pub use device_op::{
@@ -24,3 +26,4 @@ pub use device_op::{
 };
 pub use pay::{NewPay, PayDecision, PayFacts, PayFingerprint, PriorPay, decide_pay};
 pub use seq::{LastCall, SeqCheck, check_call, check_seq};
+pub use top_up::{NewTopUp, TopUpDecision, TopUpFacts, decide_top_up, top_up_fingerprint};

@@ -78,6 +78,11 @@ pub struct PayFacts<'a> {
     pub advert_used: bool,
     /// The user's wallet, their overdue holds already released.
     pub wallet: Wallet,
+    /// The user's AUTHORIZED sessions (their overdue ones already expired).
+    pub unstarted: u32,
+    /// The sessions the user opened in the current rate window
+    /// ([`PayLimits::window`](crate::PayLimits::window) of `cmd.now`).
+    pub opened_in_window: u32,
 }
 
 /// A pay the store must persist, atomically: insert `session` (AUTHORIZED), mark the advert
@@ -109,7 +114,9 @@ pub enum PayDecision {
 /// 5. [`PayOutcome::DeviceFault`] (the advert's fault flag);
 /// 6. [`PayOutcome::DeviceBusy`] (an open session on the machine);
 /// 7. [`PayOutcome::AdvertUsed`];
-/// 8. [`PayOutcome::InsufficientFunds`];
+/// 8. [`PayOutcome::TooManyUnstarted`] (`unstarted >= max_unstarted_per_user`);
+/// 9. [`PayOutcome::RateLimited`] (`opened_in_window >= rate_max`);
+/// 10. [`PayOutcome::InsufficientFunds`];
 ///
 /// and otherwise [`PayDecision::Create`]: hold `max_amount` (the core's wallet rule) for a new
 /// AUTHORIZED session with the machine's tariff. DynamoDB's pay transaction orders its conditions
@@ -147,6 +154,17 @@ pub fn decide_pay(facts: &PayFacts<'_>) -> Result<PayDecision, StoreError> {
     }
     if facts.advert_used {
         return Ok(Answer(PayOutcome::AdvertUsed));
+    }
+    let limits = cmd.limits;
+    if facts.unstarted >= limits.max_unstarted_per_user {
+        return Ok(Answer(PayOutcome::TooManyUnstarted {
+            max: limits.max_unstarted_per_user,
+        }));
+    }
+    if facts.opened_in_window >= limits.rate_max {
+        return Ok(Answer(PayOutcome::RateLimited {
+            retry_after_secs: limits.secs_to_next_window(cmd.now),
+        }));
     }
     let (wallet, hold_entry) = match facts.wallet.hold(&cmd.user, cmd.max_amount) {
         Ok(held) => held,
@@ -206,6 +224,7 @@ mod tests {
             start_timeout_secs: 120,
             offline_after_secs: 300,
             signals: crate::AdvertSignals::default(),
+            limits: crate::PayLimits::DEFAULT,
         }
     }
 
@@ -254,6 +273,8 @@ mod tests {
             prior: None,
             advert_used: false,
             wallet: funds(1000),
+            unstarted: 0,
+            opened_in_window: 0,
         };
         let PayDecision::Create(new) = decide_pay(&facts).unwrap() else {
             panic!("expected a new pay");
@@ -279,6 +300,8 @@ mod tests {
             prior: Some(PriorPay::Other),
             advert_used: true,
             wallet: funds(0),
+            unstarted: 1,
+            opened_in_window: 10,
         };
         let below = PayFacts {
             cmd: &cheap,
@@ -305,6 +328,25 @@ mod tests {
         };
         assert_eq!(
             answer(&fresh_advert),
+            PayOutcome::TooManyUnstarted { max: 1 }
+        );
+        let none_waiting = PayFacts {
+            unstarted: 0,
+            ..fresh_advert.clone()
+        };
+        assert_eq!(
+            answer(&none_waiting),
+            PayOutcome::RateLimited {
+                // NOW = 1_770_000_000 is 2400 s into its hour
+                retry_after_secs: 1200
+            }
+        );
+        let within_rate = PayFacts {
+            opened_in_window: 9,
+            ..none_waiting
+        };
+        assert_eq!(
+            answer(&within_rate),
             PayOutcome::InsufficientFunds {
                 available: Amount::ZERO
             }
@@ -323,6 +365,8 @@ mod tests {
                 prior: None,
                 advert_used: true,
                 wallet: funds(0),
+                unstarted: 0,
+                opened_in_window: 0,
             })
         };
         assert_eq!(with(true, true), PayOutcome::DeviceOffline);
@@ -350,8 +394,42 @@ mod tests {
             prior: Some(PriorPay::Same(first.clone())),
             advert_used: true,
             wallet: funds(0),
+            unstarted: 1,
+            opened_in_window: 10,
         };
         assert_eq!(answer(&facts), PayOutcome::Replayed(first));
+    }
+
+    #[test]
+    fn the_limits_count_what_the_store_found_against_the_command_s_limits() {
+        let mut c = cmd(300);
+        c.limits = crate::PayLimits {
+            max_unstarted_per_user: 3,
+            rate_max: 5,
+            rate_window_secs: 60,
+        };
+        let m = machine(Some(NOW), None);
+        let facts = |unstarted, opened_in_window| PayFacts {
+            cmd: &c,
+            device: Some(&m),
+            prior: None,
+            advert_used: false,
+            wallet: funds(1000),
+            unstarted,
+            opened_in_window,
+        };
+        assert!(matches!(answer(&facts(2, 4)), PayOutcome::Created(_)));
+        assert_eq!(
+            answer(&facts(3, 0)),
+            PayOutcome::TooManyUnstarted { max: 3 }
+        );
+        // 1_770_000_000 is a whole minute: the next window is a full window away.
+        assert_eq!(
+            answer(&facts(0, 5)),
+            PayOutcome::RateLimited {
+                retry_after_secs: 60
+            }
+        );
     }
 
     #[test]

@@ -133,7 +133,9 @@ impl Ctx {
         m: usize,
     ) -> anyhow::Result<SessionId> {
         let machine = self.machine(m)?;
-        let token = self.token(worker)?;
+        // The phone at machine `m` pays: one user per machine, so no user ever holds more than
+        // one unstarted session (BLEPAY_MAX_UNSTARTED_PER_USER) however the clients interleave.
+        let token = self.token(m)?;
         let key = format!(
             "bench-{}-{}",
             self.run,
@@ -301,7 +303,7 @@ pub(super) async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
         .await?)
 }
 
-/// Register the machines, top up one user per client, bring every machine online (its boot
+/// Register the machines, top up one user per client and per machine, bring every machine online (its boot
 /// heartbeat), and
 /// connect the gRPC channels.
 pub(super) async fn setup(
@@ -321,8 +323,10 @@ pub(super) async fn setup(
     }
     let now = env.app.now();
     let run = hex::encode(rand::random::<[u8; 3]>());
-    let mut tokens = Vec::with_capacity(concurrency);
-    for w in 0..concurrency {
+    // One user per client and one per machine (pay uses the machine's).
+    let users = concurrency.max(machines);
+    let mut tokens = Vec::with_capacity(users);
+    for w in 0..users {
         let user = UserId::parse(&format!("bench-{run}-u{w}")).map_err(|e| anyhow!(e))?;
         tokens.push(blepay_service::auth::mint_token(
             JWT_SECRET,
@@ -343,7 +347,7 @@ pub(super) async fn setup(
         pays: AtomicUsize::new(0),
         run: run.clone(),
     };
-    for w in 0..concurrency {
+    for w in 0..users {
         ctx.ops_post(
             &format!("/v1/ops/wallets/bench-{run}-u{w}/topup"),
             &json!({ "amount": TOP_UP, "idempotencyKey": format!("bench-{run}-topup-{w}") }),

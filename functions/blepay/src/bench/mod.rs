@@ -113,7 +113,8 @@ async fn load(env: &Env, args: &BenchArgs) -> anyhow::Result<()> {
     );
     let ctx = setup(env, concurrency, machines).await?;
     println!(
-        "setup: {machines} machines registered and online, {concurrency} users topped up ({:.1} s)",
+        "setup: {machines} machines registered and online, {} users topped up ({:.1} s)",
+        ctx.tokens.len(),
         began.elapsed().as_secs_f64()
     );
 

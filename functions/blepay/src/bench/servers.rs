@@ -58,6 +58,7 @@ impl Env {
             sweep_interval_secs: 3600,
             // The fleet's phones pay as fast as they can: no per-user throttle in a load test.
             pay_rate_max: u32::MAX,
+            max_unstarted_per_user: blepay_service::config::MAX_UNSTARTED_PER_USER,
             ..ServeArgs::local(dir.path().join("server"))
         };
         let (listener, app, dynamo) = match args.store.kind {

@@ -11,7 +11,7 @@ use blepay_core::{DeviceId, KeyVersion, SessionId, UseCounter, UserId};
 use blepay_device_client::Identity;
 use blepay_proto::pb::v1 as pb;
 use blepay_proto::{AdvertFlags, DeviceKey};
-use blepay_service::config::{Keyring, SecretString, Settings};
+use blepay_service::config::{Keyring, MAX_UNSTARTED_PER_USER, PayLimits, SecretString, Settings};
 use blepay_service::{App, system_clock};
 use blepay_sqlite::SqliteStore;
 use blepay_store::Audit;
@@ -42,6 +42,12 @@ impl Server {
             jwt_secret: Some(SecretString::new(hex(&rand_bytes::<32>()))),
             start_timeout_secs: 300,
             offline_after_secs: 600,
+            // These tests are about the machine link, not the per-user pay limits.
+            pay_limits: PayLimits {
+                max_unstarted_per_user: MAX_UNSTARTED_PER_USER,
+                rate_max: u32::MAX,
+                rate_window_secs: 3600,
+            },
             ..Settings::default()
         }
         .validate()

@@ -1,0 +1,91 @@
+//! Idempotency lives as long as what it protects (issue 10, L5): after DynamoDB's TTL sweeper has
+//! deleted everything past its `ttl` (simulated: DynamoDB Local never sweeps), a top-up retried and
+//! a pay key reused are answered as retries, as SQLite answers them, instead of a top-up failing
+//! with 503 forever on its deterministic ledger row and a pay opening a second session.
+
+use blepay_core::SessionStatus;
+use blepay_dynamodb::testing::{delete_item, fresh_store, sweep_ttl};
+use blepay_store::conformance::{
+    T0, amount, device_op, key, online_machine, pay_cmd, reconciled, user, wallet,
+};
+use blepay_store::{DeviceOp, PayOutcome, Store, TopUpOutcome};
+
+/// Eight days on: past the seven days idempotency records were kept before.
+const LATER: u64 = T0 + 8 * 24 * 3600;
+
+#[tokio::test]
+async fn keys_are_still_retries_after_the_ttl_sweeper_ran() {
+    let store = fresh_store().await;
+    let alice = user("alice");
+    online_machine(&store, 1, T0).await;
+    assert!(matches!(
+        store
+            .top_up(&alice, amount(1000), &key("t1"), T0)
+            .await
+            .unwrap(),
+        TopUpOutcome::Credited(_)
+    ));
+    let PayOutcome::Created(paid) = store
+        .pay(&pay_cmd("alice", "p1", 1, 7, 300, T0))
+        .await
+        .unwrap()
+    else {
+        panic!("created");
+    };
+
+    // Advert markers (and rate counters) do expire; nothing a retry needs does.
+    let swept = sweep_ttl(&store, LATER).await;
+    assert!(swept >= 1, "the advert marker is swept");
+    device_op(&store, 1, 2, DeviceOp::Poll, LATER).await;
+
+    assert_eq!(
+        store
+            .top_up(&alice, amount(1000), &key("t1"), LATER)
+            .await
+            .unwrap(),
+        TopUpOutcome::Replayed(wallet(1000, 0, 0))
+    );
+    let PayOutcome::Replayed(s) = store
+        .pay(&pay_cmd("alice", "p1", 1, 8, 300, LATER))
+        .await
+        .unwrap()
+    else {
+        panic!("a pay key reused after the sweep is a retry");
+    };
+    assert_eq!((s.id, s.status), (paid.id, SessionStatus::Expired));
+    let audit = reconciled(&store).await;
+    assert_eq!((audit.top_ups, audit.held), (1000, 0));
+}
+
+/// Top-up key records written by builds before issue 10 carry a TTL: once one is swept, the retry
+/// is answered from the deterministic TOPUP ledger row (it used to fail on that row with 503
+/// forever).
+#[tokio::test]
+async fn a_top_up_whose_key_record_was_swept_is_answered_from_its_ledger_row() {
+    let store = fresh_store().await;
+    let alice = user("alice");
+    assert!(matches!(
+        store
+            .top_up(&alice, amount(1000), &key("t1"), T0)
+            .await
+            .unwrap(),
+        TopUpOutcome::Credited(_)
+    ));
+    delete_item(&store, "USER#alice", "TOPUP#t1").await;
+
+    assert_eq!(
+        store
+            .top_up(&alice, amount(1000), &key("t1"), LATER)
+            .await
+            .unwrap(),
+        TopUpOutcome::Replayed(wallet(1000, 0, 0))
+    );
+    assert_eq!(
+        store
+            .top_up(&alice, amount(5), &key("t1"), LATER)
+            .await
+            .unwrap(),
+        TopUpOutcome::KeyReused
+    );
+    assert_eq!(reconciled(&store).await.top_ups, 1000);
+}
