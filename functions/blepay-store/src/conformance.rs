@@ -1911,6 +1911,9 @@ pub async fn the_last_sequence_number_is_answered_once_and_nothing_follows_it(
             (DeviceCallOutcome::Replayed { last_seq: u32::MAX }, None)
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Limits (issue 10: M4, L2, L5)
 // ---------------------------------------------------------------------------------------------
 
