@@ -37,8 +37,10 @@ pub async fn http_router(surface: Surface) -> Result<Router, InitError> {
     let sdk = sdk_config().await;
     let keyring = keys::load(config.master_key_source()?, &sdk).await?;
     let store = dynamo_store(&config, &sdk).await;
+    let service = service_config(&config, keyring);
+    service.phone_tokens.start().await?;
     let app = App::new(
-        service_config(&config, keyring),
+        service,
         Arc::new(store),
         system_clock(),
     );
@@ -48,7 +50,7 @@ pub async fn http_router(surface: Surface) -> Result<Router, InitError> {
 /// The router a function runs: the service's routes for `surface`, with the caller API Gateway
 /// authenticated made visible to the extractors. Tests send recorded events through it.
 pub fn router(app: App, surface: Surface) -> Router {
-    with_upstream_identity(routes_for(app, surface))
+    with_upstream_identity(routes_for(app.clone(), surface), app)
 }
 
 /// What the sweeper runs on: the store and the ACTIVE timeout.
