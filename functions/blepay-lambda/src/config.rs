@@ -6,9 +6,9 @@
 
 use blepay_service::config::{
     ConfigError, DEFAULT_ACTIVE_TIMEOUT_SECS, DEFAULT_JWT_MAX_LIFETIME_SECS,
-    DEFAULT_MAX_UNSTARTED_PER_USER, JwtSettings,
-    DEFAULT_OFFLINE_AFTER_SECS, DEFAULT_PAY_RATE_MAX, DEFAULT_PAY_RATE_WINDOW_SECS,
-    DEFAULT_START_TIMEOUT_SECS, PayLimits, SecretString, Settings, ValidSettings, cfg_err as err,
+    DEFAULT_MAX_UNSTARTED_PER_USER, DEFAULT_OFFLINE_AFTER_SECS, DEFAULT_PAY_RATE_MAX,
+    DEFAULT_PAY_RATE_WINDOW_SECS, DEFAULT_START_TIMEOUT_SECS, JwtSettings, PayLimits, SecretString,
+    Settings, ValidSettings, cfg_err as err,
 };
 
 /// Where the master keys (`version:hex64[,...]`, as `BLEPAY_MASTER_KEYS`) come from.
@@ -274,7 +274,10 @@ mod tests {
 
     #[test]
     fn an_identity_provider_s_keys_need_issuer_and_audience() {
-        let url = ("BLEPAY_JWT_JWKS_URL", "https://id.example/.well-known/jwks.json");
+        let url = (
+            "BLEPAY_JWT_JWKS_URL",
+            "https://id.example/.well-known/jwks.json",
+        );
         let table = ("BLEPAY_DYNAMODB_TABLE", "t");
         let e = config(&[table, url]).unwrap_err();
         assert_eq!(e.var, "BLEPAY_JWT_ISSUER");

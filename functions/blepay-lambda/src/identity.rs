@@ -17,9 +17,9 @@ use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use blepay_core::UserId;
-use blepay_service::{ApiError, App};
 use blepay_service::auth::{Audience, Claims, TokenPolicy, refused};
 use blepay_service::http::{AuthorizedOperator, AuthorizedUser};
+use blepay_service::{ApiError, App};
 use lambda_http::request::RequestContext;
 
 /// Who the gateway says is calling.

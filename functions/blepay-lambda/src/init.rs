@@ -39,11 +39,7 @@ pub async fn http_router(surface: Surface) -> Result<Router, InitError> {
     let store = dynamo_store(&config, &sdk).await;
     let service = service_config(&config, keyring);
     service.phone_tokens.start().await?;
-    let app = App::new(
-        service,
-        Arc::new(store),
-        system_clock(),
-    );
+    let app = App::new(service, Arc::new(store), system_clock());
     Ok(router(app, surface))
 }
 

@@ -366,7 +366,9 @@ impl ValidSettings {
     pub fn into_config(self, keyring: Keyring) -> Config {
         let unguessable = || SecretString::new(hex::encode(rand::random::<[u8; 32]>()));
         let policy = self.token_policy;
-        let phone_tokens = self.phone_tokens.unwrap_or_else(|| TokenVerifier::unguessable(policy));
+        let phone_tokens = self
+            .phone_tokens
+            .unwrap_or_else(|| TokenVerifier::unguessable(policy));
         Config {
             keyring,
             phone_tokens,
@@ -569,8 +571,8 @@ mod tests {
         // No token verifies against the unknown secret, not even one signed with the empty key.
         let alice = blepay_core::UserId::parse("alice").unwrap();
         let now = 1_770_000_000;
-        for secret in ["", &"0".repeat(64)] {
-            let t = crate::auth::mint_token(secret, &alice, now, 60).unwrap();
+        for secret in [String::new(), "0".repeat(64)] {
+            let t = crate::auth::mint_token(&secret, &alice, now, 60).unwrap();
             assert!(a.phone_tokens.verify(&t, now).is_err());
         }
     }
@@ -586,8 +588,8 @@ mod tests {
             .validate()
         };
         // The issue's 16-character secret, and one byte short of 32.
-        for short in ["aaaaaaaaaaaaaaaa", &"a".repeat(31)] {
-            let e = with(short, JwtSettings::default()).unwrap_err();
+        for short in ["a".repeat(16), "a".repeat(31)] {
+            let e = with(&short, JwtSettings::default()).unwrap_err();
             assert_eq!(e.var, "BLEPAY_JWT_SECRET");
             assert!(e.message.contains("32"), "{e}");
         }
@@ -596,7 +598,10 @@ mod tests {
             jwks_url: Some("https://id.example/jwks".into()),
             ..JwtSettings::default()
         };
-        assert_eq!(with(&"a".repeat(32), two).unwrap_err().var, "BLEPAY_JWT_SECRET");
+        assert_eq!(
+            with(&"a".repeat(32), two).unwrap_err().var,
+            "BLEPAY_JWT_SECRET"
+        );
         let jwks = |issuer: Option<&str>, audience: Option<&str>| {
             Settings {
                 jwt: JwtSettings {
@@ -610,7 +615,10 @@ mod tests {
             .validate()
         };
         assert_eq!(jwks(None, Some("b")).unwrap_err().var, "BLEPAY_JWT_ISSUER");
-        assert_eq!(jwks(Some("i"), None).unwrap_err().var, "BLEPAY_JWT_AUDIENCE");
+        assert_eq!(
+            jwks(Some("i"), None).unwrap_err().var,
+            "BLEPAY_JWT_AUDIENCE"
+        );
         assert!(jwks(Some("i"), Some("b")).is_ok());
         let forever = Settings {
             jwt: JwtSettings {
@@ -619,6 +627,9 @@ mod tests {
             },
             ..Settings::default()
         };
-        assert_eq!(forever.validate().unwrap_err().var, "BLEPAY_JWT_MAX_LIFETIME_SECS");
+        assert_eq!(
+            forever.validate().unwrap_err().var,
+            "BLEPAY_JWT_MAX_LIFETIME_SECS"
+        );
     }
 }

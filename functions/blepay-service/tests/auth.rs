@@ -44,14 +44,22 @@ impl Signer {
         use rsa::pkcs1::EncodeRsaPrivateKey;
         let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
         let der = private.to_pkcs1_der().unwrap();
-        Self::new(Algorithm::RS256, kid, EncodingKey::from_rsa_der(der.as_bytes()))
+        Self::new(
+            Algorithm::RS256,
+            kid,
+            EncodingKey::from_rsa_der(der.as_bytes()),
+        )
     }
 
     fn p256(kid: &str) -> Self {
         use p256::pkcs8::EncodePrivateKey;
         let private = p256::ecdsa::SigningKey::random(&mut rsa::rand_core::OsRng);
         let der = private.to_pkcs8_der().unwrap();
-        Self::new(Algorithm::ES256, kid, EncodingKey::from_ec_der(der.as_bytes()))
+        Self::new(
+            Algorithm::ES256,
+            kid,
+            EncodingKey::from_ec_der(der.as_bytes()),
+        )
     }
 
     fn new(alg: Algorithm, kid: &str, key: EncodingKey) -> Self {
@@ -186,17 +194,35 @@ async fn rs256_and_es256_tokens_verify_against_a_jwks_file_with_iss_and_aud() {
 
     let t = now();
     for (what, bad) in [
-        ("another issuer", with(&good, &json!({"iss": "https://evil.example/"}))),
+        (
+            "another issuer",
+            with(&good, &json!({"iss": "https://evil.example/"})),
+        ),
         ("no issuer", with(&good, &json!({"iss": null}))),
-        ("another audience", with(&good, &json!({"aud": "other-app"}))),
+        (
+            "another audience",
+            with(&good, &json!({"aud": "other-app"})),
+        ),
         ("no audience", with(&good, &json!({"aud": null}))),
-        ("expired", with(&good, &json!({"iat": t - 7200, "exp": t - 3600}))),
+        (
+            "expired",
+            with(&good, &json!({"iat": t - 7200, "exp": t - 3600})),
+        ),
         ("exp = 2^64-1", with(&good, &json!({"exp": u64::MAX}))),
         ("no exp", with(&good, &json!({"exp": null}))),
         ("nbf in the future", with(&good, &json!({"nbf": t + 600}))),
-        ("iat in the future", with(&good, &json!({"iat": t + 600, "exp": t + 1200}))),
-        ("two-day lifetime", with(&good, &json!({"exp": t + 2 * 86_400}))),
-        ("no iat, exp in two days", with(&good, &json!({"iat": null, "exp": t + 2 * 86_400}))),
+        (
+            "iat in the future",
+            with(&good, &json!({"iat": t + 600, "exp": t + 1200})),
+        ),
+        (
+            "two-day lifetime",
+            with(&good, &json!({"exp": t + 2 * 86_400})),
+        ),
+        (
+            "no iat, exp in two days",
+            with(&good, &json!({"iat": null, "exp": t + 2 * 86_400})),
+        ),
         ("bad sub", with(&good, &json!({"sub": "not a user id"}))),
     ] {
         server.refuses(&rsa.sign(&bad), what).await;
@@ -206,7 +232,10 @@ async fn rs256_and_es256_tokens_verify_against_a_jwks_file_with_iss_and_aud() {
         .accepts(&ec.sign(&with(&good, &json!({"nbf": t - 10}))), "nbf past")
         .await;
     server
-        .accepts(&ec.sign(&with(&good, &json!({"iat": t + 30}))), "iat in leeway")
+        .accepts(
+            &ec.sign(&with(&good, &json!({"iat": t + 30}))),
+            "iat in leeway",
+        )
         .await;
 }
 
@@ -216,7 +245,9 @@ async fn forged_tokens_are_refused_with_one_generic_message() {
     let stranger = Signer::rsa("rsa-1"); // same kid, a key the server never saw
     let server = Server::new(TokenVerifier::jwks(&jwks(&[&rsa]), oidc_policy()).unwrap());
     let good = claims("alice");
-    server.refuses(&stranger.sign(&good), "unknown key, known kid").await;
+    server
+        .refuses(&stranger.sign(&good), "unknown key, known kid")
+        .await;
     let other_kid = Signer::new(Algorithm::RS256, "rsa-2", stranger.key.clone());
     server.refuses(&other_kid.sign(&good), "unknown kid").await;
 
@@ -245,7 +276,9 @@ async fn forged_tokens_are_refused_with_one_generic_message() {
     server.refuses(&none, "alg none").await;
     server.refuses("not-a-jwt", "garbage").await;
     let signed = rsa.sign(&good);
-    server.refuses(&signed[..signed.len() - 4], "truncated").await;
+    server
+        .refuses(&signed[..signed.len() - 4], "truncated")
+        .await;
 
     let req = Request::builder()
         .uri("/v1/wallet")
@@ -297,7 +330,9 @@ async fn hs256_needs_32_bytes_and_answers_nothing_about_why() {
     server.refuses(&forever, "exp = 2^64-1").await;
     // An RS256 token offered to an HS256 server.
     let rsa = Signer::rsa("k");
-    server.refuses(&rsa.sign(&claims("alice")), "RS256 to HS256").await;
+    server
+        .refuses(&rsa.sign(&claims("alice")), "RS256 to HS256")
+        .await;
 }
 
 /// A JWKS URL on loopback whose document the test changes.
@@ -375,7 +410,8 @@ async fn a_jwks_url_is_fetched_at_start_and_refreshed_on_an_unknown_kid() {
 
 #[test]
 fn a_jwks_of_hmac_keys_only_is_refused() {
-    let doc = json!({"keys": [{"kty": "oct", "k": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0", "kid": "x"}]});
+    let doc =
+        json!({"keys": [{"kty": "oct", "k": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0", "kid": "x"}]});
     let e = TokenVerifier::jwks(&doc.to_string(), oidc_policy()).unwrap_err();
     assert_eq!(e.var, "BLEPAY_JWT_JWKS_FILE");
 }

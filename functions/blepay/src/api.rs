@@ -92,6 +92,11 @@ impl Api {
     }
 }
 
+/// A random idempotency key (when the command line gives none).
+pub fn random_key() -> String {
+    hex::encode(rand::random::<[u8; 12]>())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -100,9 +105,4 @@ mod tests {
         let shown = format!("{api:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
     }
-}
-
-/// A random idempotency key (when the command line gives none).
-pub fn random_key() -> String {
-    hex::encode(rand::random::<[u8; 12]>())
 }

@@ -243,17 +243,41 @@ impl ServeArgs {
         let mut generated = Generated::default();
         create_private_dir(&self.data_dir, &mut generated)
             .map_err(|e| cfg_err("BLEPAY_DATA_DIR", e))?;
-        let env = |name: &str| env(name).filter(|v| !v.trim().is_empty()).map(SecretString::new);
-        let given = |value: &Option<SecretString>, file: &Option<PathBuf>, var: &'static str, file_var: &'static str| {
+        let env = |name: &str| {
+            env(name)
+                .filter(|v| !v.trim().is_empty())
+                .map(SecretString::new)
+        };
+        let given = |value: &Option<SecretString>,
+                     file: &Option<PathBuf>,
+                     var: &'static str,
+                     file_var: &'static str| {
             match (value, file) {
                 (Some(v), _) => Ok(Some(v.clone())),
-                (None, Some(path)) => read_secret_file(path).map(Some).map_err(|e| cfg_err(file_var, e)),
+                (None, Some(path)) => read_secret_file(path)
+                    .map(Some)
+                    .map_err(|e| cfg_err(file_var, e)),
                 (None, None) => Ok(env(var)),
             }
         };
-        let master_keys = given(&self.master_keys, &self.master_keys_file, "BLEPAY_MASTER_KEYS", "BLEPAY_MASTER_KEYS_FILE")?;
-        let jwt_secret = given(&self.jwt_secret, &self.jwt_secret_file, "BLEPAY_JWT_SECRET", "BLEPAY_JWT_SECRET_FILE")?;
-        let ops_token = given(&self.ops_token, &self.ops_token_file, "BLEPAY_OPS_TOKEN", "BLEPAY_OPS_TOKEN_FILE")?;
+        let master_keys = given(
+            &self.master_keys,
+            &self.master_keys_file,
+            "BLEPAY_MASTER_KEYS",
+            "BLEPAY_MASTER_KEYS_FILE",
+        )?;
+        let jwt_secret = given(
+            &self.jwt_secret,
+            &self.jwt_secret_file,
+            "BLEPAY_JWT_SECRET",
+            "BLEPAY_JWT_SECRET_FILE",
+        )?;
+        let ops_token = given(
+            &self.ops_token,
+            &self.ops_token_file,
+            "BLEPAY_OPS_TOKEN",
+            "BLEPAY_OPS_TOKEN_FILE",
+        )?;
         let jwks = self.jwt.jwks_file.is_some() || self.jwt.jwks_url.is_some();
 
         // Generated secrets are for a developer's machine: anyone who can read the data dir (or
@@ -271,7 +295,7 @@ impl ServeArgs {
             && !self.allow_insecure
         {
             return Err(cfg_err(
-                first,
+                *first,
                 format!(
                     "{} unset: generated development secrets are refused on the non-loopback \
                      address {} (set them from the environment or --*-file, or pass \
@@ -382,8 +406,8 @@ pub fn read_secret_file(path: &Path) -> Result<SecretString, String> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let meta =
+            std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(format!(
@@ -482,7 +506,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut a = args(dir.path());
         a.jwt_secret = Some("short".parse().unwrap());
-        assert_eq!(a.resolve_with(&no_env).unwrap_err().var, "BLEPAY_JWT_SECRET");
+        assert_eq!(
+            a.resolve_with(&no_env).unwrap_err().var,
+            "BLEPAY_JWT_SECRET"
+        );
         // 31 bytes from the environment: still short.
         let a = args(dir.path());
         let env = |k: &str| (k == "BLEPAY_JWT_SECRET").then(|| "a".repeat(31));
@@ -498,7 +525,8 @@ mod tests {
             serve: ServeArgs,
         }
         for flag in ["--jwt-secret", "--ops-token", "--master-keys"] {
-            let parsed = Cli::try_parse_from(["blepay", flag, "hunter2hunter2hunter2hunter2hunter2"]);
+            let parsed =
+                Cli::try_parse_from(["blepay", flag, "hunter2hunter2hunter2hunter2hunter2"]);
             assert!(parsed.is_err(), "{flag} is still accepted");
         }
         let dir = tempfile::tempdir().unwrap();
@@ -511,7 +539,9 @@ mod tests {
         let (config, _) = a.resolve_with(&no_env).unwrap();
         for shown in [format!("{a:?}"), format!("{config:?}")] {
             assert!(
-                !shown.contains("hunter2") && !shown.contains("opsops") && !shown.contains("abab"),
+                !shown.contains("hunter2")
+                    && !shown.contains("opsops")
+                    && !shown.contains(&"ab".repeat(32)),
                 "{shown}"
             );
         }
@@ -533,7 +563,11 @@ mod tests {
         std::fs::set_permissions(&a.data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let (_, generated) = a.resolve_with(&no_env).unwrap();
         assert_eq!(mode(&a.data_dir), 0o700);
-        assert!(generated.notes.iter().any(|n| n.contains("0755")), "{:?}", generated.notes);
+        assert!(
+            generated.notes.iter().any(|n| n.contains("0755")),
+            "{:?}",
+            generated.notes
+        );
 
         // A group-readable secret, given or generated earlier, is refused.
         let file = dir.path().join("jwt");
@@ -562,7 +596,10 @@ mod tests {
         };
         let e = open.resolve_with(&no_env).unwrap_err();
         assert!(e.message.contains("--allow-insecure"), "{e}");
-        assert!(!open.data_dir.join("jwt-secret").exists(), "nothing generated");
+        assert!(
+            !open.data_dir.join("jwt-secret").exists(),
+            "nothing generated"
+        );
         let allowed = ServeArgs {
             allow_insecure: true,
             ..open.clone()

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::args::ServeArgs;
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use serde_json::json;
 
 use crate::api::Api;

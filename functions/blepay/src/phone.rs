@@ -47,7 +47,9 @@ enum PhoneCommand {
 pub async fn run(p: PhoneArgs) -> anyhow::Result<()> {
     let token = crate::args::client_secret(p.token_file.as_deref(), "BLEPAY_TOKEN")
         .map_err(|e| anyhow::anyhow!("BLEPAY_TOKEN_FILE: {e}"))?
-        .ok_or_else(|| anyhow::anyhow!("set BLEPAY_TOKEN or --token-file (see `blepay ops token`)"))?;
+        .ok_or_else(|| {
+            anyhow::anyhow!("set BLEPAY_TOKEN or --token-file (see `blepay ops token`)")
+        })?;
     let api = Api::new(&p.server, token.expose());
     let answer = match p.command {
         PhoneCommand::Verify { advert } => {

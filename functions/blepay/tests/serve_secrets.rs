@@ -124,7 +124,10 @@ async fn a_running_serve_shows_no_secret_and_keeps_its_files_private() {
     }
     // Secrets given from outside are not copied into the data dir.
     for name in ["jwt-secret", "ops-token"] {
-        assert!(!data.join(name).exists(), "{name} written into the data dir");
+        assert!(
+            !data.join(name).exists(),
+            "{name} written into the data dir"
+        );
     }
     child.kill().unwrap();
     child.wait().unwrap();
@@ -137,7 +140,10 @@ fn secrets_are_not_accepted_as_flag_values() {
         assert!(err.contains("unexpected argument"), "{flag}: {err}");
     }
     for (sub, flag) in [("phone", "--token"), ("ops", "--ops-token")] {
-        let out = blepay().args([sub, flag, OPS_TOKEN, "wallet"]).output().unwrap();
+        let out = blepay()
+            .args([sub, flag, OPS_TOKEN, "wallet"])
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "{sub} {flag} accepted");
     }
 }
@@ -180,5 +186,8 @@ fn generated_secrets_are_refused_off_loopback_and_short_jwt_secrets_anywhere() {
             .arg(&data)
             .env("BLEPAY_JWT_SECRET", "aaaaaaaaaaaaaaaa"),
     );
-    assert!(err.contains("BLEPAY_JWT_SECRET") && err.contains("32"), "{err}");
+    assert!(
+        err.contains("BLEPAY_JWT_SECRET") && err.contains("32"),
+        "{err}"
+    );
 }

@@ -59,8 +59,11 @@ impl Reply {
 pub fn config() -> Config {
     Config {
         keyring: Keyring::parse(&format!("0:{}", "00".repeat(32))).unwrap(),
-        phone_tokens: TokenVerifier::hs256(SecretString::new(JWT_SECRET.into()), TokenPolicy::default())
-            .unwrap(),
+        phone_tokens: TokenVerifier::hs256(
+            SecretString::new(JWT_SECRET.into()),
+            TokenPolicy::default(),
+        )
+        .unwrap(),
         ops_token: SecretString::new(OPS_TOKEN.into()),
         start_timeout_secs: 120,
         offline_after_secs: OFFLINE_AFTER,
