@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use base64::Engine as _;
 use blepay_core::UserId;
 use blepay_service::auth::{REFUSED, TokenPolicy, TokenVerifier};
 use blepay_service::config::{Config, JwtSettings, SecretString, Settings};
@@ -266,7 +267,6 @@ async fn forged_tokens_are_refused_with_one_generic_message() {
     server.refuses(&hs, "HS256 with the public key").await;
 
     // `alg: none`, garbage, a truncated signature, a wrong scheme.
-    use base64::Engine;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let none = format!(
         "{}.{}.",

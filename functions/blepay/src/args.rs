@@ -280,31 +280,11 @@ impl ServeArgs {
         )?;
         let jwks = self.jwt.jwks_file.is_some() || self.jwt.jwks_url.is_some();
 
-        // Generated secrets are for a developer's machine: anyone who can read the data dir (or
-        // a backup of it) holds them. Refuse them where others can connect.
-        let missing: Vec<&str> = [
+        self.refuse_generated_off_loopback(&[
             (master_keys.is_none(), "BLEPAY_MASTER_KEYS"),
             (jwt_secret.is_none() && !jwks, "BLEPAY_JWT_SECRET"),
             (ops_token.is_none(), "BLEPAY_OPS_TOKEN"),
-        ]
-        .into_iter()
-        .filter_map(|(m, var)| m.then_some(var))
-        .collect();
-        if let Some(first) = missing.first()
-            && !self.listen.ip().is_loopback()
-            && !self.allow_insecure
-        {
-            return Err(cfg_err(
-                *first,
-                format!(
-                    "{} unset: generated development secrets are refused on the non-loopback \
-                     address {} (set them from the environment or --*-file, or pass \
-                     --allow-insecure)",
-                    missing.join(", "),
-                    self.listen
-                ),
-            ));
-        }
+        ])?;
 
         let keys = match master_keys {
             Some(s) => s,
@@ -353,6 +333,31 @@ impl ServeArgs {
             },
         };
         Ok((settings.validate()?.into_config(keyring), generated))
+    }
+
+    /// Generated secrets are for a developer's machine: anyone who can read the data dir (or a
+    /// backup of it) holds them. Refuse them where others can connect, unless allowed.
+    fn refuse_generated_off_loopback(
+        &self,
+        missing: &[(bool, &'static str)],
+    ) -> Result<(), ConfigError> {
+        let missing: Vec<&'static str> = missing
+            .iter()
+            .filter_map(|&(m, var)| m.then_some(var))
+            .collect();
+        match missing.first() {
+            Some(first) if !self.listen.ip().is_loopback() && !self.allow_insecure => Err(cfg_err(
+                first,
+                format!(
+                    "{} unset: generated development secrets are refused on the non-loopback \
+                         address {} (set them from the environment or --*-file, or pass \
+                         --allow-insecure)",
+                    missing.join(", "),
+                    self.listen
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     pub fn database_path(&self) -> PathBuf {
