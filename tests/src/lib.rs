@@ -44,8 +44,8 @@ pub const MASTER_KEY: [u8; 32] = [
     0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f,
     0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1a, 0x1b, 0x1c, 0x1d, 0x1e, 0x1f,
 ];
-/// The HS256 secret phone JWTs are signed with.
-pub const JWT_SECRET: &str = "e2e-jwt-secret-0123456789abcdef";
+/// The HS256 secret phone JWTs are signed with (at least 32 bytes, as the server requires).
+pub const JWT_SECRET: &str = "e2e-jwt-secret-0123456789abcdef-0123456789";
 /// The operator bearer token.
 pub const OPS_TOKEN: &str = "e2e-ops-token-0123456789abcdef";
 
@@ -131,10 +131,12 @@ pub async fn spawn_app() -> TestApp {
 /// Start the real server with `settings`.
 pub async fn spawn_app_with(settings: Settings) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
+    // The secrets reach the server the way an operator gives them: in files only the owner can
+    // read, outside the data dir.
     let args = ServeArgs {
-        master_keys: Some(master_keys_env().parse().expect("master keys")),
-        jwt_secret: Some(JWT_SECRET.parse().expect("jwt secret")),
-        ops_token: Some(OPS_TOKEN.parse().expect("ops token")),
+        master_keys_file: Some(secret_file(dir.path(), "master-keys", &master_keys_env())),
+        jwt_secret_file: Some(secret_file(dir.path(), "jwt-secret", JWT_SECRET)),
+        ops_token_file: Some(secret_file(dir.path(), "ops-token", OPS_TOKEN)),
         start_timeout_secs: settings.start_timeout_secs,
         offline_after_secs: settings.offline_after_secs,
         active_timeout_secs: settings.active_timeout_secs,
@@ -167,6 +169,25 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         dir,
         server,
     }
+}
+
+/// Write `value` into `dir/secrets/name`, mode 0600 → its path.
+pub fn secret_file(dir: &std::path::Path, name: &str, value: &str) -> PathBuf {
+    use std::io::Write;
+    let secrets = dir.join("secrets");
+    std::fs::create_dir_all(&secrets).expect("secrets dir");
+    let path = secrets.join(name);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(&path)
+        .and_then(|mut f| f.write_all(value.as_bytes()))
+        .expect("write a secret file");
+    path
 }
 
 /// A status and a JSON body (or the raw text as a JSON string, if the body was not JSON).

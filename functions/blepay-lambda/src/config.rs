@@ -6,9 +6,10 @@
 
 use crate::identity::OperatorRole;
 use blepay_service::config::{
-    ConfigError, DEFAULT_ACTIVE_TIMEOUT_SECS, DEFAULT_MAX_UNSTARTED_PER_USER,
-    DEFAULT_OFFLINE_AFTER_SECS, DEFAULT_PAY_RATE_MAX, DEFAULT_PAY_RATE_WINDOW_SECS,
-    DEFAULT_START_TIMEOUT_SECS, PayLimits, SecretString, Settings, ValidSettings, cfg_err as err,
+    ConfigError, DEFAULT_ACTIVE_TIMEOUT_SECS, DEFAULT_JWT_MAX_LIFETIME_SECS,
+    DEFAULT_MAX_UNSTARTED_PER_USER, DEFAULT_OFFLINE_AFTER_SECS, DEFAULT_PAY_RATE_MAX,
+    DEFAULT_PAY_RATE_WINDOW_SECS, DEFAULT_START_TIMEOUT_SECS, JwtSettings, PayLimits, SecretString,
+    Settings, ValidSettings, cfg_err as err,
 };
 
 /// Where the master keys (`version:hex64[,...]`, as `BLEPAY_MASTER_KEYS`) come from.
@@ -42,6 +43,10 @@ pub struct LambdaConfig {
     /// The service settings, validated: `BLEPAY_JWT_SECRET` is the HS256 secret for phone JWTs
     /// when there is no authorizer context (local runs) — unset when deployed: then a random
     /// secret nobody knows is used, so only the gateway's JWT authorizer can let a phone in;
+    /// `BLEPAY_JWT_JWKS_FILE` / `BLEPAY_JWT_JWKS_URL` an identity provider's keys instead (with
+    /// `BLEPAY_JWT_ISSUER` and `BLEPAY_JWT_AUDIENCE`); `BLEPAY_JWT_ISSUER`,
+    /// `BLEPAY_JWT_AUDIENCE` and `BLEPAY_JWT_MAX_LIFETIME_SECS` (default 86400) are also checked
+    /// against the claims of the gateway's JWT authorizer;
     /// `BLEPAY_OPS_TOKEN` the operator bearer token when there is no IAM context (local runs) —
     /// unset when deployed: only IAM-signed calls reach the ops routes;
     /// `BLEPAY_START_TIMEOUT_SECS` (default 120), `BLEPAY_OFFLINE_AFTER_SECS` (default 4200:
@@ -98,6 +103,17 @@ impl LambdaConfig {
 
         let service = Settings {
             jwt_secret: get("BLEPAY_JWT_SECRET").map(SecretString::new),
+            jwt: JwtSettings {
+                jwks_file: get("BLEPAY_JWT_JWKS_FILE").map(Into::into),
+                jwks_url: get("BLEPAY_JWT_JWKS_URL"),
+                issuer: get("BLEPAY_JWT_ISSUER"),
+                audience: get("BLEPAY_JWT_AUDIENCE"),
+                max_lifetime_secs: number(
+                    get("BLEPAY_JWT_MAX_LIFETIME_SECS"),
+                    "BLEPAY_JWT_MAX_LIFETIME_SECS",
+                    DEFAULT_JWT_MAX_LIFETIME_SECS,
+                )?,
+            },
             ops_token: get("BLEPAY_OPS_TOKEN").map(SecretString::new),
             start_timeout_secs: number(
                 get("BLEPAY_START_TIMEOUT_SECS"),
@@ -225,7 +241,7 @@ mod tests {
             (120, 4200, 14_400)
         );
         assert!(
-            c.service.jwt_secret.is_none()
+            c.service.phone_tokens.is_none()
                 && c.service.ops_token.is_none()
                 && c.dynamodb_endpoint.is_none()
         );
@@ -285,6 +301,10 @@ mod tests {
             ("BLEPAY_ACTIVE_TIMEOUT_SECS", "99999999"),
             ("BLEPAY_CURRENCY", "euro"),
             ("BLEPAY_JWT_SECRET", "short"),
+            // 31 bytes: HS256 needs 32.
+            ("BLEPAY_JWT_SECRET", "0123456789abcdef0123456789abcde"),
+            ("BLEPAY_JWT_MAX_LIFETIME_SECS", "0"),
+            ("BLEPAY_JWT_MAX_LIFETIME_SECS", "1d"),
             ("BLEPAY_OPS_TOKEN", "short"),
             (
                 "BLEPAY_OPERATOR_ROLE_ID",
@@ -298,6 +318,30 @@ mod tests {
     }
 
     #[test]
+    fn an_identity_provider_s_keys_need_issuer_and_audience() {
+        let url = (
+            "BLEPAY_JWT_JWKS_URL",
+            "https://id.example/.well-known/jwks.json",
+        );
+        let table = ("BLEPAY_DYNAMODB_TABLE", "t");
+        let e = config(&[table, url]).unwrap_err();
+        assert_eq!(e.var, "BLEPAY_JWT_ISSUER");
+        let e = config(&[table, url, ("BLEPAY_JWT_ISSUER", "https://id.example")]).unwrap_err();
+        assert_eq!(e.var, "BLEPAY_JWT_AUDIENCE");
+        let c = config(&[
+            table,
+            url,
+            ("BLEPAY_JWT_ISSUER", "https://id.example"),
+            ("BLEPAY_JWT_AUDIENCE", "blepay"),
+            ("BLEPAY_JWT_MAX_LIFETIME_SECS", "3600"),
+        ])
+        .unwrap();
+        assert!(c.service.phone_tokens.is_some());
+        assert_eq!(c.service.token_policy.max_lifetime_secs, 3600);
+        assert_eq!(c.service.token_policy.audience.as_deref(), Some("blepay"));
+    }
+
+    #[test]
     fn secrets_do_not_leak_through_debug() {
         let c = config(&[
             ("BLEPAY_DYNAMODB_TABLE", "t"),
@@ -305,7 +349,7 @@ mod tests {
                 "BLEPAY_MASTER_KEYS",
                 "0:abababababababababababababababababababababababababababababababab",
             ),
-            ("BLEPAY_JWT_SECRET", "hunter2hunter2hunter2"),
+            ("BLEPAY_JWT_SECRET", "hunter2hunter2hunter2hunter2hunter2"),
         ])
         .unwrap();
         let shown = format!("{c:?}");

@@ -1,7 +1,11 @@
 //! The caller API Gateway already authenticated, moved from the Lambda request context into the
 //! extensions the service's extractors trust ([`AuthorizedUser`], [`AuthorizedOperator`]).
 //!
-//! - JWT authorizer (phone routes): `requestContext.authorizer.jwt.claims.sub` is the user.
+//! - JWT authorizer (phone routes): `requestContext.authorizer.jwt.claims.sub` is the user. The
+//!   gateway checked the signature, `iss`, `aud` and `exp`; the claims still pass the service's
+//!   [`TokenPolicy`] (maximum lifetime, `iat` not in the future, `nbf`, and `iss` / `aud` when
+//!   `BLEPAY_JWT_ISSUER` / `BLEPAY_JWT_AUDIENCE` are set), so a gateway misconfiguration or a
+//!   provider issuing week-long tokens does not widen what the service accepts.
 //! - IAM authorization (ops routes): `requestContext.authorizer.iam` names the signed caller.
 //! - No authorizer (`cargo lambda watch`, the machine route): nothing is inserted, and the
 //!   extractors check the `Authorization` header as `blepay serve` does.
@@ -21,8 +25,9 @@ use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use blepay_core::UserId;
-use blepay_service::ApiError;
+use blepay_service::auth::{Audience, Claims, TokenPolicy, refused};
 use blepay_service::http::{AuthorizedOperator, AuthorizedUser};
+use blepay_service::{ApiError, App};
 use lambda_http::request::RequestContext;
 
 /// Which IAM callers are operators.
@@ -59,14 +64,19 @@ pub enum Upstream {
     Nobody,
 }
 
-/// Read the identity out of a Lambda request context; IAM callers must be `operators`.
+/// Read the identity out of a Lambda request context, checking the JWT authorizer's claims
+/// against `policy` at `now`; IAM callers must be `operators`.
 ///
 /// # Errors
-/// UNAUTHENTICATED when a JWT authorizer context has no `sub`, or one that is not a valid user
-/// id, or when an IAM caller is not a session of the operator role.
+/// UNAUTHENTICATED (the generic message) when a JWT authorizer context fails the policy: no
+/// `sub` or one that is not a valid user id, no or a non-numeric `exp`, too long a lifetime, a
+/// future `iat`, or the wrong issuer or audience; or when an IAM caller is not a session of the
+/// operator role.
 pub fn upstream(
     context: Option<&RequestContext>,
     operators: &OperatorRole,
+    policy: &TokenPolicy,
+    now: u64,
 ) -> Result<Upstream, ApiError> {
     let Some(RequestContext::ApiGatewayV2(ctx)) = context else {
         return Ok(Upstream::Nobody);
@@ -75,13 +85,8 @@ pub fn upstream(
         return Ok(Upstream::Nobody);
     };
     if let Some(jwt) = authorizer.jwt.as_ref() {
-        let sub = jwt
-            .claims
-            .get("sub")
-            .ok_or_else(|| ApiError::unauthenticated("token has no `sub` claim"))?;
-        let user = UserId::parse(sub)
-            .map_err(|e| ApiError::unauthenticated(format!("token subject: {e}")))?;
-        return Ok(Upstream::User(user));
+        let claims = gateway_claims(&jwt.claims)?;
+        return Ok(Upstream::User(policy.check(&claims, now)?));
     }
     if let Some(iam) = authorizer.iam.as_ref() {
         let principal = iam
@@ -91,20 +96,62 @@ pub fn upstream(
             .unwrap_or_else(|| "unknown IAM principal".to_owned());
         if !operators.admits(iam.user_id.as_deref()) {
             tracing::warn!(%principal, "IAM caller is not the operator role: refused");
-            return Err(ApiError::unauthenticated("not authorized as an operator"));
+            return Err(refused(format_args!(
+                "IAM caller {principal} is not the operator role"
+            )));
         }
         return Ok(Upstream::Operator(principal));
     }
     Ok(Upstream::Nobody)
 }
 
+/// The registered claims out of the authorizer's string map (API Gateway passes every claim as
+/// a string; a list such as `aud` as `[a b]`).
+fn gateway_claims(map: &std::collections::HashMap<String, String>) -> Result<Claims, ApiError> {
+    let number = |name: &str| {
+        map.get(name)
+            .map(|v| {
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|_| refused(format_args!("claim `{name}` is not a whole number")))
+            })
+            .transpose()
+    };
+    let aud = map.get("aud").map(|v| {
+        let v = v.trim();
+        match v.strip_prefix('[').and_then(|v| v.strip_suffix(']')) {
+            Some(list) => Audience::Many(
+                list.split(|c: char| c == ',' || c.is_whitespace())
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            None => Audience::One(v.to_owned()),
+        }
+    });
+    Ok(Claims {
+        sub: map.get("sub").cloned(),
+        exp: number("exp")?,
+        nbf: number("nbf")?,
+        iat: number("iat")?,
+        iss: map.get("iss").cloned(),
+        aud,
+    })
+}
+
 /// Middleware: insert the gateway-authenticated caller into the request's extensions.
 async fn insert_identity(
-    State(operators): State<Arc<OperatorRole>>,
+    State((app, operators)): State<(App, Arc<OperatorRole>)>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    match upstream(req.extensions().get::<RequestContext>(), &operators) {
+    let policy = app.config().phone_tokens.policy();
+    match upstream(
+        req.extensions().get::<RequestContext>(),
+        &operators,
+        policy,
+        app.now(),
+    ) {
         Ok(Upstream::User(user)) => {
             req.extensions_mut().insert(AuthorizedUser(user));
         }
@@ -118,17 +165,16 @@ async fn insert_identity(
     next.run(req).await
 }
 
-/// `router` with the gateway's caller identity made visible to the service's extractors (any
-/// IAM caller is an operator).
-pub fn with_upstream_identity(router: Router) -> Router {
-    with_upstream_identity_for(router, OperatorRole::AnyIamCaller)
+/// `router` with the gateway's caller identity, its claims checked against `app`'s token policy
+/// on `app`'s clock, made visible to the service's extractors (any IAM caller is an operator).
+pub fn with_upstream_identity(router: Router, app: App) -> Router {
+    with_upstream_identity_for(router, app, OperatorRole::AnyIamCaller)
 }
 
-/// `router` with the gateway's caller identity made visible to the service's extractors; only
-/// IAM callers `operators` admits are operators.
-pub fn with_upstream_identity_for(router: Router, operators: OperatorRole) -> Router {
+/// [`with_upstream_identity`], with only the IAM callers `operators` admits as operators.
+pub fn with_upstream_identity_for(router: Router, app: App, operators: OperatorRole) -> Router {
     router.layer(middleware::from_fn_with_state(
-        Arc::new(operators),
+        (app, Arc::new(operators)),
         insert_identity,
     ))
 }

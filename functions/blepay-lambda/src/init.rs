@@ -37,11 +37,9 @@ pub async fn http_router(surface: Surface) -> Result<Router, InitError> {
     let sdk = sdk_config().await;
     let keyring = keys::load(config.master_key_source()?, &sdk).await?;
     let store = dynamo_store(&config, &sdk).await;
-    let app = App::new(
-        service_config(&config, keyring),
-        Arc::new(store),
-        system_clock(),
-    );
+    let service = service_config(&config, keyring);
+    service.phone_tokens.start().await?;
+    let app = App::new(service, Arc::new(store), system_clock());
     Ok(router_for(app, surface, config.operator_role.clone()))
 }
 
@@ -54,7 +52,7 @@ pub fn router(app: App, surface: Surface) -> Router {
 
 /// [`router`], with only the IAM callers `operators` admits as operators.
 pub fn router_for(app: App, surface: Surface, operators: OperatorRole) -> Router {
-    with_upstream_identity_for(routes_for(app, surface), operators)
+    with_upstream_identity_for(routes_for(app.clone(), surface), app, operators)
 }
 
 /// What the sweeper runs on: the store and the ACTIVE timeout.

@@ -318,6 +318,49 @@ async fn a_jwt_context_without_a_usable_sub_is_refused() {
     }
 }
 
+/// The gateway checked the signature, `iss`, `aud` and `exp`; the function still applies the
+/// service's token policy to the claims it passes on (issue 10, M3): a token living longer than
+/// `BLEPAY_JWT_MAX_LIFETIME_SECS` (default one day), one issued in the future, or not valid yet,
+/// is refused with the generic message.
+#[tokio::test]
+async fn a_jwt_context_outside_the_token_policy_is_refused() {
+    for backend in Backend::all().await {
+        let phone = backend.router(Surface::Phone);
+        for (what, changes) in [
+            (
+                "a week-long token",
+                json!({"exp": (NOW + 7 * 86_400).to_string()}),
+            ),
+            ("exp = 2^64-1", json!({"exp": u64::MAX.to_string()})),
+            (
+                "iat in the future",
+                json!({"iat": (NOW + 600).to_string(), "exp": (NOW + 1200).to_string()}),
+            ),
+            ("nbf in the future", json!({"nbf": (NOW + 600).to_string()})),
+            ("a non-numeric exp", json!({"exp": "tomorrow"})),
+        ] {
+            let mut e: Value = serde_json::from_str(&event("phone-wallet.json")).unwrap();
+            let claims = e["requestContext"]["authorizer"]["jwt"]["claims"]
+                .as_object_mut()
+                .unwrap();
+            for (k, v) in changes.as_object().unwrap() {
+                claims.insert(k.clone(), v.clone());
+            }
+            let r = call(&phone, e.to_string()).await;
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{what}");
+            let body = body_json(r).await;
+            assert_eq!(
+                body["message"],
+                blepay_service::auth::REFUSED,
+                "{what}: {body}"
+            );
+        }
+        // The recorded event itself (a one-hour Cognito token) passes.
+        let r = call(&phone, event("phone-wallet.json")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+}
+
 #[tokio::test]
 async fn the_machine_route_answers_a_forged_frame_with_an_error() {
     for backend in Backend::all().await {

@@ -8,9 +8,15 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use std::path::PathBuf;
+
 use blepay_core::{Currency, KeyVersion};
 use blepay_proto::keys::MasterKey;
 use zeroize::Zeroizing;
+
+pub use crate::auth::{
+    DEFAULT_JWT_MAX_LIFETIME_SECS, MIN_JWT_SECRET_BYTES, PhoneKeys, TokenPolicy, TokenVerifier,
+};
 
 /// A string secret: `Debug` prints `<redacted>`, memory is zeroed on drop.
 #[derive(Clone)]
@@ -114,7 +120,8 @@ impl Keyring {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub keyring: Keyring,
-    pub jwt_secret: SecretString,
+    /// Verifies phone JWTs (an HS256 secret, a JWKS file or URL, and the claims policy).
+    pub phone_tokens: TokenVerifier,
     pub ops_token: SecretString,
     pub start_timeout_secs: u64,
     pub offline_after_secs: u64,
@@ -205,15 +212,49 @@ pub const DEFAULT_ACTIVE_TIMEOUT_SECS: u64 = 4 * 60 * 60;
 pub const MAX_ACTIVE_TIMEOUT_SECS: u64 = 7 * 24 * 60 * 60;
 /// `BLEPAY_CURRENCY` when unset.
 pub const DEFAULT_CURRENCY: &str = "EUR";
-/// The shortest `BLEPAY_JWT_SECRET` / `BLEPAY_OPS_TOKEN` accepted.
+/// The shortest `BLEPAY_OPS_TOKEN` accepted (`BLEPAY_JWT_SECRET`: [`MIN_JWT_SECRET_BYTES`]).
 pub const MIN_SECRET_LEN: usize = 16;
+/// The longest `BLEPAY_JWT_MAX_LIFETIME_SECS` accepted: 30 days.
+pub const MAX_JWT_LIFETIME_SECS: u64 = 30 * 24 * 60 * 60;
+
+/// How phone JWTs are verified besides `BLEPAY_JWT_SECRET` (HS256): an OIDC provider's keys,
+/// and what the claims must say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtSettings {
+    /// `BLEPAY_JWT_JWKS_FILE`: a JWK set (RSA / EC P-256 / P-384 keys) on disk.
+    pub jwks_file: Option<PathBuf>,
+    /// `BLEPAY_JWT_JWKS_URL`: a JWK set fetched at start and refreshed (the provider's
+    /// `jwks_uri`).
+    pub jwks_url: Option<String>,
+    /// `BLEPAY_JWT_ISSUER`: the required `iss` (required with a JWKS).
+    pub issuer: Option<String>,
+    /// `BLEPAY_JWT_AUDIENCE`: the required `aud` (required with a JWKS).
+    pub audience: Option<String>,
+    /// `BLEPAY_JWT_MAX_LIFETIME_SECS`: the longest token lifetime accepted.
+    pub max_lifetime_secs: u64,
+}
+
+impl Default for JwtSettings {
+    fn default() -> Self {
+        Self {
+            jwks_file: None,
+            jwks_url: None,
+            issuer: None,
+            audience: None,
+            max_lifetime_secs: DEFAULT_JWT_MAX_LIFETIME_SECS,
+        }
+    }
+}
 
 /// The service's settings as a front end read them, not yet checked; each field is named after
 /// its variable. [`Settings::validate`] checks them.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `BLEPAY_JWT_SECRET`: the HS256 secret that signs phone JWTs.
+    /// `BLEPAY_JWT_SECRET`: the HS256 secret that signs phone JWTs (at least
+    /// [`MIN_JWT_SECRET_BYTES`] bytes); or a JWKS in `jwt`, not both.
     pub jwt_secret: Option<SecretString>,
+    /// The JWKS alternatives to `jwt_secret` and the claims policy.
+    pub jwt: JwtSettings,
     /// `BLEPAY_OPS_TOKEN`: the operator API's bearer token.
     pub ops_token: Option<SecretString>,
     /// `BLEPAY_START_TIMEOUT_SECS`: how long a paid session waits for the machine's start.
@@ -235,6 +276,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             jwt_secret: None,
+            jwt: JwtSettings::default(),
             ops_token: None,
             start_timeout_secs: DEFAULT_START_TIMEOUT_SECS,
             offline_after_secs: DEFAULT_OFFLINE_AFTER_SECS,
@@ -250,8 +292,10 @@ impl Default for Settings {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ValidSettings {
-    /// At least [`MIN_SECRET_LEN`] characters when set.
-    pub jwt_secret: Option<SecretString>,
+    /// The phone token verifier, when a key source (secret, JWKS file or URL) was set.
+    pub phone_tokens: Option<TokenVerifier>,
+    /// The claims policy (also what the Lambda functions check of the gateway's claims).
+    pub token_policy: TokenPolicy,
     /// At least [`MIN_SECRET_LEN`] characters when set.
     pub ops_token: Option<SecretString>,
     /// At least 1.
@@ -268,8 +312,9 @@ impl Settings {
     /// Check every setting: the one place the rules live.
     ///
     /// # Errors
-    /// A [`ConfigError`] naming the variable at fault: a secret shorter than
-    /// [`MIN_SECRET_LEN`], a timeout of 0, an active timeout above [`MAX_ACTIVE_TIMEOUT_SECS`], a
+    /// A [`ConfigError`] naming the variable at fault: a JWT secret shorter than
+    /// [`MIN_JWT_SECRET_BYTES`], an ops token shorter than [`MIN_SECRET_LEN`], two phone key
+    /// sources, a JWKS without issuer and audience, an unreadable JWKS file, a timeout of 0, an active timeout above [`MAX_ACTIVE_TIMEOUT_SECS`], a
     /// currency that is not ISO 4217.
     pub fn validate(self) -> Result<ValidSettings, ConfigError> {
         let secret = |value: Option<SecretString>, var: &'static str| match value {
@@ -278,7 +323,7 @@ impl Settings {
             }
             s => Ok(s),
         };
-        let jwt_secret = secret(self.jwt_secret, "BLEPAY_JWT_SECRET")?;
+        let (phone_tokens, token_policy) = phone_tokens(self.jwt_secret, self.jwt)?;
         let ops_token = secret(self.ops_token, "BLEPAY_OPS_TOKEN")?;
         if self.start_timeout_secs == 0 {
             return Err(cfg_err("BLEPAY_START_TIMEOUT_SECS", "must be at least 1"));
@@ -302,7 +347,8 @@ impl Settings {
             .map_err(|e| cfg_err("BLEPAY_CURRENCY", e.to_string()))?;
         let pay_limits = self.pay_limits.validate()?;
         Ok(ValidSettings {
-            jwt_secret,
+            phone_tokens,
+            token_policy,
             ops_token,
             start_timeout_secs: self.start_timeout_secs,
             offline_after_secs: self.offline_after_secs,
@@ -319,9 +365,13 @@ impl ValidSettings {
     /// authenticate callers instead).
     pub fn into_config(self, keyring: Keyring) -> Config {
         let unguessable = || SecretString::new(hex::encode(rand::random::<[u8; 32]>()));
+        let policy = self.token_policy;
+        let phone_tokens = self
+            .phone_tokens
+            .unwrap_or_else(|| TokenVerifier::unguessable(policy));
         Config {
             keyring,
-            jwt_secret: self.jwt_secret.unwrap_or_else(unguessable),
+            phone_tokens,
             ops_token: self.ops_token.unwrap_or_else(unguessable),
             start_timeout_secs: self.start_timeout_secs,
             offline_after_secs: self.offline_after_secs,
@@ -330,6 +380,55 @@ impl ValidSettings {
             pay_limits: self.pay_limits,
         }
     }
+}
+
+/// The phone token verifier of at most one key source, and the claims policy.
+fn phone_tokens(
+    secret: Option<SecretString>,
+    jwt: JwtSettings,
+) -> Result<(Option<TokenVerifier>, TokenPolicy), ConfigError> {
+    if jwt.max_lifetime_secs == 0 || jwt.max_lifetime_secs > MAX_JWT_LIFETIME_SECS {
+        return Err(cfg_err(
+            "BLEPAY_JWT_MAX_LIFETIME_SECS",
+            format!("must be 1 to {MAX_JWT_LIFETIME_SECS} (30 days)"),
+        ));
+    }
+    let policy = TokenPolicy {
+        issuer: jwt.issuer,
+        audience: jwt.audience,
+        max_lifetime_secs: jwt.max_lifetime_secs,
+    };
+    let mut sources: Vec<PhoneKeys> = Vec::new();
+    sources.extend(secret.map(PhoneKeys::Hs256));
+    sources.extend(jwt.jwks_file.map(PhoneKeys::JwksFile));
+    sources.extend(jwt.jwks_url.map(PhoneKeys::JwksUrl));
+    if sources.len() > 1 {
+        return Err(cfg_err(
+            "BLEPAY_JWT_SECRET",
+            "set only one of BLEPAY_JWT_SECRET, BLEPAY_JWT_JWKS_FILE, BLEPAY_JWT_JWKS_URL",
+        ));
+    }
+    let Some(source) = sources.pop() else {
+        return Ok((None, policy));
+    };
+    if !matches!(source, PhoneKeys::Hs256(_)) {
+        // An identity provider's keys sign tokens for every application it serves: without
+        // both checks, any of them would be a blepay token.
+        if policy.issuer.is_none() {
+            return Err(cfg_err(
+                "BLEPAY_JWT_ISSUER",
+                "must be set with a JWKS (the identity provider's issuer URL)",
+            ));
+        }
+        if policy.audience.is_none() {
+            return Err(cfg_err(
+                "BLEPAY_JWT_AUDIENCE",
+                "must be set with a JWKS (blepay's client id or API audience)",
+            ));
+        }
+    }
+    let verifier = TokenVerifier::from_source(&source, policy.clone())?;
+    Ok((Some(verifier), policy))
 }
 
 #[cfg(test)]
@@ -467,8 +566,70 @@ mod tests {
             .unwrap()
             .into_config(keyring.clone());
         let b = Settings::default().validate().unwrap().into_config(keyring);
-        assert!(a.jwt_secret.expose().len() >= MIN_SECRET_LEN);
-        assert_ne!(a.jwt_secret.expose(), b.jwt_secret.expose());
-        assert_ne!(a.ops_token.expose(), a.jwt_secret.expose());
+        assert!(a.ops_token.expose().len() >= MIN_SECRET_LEN);
+        assert_ne!(a.ops_token.expose(), b.ops_token.expose());
+        // No token verifies against the unknown secret, not even one signed with the empty key.
+        let alice = blepay_core::UserId::parse("alice").unwrap();
+        let now = 1_770_000_000;
+        for secret in [String::new(), "0".repeat(64)] {
+            let t = crate::auth::mint_token(&secret, &alice, now, 60).unwrap();
+            assert!(a.phone_tokens.verify(&t, now).is_err());
+        }
+    }
+
+    #[test]
+    fn a_jwt_secret_needs_32_bytes_and_one_key_source() {
+        let with = |secret: &str, jwt: JwtSettings| {
+            Settings {
+                jwt_secret: Some(SecretString::new(secret.into())),
+                jwt,
+                ..Settings::default()
+            }
+            .validate()
+        };
+        // The issue's 16-character secret, and one byte short of 32.
+        for short in ["a".repeat(16), "a".repeat(31)] {
+            let e = with(&short, JwtSettings::default()).unwrap_err();
+            assert_eq!(e.var, "BLEPAY_JWT_SECRET");
+            assert!(e.message.contains("32"), "{e}");
+        }
+        assert!(with(&"a".repeat(32), JwtSettings::default()).is_ok());
+        let two = JwtSettings {
+            jwks_url: Some("https://id.example/jwks".into()),
+            ..JwtSettings::default()
+        };
+        assert_eq!(
+            with(&"a".repeat(32), two).unwrap_err().var,
+            "BLEPAY_JWT_SECRET"
+        );
+        let jwks = |issuer: Option<&str>, audience: Option<&str>| {
+            Settings {
+                jwt: JwtSettings {
+                    jwks_url: Some("https://id.example/jwks".into()),
+                    issuer: issuer.map(str::to_owned),
+                    audience: audience.map(str::to_owned),
+                    ..JwtSettings::default()
+                },
+                ..Settings::default()
+            }
+            .validate()
+        };
+        assert_eq!(jwks(None, Some("b")).unwrap_err().var, "BLEPAY_JWT_ISSUER");
+        assert_eq!(
+            jwks(Some("i"), None).unwrap_err().var,
+            "BLEPAY_JWT_AUDIENCE"
+        );
+        assert!(jwks(Some("i"), Some("b")).is_ok());
+        let forever = Settings {
+            jwt: JwtSettings {
+                max_lifetime_secs: MAX_JWT_LIFETIME_SECS + 1,
+                ..JwtSettings::default()
+            },
+            ..Settings::default()
+        };
+        assert_eq!(
+            forever.validate().unwrap_err().var,
+            "BLEPAY_JWT_MAX_LIFETIME_SECS"
+        );
     }
 }

@@ -15,7 +15,9 @@ use prost::Message;
 fn app(dir: &tempfile::TempDir) -> App {
     let config = Config {
         keyring: Keyring::parse(&format!("0:{}", "00".repeat(32))).unwrap(),
-        jwt_secret: SecretString::new("0123456789abcdef0123".into()),
+        phone_tokens: blepay_service::config::TokenVerifier::unguessable(
+            blepay_service::config::TokenPolicy::default(),
+        ),
         ops_token: SecretString::new("ops-token-0123456789".into()),
         start_timeout_secs: 120,
         offline_after_secs: 300,

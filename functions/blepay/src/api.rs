@@ -1,6 +1,7 @@
 //! A small client for the phone and operator HTTP APIs (JSON).
 
 use anyhow::{Context, anyhow};
+use blepay_service::config::SecretString;
 use serde_json::Value;
 
 /// An HTTP answer: status and JSON body.
@@ -36,12 +37,12 @@ impl Answer {
     }
 }
 
-/// A client for one server with one bearer token.
+/// A client for one server with one bearer token (held redacted: `Debug` does not show it).
 #[derive(Debug, Clone)]
 pub struct Api {
     http: reqwest::Client,
     base: String,
-    token: String,
+    token: SecretString,
 }
 
 impl Api {
@@ -49,7 +50,7 @@ impl Api {
         Self {
             http: reqwest::Client::new(),
             base: base.trim_end_matches('/').to_owned(),
-            token: token.to_owned(),
+            token: SecretString::new(token.to_owned()),
         }
     }
 
@@ -61,7 +62,7 @@ impl Api {
         let r = self
             .http
             .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
+            .bearer_auth(self.token.expose())
             .send()
             .await;
         Self::answer(r.with_context(|| format!("GET {path}"))?).await
@@ -75,7 +76,7 @@ impl Api {
         let r = self
             .http
             .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
+            .bearer_auth(self.token.expose())
             .json(body)
             .send()
             .await;
@@ -94,4 +95,14 @@ impl Api {
 /// A random idempotency key (when the command line gives none).
 pub fn random_key() -> String {
     hex::encode(rand::random::<[u8; 12]>())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_client_does_not_show_its_token() {
+        let api = super::Api::new("http://127.0.0.1:1", "hunter2hunter2hunter2");
+        let shown = format!("{api:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
 }

@@ -2,6 +2,11 @@
 //! `ops create-table` share) — clap lives here, in the CLI crate, not in the service. Every flag
 //! can come from its `BLEPAY_*` environment variable; [`ServeArgs::resolve`] turns them into the
 //! service's typed [`Config`], checked by [`Settings::validate`] like the Lambda loader's.
+//!
+//! Secrets (master keys, JWT secret, ops token) are never flag values — a command line is
+//! readable by every local user in `/proc/<pid>/cmdline` and lands in shell history. Each comes
+//! from its variable (`BLEPAY_MASTER_KEYS`, …) or a file (`--master-keys-file`, …) that must not
+//! be readable by group or others, and is held in a [`SecretString`] whose `Debug` redacts.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,9 +14,9 @@ use std::time::Duration;
 
 use blepay_service::config::{
     Config, ConfigError, DEFAULT_ACTIVE_TIMEOUT_SECS, DEFAULT_CURRENCY,
-    DEFAULT_MAX_UNSTARTED_PER_USER, DEFAULT_OFFLINE_AFTER_SECS, DEFAULT_PAY_RATE_MAX,
-    DEFAULT_PAY_RATE_WINDOW_SECS, DEFAULT_START_TIMEOUT_SECS, Keyring, PayLimits, SecretString,
-    Settings, cfg_err,
+    DEFAULT_JWT_MAX_LIFETIME_SECS, DEFAULT_MAX_UNSTARTED_PER_USER, DEFAULT_OFFLINE_AFTER_SECS,
+    DEFAULT_PAY_RATE_MAX, DEFAULT_PAY_RATE_WINDOW_SECS, DEFAULT_START_TIMEOUT_SECS, JwtSettings,
+    Keyring, PayLimits, SecretString, Settings, cfg_err,
 };
 use blepay_service::limits::{
     DEFAULT_GRPC_MAX_MESSAGE_BYTES, DEFAULT_H2_KEEPALIVE_INTERVAL_SECS,
@@ -36,18 +41,39 @@ pub struct ServeArgs {
     #[arg(long, env = "BLEPAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Directory holding the SQLite database (blepay.db) and, in development, generated keys.
+    /// Created mode 0700; the database files are 0600.
     #[arg(long, env = "BLEPAY_DATA_DIR", default_value = "./blepay-data")]
     pub data_dir: PathBuf,
-    /// Master keys, `version:hex64` comma-separated (versions 0-15). Devices registered now use the
-    /// highest version. When unset, a key is generated into the data dir on first run (development).
-    #[arg(long, env = "BLEPAY_MASTER_KEYS", hide_env_values = true)]
+    /// Master keys set by code (demo, bench, tests); never a flag. From outside: the variable
+    /// `BLEPAY_MASTER_KEYS` or `--master-keys-file`.
+    #[arg(skip)]
     pub master_keys: Option<SecretString>,
-    /// HS256 secret that signs phone JWTs. When unset, one is generated into the data dir (development).
-    #[arg(long, env = "BLEPAY_JWT_SECRET", hide_env_values = true)]
+    /// The phone JWT HS256 secret set by code; never a flag. From outside: `BLEPAY_JWT_SECRET` or
+    /// `--jwt-secret-file`.
+    #[arg(skip)]
     pub jwt_secret: Option<SecretString>,
-    /// Bearer token for the operator API. When unset, one is generated into the data dir (development).
-    #[arg(long, env = "BLEPAY_OPS_TOKEN", hide_env_values = true)]
+    /// The operator token set by code; never a flag. From outside: `BLEPAY_OPS_TOKEN` or
+    /// `--ops-token-file`.
+    #[arg(skip)]
     pub ops_token: Option<SecretString>,
+    /// File holding the master keys, `version:hex64` comma-separated (versions 0-15; devices
+    /// registered now use the highest version); or the keys themselves in the variable
+    /// BLEPAY_MASTER_KEYS. Must not be readable by group or others. When neither is set, a key is
+    /// generated into the data dir on first run (development, loopback only).
+    #[arg(long, env = "BLEPAY_MASTER_KEYS_FILE")]
+    pub master_keys_file: Option<PathBuf>,
+    /// File holding the HS256 secret that signs phone JWTs (at least 32 bytes); or the secret in
+    /// the variable BLEPAY_JWT_SECRET. When none of it and no JWKS is set, one is generated into
+    /// the data dir (development, loopback only).
+    #[arg(long, env = "BLEPAY_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// File holding the operator API's bearer token; or the token in the variable
+    /// BLEPAY_OPS_TOKEN. When neither is set, one is generated into the data dir (development,
+    /// loopback only).
+    #[arg(long, env = "BLEPAY_OPS_TOKEN_FILE")]
+    pub ops_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
     /// Seconds a paid session waits for the machine's start before it expires and the hold is released.
     #[arg(long, env = "BLEPAY_START_TIMEOUT_SECS", default_value_t = DEFAULT_START_TIMEOUT_SECS)]
     pub start_timeout_secs: u64,
@@ -95,7 +121,8 @@ pub struct TransportArgs {
     #[arg(long, env = "BLEPAY_DEVICE_LISTEN")]
     pub device_listen: Option<SocketAddr>,
     /// Allow phone and operator traffic over plain HTTP on a non-loopback `--listen` (behind a
-    /// TLS-terminating proxy on the same host or network you trust).
+    /// TLS-terminating proxy on the same host or network you trust), and generated development
+    /// secrets on such an address.
     #[arg(long, env = "BLEPAY_ALLOW_INSECURE")]
     pub allow_insecure: bool,
     /// Serve gRPC server reflection (off: it describes the whole operator API to anyone).
@@ -199,6 +226,41 @@ impl TransportArgs {
     }
 }
 
+/// Phone JWTs from an identity provider (OIDC) instead of the HS256 secret, and the claims
+/// policy.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JwtArgs {
+    /// A JWK set file (RSA or EC P-256/P-384 keys: RS256, ES256, …) that verifies phone JWTs.
+    #[arg(long = "jwt-jwks-file", env = "BLEPAY_JWT_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// The identity provider's JWKS URL (its `jwks_uri`): fetched at start, refreshed every 5
+    /// minutes and when a token names an unknown key id.
+    #[arg(long = "jwt-jwks-url", env = "BLEPAY_JWT_JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// The `iss` every phone JWT must carry (required with a JWKS).
+    #[arg(long = "jwt-issuer", env = "BLEPAY_JWT_ISSUER")]
+    pub issuer: Option<String>,
+    /// A value every phone JWT's `aud` must hold (required with a JWKS).
+    #[arg(long = "jwt-audience", env = "BLEPAY_JWT_AUDIENCE")]
+    pub audience: Option<String>,
+    /// The longest phone JWT lifetime accepted: `exp − iat` (or `exp − now`), in seconds.
+    #[arg(long = "jwt-max-lifetime-secs", env = "BLEPAY_JWT_MAX_LIFETIME_SECS",
+          default_value_t = DEFAULT_JWT_MAX_LIFETIME_SECS)]
+    pub max_lifetime_secs: u64,
+}
+
+impl Default for JwtArgs {
+    fn default() -> Self {
+        Self {
+            jwks_file: None,
+            jwks_url: None,
+            issuer: None,
+            audience: None,
+            max_lifetime_secs: DEFAULT_JWT_MAX_LIFETIME_SECS,
+        }
+    }
+}
+
 /// Which store `blepay serve` keeps its state in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum StoreKind {
@@ -272,6 +334,10 @@ impl ServeArgs {
             master_keys: None,
             jwt_secret: None,
             ops_token: None,
+            master_keys_file: None,
+            jwt_secret_file: None,
+            ops_token_file: None,
+            jwt: JwtArgs::default(),
             start_timeout_secs: DEFAULT_START_TIMEOUT_SECS,
             offline_after_secs: DEFAULT_OFFLINE_AFTER_SECS,
             active_timeout_secs: DEFAULT_ACTIVE_TIMEOUT_SECS,
@@ -284,20 +350,71 @@ impl ServeArgs {
         }
     }
 
-    /// Resolve secrets (generating missing ones into the data dir, mode 0600) and validate.
+    /// Resolve secrets (code-set value, then file, then variable; missing ones generated into the
+    /// data dir, mode 0600, on a loopback address only) and validate.
     ///
     /// # Errors
     /// A [`ConfigError`] naming the variable at fault.
     pub fn resolve(&self) -> Result<(Config, Generated), ConfigError> {
+        self.resolve_with(&|name| std::env::var(name).ok())
+    }
+
+    /// [`ServeArgs::resolve`] with the variables read through `env` (tests).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the variable at fault.
+    pub fn resolve_with(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Config, Generated), ConfigError> {
         let mut generated = Generated::default();
-        std::fs::create_dir_all(&self.data_dir).map_err(|e| {
-            cfg_err(
-                "BLEPAY_DATA_DIR",
-                format!("cannot create {}: {e}", self.data_dir.display()),
-            )
-        })?;
-        let keys = match &self.master_keys {
-            Some(s) => s.clone(),
+        create_private_dir(&self.data_dir, &mut generated)
+            .map_err(|e| cfg_err("BLEPAY_DATA_DIR", e))?;
+        let env = |name: &str| {
+            env(name)
+                .filter(|v| !v.trim().is_empty())
+                .map(SecretString::new)
+        };
+        let given = |value: &Option<SecretString>,
+                     file: &Option<PathBuf>,
+                     var: &'static str,
+                     file_var: &'static str| {
+            match (value, file) {
+                (Some(v), _) => Ok(Some(v.clone())),
+                (None, Some(path)) => read_secret_file(path)
+                    .map(Some)
+                    .map_err(|e| cfg_err(file_var, e)),
+                (None, None) => Ok(env(var)),
+            }
+        };
+        let master_keys = given(
+            &self.master_keys,
+            &self.master_keys_file,
+            "BLEPAY_MASTER_KEYS",
+            "BLEPAY_MASTER_KEYS_FILE",
+        )?;
+        let jwt_secret = given(
+            &self.jwt_secret,
+            &self.jwt_secret_file,
+            "BLEPAY_JWT_SECRET",
+            "BLEPAY_JWT_SECRET_FILE",
+        )?;
+        let ops_token = given(
+            &self.ops_token,
+            &self.ops_token_file,
+            "BLEPAY_OPS_TOKEN",
+            "BLEPAY_OPS_TOKEN_FILE",
+        )?;
+        let jwks = self.jwt.jwks_file.is_some() || self.jwt.jwks_url.is_some();
+
+        self.refuse_generated_off_loopback(&[
+            (master_keys.is_none(), "BLEPAY_MASTER_KEYS"),
+            (jwt_secret.is_none() && !jwks, "BLEPAY_JWT_SECRET"),
+            (ops_token.is_none(), "BLEPAY_OPS_TOKEN"),
+        ])?;
+
+        let keys = match master_keys {
+            Some(s) => s,
             None => dev_secret(&self.data_dir, "master-keys", &mut generated, || {
                 format!("0:{}", hex::encode(rand::random::<[u8; 32]>()))
             })
@@ -305,22 +422,32 @@ impl ServeArgs {
         };
         let keyring =
             Keyring::parse(keys.expose()).map_err(|e| cfg_err("BLEPAY_MASTER_KEYS", e))?;
-        let jwt_secret = match &self.jwt_secret {
-            Some(s) => s.clone(),
-            None => dev_secret(&self.data_dir, "jwt-secret", &mut generated, || {
-                hex::encode(rand::random::<[u8; 32]>())
-            })
-            .map_err(|e| cfg_err("BLEPAY_JWT_SECRET", e))?,
+        let jwt_secret = match jwt_secret {
+            Some(s) => Some(s),
+            None if jwks => None,
+            None => Some(
+                dev_secret(&self.data_dir, "jwt-secret", &mut generated, || {
+                    hex::encode(rand::random::<[u8; 32]>())
+                })
+                .map_err(|e| cfg_err("BLEPAY_JWT_SECRET", e))?,
+            ),
         };
-        let ops_token = match &self.ops_token {
-            Some(s) => s.clone(),
+        let ops_token = match ops_token {
+            Some(s) => s,
             None => dev_secret(&self.data_dir, "ops-token", &mut generated, || {
                 hex::encode(rand::random::<[u8; 24]>())
             })
             .map_err(|e| cfg_err("BLEPAY_OPS_TOKEN", e))?,
         };
         let settings = Settings {
-            jwt_secret: Some(jwt_secret),
+            jwt_secret,
+            jwt: JwtSettings {
+                jwks_file: self.jwt.jwks_file.clone(),
+                jwks_url: self.jwt.jwks_url.clone(),
+                issuer: self.jwt.issuer.clone(),
+                audience: self.jwt.audience.clone(),
+                max_lifetime_secs: self.jwt.max_lifetime_secs,
+            },
             ops_token: Some(ops_token),
             start_timeout_secs: self.start_timeout_secs,
             offline_after_secs: self.offline_after_secs,
@@ -333,6 +460,33 @@ impl ServeArgs {
             },
         };
         Ok((settings.validate()?.into_config(keyring), generated))
+    }
+
+    /// Generated secrets are for a developer's machine: anyone who can read the data dir (or a
+    /// backup of it) holds them. Refuse them where others can connect, unless allowed.
+    fn refuse_generated_off_loopback(
+        &self,
+        missing: &[(bool, &'static str)],
+    ) -> Result<(), ConfigError> {
+        let missing: Vec<&'static str> = missing
+            .iter()
+            .filter_map(|&(m, var)| m.then_some(var))
+            .collect();
+        match missing.first() {
+            Some(first) if !self.listen.ip().is_loopback() && !self.transport.allow_insecure => {
+                Err(cfg_err(
+                    first,
+                    format!(
+                        "{} unset: generated development secrets are refused on the non-loopback \
+                         address {} (set them from the environment or --*-file, or pass \
+                         --allow-insecure)",
+                        missing.join(", "),
+                        self.listen
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     pub fn database_path(&self) -> PathBuf {
@@ -348,8 +502,8 @@ fn dev_secret(
     make: impl FnOnce() -> String,
 ) -> Result<SecretString, String> {
     let path = dir.join(name);
-    match std::fs::read_to_string(&path) {
-        Ok(s) => Ok(SecretString::new(s.trim().to_owned())),
+    match std::fs::symlink_metadata(&path) {
+        Ok(_) => read_secret_file(&path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let value = make();
             write_private(&path, &value)
@@ -362,6 +516,81 @@ fn dev_secret(
         }
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
+}
+
+/// A client command's secret: from `file` (checked like the server's), else the variable `var`.
+///
+/// # Errors
+/// When the file cannot be read or is open to group or others.
+pub fn client_secret(file: Option<&Path>, var: &str) -> Result<Option<SecretString>, String> {
+    match file {
+        Some(path) => read_secret_file(path).map(Some),
+        None => Ok(std::env::var(var)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| SecretString::new(v.trim().to_owned()))),
+    }
+}
+
+/// Read a secret from `path`, trimmed; refused when group or others may read it.
+///
+/// # Errors
+/// When it cannot be read, is empty, or its mode lets group or others read or write it.
+pub fn read_secret_file(path: &Path) -> Result<SecretString, String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta =
+            std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "{} is accessible to group or others (mode {mode:04o}); `chmod 600` it",
+                path.display()
+            ));
+        }
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    // The text as read is zeroed on drop too.
+    let text = SecretString::new(text);
+    let value = text.expose().trim();
+    if value.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(SecretString::new(value.to_owned()))
+}
+
+/// Create `dir` (and its parents) mode 0700, or tighten an existing one to 0700.
+fn create_private_dir(dir: &Path, generated: &mut Generated) -> Result<(), String> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)
+            .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| format!("cannot chmod 700 {}: {e}", dir.display()))?;
+            generated.notes.push(format!(
+                "tightened the data dir {} from mode {mode:04o} to 0700",
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn write_private(path: &Path, value: &str) -> std::io::Result<()> {
@@ -383,17 +612,26 @@ mod tests {
     use super::*;
 
     fn args(dir: &Path) -> ServeArgs {
-        ServeArgs::local(dir.to_owned())
+        ServeArgs::local(dir.join("data"))
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
     }
 
     #[test]
     fn development_secrets_are_generated_once_and_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let (first, generated) = args(dir.path()).resolve().unwrap();
+        let (first, generated) = args(dir.path()).resolve_with(&no_env).unwrap();
         assert_eq!(generated.notes.len(), 3);
-        let (second, generated) = args(dir.path()).resolve().unwrap();
+        let (second, generated) = args(dir.path()).resolve_with(&no_env).unwrap();
         assert!(generated.notes.is_empty());
-        assert_eq!(first.jwt_secret.expose(), second.jwt_secret.expose());
+        let secret = std::fs::read_to_string(dir.path().join("data/jwt-secret")).unwrap();
+        let alice = blepay_core::UserId::parse("alice").unwrap();
+        let now = 1_770_000_000;
+        let token = blepay_service::auth::mint_token(&secret, &alice, now, 60).unwrap();
+        assert!(first.phone_tokens.verify(&token, now).is_ok());
+        assert!(second.phone_tokens.verify(&token, now).is_ok());
         assert_eq!(first.ops_token.expose(), second.ops_token.expose());
     }
 
@@ -430,6 +668,120 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut a = args(dir.path());
         a.jwt_secret = Some("short".parse().unwrap());
-        assert_eq!(a.resolve().unwrap_err().var, "BLEPAY_JWT_SECRET");
+        assert_eq!(
+            a.resolve_with(&no_env).unwrap_err().var,
+            "BLEPAY_JWT_SECRET"
+        );
+        // 31 bytes from the environment: still short.
+        let a = args(dir.path());
+        let env = |k: &str| (k == "BLEPAY_JWT_SECRET").then(|| "a".repeat(31));
+        assert_eq!(a.resolve_with(&env).unwrap_err().var, "BLEPAY_JWT_SECRET");
+    }
+
+    #[test]
+    fn no_secret_is_a_flag_and_debug_shows_none() {
+        use clap::Parser;
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        for flag in ["--jwt-secret", "--ops-token", "--master-keys"] {
+            let parsed =
+                Cli::try_parse_from(["blepay", flag, "hunter2hunter2hunter2hunter2hunter2"]);
+            assert!(parsed.is_err(), "{flag} is still accepted");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let a = ServeArgs {
+            jwt_secret: Some("hunter2hunter2hunter2hunter2hunter2".parse().unwrap()),
+            ops_token: Some("opsopsopsopsopsopsops".parse().unwrap()),
+            master_keys: Some(format!("0:{}", "ab".repeat(32)).parse().unwrap()),
+            ..args(dir.path())
+        };
+        let (config, _) = a.resolve_with(&no_env).unwrap();
+        for shown in [format!("{a:?}"), format!("{config:?}")] {
+            assert!(
+                !shown.contains("hunter2")
+                    && !shown.contains("opsops")
+                    && !shown.contains(&"ab".repeat(32)),
+                "{shown}"
+            );
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_data_dir_is_private_and_open_secret_files_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = args(dir.path());
+        a.resolve_with(&no_env).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&a.data_dir), 0o700);
+        for name in ["master-keys", "jwt-secret", "ops-token"] {
+            assert_eq!(mode(&a.data_dir.join(name)), 0o600, "{name}");
+        }
+        // A data dir made world-readable is tightened again.
+        std::fs::set_permissions(&a.data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (_, generated) = a.resolve_with(&no_env).unwrap();
+        assert_eq!(mode(&a.data_dir), 0o700);
+        assert!(
+            generated.notes.iter().any(|n| n.contains("0755")),
+            "{:?}",
+            generated.notes
+        );
+
+        // A group-readable secret, given or generated earlier, is refused.
+        let file = dir.path().join("jwt");
+        std::fs::write(&file, "s".repeat(40)).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let given = ServeArgs {
+            jwt_secret_file: Some(file.clone()),
+            ..args(dir.path())
+        };
+        let e = given.resolve_with(&no_env).unwrap_err();
+        assert_eq!(e.var, "BLEPAY_JWT_SECRET_FILE");
+        assert!(e.message.contains("0640"), "{e}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(given.resolve_with(&no_env).is_ok());
+        let generated = a.data_dir.join("ops-token");
+        std::fs::set_permissions(&generated, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(a.resolve_with(&no_env).unwrap_err().var, "BLEPAY_OPS_TOKEN");
+    }
+
+    #[test]
+    fn generated_secrets_are_refused_off_loopback_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = ServeArgs {
+            listen: "0.0.0.0:8080".parse().unwrap(),
+            ..args(dir.path())
+        };
+        let e = open.resolve_with(&no_env).unwrap_err();
+        assert!(e.message.contains("--allow-insecure"), "{e}");
+        assert!(
+            !open.data_dir.join("jwt-secret").exists(),
+            "nothing generated"
+        );
+        let allowed = ServeArgs {
+            transport: TransportArgs {
+                allow_insecure: true,
+                ..open.transport.clone()
+            },
+            ..open.clone()
+        };
+        assert!(allowed.resolve_with(&no_env).is_ok());
+        // Every secret given: fine on any address.
+        let given = |k: &str| match k {
+            "BLEPAY_MASTER_KEYS" => Some(format!("0:{}", "cd".repeat(32))),
+            "BLEPAY_JWT_SECRET" => Some("j".repeat(32)),
+            "BLEPAY_OPS_TOKEN" => Some("o".repeat(32)),
+            _ => None,
+        };
+        let fresh = tempfile::tempdir().unwrap();
+        let open = ServeArgs {
+            data_dir: fresh.path().join("data"),
+            ..open
+        };
+        assert!(open.resolve_with(&given).is_ok());
     }
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::args::ServeArgs;
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use serde_json::json;
 
 use crate::api::Api;
@@ -17,9 +17,13 @@ use crate::machine::{Machine, grant_json, response_json};
 #[allow(clippy::too_many_lines)] // a narrated script: one step after the other
 pub async fn run() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
+    // Secrets held by code, never on a command line: a random operator token and a 32-byte
+    // HS256 secret for the phone's JWT.
     let ops_token = hex::encode(rand::random::<[u8; 16]>());
+    let jwt_secret = hex::encode(rand::random::<[u8; 32]>());
     let args = ServeArgs {
         ops_token: Some(ops_token.parse()?),
+        jwt_secret: Some(jwt_secret.parse()?),
         offline_after_secs: 300,
         ..ServeArgs::local(dir.path().join("server"))
     };
@@ -89,10 +93,8 @@ pub async fn run() -> anyhow::Result<()> {
         advert["advertisingData"]
     );
 
-    let secret =
-        std::fs::read_to_string(args.data_dir.join("jwt-secret")).context("reading jwt-secret")?;
     let user = blepay_core::UserId::parse("alice").map_err(|e| anyhow!(e))?;
-    let token = blepay_service::auth::mint_token(secret.trim(), &user, app.now(), 3600)?;
+    let token = blepay_service::auth::mint_token(&jwt_secret, &user, app.now(), 3600)?;
     let phone = Api::new(&base, &token);
     let v = phone
         .post("/v1/verify", &json!({"advert": advert["advert"]}))

@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the self-hosted server (HTTP + gRPC on one port, SQLite store or DynamoDB).
-    Serve(blepay::args::ServeCommand),
+    Serve(Box<blepay::args::ServeCommand>),
     /// Start an embedded server and run one full payment cycle with a simulated machine and phone.
     Demo,
     /// A scriptable simulated machine.
@@ -47,7 +47,10 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let done = match cli.command {
-        Command::Serve(s) => blepay::serve::run_with(s.args, s.store).await,
+        Command::Serve(s) => {
+            let s = *s;
+            blepay::serve::run_with(s.args, s.store).await
+        }
         Command::Demo => blepay::demo::run().await,
         Command::Device(d) => blepay::device::run(d).await,
         Command::Phone(p) => blepay::phone::run(p).await,

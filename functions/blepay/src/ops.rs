@@ -8,19 +8,17 @@ use serde_json::json;
 
 use crate::api::{Api, random_key};
 use crate::args::DynamoArgs;
+use blepay_service::config::SecretString;
 
 /// `blepay ops` arguments.
 #[derive(Debug, clap::Args)]
 pub struct OpsArgs {
     #[arg(long, env = "BLEPAY_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
-    #[arg(
-        long,
-        env = "BLEPAY_OPS_TOKEN",
-        hide_env_values = true,
-        default_value = ""
-    )]
-    ops_token: String,
+    /// A file holding the operator token; or the token itself in the variable BLEPAY_OPS_TOKEN
+    /// (never a flag value: command lines are visible to every local user).
+    #[arg(long, env = "BLEPAY_OPS_TOKEN_FILE")]
+    ops_token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: OpsCommand,
 }
@@ -73,8 +71,10 @@ enum OpsCommand {
         user: String,
         #[arg(long, default_value_t = 3600)]
         ttl_secs: u64,
-        #[arg(long, env = "BLEPAY_JWT_SECRET", hide_env_values = true)]
-        jwt_secret: Option<String>,
+        /// A file holding the HS256 secret; or the secret in the variable BLEPAY_JWT_SECRET;
+        /// else the data dir's generated `jwt-secret`.
+        #[arg(long, env = "BLEPAY_JWT_SECRET_FILE")]
+        jwt_secret_file: Option<PathBuf>,
         #[arg(long, env = "BLEPAY_DATA_DIR", default_value = "./blepay-data")]
         data_dir: PathBuf,
     },
@@ -86,7 +86,10 @@ enum OpsCommand {
 /// On a transport failure, a refusal (the server's code and message), or a local failure
 /// (DynamoDB unreachable, no JWT secret).
 pub async fn run(o: OpsArgs) -> anyhow::Result<()> {
-    let api = Api::new(&o.server, &o.ops_token);
+    let ops_token = crate::args::client_secret(o.ops_token_file.as_deref(), "BLEPAY_OPS_TOKEN")
+        .map_err(|e| anyhow!("BLEPAY_OPS_TOKEN_FILE: {e}"))?
+        .unwrap_or_else(|| SecretString::new(String::new()));
+    let api = Api::new(&o.server, ops_token.expose());
     let answer = match o.command {
         OpsCommand::RegisterDevice {
             device_id,
@@ -124,9 +127,9 @@ pub async fn run(o: OpsArgs) -> anyhow::Result<()> {
         OpsCommand::Token {
             user,
             ttl_secs,
-            jwt_secret,
+            jwt_secret_file,
             data_dir,
-        } => return token(&user, ttl_secs, jwt_secret, &data_dir),
+        } => return token(&user, ttl_secs, jwt_secret_file.as_deref(), &data_dir),
     };
     println!("{}", answer.into_result()?);
     Ok(())
@@ -142,17 +145,15 @@ async fn create_table(dynamodb: &DynamoArgs) -> anyhow::Result<()> {
 fn token(
     user: &str,
     ttl_secs: u64,
-    jwt_secret: Option<String>,
+    jwt_secret_file: Option<&std::path::Path>,
     data_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let secret = match jwt_secret {
+    let secret = match crate::args::client_secret(jwt_secret_file, "BLEPAY_JWT_SECRET")
+        .map_err(|e| anyhow!("BLEPAY_JWT_SECRET_FILE: {e}"))?
+    {
         Some(s) => s,
-        None => std::fs::read_to_string(data_dir.join("jwt-secret")).map_err(|e| {
-            anyhow!(
-                "no BLEPAY_JWT_SECRET and no {}/jwt-secret: {e}",
-                data_dir.display()
-            )
-        })?,
+        None => crate::args::read_secret_file(&data_dir.join("jwt-secret"))
+            .map_err(|e| anyhow!("no BLEPAY_JWT_SECRET or --jwt-secret-file, and {e}"))?,
     };
     let user = blepay_core::UserId::parse(user).map_err(|e| anyhow!("--user: {e}"))?;
     let now = std::time::SystemTime::now()
@@ -160,7 +161,7 @@ fn token(
         .as_secs();
     println!(
         "{}",
-        blepay_service::auth::mint_token(secret.trim(), &user, now, ttl_secs)?
+        blepay_service::auth::mint_token(secret.expose(), &user, now, ttl_secs)?
     );
     Ok(())
 }

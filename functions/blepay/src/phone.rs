@@ -9,9 +9,10 @@ use crate::api::{Api, random_key};
 pub struct PhoneArgs {
     #[arg(long, env = "BLEPAY_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
-    /// The user's JWT (see `blepay ops token`).
-    #[arg(long, env = "BLEPAY_TOKEN", hide_env_values = true)]
-    token: String,
+    /// A file holding the user's JWT (see `blepay ops token`); or the token itself in the
+    /// variable BLEPAY_TOKEN (never a flag value: command lines are visible to every local user).
+    #[arg(long, env = "BLEPAY_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: PhoneCommand,
 }
@@ -44,7 +45,12 @@ enum PhoneCommand {
 /// # Errors
 /// On a transport failure or a refusal (the server's code and message).
 pub async fn run(p: PhoneArgs) -> anyhow::Result<()> {
-    let api = Api::new(&p.server, &p.token);
+    let token = crate::args::client_secret(p.token_file.as_deref(), "BLEPAY_TOKEN")
+        .map_err(|e| anyhow::anyhow!("BLEPAY_TOKEN_FILE: {e}"))?
+        .ok_or_else(|| {
+            anyhow::anyhow!("set BLEPAY_TOKEN or --token-file (see `blepay ops token`)")
+        })?;
+    let api = Api::new(&p.server, token.expose());
     let answer = match p.command {
         PhoneCommand::Verify { advert } => {
             api.post("/v1/verify", &json!({ "advert": advert })).await?

@@ -66,6 +66,7 @@ pub async fn bind_with(args: &ServeArgs, store: &StoreArgs) -> anyhow::Result<Bo
         None => None,
     };
     let (config, generated) = args.resolve()?;
+    config.phone_tokens.start().await?;
     let store = open_store(args, store).await?;
     let app = App::new(config, store, system_clock());
     let listener = TcpListener::bind(args.listen)
@@ -101,6 +102,7 @@ pub async fn open_store(args: &ServeArgs, store: &StoreArgs) -> anyhow::Result<A
     Ok(match store.kind {
         StoreKind::Sqlite => {
             let path = args.database_path();
+            private_database_files(&path)?;
             Arc::new(
                 SqliteStore::open(&path).with_context(|| format!("opening {}", path.display()))?,
             )
@@ -115,6 +117,41 @@ pub async fn open_store(args: &ServeArgs, store: &StoreArgs) -> anyhow::Result<A
             Arc::new(dynamo)
         }
     })
+}
+
+/// Make the database file mode 0600 before SQLite opens it (created empty if absent): SQLite
+/// gives its `-wal` and `-shm` files the database file's mode. Existing `-wal` / `-shm` files
+/// (from an older version) are tightened too.
+///
+/// # Errors
+/// When a file cannot be created or its mode changed.
+pub fn private_database_files(db: &std::path::Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(db)
+            .with_context(|| format!("creating {}", db.display()))?;
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut name = db.as_os_str().to_owned();
+            name.push(suffix);
+            let path = std::path::PathBuf::from(name);
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                        .with_context(|| format!("chmod 600 {}", path.display()))?;
+                }
+                _ => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = db;
+    Ok(())
 }
 
 /// Serve until Ctrl-C / SIGTERM.

@@ -76,9 +76,29 @@ async fn callers_without_valid_credentials_are_unauthenticated() {
         app.get("/v1/wallet", &app.ops_token).await,
     ];
 
-    // Assert
+    // Assert: one generic message, nothing about jsonwebtoken, algorithms or claims (L7)
     for a in answers {
         a.assert_error(401, "UNAUTHENTICATED");
+        assert_eq!(
+            a.body["message"],
+            blepay_service::auth::REFUSED,
+            "{}",
+            a.body
+        );
+    }
+    // The same over gRPC.
+    let mut phone = blepay_proto::pb::v1::phone_service_client::PhoneServiceClient::connect(
+        app.address.clone(),
+    )
+    .await
+    .unwrap();
+    for token in ["not-a-jwt", expired.as_str(), wrong_secret.as_str()] {
+        let mut req = tonic::Request::new(blepay_proto::pb::v1::GetWalletRequest::default());
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let status = phone.get_wallet(req).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert_eq!(status.message(), blepay_service::auth::REFUSED);
     }
     assert_unchanged(&app, "alice", &before).await;
 }

@@ -13,7 +13,7 @@ use axum::http::{Request as HttpRequest, StatusCode, header};
 use blepay_core::{DeviceId, KeyVersion, UseCounter, UserId};
 use blepay_device_client::{Answer, Identity, Pending, Request};
 use blepay_proto::{AdvertFlags, DeviceKey};
-use blepay_service::config::{Config, Keyring, SecretString};
+use blepay_service::config::{Config, Keyring, SecretString, TokenPolicy, TokenVerifier};
 use blepay_service::{App, server};
 use blepay_sqlite::SqliteStore;
 use http_body_util::BodyExt;
@@ -59,7 +59,11 @@ impl Reply {
 pub fn config() -> Config {
     Config {
         keyring: Keyring::parse(&format!("0:{}", "00".repeat(32))).unwrap(),
-        jwt_secret: SecretString::new(JWT_SECRET.into()),
+        phone_tokens: TokenVerifier::hs256(
+            SecretString::new(JWT_SECRET.into()),
+            TokenPolicy::default(),
+        )
+        .unwrap(),
         ops_token: SecretString::new(OPS_TOKEN.into()),
         start_timeout_secs: 120,
         offline_after_secs: OFFLINE_AFTER,

@@ -38,8 +38,9 @@ impl Server {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let keyring = Keyring::parse(&format!("0:{}", hex(&rand_bytes::<32>()))).expect("keys");
+        let jwt_secret = hex(&rand_bytes::<32>());
         let config = Settings {
-            jwt_secret: Some(SecretString::new(hex(&rand_bytes::<32>()))),
+            jwt_secret: Some(SecretString::new(jwt_secret.clone())),
             start_timeout_secs: 300,
             offline_after_secs: 600,
             // These tests are about the machine link, not the per-user pay limits.
@@ -53,7 +54,6 @@ impl Server {
         .validate()
         .expect("config")
         .into_config(keyring);
-        let jwt_secret = config.jwt_secret.expose().to_owned();
         let store = SqliteStore::open(&dir.path().join("blepay.db")).expect("sqlite store");
         let app = App::new(config, Arc::new(store), system_clock());
         let listener = rt
