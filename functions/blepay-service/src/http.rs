@@ -59,16 +59,7 @@ pub enum Surface {
 /// The machine listener's routes (`blepay serve --device-listen`): `POST /v1/device` and
 /// nothing else (no health check, no phone or operator route: this listener is plain HTTP).
 pub fn device_routes(app: App) -> Router {
-    Router::new()
-        .route(DEVICE_PATH, post(device))
-        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                ErrorCode::MethodNotAllowed,
-                "method not allowed on this route",
-            )
-        })
-        .with_state(app)
+    with_fallbacks(Router::new().route(DEVICE_PATH, post(device)), app)
 }
 
 /// The routes of one [`Surface`], plus `/healthz`; anything else is 404 NOT_FOUND.
@@ -93,6 +84,11 @@ pub fn routes_for(app: App, surface: Surface) -> Router {
     if all || surface == Surface::Device {
         router = router.route(DEVICE_PATH, post(device));
     }
+    with_fallbacks(router, app)
+}
+
+/// `router` with the JSON 404 and 405 answers every listener gives, on `app`.
+fn with_fallbacks(router: Router<App>, app: App) -> Router {
     router
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
