@@ -106,6 +106,7 @@ impl LambdaConfig {
             jwt: JwtSettings {
                 jwks_file: get("BLEPAY_JWT_JWKS_FILE").map(Into::into),
                 jwks_url: get("BLEPAY_JWT_JWKS_URL"),
+                jwks_ca_file: get("BLEPAY_JWT_JWKS_CA_FILE").map(Into::into),
                 issuer: get("BLEPAY_JWT_ISSUER"),
                 audience: get("BLEPAY_JWT_AUDIENCE"),
                 max_lifetime_secs: number(

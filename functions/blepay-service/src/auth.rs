@@ -6,7 +6,9 @@
 //! - a JWKS file (an OIDC provider's published keys, saved);
 //! - a JWKS URL, fetched at start and kept fresh ([`TokenVerifier::start`]): refreshed every
 //!   [`JWKS_REFRESH_SECS`], and early (at most once per [`JWKS_MIN_REFRESH_SECS`]) when a token
-//!   names a key id the cache does not hold.
+//!   names a key id the cache does not hold. Fetched over https with rustls and the aws-lc-rs
+//!   provider, trusting Mozilla's roots (webpki-roots) plus an optional CA file; plain http only
+//!   to a loopback host (a network attacker serving their own keys could mint any token).
 //!
 //! JWKS keys verify RS256/RS384/RS512/PS256/PS384/PS512 (RSA) and ES256/ES384 (P-256/P-384)
 //! only: never HS256 (a published "key" used as an HMAC secret is the classic algorithm
@@ -19,12 +21,17 @@
 //! logged at debug level only, so a caller learns nothing about keys, algorithms or claims.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use blepay_core::UserId;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use subtle::ConstantTimeEq;
@@ -45,6 +52,13 @@ pub const JWKS_REFRESH_SECS: u64 = 300;
 /// The least time between two fetches of a JWKS URL (an unknown `kid` cannot make the server
 /// hammer its identity provider).
 pub const JWKS_MIN_REFRESH_SECS: u64 = 30;
+/// How long one fetch of a JWKS URL may take, connect to last byte.
+pub const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest JWKS document read (a provider publishes a few keys, a few KiB).
+pub const JWKS_MAX_BYTES: usize = 1 << 20;
+
+const JWKS_URL_VAR: &str = "BLEPAY_JWT_JWKS_URL";
+const JWKS_CA_VAR: &str = "BLEPAY_JWT_JWKS_CA_FILE";
 
 /// The signature algorithms a JWKS key may verify.
 const ASYMMETRIC: [Algorithm; 8] = [
@@ -239,10 +253,11 @@ fn parse_jwks(text: &str) -> Result<Vec<PublicKey>, String> {
 /// The live key set of a JWKS URL and when it was last fetched.
 struct JwksCache {
     url: String,
+    uri: http::Uri,
     keys: RwLock<Arc<Vec<PublicKey>>>,
     /// Woken when a token names an unknown `kid`.
     wake: tokio::sync::Notify,
-    http: reqwest::Client,
+    http: HttpClient<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
     /// [`JWKS_MIN_REFRESH_SECS`] and [`JWKS_REFRESH_SECS`] unless a test changes them.
     min_interval: Duration,
     period: Duration,
@@ -251,7 +266,7 @@ struct JwksCache {
 enum KeySource {
     Hs256(SecretString),
     Jwks(Vec<PublicKey>),
-    Url(JwksCache),
+    Url(Box<JwksCache>),
 }
 
 struct Inner {
@@ -284,8 +299,11 @@ pub enum PhoneKeys {
     Hs256(SecretString),
     /// `BLEPAY_JWT_JWKS_FILE`.
     JwksFile(std::path::PathBuf),
-    /// `BLEPAY_JWT_JWKS_URL`.
-    JwksUrl(String),
+    /// `BLEPAY_JWT_JWKS_URL`, and `BLEPAY_JWT_JWKS_CA_FILE`: more roots it is trusted by.
+    JwksUrl {
+        url: String,
+        ca_file: Option<PathBuf>,
+    },
 }
 
 impl TokenVerifier {
@@ -315,28 +333,38 @@ impl TokenVerifier {
         Ok(Self::with(KeySource::Jwks(keys), policy))
     }
 
-    /// The keys at a JWKS URL. Nothing is fetched until [`TokenVerifier::start`]; until then
-    /// every token is refused.
+    /// The keys at a JWKS URL, its server certificate checked against Mozilla's roots. Nothing
+    /// is fetched until [`TokenVerifier::start`]; until then every token is refused.
     ///
     /// # Errors
-    /// `BLEPAY_JWT_JWKS_URL` when it is not an http(s) URL.
+    /// `BLEPAY_JWT_JWKS_URL` when it is not an https URL (or http to a loopback host).
     pub fn jwks_url(url: &str, policy: TokenPolicy) -> Result<Self, ConfigError> {
-        if !(url.starts_with("https://") || url.starts_with("http://")) {
-            return Err(cfg_err("BLEPAY_JWT_JWKS_URL", "must be an https:// URL"));
-        }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| cfg_err("BLEPAY_JWT_JWKS_URL", format!("HTTP client: {e}")))?;
+        Self::jwks_url_trusting(url, None, policy)
+    }
+
+    /// [`TokenVerifier::jwks_url`], also trusting the CA certificates of the PEM file `ca_file`
+    /// (a private CA).
+    ///
+    /// # Errors
+    /// `BLEPAY_JWT_JWKS_URL` when it is not an https URL (or http to a loopback host);
+    /// `BLEPAY_JWT_JWKS_CA_FILE` when the file cannot be read or holds no usable certificate.
+    pub fn jwks_url_trusting(
+        url: &str,
+        ca_file: Option<&Path>,
+        policy: TokenPolicy,
+    ) -> Result<Self, ConfigError> {
+        let uri = jwks_uri(url)?;
+        let http = jwks_client(ca_file)?;
         Ok(Self::with(
-            KeySource::Url(JwksCache {
+            KeySource::Url(Box::new(JwksCache {
                 url: url.to_owned(),
+                uri,
                 keys: RwLock::new(Arc::new(Vec::new())),
                 wake: tokio::sync::Notify::new(),
                 http,
                 min_interval: Duration::from_secs(JWKS_MIN_REFRESH_SECS),
                 period: Duration::from_secs(JWKS_REFRESH_SECS),
-            }),
+            })),
             policy,
         ))
     }
@@ -352,7 +380,9 @@ impl TokenVerifier {
                 let text = read_jwks_file(path)?;
                 Self::jwks(&text, policy)
             }
-            PhoneKeys::JwksUrl(url) => Self::jwks_url(url, policy),
+            PhoneKeys::JwksUrl { url, ca_file } => {
+                Self::jwks_url_trusting(url, ca_file.as_deref(), policy)
+            }
         }
     }
 
@@ -393,9 +423,7 @@ impl TokenVerifier {
         let KeySource::Url(cache) = &self.0.source else {
             return Ok(());
         };
-        let keys = fetch(cache)
-            .await
-            .map_err(|e| cfg_err("BLEPAY_JWT_JWKS_URL", e))?;
+        let keys = fetch(cache).await.map_err(|e| cfg_err(JWKS_URL_VAR, e))?;
         set_keys(cache, keys);
         let weak = Arc::downgrade(&self.0);
         tokio::spawn(async move {
@@ -476,20 +504,112 @@ fn set_keys(cache: &JwksCache, keys: Vec<PublicKey>) {
     tracing::debug!(url = %cache.url, keys = n, "JWKS fetched");
 }
 
-async fn fetch(cache: &JwksCache) -> Result<Vec<PublicKey>, String> {
-    let r = cache
-        .http
-        .get(&cache.url)
-        .send()
-        .await
-        .map_err(|e| format!("cannot fetch {}: {e}", cache.url))?;
-    if !r.status().is_success() {
-        return Err(format!("{} answered {}", cache.url, r.status()));
+/// A JWKS URL as a request target: https, or plain http to a loopback host only (a test, a
+/// sidecar) — keys fetched in the clear let anyone on the path serve their own and mint tokens.
+fn jwks_uri(url: &str) -> Result<http::Uri, ConfigError> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| cfg_err(JWKS_URL_VAR, format!("not a URL: {e}")))?;
+    let Some(host) = uri.host() else {
+        return Err(cfg_err(JWKS_URL_VAR, "must be an https:// URL"));
+    };
+    match uri.scheme_str() {
+        Some("https") => Ok(uri),
+        Some("http") if is_loopback(host) => Ok(uri),
+        Some("http") => Err(cfg_err(
+            JWKS_URL_VAR,
+            "must be an https:// URL: plain http is allowed only to a loopback host (anyone on \
+             the network path could serve their own keys and mint tokens)",
+        )),
+        _ => Err(cfg_err(JWKS_URL_VAR, "must be an https:// URL")),
     }
-    let text = r
-        .text()
+}
+
+/// `localhost` or a loopback IP address (`[::1]` as a URL writes it).
+fn is_loopback(host: &str) -> bool {
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .unwrap_or(host)
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The JWKS HTTP client: rustls with the aws-lc-rs provider given explicitly (no process-wide
+/// default is needed or installed), Mozilla's roots plus those of `ca_file`, HTTP/1.1.
+fn jwks_client(
+    ca_file: Option<&Path>,
+) -> Result<HttpClient<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>, ConfigError> {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = ca_file {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let shown = path.display();
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+            .map_err(|e| cfg_err(JWKS_CA_VAR, format!("cannot read {shown}: {e}")))?;
+        if certs.is_empty() {
+            return Err(cfg_err(
+                JWKS_CA_VAR,
+                format!("{shown} holds no PEM certificate"),
+            ));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| cfg_err(JWKS_CA_VAR, format!("{shown}: {e}")))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| cfg_err(JWKS_URL_VAR, format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(HttpClient::builder(TokioExecutor::new()).build(connector))
+}
+
+/// An error and its causes, `: `-joined (a TLS refusal sits a few levels down).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+async fn fetch(cache: &JwksCache) -> Result<Vec<PublicKey>, String> {
+    let url = &cache.url;
+    let get = async {
+        let r = cache
+            .http
+            .get(cache.uri.clone())
+            .await
+            .map_err(|e| format!("cannot fetch {url}: {}", chain(&e)))?;
+        if !r.status().is_success() {
+            return Err(format!("{url} answered {}", r.status()));
+        }
+        let body = Limited::new(r.into_body(), JWKS_MAX_BYTES)
+            .collect()
+            .await
+            .map_err(|e| format!("cannot read {url} (at most {JWKS_MAX_BYTES} bytes): {e}"))?
+            .to_bytes();
+        String::from_utf8(body.to_vec()).map_err(|_| format!("{url}: not UTF-8"))
+    };
+    let text = tokio::time::timeout(JWKS_FETCH_TIMEOUT, get)
         .await
-        .map_err(|e| format!("cannot read {}: {e}", cache.url))?;
+        .map_err(|_| format!("{url}: no answer within {JWKS_FETCH_TIMEOUT:?}"))??;
     parse_jwks(&text)
 }
 

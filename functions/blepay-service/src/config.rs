@@ -226,6 +226,9 @@ pub struct JwtSettings {
     /// `BLEPAY_JWT_JWKS_URL`: a JWK set fetched at start and refreshed (the provider's
     /// `jwks_uri`).
     pub jwks_url: Option<String>,
+    /// `BLEPAY_JWT_JWKS_CA_FILE`: PEM CA certificates the JWKS URL's server is also trusted by
+    /// (a private CA; Mozilla's roots are always trusted).
+    pub jwks_ca_file: Option<PathBuf>,
     /// `BLEPAY_JWT_ISSUER`: the required `iss` (required with a JWKS).
     pub issuer: Option<String>,
     /// `BLEPAY_JWT_AUDIENCE`: the required `aud` (required with a JWKS).
@@ -239,6 +242,7 @@ impl Default for JwtSettings {
         Self {
             jwks_file: None,
             jwks_url: None,
+            jwks_ca_file: None,
             issuer: None,
             audience: None,
             max_lifetime_secs: DEFAULT_JWT_MAX_LIFETIME_SECS,
@@ -401,7 +405,14 @@ fn phone_tokens(
     let mut sources: Vec<PhoneKeys> = Vec::new();
     sources.extend(secret.map(PhoneKeys::Hs256));
     sources.extend(jwt.jwks_file.map(PhoneKeys::JwksFile));
-    sources.extend(jwt.jwks_url.map(PhoneKeys::JwksUrl));
+    if jwt.jwks_ca_file.is_some() && jwt.jwks_url.is_none() {
+        return Err(cfg_err(
+            "BLEPAY_JWT_JWKS_CA_FILE",
+            "applies only with BLEPAY_JWT_JWKS_URL",
+        ));
+    }
+    let ca_file = jwt.jwks_ca_file;
+    sources.extend(jwt.jwks_url.map(|url| PhoneKeys::JwksUrl { url, ca_file }));
     if sources.len() > 1 {
         return Err(cfg_err(
             "BLEPAY_JWT_SECRET",

@@ -408,6 +408,176 @@ async fn a_jwks_url_is_fetched_at_start_and_refreshed_on_an_unknown_kid() {
     assert_eq!(dead.start().await.unwrap_err().var, "BLEPAY_JWT_JWKS_URL");
 }
 
+/// A private CA (PEM, written to `ca.pem` in the returned dir) and an https server on loopback
+/// presenting a leaf certificate for `localhost` it signed, serving `doc` at `/jwks.json`.
+async fn https_jwks_server(doc: String) -> (String, tempfile::TempDir) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "blepay test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let doc = doc.clone();
+            async move { doc }
+        }),
+    );
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let app = app.clone();
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends the handshake: nothing to serve.
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (format!("https://localhost:{port}/jwks.json"), dir)
+}
+
+#[tokio::test]
+async fn an_https_jwks_url_is_trusted_through_the_configured_ca_file() {
+    let signer = Signer::p256("tls-1");
+    let (url, dir) = https_jwks_server(jwks(&[&signer])).await;
+    let ca = dir.path().join("ca.pem");
+
+    // Through the settings, as `blepay serve --jwt-jwks-url … --jwt-jwks-ca-file …` builds it.
+    let config = Settings {
+        jwt: JwtSettings {
+            jwks_url: Some(url.clone()),
+            jwks_ca_file: Some(ca.clone()),
+            issuer: Some(ISSUER.into()),
+            audience: Some(AUDIENCE.into()),
+            ..JwtSettings::default()
+        },
+        ..Settings::default()
+    }
+    .validate()
+    .unwrap();
+    let verifier = config.phone_tokens.unwrap();
+    verifier.start().await.unwrap();
+    let server = Server::new(verifier);
+    server
+        .accepts(
+            &signer.sign(&claims("alice")),
+            "ES256 key fetched over https",
+        )
+        .await;
+    let stranger = Signer::p256("tls-1");
+    server
+        .refuses(&stranger.sign(&claims("alice")), "same kid, another key")
+        .await;
+
+    // Mozilla's roots only: the private CA is unknown, so the start fails and says why.
+    let untrusted = TokenVerifier::jwks_url(&url, oidc_policy()).unwrap();
+    let e = untrusted.start().await.unwrap_err();
+    assert_eq!(e.var, "BLEPAY_JWT_JWKS_URL");
+    assert!(e.message.contains("certificate"), "{e}");
+    assert!(
+        untrusted
+            .verify(&signer.sign(&claims("alice")), now())
+            .is_err()
+    );
+
+    // A CA file that is missing or holds no certificate is a configuration error.
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    for bad in [dir.path().join("missing.pem"), empty] {
+        let e = TokenVerifier::jwks_url_trusting(&url, Some(&bad), oidc_policy()).unwrap_err();
+        assert_eq!(e.var, "BLEPAY_JWT_JWKS_CA_FILE", "{}", bad.display());
+    }
+    // The CA file applies to a JWKS URL only.
+    let e = Settings {
+        jwt: JwtSettings {
+            jwks_ca_file: Some(ca),
+            ..JwtSettings::default()
+        },
+        ..Settings::default()
+    }
+    .validate()
+    .unwrap_err();
+    assert_eq!(e.var, "BLEPAY_JWT_JWKS_CA_FILE");
+}
+
+#[test]
+fn a_plain_http_jwks_url_is_refused_off_loopback() {
+    for url in [
+        "http://id.example.com/.well-known/jwks.json",
+        "http://10.0.0.7:8080/jwks.json",
+        "http://localhost.evil.example/jwks.json",
+        // The host is evil.example; "127.0.0.1" is only user info.
+        "http://127.0.0.1@evil.example/jwks.json",
+        "ftp://id.example.com/jwks.json",
+        "/jwks.json",
+    ] {
+        let e = TokenVerifier::jwks_url(url, oidc_policy()).unwrap_err();
+        assert_eq!(e.var, "BLEPAY_JWT_JWKS_URL", "{url}");
+        assert!(e.message.contains("https://"), "{url}: {e}");
+    }
+    // Also as `blepay serve` reads it.
+    let e = Settings {
+        jwt: JwtSettings {
+            jwks_url: Some("http://id.example.com/jwks.json".into()),
+            issuer: Some(ISSUER.into()),
+            audience: Some(AUDIENCE.into()),
+            ..JwtSettings::default()
+        },
+        ..Settings::default()
+    }
+    .validate()
+    .unwrap_err();
+    assert_eq!(e.var, "BLEPAY_JWT_JWKS_URL");
+    // Loopback (a test, a sidecar) may be plain http; https anywhere.
+    for url in [
+        "http://127.0.0.1:8080/jwks.json",
+        "http://[::1]:8080/jwks.json",
+        "http://localhost:8080/jwks.json",
+        "https://id.example.com/.well-known/jwks.json",
+    ] {
+        TokenVerifier::jwks_url(url, oidc_policy()).unwrap();
+    }
+}
+
 #[test]
 fn a_jwks_of_hmac_keys_only_is_refused() {
     let doc =

@@ -234,9 +234,13 @@ pub struct JwtArgs {
     #[arg(long = "jwt-jwks-file", env = "BLEPAY_JWT_JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
     /// The identity provider's JWKS URL (its `jwks_uri`): fetched at start, refreshed every 5
-    /// minutes and when a token names an unknown key id.
+    /// minutes and when a token names an unknown key id. https (Mozilla's roots, plus
+    /// --jwt-jwks-ca-file); plain http only to a loopback host.
     #[arg(long = "jwt-jwks-url", env = "BLEPAY_JWT_JWKS_URL")]
     pub jwks_url: Option<String>,
+    /// A PEM file of CA certificates the JWKS URL's server is also trusted by (a private CA).
+    #[arg(long = "jwt-jwks-ca-file", env = "BLEPAY_JWT_JWKS_CA_FILE")]
+    pub jwks_ca_file: Option<PathBuf>,
     /// The `iss` every phone JWT must carry (required with a JWKS).
     #[arg(long = "jwt-issuer", env = "BLEPAY_JWT_ISSUER")]
     pub issuer: Option<String>,
@@ -254,6 +258,7 @@ impl Default for JwtArgs {
         Self {
             jwks_file: None,
             jwks_url: None,
+            jwks_ca_file: None,
             issuer: None,
             audience: None,
             max_lifetime_secs: DEFAULT_JWT_MAX_LIFETIME_SECS,
@@ -444,6 +449,7 @@ impl ServeArgs {
             jwt: JwtSettings {
                 jwks_file: self.jwt.jwks_file.clone(),
                 jwks_url: self.jwt.jwks_url.clone(),
+                jwks_ca_file: self.jwt.jwks_ca_file.clone(),
                 issuer: self.jwt.issuer.clone(),
                 audience: self.jwt.audience.clone(),
                 max_lifetime_secs: self.jwt.max_lifetime_secs,
