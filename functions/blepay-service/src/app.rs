@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
+use crate::metrics::Metrics;
 
 /// Unix seconds, injectable for tests.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -48,6 +49,7 @@ struct Inner {
     config: Config,
     store: Arc<dyn Store>,
     clock: Clock,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for App {
@@ -87,12 +89,18 @@ impl App {
                 config,
                 store,
                 clock,
+                metrics: Metrics::new(),
             }),
         }
     }
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The process's metrics (`GET /metrics` on `blepay serve`).
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -172,6 +180,7 @@ impl App {
         match self.inner.store.pay(&cmd).await? {
             PayOutcome::Created(s) => {
                 tracing::info!(session = %s.id, device = %s.device_id, hold = %s.hold, "session authorized");
+                self.inner.metrics.session_opened();
                 Ok(pay_response(&s))
             }
             PayOutcome::Replayed(s) => Ok(pay_response(&s)),

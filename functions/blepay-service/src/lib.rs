@@ -18,6 +18,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod server;
 
 pub use app::{App, Clock, system_clock};

@@ -41,7 +41,7 @@ use crate::config::{ConfigError, cfg_err};
 use crate::grpc::GrpcOptions;
 use crate::http::DEVICE_PATH;
 use crate::limits::{H2_MAX_FRAME_BYTES, H2_MAX_HEADER_LIST_BYTES, ServerLimits};
-use crate::{grpc, http};
+use crate::{grpc, http, metrics};
 
 pub use tokio_rustls::TlsAcceptor;
 
@@ -73,17 +73,41 @@ pub fn router_with(
     grpc: GrpcOptions,
 ) -> Result<Router, tonic_reflection::server::Error> {
     let grpc = grpc::routes(app, grpc)?;
-    let mut router = http::routes(app.clone());
+    let mut router = http::routes(app.clone()).route(
+        "/metrics",
+        axum::routing::get(metrics_text).with_state(app.clone()),
+    );
     for service in GRPC_SERVICES {
         router = router.route_service(&format!("/{service}/{{method}}"), grpc.clone());
     }
+    let router = router.layer(middleware::from_fn_with_state(
+        app.metrics().clone(),
+        metrics::track,
+    ));
     Ok(with_date(router))
 }
 
+/// `GET /metrics`: the Prometheus metrics, to operators only (the ops bearer token).
+async fn metrics_text(
+    axum::extract::State(app): axum::extract::State<App>,
+    _operator: http::Operator,
+) -> Response {
+    let mut response = Response::new(axum::body::Body::from(app.metrics().encode()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(metrics::CONTENT_TYPE),
+    );
+    response
+}
+
 /// The machine listener's service: `POST /v1/device` only, without `Date` like on the main
-/// listener.
+/// listener, counted in the same metrics.
 pub fn device_router(app: &App) -> Router {
-    with_date(http::device_routes(app.clone()))
+    let router = http::device_routes(app.clone()).layer(middleware::from_fn_with_state(
+        app.metrics().clone(),
+        metrics::track,
+    ));
+    with_date(router)
 }
 
 /// `router` with a `Date` header (RFC 9110 §6.6.1) on every answer except those of
@@ -532,7 +556,14 @@ pub async fn sweep_loop(app: App, every: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match app.sweep().await {
+        let result = app.sweep().await;
+        app.metrics().sweep(
+            result
+                .as_ref()
+                .map(|swept| (swept.expired, swept.timed_out))
+                .map_err(|_| ()),
+        );
+        match result {
             Ok(swept) if swept.is_empty() => {}
             Ok(swept) => tracing::info!(
                 expired = swept.expired,

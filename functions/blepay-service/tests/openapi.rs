@@ -31,6 +31,7 @@ fn the_document_is_openapi_3_0_and_describes_every_http_route() {
     let expected: BTreeSet<(String, String)> = [
         ("get", "/healthz"),
         ("get", "/openapi.json"),
+        ("get", "/metrics"),
         ("post", "/v1/verify"),
         ("post", "/v1/pay"),
         ("get", "/v1/sessions/{sessionId}"),
