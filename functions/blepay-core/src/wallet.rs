@@ -72,6 +72,8 @@ pub enum EntryKind {
     Capture,
     /// A late final report's capture from the available balance (docs/sessions.md).
     LateCapture,
+    /// An operator's refund of (part of) a session's capture: revenue back to available.
+    Refund,
 }
 
 impl EntryKind {
@@ -82,7 +84,22 @@ impl EntryKind {
             Self::Release => "RELEASE",
             Self::Capture => "CAPTURE",
             Self::LateCapture => "LATE_CAPTURE",
+            Self::Refund => "REFUND",
         }
+    }
+
+    pub const ALL: [Self; 6] = [
+        Self::TopUp,
+        Self::Hold,
+        Self::Release,
+        Self::Capture,
+        Self::LateCapture,
+        Self::Refund,
+    ];
+
+    /// Parse what [`EntryKind::as_str`] wrote.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
 

@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use blepay_core::UserId;
 use blepay_service::auth::{Audience, Claims, TokenPolicy, refused};
 use blepay_service::http::{AuthorizedOperator, AuthorizedUser};
-use blepay_service::{ApiError, App};
+use blepay_service::{ApiError, App, Operator, Role};
 use lambda_http::request::RequestContext;
 
 /// Which IAM callers are operators.
@@ -156,8 +156,11 @@ async fn insert_identity(
             req.extensions_mut().insert(AuthorizedUser(user));
         }
         Ok(Upstream::Operator(principal)) => {
-            req.extensions_mut()
-                .insert(AuthorizedOperator { principal });
+            // IAM callers admitted as operators are owners until roles map from IAM.
+            req.extensions_mut().insert(AuthorizedOperator(Operator {
+                principal,
+                role: Role::Owner,
+            }));
         }
         Ok(Upstream::Nobody) => {}
         Err(e) => return e.into_response(),

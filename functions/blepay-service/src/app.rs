@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
+use crate::operator::{Action, ActionRecord, DEFAULT_SUPPORT_REFUND_MAX, Operator};
 
 /// Unix seconds, injectable for tests.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -105,6 +106,45 @@ impl App {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// Whether `op` may perform `action` (the table is [`crate::operator::Role::allows`]).
+    ///
+    /// # Errors
+    /// FORBIDDEN, naming the role and the action; nothing was read or written.
+    pub fn authorize(&self, op: &Operator, action: &Action) -> Result<(), ApiError> {
+        let cap = Amount::new(DEFAULT_SUPPORT_REFUND_MAX).unwrap_or(Amount::ZERO);
+        if op.role.allows(action, cap) {
+            Ok(())
+        } else {
+            tracing::warn!(principal = %op.principal, role = op.role.as_str(), ?action, "operator action forbidden");
+            Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("the {} role may not do this", op.role.as_str()),
+            ))
+        }
+    }
+
+    /// Record an operator action that changed something: a structured log line (target
+    /// `blepay::audit`). Called after the change succeeded, and again on a retry of it (the
+    /// record is keyed so a retry does not add a second one), so an action whose record failed
+    /// is recorded by its retry.
+    ///
+    /// # Errors
+    /// RETRY_LATER / INTERNAL when the record could not be written.
+    #[allow(clippy::unused_async)]
+    pub async fn record_action(&self, op: &Operator, rec: ActionRecord) -> Result<(), ApiError> {
+        tracing::info!(
+            target: "blepay::audit",
+            principal = %op.principal,
+            role = op.role.as_str(),
+            action = rec.action,
+            target_id = %rec.target,
+            amount = rec.amount.map(Amount::minor),
+            idempotency_key = rec.idempotency_key.as_deref(),
+            "operator action"
+        );
+        Ok(())
     }
 
     pub fn now(&self) -> u64 {
@@ -257,8 +297,10 @@ impl App {
     /// INVALID_ARGUMENT, DEVICE_EXISTS.
     pub async fn register_device(
         &self,
+        op: &Operator,
         req: pb::RegisterDeviceRequest,
     ) -> Result<pb::RegisterDeviceResponse, ApiError> {
+        self.authorize(op, &Action::RegisterDevice)?;
         let id = DeviceId::parse(&req.device_id)
             .map_err(|e| ApiError::invalid(format!("deviceId: {e}")))?;
         let name =
@@ -295,7 +337,16 @@ impl App {
             .await?
         {
             RegisterOutcome::Created => {
-                tracing::info!(device = %id, "device registered");
+                self.record_action(
+                    op,
+                    ActionRecord {
+                        action: "device.register",
+                        target: id.to_string(),
+                        amount: None,
+                        idempotency_key: None,
+                    },
+                )
+                .await?;
                 Ok(pb::RegisterDeviceResponse {
                     device_id: id.to_string(),
                     key_version: u32::from(key_version.get()),
@@ -313,7 +364,12 @@ impl App {
     ///
     /// # Errors
     /// INVALID_ARGUMENT, IDEMPOTENCY_KEY_REUSED.
-    pub async fn top_up(&self, req: pb::TopUpRequest) -> Result<pb::Wallet, ApiError> {
+    pub async fn top_up(
+        &self,
+        op: &Operator,
+        req: pb::TopUpRequest,
+    ) -> Result<pb::Wallet, ApiError> {
+        self.authorize(op, &Action::TopUp)?;
         let user =
             UserId::parse(&req.user_id).map_err(|e| ApiError::invalid(format!("userId: {e}")))?;
         let amount =
@@ -326,7 +382,19 @@ impl App {
             .top_up(&user, amount, &key, self.now())
             .await?
         {
-            TopUpOutcome::Credited(w) | TopUpOutcome::Replayed(w) => Ok(self.wallet_pb(&user, &w)),
+            TopUpOutcome::Credited(w) | TopUpOutcome::Replayed(w) => {
+                self.record_action(
+                    op,
+                    ActionRecord {
+                        action: "wallet.top_up",
+                        target: user.to_string(),
+                        amount: Some(amount),
+                        idempotency_key: Some(key.to_string()),
+                    },
+                )
+                .await?;
+                Ok(self.wallet_pb(&user, &w))
+            }
             TopUpOutcome::KeyReused => Err(key_reused()),
             TopUpOutcome::LimitExceeded => Err(ApiError::invalid(format!(
                 "amount: the wallet's lifetime total (all it was ever credited) would exceed the \
@@ -340,7 +408,8 @@ impl App {
     ///
     /// # Errors
     /// INVALID_ARGUMENT, SESSION_NOT_FOUND.
-    pub async fn ops_session(&self, id: &str) -> Result<pb::Session, ApiError> {
+    pub async fn ops_session(&self, op: &Operator, id: &str) -> Result<pb::Session, ApiError> {
+        self.authorize(op, &Action::ReadMoney)?;
         Ok(session_pb(&self.session(id).await?))
     }
 
@@ -350,7 +419,8 @@ impl App {
     ///
     /// # Errors
     /// INVALID_ARGUMENT (not 16 hex characters), DEVICE_UNKNOWN, RETRY_LATER.
-    pub async fn ops_device(&self, id: &str) -> Result<pb::Device, ApiError> {
+    pub async fn ops_device(&self, op: &Operator, id: &str) -> Result<pb::Device, ApiError> {
+        self.authorize(op, &Action::ReadDevices)?;
         let id = DeviceId::parse(id).map_err(|e| ApiError::invalid(format!("deviceId: {e}")))?;
         let now = self.now();
         let status = self

@@ -38,6 +38,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::{Config, ConfigError, SecretString, cfg_err};
 use crate::error::ApiError;
+use crate::operator::Operator;
 
 /// The one message of every authentication refusal (HTTP and gRPC).
 pub const REFUSED: &str = "invalid or missing credentials";
@@ -685,10 +686,10 @@ pub fn phone_user(config: &Config, header: Option<&str>) -> Result<UserId, ApiEr
 ///
 /// # Errors
 /// UNAUTHENTICATED ([`REFUSED`]) unless it equals `BLEPAY_OPS_TOKEN` (constant-time comparison).
-pub fn ops(config: &Config, header: Option<&str>) -> Result<(), ApiError> {
+pub fn ops(config: &Config, header: Option<&str>) -> Result<Operator, ApiError> {
     let token = bearer(header)?;
     if bool::from(token.as_bytes().ct_eq(config.ops_token.expose().as_bytes())) {
-        Ok(())
+        Ok(Operator::bootstrap())
     } else {
         Err(refused("wrong operator token"))
     }

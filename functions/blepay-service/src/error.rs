@@ -38,6 +38,20 @@ pub enum ErrorCode {
     ReportConflict,
     NoSessionWaiting,
     // the unexpected
+    /// An operator whose role does not allow the action (403).
+    Forbidden,
+    /// A refund that would take a session's refunds past what it captured (409).
+    RefundExceedsCapture,
+    /// A session that is already closed cannot be closed by hand (409).
+    SessionClosed,
+    /// The machine is out of service (or decommissioned): verify shows it, pay is refused (409).
+    DeviceOutOfService,
+    /// The pay would take the user's holds plus captures of the day past the daily cap (402).
+    SpendingLimit,
+    /// No such open problem report (404).
+    ProblemNotFound,
+    /// No such operator (404).
+    OperatorNotFound,
     RetryLater,
     Internal,
 }
@@ -71,6 +85,13 @@ impl ErrorCode {
             Self::SessionNotStarted => "SESSION_NOT_STARTED",
             Self::ReportConflict => "REPORT_CONFLICT",
             Self::NoSessionWaiting => "NO_SESSION_WAITING",
+            Self::Forbidden => "FORBIDDEN",
+            Self::RefundExceedsCapture => "REFUND_EXCEEDS_CAPTURE",
+            Self::SessionClosed => "SESSION_CLOSED",
+            Self::DeviceOutOfService => "DEVICE_OUT_OF_SERVICE",
+            Self::SpendingLimit => "SPENDING_LIMIT",
+            Self::ProblemNotFound => "PROBLEM_NOT_FOUND",
+            Self::OperatorNotFound => "OPERATOR_NOT_FOUND",
             Self::RetryLater => "RETRY_LATER",
             Self::Internal => "INTERNAL",
         }
@@ -89,9 +110,11 @@ impl ErrorCode {
             Self::NotFound
             | Self::DeviceUnknown
             | Self::SessionNotFound
-            | Self::NoSessionWaiting => StatusCode::NOT_FOUND,
+            | Self::NoSessionWaiting
+            | Self::ProblemNotFound
+            | Self::OperatorNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::AdvertInvalid | Self::AdvertStale => StatusCode::FORBIDDEN,
+            Self::AdvertInvalid | Self::AdvertStale | Self::Forbidden => StatusCode::FORBIDDEN,
             Self::AdvertUsed
             | Self::DeviceBusy
             | Self::DeviceOffline
@@ -103,9 +126,12 @@ impl ErrorCode {
             | Self::SessionExpired
             | Self::SessionNotStartable
             | Self::SessionNotStarted
-            | Self::ReportConflict => StatusCode::CONFLICT,
+            | Self::ReportConflict
+            | Self::RefundExceedsCapture
+            | Self::SessionClosed
+            | Self::DeviceOutOfService => StatusCode::CONFLICT,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Self::InsufficientFunds => StatusCode::PAYMENT_REQUIRED,
+            Self::InsufficientFunds | Self::SpendingLimit => StatusCode::PAYMENT_REQUIRED,
             Self::RetryLater => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -121,9 +147,11 @@ impl ErrorCode {
             Self::NotFound
             | Self::DeviceUnknown
             | Self::SessionNotFound
-            | Self::NoSessionWaiting => Code::NotFound,
+            | Self::NoSessionWaiting
+            | Self::ProblemNotFound
+            | Self::OperatorNotFound => Code::NotFound,
             Self::MethodNotAllowed => Code::Unimplemented,
-            Self::AdvertInvalid | Self::AdvertStale => Code::PermissionDenied,
+            Self::AdvertInvalid | Self::AdvertStale | Self::Forbidden => Code::PermissionDenied,
             Self::DeviceExists => Code::AlreadyExists,
             Self::AdvertUsed
             | Self::DeviceBusy
@@ -136,7 +164,11 @@ impl ErrorCode {
             | Self::SessionNotStartable
             | Self::SessionNotStarted
             | Self::ReportConflict
-            | Self::InsufficientFunds => Code::FailedPrecondition,
+            | Self::InsufficientFunds
+            | Self::RefundExceedsCapture
+            | Self::SessionClosed
+            | Self::DeviceOutOfService
+            | Self::SpendingLimit => Code::FailedPrecondition,
             Self::RateLimited => Code::ResourceExhausted,
             Self::RetryLater => Code::Unavailable,
             Self::Internal => Code::Internal,
@@ -144,7 +176,7 @@ impl ErrorCode {
     }
 }
 
-const ALL: [ErrorCode; 28] = [
+const ALL: [ErrorCode; 35] = [
     ErrorCode::Unauthenticated,
     ErrorCode::InvalidArgument,
     ErrorCode::PayloadTooLarge,
@@ -171,6 +203,13 @@ const ALL: [ErrorCode; 28] = [
     ErrorCode::SessionNotStarted,
     ErrorCode::ReportConflict,
     ErrorCode::NoSessionWaiting,
+    ErrorCode::Forbidden,
+    ErrorCode::RefundExceedsCapture,
+    ErrorCode::SessionClosed,
+    ErrorCode::DeviceOutOfService,
+    ErrorCode::SpendingLimit,
+    ErrorCode::ProblemNotFound,
+    ErrorCode::OperatorNotFound,
     ErrorCode::RetryLater,
     ErrorCode::Internal,
 ];

@@ -17,6 +17,7 @@ use crate::app::App;
 use crate::auth;
 use crate::error::ApiError;
 use crate::limits::{DEFAULT_GRPC_MAX_MESSAGE_BYTES, DEVICE_GRPC_MAX_MESSAGE_BYTES};
+use crate::operator::{Action, Operator};
 
 /// What the gRPC services are built with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,10 +50,6 @@ fn authorization<T>(req: &Request<T>) -> Option<&str> {
 #[derive(Debug, Clone)]
 struct Caller(UserId);
 
-/// An operator the interceptor authenticated.
-#[derive(Debug, Clone, Copy)]
-struct OperatorChecked;
-
 /// The phone interceptor: a valid phone JWT, or UNAUTHENTICATED before the body is read.
 fn phone_interceptor(app: App) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |mut req: Request<()>| {
@@ -65,8 +62,8 @@ fn phone_interceptor(app: App) -> impl FnMut(Request<()>) -> Result<Request<()>,
 /// The operator interceptor: the ops token, or UNAUTHENTICATED before the body is read.
 fn ops_interceptor(app: App) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |mut req: Request<()>| {
-        auth::ops(app.config(), authorization(&req))?;
-        req.extensions_mut().insert(OperatorChecked);
+        let op = auth::ops(app.config(), authorization(&req))?;
+        req.extensions_mut().insert(op);
         Ok(req)
     }
 }
@@ -80,10 +77,10 @@ fn phone_user<T>(req: &Request<T>) -> Result<UserId, Status> {
 }
 
 /// That the operator interceptor passed `req`.
-fn operator<T>(req: &Request<T>) -> Result<(), Status> {
+fn operator<T>(req: &Request<T>) -> Result<Operator, Status> {
     req.extensions()
-        .get::<OperatorChecked>()
-        .map(|_| ())
+        .get::<Operator>()
+        .cloned()
         .ok_or_else(|| ApiError::unauthenticated("not authenticated").into())
 }
 
@@ -141,21 +138,22 @@ impl OpsService for Ops {
         &self,
         req: Request<pb::RegisterDeviceRequest>,
     ) -> Result<Response<pb::RegisterDeviceResponse>, Status> {
-        operator(&req)?;
-        reply(self.0.register_device(req.into_inner()).await)
+        let op = operator(&req)?;
+        reply(self.0.register_device(&op, req.into_inner()).await)
     }
 
     async fn top_up(&self, req: Request<pb::TopUpRequest>) -> Result<Response<pb::Wallet>, Status> {
-        operator(&req)?;
-        reply(self.0.top_up(req.into_inner()).await)
+        let op = operator(&req)?;
+        reply(self.0.top_up(&op, req.into_inner()).await)
     }
 
     async fn get_wallet(
         &self,
         req: Request<pb::OpsGetWalletRequest>,
     ) -> Result<Response<pb::Wallet>, Status> {
-        operator(&req)?;
+        let op = operator(&req)?;
         let user = App::parse_user(&req.into_inner().user_id)?;
+        self.0.authorize(&op, &Action::ReadMoney)?;
         reply(self.0.wallet(&user).await)
     }
 
@@ -163,16 +161,16 @@ impl OpsService for Ops {
         &self,
         req: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
-        operator(&req)?;
-        reply(self.0.ops_session(&req.into_inner().session_id).await)
+        let op = operator(&req)?;
+        reply(self.0.ops_session(&op, &req.into_inner().session_id).await)
     }
 
     async fn get_device(
         &self,
         req: Request<pb::GetDeviceRequest>,
     ) -> Result<Response<pb::Device>, Status> {
-        operator(&req)?;
-        reply(self.0.ops_device(&req.into_inner().device_id).await)
+        let op = operator(&req)?;
+        reply(self.0.ops_device(&op, &req.into_inner().device_id).await)
     }
 }
 

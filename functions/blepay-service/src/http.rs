@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use crate::app::App;
 use crate::auth;
 use crate::error::{ApiError, ErrorCode};
+use crate::operator::{Action, Operator};
 
 /// Largest accepted request body (but the machine route's, [`MAX_DEVICE_BODY_BYTES`]).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -237,28 +238,24 @@ impl FromRequestParts<App> for PhoneUser {
     }
 }
 
-/// An authenticated operator.
+/// An authenticated operator (who, with which role): what each ops handler authorizes against.
 #[derive(Debug)]
-pub struct Operator;
+pub struct OpsCaller(pub Operator);
 
 /// An operator already authenticated upstream (API Gateway's IAM authorization of the ops
 /// routes): when present in the request extensions, it is trusted instead of the ops token.
-/// `principal` (the caller's ARN) is for the logs.
 #[derive(Debug, Clone)]
-pub struct AuthorizedOperator {
-    pub principal: String,
-}
+pub struct AuthorizedOperator(pub Operator);
 
-impl FromRequestParts<App> for Operator {
+impl FromRequestParts<App> for OpsCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
-        if let Some(AuthorizedOperator { principal }) = parts.extensions.get::<AuthorizedOperator>()
-        {
-            tracing::debug!(%principal, "operator authorized upstream");
-            return Ok(Self);
+        if let Some(AuthorizedOperator(op)) = parts.extensions.get::<AuthorizedOperator>() {
+            tracing::debug!(principal = %op.principal, "operator authorized upstream");
+            return Ok(Self(op.clone()));
         }
-        auth::ops(app.config(), authorization(parts)).map(|()| Self)
+        auth::ops(app.config(), authorization(parts)).map(Self)
     }
 }
 
@@ -304,53 +301,54 @@ async fn user_wallet(
 
 async fn register_device(
     State(app): State<App>,
-    _: Operator,
+    OpsCaller(op): OpsCaller,
     Wire(req, f): Wire<pb::RegisterDeviceRequest>,
 ) -> Result<Reply<pb::RegisterDeviceResponse>, ApiError> {
-    Ok(Reply(app.register_device(req).await?, f))
+    Ok(Reply(app.register_device(&op, req).await?, f))
 }
 
 async fn ops_device(
     State(app): State<App>,
-    _: Operator,
+    OpsCaller(op): OpsCaller,
     Path(device_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Reply<pb::Device>, ApiError> {
     Ok(Reply(
-        app.ops_device(&device_id).await?,
+        app.ops_device(&op, &device_id).await?,
         Format::of_accept(&headers),
     ))
 }
 
 async fn top_up(
     State(app): State<App>,
-    _: Operator,
+    OpsCaller(op): OpsCaller,
     Path(user_id): Path<String>,
     Wire(body, f): Wire<pb::TopUpRequest>,
 ) -> Result<Reply<pb::Wallet>, ApiError> {
     // The path names the user; a `userId` in the body, if any, is ignored.
     let req = pb::TopUpRequest { user_id, ..body };
-    Ok(Reply(app.top_up(req).await?, f))
+    Ok(Reply(app.top_up(&op, req).await?, f))
 }
 
 async fn ops_wallet(
     State(app): State<App>,
-    _: Operator,
+    OpsCaller(op): OpsCaller,
     Path(user_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Reply<pb::Wallet>, ApiError> {
     let user = App::parse_user(&user_id)?;
+    app.authorize(&op, &Action::ReadMoney)?;
     Ok(Reply(app.wallet(&user).await?, Format::of_accept(&headers)))
 }
 
 async fn ops_session(
     State(app): State<App>,
-    _: Operator,
+    OpsCaller(op): OpsCaller,
     Path(session_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Reply<pb::Session>, ApiError> {
     Ok(Reply(
-        app.ops_session(&session_id).await?,
+        app.ops_session(&op, &session_id).await?,
         Format::of_accept(&headers),
     ))
 }

@@ -7,6 +7,7 @@
 //! - [`limits`]: timeouts, connection/stream caps and message sizes of the listeners.
 //! - [`error`]: the one mapping from [`error::ErrorCode`] to HTTP status and gRPC code.
 //! - [`auth`]: phone JWTs and the operator token.
+//! - [`operator`]: operators as principals, their roles and what each may do.
 //! - [`config`]: typed configuration (`Settings` → validated once → `Config`) and the master keyring.
 //!
 //! Wire types (`pb`) stop here: below, the store and core speak domain types only.
@@ -19,8 +20,10 @@ pub mod grpc;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod operator;
 pub mod server;
 
 pub use app::{App, Clock, system_clock};
 pub use config::{Config, Settings, ValidSettings};
 pub use error::{ApiError, ErrorCode};
+pub use operator::{Action, Operator, Role};

@@ -90,7 +90,7 @@ pub fn router_with(
 /// `GET /metrics`: the Prometheus metrics, to operators only (the ops bearer token).
 async fn metrics_text(
     axum::extract::State(app): axum::extract::State<App>,
-    _operator: http::Operator,
+    _operator: http::OpsCaller,
 ) -> Response {
     let mut response = Response::new(axum::body::Body::from(app.metrics().encode()));
     response.headers_mut().insert(

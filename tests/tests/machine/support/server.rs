@@ -12,7 +12,7 @@ use blepay_device_client::Identity;
 use blepay_proto::pb::v1 as pb;
 use blepay_proto::{AdvertFlags, DeviceKey};
 use blepay_service::config::{Keyring, MAX_UNSTARTED_PER_USER, PayLimits, SecretString, Settings};
-use blepay_service::{App, system_clock};
+use blepay_service::{App, Operator, system_clock};
 use blepay_sqlite::SqliteStore;
 use blepay_store::Audit;
 use tempfile::TempDir;
@@ -82,13 +82,16 @@ impl Server {
         let device_id = hex(&id);
         let r = self
             .rt
-            .block_on(self.app.register_device(pb::RegisterDeviceRequest {
-                device_id: device_id.clone(),
-                name: "Water dispenser".into(),
-                price_per_unit: price,
-                unit_name: "litre".into(),
-                currency: "EUR".into(),
-            }))
+            .block_on(self.app.register_device(
+                &Operator::bootstrap(),
+                pb::RegisterDeviceRequest {
+                    device_id: device_id.clone(),
+                    name: "Water dispenser".into(),
+                    price_per_unit: price,
+                    unit_name: "litre".into(),
+                    currency: "EUR".into(),
+                },
+            ))
             .expect("register device");
         Identity {
             device_id: DeviceId::parse(&device_id).unwrap(),
@@ -99,11 +102,14 @@ impl Server {
 
     pub fn top_up(&self, user: &str, amount: i64) {
         self.rt
-            .block_on(self.app.top_up(pb::TopUpRequest {
-                user_id: user.into(),
-                amount,
-                idempotency_key: format!("t-{}", hex(&rand_bytes::<8>())),
-            }))
+            .block_on(self.app.top_up(
+                &Operator::bootstrap(),
+                pb::TopUpRequest {
+                    user_id: user.into(),
+                    amount,
+                    idempotency_key: format!("t-{}", hex(&rand_bytes::<8>())),
+                },
+            ))
             .expect("top up");
     }
 
@@ -152,7 +158,10 @@ impl Server {
 
     pub fn session(&self, id: SessionId) -> pb::Session {
         self.rt
-            .block_on(self.app.ops_session(&id.to_string()))
+            .block_on(
+                self.app
+                    .ops_session(&Operator::bootstrap(), &id.to_string()),
+            )
             .expect("session")
     }
 
