@@ -8,6 +8,7 @@
 //! - [`error`]: the one mapping from [`error::ErrorCode`] to HTTP status and gRPC code.
 //! - [`auth`]: phone JWTs and the operator token.
 //! - [`operator`]: operators as principals, their roles and what each may do.
+//! - [`page`]: cursor pagination for the list routes.
 //! - [`config`]: typed configuration (`Settings` → validated once → `Config`) and the master keyring.
 //!
 //! Wire types (`pb`) stop here: below, the store and core speak domain types only.
@@ -21,6 +22,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod operator;
+pub mod page;
 pub mod server;
 
 pub use app::{App, Clock, system_clock};

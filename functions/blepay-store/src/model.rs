@@ -303,3 +303,33 @@ impl Audit {
             && self.held == self.open_holds
     }
 }
+
+/// Where a list continues: the sort key of the last item returned (a time and an id; each list
+/// documents which time and which id it sorts by, and in which direction). Opaque to clients:
+/// the service encodes it as a cursor string (`blepay_service::page`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListPosition {
+    pub at: u64,
+    pub id: String,
+}
+
+/// One page of a list request: at most `limit` items after `after` (from the start without).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    pub limit: u32,
+    pub after: Option<ListPosition>,
+}
+
+impl PageRequest {
+    /// The largest page any list returns.
+    pub const MAX_LIMIT: u32 = 500;
+    /// The page size when the client names none.
+    pub const DEFAULT_LIMIT: u32 = 50;
+}
+
+/// A page of items, and where the next one starts (`None`: this was the last page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<ListPosition>,
+}
