@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
-use crate::operator::{Action, ActionRecord, DEFAULT_SUPPORT_REFUND_MAX, Operator};
+use crate::operator::{Action, ActionRecord, Operator};
 
 /// Unix seconds, injectable for tests.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -113,8 +113,7 @@ impl App {
     /// # Errors
     /// FORBIDDEN, naming the role and the action; nothing was read or written.
     pub fn authorize(&self, op: &Operator, action: &Action) -> Result<(), ApiError> {
-        let cap = Amount::new(DEFAULT_SUPPORT_REFUND_MAX).unwrap_or(Amount::ZERO);
-        if op.role.allows(action, cap) {
+        if op.role.allows(action, self.config().support_refund_max) {
             Ok(())
         } else {
             tracing::warn!(principal = %op.principal, role = op.role.as_str(), ?action, "operator action forbidden");
@@ -125,14 +124,14 @@ impl App {
         }
     }
 
-    /// Record an operator action that changed something: a structured log line (target
-    /// `blepay::audit`). Called after the change succeeded, and again on a retry of it (the
-    /// record is keyed so a retry does not add a second one), so an action whose record failed
-    /// is recorded by its retry.
+    /// Record an operator action that changed something: a durable audit event in the store
+    /// (`GET /v1/ops/audit`) and a structured log line (target `blepay::audit`). Called after
+    /// the change succeeded, and again on a retry of it: an action with an idempotency key gets
+    /// an event id derived from (principal, action, target, key), so a retry adds nothing, and
+    /// an action whose record failed is recorded by its retry.
     ///
     /// # Errors
-    /// RETRY_LATER / INTERNAL when the record could not be written.
-    #[allow(clippy::unused_async)]
+    /// RETRY_LATER / INTERNAL when the event could not be written.
     pub async fn record_action(&self, op: &Operator, rec: ActionRecord) -> Result<(), ApiError> {
         tracing::info!(
             target: "blepay::audit",
@@ -144,7 +143,7 @@ impl App {
             idempotency_key = rec.idempotency_key.as_deref(),
             "operator action"
         );
-        Ok(())
+        self.write_audit_event(op, &rec).await
     }
 
     pub fn now(&self) -> u64 {

@@ -682,16 +682,39 @@ pub fn phone_user(config: &Config, header: Option<&str>) -> Result<UserId, ApiEr
     config.phone_tokens.verify(token, unix_now())
 }
 
-/// Check an operator's bearer token.
+/// What an ops request's bearer token is, before any store lookup.
+#[derive(Debug)]
+pub enum OpsCredential {
+    /// `BLEPAY_OPS_TOKEN` (constant-time comparison): the bootstrap owner.
+    Bootstrap,
+    /// Shaped as an operator token (`bpo_<id>_<secret>`): to check against the store.
+    Operator(crate::operators::OperatorToken),
+}
+
+/// Classify an operator's bearer token without reading the store (HTTP extractor and gRPC layer
+/// run this on the headers, before any body is read).
+///
+/// # Errors
+/// UNAUTHENTICATED ([`REFUSED`]) unless it is `BLEPAY_OPS_TOKEN` or shaped as an operator token.
+pub fn ops_credential(config: &Config, header: Option<&str>) -> Result<OpsCredential, ApiError> {
+    let token = bearer(header)?;
+    if bool::from(token.as_bytes().ct_eq(config.ops_token.expose().as_bytes())) {
+        return Ok(OpsCredential::Bootstrap);
+    }
+    crate::operators::OperatorToken::parse(token)
+        .map(OpsCredential::Operator)
+        .ok_or_else(|| refused("wrong operator token"))
+}
+
+/// Check a bearer token against `BLEPAY_OPS_TOKEN` only (the bootstrap owner); operator
+/// tokens need the store: [`crate::App::authenticate_operator`].
 ///
 /// # Errors
 /// UNAUTHENTICATED ([`REFUSED`]) unless it equals `BLEPAY_OPS_TOKEN` (constant-time comparison).
 pub fn ops(config: &Config, header: Option<&str>) -> Result<Operator, ApiError> {
-    let token = bearer(header)?;
-    if bool::from(token.as_bytes().ct_eq(config.ops_token.expose().as_bytes())) {
-        Ok(Operator::bootstrap())
-    } else {
-        Err(refused("wrong operator token"))
+    match ops_credential(config, header)? {
+        OpsCredential::Bootstrap => Ok(Operator::bootstrap()),
+        OpsCredential::Operator(_) => Err(refused("operator token outside a store lookup")),
     }
 }
 

@@ -10,7 +10,9 @@ use std::fmt;
 
 use std::path::PathBuf;
 
-use blepay_core::{Currency, KeyVersion};
+use blepay_core::{Amount, Currency, KeyVersion};
+
+pub use crate::operator::DEFAULT_SUPPORT_REFUND_MAX;
 use blepay_proto::keys::MasterKey;
 use zeroize::Zeroizing;
 
@@ -129,6 +131,8 @@ pub struct Config {
     pub currency: Currency,
     /// How many unstarted sessions a user may hold and how fast they may pay.
     pub pay_limits: PayLimits,
+    /// `BLEPAY_SUPPORT_REFUND_MAX`: the largest refund a support operator may make.
+    pub support_refund_max: Amount,
 }
 
 /// Per-user limits on pay (issue 10, M4): locking machines must cost something. A pay refused by
@@ -273,6 +277,9 @@ pub struct Settings {
     pub currency: String,
     /// `BLEPAY_MAX_UNSTARTED_PER_USER`, `BLEPAY_PAY_RATE_MAX`, `BLEPAY_PAY_RATE_WINDOW_SECS`.
     pub pay_limits: PayLimits,
+    /// `BLEPAY_SUPPORT_REFUND_MAX`: the largest refund a support operator may make, in minor
+    /// units (0: support may not refund).
+    pub support_refund_max: i64,
 }
 
 impl Default for Settings {
@@ -287,6 +294,7 @@ impl Default for Settings {
             active_timeout_secs: DEFAULT_ACTIVE_TIMEOUT_SECS,
             currency: DEFAULT_CURRENCY.to_owned(),
             pay_limits: PayLimits::default(),
+            support_refund_max: DEFAULT_SUPPORT_REFUND_MAX,
         }
     }
 }
@@ -310,6 +318,7 @@ pub struct ValidSettings {
     pub active_timeout_secs: u64,
     pub currency: Currency,
     pub pay_limits: PayLimits,
+    pub support_refund_max: Amount,
 }
 
 impl Settings {
@@ -350,6 +359,12 @@ impl Settings {
         let currency = Currency::parse(&self.currency)
             .map_err(|e| cfg_err("BLEPAY_CURRENCY", e.to_string()))?;
         let pay_limits = self.pay_limits.validate()?;
+        let support_refund_max = Amount::new(self.support_refund_max).map_err(|e| {
+            cfg_err(
+                "BLEPAY_SUPPORT_REFUND_MAX",
+                format!("must be 0..={} minor units: {e}", Amount::MAX.minor()),
+            )
+        })?;
         Ok(ValidSettings {
             phone_tokens,
             token_policy,
@@ -359,6 +374,7 @@ impl Settings {
             active_timeout_secs: self.active_timeout_secs,
             currency,
             pay_limits,
+            support_refund_max,
         })
     }
 }
@@ -382,6 +398,7 @@ impl ValidSettings {
             active_timeout_secs: self.active_timeout_secs,
             currency: self.currency,
             pay_limits: self.pay_limits,
+            support_refund_max: self.support_refund_max,
         }
     }
 }

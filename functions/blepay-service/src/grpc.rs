@@ -10,6 +10,12 @@ use blepay_proto::pb::v1 as pb;
 use blepay_proto::pb::v1::device_service_server::{DeviceService, DeviceServiceServer};
 use blepay_proto::pb::v1::ops_service_server::{OpsService, OpsServiceServer};
 use blepay_proto::pb::v1::phone_service_server::{PhoneService, PhoneServiceServer};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
@@ -59,12 +65,57 @@ fn phone_interceptor(app: App) -> impl FnMut(Request<()>) -> Result<Request<()>,
     }
 }
 
-/// The operator interceptor: the ops token, or UNAUTHENTICATED before the body is read.
-fn ops_interceptor(app: App) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
-    move |mut req: Request<()>| {
-        let op = auth::ops(app.config(), authorization(&req))?;
-        req.extensions_mut().insert(op);
-        Ok(req)
+/// The operator layer: the ops token or an operator's (looked up in the store, asynchronously),
+/// or UNAUTHENTICATED, on the request's headers before its body is read or decoded. The
+/// [`Operator`] goes into the request's extensions for [`operator`].
+#[derive(Debug, Clone)]
+pub struct OpsAuth<S> {
+    inner: S,
+    app: App,
+}
+
+impl<S: NamedService> NamedService for OpsAuth<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for OpsAuth<S>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
+        // The clone is the one polled ready (tower's rule for services moved into a future).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let app = self.app.clone();
+        Box::pin(async move {
+            let header = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            match app.authenticate_operator(header.as_deref()).await {
+                Ok(op) => {
+                    req.extensions_mut().insert(op);
+                    inner.call(req).await
+                }
+                Err(e) => Ok(Status::from(e).into_http()),
+            }
+        })
     }
 }
 
@@ -76,7 +127,7 @@ fn phone_user<T>(req: &Request<T>) -> Result<UserId, Status> {
         .ok_or_else(|| ApiError::unauthenticated("not authenticated").into())
 }
 
-/// That the operator interceptor passed `req`.
+/// The operator [`OpsAuth`] authenticated for `req`.
 fn operator<T>(req: &Request<T>) -> Result<Operator, Status> {
     req.extensions()
         .get::<Operator>()
@@ -172,6 +223,42 @@ impl OpsService for Ops {
         let op = operator(&req)?;
         reply(self.0.ops_device(&op, &req.into_inner().device_id).await)
     }
+
+    async fn create_operator(
+        &self,
+        req: Request<pb::CreateOperatorRequest>,
+    ) -> Result<Response<pb::CreateOperatorResponse>, Status> {
+        let op = operator(&req)?;
+        reply(self.0.create_operator(&op, req.into_inner()).await)
+    }
+
+    async fn list_operators(
+        &self,
+        req: Request<pb::ListOperatorsRequest>,
+    ) -> Result<Response<pb::ListOperatorsResponse>, Status> {
+        let op = operator(&req)?;
+        reply(self.0.list_operators(&op).await)
+    }
+
+    async fn revoke_operator(
+        &self,
+        req: Request<pb::RevokeOperatorRequest>,
+    ) -> Result<Response<pb::Operator>, Status> {
+        let op = operator(&req)?;
+        reply(
+            self.0
+                .revoke_operator(&op, &req.into_inner().operator_id)
+                .await,
+        )
+    }
+
+    async fn list_audit(
+        &self,
+        req: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        let op = operator(&req)?;
+        reply(self.0.list_audit(&op, req.into_inner()).await)
+    }
 }
 
 /// `blepay.v1.DeviceService`: the frame is the authentication, as over HTTP. An authenticated
@@ -206,10 +293,10 @@ pub fn routes(
         PhoneServiceServer::new(Phone(app.clone())).max_decoding_message_size(limit),
         phone_interceptor(app.clone()),
     );
-    let ops = InterceptedService::new(
-        OpsServiceServer::new(Ops(app.clone())).max_decoding_message_size(limit),
-        ops_interceptor(app.clone()),
-    );
+    let ops = OpsAuth {
+        inner: OpsServiceServer::new(Ops(app.clone())).max_decoding_message_size(limit),
+        app: app.clone(),
+    };
     let device = DeviceServiceServer::new(Device(app.clone()))
         .max_decoding_message_size(DEVICE_GRPC_MAX_MESSAGE_BYTES);
     let mut routes = tonic::service::Routes::new(phone)

@@ -80,7 +80,16 @@ pub fn routes_for(app: App, surface: Surface) -> Router {
             .route("/v1/ops/devices/{device_id}", get(ops_device))
             .route("/v1/ops/wallets/{user_id}/topup", post(top_up))
             .route("/v1/ops/wallets/{user_id}", get(ops_wallet))
-            .route("/v1/ops/sessions/{session_id}", get(ops_session));
+            .route("/v1/ops/sessions/{session_id}", get(ops_session))
+            .route(
+                "/v1/ops/operators",
+                post(create_operator).get(list_operators),
+            )
+            .route(
+                "/v1/ops/operators/{operator_id}/revoke",
+                post(revoke_operator),
+            )
+            .route("/v1/ops/audit", get(list_audit));
     }
     if all || surface == Surface::Device {
         router = router.route(DEVICE_PATH, post(device));
@@ -255,7 +264,11 @@ impl FromRequestParts<App> for OpsCaller {
             tracing::debug!(principal = %op.principal, "operator authorized upstream");
             return Ok(Self(op.clone()));
         }
-        auth::ops(app.config(), authorization(parts)).map(Self)
+        // The token's shape is checked first (no store read for garbage); an operator token
+        // is then looked up, still before the body is read.
+        app.authenticate_operator(authorization(parts))
+            .await
+            .map(Self)
     }
 }
 
@@ -349,6 +362,52 @@ async fn ops_session(
 ) -> Result<Reply<pb::Session>, ApiError> {
     Ok(Reply(
         app.ops_session(&op, &session_id).await?,
+        Format::of_accept(&headers),
+    ))
+}
+
+async fn create_operator(
+    State(app): State<App>,
+    OpsCaller(op): OpsCaller,
+    Wire(req, f): Wire<pb::CreateOperatorRequest>,
+) -> Result<Reply<pb::CreateOperatorResponse>, ApiError> {
+    Ok(Reply(app.create_operator(&op, req).await?, f))
+}
+
+async fn list_operators(
+    State(app): State<App>,
+    OpsCaller(op): OpsCaller,
+    headers: HeaderMap,
+) -> Result<Reply<pb::ListOperatorsResponse>, ApiError> {
+    Ok(Reply(
+        app.list_operators(&op).await?,
+        Format::of_accept(&headers),
+    ))
+}
+
+async fn revoke_operator(
+    State(app): State<App>,
+    OpsCaller(op): OpsCaller,
+    Path(operator_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Reply<pb::Operator>, ApiError> {
+    // No body is needed; any sent is not read.
+    Ok(Reply(
+        app.revoke_operator(&op, &operator_id).await?,
+        Format::of_accept(&headers),
+    ))
+}
+
+async fn list_audit(
+    State(app): State<App>,
+    OpsCaller(op): OpsCaller,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Result<Reply<pb::ListAuditResponse>, ApiError> {
+    app.authorize(&op, &Action::ReadAudit)?;
+    let req = crate::operators::audit_query(uri.query())?;
+    Ok(Reply(
+        app.list_audit(&op, req).await?,
         Format::of_accept(&headers),
     ))
 }

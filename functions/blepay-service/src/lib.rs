@@ -8,6 +8,7 @@
 //! - [`error`]: the one mapping from [`error::ErrorCode`] to HTTP status and gRPC code.
 //! - [`auth`]: phone JWTs and the operator token.
 //! - [`operator`]: operators as principals, their roles and what each may do.
+//! - [`operators`]: operator credentials, the operator routes and the audit trail.
 //! - [`page`]: cursor pagination for the list routes.
 //! - [`config`]: typed configuration (`Settings` → validated once → `Config`) and the master keyring.
 //!
@@ -22,6 +23,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod operator;
+pub mod operators;
 pub mod page;
 pub mod server;
 

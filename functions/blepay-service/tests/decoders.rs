@@ -24,6 +24,7 @@ fn app(dir: &tempfile::TempDir) -> App {
         active_timeout_secs: 14_400,
         currency: blepay_core::Currency::parse("EUR").unwrap(),
         pay_limits: blepay_service::config::PayLimits::default(),
+        support_refund_max: blepay_core::Amount::new(5_000).unwrap(),
     };
     let store = SqliteStore::open(&dir.path().join("blepay.db")).unwrap();
     App::new(config, Arc::new(store), Arc::new(|| 1_770_000_000))
@@ -81,5 +82,29 @@ proptest! {
         prop_assert!(matches!(err.code, ErrorCode::FrameInvalid | ErrorCode::DeviceAuthFailed), "{err:?}");
         let audit = rt.block_on(app.store().audit()).unwrap();
         prop_assert_eq!(audit, blepay_store::Audit::default());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Operator credentials (issue 11, item 8): anything that is not the ops token or a stored
+    /// operator's token is the one generic refusal, token lookalikes included.
+    #[test]
+    fn random_operator_tokens_are_the_generic_refusal(
+        token in prop_oneof![".{0,120}", "bpo_[0-9a-f]{16}_[0-9a-f]{64}", "bpo_[0-9a-fA-F_]{0,90}"],
+    ) {
+        let (rt, app, _) = shared();
+        let header = format!("Bearer {token}");
+        let err = rt.block_on(app.authenticate_operator(Some(&header))).unwrap_err();
+        prop_assert_eq!(err.code, ErrorCode::Unauthenticated);
+        prop_assert_eq!(err.message.as_str(), blepay_service::auth::REFUSED);
+    }
+
+    #[test]
+    fn random_audit_query_strings_decode_or_are_invalid_argument(q in "[a-z%=&+0-9A-F.:]{0,80}") {
+        if let Err(e) = blepay_service::operators::audit_query(Some(&q)) {
+            prop_assert_eq!(e.code, ErrorCode::InvalidArgument);
+        }
     }
 }

@@ -17,6 +17,7 @@
 //! Must not depend on: HTTP, gRPC, protobuf, the AWS SDK.
 
 mod convert;
+mod operators;
 mod ops;
 mod rows;
 mod schema;
@@ -31,7 +32,11 @@ use blepay_store::decide::{
     NewTopUp, TopUpDecision, TopUpFacts, decide_top_up, top_up_fingerprint,
 };
 use blepay_store::{
-    Audit, DeviceCall, DeviceCallOutcome, DeviceRecord, DeviceStatus, PayCommand, PayOutcome,
+    Audit, AuditEvent, AuditFilter, CreateOperatorOutcome, NewOperator, OperatorId, OperatorRecord,
+    Page, PageRequest, RevokeOperatorOutcome,
+};
+use blepay_store::{
+    DeviceCall, DeviceCallOutcome, DeviceRecord, DeviceStatus, PayCommand, PayOutcome,
     RegisterOutcome, ResponseEncoder, Store, StoreError, TopUpOutcome,
 };
 use rusqlite::{Connection, TransactionBehavior, params};
@@ -252,6 +257,49 @@ impl Store for SqliteStore {
 
     async fn audit(&self) -> Result<Audit, StoreError> {
         self.run(ops::audit).await
+    }
+
+    async fn create_operator(
+        &self,
+        new: &NewOperator,
+    ) -> Result<CreateOperatorOutcome, StoreError> {
+        let new = new.clone();
+        self.run(move |c| operators::create_operator(c, &new)).await
+    }
+
+    async fn operator(&self, id: &OperatorId) -> Result<Option<OperatorRecord>, StoreError> {
+        let id = id.clone();
+        self.run(move |c| operators::load_operator(c, &id)).await
+    }
+
+    async fn operators(&self) -> Result<Vec<OperatorRecord>, StoreError> {
+        self.run(operators::list_operators).await
+    }
+
+    async fn revoke_operator(
+        &self,
+        id: &OperatorId,
+        now: u64,
+    ) -> Result<RevokeOperatorOutcome, StoreError> {
+        let id = id.clone();
+        self.run(move |c| operators::revoke_operator(c, &id, now))
+            .await
+    }
+
+    async fn record_audit_event(&self, event: &AuditEvent) -> Result<bool, StoreError> {
+        let event = event.clone();
+        self.run(move |c| operators::record_audit_event(c, &event))
+            .await
+    }
+
+    async fn audit_events(
+        &self,
+        filter: &AuditFilter,
+        page: &PageRequest,
+    ) -> Result<Page<AuditEvent>, StoreError> {
+        let (filter, page) = (filter.clone(), page.clone());
+        self.run(move |c| operators::audit_events(c, &filter, &page))
+            .await
     }
 }
 

@@ -126,6 +126,31 @@ CREATE INDEX ledger_by_kind ON ledger (kind);
     // 4: issue 10 (M4) — the pay rate limit counts a user's sessions opened since the start of the
     // current window.
     "CREATE INDEX sessions_by_user_created ON sessions (user_id, created_at);",
+    // 5: issue 11 (item 8) — operators with roles (the token's secret kept only as its SHA-256)
+    // and the durable audit trail of what they did (listed newest first).
+    r"
+CREATE TABLE operators (
+    id         TEXT PRIMARY KEY CHECK (length(id) = 16),
+    name       TEXT NOT NULL,
+    role       TEXT NOT NULL,
+    token_hash BLOB NOT NULL CHECK (length(token_hash) = 32),
+    created_at INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    revoked_at INTEGER
+) STRICT;
+
+CREATE TABLE audit_events (
+    id              TEXT PRIMARY KEY,
+    at              INTEGER NOT NULL,
+    principal       TEXT NOT NULL,
+    role            TEXT NOT NULL,
+    action          TEXT NOT NULL,
+    target          TEXT NOT NULL,
+    amount          INTEGER,
+    idempotency_key TEXT
+) STRICT;
+CREATE INDEX audit_events_by_time ON audit_events (at, id);
+",
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

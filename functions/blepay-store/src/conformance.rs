@@ -98,6 +98,10 @@ macro_rules! conformance_tests {
             concurrent_pays_beyond_the_rate_open_exactly_the_rate,
             a_top_up_past_the_lifetime_maximum_is_refused_after_the_money_was_spent,
             keys_reused_after_a_week_are_still_answered_as_retries,
+            an_operator_is_created_once_per_key_and_a_reused_key_changes_nothing,
+            revoking_an_operator_stamps_it_once_and_an_unknown_one_is_not_found,
+            audit_events_are_recorded_once_per_id_and_listed_newest_first_page_by_page,
+            concurrent_creates_with_one_key_create_one_operator,
         );
     };
     (@each $factory:expr; $($check:ident),+ $(,)?) => {
@@ -2215,6 +2219,217 @@ pub async fn keys_reused_after_a_week_are_still_answered_as_retries(store: Arc<d
     );
     let audit = reconciled(&*store).await;
     assert_eq!((audit.top_ups, audit.held), (1000, 0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operators and the audit trail (issue 11, item 8)
+// ---------------------------------------------------------------------------------------------
+
+fn operator_record(n: u8, name: &str, role: &str, at: u64) -> crate::OperatorRecord {
+    crate::OperatorRecord {
+        id: crate::OperatorId::from_bytes([0x0a, 0, 0, 0, 0, 0, 0, n]),
+        name: crate::OperatorName::parse(name).unwrap(),
+        role: role.into(),
+        token_hash: [n; 32],
+        created_at: at,
+        created_by: "ops-token".into(),
+        revoked_at: None,
+    }
+}
+
+fn new_operator(n: u8, name: &str, role: &str, key: &str) -> crate::NewOperator {
+    crate::NewOperator {
+        record: operator_record(n, name, role, T0 + u64::from(n)),
+        key: IdempotencyKey::parse(key).unwrap(),
+    }
+}
+
+pub async fn an_operator_is_created_once_per_key_and_a_reused_key_changes_nothing(
+    store: Arc<dyn Store>,
+) {
+    use crate::CreateOperatorOutcome as C;
+    let first = new_operator(1, "Ann (support)", "support", "op-k1");
+    assert_eq!(
+        store.create_operator(&first).await.unwrap(),
+        C::Created(first.record.clone())
+    );
+    // The same key and request, with another id and secret drawn: the first operator.
+    let retry = crate::NewOperator {
+        record: crate::OperatorRecord {
+            id: crate::OperatorId::from_bytes([0x0b; 8]),
+            token_hash: [0xee; 32],
+            ..first.record.clone()
+        },
+        ..first.clone()
+    };
+    assert_eq!(
+        store.create_operator(&retry).await.unwrap(),
+        C::Replayed(first.record.clone())
+    );
+    // The same key with another role: refused, nothing created.
+    let reused = new_operator(2, "Ann (support)", "owner", "op-k1");
+    assert_eq!(store.create_operator(&reused).await.unwrap(), C::KeyReused);
+    assert_eq!(store.operators().await.unwrap(), vec![first.record.clone()]);
+    assert_eq!(store.operator(&reused.record.id).await.unwrap(), None);
+    // Another creator's key space is its own.
+    let mut other = new_operator(3, "Bob", "finance", "op-k1");
+    other.record.created_by = "op:0a00000000000001".into();
+    assert!(matches!(
+        store.create_operator(&other).await.unwrap(),
+        C::Created(_)
+    ));
+    assert_eq!(
+        store.operator(&first.record.id).await.unwrap(),
+        Some(first.record.clone())
+    );
+    assert_eq!(
+        store.operators().await.unwrap(),
+        vec![first.record, other.record]
+    );
+}
+
+pub async fn revoking_an_operator_stamps_it_once_and_an_unknown_one_is_not_found(
+    store: Arc<dyn Store>,
+) {
+    use crate::RevokeOperatorOutcome as R;
+    let op = new_operator(1, "Tom", "technician", "op-k1");
+    store.create_operator(&op).await.unwrap();
+    let revoked = crate::OperatorRecord {
+        revoked_at: Some(T0 + 50),
+        ..op.record.clone()
+    };
+    assert_eq!(
+        store.revoke_operator(&op.record.id, T0 + 50).await.unwrap(),
+        R::Revoked(revoked.clone())
+    );
+    assert_eq!(
+        store.revoke_operator(&op.record.id, T0 + 90).await.unwrap(),
+        R::AlreadyRevoked(revoked.clone())
+    );
+    assert_eq!(
+        store.operator(&op.record.id).await.unwrap(),
+        Some(revoked.clone())
+    );
+    let unknown = crate::OperatorId::from_bytes([0xff; 8]);
+    assert_eq!(
+        store.revoke_operator(&unknown, T0 + 90).await.unwrap(),
+        R::NotFound
+    );
+    assert_eq!(store.operators().await.unwrap(), vec![revoked]);
+}
+
+fn audit_event(id: &str, at: u64, principal: &str, action: &str) -> crate::AuditEvent {
+    crate::AuditEvent {
+        id: id.into(),
+        at,
+        principal: principal.into(),
+        role: "owner".into(),
+        action: action.into(),
+        target: "alice".into(),
+        amount: Some(Amount::new(500).unwrap()),
+        idempotency_key: Some(format!("key-{id}")),
+    }
+}
+
+pub async fn audit_events_are_recorded_once_per_id_and_listed_newest_first_page_by_page(
+    store: Arc<dyn Store>,
+) {
+    use crate::{AuditFilter, PageRequest};
+    let events = [
+        audit_event("e1", T0, "ops-token", "wallet.top_up"),
+        audit_event("e2", T0 + 10, "op:0a00000000000001", "device.register"),
+        audit_event("e3", T0 + 10, "ops-token", "wallet.top_up"),
+        audit_event("e4", T0 + 20, "op:0a00000000000001", "wallet.top_up"),
+        crate::AuditEvent {
+            amount: None,
+            idempotency_key: None,
+            ..audit_event("e5", T0 + 30, "ops-token", "operator.create")
+        },
+    ];
+    for e in &events {
+        assert!(store.record_audit_event(e).await.unwrap(), "{}", e.id);
+    }
+    // A retry of e3 (same id), later: nothing added, the first kept.
+    let retry = crate::AuditEvent {
+        at: T0 + 99,
+        ..events[2].clone()
+    };
+    assert!(!store.record_audit_event(&retry).await.unwrap());
+
+    let mut newest_first: Vec<_> = events.to_vec();
+    newest_first.reverse();
+    let all = |f: AuditFilter| {
+        let store = Arc::clone(&store);
+        async move {
+            let mut out = Vec::new();
+            let mut page = PageRequest {
+                limit: 2,
+                after: None,
+            };
+            loop {
+                let p = store.audit_events(&f, &page).await.unwrap();
+                assert!(p.items.len() <= 2);
+                out.extend(p.items);
+                match p.next {
+                    Some(next) => page.after = Some(next),
+                    None => break,
+                }
+            }
+            out
+        }
+    };
+    assert_eq!(all(AuditFilter::default()).await, newest_first);
+    assert_eq!(
+        all(AuditFilter {
+            principal: Some("ops-token".into()),
+            action: None,
+        })
+        .await,
+        vec![events[4].clone(), events[2].clone(), events[0].clone()]
+    );
+    assert_eq!(
+        all(AuditFilter {
+            principal: Some("op:0a00000000000001".into()),
+            action: Some("wallet.top_up".into()),
+        })
+        .await,
+        vec![events[3].clone()]
+    );
+    let one = store
+        .audit_events(
+            &AuditFilter::default(),
+            &PageRequest {
+                limit: 500,
+                after: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((one.items.len(), one.next), (5, None));
+}
+
+pub async fn concurrent_creates_with_one_key_create_one_operator(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (1..=6u8)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .create_operator(&new_operator(n, "Fay", "finance", "same-key"))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut created = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            crate::CreateOperatorOutcome::Created(r) => created.push(r),
+            crate::CreateOperatorOutcome::Replayed(_) => {}
+            crate::CreateOperatorOutcome::KeyReused => panic!("same request"),
+        }
+    }
+    assert_eq!(created.len(), 1);
+    assert_eq!(store.operators().await.unwrap(), created);
 }
 
 #[cfg(test)]

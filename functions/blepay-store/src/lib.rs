@@ -21,8 +21,10 @@
 pub mod conformance;
 pub mod decide;
 mod model;
+mod operators;
 
 pub use model::*;
+pub use operators::*;
 
 use std::sync::Arc;
 
@@ -114,6 +116,37 @@ pub trait Store: Send + Sync + 'static {
 
     /// Totals for reconciliation: the ledger, the wallets and the open holds.
     async fn audit(&self) -> Result<Audit, StoreError>;
+
+    // --- Operators and the audit trail (docs/api.md "Operators and roles") ---
+
+    /// Create an operator, once per (creator, idempotency key): the same key with the same name
+    /// and role answers the operator created first; with another, [`CreateOperatorOutcome::KeyReused`].
+    async fn create_operator(&self, new: &NewOperator)
+    -> Result<CreateOperatorOutcome, StoreError>;
+
+    /// One operator, revoked or not (the credential check reads it on every request).
+    async fn operator(&self, id: &OperatorId) -> Result<Option<OperatorRecord>, StoreError>;
+
+    /// Every operator, revoked ones included, by creation time then id.
+    async fn operators(&self) -> Result<Vec<OperatorRecord>, StoreError>;
+
+    /// Revoke an operator at `now`: its token is refused from then on.
+    async fn revoke_operator(
+        &self,
+        id: &OperatorId,
+        now: u64,
+    ) -> Result<RevokeOperatorOutcome, StoreError>;
+
+    /// Record an audit event; one whose id is already recorded changes nothing. Returns whether
+    /// it was new.
+    async fn record_audit_event(&self, event: &AuditEvent) -> Result<bool, StoreError>;
+
+    /// Audit events matching `filter`, newest first (by `at`, then `id`, descending), one page.
+    async fn audit_events(
+        &self,
+        filter: &AuditFilter,
+        page: &PageRequest,
+    ) -> Result<Page<AuditEvent>, StoreError>;
 }
 
 /// Turns a device operation's result into the answer to save and send (the frame and its refusal

@@ -16,6 +16,7 @@ mod full_cycle_grpc;
 mod full_cycle_http;
 mod health;
 mod idempotency;
+mod operators;
 mod pay_limits;
 mod press;
 mod race;

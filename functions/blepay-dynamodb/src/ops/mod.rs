@@ -10,6 +10,7 @@ mod attempts;
 mod audit;
 mod device_call;
 mod expiry;
+mod operators;
 mod pay;
 mod reads;
 mod top_up;
@@ -23,6 +24,10 @@ use blepay_core::{
 use blepay_store::{
     Audit, DeviceCall, DeviceCallOutcome, DeviceRecord, DeviceStatus, PayCommand, PayOutcome,
     RegisterOutcome, ResponseEncoder, Store, StoreError, TopUpOutcome,
+};
+use blepay_store::{
+    AuditEvent, AuditFilter, CreateOperatorOutcome, NewOperator, OperatorId, OperatorRecord, Page,
+    PageRequest, RevokeOperatorOutcome,
 };
 
 use crate::DynamoStore;
@@ -133,5 +138,40 @@ impl Store for DynamoStore {
 
     async fn audit(&self) -> Result<Audit, StoreError> {
         self.retrying(|| self.audit_once()).await
+    }
+
+    async fn create_operator(
+        &self,
+        new: &NewOperator,
+    ) -> Result<CreateOperatorOutcome, StoreError> {
+        self.retrying(|| self.create_operator_once(new)).await
+    }
+
+    async fn operator(&self, id: &OperatorId) -> Result<Option<OperatorRecord>, StoreError> {
+        self.retrying(|| self.operator_once(id)).await
+    }
+
+    async fn operators(&self) -> Result<Vec<OperatorRecord>, StoreError> {
+        self.retrying(|| self.operators_once()).await
+    }
+
+    async fn revoke_operator(
+        &self,
+        id: &OperatorId,
+        now: u64,
+    ) -> Result<RevokeOperatorOutcome, StoreError> {
+        self.retrying(|| self.revoke_operator_once(id, now)).await
+    }
+
+    async fn record_audit_event(&self, event: &AuditEvent) -> Result<bool, StoreError> {
+        self.retrying(|| self.record_audit_event_once(event)).await
+    }
+
+    async fn audit_events(
+        &self,
+        filter: &AuditFilter,
+        page: &PageRequest,
+    ) -> Result<Page<AuditEvent>, StoreError> {
+        self.retrying(|| self.audit_events_once(filter, page)).await
     }
 }

@@ -70,6 +70,10 @@ pub fn config() -> Config {
         active_timeout_secs: ACTIVE_TIMEOUT,
         currency: blepay_core::Currency::parse("EUR").unwrap(),
         pay_limits: blepay_service::config::PayLimits::default(),
+        support_refund_max: blepay_core::Amount::new(
+            blepay_service::operator::DEFAULT_SUPPORT_REFUND_MAX,
+        )
+        .unwrap(),
     }
 }
 

@@ -16,6 +16,7 @@
 
 mod audit;
 mod device_op;
+mod operators;
 mod pay;
 mod seq;
 mod top_up;
@@ -23,6 +24,9 @@ mod top_up;
 pub use audit::AuditTally;
 pub use device_op::{
     SessionChange, SessionOpDecision, SessionOpFacts, decide_session_op, needs_wallet,
+};
+pub use operators::{
+    CreateOperatorDecision, RevokeOperatorDecision, decide_create_operator, decide_revoke_operator,
 };
 pub use pay::{NewPay, PayDecision, PayFacts, PayFingerprint, PriorPay, decide_pay};
 pub use seq::{LastCall, SeqCheck, check_call, check_seq};
