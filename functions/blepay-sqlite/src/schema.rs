@@ -126,6 +126,16 @@ CREATE INDEX ledger_by_kind ON ledger (kind);
     // 4: issue 10 (M4) — the pay rate limit counts a user's sessions opened since the start of the
     // current window.
     "CREATE INDEX sessions_by_user_created ON sessions (user_id, created_at);",
+    // issue 11 (items 4, 6): a machine's service state; a user's daily spending cap override
+    // (`0` = no cap for them; no row = the deployment default).
+    r"
+ALTER TABLE devices ADD COLUMN service_state TEXT NOT NULL DEFAULT 'IN_SERVICE'
+    CHECK (service_state IN ('IN_SERVICE', 'OUT_OF_SERVICE', 'DECOMMISSIONED'));
+CREATE TABLE spending_limits (
+    user_id     TEXT PRIMARY KEY,
+    daily_limit INTEGER NOT NULL CHECK (daily_limit >= 0)
+) STRICT;
+",
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
