@@ -16,7 +16,7 @@ use blepay_core::{
     UseCounter, UserId, Wallet,
 };
 use blepay_store::decide::LastCall;
-use blepay_store::{DeviceRecord, DeviceStatus, SavedAnswer, StoreError};
+use blepay_store::{DeviceRecord, DeviceStatus, SavedAnswer, ServiceState, StoreError};
 
 pub(crate) type Item = HashMap<String, AttributeValue>;
 
@@ -34,6 +34,9 @@ pub(crate) const ACTIVE_PARTITION: &str = "ACTIVE";
 /// The TTL attribute (unix seconds) of advert markers and rate counters (idempotency records
 /// have none since issue 10: they live as long as the ledger rows they protect).
 pub(crate) const TTL: &str = "ttl";
+/// The `due` GSI partition of device items, sorted by their id as a number (`fleet_position`):
+/// the fleet list's index (docs/dynamodb.md).
+pub(crate) const FLEET_PARTITION: &str = "FLEET";
 /// How long advert markers are kept.
 pub(crate) const RETENTION_SECS: u64 = 7 * 24 * 3600;
 
@@ -236,8 +239,22 @@ pub(crate) fn device_item(d: &DeviceRecord) -> Item {
         ("currency".to_string(), s(d.tariff.currency.as_str())),
         ("key_version".to_string(), n(d.key_version.get())),
         ("created_at".to_string(), n(d.created_at)),
+        ("service".to_string(), s(d.service_state.as_str())),
+        (DUE_PK.to_string(), s(FLEET_PARTITION)),
+        (DUE_AT.to_string(), n(fleet_position(d.id))),
     ]);
     item
+}
+
+/// A device's sort key in the `FLEET` partition of the `due` GSI: its 8 id bytes as a big-endian
+/// number, so numeric order is id order.
+pub(crate) fn fleet_position(id: DeviceId) -> u64 {
+    u64::from_be_bytes(id.to_bytes())
+}
+
+/// A user's spending of one UTC day (`blepay_store::spending_day`).
+pub(crate) fn spend_key(user: &UserId, day: u64) -> Item {
+    key(format!("USER#{user}"), &format!("SPEND#{day}"))
 }
 
 pub(crate) fn device_from_item(item: &Item) -> Result<DeviceItem, StoreError> {
@@ -249,6 +266,10 @@ pub(crate) fn device_from_item(item: &Item) -> Result<DeviceItem, StoreError> {
             key_version: KeyVersion::new(get_n(item, "key_version")?)
                 .map_err(|_| corrupt("device", "key_version"))?,
             created_at: get_n(item, "created_at")?,
+            service_state: match opt_s(item, "service")? {
+                None => ServiceState::InService,
+                Some(v) => ServiceState::parse(v).ok_or_else(|| corrupt("device", "service"))?,
+            },
         },
         last_seq: opt_n(item, "last_seq")?,
         last_digest: opt_b(item, "last_digest")?.map(<[u8]>::to_vec),
@@ -697,6 +718,7 @@ mod tests {
             },
             key_version: KeyVersion::new(0).unwrap(),
             created_at: 0,
+            service_state: ServiceState::InService,
         }
     }
 

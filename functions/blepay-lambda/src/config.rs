@@ -132,23 +132,7 @@ impl LambdaConfig {
                 DEFAULT_ACTIVE_TIMEOUT_SECS,
             )?,
             currency: get("BLEPAY_CURRENCY").unwrap_or_else(|| Settings::default().currency),
-            pay_limits: PayLimits {
-                max_unstarted_per_user: count(
-                    get("BLEPAY_MAX_UNSTARTED_PER_USER"),
-                    "BLEPAY_MAX_UNSTARTED_PER_USER",
-                    DEFAULT_MAX_UNSTARTED_PER_USER,
-                )?,
-                rate_max: count(
-                    get("BLEPAY_PAY_RATE_MAX"),
-                    "BLEPAY_PAY_RATE_MAX",
-                    DEFAULT_PAY_RATE_MAX,
-                )?,
-                rate_window_secs: number(
-                    get("BLEPAY_PAY_RATE_WINDOW_SECS"),
-                    "BLEPAY_PAY_RATE_WINDOW_SECS",
-                    DEFAULT_PAY_RATE_WINDOW_SECS,
-                )?,
-            },
+            pay_limits: pay_limits(&get)?,
         }
         .validate()?;
 
@@ -198,6 +182,32 @@ fn count(value: Option<String>, var: &'static str, default: u32) -> Result<u32, 
     value.map_or(Ok(default), |v| {
         v.parse()
             .map_err(|_| err(var, format!("must be a whole number, not {v:?}")))
+    })
+}
+
+/// The per-user pay limits' variables.
+fn pay_limits(get: &dyn Fn(&str) -> Option<String>) -> Result<PayLimits, ConfigError> {
+    Ok(PayLimits {
+        max_unstarted_per_user: count(
+            get("BLEPAY_MAX_UNSTARTED_PER_USER"),
+            "BLEPAY_MAX_UNSTARTED_PER_USER",
+            DEFAULT_MAX_UNSTARTED_PER_USER,
+        )?,
+        rate_max: count(
+            get("BLEPAY_PAY_RATE_MAX"),
+            "BLEPAY_PAY_RATE_MAX",
+            DEFAULT_PAY_RATE_MAX,
+        )?,
+        rate_window_secs: number(
+            get("BLEPAY_PAY_RATE_WINDOW_SECS"),
+            "BLEPAY_PAY_RATE_WINDOW_SECS",
+            DEFAULT_PAY_RATE_WINDOW_SECS,
+        )?,
+        daily_spending_limit: number(
+            get("BLEPAY_DAILY_SPENDING_LIMIT"),
+            "BLEPAY_DAILY_SPENDING_LIMIT",
+            0,
+        )?,
     })
 }
 

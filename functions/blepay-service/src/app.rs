@@ -173,6 +173,7 @@ impl App {
             unit_name: d.tariff.unit_name.as_str().to_owned(),
             currency: d.tariff.currency.to_string(),
             state: device_state_pb(state) as i32,
+            service_state: crate::devices::service_state_pb(d.service_state) as i32,
         })
     }
 
@@ -206,6 +207,7 @@ impl App {
             offline_after_secs: self.config().offline_after_secs,
             signals: signals(&advert),
             limits: store_limits(self.config().pay_limits),
+            daily_limit: self.config().pay_limits.daily_limit(),
         };
         if let Err(stale) = check_fresh(&advert, now) {
             // A retry of an earlier pay may carry the advert it was made with: answer it.
@@ -228,6 +230,16 @@ impl App {
                 unit_name.as_str(),
             ))),
             PayOutcome::DeviceUnknown => Err(device_unknown(advert.device_id)),
+            PayOutcome::DeviceOutOfService => Err(ApiError::new(
+                ErrorCode::DeviceOutOfService,
+                "the machine is out of service: it takes no payments",
+            )),
+            PayOutcome::SpendingLimit { limit, spent_today } => Err(ApiError::new(
+                ErrorCode::SpendingLimit,
+                format!(
+                    "this pay would take today's spending ({spent_today} so far) above your daily                      limit of {limit}"
+                ),
+            )),
             PayOutcome::DeviceOffline => Err(ApiError::new(
                 ErrorCode::DeviceOffline,
                 "the machine is offline (not heard from recently, or its advert says its link is \
@@ -282,8 +294,12 @@ impl App {
     /// # Errors
     /// RETRY_LATER on storage trouble.
     pub async fn wallet(&self, user: &UserId) -> Result<pb::Wallet, ApiError> {
-        let w = self.inner.store.wallet(user, self.now()).await?;
-        Ok(self.wallet_pb(user, &w))
+        let now = self.now();
+        let w = self.inner.store.wallet(user, now).await?;
+        let spending = self.inner.store.spending(user, now).await?;
+        let mut out = self.wallet_pb(user, &w);
+        self.spending_pb(&spending, &mut out);
+        Ok(out)
     }
 
     // ----------------------------------------------------------------------------------------
@@ -328,6 +344,7 @@ impl App {
             },
             key_version,
             created_at: self.now(),
+            service_state: blepay_store::ServiceState::InService,
         };
         match self
             .inner
@@ -392,7 +409,10 @@ impl App {
                     },
                 )
                 .await?;
-                Ok(self.wallet_pb(&user, &w))
+                let spending = self.inner.store.spending(&user, self.now()).await?;
+                let mut out = self.wallet_pb(&user, &w);
+                self.spending_pb(&spending, &mut out);
+                Ok(out)
             }
             TopUpOutcome::KeyReused => Err(key_reused()),
             TopUpOutcome::LimitExceeded => Err(ApiError::invalid(format!(
@@ -429,33 +449,8 @@ impl App {
             .await?
             .ok_or_else(|| device_unknown(id))?;
         // The latest heartbeat's fault codes are the machine's own word, as the advert's fault
-        // flag is: the same rule decides (DeviceStatus::state).
-        let signals = AdvertSignals {
-            link_down: false,
-            fault: status
-                .telemetry
-                .as_ref()
-                .is_some_and(|t| !t.fault_codes.is_empty()),
-        };
-        let state = status.state(now, self.config().offline_after_secs, signals);
-        let d = &status.device;
-        Ok(pb::Device {
-            device_id: d.id.to_string(),
-            name: d.name.as_str().to_owned(),
-            price_per_unit: d.tariff.price_per_unit.minor(),
-            unit_name: d.tariff.unit_name.as_str().to_owned(),
-            currency: d.tariff.currency.to_string(),
-            key_version: u32::from(d.key_version.get()),
-            created_at: secs(d.created_at),
-            state: device_state_pb(state) as i32,
-            last_seen_at: status.last_seen.map_or(0, secs),
-            open_session_id: status
-                .open_session
-                .map(|s| s.to_string())
-                .unwrap_or_default(),
-            telemetry: status.telemetry.as_ref().map(telemetry_pb),
-            telemetry_at: status.telemetry_at.map_or(0, secs),
-        })
+        // flag is: the same rule decides (DeviceStatus::state, via `listed_state`).
+        Ok(self.device_pb(&status, now))
     }
 
     /// Parse a user id from a path or request (operators name users).
@@ -623,6 +618,7 @@ impl App {
             held: w.held.minor(),
             spent: w.spent.minor(),
             currency: self.config().currency.to_string(),
+            ..pb::Wallet::default()
         }
     }
 }
@@ -698,7 +694,7 @@ fn key_reused() -> ApiError {
     )
 }
 
-fn device_state_pb(s: DeviceState) -> pb::DeviceState {
+pub(crate) fn device_state_pb(s: DeviceState) -> pb::DeviceState {
     match s {
         DeviceState::Idle => pb::DeviceState::Idle,
         DeviceState::Busy => pb::DeviceState::Busy,
@@ -760,7 +756,7 @@ pub fn session_pb(s: &Session) -> pb::Session {
     }
 }
 
-fn telemetry_pb(t: &Telemetry) -> pb::Telemetry {
+pub(crate) fn telemetry_pb(t: &Telemetry) -> pb::Telemetry {
     pb::Telemetry {
         firmware_version: t.firmware_version.clone(),
         fault_codes: t.fault_codes.clone(),

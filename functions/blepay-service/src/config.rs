@@ -146,6 +146,10 @@ pub struct PayLimits {
     pub rate_max: u32,
     /// `BLEPAY_PAY_RATE_WINDOW_SECS`: the window of `rate_max`.
     pub rate_window_secs: u64,
+    /// `BLEPAY_DAILY_SPENDING_LIMIT`: the default cap, in minor units, on what one user's pays
+    /// may hold plus capture in one UTC day (0: no cap); an operator may override it per user
+    /// (`PUT /v1/ops/wallets/{userId}/spending-limit`).
+    pub daily_spending_limit: u64,
 }
 
 /// `BLEPAY_MAX_UNSTARTED_PER_USER` when unset: one machine waiting for its button per user.
@@ -165,6 +169,7 @@ impl Default for PayLimits {
             max_unstarted_per_user: DEFAULT_MAX_UNSTARTED_PER_USER,
             rate_max: DEFAULT_PAY_RATE_MAX,
             rate_window_secs: DEFAULT_PAY_RATE_WINDOW_SECS,
+            daily_spending_limit: 0,
         }
     }
 }
@@ -193,7 +198,25 @@ impl PayLimits {
                 format!("must be 1 to {MAX_PAY_RATE_WINDOW_SECS}"),
             ));
         }
+        if i64::try_from(self.daily_spending_limit)
+            .ok()
+            .and_then(|v| Amount::new(v).ok())
+            .is_none()
+        {
+            return Err(cfg_err(
+                "BLEPAY_DAILY_SPENDING_LIMIT",
+                format!("must be 0 (no cap) to {} minor units", Amount::MAX),
+            ));
+        }
         Ok(self)
+    }
+
+    /// The default daily cap (`None`: no cap).
+    pub fn daily_limit(&self) -> Option<Amount> {
+        i64::try_from(self.daily_spending_limit)
+            .ok()
+            .and_then(|v| Amount::new(v).ok())
+            .filter(|a| *a != Amount::ZERO)
     }
 }
 

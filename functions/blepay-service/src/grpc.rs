@@ -252,12 +252,48 @@ impl OpsService for Ops {
         )
     }
 
+    async fn list_devices(
+        &self,
+        req: Request<pb::ListDevicesRequest>,
+    ) -> Result<Response<pb::ListDevicesResponse>, Status> {
+        let op = operator(&req)?;
+        reply(self.0.list_devices(&op, req.into_inner()).await)
+    }
+
+    async fn update_device(
+        &self,
+        req: Request<pb::UpdateDeviceRequest>,
+    ) -> Result<Response<pb::Device>, Status> {
+        let op = operator(&req)?;
+        reply(self.0.update_device(&op, req.into_inner()).await)
+    }
+
+    async fn decommission_device(
+        &self,
+        req: Request<pb::DecommissionDeviceRequest>,
+    ) -> Result<Response<pb::Device>, Status> {
+        let op = operator(&req)?;
+        reply(
+            self.0
+                .decommission_device(&op, &req.into_inner().device_id)
+                .await,
+        )
+    }
+
     async fn list_audit(
         &self,
         req: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
         let op = operator(&req)?;
         reply(self.0.list_audit(&op, req.into_inner()).await)
+    }
+
+    async fn set_spending_limit(
+        &self,
+        req: Request<pb::SetSpendingLimitRequest>,
+    ) -> Result<Response<pb::Wallet>, Status> {
+        let op = operator(&req)?;
+        reply(self.0.set_spending_limit(&op, req.into_inner()).await)
     }
 }
 

@@ -4,10 +4,12 @@
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::Query;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use blepay_core::UserId;
 use blepay_proto::pb::v1 as pb;
 use prost::Message;
@@ -76,8 +78,19 @@ pub fn routes_for(app: App, surface: Surface) -> Router {
     }
     if all || surface == Surface::Ops {
         router = router
-            .route("/v1/ops/devices", post(register_device))
-            .route("/v1/ops/devices/{device_id}", get(ops_device))
+            .route("/v1/ops/devices", post(register_device).get(list_devices))
+            .route(
+                "/v1/ops/devices/{device_id}",
+                get(ops_device).patch(update_device),
+            )
+            .route(
+                "/v1/ops/devices/{device_id}/decommission",
+                post(decommission_device),
+            )
+            .route(
+                "/v1/ops/wallets/{user_id}/spending-limit",
+                put(set_spending_limit),
+            )
             .route("/v1/ops/wallets/{user_id}/topup", post(top_up))
             .route("/v1/ops/wallets/{user_id}", get(ops_wallet))
             .route("/v1/ops/sessions/{session_id}", get(ops_session))
@@ -330,6 +343,54 @@ async fn ops_device(
         app.ops_device(&op, &device_id).await?,
         Format::of_accept(&headers),
     ))
+}
+
+async fn list_devices(
+    State(app): State<App>,
+    OpsCaller(op): OpsCaller,
+    query: Result<Query<crate::devices::ListDevicesQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Reply<pb::ListDevicesResponse>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid(format!("query: {e}")))?;
+    let req = query.into_request()?;
+    Ok(Reply(
+        app.list_devices(&op, req).await?,
+        Format::of_accept(&headers),
+    ))
+}
+
+async fn update_device(
+    State(app): State<App>,
+    OpsCaller(op): OpsCaller,
+    Path(device_id): Path<String>,
+    Wire(body, f): Wire<pb::UpdateDeviceRequest>,
+) -> Result<Reply<pb::Device>, ApiError> {
+    // The path names the machine; a `deviceId` in the body, if any, is ignored.
+    let req = pb::UpdateDeviceRequest { device_id, ..body };
+    Ok(Reply(app.update_device(&op, req).await?, f))
+}
+
+async fn decommission_device(
+    State(app): State<App>,
+    OpsCaller(op): OpsCaller,
+    Path(device_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Reply<pb::Device>, ApiError> {
+    Ok(Reply(
+        app.decommission_device(&op, &device_id).await?,
+        Format::of_accept(&headers),
+    ))
+}
+
+async fn set_spending_limit(
+    State(app): State<App>,
+    OpsCaller(op): OpsCaller,
+    Path(user_id): Path<String>,
+    Wire(body, f): Wire<pb::SetSpendingLimitRequest>,
+) -> Result<Reply<pb::Wallet>, ApiError> {
+    // The path names the user; a `userId` in the body, if any, is ignored.
+    let req = pb::SetSpendingLimitRequest { user_id, ..body };
+    Ok(Reply(app.set_spending_limit(&op, req).await?, f))
 }
 
 async fn top_up(

@@ -10,6 +10,7 @@
 //! - [`operator`]: operators as principals, their roles and what each may do.
 //! - [`operators`]: operator credentials, the operator routes and the audit trail.
 //! - [`page`]: cursor pagination for the list routes.
+//! - [`devices`]: the fleet list, machine lifecycle and the daily spending cap.
 //! - [`config`]: typed configuration (`Settings` → validated once → `Config`) and the master keyring.
 //!
 //! Wire types (`pb`) stop here: below, the store and core speak domain types only.
@@ -17,6 +18,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod devices;
 pub mod error;
 pub mod grpc;
 pub mod http;

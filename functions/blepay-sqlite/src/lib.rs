@@ -16,6 +16,7 @@
 //!
 //! Must not depend on: HTTP, gRPC, protobuf, the AWS SDK.
 
+mod backoffice;
 mod convert;
 mod operators;
 mod ops;
@@ -39,6 +40,7 @@ use blepay_store::{
     DeviceCall, DeviceCallOutcome, DeviceRecord, DeviceStatus, PayCommand, PayOutcome,
     RegisterOutcome, ResponseEncoder, Store, StoreError, TopUpOutcome,
 };
+use blepay_store::{DeviceFilter, DeviceUpdate, DeviceUpdateOutcome, Spending};
 use rusqlite::{Connection, TransactionBehavior, params};
 
 use crate::convert::{db, ts};
@@ -299,6 +301,44 @@ impl Store for SqliteStore {
     ) -> Result<Page<AuditEvent>, StoreError> {
         let (filter, page) = (filter.clone(), page.clone());
         self.run(move |c| operators::audit_events(c, &filter, &page))
+            .await
+    }
+
+    async fn list_devices(
+        &self,
+        filter: &DeviceFilter,
+        page: &PageRequest,
+        now: u64,
+    ) -> Result<Page<DeviceStatus>, StoreError> {
+        let (filter, page) = (filter.clone(), page.clone());
+        self.run(move |c| backoffice::list_devices(c, &filter, &page, now))
+            .await
+    }
+
+    async fn update_device(
+        &self,
+        id: DeviceId,
+        update: &DeviceUpdate,
+        now: u64,
+    ) -> Result<DeviceUpdateOutcome, StoreError> {
+        let update = update.clone();
+        self.run(move |c| backoffice::update_device(c, id, &update, now))
+            .await
+    }
+
+    async fn spending(&self, user: &UserId, now: u64) -> Result<Spending, StoreError> {
+        let user = user.clone();
+        self.run(move |c| backoffice::spending(c, &user, now)).await
+    }
+
+    async fn set_spending_limit(
+        &self,
+        user: &UserId,
+        limit: Option<Amount>,
+        now: u64,
+    ) -> Result<Spending, StoreError> {
+        let user = user.clone();
+        self.run(move |c| backoffice::set_spending_limit(c, &user, limit, now))
             .await
     }
 }

@@ -6,7 +6,7 @@ use blepay_core::{
     UseCounter, UserId, Wallet,
 };
 use blepay_store::decide::LastCall;
-use blepay_store::{DeviceRecord, DeviceStatus, SavedAnswer, StoreError};
+use blepay_store::{DeviceRecord, DeviceStatus, SavedAnswer, ServiceState, StoreError};
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -35,6 +35,14 @@ impl DeviceRow {
 }
 
 pub(crate) fn load_device(c: &Connection, id: DeviceId) -> Result<Option<DeviceRow>, StoreError> {
+    let Some(mut row) = load_device_row(c, id)? else {
+        return Ok(None);
+    };
+    row.record.service_state = crate::backoffice::load_service_state(c, id)?;
+    Ok(Some(row))
+}
+
+fn load_device_row(c: &Connection, id: DeviceId) -> Result<Option<DeviceRow>, StoreError> {
     c.query_row(
         "SELECT id, name, price_per_unit, unit_name, currency, key_version, created_at,
                 last_seq, last_digest, last_response, last_response_code, last_seen,
@@ -54,6 +62,7 @@ pub(crate) fn load_device(c: &Connection, id: DeviceId) -> Result<Option<DeviceR
                     },
                     key_version: parse_col(r, 5, KeyVersion::new)?,
                     created_at: r.get(6)?,
+                    service_state: ServiceState::InService,
                 },
                 last: last_call(r)?,
                 last_seen: r.get(11)?,

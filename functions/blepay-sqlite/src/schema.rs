@@ -151,6 +151,16 @@ CREATE TABLE audit_events (
 ) STRICT;
 CREATE INDEX audit_events_by_time ON audit_events (at, id);
 ",
+    // 6: issue 11 (items 4, 6): a machine's service state; a user's daily spending cap override
+    // (`0` = no cap for them; no row = the deployment default).
+    r"
+ALTER TABLE devices ADD COLUMN service_state TEXT NOT NULL DEFAULT 'IN_SERVICE'
+    CHECK (service_state IN ('IN_SERVICE', 'OUT_OF_SERVICE', 'DECOMMISSIONED'));
+CREATE TABLE spending_limits (
+    user_id     TEXT PRIMARY KEY,
+    daily_limit INTEGER NOT NULL CHECK (daily_limit >= 0)
+) STRICT;
+",
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -36,6 +36,10 @@ use crate::{
     DeviceState, PayCommand, PayLimits, PayOutcome, RegisterOutcome, ResponseEncoder, SavedAnswer,
     Store, TopUpOutcome,
 };
+use crate::{
+    DeviceFilter, DeviceStatus, DeviceUpdate, DeviceUpdateOutcome, PageRequest, ServiceState,
+    Spending,
+};
 
 /// Expand to one `#[tokio::test]` per conformance check, each on a store from `$factory`
 /// (an expression evaluating to a future of `(Arc<dyn Store>, guard)`).
@@ -102,6 +106,12 @@ macro_rules! conformance_tests {
             revoking_an_operator_stamps_it_once_and_an_unknown_one_is_not_found,
             audit_events_are_recorded_once_per_id_and_listed_newest_first_page_by_page,
             concurrent_creates_with_one_key_create_one_operator,
+            a_tariff_change_applies_to_sessions_authorized_after_it_never_to_an_open_one,
+            a_pay_for_a_machine_out_of_service_is_refused_and_changes_nothing,
+            a_decommissioned_machine_stays_decommissioned_and_keeps_its_history,
+            the_fleet_list_pages_by_device_id_and_filters,
+            a_pay_over_the_daily_cap_is_refused_and_changes_nothing,
+            concurrent_pays_cannot_together_exceed_the_daily_cap,
         );
     };
     (@each $factory:expr; $($check:ident),+ $(,)?) => {
@@ -143,6 +153,7 @@ pub fn dispenser(n: u8) -> DeviceRecord {
         },
         key_version: KeyVersion::new(0).unwrap(),
         created_at: T0 - 1000,
+        service_state: ServiceState::InService,
     }
 }
 
@@ -194,6 +205,7 @@ pub fn pay_cmd(who: &str, idem: &str, n: u8, use_counter: u16, max: i64, now: u6
         offline_after_secs: OFFLINE_AFTER,
         signals: AdvertSignals::default(),
         limits: ROOMY,
+        daily_limit: None,
     }
 }
 
@@ -2430,6 +2442,409 @@ pub async fn concurrent_creates_with_one_key_create_one_operator(store: Arc<dyn 
     }
     assert_eq!(created.len(), 1);
     assert_eq!(store.operators().await.unwrap(), created);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Machine lifecycle and the daily spending cap (issue 11, items 4 and 6)
+// ---------------------------------------------------------------------------------------------
+
+fn service(state: ServiceState) -> DeviceUpdate {
+    DeviceUpdate {
+        service_state: Some(state),
+        ..DeviceUpdate::default()
+    }
+}
+
+fn tariff(price: i64) -> Tariff {
+    Tariff {
+        price_per_unit: amount(price),
+        unit_name: UnitName::parse("litre").unwrap(),
+        currency: Currency::parse("EUR").unwrap(),
+    }
+}
+
+fn capped(mut cmd: PayCommand, limit: i64) -> PayCommand {
+    cmd.daily_limit = Some(amount(limit));
+    cmd
+}
+
+async fn updated(store: &dyn Store, n: u8, update: &DeviceUpdate, now: u64) -> DeviceStatus {
+    match store
+        .update_device(device_id(n), update, now)
+        .await
+        .unwrap()
+    {
+        DeviceUpdateOutcome::Updated(d) => d,
+        other => panic!("expected an update, got {other:?}"),
+    }
+}
+
+/// A session keeps the tariff it was authorized with: a tariff changed while it is open does not
+/// touch its settlement; the next session is authorized at the new one. The same update again
+/// writes nothing.
+pub async fn a_tariff_change_applies_to_sessions_authorized_after_it_never_to_an_open_one(
+    store: Arc<dyn Store>,
+) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+    let open = created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+    let change = DeviceUpdate {
+        tariff: Some(tariff(2 * PRICE)),
+        ..DeviceUpdate::default()
+    };
+    let after = updated(&*store, 1, &change, T0 + 1).await;
+    assert_eq!(after.device.tariff, tariff(2 * PRICE));
+    assert!(matches!(
+        store
+            .update_device(device_id(1), &change, T0 + 2)
+            .await
+            .unwrap(),
+        DeviceUpdateOutcome::Unchanged(d) if d.device.tariff == tariff(2 * PRICE)
+    ));
+    device_op(&*store, 1, 2, DeviceOp::Start { session: open.id }, T0 + 3).await;
+    let last = DeviceOp::Report {
+        session: open.id,
+        units: Units::new(4),
+        last: true,
+    };
+    let settled = session_of(device_op(&*store, 1, 3, last, T0 + 4).await);
+    assert_eq!(
+        (settled.amount, settled.tariff.clone()),
+        (amount(4 * PRICE), tariff(PRICE))
+    );
+    let next = created(&*store, &pay_cmd("alice", "p2", 1, 8, 300, T0 + 5)).await;
+    assert_eq!(next.tariff, tariff(2 * PRICE));
+    reconciled(&*store).await;
+}
+
+/// OUT_OF_SERVICE: the device shows it, a pay is refused and changes nothing; back IN_SERVICE
+/// it takes payments again. Updating an unknown machine is DeviceUnknown.
+pub async fn a_pay_for_a_machine_out_of_service_is_refused_and_changes_nothing(
+    store: Arc<dyn Store>,
+) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+    assert_eq!(
+        store
+            .update_device(device_id(9), &service(ServiceState::OutOfService), T0)
+            .await
+            .unwrap(),
+        DeviceUpdateOutcome::DeviceUnknown
+    );
+    updated(&*store, 1, &service(ServiceState::OutOfService), T0).await;
+    let status = store
+        .device_status(device_id(1), T0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.device.service_state, ServiceState::OutOfService);
+    refused_without_change(
+        &*store,
+        &pay_cmd("alice", "p1", 1, 7, 300, T0 + 1),
+        PayOutcome::DeviceOutOfService,
+    )
+    .await;
+    updated(&*store, 1, &service(ServiceState::InService), T0 + 2).await;
+    created(&*store, &pay_cmd("alice", "p2", 1, 8, 300, T0 + 3)).await;
+    reconciled(&*store).await;
+}
+
+/// DECOMMISSIONED is terminal: decommissioning again is unchanged, nothing brings it back, its
+/// sessions stay readable, and a pay is refused as out of service, changing nothing.
+pub async fn a_decommissioned_machine_stays_decommissioned_and_keeps_its_history(
+    store: Arc<dyn Store>,
+) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+    let s = created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+    device_op(&*store, 1, 2, DeviceOp::Start { session: s.id }, T0 + 1).await;
+    let last = DeviceOp::Report {
+        session: s.id,
+        units: Units::new(2),
+        last: true,
+    };
+    device_op(&*store, 1, 3, last, T0 + 2).await;
+    let gone = updated(&*store, 1, &DeviceUpdate::decommission(), T0 + 3).await;
+    assert_eq!(gone.device.service_state, ServiceState::Decommissioned);
+    assert!(matches!(
+        store
+            .update_device(device_id(1), &DeviceUpdate::decommission(), T0 + 4)
+            .await
+            .unwrap(),
+        DeviceUpdateOutcome::Unchanged(_)
+    ));
+    for back in [
+        service(ServiceState::InService),
+        service(ServiceState::OutOfService),
+        DeviceUpdate {
+            name: Some(DeviceName::parse("Reborn").unwrap()),
+            ..DeviceUpdate::default()
+        },
+    ] {
+        assert_eq!(
+            store
+                .update_device(device_id(1), &back, T0 + 5)
+                .await
+                .unwrap(),
+            DeviceUpdateOutcome::Decommissioned
+        );
+    }
+    let status = store
+        .device_status(device_id(1), T0 + 6)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.device.service_state, ServiceState::Decommissioned);
+    assert_eq!(
+        store.session(s.id, T0 + 6).await.unwrap().map(|s| s.status),
+        Some(SessionStatus::Settled)
+    );
+    refused_without_change(
+        &*store,
+        &pay_cmd("alice", "p2", 1, 8, 300, T0 + 7),
+        PayOutcome::DeviceOutOfService,
+    )
+    .await;
+    reconciled(&*store).await;
+}
+
+/// The fleet list: by device id, in pages that continue where the last one ended, filtered by
+/// state, service state and name prefix.
+pub async fn the_fleet_list_pages_by_device_id_and_filters(store: Arc<dyn Store>) {
+    let now = T0 + 10;
+    for n in [3, 1] {
+        online_machine(&*store, n, T0).await;
+    }
+    store.register_device(&dispenser(2), T0).await.unwrap();
+    updated(&*store, 3, &service(ServiceState::OutOfService), T0).await;
+    fund(&*store, "alice", 1000).await;
+    created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0 + 1)).await;
+    let all = DeviceFilter {
+        offline_after_secs: OFFLINE_AFTER,
+        ..DeviceFilter::default()
+    };
+    let ids = |p: &crate::Page<DeviceStatus>| -> Vec<DeviceId> {
+        p.items.iter().map(|d| d.device.id).collect()
+    };
+    let first = store
+        .list_devices(
+            &all,
+            &PageRequest {
+                limit: 2,
+                after: None,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids(&first), vec![device_id(1), device_id(2)]);
+    let after = first.next.clone().expect("a second page");
+    assert_eq!(after.id, device_id(2).to_string());
+    let second = store
+        .list_devices(
+            &all,
+            &PageRequest {
+                limit: 2,
+                after: Some(after),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!((ids(&second), second.next), (vec![device_id(3)], None));
+    let whole = PageRequest {
+        limit: 10,
+        after: None,
+    };
+    let with = |f: DeviceFilter| {
+        let store = Arc::clone(&store);
+        let whole = whole.clone();
+        async move { store.list_devices(&f, &whole, now).await.unwrap() }
+    };
+    let out = with(DeviceFilter {
+        service_state: Some(ServiceState::OutOfService),
+        ..all.clone()
+    })
+    .await;
+    assert_eq!(ids(&out), vec![device_id(3)]);
+    let busy = with(DeviceFilter {
+        state: Some(DeviceState::Busy),
+        ..all.clone()
+    })
+    .await;
+    assert_eq!(ids(&busy), vec![device_id(1)]);
+    let offline = with(DeviceFilter {
+        state: Some(DeviceState::Offline),
+        ..all.clone()
+    })
+    .await;
+    assert_eq!(ids(&offline), vec![device_id(2)]);
+    let named = with(DeviceFilter {
+        name_prefix: Some("Water dispenser 3".into()),
+        ..all.clone()
+    })
+    .await;
+    assert_eq!(ids(&named), vec![device_id(3)]);
+    let page = with(all).await;
+    assert_eq!(page.items.len(), 3);
+    assert!(page.items[0].open_session.is_some());
+}
+
+/// The daily cap counts holds plus captures of the day: a pay over it is refused and changes
+/// nothing; a settlement below the hold and an expiry give the difference back; a user's
+/// override replaces the default (0: no cap) and clearing it restores the default; the next UTC
+/// day starts at zero.
+#[allow(clippy::too_many_lines, reason = "one scenario, told in order")]
+pub async fn a_pay_over_the_daily_cap_is_refused_and_changes_nothing(store: Arc<dyn Store>) {
+    let alice = user("alice");
+    for n in 1..=4 {
+        online_machine(&*store, n, T0).await;
+    }
+    fund(&*store, "alice", 5000).await;
+    let s1 = created(&*store, &capped(pay_cmd("alice", "p1", 1, 7, 300, T0), 500)).await;
+    assert_eq!(
+        store.spending(&alice, T0).await.unwrap(),
+        Spending {
+            user_override: None,
+            spent_today: amount(300)
+        }
+    );
+    refused_without_change(
+        &*store,
+        &capped(pay_cmd("alice", "p2", 2, 7, 300, T0 + 1), 500),
+        PayOutcome::SpendingLimit {
+            limit: amount(500),
+            spent_today: amount(300),
+        },
+    )
+    .await;
+    // Settled at 4 units (100 of its 300): the day counts 100.
+    device_op(&*store, 1, 2, DeviceOp::Start { session: s1.id }, T0 + 2).await;
+    let last = DeviceOp::Report {
+        session: s1.id,
+        units: Units::new(4),
+        last: true,
+    };
+    device_op(&*store, 1, 3, last, T0 + 3).await;
+    assert_eq!(
+        store.spending(&alice, T0 + 3).await.unwrap().spent_today,
+        amount(100)
+    );
+    let s3 = created(
+        &*store,
+        &capped(pay_cmd("alice", "p3", 2, 8, 300, T0 + 4), 500),
+    )
+    .await;
+    device_op(&*store, 2, 2, DeviceOp::Start { session: s3.id }, T0 + 4).await;
+    // An AUTHORIZED session that expires gives its hold back.
+    let s4 = created(
+        &*store,
+        &capped(pay_cmd("alice", "p4", 3, 7, 100, T0 + 5), 500),
+    )
+    .await;
+    assert_eq!(
+        store.spending(&alice, T0 + 5).await.unwrap().spent_today,
+        amount(500)
+    );
+    let expired_at = s4.expires_at + 1;
+    assert_eq!(
+        store
+            .spending(&alice, expired_at)
+            .await
+            .unwrap()
+            .spent_today,
+        amount(400)
+    );
+    // The override: 0 lifts the cap, a value replaces the default; clearing restores it.
+    let lifted = store
+        .set_spending_limit(&alice, Some(Amount::ZERO), expired_at)
+        .await
+        .unwrap();
+    assert_eq!(lifted.user_override, Some(Amount::ZERO));
+    assert_eq!(
+        store
+            .set_spending_limit(&alice, Some(Amount::ZERO), expired_at)
+            .await
+            .unwrap(),
+        lifted
+    );
+    created(
+        &*store,
+        &capped(pay_cmd("alice", "p5", 3, 8, 300, expired_at), 500),
+    )
+    .await;
+    store
+        .set_spending_limit(&alice, Some(amount(800)), expired_at)
+        .await
+        .unwrap();
+    refused_without_change(
+        &*store,
+        &capped(pay_cmd("alice", "p6", 4, 7, 200, expired_at), 500),
+        PayOutcome::SpendingLimit {
+            limit: amount(800),
+            spent_today: amount(700),
+        },
+    )
+    .await;
+    let cleared = store
+        .set_spending_limit(&alice, None, expired_at)
+        .await
+        .unwrap();
+    assert_eq!(
+        cleared,
+        Spending {
+            user_override: None,
+            spent_today: amount(700)
+        }
+    );
+    let next_day = (crate::spending_day(T0) + 1) * crate::SPENDING_DAY_SECS;
+    assert_eq!(
+        store.spending(&alice, next_day).await.unwrap().spent_today,
+        Amount::ZERO
+    );
+    reconciled(&*store).await;
+}
+
+/// Concurrent pays by one user on several machines cannot together pass the daily cap.
+pub async fn concurrent_pays_cannot_together_exceed_the_daily_cap(store: Arc<dyn Store>) {
+    const MACHINES: u8 = 6;
+    for n in 1..=MACHINES {
+        online_machine(&*store, n, T0).await;
+    }
+    fund(&*store, "alice", 10_000).await;
+    let pays: Vec<_> = (1..=MACHINES)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            let cmd = capped(pay_cmd("alice", &format!("cap-{n}"), n, 7, 300, T0), 1000);
+            tokio::spawn(async move { store.pay(&cmd).await.unwrap() })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for pay in pays {
+        outcomes.push(pay.await.unwrap());
+    }
+    let created = outcomes
+        .iter()
+        .filter(|o| matches!(o, PayOutcome::Created(_)))
+        .count();
+    let refused = outcomes
+        .iter()
+        .filter(|o| matches!(o, PayOutcome::SpendingLimit { .. }))
+        .count();
+    assert_eq!(
+        (created, refused),
+        (3, usize::from(MACHINES) - 3),
+        "{outcomes:?}"
+    );
+    assert_eq!(reconciled(&*store).await.held, 900);
+    assert_eq!(
+        store
+            .spending(&user("alice"), T0)
+            .await
+            .unwrap()
+            .spent_today,
+        amount(900)
+    );
 }
 
 #[cfg(test)]

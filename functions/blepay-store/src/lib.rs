@@ -17,11 +17,14 @@
 //! Must not depend on: a database driver (rusqlite, the AWS SDK), HTTP, gRPC, protobuf or the
 //! advert MAC (callers verify adverts and frames before they get here).
 
+mod backoffice;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod decide;
 mod model;
 mod operators;
+
+pub use backoffice::*;
 
 pub use model::*;
 pub use operators::*;
@@ -147,6 +150,35 @@ pub trait Store: Send + Sync + 'static {
         filter: &AuditFilter,
         page: &PageRequest,
     ) -> Result<Page<AuditEvent>, StoreError>;
+    /// One page of the fleet, sorted by device id ([`ListPosition::id`] is the device id in
+    /// hex, `at` is 0), only the machines `filter` matches.
+    async fn list_devices(
+        &self,
+        filter: &DeviceFilter,
+        page: &PageRequest,
+        now: u64,
+    ) -> Result<Page<DeviceStatus>, StoreError>;
+
+    /// Apply an operator's change to a machine, as [`decide::decide_device_update`] decides it,
+    /// atomically (a concurrent change is not lost).
+    async fn update_device(
+        &self,
+        id: DeviceId,
+        update: &DeviceUpdate,
+        now: u64,
+    ) -> Result<DeviceUpdateOutcome, StoreError>;
+
+    /// A user's cap override and their spending of the current UTC day ([`Spending`]).
+    async fn spending(&self, user: &UserId, now: u64) -> Result<Spending, StoreError>;
+
+    /// Set (`Some`, `0` = no cap for this user) or clear (`None`: the deployment default applies)
+    /// a user's daily cap override; answers the spending after.
+    async fn set_spending_limit(
+        &self,
+        user: &UserId,
+        limit: Option<Amount>,
+        now: u64,
+    ) -> Result<Spending, StoreError>;
 }
 
 /// Turns a device operation's result into the answer to save and send (the frame and its refusal

@@ -14,6 +14,8 @@ pub struct DeviceRecord {
     /// The master-key version its device key was derived with.
     pub key_version: KeyVersion,
     pub created_at: u64,
+    /// Whether it may take payments (`PATCH /v1/ops/devices/{id}`, decommission).
+    pub service_state: crate::ServiceState,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +102,9 @@ pub struct PayCommand {
     pub signals: AdvertSignals,
     /// The per-user limits on pay (issue 10, M4).
     pub limits: PayLimits,
+    /// The deployment's daily spending cap (`BLEPAY_DAILY_SPENDING_LIMIT`; `None`: no cap),
+    /// unless the user has an override ([`crate::effective_daily_limit`]).
+    pub daily_limit: Option<Amount>,
 }
 
 /// Per-user limits on pay: locking a machine must cost something (issue 10, M4). A pay refused by
@@ -166,6 +171,8 @@ pub enum PayOutcome {
         unit_name: UnitName,
     },
     DeviceUnknown,
+    /// The machine is OUT_OF_SERVICE or DECOMMISSIONED.
+    DeviceOutOfService,
     /// Nothing fresh heard within `offline_after_secs`, or the advert signals link down.
     DeviceOffline,
     /// The advert signals a fault.
@@ -185,6 +192,12 @@ pub enum PayOutcome {
     /// window begins in `retry_after_secs`.
     RateLimited {
         retry_after_secs: u64,
+    },
+    /// The hold would take the user's spending of the day (holds plus captures of the sessions
+    /// authorized this UTC day) above their daily cap.
+    SpendingLimit {
+        limit: Amount,
+        spent_today: Amount,
     },
 }
 

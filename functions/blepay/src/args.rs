@@ -98,6 +98,10 @@ pub struct ServeArgs {
     /// The window of `--pay-rate-max`, in seconds.
     #[arg(long, env = "BLEPAY_PAY_RATE_WINDOW_SECS", default_value_t = DEFAULT_PAY_RATE_WINDOW_SECS)]
     pub pay_rate_window_secs: u64,
+    /// The default daily cap on what one user's pays may hold plus capture in a UTC day, in minor
+    /// units (0: no cap); operators override it per user.
+    #[arg(long, env = "BLEPAY_DAILY_SPENDING_LIMIT", default_value_t = 0)]
+    pub daily_spending_limit: u64,
     /// Seconds between runs of the sweeper (expiry of unpaid-for starts, the ACTIVE timeout).
     #[arg(long, env = "BLEPAY_SWEEP_INTERVAL_SECS", default_value_t = 5)]
     pub sweep_interval_secs: u64,
@@ -350,6 +354,7 @@ impl ServeArgs {
             max_unstarted_per_user: DEFAULT_MAX_UNSTARTED_PER_USER,
             pay_rate_max: DEFAULT_PAY_RATE_MAX,
             pay_rate_window_secs: DEFAULT_PAY_RATE_WINDOW_SECS,
+            daily_spending_limit: 0,
             sweep_interval_secs: 5,
             transport: TransportArgs::default(),
         }
@@ -463,6 +468,7 @@ impl ServeArgs {
                 max_unstarted_per_user: self.max_unstarted_per_user,
                 rate_max: self.pay_rate_max,
                 rate_window_secs: self.pay_rate_window_secs,
+                daily_spending_limit: self.daily_spending_limit,
             },
         };
         Ok((settings.validate()?.into_config(keyring), generated))

@@ -133,6 +133,7 @@ async fn a_phone_pays_a_machine_and_the_money_settles_over_grpc() {
             unit_name: "litre".into(),
             currency: "EUR".into(),
             state: pb::DeviceState::Idle as i32,
+            service_state: pb::ServiceState::InService as i32,
         }
     );
     let paid = phone
@@ -342,7 +343,11 @@ async fn pay_and_reads_speak_protobuf_over_http_when_asked() {
             available: 350,
             held: 150,
             spent: 0,
-            currency: "EUR".into()
+            currency: "EUR".into(),
+            // No cap configured; the held 150 counts as today's spending.
+            daily_limit: 0,
+            spent_today: 150,
+            daily_limit_overridden: false,
         }
     );
 }

@@ -51,6 +51,7 @@ async fn pays_beyond_the_rate_are_429_with_a_retry_after_and_change_nothing() {
             max_unstarted_per_user: 4,
             rate_max: 2,
             rate_window_secs: 3600,
+            ..PayLimits::default()
         },
         ..Settings::default()
     })

@@ -327,6 +327,13 @@ impl DynamoStore {
                 &self.table,
                 ledger_item(entry, now, Some(late.id), ""),
             )?);
+            super::backoffice::push_spend(
+                &self.table,
+                writes,
+                &late.user_id,
+                blepay_store::spending_day(late.created_at),
+                entry.amount.minor(),
+            )?;
         }
         Ok(Upd::default())
     }

@@ -113,6 +113,14 @@ impl DynamoStore {
                 items::ledger_item(entry, now, Some(closed.id), ""),
             )?);
         }
+        // The day's spending counts this session at what it captured now, no longer its hold.
+        super::backoffice::push_spend(
+            &self.table,
+            writes,
+            &closed.user_id,
+            blepay_store::spending_day(closed.created_at),
+            settlement.capture.minor() - settlement.hold.minor(),
+        )?;
         Ok(Upd::default()
             .remove("#open")
             .cond("#open.id = :open_sid")

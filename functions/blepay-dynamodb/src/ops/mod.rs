@@ -8,6 +8,7 @@
 
 mod attempts;
 mod audit;
+mod backoffice;
 mod device_call;
 mod expiry;
 mod operators;
@@ -29,6 +30,7 @@ use blepay_store::{
     AuditEvent, AuditFilter, CreateOperatorOutcome, NewOperator, OperatorId, OperatorRecord, Page,
     PageRequest, RevokeOperatorOutcome,
 };
+use blepay_store::{DeviceFilter, DeviceUpdate, DeviceUpdateOutcome, Spending};
 
 use crate::DynamoStore;
 
@@ -173,5 +175,39 @@ impl Store for DynamoStore {
         page: &PageRequest,
     ) -> Result<Page<AuditEvent>, StoreError> {
         self.retrying(|| self.audit_events_once(filter, page)).await
+    }
+
+    async fn list_devices(
+        &self,
+        filter: &DeviceFilter,
+        page: &PageRequest,
+        now: u64,
+    ) -> Result<Page<DeviceStatus>, StoreError> {
+        self.retrying(|| self.list_devices_once(filter, page, now))
+            .await
+    }
+
+    async fn update_device(
+        &self,
+        id: DeviceId,
+        update: &DeviceUpdate,
+        now: u64,
+    ) -> Result<DeviceUpdateOutcome, StoreError> {
+        self.retrying(|| self.update_device_once(id, update, now))
+            .await
+    }
+
+    async fn spending(&self, user: &UserId, now: u64) -> Result<Spending, StoreError> {
+        self.retrying(|| self.spending_once(user, now)).await
+    }
+
+    async fn set_spending_limit(
+        &self,
+        user: &UserId,
+        limit: Option<Amount>,
+        now: u64,
+    ) -> Result<Spending, StoreError> {
+        self.retrying(|| self.set_spending_limit_once(user, limit, now))
+            .await
     }
 }

@@ -4,9 +4,13 @@
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
 use blepay_core::{Amount, LedgerEntry, Session, SessionId, Tariff, Wallet};
 use blepay_store::decide::{PayDecision, PayFacts, PriorPay, decide_pay};
-use blepay_store::{DeviceState, PayCommand, PayOutcome, StoreError};
+use blepay_store::{
+    DeviceState, PayCommand, PayOutcome, ServiceState, Spending, StoreError, effective_daily_limit,
+    spending_day,
+};
 
 use super::attempts::Tx;
+use super::backoffice::{override_of, spend_update, spent_of};
 use crate::DynamoStore;
 use crate::items::{
     self, DeviceItem, Failure, Item, RETENTION_SECS, TTL, Upd, device_from_item, device_key, get_s,
@@ -18,13 +22,14 @@ impl DynamoStore {
         // The one read: the device (tariff, liveness, lock), the wallet (balance, due holds), the
         // idempotency record (a retry is answered before anything else) and the advert marker —
         // one isolated snapshot, so a concurrent pay with this key is seen whole or not at all.
-        let [device, wallet, seen, advert_used, rate] = <[Option<Item>; 5]>::try_from(
+        let [device, wallet, seen, advert_used, rate, spend] = <[Option<Item>; 6]>::try_from(
             self.transact_get(vec![
                 device_key(cmd.device),
                 wallet_key(&cmd.user),
                 items::pay_key_key(&cmd.user, &cmd.key),
                 items::advert_key(cmd.device, cmd.slot, cmd.use_counter),
                 items::rate_key(&cmd.user, cmd.limits.window(cmd.now)),
+                items::spend_key(&cmd.user, spending_day(cmd.now)),
             ])
             .await?,
         )
@@ -66,6 +71,10 @@ impl DynamoStore {
             }
         };
         let w = wallet_from_item(wallet.as_ref())?;
+        let spending = Spending {
+            user_override: override_of(wallet.as_ref())?,
+            spent_today: spent_of(spend.as_ref())?,
+        };
         if let Some(open) = device
             .as_ref()
             .and_then(|d| d.open.as_ref())
@@ -89,6 +98,7 @@ impl DynamoStore {
             // No hold is due (they were expired above): every one is an unstarted session.
             unstarted: count(w.holds.len()),
             opened_in_window: rate_count(rate.as_ref())?,
+            spending,
         };
 
         let new = match decide_pay(&facts)? {
@@ -96,10 +106,20 @@ impl DynamoStore {
             PayDecision::Create(new) => new,
         };
         let delta = wallet_delta(w.wallet, new.wallet);
-        let actions = self.pay_actions(cmd, &new.session, delta, &new.hold_entry, None)?;
+        let terms = SpendTerms::of(cmd, spending.user_override);
+        // The tariff read is conditioned too: a session authorized after a tariff change never
+        // gets the old one.
+        let actions = self.pay_actions(
+            cmd,
+            &new.session,
+            delta,
+            &new.hold_entry,
+            Some(&new.session.tariff),
+            terms,
+        )?;
         match self.transact(actions).await? {
             Tx::Done => Ok(self.paid(new.session)),
-            Tx::Cancelled(reasons) => match pay_refusal(cmd, &reasons)? {
+            Tx::Cancelled(reasons) => match pay_refusal(cmd, &reasons, terms)? {
                 Some(refusal) => Ok(refusal),
                 None => Err(Failure::Contention(
                     "the pay lost a race; read again".into(),
@@ -140,21 +160,26 @@ impl DynamoStore {
             wallet: base,
             unstarted: 0,
             opened_in_window: 0,
+            // Assumed too: no override for this user (the wallet's condition) and nothing
+            // spent that the cap would refuse (the spending item's condition).
+            spending: Spending::default(),
         };
         let PayDecision::Create(new) = decide_pay(&assumed)? else {
             return Ok(None);
         };
         let session = new.session;
+        let terms = SpendTerms::of(cmd, None);
         let actions = self.pay_actions(
             cmd,
             &session,
             wallet_delta(base, new.wallet),
             &new.hold_entry,
             Some(&device.record.tariff),
+            terms,
         )?;
         let outcome = match self.transact(actions).await {
             Ok(Tx::Done) => return Ok(Some(self.paid(session))),
-            Ok(Tx::Cancelled(reasons)) => pay_refusal(cmd, &reasons),
+            Ok(Tx::Cancelled(reasons)) => pay_refusal(cmd, &reasons, terms),
             Err(e) => Err(e),
         };
         // Whatever the device item is now, this process no longer knows it.
@@ -181,6 +206,7 @@ impl DynamoStore {
         [da, dh, ds]: [i64; 3],
         hold_entry: &LedgerEntry,
         tariff: Option<&Tariff>,
+        terms: SpendTerms,
     ) -> Result<Vec<TransactWriteItem>, StoreError> {
         let sid = session.id.to_string();
         let snapshot = AttributeValue::M(session_attrs(session));
@@ -203,7 +229,9 @@ impl DynamoStore {
         let mut device = Upd::new(device_key(cmd.device))
             .set("#open = :snap")
             .cond("attribute_exists(pk) AND attribute_not_exists(#open) AND last_seen >= :fresh")
+            .cond("attribute_not_exists(service) OR service = :in_service")
             .name("#open", "open")
+            .val(":in_service", s(ServiceState::InService.as_str()))
             .val(":snap", snapshot.clone())
             .val(":fresh", n(fresh_since));
         if let Some(t) = tariff {
@@ -235,6 +263,12 @@ impl DynamoStore {
                 .val(":cap", n(cmd.limits.max_unstarted_per_user))
                 .val(":amt", n(cmd.max_amount.minor()))
                 .val(":snap", snapshot)
+                .merge(match terms.assumed_override {
+                    None => Upd::default().cond("attribute_not_exists(daily_limit)"),
+                    Some(l) => Upd::default()
+                        .cond("daily_limit = :daily_limit")
+                        .val(":daily_limit", n(l.minor())),
+                })
                 .into_transact(&self.table)?,
             // PAY_RATE: the user's counter of this rate window, only while below the rate.
             Upd::new(items::rate_key(&cmd.user, cmd.limits.window(cmd.now)))
@@ -255,6 +289,16 @@ impl DynamoStore {
                 &self.table,
                 items::ledger_item(hold_entry, cmd.now, Some(session.id), ""),
             )?,
+            // PAY_SPEND: the day's spending grows by the hold, only while within the cap.
+            spend_update(
+                &cmd.user,
+                terms.day,
+                cmd.max_amount.minor(),
+                terms
+                    .cap
+                    .map(|cap| cap.minor().saturating_sub(cmd.max_amount.minor())),
+            )
+            .into_transact(&self.table)?,
         ])
     }
 }
@@ -265,6 +309,26 @@ const PAY_DEVICE: usize = 1;
 const PAY_ADVERT: usize = 2;
 const PAY_WALLET: usize = 3;
 const PAY_RATE: usize = 4;
+const PAY_SPEND: usize = 7;
+
+/// What a pay assumed of the daily cap: the day, the user's override it read (or assumed
+/// absent), and so the cap that applies.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SpendTerms {
+    day: u64,
+    assumed_override: Option<Amount>,
+    cap: Option<Amount>,
+}
+
+impl SpendTerms {
+    fn of(cmd: &PayCommand, assumed_override: Option<Amount>) -> Self {
+        Self {
+            day: spending_day(cmd.now),
+            assumed_override,
+            cap: effective_daily_limit(assumed_override, cmd.daily_limit),
+        }
+    }
+}
 
 fn count(len: usize) -> u32 {
     u32::try_from(len).unwrap_or(u32::MAX)
@@ -285,6 +349,7 @@ fn rate_count(item: Option<&Item>) -> Result<u32, StoreError> {
 fn pay_refusal(
     cmd: &PayCommand,
     reasons: &[(String, Option<Item>)],
+    terms: SpendTerms,
 ) -> Result<Option<PayOutcome>, Failure> {
     let failed = |i: usize| {
         reasons
@@ -305,6 +370,9 @@ fn pay_refusal(
             return Ok(Some(PayOutcome::DeviceUnknown));
         };
         let device = device_from_item(old)?;
+        if device.record.service_state != ServiceState::InService {
+            return Ok(Some(PayOutcome::DeviceOutOfService));
+        }
         if device
             .open
             .as_ref()
@@ -349,6 +417,10 @@ fn pay_refusal(
                     max: cmd.limits.max_unstarted_per_user,
                 }));
             }
+            // The cap override changed since it was read (or was assumed absent): read again.
+            if override_of(old)? != terms.assumed_override {
+                return Ok(None);
+            }
             Some(wallet)
         }
     };
@@ -359,6 +431,15 @@ fn pay_refusal(
             }));
         }
         return Ok(None);
+    }
+    if let Some(old) = failed(PAY_SPEND) {
+        let spent_today = spent_of(old)?;
+        return Ok(match terms.cap {
+            Some(limit) if spent_today.minor() + cmd.max_amount.minor() > limit.minor() => {
+                Some(PayOutcome::SpendingLimit { limit, spent_today })
+            }
+            _ => None,
+        });
     }
     if let Some(wallet) = wallet {
         let available = wallet.wallet.available;

@@ -12,9 +12,11 @@
 //! - [`decide_session_op`]: a start's, press's or report's result and what it changes (lazy
 //!   expiry and timeout, the late-report rule).
 //! - [`decide_top_up`]: a top-up's answer (a retry, the lifetime money bound) and its credit.
+//! - [`decide_device_update`]: an operator's change to a machine (DECOMMISSIONED is terminal).
 //! - [`AuditTally`]: the reconciliation totals, with checked arithmetic.
 
 mod audit;
+mod device_admin;
 mod device_op;
 mod operators;
 mod pay;
@@ -22,6 +24,7 @@ mod seq;
 mod top_up;
 
 pub use audit::AuditTally;
+pub use device_admin::{DeviceUpdateDecision, decide_device_update};
 pub use device_op::{
     SessionChange, SessionOpDecision, SessionOpFacts, decide_session_op, needs_wallet,
 };

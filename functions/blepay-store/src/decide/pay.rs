@@ -83,6 +83,8 @@ pub struct PayFacts<'a> {
     /// The sessions the user opened in the current rate window
     /// ([`PayLimits::window`](crate::PayLimits::window) of `cmd.now`).
     pub opened_in_window: u32,
+    /// The user's cap override and what they spent this UTC day ([`crate::Spending`]).
+    pub spending: crate::Spending,
 }
 
 /// A pay the store must persist, atomically: insert `session` (AUTHORIZED), mark the advert
@@ -109,14 +111,18 @@ pub enum PayDecision {
 /// 2. a record under the key: [`PayOutcome::Replayed`] with its session when the fingerprint
 ///    matches, else [`PayOutcome::KeyReused`];
 /// 3. [`PayOutcome::DeviceUnknown`];
-/// 4. [`PayOutcome::DeviceOffline`] (nothing fresh heard within `offline_after_secs`, or the
+/// 4. [`PayOutcome::DeviceOutOfService`] (its service state is OUT_OF_SERVICE or
+///    DECOMMISSIONED, whatever its liveness);
+/// 5. [`PayOutcome::DeviceOffline`] (nothing fresh heard within `offline_after_secs`, or the
 ///    advert's link-down flag);
-/// 5. [`PayOutcome::DeviceFault`] (the advert's fault flag);
-/// 6. [`PayOutcome::DeviceBusy`] (an open session on the machine);
-/// 7. [`PayOutcome::AdvertUsed`];
-/// 8. [`PayOutcome::TooManyUnstarted`] (`unstarted >= max_unstarted_per_user`);
-/// 9. [`PayOutcome::RateLimited`] (`opened_in_window >= rate_max`);
-/// 10. [`PayOutcome::InsufficientFunds`];
+/// 6. [`PayOutcome::DeviceFault`] (the advert's fault flag);
+/// 7. [`PayOutcome::DeviceBusy`] (an open session on the machine);
+/// 8. [`PayOutcome::AdvertUsed`];
+/// 9. [`PayOutcome::TooManyUnstarted`] (`unstarted >= max_unstarted_per_user`);
+/// 10. [`PayOutcome::RateLimited`] (`opened_in_window >= rate_max`);
+/// 11. [`PayOutcome::SpendingLimit`] (`spent_today + max_amount` above the user's daily cap,
+///     [`crate::effective_daily_limit`] of their override and `cmd.daily_limit`);
+/// 12. [`PayOutcome::InsufficientFunds`];
 ///
 /// and otherwise [`PayDecision::Create`]: hold `max_amount` (the core's wallet rule) for a new
 /// AUTHORIZED session with the machine's tariff. DynamoDB's pay transaction orders its conditions
@@ -146,6 +152,9 @@ pub fn decide_pay(facts: &PayFacts<'_>) -> Result<PayDecision, StoreError> {
     let Some(device) = facts.device else {
         return Ok(Answer(PayOutcome::DeviceUnknown));
     };
+    if device.device.service_state != crate::ServiceState::InService {
+        return Ok(Answer(PayOutcome::DeviceOutOfService));
+    }
     match device.state(cmd.now, cmd.offline_after_secs, cmd.signals) {
         DeviceState::Offline => return Ok(Answer(PayOutcome::DeviceOffline)),
         DeviceState::Fault => return Ok(Answer(PayOutcome::DeviceFault)),
@@ -165,6 +174,16 @@ pub fn decide_pay(facts: &PayFacts<'_>) -> Result<PayDecision, StoreError> {
         return Ok(Answer(PayOutcome::RateLimited {
             retry_after_secs: limits.secs_to_next_window(cmd.now),
         }));
+    }
+    if let Some(limit) = crate::effective_daily_limit(facts.spending.user_override, cmd.daily_limit)
+    {
+        let spent_today = facts.spending.spent_today;
+        let within = spent_today
+            .checked_add(cmd.max_amount)
+            .is_ok_and(|total| total <= limit);
+        if !within {
+            return Ok(Answer(PayOutcome::SpendingLimit { limit, spent_today }));
+        }
     }
     let (wallet, hold_entry) = match facts.wallet.hold(&cmd.user, cmd.max_amount) {
         Ok(held) => held,
@@ -225,6 +244,7 @@ mod tests {
             offline_after_secs: 300,
             signals: crate::AdvertSignals::default(),
             limits: crate::PayLimits::DEFAULT,
+            daily_limit: None,
         }
     }
 
@@ -240,6 +260,7 @@ mod tests {
                 },
                 key_version: KeyVersion::new(0).unwrap(),
                 created_at: NOW - 1000,
+                service_state: crate::ServiceState::InService,
             },
             last_seen,
             open_session: open,
@@ -275,6 +296,7 @@ mod tests {
             wallet: funds(1000),
             unstarted: 0,
             opened_in_window: 0,
+            spending: crate::Spending::default(),
         };
         let PayDecision::Create(new) = decide_pay(&facts).unwrap() else {
             panic!("expected a new pay");
@@ -302,6 +324,7 @@ mod tests {
             wallet: funds(0),
             unstarted: 1,
             opened_in_window: 10,
+            spending: crate::Spending::default(),
         };
         let below = PayFacts {
             cmd: &cheap,
@@ -367,6 +390,7 @@ mod tests {
                 wallet: funds(0),
                 unstarted: 0,
                 opened_in_window: 0,
+                spending: crate::Spending::default(),
             })
         };
         assert_eq!(with(true, true), PayOutcome::DeviceOffline);
@@ -396,6 +420,7 @@ mod tests {
             wallet: funds(0),
             unstarted: 1,
             opened_in_window: 10,
+            spending: crate::Spending::default(),
         };
         assert_eq!(answer(&facts), PayOutcome::Replayed(first));
     }
@@ -417,6 +442,7 @@ mod tests {
             wallet: funds(1000),
             unstarted,
             opened_in_window,
+            spending: crate::Spending::default(),
         };
         assert!(matches!(answer(&facts(2, 4)), PayOutcome::Created(_)));
         assert_eq!(
@@ -465,5 +491,72 @@ mod tests {
         );
         assert!(f.matches_stored(&f.to_string()));
         assert!(!f.matches_stored(&cmd(301).fingerprint().to_string()));
+    }
+
+    #[test]
+    fn an_out_of_service_machine_is_refused_before_its_liveness() {
+        let c = cmd(300);
+        for state in [
+            crate::ServiceState::OutOfService,
+            crate::ServiceState::Decommissioned,
+        ] {
+            let mut m = machine(None, None);
+            m.device.service_state = state;
+            let facts = PayFacts {
+                cmd: &c,
+                device: Some(&m),
+                prior: None,
+                advert_used: true,
+                wallet: funds(0),
+                unstarted: 0,
+                opened_in_window: 0,
+                spending: crate::Spending::default(),
+            };
+            assert_eq!(answer(&facts), PayOutcome::DeviceOutOfService);
+        }
+    }
+
+    #[test]
+    fn the_daily_cap_counts_the_day_s_spending_plus_this_hold() {
+        let mut c = cmd(300);
+        c.daily_limit = Some(amount(1000));
+        let m = machine(Some(NOW), None);
+        let facts = |user_override, spent| PayFacts {
+            cmd: &c,
+            device: Some(&m),
+            prior: None,
+            advert_used: false,
+            wallet: funds(0),
+            unstarted: 0,
+            opened_in_window: 0,
+            spending: crate::Spending {
+                user_override,
+                spent_today: amount(spent),
+            },
+        };
+        // 700 + 300 = 1000 is within the cap: the next refusal (funds) answers.
+        assert!(matches!(
+            answer(&facts(None, 700)),
+            PayOutcome::InsufficientFunds { .. }
+        ));
+        assert_eq!(
+            answer(&facts(None, 701)),
+            PayOutcome::SpendingLimit {
+                limit: amount(1000),
+                spent_today: amount(701)
+            }
+        );
+        assert_eq!(
+            answer(&facts(Some(amount(200)), 0)),
+            PayOutcome::SpendingLimit {
+                limit: amount(200),
+                spent_today: Amount::ZERO
+            }
+        );
+        // An override of 0 lifts the cap for this user.
+        assert!(matches!(
+            answer(&facts(Some(Amount::ZERO), 5000)),
+            PayOutcome::InsufficientFunds { .. }
+        ));
     }
 }

@@ -48,6 +48,7 @@ impl Server {
                 max_unstarted_per_user: MAX_UNSTARTED_PER_USER,
                 rate_max: u32::MAX,
                 rate_window_secs: 3600,
+                ..PayLimits::default()
             },
             ..Settings::default()
         }
