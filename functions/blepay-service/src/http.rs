@@ -72,7 +72,8 @@ pub fn routes_for(app: App, surface: Surface) -> Router {
             .route("/v1/verify", post(verify))
             .route("/v1/pay", post(pay))
             .route("/v1/sessions/{session_id}", get(user_session))
-            .route("/v1/wallet", get(user_wallet));
+            .route("/v1/wallet", get(user_wallet))
+            .merge(crate::reports::phone_routes());
     }
     if all || surface == Surface::Ops {
         router = router
@@ -80,7 +81,8 @@ pub fn routes_for(app: App, surface: Surface) -> Router {
             .route("/v1/ops/devices/{device_id}", get(ops_device))
             .route("/v1/ops/wallets/{user_id}/topup", post(top_up))
             .route("/v1/ops/wallets/{user_id}", get(ops_wallet))
-            .route("/v1/ops/sessions/{session_id}", get(ops_session));
+            .route("/v1/ops/sessions/{session_id}", get(ops_session))
+            .merge(crate::reports::ops_routes());
     }
     if all || surface == Surface::Device {
         router = router.route(DEVICE_PATH, post(device));
@@ -113,7 +115,7 @@ pub enum Format {
 }
 
 impl Format {
-    fn of_content_type(headers: &HeaderMap) -> Self {
+    pub(crate) fn of_content_type(headers: &HeaderMap) -> Self {
         match headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())

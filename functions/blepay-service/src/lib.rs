@@ -9,6 +9,7 @@
 //! - [`auth`]: phone JWTs and the operator token.
 //! - [`operator`]: operators as principals, their roles and what each may do.
 //! - [`page`]: cursor pagination for the list routes.
+//! - [`reports`]: the back office's lists, statements and sales report (JSON, protobuf, CSV).
 //! - [`config`]: typed configuration (`Settings` → validated once → `Config`) and the master keyring.
 //!
 //! Wire types (`pb`) stop here: below, the store and core speak domain types only.
@@ -23,6 +24,7 @@ pub mod limits;
 pub mod metrics;
 pub mod operator;
 pub mod page;
+pub mod reports;
 pub mod server;
 
 pub use app::{App, Clock, system_clock};

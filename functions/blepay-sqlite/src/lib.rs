@@ -17,6 +17,7 @@
 //! Must not depend on: HTTP, gRPC, protobuf, the AWS SDK.
 
 mod convert;
+mod lists;
 mod ops;
 mod rows;
 mod schema;
@@ -31,8 +32,9 @@ use blepay_store::decide::{
     NewTopUp, TopUpDecision, TopUpFacts, decide_top_up, top_up_fingerprint,
 };
 use blepay_store::{
-    Audit, DeviceCall, DeviceCallOutcome, DeviceRecord, DeviceStatus, PayCommand, PayOutcome,
-    RegisterOutcome, ResponseEncoder, Store, StoreError, TopUpOutcome,
+    Audit, DeviceCall, DeviceCallOutcome, DeviceRecord, DeviceStatus, Page, PageRequest,
+    PayCommand, PayOutcome, RegisterOutcome, ResponseEncoder, SalesFacts, SessionFilter,
+    StatementEntry, Store, StoreError, TopUpOutcome,
 };
 use rusqlite::{Connection, TransactionBehavior, params};
 
@@ -252,6 +254,30 @@ impl Store for SqliteStore {
 
     async fn audit(&self) -> Result<Audit, StoreError> {
         self.run(ops::audit).await
+    }
+
+    async fn list_sessions(
+        &self,
+        filter: &SessionFilter,
+        page: &PageRequest,
+        now: u64,
+    ) -> Result<Page<Session>, StoreError> {
+        let (filter, page) = (filter.clone(), page.clone());
+        self.run(move |c| lists::list_sessions(c, &filter, &page, now))
+            .await
+    }
+
+    async fn statement(
+        &self,
+        user: &UserId,
+        page: &PageRequest,
+    ) -> Result<Page<StatementEntry>, StoreError> {
+        let (user, page) = (user.clone(), page.clone());
+        self.run(move |c| lists::statement(c, &user, &page)).await
+    }
+
+    async fn sales_facts(&self, from: u64, to: u64) -> Result<SalesFacts, StoreError> {
+        self.run(move |c| lists::sales_facts(c, from, to)).await
     }
 }
 

@@ -126,6 +126,14 @@ CREATE INDEX ledger_by_kind ON ledger (kind);
     // 4: issue 10 (M4) — the pay rate limit counts a user's sessions opened since the start of the
     // current window.
     "CREATE INDEX sessions_by_user_created ON sessions (user_id, created_at);",
+    // 5: issue 11 (item 7) — the back office's lists: sessions by machine and by time, a user's
+    // statement (the ledger rows naming their accounts).
+    r"
+CREATE INDEX sessions_by_device_created ON sessions (device_id, created_at);
+CREATE INDEX sessions_by_created ON sessions (created_at);
+CREATE INDEX ledger_by_debit ON ledger (debit, at);
+CREATE INDEX ledger_by_credit ON ledger (credit, at);
+",
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

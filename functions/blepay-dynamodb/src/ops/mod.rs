@@ -10,6 +10,7 @@ mod attempts;
 mod audit;
 mod device_call;
 mod expiry;
+mod lists;
 mod pay;
 mod reads;
 mod top_up;
@@ -21,11 +22,17 @@ use blepay_core::{
     Amount, DeviceId, IdempotencyKey, Session, SessionId, UserId, Wallet, WalletError,
 };
 use blepay_store::{
-    Audit, DeviceCall, DeviceCallOutcome, DeviceRecord, DeviceStatus, PayCommand, PayOutcome,
-    RegisterOutcome, ResponseEncoder, Store, StoreError, TopUpOutcome,
+    Audit, DeviceCall, DeviceCallOutcome, DeviceRecord, DeviceStatus, Page, PageRequest,
+    PayCommand, PayOutcome, RegisterOutcome, ResponseEncoder, SalesFacts, SessionFilter,
+    StatementEntry, Store, StoreError, TopUpOutcome,
 };
 
 use crate::DynamoStore;
+
+pub(crate) use lists::{
+    L_REFUND, L_USER, LEDGER_BY_USER, REFUNDS, SESSIONS_BY_DEVICE, SESSIONS_BY_TIME,
+    SESSIONS_BY_USER,
+};
 
 /// A wallet rule refused an operation the store had already decided to make.
 fn wallet_rule(e: WalletError) -> StoreError {
@@ -133,5 +140,27 @@ impl Store for DynamoStore {
 
     async fn audit(&self) -> Result<Audit, StoreError> {
         self.retrying(|| self.audit_once()).await
+    }
+
+    async fn list_sessions(
+        &self,
+        filter: &SessionFilter,
+        page: &PageRequest,
+        now: u64,
+    ) -> Result<Page<Session>, StoreError> {
+        self.retrying(|| self.list_sessions_once(filter, page, now))
+            .await
+    }
+
+    async fn statement(
+        &self,
+        user: &UserId,
+        page: &PageRequest,
+    ) -> Result<Page<StatementEntry>, StoreError> {
+        self.retrying(|| self.statement_once(user, page)).await
+    }
+
+    async fn sales_facts(&self, from: u64, to: u64) -> Result<SalesFacts, StoreError> {
+        self.retrying(|| self.sales_facts_once(from, to)).await
     }
 }

@@ -13,10 +13,12 @@
 //!   expiry and timeout, the late-report rule).
 //! - [`decide_top_up`]: a top-up's answer (a retry, the lifetime money bound) and its credit.
 //! - [`AuditTally`]: the reconciliation totals, with checked arithmetic.
+//! - [`sales_report`]: the sales report per machine per UTC day, from [`crate::SalesFacts`].
 
 mod audit;
 mod device_op;
 mod pay;
+mod report;
 mod seq;
 mod top_up;
 
@@ -25,5 +27,6 @@ pub use device_op::{
     SessionChange, SessionOpDecision, SessionOpFacts, decide_session_op, needs_wallet,
 };
 pub use pay::{NewPay, PayDecision, PayFacts, PayFingerprint, PriorPay, decide_pay};
+pub use report::{DAY_SECS, SalesRow, sales_report, sales_totals};
 pub use seq::{LastCall, SeqCheck, check_call, check_seq};
 pub use top_up::{NewTopUp, TopUpDecision, TopUpFacts, decide_top_up, top_up_fingerprint};
