@@ -11,9 +11,9 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
 use blepay_core::{
-    Amount, CloseReason, Currency, DeviceId, DeviceName, IdempotencyKey, KeyVersion, LateReport,
-    LedgerEntry, Session, SessionId, SessionStatus, Slot, Tariff, Telemetry, UnitName, Units,
-    UseCounter, UserId, Wallet,
+    Amount, CloseReason, Currency, DeviceId, DeviceName, EntryKind, IdempotencyKey, KeyVersion,
+    LateReport, LedgerAccount, LedgerEntry, Session, SessionId, SessionStatus, Slot, Tariff,
+    Telemetry, UnitName, Units, UseCounter, UserId, Wallet,
 };
 use blepay_store::decide::LastCall;
 use blepay_store::{DeviceRecord, DeviceStatus, SavedAnswer, ServiceState, StoreError};
@@ -498,6 +498,19 @@ pub(crate) fn ledger_item(
     ]);
     if let Some(sid) = session {
         item.insert("session".into(), s(sid.to_string()));
+    }
+    // The back office's indexes (ops/lists.rs): the user it touches, and refunds by time.
+    if let Some(user) = [&entry.debit, &entry.credit]
+        .into_iter()
+        .find_map(|a| match a {
+            LedgerAccount::UserAvailable(u) | LedgerAccount::UserHeld(u) => Some(u),
+            LedgerAccount::Funding | LedgerAccount::Revenue => None,
+        })
+    {
+        item.insert(crate::ops::L_USER.into(), s(user.as_str()));
+    }
+    if entry.kind == EntryKind::Refund {
+        item.insert(crate::ops::L_REFUND.into(), s(entry.kind.as_str()));
     }
     item
 }

@@ -9,6 +9,10 @@ use aws_sdk_dynamodb::types::{
 use blepay_store::StoreError;
 
 use crate::items::{DUE_AT, DUE_INDEX, DUE_PK, PK, SK, TTL, build_error, sdk_error};
+use crate::ops::{
+    L_REFUND, L_USER, LEDGER_BY_USER, REFUNDS, SESSIONS_BY_DEVICE, SESSIONS_BY_TIME,
+    SESSIONS_BY_USER,
+};
 
 /// Create blepay's table (on-demand billing, the `due` GSI, TTL on `ttl`) and wait until it is
 /// active. An existing table is fine (nothing is changed but TTL, which is enabled if it is not).
@@ -30,17 +34,20 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
             .build()
             .map_err(build_error)
     };
-    let due = GlobalSecondaryIndex::builder()
-        .index_name(DUE_INDEX)
-        .key_schema(key(DUE_PK, KeyType::Hash)?)
-        .key_schema(key(DUE_AT, KeyType::Range)?)
-        .projection(
-            Projection::builder()
-                .projection_type(ProjectionType::All)
-                .build(),
-        )
-        .build()
-        .map_err(build_error)?;
+    let gsi = |name: &str, hash: &str, range: &str| {
+        GlobalSecondaryIndex::builder()
+            .index_name(name)
+            .key_schema(key(hash, KeyType::Hash)?)
+            .key_schema(key(range, KeyType::Range)?)
+            .projection(
+                Projection::builder()
+                    .projection_type(ProjectionType::All)
+                    .build(),
+            )
+            .build()
+            .map_err(build_error)
+    };
+    let due = gsi(DUE_INDEX, DUE_PK, DUE_AT)?;
     let created = client
         .create_table()
         .table_name(table)
@@ -49,9 +56,22 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
         .attribute_definitions(attr(SK, ScalarAttributeType::S)?)
         .attribute_definitions(attr(DUE_PK, ScalarAttributeType::S)?)
         .attribute_definitions(attr(DUE_AT, ScalarAttributeType::N)?)
+        .attribute_definitions(attr("user", ScalarAttributeType::S)?)
+        .attribute_definitions(attr("device", ScalarAttributeType::S)?)
+        .attribute_definitions(attr("type", ScalarAttributeType::S)?)
+        .attribute_definitions(attr("created_at", ScalarAttributeType::N)?)
+        .attribute_definitions(attr(L_USER, ScalarAttributeType::S)?)
+        .attribute_definitions(attr(L_REFUND, ScalarAttributeType::S)?)
+        .attribute_definitions(attr("at", ScalarAttributeType::N)?)
         .key_schema(key(PK, KeyType::Hash)?)
         .key_schema(key(SK, KeyType::Range)?)
         .global_secondary_indexes(due)
+        // The back office's lists (docs/dynamodb.md, ops/lists.rs).
+        .global_secondary_indexes(gsi(SESSIONS_BY_USER, "user", "created_at")?)
+        .global_secondary_indexes(gsi(SESSIONS_BY_DEVICE, "device", "created_at")?)
+        .global_secondary_indexes(gsi(SESSIONS_BY_TIME, "type", "created_at")?)
+        .global_secondary_indexes(gsi(LEDGER_BY_USER, L_USER, "at")?)
+        .global_secondary_indexes(gsi(REFUNDS, L_REFUND, "at")?)
         .send()
         .await;
     match created {

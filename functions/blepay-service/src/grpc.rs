@@ -177,6 +177,22 @@ impl PhoneService for Phone {
         let user = phone_user(&req)?;
         reply(self.0.wallet(&user).await)
     }
+
+    async fn list_my_sessions(
+        &self,
+        req: Request<pb::ListMySessionsRequest>,
+    ) -> Result<Response<pb::SessionList>, Status> {
+        let user = phone_user(&req)?;
+        reply(self.0.my_sessions(&user, req.into_inner()).await)
+    }
+
+    async fn get_my_ledger(
+        &self,
+        req: Request<pb::LedgerRequest>,
+    ) -> Result<Response<pb::Statement>, Status> {
+        let user = phone_user(&req)?;
+        reply(self.0.my_ledger(&user, req.into_inner()).await)
+    }
 }
 
 /// `blepay.v1.OpsService`.
@@ -294,6 +310,30 @@ impl OpsService for Ops {
     ) -> Result<Response<pb::Wallet>, Status> {
         let op = operator(&req)?;
         reply(self.0.set_spending_limit(&op, req.into_inner()).await)
+    }
+
+    async fn list_sessions(
+        &self,
+        req: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::SessionList>, Status> {
+        let op = operator(&req)?;
+        reply(self.0.list_sessions(&op, req.into_inner()).await)
+    }
+
+    async fn get_user_ledger(
+        &self,
+        req: Request<pb::OpsLedgerRequest>,
+    ) -> Result<Response<pb::Statement>, Status> {
+        let op = operator(&req)?;
+        reply(self.0.user_ledger(&op, req.into_inner()).await)
+    }
+
+    async fn get_sales_report(
+        &self,
+        req: Request<pb::SalesReportRequest>,
+    ) -> Result<Response<pb::SalesReport>, Status> {
+        let op = operator(&req)?;
+        reply(self.0.sales_report(&op, req.into_inner()).await)
     }
 }
 

@@ -74,7 +74,8 @@ pub fn routes_for(app: App, surface: Surface) -> Router {
             .route("/v1/verify", post(verify))
             .route("/v1/pay", post(pay))
             .route("/v1/sessions/{session_id}", get(user_session))
-            .route("/v1/wallet", get(user_wallet));
+            .route("/v1/wallet", get(user_wallet))
+            .merge(crate::reports::phone_routes());
     }
     if all || surface == Surface::Ops {
         router = router
@@ -102,7 +103,8 @@ pub fn routes_for(app: App, surface: Surface) -> Router {
                 "/v1/ops/operators/{operator_id}/revoke",
                 post(revoke_operator),
             )
-            .route("/v1/ops/audit", get(list_audit));
+            .route("/v1/ops/audit", get(list_audit))
+            .merge(crate::reports::ops_routes());
     }
     if all || surface == Surface::Device {
         router = router.route(DEVICE_PATH, post(device));
@@ -135,7 +137,7 @@ pub enum Format {
 }
 
 impl Format {
-    fn of_content_type(headers: &HeaderMap) -> Self {
+    pub(crate) fn of_content_type(headers: &HeaderMap) -> Self {
         match headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())

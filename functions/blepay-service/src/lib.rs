@@ -11,6 +11,7 @@
 //! - [`operators`]: operator credentials, the operator routes and the audit trail.
 //! - [`page`]: cursor pagination for the list routes.
 //! - [`devices`]: the fleet list, machine lifecycle and the daily spending cap.
+//! - [`reports`]: the back office's lists, statements and sales report (JSON, protobuf, CSV).
 //! - [`config`]: typed configuration (`Settings` → validated once → `Config`) and the master keyring.
 //!
 //! Wire types (`pb`) stop here: below, the store and core speak domain types only.
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod operator;
 pub mod operators;
 pub mod page;
+pub mod reports;
 pub mod server;
 
 pub use app::{App, Clock, system_clock};

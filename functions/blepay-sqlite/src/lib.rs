@@ -18,6 +18,7 @@
 
 mod backoffice;
 mod convert;
+mod lists;
 mod operators;
 mod ops;
 mod rows;
@@ -33,14 +34,12 @@ use blepay_store::decide::{
     NewTopUp, TopUpDecision, TopUpFacts, decide_top_up, top_up_fingerprint,
 };
 use blepay_store::{
-    Audit, AuditEvent, AuditFilter, CreateOperatorOutcome, NewOperator, OperatorId, OperatorRecord,
-    Page, PageRequest, RevokeOperatorOutcome,
+    Audit, AuditEvent, AuditFilter, CreateOperatorOutcome, DeviceCall, DeviceCallOutcome,
+    DeviceFilter, DeviceRecord, DeviceStatus, DeviceUpdate, DeviceUpdateOutcome, NewOperator,
+    OperatorId, OperatorRecord, Page, PageRequest, PayCommand, PayOutcome, RegisterOutcome,
+    ResponseEncoder, RevokeOperatorOutcome, SalesFacts, SessionFilter, Spending, StatementEntry,
+    Store, StoreError, TopUpOutcome,
 };
-use blepay_store::{
-    DeviceCall, DeviceCallOutcome, DeviceRecord, DeviceStatus, PayCommand, PayOutcome,
-    RegisterOutcome, ResponseEncoder, Store, StoreError, TopUpOutcome,
-};
-use blepay_store::{DeviceFilter, DeviceUpdate, DeviceUpdateOutcome, Spending};
 use rusqlite::{Connection, TransactionBehavior, params};
 
 use crate::convert::{db, ts};
@@ -340,6 +339,30 @@ impl Store for SqliteStore {
         let user = user.clone();
         self.run(move |c| backoffice::set_spending_limit(c, &user, limit, now))
             .await
+    }
+
+    async fn list_sessions(
+        &self,
+        filter: &SessionFilter,
+        page: &PageRequest,
+        now: u64,
+    ) -> Result<Page<Session>, StoreError> {
+        let (filter, page) = (filter.clone(), page.clone());
+        self.run(move |c| lists::list_sessions(c, &filter, &page, now))
+            .await
+    }
+
+    async fn statement(
+        &self,
+        user: &UserId,
+        page: &PageRequest,
+    ) -> Result<Page<StatementEntry>, StoreError> {
+        let (user, page) = (user.clone(), page.clone());
+        self.run(move |c| lists::statement(c, &user, &page)).await
+    }
+
+    async fn sales_facts(&self, from: u64, to: u64) -> Result<SalesFacts, StoreError> {
+        self.run(move |c| lists::sales_facts(c, from, to)).await
     }
 }
 

@@ -161,6 +161,14 @@ CREATE TABLE spending_limits (
     daily_limit INTEGER NOT NULL CHECK (daily_limit >= 0)
 ) STRICT;
 ",
+    // 7: issue 11 (item 7) — the back office's lists: sessions by machine and by time, a user's
+    // statement (the ledger rows naming their accounts).
+    r"
+CREATE INDEX sessions_by_device_created ON sessions (device_id, created_at);
+CREATE INDEX sessions_by_created ON sessions (created_at);
+CREATE INDEX ledger_by_debit ON ledger (debit, at);
+CREATE INDEX ledger_by_credit ON ledger (credit, at);
+",
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

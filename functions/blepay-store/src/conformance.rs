@@ -32,13 +32,10 @@ use blepay_core::{
 };
 
 use crate::{
-    AdvertSignals, Audit, DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, DeviceRecord,
-    DeviceState, PayCommand, PayLimits, PayOutcome, RegisterOutcome, ResponseEncoder, SavedAnswer,
-    Store, TopUpOutcome,
-};
-use crate::{
-    DeviceFilter, DeviceStatus, DeviceUpdate, DeviceUpdateOutcome, PageRequest, ServiceState,
-    Spending,
+    AdvertSignals, Audit, DeviceCall, DeviceCallOutcome, DeviceFilter, DeviceOp, DeviceOpResult,
+    DeviceRecord, DeviceState, DeviceStatus, DeviceUpdate, DeviceUpdateOutcome, PageRequest,
+    PayCommand, PayLimits, PayOutcome, RegisterOutcome, ResponseEncoder, SavedAnswer, ServiceState,
+    Spending, Store, TopUpOutcome,
 };
 
 /// Expand to one `#[tokio::test]` per conformance check, each on a store from `$factory`
@@ -112,6 +109,10 @@ macro_rules! conformance_tests {
             the_fleet_list_pages_by_device_id_and_filters,
             a_pay_over_the_daily_cap_is_refused_and_changes_nothing,
             concurrent_pays_cannot_together_exceed_the_daily_cap,
+            the_session_list_filters_by_machine_user_status_and_time_newest_first,
+            paging_the_session_list_never_skips_or_repeats_a_session,
+            a_statement_lists_every_entry_touching_the_user_newest_first_in_pages,
+            the_sales_facts_hold_the_range_and_the_report_sums_match_the_revenue,
         );
     };
     (@each $factory:expr; $($check:ident),+ $(,)?) => {
@@ -2805,6 +2806,331 @@ pub async fn a_pay_over_the_daily_cap_is_refused_and_changes_nothing(store: Arc<
     reconciled(&*store).await;
 }
 
+// The back office's lists, statements and report (issue 11, item 7)
+// ---------------------------------------------------------------------------------------------
+
+/// Every page of `filter`'s session list with `limit`, concatenated; asserts only the last page
+/// has no `next`.
+async fn all_pages(
+    store: &dyn Store,
+    filter: &crate::SessionFilter,
+    limit: u32,
+    now: u64,
+) -> Vec<SessionId> {
+    let mut out = Vec::new();
+    let mut after = None;
+    for _ in 0..100 {
+        let page = store
+            .list_sessions(filter, &crate::PageRequest { limit, after }, now)
+            .await
+            .unwrap();
+        assert!(page.items.len() <= limit as usize);
+        out.extend(page.items.iter().map(|s| s.id));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => return out,
+        }
+    }
+    panic!("the list never ended");
+}
+
+async fn listed(store: &dyn Store, filter: crate::SessionFilter, now: u64) -> Vec<SessionId> {
+    all_pages(store, &filter, crate::PageRequest::MAX_LIMIT, now).await
+}
+
+#[allow(clippy::too_many_lines, reason = "one filter per assertion")]
+pub async fn the_session_list_filters_by_machine_user_status_and_time_newest_first(
+    store: Arc<dyn Store>,
+) {
+    use crate::SessionFilter as F;
+    for n in 1..=3 {
+        online_machine(&*store, n, T0).await;
+    }
+    fund(&*store, "alice", 1000).await;
+    fund(&*store, "bob", 1000).await;
+    let s1 = created(&*store, &pay_cmd("alice", "l1", 1, 1, 100, T0))
+        .await
+        .id;
+    let s2 = created(&*store, &pay_cmd("bob", "l2", 2, 1, 100, T0 + 10))
+        .await
+        .id;
+    let s3 = created(&*store, &pay_cmd("alice", "l3", 3, 1, 100, T0 + 20))
+        .await
+        .id;
+    // At T0 + 125 the first is past its start deadline: the list shows it EXPIRED.
+    let now = T0 + 125;
+    let alice = Some(user("alice"));
+    assert_eq!(listed(&*store, F::default(), now).await, [s3, s2, s1]);
+    assert_eq!(
+        listed(
+            &*store,
+            F {
+                user: alice.clone(),
+                ..F::default()
+            },
+            now
+        )
+        .await,
+        [s3, s1]
+    );
+    assert_eq!(
+        listed(
+            &*store,
+            F {
+                device: Some(device_id(2)),
+                ..F::default()
+            },
+            now
+        )
+        .await,
+        [s2]
+    );
+    assert_eq!(
+        listed(
+            &*store,
+            F {
+                status: Some(SessionStatus::Expired),
+                ..F::default()
+            },
+            now
+        )
+        .await,
+        [s1]
+    );
+    assert_eq!(
+        listed(
+            &*store,
+            F {
+                status: Some(SessionStatus::Authorized),
+                ..F::default()
+            },
+            now
+        )
+        .await,
+        [s3, s2]
+    );
+    assert_eq!(
+        listed(
+            &*store,
+            F {
+                from: Some(T0 + 10),
+                ..F::default()
+            },
+            now
+        )
+        .await,
+        [s3, s2]
+    );
+    assert_eq!(
+        listed(
+            &*store,
+            F {
+                to: Some(T0 + 10),
+                ..F::default()
+            },
+            now
+        )
+        .await,
+        [s2, s1]
+    );
+    assert_eq!(
+        listed(
+            &*store,
+            F {
+                from: Some(T0 + 10),
+                to: Some(T0 + 10),
+                ..F::default()
+            },
+            now
+        )
+        .await,
+        [s2]
+    );
+    assert_eq!(
+        listed(
+            &*store,
+            F {
+                user: alice.clone(),
+                device: Some(device_id(1)),
+                ..F::default()
+            },
+            now
+        )
+        .await,
+        [s1]
+    );
+    assert_eq!(
+        listed(
+            &*store,
+            F {
+                user: alice,
+                status: Some(SessionStatus::Authorized),
+                from: Some(T0 + 1),
+                ..F::default()
+            },
+            now
+        )
+        .await,
+        [s3]
+    );
+    assert!(
+        listed(
+            &*store,
+            F {
+                user: Some(user("carol")),
+                ..F::default()
+            },
+            now
+        )
+        .await
+        .is_empty()
+    );
+    let page = store
+        .list_sessions(
+            &F::default(),
+            &crate::PageRequest {
+                limit: 10,
+                after: None,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.items[2].status, SessionStatus::Expired);
+    assert_eq!(page.next, None);
+    reconciled(&*store).await;
+}
+
+pub async fn paging_the_session_list_never_skips_or_repeats_a_session(store: Arc<dyn Store>) {
+    use crate::SessionFilter as F;
+    fund(&*store, "alice", 10_000).await;
+    fund(&*store, "bob", 10_000).await;
+    // Seven sessions, several created in the same second (ties are ordered by id).
+    let times = [T0, T0, T0, T0 + 5, T0 + 5, T0 + 9, T0 + 9];
+    let mut made = Vec::new();
+    for (i, t) in times.iter().enumerate() {
+        let n = u8::try_from(i + 1).unwrap();
+        online_machine(&*store, n, T0).await;
+        let who = if i % 2 == 0 { "alice" } else { "bob" };
+        let s = created(&*store, &pay_cmd(who, &format!("pg{n}"), n, 1, 100, *t)).await;
+        made.push((s.created_at, s.id.to_string(), s.id, who));
+    }
+    made.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
+    let newest_first: Vec<SessionId> = made.iter().map(|m| m.2).collect();
+    let now = T0 + 10;
+    assert_eq!(listed(&*store, F::default(), now).await, newest_first);
+    for limit in [1, 2, 3, 6, 7] {
+        assert_eq!(
+            all_pages(&*store, &F::default(), limit, now).await,
+            newest_first,
+            "pages of {limit}"
+        );
+    }
+    let alices: Vec<SessionId> = made
+        .iter()
+        .filter(|m| m.3 == "alice")
+        .map(|m| m.2)
+        .collect();
+    let by_alice = F {
+        user: Some(user("alice")),
+        ..F::default()
+    };
+    for limit in [1, 2, 3] {
+        assert_eq!(all_pages(&*store, &by_alice, limit, now).await, alices);
+    }
+    let since = F {
+        from: Some(T0 + 5),
+        ..F::default()
+    };
+    assert_eq!(all_pages(&*store, &since, 1, now).await, newest_first[..4]);
+    reconciled(&*store).await;
+}
+
+pub async fn a_statement_lists_every_entry_touching_the_user_newest_first_in_pages(
+    store: Arc<dyn Store>,
+) {
+    use blepay_core::EntryKind;
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+    fund(&*store, "bob", 500).await;
+    let s = created(&*store, &pay_cmd("alice", "st1", 1, 7, 300, T0)).await;
+    device_op(&*store, 1, 2, DeviceOp::Start { session: s.id }, T0 + 10).await;
+    let last = DeviceOp::Report {
+        session: s.id,
+        units: Units::new(7),
+        last: true,
+    };
+    device_op(&*store, 1, 3, last, T0 + 30).await;
+
+    let alice = user("alice");
+    let page = |limit, after| crate::PageRequest { limit, after };
+    let all = store.statement(&alice, &page(500, None)).await.unwrap();
+    assert_eq!(all.next, None);
+    let kinds: Vec<EntryKind> = all.items.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds.len(), 4, "{kinds:?}");
+    let mut closing = [kinds[0].as_str(), kinds[1].as_str()];
+    closing.sort_unstable();
+    assert_eq!(closing, ["CAPTURE", "RELEASE"]);
+    assert_eq!(&kinds[2..], [EntryKind::Hold, EntryKind::TopUp]);
+    assert!(all.items.iter().all(|e| e.touches(&alice)));
+    assert!(
+        all.items
+            .iter()
+            .all(|e| e.session == Some(s.id) || e.kind == EntryKind::TopUp)
+    );
+    assert_eq!(all.items[0].at, T0 + 30);
+    let available: i64 = all.items.iter().map(|e| e.available_delta(&alice)).sum();
+    assert_eq!(
+        available,
+        store
+            .wallet(&alice, T0 + 31)
+            .await
+            .unwrap()
+            .available
+            .minor()
+    );
+    assert_eq!(available, 825);
+    let capture = all
+        .items
+        .iter()
+        .find(|e| e.kind == EntryKind::Capture)
+        .unwrap();
+    assert_eq!(
+        (capture.amount, capture.credit.as_str()),
+        (amount(175), "revenue")
+    );
+
+    for limit in [1, 3] {
+        let mut paged = Vec::new();
+        let mut after = None;
+        loop {
+            let p = store.statement(&alice, &page(limit, after)).await.unwrap();
+            assert!(p.items.len() <= limit as usize);
+            paged.extend(p.items);
+            match p.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(paged, all.items, "pages of {limit}");
+    }
+    let bob = store
+        .statement(&user("bob"), &page(500, None))
+        .await
+        .unwrap();
+    assert_eq!(bob.items.len(), 1);
+    assert_eq!(bob.items[0].available_delta(&user("bob")), 500);
+    assert!(
+        store
+            .statement(&user("carol"), &page(10, None))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    reconciled(&*store).await;
+}
+
 /// Concurrent pays by one user on several machines cannot together pass the daily cap.
 pub async fn concurrent_pays_cannot_together_exceed_the_daily_cap(store: Arc<dyn Store>) {
     const MACHINES: u8 = 6;
@@ -2844,6 +3170,77 @@ pub async fn concurrent_pays_cannot_together_exceed_the_daily_cap(store: Arc<dyn
             .unwrap()
             .spent_today,
         amount(900)
+    );
+}
+
+pub async fn the_sales_facts_hold_the_range_and_the_report_sums_match_the_revenue(
+    store: Arc<dyn Store>,
+) {
+    use crate::decide::{DAY_SECS, sales_report, sales_totals};
+    online_machine(&*store, 1, T0).await;
+    online_machine(&*store, 2, T0).await;
+    fund(&*store, "alice", 1000).await;
+    fund(&*store, "bob", 1000).await;
+    let s = created(&*store, &pay_cmd("alice", "sf1", 1, 7, 300, T0)).await;
+    device_op(&*store, 1, 2, DeviceOp::Start { session: s.id }, T0 + 10).await;
+    let last = DeviceOp::Report {
+        session: s.id,
+        units: Units::new(7),
+        last: true,
+    };
+    device_op(&*store, 1, 3, last, T0 + 30).await;
+    let unstarted = created(&*store, &pay_cmd("bob", "sf2", 2, 7, 300, T0 + 40)).await;
+    assert_eq!(store.expire_due(T0 + 400).await.unwrap(), 1);
+
+    let day = T0 / DAY_SECS;
+    let (from, to) = (day * DAY_SECS, (day + 1) * DAY_SECS);
+    let facts = store.sales_facts(from, to).await.unwrap();
+    let mut ids: Vec<SessionId> = facts.sessions.iter().map(|s| s.id).collect();
+    ids.sort_unstable();
+    let mut want = vec![s.id, unstarted.id];
+    want.sort_unstable();
+    assert_eq!(ids, want);
+    assert!(facts.refunds.is_empty(), "no refunds were made");
+    let rows = sales_report(&facts, day, day).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (
+            rows[0].device,
+            rows[0].sessions,
+            rows[0].units,
+            rows[0].captured,
+            rows[0].net
+        ),
+        (Some(device_id(1)), 1, 7, 175, 175)
+    );
+    assert_eq!(
+        (
+            rows[1].device,
+            rows[1].sessions,
+            rows[1].units,
+            rows[1].captured
+        ),
+        (Some(device_id(2)), 1, 0, 0)
+    );
+    let audit = reconciled(&*store).await;
+    let totals = sales_totals(&rows).unwrap();
+    assert_eq!(
+        (totals.captured, totals.refunded, totals.net),
+        (audit.revenue, 0, audit.revenue)
+    );
+
+    let empty = store.sales_facts(to, to + DAY_SECS).await.unwrap();
+    assert!(empty.sessions.is_empty() && empty.refunds.is_empty());
+    let before = store.sales_facts(from - DAY_SECS, from).await.unwrap();
+    assert!(before.sessions.is_empty());
+    // The end is exclusive: a range ending at the first session's second holds nothing.
+    assert!(
+        store
+            .sales_facts(from, T0)
+            .await
+            .unwrap()
+            .sessions
+            .is_empty()
     );
 }
 

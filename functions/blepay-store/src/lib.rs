@@ -21,11 +21,13 @@ mod backoffice;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod decide;
+mod lists;
 mod model;
 mod operators;
 
 pub use backoffice::*;
 
+pub use lists::*;
 pub use model::*;
 pub use operators::*;
 
@@ -179,6 +181,26 @@ pub trait Store: Send + Sync + 'static {
         limit: Option<Amount>,
         now: u64,
     ) -> Result<Spending, StoreError>;
+    /// Sessions matching `filter`, newest first ([`SessionFilter`]), one page after
+    /// `page.after`. Due AUTHORIZED sessions are expired first, so the status shown is current.
+    async fn list_sessions(
+        &self,
+        filter: &SessionFilter,
+        page: &PageRequest,
+        now: u64,
+    ) -> Result<Page<Session>, StoreError>;
+
+    /// Every ledger entry touching `user` (their available or held account), newest first (by
+    /// time, then entry id, descending), one page.
+    async fn statement(
+        &self,
+        user: &UserId,
+        page: &PageRequest,
+    ) -> Result<Page<StatementEntry>, StoreError>;
+
+    /// The sales report's facts over `[from, to)` (unix seconds): sessions created in it and
+    /// refund entries made in it ([`SalesFacts`]).
+    async fn sales_facts(&self, from: u64, to: u64) -> Result<SalesFacts, StoreError>;
 }
 
 /// Turns a device operation's result into the answer to save and send (the frame and its refusal

@@ -11,6 +11,7 @@ mod audit;
 mod backoffice;
 mod device_call;
 mod expiry;
+mod lists;
 mod operators;
 mod pay;
 mod reads;
@@ -23,16 +24,19 @@ use blepay_core::{
     Amount, DeviceId, IdempotencyKey, Session, SessionId, UserId, Wallet, WalletError,
 };
 use blepay_store::{
-    Audit, DeviceCall, DeviceCallOutcome, DeviceRecord, DeviceStatus, PayCommand, PayOutcome,
-    RegisterOutcome, ResponseEncoder, Store, StoreError, TopUpOutcome,
+    Audit, AuditEvent, AuditFilter, CreateOperatorOutcome, DeviceCall, DeviceCallOutcome,
+    DeviceFilter, DeviceRecord, DeviceStatus, DeviceUpdate, DeviceUpdateOutcome, NewOperator,
+    OperatorId, OperatorRecord, Page, PageRequest, PayCommand, PayOutcome, RegisterOutcome,
+    ResponseEncoder, RevokeOperatorOutcome, SalesFacts, SessionFilter, Spending, StatementEntry,
+    Store, StoreError, TopUpOutcome,
 };
-use blepay_store::{
-    AuditEvent, AuditFilter, CreateOperatorOutcome, NewOperator, OperatorId, OperatorRecord, Page,
-    PageRequest, RevokeOperatorOutcome,
-};
-use blepay_store::{DeviceFilter, DeviceUpdate, DeviceUpdateOutcome, Spending};
 
 use crate::DynamoStore;
+
+pub(crate) use lists::{
+    L_REFUND, L_USER, LEDGER_BY_USER, REFUNDS, SESSIONS_BY_DEVICE, SESSIONS_BY_TIME,
+    SESSIONS_BY_USER,
+};
 
 /// A wallet rule refused an operation the store had already decided to make.
 fn wallet_rule(e: WalletError) -> StoreError {
@@ -209,5 +213,27 @@ impl Store for DynamoStore {
     ) -> Result<Spending, StoreError> {
         self.retrying(|| self.set_spending_limit_once(user, limit, now))
             .await
+    }
+
+    async fn list_sessions(
+        &self,
+        filter: &SessionFilter,
+        page: &PageRequest,
+        now: u64,
+    ) -> Result<Page<Session>, StoreError> {
+        self.retrying(|| self.list_sessions_once(filter, page, now))
+            .await
+    }
+
+    async fn statement(
+        &self,
+        user: &UserId,
+        page: &PageRequest,
+    ) -> Result<Page<StatementEntry>, StoreError> {
+        self.retrying(|| self.statement_once(user, page)).await
+    }
+
+    async fn sales_facts(&self, from: u64, to: u64) -> Result<SalesFacts, StoreError> {
+        self.retrying(|| self.sales_facts_once(from, to)).await
     }
 }

@@ -14,12 +14,14 @@
 //! - [`decide_top_up`]: a top-up's answer (a retry, the lifetime money bound) and its credit.
 //! - [`decide_device_update`]: an operator's change to a machine (DECOMMISSIONED is terminal).
 //! - [`AuditTally`]: the reconciliation totals, with checked arithmetic.
+//! - [`sales_report`]: the sales report per machine per UTC day, from [`crate::SalesFacts`].
 
 mod audit;
 mod device_admin;
 mod device_op;
 mod operators;
 mod pay;
+mod report;
 mod seq;
 mod top_up;
 
@@ -32,5 +34,6 @@ pub use operators::{
     CreateOperatorDecision, RevokeOperatorDecision, decide_create_operator, decide_revoke_operator,
 };
 pub use pay::{NewPay, PayDecision, PayFacts, PayFingerprint, PriorPay, decide_pay};
+pub use report::{DAY_SECS, SalesRow, sales_report, sales_totals};
 pub use seq::{LastCall, SeqCheck, check_call, check_seq};
 pub use top_up::{NewTopUp, TopUpDecision, TopUpFacts, decide_top_up, top_up_fingerprint};
