@@ -16,6 +16,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod device_keys;
 pub mod error;
 pub mod grpc;
 pub mod http;

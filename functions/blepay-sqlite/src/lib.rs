@@ -17,6 +17,7 @@
 //! Must not depend on: HTTP, gRPC, protobuf, the AWS SDK.
 
 mod convert;
+mod keys;
 mod ops;
 mod rows;
 mod schema;
@@ -32,7 +33,8 @@ use blepay_store::decide::{
 };
 use blepay_store::{
     Audit, DeviceCall, DeviceCallOutcome, DeviceRecord, DeviceStatus, PayCommand, PayOutcome,
-    RegisterOutcome, ResponseEncoder, Store, StoreError, TopUpOutcome,
+    RegisterOutcome, ResponseEncoder, RevokeOutcome, RotateOutcome, Store, StoreError,
+    TopUpOutcome,
 };
 use rusqlite::{Connection, TransactionBehavior, params};
 
@@ -253,6 +255,26 @@ impl Store for SqliteStore {
     async fn audit(&self) -> Result<Audit, StoreError> {
         self.run(ops::audit).await
     }
+
+    async fn revoke_device(
+        &self,
+        id: DeviceId,
+        reason: &str,
+        now: u64,
+    ) -> Result<RevokeOutcome, StoreError> {
+        let reason = reason.to_owned();
+        self.run(move |c| keys::revoke(c, id, &reason, now)).await
+    }
+
+    async fn rotate_device_key(
+        &self,
+        id: DeviceId,
+        key: &IdempotencyKey,
+        _now: u64,
+    ) -> Result<RotateOutcome, StoreError> {
+        let key = key.clone();
+        self.run(move |c| keys::rotate(c, id, &key)).await
+    }
 }
 
 #[cfg(test)]
@@ -356,6 +378,8 @@ mod tests {
         let retry = DeviceCall {
             device: DeviceId::from_bytes(id),
             key_version: blepay_core::KeyVersion::new(0).unwrap(),
+            key_epoch: blepay_core::KeyEpoch::FIRST,
+            key_update: None,
             seq: 7,
             digest: [7; 32],
             op: blepay_store::DeviceOp::Poll,

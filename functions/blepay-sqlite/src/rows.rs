@@ -6,7 +6,7 @@ use blepay_core::{
     UseCounter, UserId, Wallet,
 };
 use blepay_store::decide::LastCall;
-use blepay_store::{DeviceRecord, DeviceStatus, SavedAnswer, StoreError};
+use blepay_store::{DeviceKeys, DeviceRecord, DeviceStatus, SavedAnswer, StoreError};
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -54,6 +54,7 @@ pub(crate) fn load_device(c: &Connection, id: DeviceId) -> Result<Option<DeviceR
                     },
                     key_version: parse_col(r, 5, KeyVersion::new)?,
                     created_at: r.get(6)?,
+                    keys: DeviceKeys::default(),
                 },
                 last: last_call(r)?,
                 last_seen: r.get(11)?,
@@ -63,7 +64,12 @@ pub(crate) fn load_device(c: &Connection, id: DeviceId) -> Result<Option<DeviceR
         },
     )
     .optional()
-    .map_err(db)
+    .map_err(db)?
+    .map(|mut row| -> Result<DeviceRow, StoreError> {
+        row.record.keys = crate::keys::load_keys(c, id)?.unwrap_or_default();
+        Ok(row)
+    })
+    .transpose()
 }
 
 /// Columns 7 to 10 of [`load_device`]'s row: the last accepted request and its saved answer.

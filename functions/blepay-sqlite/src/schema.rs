@@ -126,6 +126,17 @@ CREATE INDEX ledger_by_kind ON ledger (kind);
     // 4: issue 10 (M4) — the pay rate limit counts a user's sessions opened since the start of the
     // current window.
     "CREATE INDEX sessions_by_user_created ON sessions (user_id, created_at);",
+    // 5: issue 11 — a device's key epoch (0 for every existing device: the key it has), a
+    // rotation pending until the first frame under its key, the last rotation's idempotency
+    // key, and the revocation.
+    r"
+ALTER TABLE devices ADD COLUMN key_epoch INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE devices ADD COLUMN key_pending INTEGER;
+ALTER TABLE devices ADD COLUMN key_rotation_key TEXT;
+ALTER TABLE devices ADD COLUMN key_rotation_epoch INTEGER;
+ALTER TABLE devices ADD COLUMN revoked_at INTEGER;
+ALTER TABLE devices ADD COLUMN revoked_reason TEXT;
+",
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -32,9 +32,9 @@ use blepay_core::{
 };
 
 use crate::{
-    AdvertSignals, Audit, DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, DeviceRecord,
-    DeviceState, PayCommand, PayLimits, PayOutcome, RegisterOutcome, ResponseEncoder, SavedAnswer,
-    Store, TopUpOutcome,
+    AdvertSignals, Audit, DeviceCall, DeviceCallOutcome, DeviceKeys, DeviceOp, DeviceOpResult,
+    DeviceRecord, DeviceState, PayCommand, PayLimits, PayOutcome, RegisterOutcome, ResponseEncoder,
+    SavedAnswer, Store, TopUpOutcome,
 };
 
 /// Expand to one `#[tokio::test]` per conformance check, each on a store from `$factory`
@@ -139,6 +139,7 @@ pub fn dispenser(n: u8) -> DeviceRecord {
         },
         key_version: KeyVersion::new(0).unwrap(),
         created_at: T0 - 1000,
+        keys: DeviceKeys::default(),
     }
 }
 
@@ -190,6 +191,7 @@ pub fn pay_cmd(who: &str, idem: &str, n: u8, use_counter: u16, max: i64, now: u6
         offline_after_secs: OFFLINE_AFTER,
         signals: AdvertSignals::default(),
         limits: ROOMY,
+        key_epoch: blepay_core::KeyEpoch::FIRST,
     }
 }
 
@@ -256,6 +258,8 @@ pub async fn device_call_under(
     let call = DeviceCall {
         device: device_id(n),
         key_version,
+        key_epoch: blepay_core::KeyEpoch::FIRST,
+        key_update: None,
         seq,
         digest,
         op,
@@ -1050,6 +1054,8 @@ pub async fn a_retried_device_call_returns_the_saved_answer_without_running_agai
     let start = DeviceCall {
         device: device_id(1),
         key_version: KeyVersion::new(0).unwrap(),
+        key_epoch: blepay_core::KeyEpoch::FIRST,
+        key_update: None,
         seq: 2,
         digest: digest(2),
         op: DeviceOp::Start { session: s.id },

@@ -4,12 +4,14 @@
 //!
 //! - `attempts.rs`: the retry loop and the single requests (transact, get, batch/transact get);
 //! - `expiry.rs`: expiring overdue sessions and closing holds;
-//! - `reads.rs`, `top_up.rs`, `pay.rs`, `device_call.rs`, `audit.rs`: one operation each.
+//! - `reads.rs`, `top_up.rs`, `pay.rs`, `device_call.rs`, `audit.rs`, `keys.rs` (revoke,
+//!   rotate): one operation each.
 
 mod attempts;
 mod audit;
 mod device_call;
 mod expiry;
+mod keys;
 mod pay;
 mod reads;
 mod top_up;
@@ -22,7 +24,8 @@ use blepay_core::{
 };
 use blepay_store::{
     Audit, DeviceCall, DeviceCallOutcome, DeviceRecord, DeviceStatus, PayCommand, PayOutcome,
-    RegisterOutcome, ResponseEncoder, Store, StoreError, TopUpOutcome,
+    RegisterOutcome, ResponseEncoder, RevokeOutcome, RotateOutcome, Store, StoreError,
+    TopUpOutcome,
 };
 
 use crate::DynamoStore;
@@ -133,5 +136,23 @@ impl Store for DynamoStore {
 
     async fn audit(&self) -> Result<Audit, StoreError> {
         self.retrying(|| self.audit_once()).await
+    }
+
+    async fn revoke_device(
+        &self,
+        id: DeviceId,
+        reason: &str,
+        now: u64,
+    ) -> Result<RevokeOutcome, StoreError> {
+        self.retrying(|| self.revoke_once(id, reason, now)).await
+    }
+
+    async fn rotate_device_key(
+        &self,
+        id: DeviceId,
+        key: &IdempotencyKey,
+        _now: u64,
+    ) -> Result<RotateOutcome, StoreError> {
+        self.retrying(|| self.rotate_once(id, key)).await
     }
 }

@@ -12,10 +12,13 @@
 //! - [`decide_session_op`]: a start's, press's or report's result and what it changes (lazy
 //!   expiry and timeout, the late-report rule).
 //! - [`decide_top_up`]: a top-up's answer (a retry, the lifetime money bound) and its credit.
+//! - [`decide_revoke`], [`decide_rotate`], [`rotation_completes`]: a device key's revocation and
+//!   rotation (docs/protocol.md §1.1).
 //! - [`AuditTally`]: the reconciliation totals, with checked arithmetic.
 
 mod audit;
 mod device_op;
+mod keys;
 mod pay;
 mod seq;
 mod top_up;
@@ -23,6 +26,10 @@ mod top_up;
 pub use audit::AuditTally;
 pub use device_op::{
     SessionChange, SessionOpDecision, SessionOpFacts, decide_session_op, needs_wallet,
+};
+pub use keys::{
+    RevokeDecision, RotateDecision, completed, decide_revoke, decide_rotate, rotation_completes,
+    rotation_epoch,
 };
 pub use pay::{NewPay, PayDecision, PayFacts, PayFingerprint, PriorPay, decide_pay};
 pub use seq::{LastCall, SeqCheck, check_call, check_seq};

@@ -104,6 +104,9 @@ pub enum PayDecision {
 /// Decide a pay from the facts the store gathered.
 ///
 /// Precedence, first match wins:
+/// 0. [`PayOutcome::KeyRefused`]: the machine is registered and does not accept the key epoch the
+///    advert verified under (revoked, or rotated away): the advert is answered as forged, before
+///    anything else, retries included;
 /// 1. [`PayOutcome::BelowUnitPrice`]: the machine is registered and one unit costs more than
 ///    `max_amount` (no retry or later state can make this pay valid);
 /// 2. a record under the key: [`PayOutcome::Replayed`] with its session when the fingerprint
@@ -130,6 +133,9 @@ pub fn decide_pay(facts: &PayFacts<'_>) -> Result<PayDecision, StoreError> {
     use PayDecision::Answer;
     let cmd = facts.cmd;
     if let Some(device) = facts.device {
+        if device.device.keys.key_use(cmd.key_epoch) == crate::KeyUse::Refused {
+            return Ok(Answer(PayOutcome::KeyRefused));
+        }
         let tariff = &device.device.tariff;
         if tariff.price_per_unit > cmd.max_amount {
             return Ok(Answer(PayOutcome::BelowUnitPrice {
@@ -225,6 +231,7 @@ mod tests {
             offline_after_secs: 300,
             signals: crate::AdvertSignals::default(),
             limits: crate::PayLimits::DEFAULT,
+            key_epoch: blepay_core::KeyEpoch::FIRST,
         }
     }
 
@@ -240,6 +247,7 @@ mod tests {
                 },
                 key_version: KeyVersion::new(0).unwrap(),
                 created_at: NOW - 1000,
+                keys: crate::DeviceKeys::default(),
             },
             last_seen,
             open_session: open,
