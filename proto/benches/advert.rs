@@ -69,7 +69,14 @@ fn advert_benches(c: &mut Criterion) {
     });
     let master = MasterKey::from_bytes(key_bytes());
     g.bench_function("derive_device_key", |b| {
-        b.iter(|| derive_device_key(black_box(&master), kv(), black_box(device())));
+        b.iter(|| {
+            derive_device_key(
+                black_box(&master),
+                kv(),
+                black_box(device()),
+                blepay_core::KeyEpoch::FIRST,
+            )
+        });
     });
     g.finish();
 }

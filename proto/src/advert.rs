@@ -289,6 +289,7 @@ mod tests {
             &MasterKey::from_bytes(b),
             KeyVersion::new(0).unwrap(),
             DeviceId::from_bytes([1, 2, 3, 4, 5, 6, 7, 8]),
+            blepay_core::KeyEpoch::FIRST,
         )
     }
 

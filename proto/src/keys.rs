@@ -1,11 +1,14 @@
 //! Secret key types and the device-key derivation.
 //!
-//! `device_key = HMAC-SHA256(master_key, "blepay/v1/device-key" || key_version (1 byte) || device_id (8 bytes))`.
+//! `device_key = HMAC-SHA256(master_key, "blepay/v1/device-key" || key_version (1 byte) || device_id (8 bytes) [|| key_epoch (4 bytes)])`
+//! — the epoch bytes only for epochs above 0, so epoch 0 is the key every device had before
+//! epochs existed (docs/protocol.md §1). A rotated key reaches the machine wrapped under its
+//! current key ([`wrap_device_key`]).
 
 use alloc::string::String;
 use core::fmt;
 
-use blepay_core::{DeviceId, KeyVersion};
+use blepay_core::{DeviceId, KeyEpoch, KeyVersion};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -14,6 +17,9 @@ pub(crate) type HmacSha256 = Hmac<Sha256>;
 
 /// Domain separation label of the device-key derivation.
 pub const DEVICE_KEY_LABEL: &[u8] = b"blepay/v1/device-key";
+
+/// Domain separation label of the key wrap (a rotated key carried in an answer frame).
+pub const KEY_WRAP_LABEL: &[u8] = b"blepay/v1/key-wrap";
 
 /// Why a hex key could not be parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -112,14 +118,74 @@ pub(crate) fn hmac_with(key: &[u8; 32]) -> HmacSha256 {
     mac
 }
 
-/// Derives a machine's key:
-/// `HMAC-SHA256(master, "blepay/v1/device-key" || key_version (1 byte) || device_id (8 bytes))`.
-pub fn derive_device_key(master: &MasterKey, version: KeyVersion, device: DeviceId) -> DeviceKey {
+/// Derives a machine's key at key epoch `epoch`:
+/// `HMAC-SHA256(master, "blepay/v1/device-key" || key_version (1 byte) || device_id (8 bytes)
+/// [|| epoch (4 bytes, big-endian)])`. The epoch bytes are appended only for epochs above 0, so
+/// epoch 0 derives the key devices were provisioned with before epochs existed. A pure function.
+pub fn derive_device_key(
+    master: &MasterKey,
+    version: KeyVersion,
+    device: DeviceId,
+    epoch: KeyEpoch,
+) -> DeviceKey {
     let mut mac = hmac_with(master.expose_bytes());
     mac.update(DEVICE_KEY_LABEL);
     mac.update(&[version.get()]);
     mac.update(device.as_bytes());
+    if epoch != KeyEpoch::FIRST {
+        mac.update(&epoch.get().to_be_bytes());
+    }
     DeviceKey(mac.finalize().into_bytes().into())
+}
+
+/// The pad that wraps the key of epoch `epoch` under the device's current key:
+/// `HMAC-SHA256(current, "blepay/v1/key-wrap" || epoch (4 bytes) || device_id (8 bytes))`.
+fn wrap_pad(current: &DeviceKey, device: DeviceId, epoch: KeyEpoch) -> [u8; 32] {
+    let mut mac = hmac_with(current.expose_bytes());
+    mac.update(KEY_WRAP_LABEL);
+    mac.update(&epoch.get().to_be_bytes());
+    mac.update(device.as_bytes());
+    mac.finalize().into_bytes().into()
+}
+
+/// Wraps `next` (the key of epoch `epoch`) so only the holder of `current` can recover it:
+/// `next XOR HMAC-SHA256(current, "blepay/v1/key-wrap" || epoch (4 bytes) || device_id)`. The pad
+/// is used for one key only (it depends on the epoch), and the answer frame that carries the
+/// wrapped key is tagged under `current`, which authenticates it.
+pub fn wrap_device_key(
+    current: &DeviceKey,
+    device: DeviceId,
+    epoch: KeyEpoch,
+    next: &DeviceKey,
+) -> [u8; 32] {
+    let mut pad = wrap_pad(current, device, epoch);
+    let mut out = [0u8; 32];
+    for ((o, p), k) in out
+        .iter_mut()
+        .zip(pad.iter())
+        .zip(next.expose_bytes().iter())
+    {
+        *o = p ^ k;
+    }
+    pad.zeroize();
+    out
+}
+
+/// Recovers the key of epoch `epoch` from `wrapped` with the device's current key (the inverse
+/// of [`wrap_device_key`]).
+pub fn unwrap_device_key(
+    current: &DeviceKey,
+    device: DeviceId,
+    epoch: KeyEpoch,
+    wrapped: &[u8; 32],
+) -> DeviceKey {
+    let mut pad = wrap_pad(current, device, epoch);
+    let mut out = [0u8; 32];
+    for ((o, p), w) in out.iter_mut().zip(pad.iter()).zip(wrapped.iter()) {
+        *o = p ^ w;
+    }
+    pad.zeroize();
+    DeviceKey(out)
 }
 
 #[cfg(test)]
@@ -140,6 +206,7 @@ mod tests {
             &test_master(),
             KeyVersion::new(0).unwrap(),
             DeviceId::from_bytes([1, 2, 3, 4, 5, 6, 7, 8]),
+            KeyEpoch::FIRST,
         );
         assert_eq!(
             key.expose_hex(),
@@ -151,15 +218,39 @@ mod tests {
     fn different_versions_and_devices_get_different_keys() {
         let master = test_master();
         let device = DeviceId::from_bytes([1, 2, 3, 4, 5, 6, 7, 8]);
-        let v0 = derive_device_key(&master, KeyVersion::new(0).unwrap(), device);
-        let v1 = derive_device_key(&master, KeyVersion::new(1).unwrap(), device);
+        let e0 = KeyEpoch::FIRST;
+        let v0 = derive_device_key(&master, KeyVersion::new(0).unwrap(), device, e0);
+        let v1 = derive_device_key(&master, KeyVersion::new(1).unwrap(), device, e0);
         let other = derive_device_key(
             &master,
             KeyVersion::new(0).unwrap(),
             DeviceId::from_bytes([0; 8]),
+            e0,
+        );
+        let e1 = derive_device_key(
+            &master,
+            KeyVersion::new(0).unwrap(),
+            device,
+            KeyEpoch::new(1),
         );
         assert_ne!(v0.expose_bytes(), v1.expose_bytes());
         assert_ne!(v0.expose_bytes(), other.expose_bytes());
+        assert_ne!(v0.expose_bytes(), e1.expose_bytes());
+    }
+
+    #[test]
+    fn a_wrapped_key_unwraps_only_with_the_current_key() {
+        let master = test_master();
+        let device = DeviceId::from_bytes([1, 2, 3, 4, 5, 6, 7, 8]);
+        let v = KeyVersion::new(0).unwrap();
+        let current = derive_device_key(&master, v, device, KeyEpoch::FIRST);
+        let next = derive_device_key(&master, v, device, KeyEpoch::new(1));
+        let wrapped = wrap_device_key(&current, device, KeyEpoch::new(1), &next);
+        assert_ne!(&wrapped, next.expose_bytes());
+        let back = unwrap_device_key(&current, device, KeyEpoch::new(1), &wrapped);
+        assert_eq!(back.expose_bytes(), next.expose_bytes());
+        let wrong = unwrap_device_key(&next, device, KeyEpoch::new(1), &wrapped);
+        assert_ne!(wrong.expose_bytes(), next.expose_bytes());
     }
 
     #[test]

@@ -40,7 +40,9 @@ pub use advert::{Advert, AdvertError, AdvertFlags, DEFAULT_COMPANY_ID};
 pub use frame::{
     FrameError, RequestFrame, ResponseFrame, open_response, seal_request, seal_response,
 };
-pub use keys::{DeviceKey, KeyParseError, MasterKey, derive_device_key};
+pub use keys::{
+    DeviceKey, KeyParseError, MasterKey, derive_device_key, unwrap_device_key, wrap_device_key,
+};
 
 /// Generated protobuf code for `proto/blepay/v1/blepay.proto`.
 pub mod pb {

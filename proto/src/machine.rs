@@ -551,3 +551,80 @@ impl Answer {
         Ok(Self::from_pb(to, &r))
     }
 }
+
+/// A rotated device key carried in an answer (docs/protocol.md §1.1): the key of `epoch`,
+/// wrapped under the key the answer frame is tagged with ([`crate::wrap_device_key`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyUpdate {
+    /// The new key's epoch.
+    pub epoch: blepay_core::KeyEpoch,
+    /// The new key XOR the wrap pad.
+    pub wrapped: [u8; 32],
+}
+
+impl core::fmt::Debug for KeyUpdate {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("KeyUpdate")
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an answer's key update is unusable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyUpdateError {
+    /// The wrapped key is not 32 bytes.
+    #[error("a wrapped key is 32 bytes, got {len}")]
+    WrappedLength {
+        /// The length that was sent.
+        len: usize,
+    },
+    /// Epoch 0 is the first key; it is never delivered.
+    #[error("a key update names epoch 0")]
+    EpochZero,
+}
+
+impl KeyUpdate {
+    /// The wire message.
+    pub fn to_pb(&self) -> pb::KeyUpdate {
+        pb::KeyUpdate {
+            epoch: self.epoch.get(),
+            wrapped_key: self.wrapped.to_vec(),
+        }
+    }
+
+    /// Read the wire message.
+    ///
+    /// # Errors
+    /// A wrapped key that is not 32 bytes, or epoch 0.
+    pub fn from_pb(k: &pb::KeyUpdate) -> Result<Self, KeyUpdateError> {
+        if k.epoch == 0 {
+            return Err(KeyUpdateError::EpochZero);
+        }
+        let wrapped = <[u8; 32]>::try_from(k.wrapped_key.as_slice()).map_err(|_| {
+            KeyUpdateError::WrappedLength {
+                len: k.wrapped_key.len(),
+            }
+        })?;
+        Ok(Self {
+            epoch: blepay_core::KeyEpoch::new(k.epoch),
+            wrapped,
+        })
+    }
+
+    /// The key update an answer body carries, if any (`None` when the body does not decode or
+    /// carries none).
+    pub fn from_body(body: &[u8]) -> Option<Result<Self, KeyUpdateError>> {
+        let r = pb::DeviceResponse::decode(body).ok()?;
+        r.key_update.as_ref().map(Self::from_pb)
+    }
+}
+
+impl Answer {
+    /// The answer body bytes with a key update attached (only while a rotation is pending).
+    pub fn encode_with(&self, key_update: Option<&KeyUpdate>) -> Vec<u8> {
+        let mut pb = self.to_pb();
+        pb.key_update = key_update.map(KeyUpdate::to_pb);
+        pb.encode_to_vec()
+    }
+}

@@ -81,6 +81,7 @@ fn arb_response() -> impl Strategy<Value = DeviceResponse> {
                 amount,
                 error_code,
                 error_message,
+                key_update: None,
             },
         )
 }
@@ -93,6 +94,7 @@ proptest! {
         let _ = PayRequest::decode(bytes.as_slice());
         let _ = VerifyRequest::decode(bytes.as_slice());
         let _ = DeviceFrame::decode(bytes.as_slice());
+        let _ = blepay_proto::machine::KeyUpdate::from_body(bytes.as_slice());
     }
 
     #[test]

@@ -6,10 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use blepay_core::{DeviceId, KeyVersion, Slot, UseCounter};
+use blepay_core::{DeviceId, KeyEpoch, KeyVersion, Slot, UseCounter};
 use blepay_proto::{
     Advert, AdvertFlags, DEFAULT_COMPANY_ID, MasterKey, RequestFrame, derive_device_key,
-    open_response, seal_request, seal_response,
+    open_response, seal_request, seal_response, unwrap_device_key, wrap_device_key,
 };
 
 fn published_vectors() -> BTreeMap<String, String> {
@@ -56,7 +56,7 @@ fn the_published_vectors_match_the_code() {
     let master = MasterKey::from_bytes(v.bytes("master_key").try_into().unwrap());
     let key_version = KeyVersion::new(v.num("key_version")).unwrap();
     let device = DeviceId::from_bytes(v.bytes("device_id").try_into().unwrap());
-    let device_key = derive_device_key(&master, key_version, device);
+    let device_key = derive_device_key(&master, key_version, device, KeyEpoch::FIRST);
     assert_eq!(device_key.expose_hex(), v.get("device_key"), "device_key");
 
     let advert = Advert::sign(
@@ -145,7 +145,7 @@ fn the_press_and_heartbeat_vectors_match_the_code() {
     let master = MasterKey::from_bytes(v.bytes("master_key").try_into().unwrap());
     let key_version = KeyVersion::new(v.num("key_version")).unwrap();
     let device = DeviceId::from_bytes(v.bytes("device_id").try_into().unwrap());
-    let key = derive_device_key(&master, key_version, device);
+    let key = derive_device_key(&master, key_version, device, KeyEpoch::FIRST);
     let mut wrong = Vec::new();
     let mut check = |name: &str, actual: &[u8]| {
         if v.0.get(name).map(String::as_str) != Some(hex::encode(actual).as_str()) {
@@ -224,6 +224,71 @@ fn the_press_and_heartbeat_vectors_match_the_code() {
             .flags
             .contains(AdvertFlags::LINK_DOWN)
     );
+    assert!(
+        wrong.is_empty(),
+        "docs/protocol.md vectors differ:\n{}",
+        wrong.join("\n")
+    );
+}
+
+/// §4.2: the key of epoch 1, its wrap under the epoch-0 key, the heartbeat ack carrying it, and
+/// the next heartbeat sealed under the new key (then an advert under it).
+#[test]
+fn the_key_rotation_vectors_match_the_code() {
+    use blepay_proto::machine::{Answer, KeyUpdate};
+
+    let v = Vectors(published_vectors());
+    let master = MasterKey::from_bytes(v.bytes("master_key").try_into().unwrap());
+    let key_version = KeyVersion::new(v.num("key_version")).unwrap();
+    let device = DeviceId::from_bytes(v.bytes("device_id").try_into().unwrap());
+    let epoch = KeyEpoch::new(v.num("rotated_epoch"));
+    let current = derive_device_key(&master, key_version, device, KeyEpoch::FIRST);
+    let next = derive_device_key(&master, key_version, device, epoch);
+    let mut wrong = Vec::new();
+    let mut check = |name: &str, actual: &[u8]| {
+        if v.0.get(name).map(String::as_str) != Some(hex::encode(actual).as_str()) {
+            wrong.push(format!("{name} = {}", hex::encode(actual)));
+        }
+    };
+    check("rotated_device_key", next.expose_bytes());
+    let wrapped = wrap_device_key(&current, device, epoch, &next);
+    check("wrapped_key", &wrapped);
+    assert_eq!(
+        unwrap_device_key(&current, device, epoch, &wrapped).expose_bytes(),
+        next.expose_bytes()
+    );
+    let update = KeyUpdate { epoch, wrapped };
+    let body = Answer::Ack.encode_with(Some(&update));
+    check("key_update_ack_body", &body);
+    let heartbeat_frame = v.bytes("heartbeat_frame");
+    let heartbeat_tag = RequestFrame::parse(&heartbeat_frame).unwrap().tag();
+    let ack = seal_response(
+        &current,
+        &heartbeat_tag,
+        v.num("heartbeat_seq"),
+        v.num("ack_server_time"),
+        &body,
+    );
+    check("key_update_ack_frame", &ack);
+    let opened = open_response(&current, &heartbeat_tag, &ack).unwrap();
+    assert_eq!(KeyUpdate::from_body(&opened.body), Some(Ok(update)));
+    let after = seal_request(
+        &next,
+        key_version,
+        device,
+        v.num("rotated_heartbeat_seq"),
+        &v.bytes("heartbeat_body"),
+    );
+    check("rotated_heartbeat_frame", &after);
+    let advert = Advert::sign(
+        &next,
+        key_version,
+        device,
+        Slot::new(v.num("slot")),
+        UseCounter::new(v.num("use_counter")),
+        AdvertFlags::from_bits(v.num("flags")).unwrap(),
+    );
+    check("rotated_payload", &advert.encode());
     assert!(
         wrong.is_empty(),
         "docs/protocol.md vectors differ:\n{}",

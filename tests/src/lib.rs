@@ -267,6 +267,7 @@ pub fn device_key_for(device_id: &str) -> DeviceKey {
         &MasterKey::from_bytes(MASTER_KEY),
         KeyVersion::new(0).expect("key version"),
         DeviceId::parse(device_id).expect("device id"),
+        blepay_core::KeyEpoch::FIRST,
     )
 }
 

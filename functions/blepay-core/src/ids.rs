@@ -140,6 +140,39 @@ impl fmt::Display for KeyVersion {
     }
 }
 
+/// A device's key epoch: how many times its key was rotated. It enters the device-key
+/// derivation (docs/protocol.md §1); epoch 0 (every device registered before epochs existed)
+/// derives exactly the key the derivation without an epoch gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct KeyEpoch(u32);
+
+impl KeyEpoch {
+    /// The epoch of a freshly registered device.
+    pub const FIRST: Self = Self(0);
+
+    pub const fn new(v: u32) -> Self {
+        Self(v)
+    }
+
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+
+    /// The epoch after this one, `None` once the u32 space is used up.
+    pub const fn next(self) -> Option<Self> {
+        match self.0.checked_add(1) {
+            Some(v) => Some(Self(v)),
+            None => None,
+        }
+    }
+}
+
+impl fmt::Display for KeyEpoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// A 30-second time slot: `floor(unix_seconds / 30)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Slot(u32);

@@ -16,8 +16,8 @@ pub mod telemetry;
 pub mod wallet;
 
 pub use ids::{
-    DeviceId, DeviceName, IdParseError, IdempotencyKey, KeyVersion, SessionId, Slot, UseCounter,
-    UserId,
+    DeviceId, DeviceName, IdParseError, IdempotencyKey, KeyEpoch, KeyVersion, SessionId, Slot,
+    UseCounter, UserId,
 };
 pub use money::{Amount, Currency, MoneyError, Tariff, UnitName, Units, units_for_hold};
 pub use session::{

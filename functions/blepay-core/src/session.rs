@@ -252,6 +252,35 @@ impl Session {
         })
     }
 
+    /// Close an open session now because its machine's key was revoked (no report under the
+    /// old key can ever reach it): an AUTHORIZED one is voided (EXPIRED, ended `now`, the whole
+    /// hold released); an ACTIVE one is SETTLED at its last reported units as a timeout settles
+    /// it (closed by [`CloseReason::Timeout`], ended `now`, the rest of the hold released).
+    /// `None` for a session that is not open.
+    pub fn close_for_revocation(&mut self, now: u64) -> Option<Settlement> {
+        match self.status {
+            SessionStatus::Authorized => {
+                self.status = SessionStatus::Expired;
+                self.ended_at = Some(now);
+                Some(Settlement {
+                    hold: self.hold,
+                    capture: Amount::ZERO,
+                })
+            }
+            SessionStatus::Active => {
+                self.amount = self.tariff.capture_for(self.units, self.hold);
+                self.status = SessionStatus::Settled;
+                self.closed_by = Some(CloseReason::Timeout);
+                self.ended_at = Some(now);
+                Some(Settlement {
+                    hold: self.hold,
+                    capture: self.amount,
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// A final report of `units` that reached a session the server closed by timeout
     /// (docs/sessions.md): units below the ones it was settled at, or other units than an earlier
     /// late report, are [`SessionError::ReportConflict`]; the same late report again is

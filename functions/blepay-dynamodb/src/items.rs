@@ -11,12 +11,14 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
 use blepay_core::{
-    Amount, CloseReason, Currency, DeviceId, DeviceName, EntryKind, IdempotencyKey, KeyVersion,
-    LateReport, LedgerAccount, LedgerEntry, Session, SessionId, SessionStatus, Slot, Tariff,
-    Telemetry, UnitName, Units, UseCounter, UserId, Wallet,
+    Amount, CloseReason, Currency, DeviceId, DeviceName, EntryKind, IdempotencyKey, KeyEpoch,
+    KeyVersion, LateReport, LedgerAccount, LedgerEntry, Session, SessionId, SessionStatus, Slot,
+    Tariff, Telemetry, UnitName, Units, UseCounter, UserId, Wallet,
 };
 use blepay_store::decide::LastCall;
-use blepay_store::{DeviceRecord, DeviceStatus, SavedAnswer, ServiceState, StoreError};
+use blepay_store::{
+    DeviceKeys, DeviceRecord, DeviceStatus, Revocation, SavedAnswer, ServiceState, StoreError,
+};
 
 pub(crate) type Item = HashMap<String, AttributeValue>;
 
@@ -270,6 +272,7 @@ pub(crate) fn device_from_item(item: &Item) -> Result<DeviceItem, StoreError> {
                 None => ServiceState::InService,
                 Some(v) => ServiceState::parse(v).ok_or_else(|| corrupt("device", "service"))?,
             },
+            keys: keys_from_item(item)?,
         },
         last_seq: opt_n(item, "last_seq")?,
         last_digest: opt_b(item, "last_digest")?.map(<[u8]>::to_vec),
@@ -288,6 +291,53 @@ pub(crate) fn device_from_item(item: &Item) -> Result<DeviceItem, StoreError> {
             .transpose()?,
         telemetry_at: opt_n(item, "telemetry_at")?,
     })
+}
+
+/// A device item's key state: `key_epoch` (N, absent = 0: items written before epochs existed),
+/// `key_pending` (N), `key_rotation_key` (S) with `key_rotation_epoch` (N), `revoked_at` (N) with
+/// `revoked_reason` (S).
+fn keys_from_item(item: &Item) -> Result<DeviceKeys, StoreError> {
+    let last_rotation = match (
+        opt_s(item, "key_rotation_key")?,
+        opt_n::<u32>(item, "key_rotation_epoch")?,
+    ) {
+        (Some(k), Some(e)) => Some((
+            IdempotencyKey::parse(k).map_err(|_| corrupt("device", "key_rotation_key"))?,
+            KeyEpoch::new(e),
+        )),
+        _ => None,
+    };
+    Ok(DeviceKeys {
+        epoch: KeyEpoch::new(opt_n(item, "key_epoch")?.unwrap_or(0)),
+        pending: opt_n(item, "key_pending")?.map(KeyEpoch::new),
+        last_rotation,
+        revoked: opt_n(item, "revoked_at")?
+            .map(|at| -> Result<Revocation, StoreError> {
+                Ok(Revocation {
+                    at,
+                    reason: opt_s(item, "revoked_reason")?.unwrap_or("").to_owned(),
+                })
+            })
+            .transpose()?,
+    })
+}
+
+/// Conditions a device update on the key state `keys` it was decided from: not revoked (every
+/// write that acts for a device requires that), the same epoch, the same pending rotation.
+pub(crate) fn keys_cond(upd: Upd, keys: &DeviceKeys) -> Upd {
+    let upd = upd.cond("attribute_not_exists(revoked_at)");
+    let upd = if keys.epoch == KeyEpoch::FIRST {
+        upd.cond("attribute_not_exists(key_epoch) OR key_epoch = :key_epoch_read")
+    } else {
+        upd.cond("key_epoch = :key_epoch_read")
+    }
+    .val(":key_epoch_read", n(keys.epoch.get()));
+    match keys.pending {
+        Some(p) => upd
+            .cond("key_pending = :key_pending_read")
+            .val(":key_pending_read", n(p.get())),
+        None => upd.cond("attribute_not_exists(key_pending)"),
+    }
 }
 
 /// A heartbeat's telemetry as the device item's `telemetry` map.
@@ -732,6 +782,7 @@ mod tests {
             key_version: KeyVersion::new(0).unwrap(),
             created_at: 0,
             service_state: ServiceState::InService,
+            keys: DeviceKeys::default(),
         }
     }
 

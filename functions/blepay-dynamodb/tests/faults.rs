@@ -83,6 +83,8 @@ async fn a_final_report_that_keeps_being_throttled_is_unavailable_and_can_be_ret
     let call = blepay_store::DeviceCall {
         device: device_id(1),
         key_version: blepay_core::KeyVersion::new(0).unwrap(),
+        key_epoch: blepay_core::KeyEpoch::FIRST,
+        key_update: None,
         seq: 3,
         digest: digest(3),
         op: last.clone(),

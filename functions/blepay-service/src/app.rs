@@ -5,13 +5,13 @@
 use std::sync::Arc;
 
 use blepay_core::{
-    Amount, CloseReason, Currency, DeviceId, DeviceName, IdempotencyKey, Session, SessionError,
-    SessionId, SessionStatus, Slot, Tariff, Telemetry, UnitName, UserId, Wallet,
+    Amount, CloseReason, Currency, DeviceId, DeviceName, IdempotencyKey, KeyEpoch, Session,
+    SessionError, SessionId, SessionStatus, Slot, Tariff, Telemetry, UnitName, UserId, Wallet,
 };
 use blepay_proto::machine::{self, RefusalCode};
 use blepay_proto::pb::v1 as pb;
 use blepay_proto::{
-    Advert, AdvertError, AdvertFlags, FrameError, RequestFrame, derive_device_key, seal_response,
+    Advert, AdvertError, AdvertFlags, RequestFrame, derive_device_key, seal_response,
 };
 use blepay_store::{
     AdvertSignals, DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, DeviceRecord,
@@ -161,9 +161,8 @@ impl App {
     /// INVALID_ARGUMENT, ADVERT_INVALID, ADVERT_STALE, DEVICE_UNKNOWN, RETRY_LATER.
     pub async fn verify(&self, req: pb::VerifyRequest) -> Result<pb::VerifyResponse, ApiError> {
         let now = self.now();
-        let advert = self.authentic_advert(&req.advert)?;
+        let (advert, status, _) = self.authentic_advert(&req.advert, now).await?;
         check_fresh(&advert, now)?;
-        let status = self.device_for_advert(&advert, now).await?;
         let state = status.state(now, self.config().offline_after_secs, signals(&advert));
         let d = &status.device;
         Ok(pb::VerifyResponse {
@@ -193,7 +192,10 @@ impl App {
             .map_err(|e| ApiError::invalid(format!("idempotencyKey: {e}")))?;
         let max_amount = Amount::positive(req.max_amount)
             .map_err(|e| ApiError::invalid(format!("maxAmount: {e}")))?;
-        let advert = self.authentic_advert(&req.advert)?;
+        // The tag is checked under the keys the device accepts (its key epoch, a pending
+        // rotation's; none once revoked), so the device is read first; DEVICE_UNKNOWN and a
+        // retired key version come before anything else too. The store checks the epoch again.
+        let (advert, _, key_epoch) = self.authentic_advert(&req.advert, now).await?;
         let cmd = PayCommand {
             user: user.clone(),
             key,
@@ -208,6 +210,7 @@ impl App {
             signals: signals(&advert),
             limits: store_limits(self.config().pay_limits),
             daily_limit: self.config().pay_limits.daily_limit(),
+            key_epoch,
         };
         if let Err(stale) = check_fresh(&advert, now) {
             // A retry of an earlier pay may carry the advert it was made with: answer it.
@@ -216,8 +219,6 @@ impl App {
                 _ => Err(stale),
             };
         }
-        // DEVICE_UNKNOWN and a retired key version come first; the store decides the rest.
-        self.device_for_advert(&advert, now).await?;
         match self.inner.store.pay(&cmd).await? {
             PayOutcome::Created(s) => {
                 tracing::info!(session = %s.id, device = %s.device_id, hold = %s.hold, "session authorized");
@@ -262,6 +263,7 @@ impl App {
                 format!("available balance {available} is below maxAmount {max_amount}"),
             )),
             PayOutcome::KeyReused => Err(key_reused()),
+            PayOutcome::KeyRefused => Err(advert_not_authentic()),
             PayOutcome::TooManyUnstarted { max } => Err(ApiError::new(
                 ErrorCode::TooManyUnstarted,
                 format!(
@@ -345,6 +347,7 @@ impl App {
             key_version,
             created_at: self.now(),
             service_state: blepay_store::ServiceState::InService,
+            keys: blepay_store::DeviceKeys::default(),
         };
         match self
             .inner
@@ -366,7 +369,9 @@ impl App {
                 Ok(pb::RegisterDeviceResponse {
                     device_id: id.to_string(),
                     key_version: u32::from(key_version.get()),
-                    device_key: derive_device_key(master, key_version, id).expose_hex(),
+                    device_key: derive_device_key(master, key_version, id, KeyEpoch::FIRST)
+                        .expose_hex(),
+                    key_epoch: KeyEpoch::FIRST.get(),
                 })
             }
             RegisterOutcome::Exists => Err(ApiError::new(
@@ -482,16 +487,12 @@ impl App {
     pub async fn device_exchange(&self, bytes: &[u8]) -> Result<DeviceAnswer, ApiError> {
         let frame = RequestFrame::parse(bytes)
             .map_err(|e| ApiError::new(ErrorCode::FrameInvalid, e.to_string()))?;
-        let master = self
-            .config()
-            .keyring
-            .get(frame.key_version())
-            .ok_or_else(frame_not_authentic)?;
-        let key = derive_device_key(master, frame.key_version(), frame.device_id());
-        frame.verify(&key).map_err(|e| match e {
-            FrameError::BadTag => frame_not_authentic(),
-            other => ApiError::new(ErrorCode::FrameInvalid, other.to_string()),
-        })?;
+        let crate::device_keys::FrameKeys {
+            key_epoch,
+            key,
+            key_update,
+            wrapped,
+        } = self.frame_keys(&frame).await?;
         let now = self.now();
         let tag = frame.tag();
         let seal = |body: &[u8]| seal_response(&key, &tag, frame.seq(), now, body);
@@ -505,6 +506,8 @@ impl App {
         let call = DeviceCall {
             device: frame.device_id(),
             key_version: frame.key_version(),
+            key_epoch,
+            key_update,
             seq: frame.seq(),
             digest: Sha256::digest(bytes).into(),
             op,
@@ -519,7 +522,13 @@ impl App {
         let encoder: ResponseEncoder = Arc::new(move |r: &DeviceOpResult| {
             let answer = device_answer(r, active_timeout);
             SavedAnswer {
-                frame: seal_response(&enc_key, &tag, seq, now, &answer.encode()),
+                frame: seal_response(
+                    &enc_key,
+                    &tag,
+                    seq,
+                    now,
+                    &answer.encode_with(wrapped.as_ref()),
+                ),
                 code: answer.refusal().map(|f| f.code.as_str().to_owned()),
             }
         });
@@ -569,7 +578,16 @@ impl App {
     // ----------------------------------------------------------------------------------------
 
     /// Parse an advert and check its tag against the key derived for it.
-    fn authentic_advert(&self, bytes: &[u8]) -> Result<Advert, ApiError> {
+    /// Parse an advert, read its device and check the tag under the key epochs the device
+    /// accepts ([`blepay_store::DeviceKeys::accepted`]: none once revoked, so a revoked device's
+    /// advert is answered exactly as a forged one). An unregistered device's advert is checked
+    /// under epoch 0 (DEVICE_UNKNOWN only for a correctly tagged one); a retired key version is
+    /// ADVERT_INVALID. Answers the advert, the device and the epoch its tag verified under.
+    async fn authentic_advert(
+        &self,
+        bytes: &[u8],
+        now: u64,
+    ) -> Result<(Advert, DeviceStatus, KeyEpoch), ApiError> {
         let advert = Advert::parse(bytes).map_err(|e| match e {
             AdvertError::WrongLength { .. } => ApiError::invalid(format!("advert: {e}")),
             _ => ApiError::new(ErrorCode::AdvertInvalid, e.to_string()),
@@ -579,27 +597,41 @@ impl App {
             .keyring
             .get(advert.key_version)
             .ok_or_else(|| ApiError::new(ErrorCode::AdvertInvalid, "unknown key version"))?;
-        let key = derive_device_key(master, advert.key_version, advert.device_id);
-        advert
-            .verify(&key)
-            .map_err(|_| ApiError::new(ErrorCode::AdvertInvalid, "advert tag does not verify"))?;
-        Ok(advert)
-    }
-
-    async fn device_for_advert(&self, advert: &Advert, now: u64) -> Result<DeviceStatus, ApiError> {
-        let status = self
+        let verifies = |epoch: KeyEpoch| {
+            advert
+                .verify(&derive_device_key(
+                    master,
+                    advert.key_version,
+                    advert.device_id,
+                    epoch,
+                ))
+                .is_ok()
+        };
+        let Some(status) = self
             .inner
             .store
             .device_status(advert.device_id, now)
             .await?
-            .ok_or_else(|| device_unknown(advert.device_id))?;
+        else {
+            return Err(if verifies(KeyEpoch::FIRST) {
+                device_unknown(advert.device_id)
+            } else {
+                advert_not_authentic()
+            });
+        };
+        let epoch = status
+            .device
+            .keys
+            .accepted()
+            .find(|e| verifies(*e))
+            .ok_or_else(advert_not_authentic)?;
         if status.device.key_version != advert.key_version {
             return Err(ApiError::new(
                 ErrorCode::AdvertInvalid,
                 "advert signed with a retired key version",
             ));
         }
-        Ok(status)
+        Ok((advert, status, epoch))
     }
 
     async fn session(&self, id: &str) -> Result<Session, ApiError> {
@@ -672,11 +704,15 @@ fn check_fresh(advert: &Advert, now: u64) -> Result<(), ApiError> {
 
 /// The one answer to a frame that is not authentic for its device: a bad tag, a key version
 /// outside the keyring, or one the device is not registered with are indistinguishable.
-fn frame_not_authentic() -> ApiError {
+fn advert_not_authentic() -> ApiError {
+    ApiError::new(ErrorCode::AdvertInvalid, "advert tag does not verify")
+}
+
+pub(crate) fn frame_not_authentic() -> ApiError {
     ApiError::new(ErrorCode::DeviceAuthFailed, "frame tag does not verify")
 }
 
-fn device_unknown(id: DeviceId) -> ApiError {
+pub(crate) fn device_unknown(id: DeviceId) -> ApiError {
     ApiError::new(
         ErrorCode::DeviceUnknown,
         format!("device {id} is not registered"),

@@ -240,6 +240,7 @@ impl App {
                 .telemetry_at
                 .map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)),
             service_state: service_state_pb(d.service_state) as i32,
+            ..crate::device_keys::key_fields(&d.keys)
         }
     }
 

@@ -335,6 +335,22 @@ impl OpsService for Ops {
         let op = operator(&req)?;
         reply(self.0.sales_report(&op, req.into_inner()).await)
     }
+
+    async fn revoke_device(
+        &self,
+        req: Request<pb::RevokeDeviceRequest>,
+    ) -> Result<Response<pb::Device>, Status> {
+        let op = operator(&req)?;
+        reply(self.0.revoke_device(&op, req.into_inner()).await)
+    }
+
+    async fn rotate_device_key(
+        &self,
+        req: Request<pb::RotateDeviceKeyRequest>,
+    ) -> Result<Response<pb::RotateDeviceKeyResponse>, Status> {
+        let op = operator(&req)?;
+        reply(self.0.rotate_device_key(&op, req.into_inner()).await)
+    }
 }
 
 /// `blepay.v1.DeviceService`: the frame is the authentication, as over HTTP. An authenticated

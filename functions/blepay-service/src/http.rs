@@ -92,6 +92,13 @@ pub fn routes_for(app: App, surface: Surface) -> Router {
                 "/v1/ops/wallets/{user_id}/spending-limit",
                 put(set_spending_limit),
             )
+            .route("/v1/ops/devices", post(register_device))
+            .route("/v1/ops/devices/{device_id}", get(ops_device))
+            .route("/v1/ops/devices/{device_id}/revoke", post(revoke_device))
+            .route(
+                "/v1/ops/devices/{device_id}/rotate-key",
+                post(rotate_device_key),
+            )
             .route("/v1/ops/wallets/{user_id}/topup", post(top_up))
             .route("/v1/ops/wallets/{user_id}", get(ops_wallet))
             .route("/v1/ops/sessions/{session_id}", get(ops_session))
@@ -393,6 +400,36 @@ async fn set_spending_limit(
     // The path names the user; a `userId` in the body, if any, is ignored.
     let req = pb::SetSpendingLimitRequest { user_id, ..body };
     Ok(Reply(app.set_spending_limit(&op, req).await?, f))
+}
+
+/// The path names the device; a body's `deviceId`, if any, must agree.
+fn path_device(path: &str, body: &str) -> Result<String, ApiError> {
+    if !body.is_empty() && !body.eq_ignore_ascii_case(path) {
+        return Err(ApiError::invalid(
+            "deviceId: the body names another device than the path",
+        ));
+    }
+    Ok(path.to_owned())
+}
+
+async fn revoke_device(
+    State(app): State<App>,
+    OpsCaller(op): OpsCaller,
+    Path(device_id): Path<String>,
+    Wire(mut req, f): Wire<pb::RevokeDeviceRequest>,
+) -> Result<Reply<pb::Device>, ApiError> {
+    req.device_id = path_device(&device_id, &req.device_id)?;
+    Ok(Reply(app.revoke_device(&op, req).await?, f))
+}
+
+async fn rotate_device_key(
+    State(app): State<App>,
+    OpsCaller(op): OpsCaller,
+    Path(device_id): Path<String>,
+    Wire(mut req, f): Wire<pb::RotateDeviceKeyRequest>,
+) -> Result<Reply<pb::RotateDeviceKeyResponse>, ApiError> {
+    req.device_id = path_device(&device_id, &req.device_id)?;
+    Ok(Reply(app.rotate_device_key(&op, req).await?, f))
 }
 
 async fn top_up(

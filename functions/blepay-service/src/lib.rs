@@ -19,6 +19,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod device_keys;
 pub mod devices;
 pub mod error;
 pub mod grpc;

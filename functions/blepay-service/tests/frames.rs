@@ -49,7 +49,12 @@ fn identity_under(v: u8, device: DeviceId) -> Identity {
     Identity {
         device_id: device,
         key_version: version,
-        key: derive_device_key(&MasterKey::parse_hex(&master(v)).unwrap(), version, device),
+        key: derive_device_key(
+            &MasterKey::parse_hex(&master(v)).unwrap(),
+            version,
+            device,
+            blepay_core::KeyEpoch::FIRST,
+        ),
     }
 }
 

@@ -18,6 +18,7 @@
 
 mod backoffice;
 mod convert;
+mod keys;
 mod lists;
 mod operators;
 mod ops;
@@ -37,8 +38,8 @@ use blepay_store::{
     Audit, AuditEvent, AuditFilter, CreateOperatorOutcome, DeviceCall, DeviceCallOutcome,
     DeviceFilter, DeviceRecord, DeviceStatus, DeviceUpdate, DeviceUpdateOutcome, NewOperator,
     OperatorId, OperatorRecord, Page, PageRequest, PayCommand, PayOutcome, RegisterOutcome,
-    ResponseEncoder, RevokeOperatorOutcome, SalesFacts, SessionFilter, Spending, StatementEntry,
-    Store, StoreError, TopUpOutcome,
+    ResponseEncoder, RevokeOperatorOutcome, RevokeOutcome, RotateOutcome, SalesFacts,
+    SessionFilter, Spending, StatementEntry, Store, StoreError, TopUpOutcome,
 };
 use rusqlite::{Connection, TransactionBehavior, params};
 
@@ -364,6 +365,26 @@ impl Store for SqliteStore {
     async fn sales_facts(&self, from: u64, to: u64) -> Result<SalesFacts, StoreError> {
         self.run(move |c| lists::sales_facts(c, from, to)).await
     }
+
+    async fn revoke_device(
+        &self,
+        id: DeviceId,
+        reason: &str,
+        now: u64,
+    ) -> Result<RevokeOutcome, StoreError> {
+        let reason = reason.to_owned();
+        self.run(move |c| keys::revoke(c, id, &reason, now)).await
+    }
+
+    async fn rotate_device_key(
+        &self,
+        id: DeviceId,
+        key: &IdempotencyKey,
+        _now: u64,
+    ) -> Result<RotateOutcome, StoreError> {
+        let key = key.clone();
+        self.run(move |c| keys::rotate(c, id, &key)).await
+    }
 }
 
 #[cfg(test)]
@@ -467,6 +488,8 @@ mod tests {
         let retry = DeviceCall {
             device: DeviceId::from_bytes(id),
             key_version: blepay_core::KeyVersion::new(0).unwrap(),
+            key_epoch: blepay_core::KeyEpoch::FIRST,
+            key_update: None,
             seq: 7,
             digest: [7; 32],
             op: blepay_store::DeviceOp::Poll,

@@ -4,7 +4,7 @@
 use blepay_core::{DeviceId, IdempotencyKey, Session, SessionId, Settlement, UserId, Wallet};
 use blepay_store::decide::{
     AuditTally, PayDecision, PayFacts, PriorPay, SeqCheck, SessionChange, SessionOpFacts,
-    check_call, decide_pay, decide_session_op, needs_wallet,
+    check_call, completed, decide_pay, decide_session_op, needs_wallet, rotation_completes,
 };
 use blepay_store::{
     Audit, DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, DeviceStatus, PayCommand,
@@ -103,13 +103,19 @@ pub(crate) fn device_call(
     let Some(device) = load_device(c, call.device)? else {
         return Ok(DeviceCallOutcome::DeviceUnknown);
     };
-    match check_call(device.record.key_version, device.last, call)? {
+    let completes = rotation_completes(&device.record, call);
+    match check_call(&device.record, device.last, call)? {
         SeqCheck::Fresh => {}
         SeqCheck::KeyVersionRefused => return Ok(DeviceCallOutcome::KeyVersionRefused),
         // A byte-identical retry is no sign of life (anyone who saw the frame can send it again):
         // only a fresh sequence number refreshes `last_seen` (`save_answer`).
         SeqCheck::Retry(answer) => return Ok(DeviceCallOutcome::Retry(answer)),
         SeqCheck::Replayed { last_seq } => return Ok(DeviceCallOutcome::Replayed { last_seq }),
+    }
+    if completes {
+        // The first frame under the pending key: it is the device's key from now on, and the
+        // old one is refused for good (docs/protocol.md §1.1).
+        crate::keys::save_keys(c, call.device, &completed(&device.record.keys))?;
     }
     let result = run_op(c, call)?;
     let answer = encode(&result);
@@ -262,7 +268,7 @@ pub(crate) fn time_out_sessions(
 }
 
 /// Apply a session's settlement (capture and/or release) to its user's wallet and the ledger.
-fn close_hold(
+pub(crate) fn close_hold(
     c: &Connection,
     s: &Session,
     settlement: Settlement,

@@ -6,7 +6,7 @@ use blepay_core::{
     UseCounter, UserId, Wallet,
 };
 use blepay_store::decide::LastCall;
-use blepay_store::{DeviceRecord, DeviceStatus, SavedAnswer, ServiceState, StoreError};
+use blepay_store::{DeviceKeys, DeviceRecord, DeviceStatus, SavedAnswer, ServiceState, StoreError};
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -63,6 +63,7 @@ fn load_device_row(c: &Connection, id: DeviceId) -> Result<Option<DeviceRow>, St
                     key_version: parse_col(r, 5, KeyVersion::new)?,
                     created_at: r.get(6)?,
                     service_state: ServiceState::InService,
+                    keys: DeviceKeys::default(),
                 },
                 last: last_call(r)?,
                 last_seen: r.get(11)?,
@@ -72,7 +73,12 @@ fn load_device_row(c: &Connection, id: DeviceId) -> Result<Option<DeviceRow>, St
         },
     )
     .optional()
-    .map_err(db)
+    .map_err(db)?
+    .map(|mut row| -> Result<DeviceRow, StoreError> {
+        row.record.keys = crate::keys::load_keys(c, id)?.unwrap_or_default();
+        Ok(row)
+    })
+    .transpose()
 }
 
 /// Columns 7 to 10 of [`load_device`]'s row: the last accepted request and its saved answer.

@@ -169,6 +169,17 @@ CREATE INDEX sessions_by_created ON sessions (created_at);
 CREATE INDEX ledger_by_debit ON ledger (debit, at);
 CREATE INDEX ledger_by_credit ON ledger (credit, at);
 ",
+    // 8: issue 11 (item 5) — a device's key epoch (0 for every existing device: the key it has), a
+    // rotation pending until the first frame under its key, the last rotation's idempotency
+    // key, and the revocation.
+    r"
+ALTER TABLE devices ADD COLUMN key_epoch INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE devices ADD COLUMN key_pending INTEGER;
+ALTER TABLE devices ADD COLUMN key_rotation_key TEXT;
+ALTER TABLE devices ADD COLUMN key_rotation_epoch INTEGER;
+ALTER TABLE devices ADD COLUMN revoked_at INTEGER;
+ALTER TABLE devices ADD COLUMN revoked_reason TEXT;
+",
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -116,6 +116,8 @@ async fn idempotency_keys_advert_uses_and_saved_answers_survive_reopening_the_fi
     let retry = DeviceCall {
         device: before.settled.device_id,
         key_version: blepay_core::KeyVersion::new(0).unwrap(),
+        key_epoch: blepay_core::KeyEpoch::FIRST,
+        key_update: None,
         seq: 3,
         digest: digest(3),
         op: DeviceOp::Report {

@@ -32,10 +32,10 @@ use blepay_core::{
 };
 
 use crate::{
-    AdvertSignals, Audit, DeviceCall, DeviceCallOutcome, DeviceFilter, DeviceOp, DeviceOpResult,
-    DeviceRecord, DeviceState, DeviceStatus, DeviceUpdate, DeviceUpdateOutcome, PageRequest,
-    PayCommand, PayLimits, PayOutcome, RegisterOutcome, ResponseEncoder, SavedAnswer, ServiceState,
-    Spending, Store, TopUpOutcome,
+    AdvertSignals, Audit, DeviceCall, DeviceCallOutcome, DeviceFilter, DeviceKeys, DeviceOp,
+    DeviceOpResult, DeviceRecord, DeviceState, DeviceStatus, DeviceUpdate, DeviceUpdateOutcome,
+    PageRequest, PayCommand, PayLimits, PayOutcome, RegisterOutcome, ResponseEncoder, SavedAnswer,
+    ServiceState, Spending, Store, TopUpOutcome,
 };
 
 /// Expand to one `#[tokio::test]` per conformance check, each on a store from `$factory`
@@ -155,6 +155,7 @@ pub fn dispenser(n: u8) -> DeviceRecord {
         key_version: KeyVersion::new(0).unwrap(),
         created_at: T0 - 1000,
         service_state: ServiceState::InService,
+        keys: DeviceKeys::default(),
     }
 }
 
@@ -207,6 +208,7 @@ pub fn pay_cmd(who: &str, idem: &str, n: u8, use_counter: u16, max: i64, now: u6
         signals: AdvertSignals::default(),
         limits: ROOMY,
         daily_limit: None,
+        key_epoch: blepay_core::KeyEpoch::FIRST,
     }
 }
 
@@ -273,6 +275,8 @@ pub async fn device_call_under(
     let call = DeviceCall {
         device: device_id(n),
         key_version,
+        key_epoch: blepay_core::KeyEpoch::FIRST,
+        key_update: None,
         seq,
         digest,
         op,
@@ -1067,6 +1071,8 @@ pub async fn a_retried_device_call_returns_the_saved_answer_without_running_agai
     let start = DeviceCall {
         device: device_id(1),
         key_version: KeyVersion::new(0).unwrap(),
+        key_epoch: blepay_core::KeyEpoch::FIRST,
+        key_update: None,
         seq: 2,
         digest: digest(2),
         op: DeviceOp::Start { session: s.id },

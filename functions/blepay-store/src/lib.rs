@@ -201,6 +201,24 @@ pub trait Store: Send + Sync + 'static {
     /// The sales report's facts over `[from, to)` (unix seconds): sessions created in it and
     /// refund entries made in it ([`SalesFacts`]).
     async fn sales_facts(&self, from: u64, to: u64) -> Result<SalesFacts, StoreError>;
+    /// Revoke a device's key (`decide::decide_revoke`): from then on every advert and frame of it
+    /// is refused as forged, and its open session is closed in the same operation (AUTHORIZED
+    /// voided, ACTIVE settled at its last reported units). A revoked device is answered as it is.
+    async fn revoke_device(
+        &self,
+        id: DeviceId,
+        reason: &str,
+        now: u64,
+    ) -> Result<RevokeOutcome, StoreError>;
+
+    /// Issue a new key epoch for a device (`decide::decide_rotate`), pending until the first
+    /// frame under it.
+    async fn rotate_device_key(
+        &self,
+        id: DeviceId,
+        key: &IdempotencyKey,
+        now: u64,
+    ) -> Result<RotateOutcome, StoreError>;
 }
 
 /// Turns a device operation's result into the answer to save and send (the frame and its refusal

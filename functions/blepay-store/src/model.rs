@@ -1,8 +1,8 @@
 //! The values that cross the [`crate::Store`] trait.
 
 use blepay_core::{
-    Amount, DeviceId, DeviceName, IdempotencyKey, KeyVersion, Session, SessionError, SessionId,
-    Slot, Tariff, Telemetry, UnitName, Units, UseCounter, UserId, Wallet,
+    Amount, DeviceId, DeviceName, IdempotencyKey, KeyEpoch, KeyVersion, Session, SessionError,
+    SessionId, Slot, Tariff, Telemetry, UnitName, Units, UseCounter, UserId, Wallet,
 };
 
 /// A registered machine.
@@ -16,6 +16,64 @@ pub struct DeviceRecord {
     pub created_at: u64,
     /// Whether it may take payments (`PATCH /v1/ops/devices/{id}`, decommission).
     pub service_state: crate::ServiceState,
+    /// Its key epoch, a rotation under way, its revocation (docs/protocol.md §1.1).
+    pub keys: DeviceKeys,
+}
+
+/// A device's key state: which key epochs its adverts and frames may be tagged under.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceKeys {
+    /// The epoch of the key it is provisioned with (0 at registration).
+    pub epoch: KeyEpoch,
+    /// A rotation issued and not yet seen: the new epoch, accepted alongside `epoch` until the
+    /// first frame tagged under it arrives (then it becomes `epoch` and the old key is refused).
+    pub pending: Option<KeyEpoch>,
+    /// The idempotency key of the last rotation and the epoch it issued.
+    pub last_rotation: Option<(IdempotencyKey, KeyEpoch)>,
+    /// Revoked: every advert and frame is refused as forged, for good.
+    pub revoked: Option<Revocation>,
+}
+
+/// When and why a device's key was revoked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub at: u64,
+    pub reason: String,
+}
+
+/// How an advert's or frame's key epoch stands against the device's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyUse {
+    /// The device's current key.
+    Current,
+    /// The key of the pending rotation: a frame under it completes the rotation.
+    Pending,
+    /// Revoked, or an epoch the device is not (or no longer) keyed with: refuse as forged.
+    Refused,
+}
+
+impl DeviceKeys {
+    /// How `epoch` stands.
+    pub fn key_use(&self, epoch: KeyEpoch) -> KeyUse {
+        if self.revoked.is_some() {
+            KeyUse::Refused
+        } else if epoch == self.epoch {
+            KeyUse::Current
+        } else if self.pending == Some(epoch) {
+            KeyUse::Pending
+        } else {
+            KeyUse::Refused
+        }
+    }
+
+    /// The epochs a tag may verify under, current first (none once revoked).
+    pub fn accepted(&self) -> impl Iterator<Item = KeyEpoch> {
+        let live = self.revoked.is_none();
+        [Some(self.epoch), self.pending]
+            .into_iter()
+            .flatten()
+            .filter(move |_| live)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +163,8 @@ pub struct PayCommand {
     /// The deployment's daily spending cap (`BLEPAY_DAILY_SPENDING_LIMIT`; `None`: no cap),
     /// unless the user has an override ([`crate::effective_daily_limit`]).
     pub daily_limit: Option<Amount>,
+    /// The key epoch the advert's tag verified under (refused unless the device accepts it).
+    pub key_epoch: KeyEpoch,
 }
 
 /// Per-user limits on pay: locking a machine must cost something (issue 10, M4). A pay refused by
@@ -184,6 +244,9 @@ pub enum PayOutcome {
     },
     /// The key was used before for another machine or amount.
     KeyReused,
+    /// The advert verified under a key the device no longer accepts (revoked, or rotated away):
+    /// answered as a forged advert.
+    KeyRefused,
     /// The user already holds [`PayLimits::max_unstarted_per_user`] AUTHORIZED sessions.
     TooManyUnstarted {
         max: u32,
@@ -231,6 +294,13 @@ pub struct DeviceCall {
     /// The master-key version the frame's tag verified under. Only the device's registered one
     /// ([`DeviceRecord::key_version`]) is accepted ([`crate::decide::check_call`]).
     pub key_version: KeyVersion,
+    /// The key epoch the frame's tag verified under ([`DeviceKeys::key_use`]).
+    pub key_epoch: KeyEpoch,
+    /// The pending epoch the answer carries a key update for (what the caller saw in
+    /// [`DeviceKeys::pending`] when it verified the frame under the current key). The store
+    /// refuses the call as forged when the device's pending epoch is another one, so an answer
+    /// never hands out a key the server would not accept.
+    pub key_update: Option<KeyEpoch>,
     pub seq: u32,
     /// A digest of the whole request frame, to tell a retry from a different request.
     pub digest: [u8; 32],
@@ -345,4 +415,33 @@ impl PageRequest {
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next: Option<ListPosition>,
+}
+
+/// The outcome of revoking a device's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeOutcome {
+    /// Revoked now; `closed` is its open session, closed in the same operation (AUTHORIZED:
+    /// voided, hold released; ACTIVE: settled at its last reported units).
+    Revoked {
+        device: DeviceRecord,
+        closed: Option<Box<Session>>,
+    },
+    /// It was revoked before: nothing changed.
+    AlreadyRevoked(DeviceRecord),
+    DeviceUnknown,
+}
+
+/// The outcome of rotating a device's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotateOutcome {
+    /// A new epoch was issued (now pending).
+    Issued(DeviceRecord),
+    /// The same idempotency key as the last rotation, or a rotation already pending: that
+    /// rotation, nothing changed.
+    Existing(DeviceRecord),
+    /// A revoked device is never re-keyed.
+    Revoked(DeviceRecord),
+    /// No epoch is left (2^32 rotations).
+    Exhausted,
+    DeviceUnknown,
 }

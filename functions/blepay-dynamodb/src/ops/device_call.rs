@@ -5,7 +5,8 @@
 use aws_sdk_dynamodb::types::TransactWriteItem;
 use blepay_core::{CloseReason, LedgerEntry, Session, SessionStatus, Wallet};
 use blepay_store::decide::{
-    SeqCheck, SessionChange, SessionOpFacts, check_call, decide_session_op, needs_wallet,
+    SeqCheck, SessionChange, SessionOpFacts, check_call, completed, decide_session_op,
+    needs_wallet, rotation_completes,
 };
 use blepay_store::{
     DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, ResponseEncoder, SavedAnswer,
@@ -16,8 +17,8 @@ use super::attempts::Tx;
 use crate::DynamoStore;
 use crate::items::{
     ACTIVE_PARTITION, DUE_AT, DUE_PK, DeviceItem, Failure, Item, Upd, b, device_from_item,
-    device_key, ledger_item, n, put_new, s, session_from_item, session_key, telemetry_attr,
-    wallet_from_item, wallet_key,
+    device_key, keys_cond, ledger_item, n, put_new, s, session_from_item, session_key,
+    telemetry_attr, wallet_from_item, wallet_key,
 };
 
 impl DynamoStore {
@@ -49,7 +50,7 @@ impl DynamoStore {
         };
         let device = device_from_item(&device)?;
         self.shadow.put(device.clone());
-        match check_call(device.record.key_version, device.last_call(), call)? {
+        match check_call(&device.record, device.last_call(), call)? {
             SeqCheck::Fresh => {}
             SeqCheck::KeyVersionRefused => return Ok(DeviceCallOutcome::KeyVersionRefused),
             // A retry gets its saved answer and writes nothing: anyone who saw the frame can
@@ -132,7 +133,7 @@ impl DynamoStore {
         };
         // Retries, replays and refused key versions are answered from a read, never from a guess.
         if !matches!(
-            check_call(device.record.key_version, device.last_call(), call),
+            check_call(&device.record, device.last_call(), call),
             Ok(SeqCheck::Fresh)
         ) {
             return Ok(None);
@@ -274,8 +275,12 @@ impl DynamoStore {
         if !written {
             return Ok(None);
         }
+        let mut record = device.record.clone();
+        if rotation_completes(&device.record, call) {
+            record.keys = completed(&device.record.keys);
+        }
         self.shadow.put(DeviceItem {
-            record: device.record.clone(),
+            record,
             last_seq: Some(call.seq),
             last_digest: Some(call.digest.to_vec()),
             last_answer: Some(answer.clone()),
@@ -442,6 +447,15 @@ fn answer_update(
         .val(":seen", n(seen))
         .cond("key_version = :key_version")
         .val(":key_version", n(call.key_version.get()));
+    // The key state the call was accepted under (revoked, rotated since: the condition fails and
+    // the read refuses it); the first frame under a pending key makes it the current one.
+    upd = keys_cond(upd, &device.record.keys);
+    if rotation_completes(&device.record, call) {
+        upd = upd
+            .set("key_epoch = :key_epoch_new")
+            .remove("key_pending")
+            .val(":key_epoch_new", n(call.key_epoch.get()));
+    }
     upd = match &answer.code {
         Some(code) => upd.set("last_code = :code").val(":code", s(code)),
         None => upd.remove("last_code"),

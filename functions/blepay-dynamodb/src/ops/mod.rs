@@ -4,13 +4,15 @@
 //!
 //! - `attempts.rs`: the retry loop and the single requests (transact, get, batch/transact get);
 //! - `expiry.rs`: expiring overdue sessions and closing holds;
-//! - `reads.rs`, `top_up.rs`, `pay.rs`, `device_call.rs`, `audit.rs`: one operation each.
+//! - `reads.rs`, `top_up.rs`, `pay.rs`, `device_call.rs`, `audit.rs`, `keys.rs` (revoke,
+//!   rotate): one operation each.
 
 mod attempts;
 mod audit;
 mod backoffice;
 mod device_call;
 mod expiry;
+mod keys;
 mod lists;
 mod operators;
 mod pay;
@@ -27,8 +29,8 @@ use blepay_store::{
     Audit, AuditEvent, AuditFilter, CreateOperatorOutcome, DeviceCall, DeviceCallOutcome,
     DeviceFilter, DeviceRecord, DeviceStatus, DeviceUpdate, DeviceUpdateOutcome, NewOperator,
     OperatorId, OperatorRecord, Page, PageRequest, PayCommand, PayOutcome, RegisterOutcome,
-    ResponseEncoder, RevokeOperatorOutcome, SalesFacts, SessionFilter, Spending, StatementEntry,
-    Store, StoreError, TopUpOutcome,
+    ResponseEncoder, RevokeOperatorOutcome, RevokeOutcome, RotateOutcome, SalesFacts,
+    SessionFilter, Spending, StatementEntry, Store, StoreError, TopUpOutcome,
 };
 
 use crate::DynamoStore;
@@ -235,5 +237,23 @@ impl Store for DynamoStore {
 
     async fn sales_facts(&self, from: u64, to: u64) -> Result<SalesFacts, StoreError> {
         self.retrying(|| self.sales_facts_once(from, to)).await
+    }
+
+    async fn revoke_device(
+        &self,
+        id: DeviceId,
+        reason: &str,
+        now: u64,
+    ) -> Result<RevokeOutcome, StoreError> {
+        self.retrying(|| self.revoke_once(id, reason, now)).await
+    }
+
+    async fn rotate_device_key(
+        &self,
+        id: DeviceId,
+        key: &IdempotencyKey,
+        _now: u64,
+    ) -> Result<RotateOutcome, StoreError> {
+        self.retrying(|| self.rotate_once(id, key)).await
     }
 }

@@ -233,7 +233,17 @@ impl DynamoStore {
             .name("#open", "open")
             .val(":in_service", s(ServiceState::InService.as_str()))
             .val(":snap", snapshot.clone())
-            .val(":fresh", n(fresh_since));
+            .val(":fresh", n(fresh_since))
+            // The advert's key epoch is still one the device accepts (not revoked, not rotated
+            // away): a stale shadow is a failed condition here.
+            .cond("attribute_not_exists(revoked_at)")
+            .cond(if cmd.key_epoch == blepay_core::KeyEpoch::FIRST {
+                "attribute_not_exists(key_epoch) OR key_epoch = :advert_epoch \
+                 OR key_pending = :advert_epoch"
+            } else {
+                "key_epoch = :advert_epoch OR key_pending = :advert_epoch"
+            })
+            .val(":advert_epoch", n(cmd.key_epoch.get()));
         if let Some(t) = tariff {
             device = device
                 .cond("price = :price AND #unit = :unit AND currency = :currency")
@@ -370,6 +380,9 @@ fn pay_refusal(
             return Ok(Some(PayOutcome::DeviceUnknown));
         };
         let device = device_from_item(old)?;
+        if device.record.keys.key_use(cmd.key_epoch) == blepay_store::KeyUse::Refused {
+            return Ok(Some(PayOutcome::KeyRefused));
+        }
         if device.record.service_state != ServiceState::InService {
             return Ok(Some(PayOutcome::DeviceOutOfService));
         }

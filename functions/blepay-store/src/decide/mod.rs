@@ -13,12 +13,15 @@
 //!   expiry and timeout, the late-report rule).
 //! - [`decide_top_up`]: a top-up's answer (a retry, the lifetime money bound) and its credit.
 //! - [`decide_device_update`]: an operator's change to a machine (DECOMMISSIONED is terminal).
+//! - [`decide_revoke`], [`decide_rotate`], [`rotation_completes`]: a device key's revocation and
+//!   rotation (docs/protocol.md §1.1).
 //! - [`AuditTally`]: the reconciliation totals, with checked arithmetic.
 //! - [`sales_report`]: the sales report per machine per UTC day, from [`crate::SalesFacts`].
 
 mod audit;
 mod device_admin;
 mod device_op;
+mod keys;
 mod operators;
 mod pay;
 mod report;
@@ -32,6 +35,11 @@ pub use device_op::{
 };
 pub use operators::{
     CreateOperatorDecision, RevokeOperatorDecision, decide_create_operator, decide_revoke_operator,
+};
+
+pub use keys::{
+    RevokeDecision, RotateDecision, completed, decide_revoke, decide_rotate, rotation_completes,
+    rotation_epoch,
 };
 pub use pay::{NewPay, PayDecision, PayFacts, PayFingerprint, PriorPay, decide_pay};
 pub use report::{DAY_SECS, SalesRow, sales_report, sales_totals};

@@ -106,6 +106,9 @@ pub enum PayDecision {
 /// Decide a pay from the facts the store gathered.
 ///
 /// Precedence, first match wins:
+/// 0. [`PayOutcome::KeyRefused`]: the machine is registered and does not accept the key epoch the
+///    advert verified under (revoked, or rotated away): the advert is answered as forged, before
+///    anything else, retries included;
 /// 1. [`PayOutcome::BelowUnitPrice`]: the machine is registered and one unit costs more than
 ///    `max_amount` (no retry or later state can make this pay valid);
 /// 2. a record under the key: [`PayOutcome::Replayed`] with its session when the fingerprint
@@ -136,6 +139,9 @@ pub fn decide_pay(facts: &PayFacts<'_>) -> Result<PayDecision, StoreError> {
     use PayDecision::Answer;
     let cmd = facts.cmd;
     if let Some(device) = facts.device {
+        if device.device.keys.key_use(cmd.key_epoch) == crate::KeyUse::Refused {
+            return Ok(Answer(PayOutcome::KeyRefused));
+        }
         let tariff = &device.device.tariff;
         if tariff.price_per_unit > cmd.max_amount {
             return Ok(Answer(PayOutcome::BelowUnitPrice {
@@ -245,6 +251,7 @@ mod tests {
             signals: crate::AdvertSignals::default(),
             limits: crate::PayLimits::DEFAULT,
             daily_limit: None,
+            key_epoch: blepay_core::KeyEpoch::FIRST,
         }
     }
 
@@ -261,6 +268,7 @@ mod tests {
                 key_version: KeyVersion::new(0).unwrap(),
                 created_at: NOW - 1000,
                 service_state: crate::ServiceState::InService,
+                keys: crate::DeviceKeys::default(),
             },
             last_seen,
             open_session: open,

@@ -4,9 +4,7 @@
 //! (and a byte-identical retry of it answered again), but nothing can follow it — the device is
 //! exhausted until it is re-provisioned (docs/protocol.md §3.3).
 
-use blepay_core::KeyVersion;
-
-use crate::{DeviceCall, SavedAnswer, StoreError};
+use crate::{DeviceCall, DeviceRecord, KeyUse, SavedAnswer, StoreError};
 
 /// What the store saved of a machine's last accepted request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,19 +30,28 @@ pub enum SeqCheck {
 }
 
 /// Check an authenticated machine request against its device: the key version its tag verified
-/// under must be the one the device is registered with (`registered`) — a frame tagged with a
-/// retired master key's derived key is refused, even byte-identical to an earlier one — and then
-/// its sequence number ([`check_seq`]).
+/// under must be the one the device is registered with — a frame tagged with a retired master
+/// key's derived key is refused, even byte-identical to an earlier one — and its key epoch one
+/// the device accepts (not revoked; the current epoch, or a pending rotation's: [`KeyUse`]); a
+/// call verified under the current key must expect the device's pending rotation as it is (the
+/// answer carries that key update). Then its sequence number ([`check_seq`]).
 ///
 /// # Errors
 /// As [`check_seq`].
 pub fn check_call(
-    registered: KeyVersion,
+    device: &DeviceRecord,
     last: Option<LastCall>,
     call: &DeviceCall,
 ) -> Result<SeqCheck, StoreError> {
-    if call.key_version != registered {
+    if call.key_version != device.key_version {
         return Ok(SeqCheck::KeyVersionRefused);
+    }
+    match device.keys.key_use(call.key_epoch) {
+        KeyUse::Refused => return Ok(SeqCheck::KeyVersionRefused),
+        KeyUse::Current if call.key_update != device.keys.pending => {
+            return Ok(SeqCheck::KeyVersionRefused);
+        }
+        KeyUse::Current | KeyUse::Pending => {}
     }
     check_seq(last, call.seq, &call.digest)
 }
@@ -75,6 +82,8 @@ pub fn check_seq(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use blepay_core::{KeyEpoch, KeyVersion};
+
     use super::*;
 
     fn answer() -> SavedAnswer {
@@ -130,6 +139,8 @@ mod tests {
         DeviceCall {
             device: blepay_core::DeviceId::from_bytes([1; 8]),
             key_version: KeyVersion::new(key_version).unwrap(),
+            key_epoch: KeyEpoch::FIRST,
+            key_update: None,
             seq,
             digest,
             op: crate::DeviceOp::Poll,
@@ -138,9 +149,54 @@ mod tests {
         }
     }
 
+    fn registered(version: u8) -> DeviceRecord {
+        DeviceRecord {
+            id: blepay_core::DeviceId::from_bytes([1; 8]),
+            name: blepay_core::DeviceName::parse("m").unwrap(),
+            tariff: blepay_core::Tariff {
+                price_per_unit: blepay_core::Amount::positive(1).unwrap(),
+                unit_name: blepay_core::UnitName::parse("l").unwrap(),
+                currency: blepay_core::Currency::parse("EUR").unwrap(),
+            },
+            key_version: KeyVersion::new(version).unwrap(),
+            created_at: 0,
+            keys: crate::DeviceKeys::default(),
+        }
+    }
+
+    #[test]
+    fn a_call_under_a_revoked_or_stale_epoch_is_refused_and_a_pending_one_accepted() {
+        let mut d = registered(0);
+        let mut c = call(0, 6, [2; 32]);
+        d.keys.pending = Some(KeyEpoch::new(1));
+        // Verified under the current key but expecting no rotation: refused (stale read).
+        assert_eq!(
+            check_call(&d, None, &c).unwrap(),
+            SeqCheck::KeyVersionRefused
+        );
+        c.key_update = Some(KeyEpoch::new(1));
+        assert_eq!(check_call(&d, None, &c).unwrap(), SeqCheck::Fresh);
+        let mut under_new = call(0, 7, [3; 32]);
+        under_new.key_epoch = KeyEpoch::new(1);
+        assert_eq!(check_call(&d, None, &under_new).unwrap(), SeqCheck::Fresh);
+        under_new.key_epoch = KeyEpoch::new(2);
+        assert_eq!(
+            check_call(&d, None, &under_new).unwrap(),
+            SeqCheck::KeyVersionRefused
+        );
+        d.keys.revoked = Some(crate::Revocation {
+            at: 1,
+            reason: "r".into(),
+        });
+        assert_eq!(
+            check_call(&d, None, &c).unwrap(),
+            SeqCheck::KeyVersionRefused
+        );
+    }
+
     #[test]
     fn a_call_under_another_key_version_is_refused_whatever_its_number() {
-        let v3 = KeyVersion::new(3).unwrap();
+        let v3 = &registered(3);
         for c in [
             call(0, 6, [2; 32]),
             call(2, 5, [1; 32]),
