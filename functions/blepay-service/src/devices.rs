@@ -124,25 +124,32 @@ impl App {
     ) -> Result<pb::Device, ApiError> {
         self.authorize(op, &Action::ManageDevice)?;
         let id = parse_device(device_id)?;
-        let answer = self
-            .change_device(op, id, &DeviceUpdate::decommission(), "device.decommission")
+        self.change_device(op, id, &DeviceUpdate::decommission(), "device.decommission")
             .await?;
         self.device_decommissioned(op, id).await?;
-        Ok(answer)
+        self.ops_device(op, device_id).await
     }
 
     /// What else decommissioning does once the machine is DECOMMISSIONED (run on every
-    /// decommission call, a repeat included, so it must be idempotent): the hook where key
-    /// revocation joins in.
+    /// decommission call, a repeat included, so it is idempotent): its key is revoked, so
+    /// its adverts and frames are refused as forged for good and its open session is closed
+    /// (docs/protocol.md §1.1).
     ///
     /// # Errors
-    /// Whatever the joined effects return.
-    #[allow(
-        clippy::unused_async,
-        reason = "the hook for revocation, which will await the store"
-    )]
+    /// What the revocation returns.
     pub async fn device_decommissioned(&self, op: &Operator, id: DeviceId) -> Result<(), ApiError> {
-        let _ = (op, id);
+        if self.revoke(id, "decommissioned").await? {
+            self.record_action(
+                op,
+                ActionRecord {
+                    action: "device.revoke",
+                    target: id.to_string(),
+                    amount: None,
+                    idempotency_key: None,
+                },
+            )
+            .await?;
+        }
         Ok(())
     }
 
