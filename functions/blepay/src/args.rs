@@ -15,8 +15,8 @@ use std::time::Duration;
 use blepay_service::config::{
     Config, ConfigError, DEFAULT_ACTIVE_TIMEOUT_SECS, DEFAULT_CURRENCY,
     DEFAULT_JWT_MAX_LIFETIME_SECS, DEFAULT_MAX_UNSTARTED_PER_USER, DEFAULT_OFFLINE_AFTER_SECS,
-    DEFAULT_PAY_RATE_MAX, DEFAULT_PAY_RATE_WINDOW_SECS, DEFAULT_START_TIMEOUT_SECS, JwtSettings,
-    Keyring, PayLimits, SecretString, Settings, cfg_err,
+    DEFAULT_PAY_RATE_MAX, DEFAULT_PAY_RATE_WINDOW_SECS, DEFAULT_START_TIMEOUT_SECS,
+    DEFAULT_SUPPORT_REFUND_MAX, JwtSettings, Keyring, PayLimits, SecretString, Settings, cfg_err,
 };
 use blepay_service::limits::{
     DEFAULT_GRPC_MAX_MESSAGE_BYTES, DEFAULT_H2_KEEPALIVE_INTERVAL_SECS,
@@ -98,6 +98,10 @@ pub struct ServeArgs {
     /// The window of `--pay-rate-max`, in seconds.
     #[arg(long, env = "BLEPAY_PAY_RATE_WINDOW_SECS", default_value_t = DEFAULT_PAY_RATE_WINDOW_SECS)]
     pub pay_rate_window_secs: u64,
+    /// The largest refund a support operator may make, in minor units (0: support may not
+    /// refund; owners may refund any amount).
+    #[arg(long, env = "BLEPAY_SUPPORT_REFUND_MAX", default_value_t = DEFAULT_SUPPORT_REFUND_MAX)]
+    pub support_refund_max: i64,
     /// Seconds between runs of the sweeper (expiry of unpaid-for starts, the ACTIVE timeout).
     #[arg(long, env = "BLEPAY_SWEEP_INTERVAL_SECS", default_value_t = 5)]
     pub sweep_interval_secs: u64,
@@ -350,6 +354,7 @@ impl ServeArgs {
             max_unstarted_per_user: DEFAULT_MAX_UNSTARTED_PER_USER,
             pay_rate_max: DEFAULT_PAY_RATE_MAX,
             pay_rate_window_secs: DEFAULT_PAY_RATE_WINDOW_SECS,
+            support_refund_max: DEFAULT_SUPPORT_REFUND_MAX,
             sweep_interval_secs: 5,
             transport: TransportArgs::default(),
         }
@@ -464,6 +469,7 @@ impl ServeArgs {
                 rate_max: self.pay_rate_max,
                 rate_window_secs: self.pay_rate_window_secs,
             },
+            support_refund_max: self.support_refund_max,
         };
         Ok((settings.validate()?.into_config(keyring), generated))
     }
