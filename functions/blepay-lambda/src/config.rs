@@ -8,8 +8,8 @@ use crate::identity::OperatorRole;
 use blepay_service::config::{
     ConfigError, DEFAULT_ACTIVE_TIMEOUT_SECS, DEFAULT_JWT_MAX_LIFETIME_SECS,
     DEFAULT_MAX_UNSTARTED_PER_USER, DEFAULT_OFFLINE_AFTER_SECS, DEFAULT_PAY_RATE_MAX,
-    DEFAULT_PAY_RATE_WINDOW_SECS, DEFAULT_START_TIMEOUT_SECS, JwtSettings, PayLimits, SecretString,
-    Settings, ValidSettings, cfg_err as err,
+    DEFAULT_PAY_RATE_WINDOW_SECS, DEFAULT_START_TIMEOUT_SECS, DEFAULT_SUPPORT_REFUND_MAX,
+    JwtSettings, PayLimits, SecretString, Settings, ValidSettings, cfg_err as err,
 };
 
 /// Where the master keys (`version:hex64[,...]`, as `BLEPAY_MASTER_KEYS`) come from.
@@ -133,6 +133,17 @@ impl LambdaConfig {
             )?,
             currency: get("BLEPAY_CURRENCY").unwrap_or_else(|| Settings::default().currency),
             pay_limits: pay_limits(&get)?,
+            support_refund_max: get("BLEPAY_SUPPORT_REFUND_MAX").map_or(
+                Ok(DEFAULT_SUPPORT_REFUND_MAX),
+                |v| {
+                    v.parse().map_err(|_| {
+                        err(
+                            "BLEPAY_SUPPORT_REFUND_MAX",
+                            format!("must be a whole number of minor units, not {v:?}"),
+                        )
+                    })
+                },
+            )?,
         }
         .validate()?;
 

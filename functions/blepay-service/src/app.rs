@@ -127,7 +127,7 @@ impl App {
     /// Record an operator action that changed something: a durable audit event in the store
     /// (`GET /v1/ops/audit`) and a structured log line (target `blepay::audit`). Called after
     /// the change succeeded, and again on a retry of it: an action with an idempotency key gets
-    /// an event id derived from (principal, action, target, key), so a retry adds nothing, and
+    /// an event key derived from (principal, action, target, key), so a retry adds nothing, and
     /// an action whose record failed is recorded by its retry.
     ///
     /// # Errors

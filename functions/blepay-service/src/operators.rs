@@ -13,7 +13,7 @@
 //!
 //! **The audit trail.** [`App::record_action`] writes an [`AuditEvent`] after every change an
 //! operator makes (and keeps the `blepay::audit` log line). An action with an idempotency key
-//! gets an event id derived from (principal, action, target, key), so its retries add nothing.
+//! gets an event key derived from (principal, action, target, key), so its retries add nothing.
 
 use blepay_core::{Amount, IdempotencyKey};
 use blepay_proto::pb::v1 as pb;
@@ -124,9 +124,19 @@ fn audit_pb(e: AuditEvent) -> pb::AuditEvent {
     }
 }
 
-/// The id of an audit event: derived from (principal, action, target, key) when the action has
-/// an idempotency key (a retry maps to the same event), random otherwise.
-pub fn audit_event_id(principal: &str, rec: &ActionRecord) -> String {
+/// A new audit event's id: the wall clock in nanoseconds (16 hex digits) and 32 random bits,
+/// so ids sort like the events' times within one second (the list's tie-break), across
+/// processes as far as their clocks agree.
+pub fn new_audit_event_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    format!("{nanos:016x}{:08x}", rand::random::<u32>())
+}
+
+/// What makes an audit event a retry of another: derived from (principal, action, target, key)
+/// when the action has an idempotency key (a retry maps to the same event), else `id`.
+pub fn audit_event_key(principal: &str, rec: &ActionRecord, id: &str) -> String {
     match &rec.idempotency_key {
         Some(key) => {
             let mut h = Sha256::new();
@@ -136,7 +146,7 @@ pub fn audit_event_id(principal: &str, rec: &ActionRecord) -> String {
             }
             hex::encode(&h.finalize()[..16])
         }
-        None => hex::encode(rand::random::<[u8; 16]>()),
+        None => id.to_owned(),
     }
 }
 
@@ -250,8 +260,10 @@ impl App {
         op: &Operator,
         rec: &ActionRecord,
     ) -> Result<(), ApiError> {
+        let id = new_audit_event_id();
         let event = AuditEvent {
-            id: audit_event_id(&op.principal, rec),
+            key: audit_event_key(&op.principal, rec, &id),
+            id,
             at: self.now(),
             principal: op.principal.clone(),
             role: op.role.as_str().to_owned(),
@@ -418,13 +430,21 @@ mod tests {
             amount: None,
             idempotency_key: Some("k".into()),
         };
-        assert_eq!(audit_event_id("p", &rec), audit_event_id("p", &rec));
-        assert_ne!(audit_event_id("p", &rec), audit_event_id("q", &rec));
+        let (a, b) = (new_audit_event_id(), new_audit_event_id());
+        assert!(a[..16] <= b[..16], "ids sort by time: {a} {b}");
+        assert_eq!(
+            audit_event_key("p", &rec, &a),
+            audit_event_key("p", &rec, &b)
+        );
+        assert_ne!(
+            audit_event_key("p", &rec, &a),
+            audit_event_key("q", &rec, &a)
+        );
         let unkeyed = ActionRecord {
             idempotency_key: None,
             ..rec
         };
-        assert_ne!(audit_event_id("p", &unkeyed), audit_event_id("p", &unkeyed));
+        assert_eq!(audit_event_key("p", &unkeyed, &a), a);
     }
 
     #[test]

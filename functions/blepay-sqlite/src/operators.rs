@@ -142,8 +142,8 @@ pub(crate) fn revoke_operator(
 pub(crate) fn record_audit_event(c: &Connection, e: &AuditEvent) -> Result<bool, StoreError> {
     let inserted = c
         .execute(
-            "INSERT INTO audit_events (id, at, principal, role, action, target, amount, idempotency_key)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO audit_events (id, at, principal, role, action, target, amount, idempotency_key, dedupe_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING",
             params![
                 e.id,
                 ts(e.at)?,
@@ -153,6 +153,7 @@ pub(crate) fn record_audit_event(c: &Connection, e: &AuditEvent) -> Result<bool,
                 e.target,
                 e.amount.map(Amount::minor),
                 e.idempotency_key,
+                e.key,
             ],
         )
         .map_err(db)?;
@@ -179,6 +180,7 @@ fn audit_row(r: &Row<'_>) -> rusqlite::Result<AuditEvent> {
                 )
             })?,
         idempotency_key: r.get(7)?,
+        key: r.get(8)?,
     })
 }
 
@@ -193,7 +195,7 @@ pub(crate) fn audit_events(
     };
     let mut stmt = c
         .prepare(
-            "SELECT id, at, principal, role, action, target, amount, idempotency_key
+            "SELECT id, at, principal, role, action, target, amount, idempotency_key, dedupe_key
              FROM audit_events
              WHERE (?1 IS NULL OR at < ?1 OR (at = ?1 AND id < ?2))
                AND (?3 IS NULL OR principal = ?3)

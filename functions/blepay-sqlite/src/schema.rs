@@ -141,6 +141,7 @@ CREATE TABLE operators (
 
 CREATE TABLE audit_events (
     id              TEXT PRIMARY KEY,
+    dedupe_key      TEXT NOT NULL UNIQUE,
     at              INTEGER NOT NULL,
     principal       TEXT NOT NULL,
     role            TEXT NOT NULL,

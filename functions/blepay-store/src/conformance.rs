@@ -101,7 +101,7 @@ macro_rules! conformance_tests {
             keys_reused_after_a_week_are_still_answered_as_retries,
             an_operator_is_created_once_per_key_and_a_reused_key_changes_nothing,
             revoking_an_operator_stamps_it_once_and_an_unknown_one_is_not_found,
-            audit_events_are_recorded_once_per_id_and_listed_newest_first_page_by_page,
+            audit_events_are_recorded_once_per_key_and_listed_newest_first_page_by_page,
             concurrent_creates_with_one_key_create_one_operator,
             a_tariff_change_applies_to_sessions_authorized_after_it_never_to_an_open_one,
             a_pay_for_a_machine_out_of_service_is_refused_and_changes_nothing,
@@ -2340,6 +2340,7 @@ pub async fn revoking_an_operator_stamps_it_once_and_an_unknown_one_is_not_found
 fn audit_event(id: &str, at: u64, principal: &str, action: &str) -> crate::AuditEvent {
     crate::AuditEvent {
         id: id.into(),
+        key: format!("key-of-{id}"),
         at,
         principal: principal.into(),
         role: "owner".into(),
@@ -2350,7 +2351,7 @@ fn audit_event(id: &str, at: u64, principal: &str, action: &str) -> crate::Audit
     }
 }
 
-pub async fn audit_events_are_recorded_once_per_id_and_listed_newest_first_page_by_page(
+pub async fn audit_events_are_recorded_once_per_key_and_listed_newest_first_page_by_page(
     store: Arc<dyn Store>,
 ) {
     use crate::{AuditFilter, PageRequest};
@@ -2368,8 +2369,9 @@ pub async fn audit_events_are_recorded_once_per_id_and_listed_newest_first_page_
     for e in &events {
         assert!(store.record_audit_event(e).await.unwrap(), "{}", e.id);
     }
-    // A retry of e3 (same id), later: nothing added, the first kept.
+    // A retry of e3 (same key; another id and time): nothing added, the first kept.
     let retry = crate::AuditEvent {
+        id: "e9".into(),
         at: T0 + 99,
         ..events[2].clone()
     };

@@ -151,10 +151,12 @@ pub enum RevokeOperatorOutcome {
 /// One operator action that changed something, as the audit trail keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEvent {
-    /// Unique; an event whose id is already recorded is not recorded again (the service derives
-    /// it from (principal, action, target, idempotency key) when there is a key, so a retry
-    /// adds nothing).
+    /// Unique, and ordered like the events' times (the list's tie-break within one second).
     pub id: String,
+    /// What makes an event a retry of another: an event whose key is already recorded is not
+    /// recorded again (the service derives it from (principal, action, target, idempotency key)
+    /// when the action has a key, so a retry adds nothing; otherwise it is the id).
+    pub key: String,
     pub at: u64,
     pub principal: String,
     pub role: String,

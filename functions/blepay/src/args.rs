@@ -15,8 +15,8 @@ use std::time::Duration;
 use blepay_service::config::{
     Config, ConfigError, DEFAULT_ACTIVE_TIMEOUT_SECS, DEFAULT_CURRENCY,
     DEFAULT_JWT_MAX_LIFETIME_SECS, DEFAULT_MAX_UNSTARTED_PER_USER, DEFAULT_OFFLINE_AFTER_SECS,
-    DEFAULT_PAY_RATE_MAX, DEFAULT_PAY_RATE_WINDOW_SECS, DEFAULT_START_TIMEOUT_SECS, JwtSettings,
-    Keyring, PayLimits, SecretString, Settings, cfg_err,
+    DEFAULT_PAY_RATE_MAX, DEFAULT_PAY_RATE_WINDOW_SECS, DEFAULT_START_TIMEOUT_SECS,
+    DEFAULT_SUPPORT_REFUND_MAX, JwtSettings, Keyring, PayLimits, SecretString, Settings, cfg_err,
 };
 use blepay_service::limits::{
     DEFAULT_GRPC_MAX_MESSAGE_BYTES, DEFAULT_H2_KEEPALIVE_INTERVAL_SECS,
@@ -102,6 +102,10 @@ pub struct ServeArgs {
     /// units (0: no cap); operators override it per user.
     #[arg(long, env = "BLEPAY_DAILY_SPENDING_LIMIT", default_value_t = 0)]
     pub daily_spending_limit: u64,
+    /// The largest refund a support operator may make, in minor units (0: support may not
+    /// refund; owners may refund any amount).
+    #[arg(long, env = "BLEPAY_SUPPORT_REFUND_MAX", default_value_t = DEFAULT_SUPPORT_REFUND_MAX)]
+    pub support_refund_max: i64,
     /// Seconds between runs of the sweeper (expiry of unpaid-for starts, the ACTIVE timeout).
     #[arg(long, env = "BLEPAY_SWEEP_INTERVAL_SECS", default_value_t = 5)]
     pub sweep_interval_secs: u64,
@@ -355,6 +359,7 @@ impl ServeArgs {
             pay_rate_max: DEFAULT_PAY_RATE_MAX,
             pay_rate_window_secs: DEFAULT_PAY_RATE_WINDOW_SECS,
             daily_spending_limit: 0,
+            support_refund_max: DEFAULT_SUPPORT_REFUND_MAX,
             sweep_interval_secs: 5,
             transport: TransportArgs::default(),
         }
@@ -470,6 +475,7 @@ impl ServeArgs {
                 rate_window_secs: self.pay_rate_window_secs,
                 daily_spending_limit: self.daily_spending_limit,
             },
+            support_refund_max: self.support_refund_max,
         };
         Ok((settings.validate()?.into_config(keyring), generated))
     }

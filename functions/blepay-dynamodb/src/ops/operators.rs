@@ -4,8 +4,8 @@
 //!   `pk = OPERATORS`, `sk = KEY#<creator>#<key>` (one partition: operators are few, and the
 //!   credential check is one strongly consistent `GetItem` of it);
 //! - an audit event is `pk = AUDIT`, `sk = <at, 20 digits>#<id>` (newest first is one `Query`
-//!   backwards), written with a marker `pk = AUDITID#<id>` in one transaction, so an event id
-//!   already recorded (a retry) adds nothing.
+//!   backwards), written with a marker `pk = AUDITKEY#<key>` in one transaction, so an event
+//!   whose key is already recorded (a retry) adds nothing.
 
 use std::collections::HashMap;
 
@@ -74,6 +74,7 @@ fn audit_item(e: &AuditEvent) -> Item {
     item.extend([
         ("type".to_owned(), s("AUDIT_EVENT")),
         ("id".to_owned(), s(&e.id)),
+        ("key".to_owned(), s(&e.key)),
         ("at".to_owned(), n(e.at)),
         ("principal".to_owned(), s(&e.principal)),
         ("role".to_owned(), s(&e.role)),
@@ -92,6 +93,7 @@ fn audit_item(e: &AuditEvent) -> Item {
 fn audit_from_item(item: &Item) -> Result<AuditEvent, StoreError> {
     Ok(AuditEvent {
         id: get_s(item, "id")?.to_owned(),
+        key: get_s(item, "key")?.to_owned(),
         at: get_n(item, "at")?,
         principal: get_s(item, "principal")?.to_owned(),
         role: get_s(item, "role")?.to_owned(),
@@ -211,10 +213,10 @@ impl DynamoStore {
 
     pub(super) async fn record_audit_event_once(&self, e: &AuditEvent) -> Result<bool, Failure> {
         let marker = HashMap::from([
-            ("pk".to_owned(), s(format!("AUDITID#{}", e.id))),
-            ("sk".to_owned(), s("AUDITID")),
-            ("type".to_owned(), s("AUDIT_ID")),
-            ("at".to_owned(), n(e.at)),
+            ("pk".to_owned(), s(format!("AUDITKEY#{}", e.key))),
+            ("sk".to_owned(), s("AUDITKEY")),
+            ("type".to_owned(), s("AUDIT_KEY")),
+            ("event".to_owned(), s(audit_sk(e.at, &e.id))),
         ]);
         let put = aws_sdk_dynamodb::types::Put::builder()
             .table_name(&self.table)
@@ -229,7 +231,7 @@ impl DynamoStore {
         ];
         match self.transact(actions).await? {
             Tx::Done => Ok(true),
-            // The marker exists: this event id is recorded already.
+            // The marker exists: an event with this key is recorded already.
             Tx::Cancelled(_) => Ok(false),
         }
     }
