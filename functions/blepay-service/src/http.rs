@@ -73,6 +73,7 @@ pub fn routes_for(app: App, surface: Surface) -> Router {
             .route("/v1/pay", post(pay))
             .route("/v1/sessions/{session_id}", get(user_session))
             .route("/v1/wallet", get(user_wallet));
+        router = crate::backoffice::phone_routes(router);
     }
     if all || surface == Surface::Ops {
         router = router
@@ -81,6 +82,7 @@ pub fn routes_for(app: App, surface: Surface) -> Router {
             .route("/v1/ops/wallets/{user_id}/topup", post(top_up))
             .route("/v1/ops/wallets/{user_id}", get(ops_wallet))
             .route("/v1/ops/sessions/{session_id}", get(ops_session));
+        router = crate::backoffice::ops_routes(router);
     }
     if all || surface == Surface::Device {
         router = router.route(DEVICE_PATH, post(device));
@@ -122,7 +124,7 @@ impl Format {
             _ => Self::Json,
         }
     }
-    fn of_accept(headers: &HeaderMap) -> Self {
+    pub(crate) fn of_accept(headers: &HeaderMap) -> Self {
         match headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
             Some(a) if a.contains(PROTOBUF) => Self::Protobuf,
             _ => Self::Json,

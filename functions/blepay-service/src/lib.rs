@@ -15,6 +15,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod backoffice;
 pub mod config;
 pub mod error;
 pub mod grpc;

@@ -16,6 +16,7 @@
 //!
 //! Must not depend on: HTTP, gRPC, protobuf, the AWS SDK.
 
+mod backoffice;
 mod convert;
 mod ops;
 mod rows;
@@ -34,13 +35,17 @@ use blepay_store::{
     Audit, DeviceCall, DeviceCallOutcome, DeviceRecord, DeviceStatus, PayCommand, PayOutcome,
     RegisterOutcome, ResponseEncoder, Store, StoreError, TopUpOutcome,
 };
+use blepay_store::{
+    CloseCommand, CloseOutcome, DismissCommand, DismissOutcome, Page, PageRequest, Problem,
+    ProblemCommand, ProblemOutcome, RefundCommand, RefundOutcome,
+};
 use rusqlite::{Connection, TransactionBehavior, params};
 
 use crate::convert::{db, ts};
 use crate::ops::{Due, expire_sessions};
 use crate::rows::{
     load_device, load_idempotency, load_session, load_wallet, open_session_of, save_idempotency,
-    save_wallet, write_entry,
+    save_wallet, write_entry_by,
 };
 use crate::schema::migrate;
 
@@ -160,9 +165,10 @@ impl Store for SqliteStore {
         user: &UserId,
         amount: Amount,
         key: &IdempotencyKey,
+        actor: &str,
         now: u64,
     ) -> Result<TopUpOutcome, StoreError> {
-        let (user, key) = (user.clone(), key.clone());
+        let (user, key, actor) = (user.clone(), key.clone(), actor.to_owned());
         self.run(move |c| {
             expire_sessions(c, Due::OfUser(&user), now)?;
             let scope = format!("topup:{user}");
@@ -178,7 +184,7 @@ impl Store for SqliteStore {
                 TopUpDecision::Credit(new) => new,
             };
             save_wallet(c, &user, &wallet)?;
-            write_entry(c, &entry, now, None)?;
+            write_entry_by(c, &entry, now, None, Some(&actor))?;
             let fingerprint = top_up_fingerprint(amount);
             save_idempotency(c, &scope, &key, &fingerprint, None, now)?;
             Ok(TopUpOutcome::Credited(wallet))
@@ -252,6 +258,32 @@ impl Store for SqliteStore {
 
     async fn audit(&self) -> Result<Audit, StoreError> {
         self.run(ops::audit).await
+    }
+
+    async fn refund(&self, cmd: &RefundCommand) -> Result<RefundOutcome, StoreError> {
+        let cmd = cmd.clone();
+        self.run(move |c| backoffice::refund(c, &cmd)).await
+    }
+
+    async fn close_session(&self, cmd: &CloseCommand) -> Result<CloseOutcome, StoreError> {
+        let cmd = cmd.clone();
+        self.run(move |c| backoffice::close_session(c, &cmd)).await
+    }
+
+    async fn report_problem(&self, cmd: &ProblemCommand) -> Result<ProblemOutcome, StoreError> {
+        let cmd = cmd.clone();
+        self.run(move |c| backoffice::report_problem(c, &cmd)).await
+    }
+
+    async fn open_problems(&self, page: &PageRequest) -> Result<Page<Problem>, StoreError> {
+        let page = page.clone();
+        self.run(move |c| backoffice::open_problems(c, &page)).await
+    }
+
+    async fn dismiss_problem(&self, cmd: &DismissCommand) -> Result<DismissOutcome, StoreError> {
+        let cmd = cmd.clone();
+        self.run(move |c| backoffice::dismiss_problem(c, &cmd))
+            .await
     }
 }
 

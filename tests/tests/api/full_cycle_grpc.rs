@@ -342,7 +342,8 @@ async fn pay_and_reads_speak_protobuf_over_http_when_asked() {
             available: 350,
             held: 150,
             spent: 0,
-            currency: "EUR".into()
+            currency: "EUR".into(),
+            refunded: 0,
         }
     );
 }

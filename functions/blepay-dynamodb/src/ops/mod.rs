@@ -4,10 +4,12 @@
 //!
 //! - `attempts.rs`: the retry loop and the single requests (transact, get, batch/transact get);
 //! - `expiry.rs`: expiring overdue sessions and closing holds;
-//! - `reads.rs`, `top_up.rs`, `pay.rs`, `device_call.rs`, `audit.rs`: one operation each.
+//! - `reads.rs`, `top_up.rs`, `pay.rs`, `device_call.rs`, `audit.rs`: one operation each;
+//! - `backoffice.rs`: refunds, hand closes and problem reports (issue 11).
 
 mod attempts;
 mod audit;
+mod backoffice;
 mod device_call;
 mod expiry;
 mod pay;
@@ -23,6 +25,10 @@ use blepay_core::{
 use blepay_store::{
     Audit, DeviceCall, DeviceCallOutcome, DeviceRecord, DeviceStatus, PayCommand, PayOutcome,
     RegisterOutcome, ResponseEncoder, Store, StoreError, TopUpOutcome,
+};
+use blepay_store::{
+    CloseCommand, CloseOutcome, DismissCommand, DismissOutcome, Page, PageRequest, Problem,
+    ProblemCommand, ProblemOutcome, RefundCommand, RefundOutcome,
 };
 
 use crate::DynamoStore;
@@ -55,9 +61,10 @@ impl Store for DynamoStore {
         user: &UserId,
         amount: Amount,
         key: &IdempotencyKey,
+        actor: &str,
         now: u64,
     ) -> Result<TopUpOutcome, StoreError> {
-        self.retrying(|| self.top_up_once(user, amount, key, now))
+        self.retrying(|| self.top_up_once(user, amount, key, actor, now))
             .await
     }
 
@@ -133,5 +140,25 @@ impl Store for DynamoStore {
 
     async fn audit(&self) -> Result<Audit, StoreError> {
         self.retrying(|| self.audit_once()).await
+    }
+
+    async fn refund(&self, cmd: &RefundCommand) -> Result<RefundOutcome, StoreError> {
+        self.retrying(|| self.refund_once(cmd)).await
+    }
+
+    async fn close_session(&self, cmd: &CloseCommand) -> Result<CloseOutcome, StoreError> {
+        self.retrying(|| self.close_once(cmd)).await
+    }
+
+    async fn report_problem(&self, cmd: &ProblemCommand) -> Result<ProblemOutcome, StoreError> {
+        self.retrying(|| self.report_problem_once(cmd)).await
+    }
+
+    async fn open_problems(&self, page: &PageRequest) -> Result<Page<Problem>, StoreError> {
+        self.retrying(|| self.open_problems_once(page)).await
+    }
+
+    async fn dismiss_problem(&self, cmd: &DismissCommand) -> Result<DismissOutcome, StoreError> {
+        self.retrying(|| self.dismiss_problem_once(cmd)).await
     }
 }

@@ -13,17 +13,25 @@
 //!   expiry and timeout, the late-report rule).
 //! - [`decide_top_up`]: a top-up's answer (a retry, the lifetime money bound) and its credit.
 //! - [`AuditTally`]: the reconciliation totals, with checked arithmetic.
+//! - [`decide_refund`], [`decide_close`], [`decide_problem`], [`decide_dismiss`]: the back
+//!   office's refunds (bounded by the session's capture), hand closes and problem reports.
 
 mod audit;
+mod close;
 mod device_op;
 mod pay;
+mod problem;
+mod refund;
 mod seq;
 mod top_up;
 
 pub use audit::AuditTally;
+pub use close::{CloseDecision, decide_close};
 pub use device_op::{
     SessionChange, SessionOpDecision, SessionOpFacts, decide_session_op, needs_wallet,
 };
 pub use pay::{NewPay, PayDecision, PayFacts, PayFingerprint, PriorPay, decide_pay};
+pub use problem::{DismissDecision, ProblemDecision, decide_dismiss, decide_problem};
+pub use refund::{NewRefund, RefundDecision, RefundFacts, decide_refund, refund_fingerprint};
 pub use seq::{LastCall, SeqCheck, check_call, check_seq};
 pub use top_up::{NewTopUp, TopUpDecision, TopUpFacts, decide_top_up, top_up_fingerprint};

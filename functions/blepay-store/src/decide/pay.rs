@@ -253,6 +253,7 @@ mod tests {
             available: amount(available),
             held: Amount::ZERO,
             spent: Amount::ZERO,
+            refunded: Amount::ZERO,
         }
     }
 
