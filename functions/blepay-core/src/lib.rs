@@ -21,8 +21,8 @@ pub use ids::{
 };
 pub use money::{Amount, Currency, MoneyError, Tariff, UnitName, Units, units_for_hold};
 pub use session::{
-    CloseReason, LateOutcome, LateReport, ReportOutcome, Session, SessionError, SessionStatus,
-    Settlement, StartOutcome,
+    CloseReason, LateOutcome, LateReport, OperatorClose, ReportOutcome, Session, SessionError,
+    SessionStatus, Settlement, StartOutcome,
 };
 pub use telemetry::{Telemetry, TelemetryError};
 pub use wallet::{EntryKind, LedgerAccount, LedgerEntry, Wallet, WalletError};

@@ -76,6 +76,9 @@ pub enum CloseReason {
     Report,
     /// The server, after `active_timeout_secs` without a report ([`Session::time_out`]).
     Timeout,
+    /// An operator, by hand ([`Session::close_by_operator`]): an AUTHORIZED session is voided
+    /// (EXPIRED, the whole hold released), an ACTIVE one SETTLED at its last reported units.
+    Operator,
 }
 
 impl CloseReason {
@@ -83,6 +86,7 @@ impl CloseReason {
         match self {
             Self::Report => "REPORT",
             Self::Timeout => "TIMEOUT",
+            Self::Operator => "OPERATOR",
         }
     }
 
@@ -91,6 +95,7 @@ impl CloseReason {
         Some(match s {
             "REPORT" => Self::Report,
             "TIMEOUT" => Self::Timeout,
+            "OPERATOR" => Self::Operator,
             _ => return None,
         })
     }
@@ -129,6 +134,17 @@ pub enum ReportOutcome {
     AlreadySettled,
 }
 
+/// What an operator's close did ([`Session::close_by_operator`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorClose {
+    /// Closed now: apply the settlement (a voided AUTHORIZED session captures nothing).
+    Closed(Settlement),
+    /// An operator closed it before: nothing changes, no money moves.
+    AlreadyClosed,
+    /// It was closed otherwise (a report, a timeout, an expiry): nothing changes.
+    ClosedOtherwise,
+}
+
 /// What a final report on a session closed by timeout did ([`Session::late_final_report`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LateOutcome {
@@ -161,6 +177,8 @@ pub struct Session {
     pub closed_by: Option<CloseReason>,
     /// The final report that arrived after a timeout closed it, if any.
     pub late_report: Option<LateReport>,
+    /// What operators refunded of its capture so far (never above `amount`).
+    pub refunded: Amount,
 }
 
 impl Session {
@@ -193,6 +211,66 @@ impl Session {
             last_report_at: None,
             closed_by: None,
             late_report: None,
+            refunded: Amount::ZERO,
+        }
+    }
+
+    /// True when the server closed this SETTLED session without the machine's final report
+    /// (by timeout or by an operator): a final report that arrives later is a
+    /// [`Session::late_final_report`].
+    pub fn closed_by_server(&self) -> bool {
+        self.status == SessionStatus::Settled
+            && matches!(
+                self.closed_by,
+                Some(CloseReason::Timeout | CloseReason::Operator)
+            )
+    }
+
+    /// What an operator may still refund of this session: its capture less what was refunded
+    /// (zero for a session that is not SETTLED).
+    pub fn refundable(&self) -> Amount {
+        if self.status != SessionStatus::Settled {
+            return Amount::ZERO;
+        }
+        self.amount
+            .checked_sub(self.refunded)
+            .unwrap_or(Amount::ZERO)
+    }
+
+    /// An operator closes the session by hand, `now`: an AUTHORIZED one is voided (EXPIRED, the
+    /// whole hold released), an ACTIVE one SETTLED at its last reported units
+    /// (`tariff.capture_for(units, hold)`, the rest of the hold released); both are then
+    /// closed by [`CloseReason::Operator`] and end `now`. Closing again is
+    /// [`OperatorClose::AlreadyClosed`]; a session closed any other way is
+    /// [`OperatorClose::ClosedOtherwise`]. The caller expires or times out an overdue session
+    /// first (as any read does).
+    pub fn close_by_operator(&mut self, now: u64) -> OperatorClose {
+        match self.status {
+            SessionStatus::Authorized => {
+                self.status = SessionStatus::Expired;
+                self.closed_by = Some(CloseReason::Operator);
+                self.ended_at = Some(now);
+                OperatorClose::Closed(Settlement {
+                    hold: self.hold,
+                    capture: Amount::ZERO,
+                })
+            }
+            SessionStatus::Active => {
+                self.amount = self.tariff.capture_for(self.units, self.hold);
+                self.status = SessionStatus::Settled;
+                self.closed_by = Some(CloseReason::Operator);
+                self.ended_at = Some(now);
+                OperatorClose::Closed(Settlement {
+                    hold: self.hold,
+                    capture: self.amount,
+                })
+            }
+            SessionStatus::Settled | SessionStatus::Expired
+                if self.closed_by == Some(CloseReason::Operator) =>
+            {
+                OperatorClose::AlreadyClosed
+            }
+            SessionStatus::Settled | SessionStatus::Expired => OperatorClose::ClosedOtherwise,
         }
     }
 
@@ -281,7 +359,8 @@ impl Session {
         }
     }
 
-    /// A final report of `units` that reached a session the server closed by timeout
+    /// A final report of `units` that reached a session the server closed by timeout or an
+    /// operator closed by hand ([`Session::closed_by_server`])
     /// (docs/sessions.md): units below the ones it was settled at, or other units than an earlier
     /// late report, are [`SessionError::ReportConflict`]; the same late report again is
     /// [`LateOutcome::AlreadyRecorded`]. Otherwise what the units still owe,
@@ -298,7 +377,7 @@ impl Session {
         now: u64,
         available: Amount,
     ) -> Result<LateOutcome, SessionError> {
-        if self.status != SessionStatus::Settled || self.closed_by != Some(CloseReason::Timeout) {
+        if !self.closed_by_server() {
             return Err(SessionError::NotStartable(self.status));
         }
         if let Some(late) = self.late_report {
@@ -528,6 +607,49 @@ mod tests {
             })
         );
         assert_eq!(other.amount, other.hold);
+    }
+
+    #[test]
+    fn an_operator_voids_an_authorized_session_and_settles_an_active_one_once() {
+        let mut s = session();
+        assert_eq!(
+            s.close_by_operator(1005),
+            OperatorClose::Closed(Settlement {
+                hold: Amount::new(100).unwrap(),
+                capture: Amount::ZERO
+            })
+        );
+        assert_eq!(
+            (s.status, s.closed_by),
+            (SessionStatus::Expired, Some(CloseReason::Operator))
+        );
+        assert_eq!(s.close_by_operator(1006), OperatorClose::AlreadyClosed);
+        assert_eq!(s.start(1007), Err(SessionError::Expired));
+
+        let mut s = session();
+        s.start(1010).unwrap();
+        s.report(Units::new(2), false, 1020).unwrap();
+        assert_eq!(
+            s.close_by_operator(1030),
+            OperatorClose::Closed(Settlement {
+                hold: Amount::new(100).unwrap(),
+                capture: Amount::new(60).unwrap()
+            })
+        );
+        assert!(s.closed_by_server());
+        assert_eq!(s.refundable().minor(), 60);
+        // A late final report is handled as after a timeout.
+        assert_eq!(
+            s.late_final_report(Units::new(3), 1040, Amount::MAX),
+            Ok(LateOutcome::Recorded {
+                charged: Amount::new(30).unwrap()
+            })
+        );
+
+        let mut s = session();
+        s.start(1010).unwrap();
+        s.report(Units::new(1), true, 1020).unwrap();
+        assert_eq!(s.close_by_operator(1030), OperatorClose::ClosedOtherwise);
     }
 
     #[test]

@@ -10,10 +10,12 @@
 //! release  : UserHeld       -> UserAvailable(u)
 //! capture  : UserHeld       -> Revenue
 //! late capture : UserAvailable -> Revenue   (a final report after a timeout, docs/sessions.md)
+//! refund   : Revenue        -> UserAvailable(u)   (an operator's refund of a session's capture)
 //! ```
 //!
 //! Invariant: for every user, `available` and `held` equal the balances of their ledger accounts;
-//! and `sum(available + held) + revenue == total top-ups`, to the cent.
+//! and `sum(available + held) + revenue == total top-ups`, to the cent (revenue net of refunds:
+//! `revenue == sum(spent)`, `spent` being what was captured less what was refunded).
 
 use crate::ids::UserId;
 use crate::money::{Amount, MoneyError};
@@ -30,6 +32,8 @@ pub enum WalletError {
     Overflow,
     #[error("cannot release or capture more than is held")]
     NotHeld,
+    #[error("cannot refund more than was captured")]
+    NotCaptured,
 }
 
 impl From<MoneyError> for WalletError {
@@ -117,12 +121,19 @@ pub struct LedgerEntry {
 pub struct Wallet {
     pub available: Amount,
     pub held: Amount,
+    /// What was captured (captures and late captures) less what was refunded: the wallet's share
+    /// of revenue.
     pub spent: Amount,
+    /// Everything operators ever refunded to this wallet (a running total, shown to the user).
+    /// Kept apart from `spent` so that `spent` stays within the lifetime total: a refund gives
+    /// the money back, so it can be spent and captured again without `spent` growing past it.
+    pub refunded: Amount,
 }
 
 impl Wallet {
-    /// What this wallet was ever credited: `available + held + spent`. Holds, releases and
-    /// captures only move money between the three balances, so this changes only with a top-up.
+    /// What this wallet was ever credited: `available + held + spent`. Holds, releases,
+    /// captures and refunds only move money between the three balances, so this changes only
+    /// with a top-up.
     ///
     /// # Errors
     /// [`WalletError::Overflow`] when it exceeds [`Amount::MAX`] (a wallet no rule here produces).
@@ -131,6 +142,37 @@ impl Wallet {
             .available
             .checked_add(self.held)?
             .checked_add(self.spent)?)
+    }
+
+    /// Refund `amount` of what was captured: revenue back to the available balance (`spent`
+    /// down, `available` up, `refunded` up by it). The caller bounds it by the session's own
+    /// capture (a session's refunds never exceed what it captured); this rule bounds it by the
+    /// wallet's `spent`.
+    ///
+    /// # Errors
+    /// [`WalletError::NotCaptured`] when `amount > spent`; [`WalletError::Overflow`] when the
+    /// running `refunded` total would pass [`Amount::MAX`].
+    pub fn refund(self, user: &UserId, amount: Amount) -> Result<(Self, LedgerEntry), WalletError> {
+        let spent = self
+            .spent
+            .checked_sub(amount)
+            .map_err(|_| WalletError::NotCaptured)?;
+        let refunded = self.refunded.checked_add(amount)?;
+        let available = self.available.checked_add(amount)?;
+        Ok((
+            Self {
+                available,
+                held: self.held,
+                spent,
+                refunded,
+            },
+            LedgerEntry {
+                kind: EntryKind::Refund,
+                debit: LedgerAccount::Revenue,
+                credit: LedgerAccount::UserAvailable(user.clone()),
+                amount,
+            },
+        ))
     }
 
     /// Credit a top-up.
@@ -240,6 +282,7 @@ impl Wallet {
             .map_err(|_| WalletError::NotHeld)?;
         let available = self.available.checked_add(release)?;
         let spent = self.spent.checked_add(capture)?;
+        let refunded = self.refunded;
         let mut entries = alloc::vec::Vec::with_capacity(2);
         if !capture.is_zero() {
             entries.push(LedgerEntry {
@@ -262,6 +305,7 @@ impl Wallet {
                 available,
                 held,
                 spent,
+                refunded,
             },
             entries,
         ))
@@ -302,7 +346,8 @@ mod tests {
             Wallet {
                 available: amt(425),
                 held: amt(0),
-                spent: amt(75)
+                spent: amt(75),
+                refunded: amt(0),
             }
         );
         assert_eq!(entries.len(), 2);
@@ -319,7 +364,8 @@ mod tests {
             Wallet {
                 available: amt(60),
                 held: amt(0),
-                spent: amt(40)
+                spent: amt(40),
+                refunded: amt(0),
             }
         );
         assert_eq!(
@@ -346,11 +392,40 @@ mod tests {
         assert_eq!(w.top_up(&user(), amt(1)), Err(WalletError::Overflow));
     }
 
+    #[test]
+    fn a_refund_moves_revenue_back_to_available_and_never_past_what_was_captured() {
+        let (w, _) = Wallet::default().top_up(&user(), amt(500)).unwrap();
+        let (w, _) = w.hold(&user(), amt(200)).unwrap();
+        let (w, _) = w.settle(&user(), amt(200), amt(75)).unwrap();
+        let total = w.lifetime_total().unwrap();
+        let (w, entry) = w.refund(&user(), amt(50)).unwrap();
+        assert_eq!(
+            (w.available, w.spent, w.refunded),
+            (amt(475), amt(25), amt(50))
+        );
+        assert_eq!(
+            (entry.kind, entry.debit, entry.credit, entry.amount),
+            (
+                EntryKind::Refund,
+                LedgerAccount::Revenue,
+                LedgerAccount::UserAvailable(user()),
+                amt(50)
+            )
+        );
+        assert_eq!(
+            w.lifetime_total().unwrap(),
+            total,
+            "a refund credits nothing new"
+        );
+        assert_eq!(w.refund(&user(), amt(26)), Err(WalletError::NotCaptured));
+        assert!(w.refund(&user(), amt(25)).is_ok());
+    }
+
     proptest! {
         /// Whatever happens, no balance can pass `Amount::MAX`: every rule either refuses or
         /// keeps the lifetime total (which only top-ups raise, up to the maximum).
         #[test]
-        fn no_sequence_of_operations_overflows_a_balance(ops in proptest::collection::vec((0u8..4, 0i64..=Amount::MAX.minor(), 0i64..=Amount::MAX.minor()), 0..40)) {
+        fn no_sequence_of_operations_overflows_a_balance(ops in proptest::collection::vec((0u8..5, 0i64..=Amount::MAX.minor(), 0i64..=Amount::MAX.minor()), 0..40)) {
             let u = user();
             let mut w = Wallet::default();
             let mut holds: alloc::vec::Vec<Amount> = alloc::vec::Vec::new();
@@ -359,6 +434,7 @@ mod tests {
                     0 => if let Ok((n, _)) = w.top_up(&u, amt(a)) { w = n; },
                     1 => if let Ok((n, _)) = w.hold(&u, amt(a)) { w = n; holds.push(amt(a)); },
                     2 => if let Ok((n, _)) = w.late_capture(&u, amt(a)) { w = n; },
+                    3 if b % 2 == 0 => if let Ok((n, _)) = w.refund(&u, amt(a)) { w = n; },
                     _ => if let Some(h) = holds.pop() {
                         let (n, _) = w.settle(&u, h, amt(b).min(h)).unwrap();
                         w = n;
@@ -369,7 +445,7 @@ mod tests {
         }
 
         #[test]
-        fn any_sequence_of_operations_conserves_money(ops in proptest::collection::vec((0u8..3, 0i64..10_000, 0i64..10_000), 0..50)) {
+        fn any_sequence_of_operations_conserves_money(ops in proptest::collection::vec((0u8..4, 0i64..10_000, 0i64..10_000), 0..50)) {
             let u = user();
             let mut w = Wallet::default();
             let mut topups = 0i64;
@@ -379,6 +455,7 @@ mod tests {
                 match op {
                     0 => if let Ok((n, _)) = w.top_up(&u, amt(a)) { w = n; topups += a; },
                     1 => if let Ok((n, _)) = w.hold(&u, amt(a)) { w = n; holds.push(amt(a)); },
+                    3 => if let Ok((n, _)) = w.refund(&u, amt(a)) { w = n; revenue -= a; },
                     _ => if let Some(h) = holds.pop() {
                         let cap = amt(b).min(h);
                         let (n, entries) = w.settle(&u, h, cap).unwrap();

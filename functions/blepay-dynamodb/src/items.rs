@@ -425,6 +425,9 @@ pub(crate) fn session_attrs(x: &Session) -> Item {
         item.insert("late_at".into(), n(l.at));
         item.insert("late_charged".into(), n(l.charged.minor()));
     }
+    if !x.refunded.is_zero() {
+        item.insert("refunded".into(), n(x.refunded.minor()));
+    }
     item
 }
 
@@ -477,6 +480,14 @@ pub(crate) fn session_from_item(item: &Item) -> Result<Session, StoreError> {
             }),
             _ => None,
         },
+        refunded: opt_amount(item, "refunded")?,
+    })
+}
+
+/// An amount attribute that items written before it existed lack (read as zero).
+pub(crate) fn opt_amount(item: &Item, attr: &str) -> Result<Amount, StoreError> {
+    opt_n::<i64>(item, attr)?.map_or(Ok(Amount::ZERO), |v| {
+        Amount::new(v).map_err(|_| corrupt("amount", attr))
     })
 }
 
@@ -513,6 +524,7 @@ pub(crate) fn wallet_from_item(item: Option<&Item>) -> Result<WalletItem, StoreE
             available: amount(item, "available")?,
             held: amount(item, "held")?,
             spent: amount(item, "spent")?,
+            refunded: opt_amount(item, "refunded")?,
         },
         holds,
     })
@@ -563,6 +575,19 @@ pub(crate) fn ledger_item(
         item.insert(crate::ops::L_REFUND.into(), s(entry.kind.as_str()));
     }
     item
+}
+
+/// A ledger item naming the principal who made it (`actor`: an operator's top-up, refund or
+/// hand close).
+pub(crate) fn with_actor(mut item: Item, actor: &str) -> Item {
+    item.insert("actor".into(), s(actor));
+    item
+}
+
+/// A refund's ledger row: one per (session, idempotency key), so it is also the key's record
+/// (its `amount` is the fingerprint, `decide/refund.rs`).
+pub(crate) fn refund_ledger_key(session: SessionId, k: &IdempotencyKey) -> Item {
+    key(format!("LEDGER#{session}#REFUND#{k}"), "ENTRY")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ async fn keys_are_still_retries_after_the_ttl_sweeper_ran() {
     online_machine(&store, 1, T0).await;
     assert!(matches!(
         store
-            .top_up(&alice, amount(1000), &key("t1"), T0)
+            .top_up(&alice, amount(1000), &key("t1"), "ops-test", T0)
             .await
             .unwrap(),
         TopUpOutcome::Credited(_)
@@ -40,7 +40,7 @@ async fn keys_are_still_retries_after_the_ttl_sweeper_ran() {
 
     assert_eq!(
         store
-            .top_up(&alice, amount(1000), &key("t1"), LATER)
+            .top_up(&alice, amount(1000), &key("t1"), "ops-test", LATER)
             .await
             .unwrap(),
         TopUpOutcome::Replayed(wallet(1000, 0, 0))
@@ -66,7 +66,7 @@ async fn a_top_up_whose_key_record_was_swept_is_answered_from_its_ledger_row() {
     let alice = user("alice");
     assert!(matches!(
         store
-            .top_up(&alice, amount(1000), &key("t1"), T0)
+            .top_up(&alice, amount(1000), &key("t1"), "ops-test", T0)
             .await
             .unwrap(),
         TopUpOutcome::Credited(_)
@@ -75,14 +75,14 @@ async fn a_top_up_whose_key_record_was_swept_is_answered_from_its_ledger_row() {
 
     assert_eq!(
         store
-            .top_up(&alice, amount(1000), &key("t1"), LATER)
+            .top_up(&alice, amount(1000), &key("t1"), "ops-test", LATER)
             .await
             .unwrap(),
         TopUpOutcome::Replayed(wallet(1000, 0, 0))
     );
     assert_eq!(
         store
-            .top_up(&alice, amount(5), &key("t1"), LATER)
+            .top_up(&alice, amount(5), &key("t1"), "ops-test", LATER)
             .await
             .unwrap(),
         TopUpOutcome::KeyReused

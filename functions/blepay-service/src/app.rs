@@ -400,7 +400,7 @@ impl App {
         match self
             .inner
             .store
-            .top_up(&user, amount, &key, self.now())
+            .top_up(&user, amount, &key, &op.principal, self.now())
             .await?
         {
             TopUpOutcome::Credited(w) | TopUpOutcome::Replayed(w) => {
@@ -643,13 +643,14 @@ impl App {
             .ok_or_else(session_not_found)
     }
 
-    fn wallet_pb(&self, user: &UserId, w: &Wallet) -> pb::Wallet {
+    pub(crate) fn wallet_pb(&self, user: &UserId, w: &Wallet) -> pb::Wallet {
         pb::Wallet {
             user_id: user.to_string(),
             available: w.available.minor(),
             held: w.held.minor(),
             spent: w.spent.minor(),
             currency: self.config().currency.to_string(),
+            refunded: w.refunded.minor(),
             ..pb::Wallet::default()
         }
     }
@@ -719,11 +720,11 @@ pub(crate) fn device_unknown(id: DeviceId) -> ApiError {
     )
 }
 
-fn session_not_found() -> ApiError {
+pub(crate) fn session_not_found() -> ApiError {
     ApiError::new(ErrorCode::SessionNotFound, "no such session")
 }
 
-fn key_reused() -> ApiError {
+pub(crate) fn key_reused() -> ApiError {
     ApiError::new(
         ErrorCode::IdempotencyKeyReused,
         "this idempotency key was used for a different request",
@@ -748,7 +749,7 @@ pub(crate) fn session_status_pb(s: SessionStatus) -> pb::SessionStatus {
     }
 }
 
-fn secs(t: u64) -> i64 {
+pub(crate) fn secs(t: u64) -> i64 {
     i64::try_from(t).unwrap_or(i64::MAX)
 }
 
@@ -789,6 +790,7 @@ pub fn session_pb(s: &Session) -> pb::Session {
             at: secs(l.at),
             charged: l.charged.minor(),
         }),
+        refunded: s.refunded.minor(),
     }
 }
 
@@ -808,6 +810,7 @@ fn close_reason_pb(r: CloseReason) -> pb::CloseReason {
     match r {
         CloseReason::Report => pb::CloseReason::Report,
         CloseReason::Timeout => pb::CloseReason::Timeout,
+        CloseReason::Operator => pb::CloseReason::Operator,
     }
 }
 

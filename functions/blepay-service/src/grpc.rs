@@ -193,6 +193,14 @@ impl PhoneService for Phone {
         let user = phone_user(&req)?;
         reply(self.0.my_ledger(&user, req.into_inner()).await)
     }
+
+    async fn report_problem(
+        &self,
+        req: Request<pb::ReportProblemRequest>,
+    ) -> Result<Response<pb::Problem>, Status> {
+        let user = phone_user(&req)?;
+        reply(self.0.report_problem(&user, req.into_inner()).await)
+    }
 }
 
 /// `blepay.v1.OpsService`.
@@ -350,6 +358,38 @@ impl OpsService for Ops {
     ) -> Result<Response<pb::RotateDeviceKeyResponse>, Status> {
         let op = operator(&req)?;
         reply(self.0.rotate_device_key(&op, req.into_inner()).await)
+    }
+
+    async fn refund_session(
+        &self,
+        req: Request<pb::RefundRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        let op = operator(&req)?;
+        reply(self.0.refund_session(&op, req.into_inner()).await)
+    }
+
+    async fn close_session(
+        &self,
+        req: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        let op = operator(&req)?;
+        reply(self.0.close_session(&op, req.into_inner()).await)
+    }
+
+    async fn list_problems(
+        &self,
+        req: Request<pb::ListProblemsRequest>,
+    ) -> Result<Response<pb::ProblemList>, Status> {
+        let op = operator(&req)?;
+        reply(self.0.list_problems(&op, req.into_inner()).await)
+    }
+
+    async fn dismiss_problem(
+        &self,
+        req: Request<pb::DismissProblemRequest>,
+    ) -> Result<Response<pb::Problem>, Status> {
+        let op = operator(&req)?;
+        reply(self.0.dismiss_problem(&op, req.into_inner()).await)
     }
 }
 

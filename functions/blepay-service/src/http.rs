@@ -76,6 +76,7 @@ pub fn routes_for(app: App, surface: Surface) -> Router {
             .route("/v1/sessions/{session_id}", get(user_session))
             .route("/v1/wallet", get(user_wallet))
             .merge(crate::reports::phone_routes());
+        router = crate::backoffice::phone_routes(router);
     }
     if all || surface == Surface::Ops {
         router = router
@@ -92,8 +93,6 @@ pub fn routes_for(app: App, surface: Surface) -> Router {
                 "/v1/ops/wallets/{user_id}/spending-limit",
                 put(set_spending_limit),
             )
-            .route("/v1/ops/devices", post(register_device))
-            .route("/v1/ops/devices/{device_id}", get(ops_device))
             .route("/v1/ops/devices/{device_id}/revoke", post(revoke_device))
             .route(
                 "/v1/ops/devices/{device_id}/rotate-key",
@@ -112,6 +111,7 @@ pub fn routes_for(app: App, surface: Surface) -> Router {
             )
             .route("/v1/ops/audit", get(list_audit))
             .merge(crate::reports::ops_routes());
+        router = crate::backoffice::ops_routes(router);
     }
     if all || surface == Surface::Device {
         router = router.route(DEVICE_PATH, post(device));
@@ -153,7 +153,7 @@ impl Format {
             _ => Self::Json,
         }
     }
-    fn of_accept(headers: &HeaderMap) -> Self {
+    pub(crate) fn of_accept(headers: &HeaderMap) -> Self {
         match headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
             Some(a) if a.contains(PROTOBUF) => Self::Protobuf,
             _ => Self::Json,

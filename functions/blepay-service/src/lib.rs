@@ -18,6 +18,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod backoffice;
 pub mod config;
 pub mod device_keys;
 pub mod devices;

@@ -22,6 +22,7 @@ mod keys;
 mod lists;
 mod operators;
 mod ops;
+mod refunds;
 mod rows;
 mod schema;
 
@@ -35,11 +36,12 @@ use blepay_store::decide::{
     NewTopUp, TopUpDecision, TopUpFacts, decide_top_up, top_up_fingerprint,
 };
 use blepay_store::{
-    Audit, AuditEvent, AuditFilter, CreateOperatorOutcome, DeviceCall, DeviceCallOutcome,
-    DeviceFilter, DeviceRecord, DeviceStatus, DeviceUpdate, DeviceUpdateOutcome, NewOperator,
-    OperatorId, OperatorRecord, Page, PageRequest, PayCommand, PayOutcome, RegisterOutcome,
-    ResponseEncoder, RevokeOperatorOutcome, RevokeOutcome, RotateOutcome, SalesFacts,
-    SessionFilter, Spending, StatementEntry, Store, StoreError, TopUpOutcome,
+    Audit, AuditEvent, AuditFilter, CloseCommand, CloseOutcome, CreateOperatorOutcome, DeviceCall,
+    DeviceCallOutcome, DeviceFilter, DeviceRecord, DeviceStatus, DeviceUpdate, DeviceUpdateOutcome,
+    DismissCommand, DismissOutcome, NewOperator, OperatorId, OperatorRecord, Page, PageRequest,
+    PayCommand, PayOutcome, Problem, ProblemCommand, ProblemOutcome, RefundCommand, RefundOutcome,
+    RegisterOutcome, ResponseEncoder, RevokeOperatorOutcome, RevokeOutcome, RotateOutcome,
+    SalesFacts, SessionFilter, Spending, StatementEntry, Store, StoreError, TopUpOutcome,
 };
 use rusqlite::{Connection, TransactionBehavior, params};
 
@@ -47,7 +49,7 @@ use crate::convert::{db, ts};
 use crate::ops::{Due, expire_sessions};
 use crate::rows::{
     load_device, load_idempotency, load_session, load_wallet, open_session_of, save_idempotency,
-    save_wallet, write_entry,
+    save_wallet, write_entry_by,
 };
 use crate::schema::migrate;
 
@@ -167,9 +169,10 @@ impl Store for SqliteStore {
         user: &UserId,
         amount: Amount,
         key: &IdempotencyKey,
+        actor: &str,
         now: u64,
     ) -> Result<TopUpOutcome, StoreError> {
-        let (user, key) = (user.clone(), key.clone());
+        let (user, key, actor) = (user.clone(), key.clone(), actor.to_owned());
         self.run(move |c| {
             expire_sessions(c, Due::OfUser(&user), now)?;
             let scope = format!("topup:{user}");
@@ -185,7 +188,7 @@ impl Store for SqliteStore {
                 TopUpDecision::Credit(new) => new,
             };
             save_wallet(c, &user, &wallet)?;
-            write_entry(c, &entry, now, None)?;
+            write_entry_by(c, &entry, now, None, Some(&actor))?;
             let fingerprint = top_up_fingerprint(amount);
             save_idempotency(c, &scope, &key, &fingerprint, None, now)?;
             Ok(TopUpOutcome::Credited(wallet))
@@ -384,6 +387,30 @@ impl Store for SqliteStore {
     ) -> Result<RotateOutcome, StoreError> {
         let key = key.clone();
         self.run(move |c| keys::rotate(c, id, &key)).await
+    }
+    async fn refund(&self, cmd: &RefundCommand) -> Result<RefundOutcome, StoreError> {
+        let cmd = cmd.clone();
+        self.run(move |c| refunds::refund(c, &cmd)).await
+    }
+
+    async fn close_session(&self, cmd: &CloseCommand) -> Result<CloseOutcome, StoreError> {
+        let cmd = cmd.clone();
+        self.run(move |c| refunds::close_session(c, &cmd)).await
+    }
+
+    async fn report_problem(&self, cmd: &ProblemCommand) -> Result<ProblemOutcome, StoreError> {
+        let cmd = cmd.clone();
+        self.run(move |c| refunds::report_problem(c, &cmd)).await
+    }
+
+    async fn open_problems(&self, page: &PageRequest) -> Result<Page<Problem>, StoreError> {
+        let page = page.clone();
+        self.run(move |c| refunds::open_problems(c, &page)).await
+    }
+
+    async fn dismiss_problem(&self, cmd: &DismissCommand) -> Result<DismissOutcome, StoreError> {
+        let cmd = cmd.clone();
+        self.run(move |c| refunds::dismiss_problem(c, &cmd)).await
     }
 }
 

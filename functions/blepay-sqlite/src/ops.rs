@@ -17,7 +17,7 @@ use crate::rows::{
     Idempotency, advert_used, count_opened_since, count_unstarted, insert_session, load_device,
     load_idempotency, load_open_session, load_session, load_session_of_device, load_wallet,
     mark_advert_used, open_session_of, query_sessions, save_idempotency, save_session_state,
-    save_telemetry, save_wallet, write_entry,
+    save_telemetry, save_wallet, write_entry, write_entry_by,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -274,12 +274,23 @@ pub(crate) fn close_hold(
     settlement: Settlement,
     now: u64,
 ) -> Result<(), StoreError> {
+    close_hold_by(c, s, settlement, now, None)
+}
+
+/// [`close_hold`], its ledger rows naming `actor` (an operator's hand close).
+pub(crate) fn close_hold_by(
+    c: &Connection,
+    s: &Session,
+    settlement: Settlement,
+    now: u64,
+    actor: Option<&str>,
+) -> Result<(), StoreError> {
     let (wallet, entries) = load_wallet(c, &s.user_id)?
         .settle(&s.user_id, settlement.hold, settlement.capture)
         .map_err(wallet_rule)?;
     save_wallet(c, &s.user_id, &wallet)?;
     for entry in &entries {
-        write_entry(c, entry, now, Some(s.id))?;
+        write_entry_by(c, entry, now, Some(s.id), actor)?;
     }
     Ok(())
 }
@@ -304,7 +315,7 @@ pub(crate) fn audit(c: &Connection) -> Result<Audit, StoreError> {
         tally.ledger_entry(&kind, &debit, &credit, r.get(3).map_err(db)?);
     }
     let mut wallets = c
-        .prepare("SELECT user_id, available, held, spent FROM wallets")
+        .prepare("SELECT user_id, available, held, spent, refunded FROM wallets")
         .map_err(db)?;
     let rows = wallets
         .query_map([], |r| {
@@ -314,6 +325,7 @@ pub(crate) fn audit(c: &Connection) -> Result<Audit, StoreError> {
                     available: amount_col(r, 1)?,
                     held: amount_col(r, 2)?,
                     spent: amount_col(r, 3)?,
+                    refunded: amount_col(r, 4)?,
                 },
             ))
         })
@@ -328,6 +340,16 @@ pub(crate) fn audit(c: &Connection) -> Result<Audit, StoreError> {
     let rows = holds.query_map([], |r| amount_col(r, 0)).map_err(db)?;
     for hold in rows {
         tally.open_hold(hold.map_err(db)?);
+    }
+    let mut refunds = c
+        .prepare("SELECT amount, refunded FROM sessions WHERE refunded > 0")
+        .map_err(db)?;
+    let rows = refunds
+        .query_map([], |r| Ok((amount_col(r, 0)?, amount_col(r, 1)?)))
+        .map_err(db)?;
+    for row in rows {
+        let (captured, refunded) = row.map_err(db)?;
+        tally.session_refunds(captured, refunded);
     }
     tally.finish()
 }

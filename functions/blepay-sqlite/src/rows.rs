@@ -181,7 +181,7 @@ pub(crate) fn open_session_of(
 
 pub(crate) const SESSION_COLUMNS: &str = "id, device_id, user_id, hold, price_per_unit, unit_name, currency, use_counter, \
                                status, units, amount, created_at, expires_at, started_at, ended_at, \
-                               last_report_at, closed_by, late_units, late_at, late_charged";
+                               last_report_at, closed_by, late_units, late_at, late_charged, refunded";
 
 pub(crate) fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
     Ok(Session {
@@ -225,6 +225,7 @@ pub(crate) fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
             }),
             _ => None,
         },
+        refunded: amount_col(r, 20)?,
     })
 }
 
@@ -295,7 +296,7 @@ pub(crate) fn insert_session(c: &Connection, s: &Session) -> Result<(), StoreErr
         &format!(
             "INSERT INTO sessions ({SESSION_COLUMNS})
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                     ?16, ?17, ?18, ?19, ?20)"
+                     ?16, ?17, ?18, ?19, ?20, ?21)"
         ),
         params![
             s.id.as_bytes(),
@@ -318,6 +319,7 @@ pub(crate) fn insert_session(c: &Connection, s: &Session) -> Result<(), StoreErr
             s.late_report.map(|l| units_to_sql(l.units)),
             s.late_report.map(|l| ts(l.at)).transpose()?,
             s.late_report.map(|l| l.charged.minor()),
+            s.refunded.minor(),
         ],
     )
     .map_err(db)?;
@@ -330,7 +332,7 @@ pub(crate) fn save_session_state(c: &Connection, s: &Session) -> Result<(), Stor
     c.execute(
         "UPDATE sessions SET status = ?1, units = ?2, amount = ?3, started_at = ?4, ended_at = ?5,
                 last_report_at = ?6, closed_by = ?7, late_units = ?8, late_at = ?9,
-                late_charged = ?10
+                late_charged = ?10, refunded = ?12
          WHERE id = ?11",
         params![
             s.status.as_str(),
@@ -344,6 +346,7 @@ pub(crate) fn save_session_state(c: &Connection, s: &Session) -> Result<(), Stor
             s.late_report.map(|l| ts(l.at)).transpose()?,
             s.late_report.map(|l| l.charged.minor()),
             s.id.as_bytes(),
+            s.refunded.minor(),
         ],
     )
     .map_err(db)?;
@@ -352,13 +355,14 @@ pub(crate) fn save_session_state(c: &Connection, s: &Session) -> Result<(), Stor
 
 pub(crate) fn load_wallet(c: &Connection, user: &UserId) -> Result<Wallet, StoreError> {
     c.query_row(
-        "SELECT available, held, spent FROM wallets WHERE user_id = ?1",
+        "SELECT available, held, spent, refunded FROM wallets WHERE user_id = ?1",
         [user.as_str()],
         |r| {
             Ok(Wallet {
                 available: amount_col(r, 0)?,
                 held: amount_col(r, 1)?,
                 spent: amount_col(r, 2)?,
+                refunded: amount_col(r, 3)?,
             })
         },
     )
@@ -369,39 +373,56 @@ pub(crate) fn load_wallet(c: &Connection, user: &UserId) -> Result<Wallet, Store
 
 pub(crate) fn save_wallet(c: &Connection, user: &UserId, w: &Wallet) -> Result<(), StoreError> {
     c.execute(
-        "INSERT INTO wallets (user_id, available, held, spent) VALUES (?1, ?2, ?3, ?4)
+        "INSERT INTO wallets (user_id, available, held, spent, refunded)
+         VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (user_id) DO UPDATE
-         SET available = excluded.available, held = excluded.held, spent = excluded.spent",
+         SET available = excluded.available, held = excluded.held, spent = excluded.spent,
+             refunded = excluded.refunded",
         params![
             user.as_str(),
             w.available.minor(),
             w.held.minor(),
-            w.spent.minor()
+            w.spent.minor(),
+            w.refunded.minor()
         ],
     )
     .map_err(db)?;
     Ok(())
 }
 
-/// Record one ledger entry. A zero movement records nothing (the ledger holds positive amounts).
+/// Record one ledger entry made by the system (no actor).
 pub(crate) fn write_entry(
     c: &Connection,
     e: &LedgerEntry,
     at: u64,
     session: Option<SessionId>,
 ) -> Result<(), StoreError> {
+    write_entry_by(c, e, at, session, None)
+}
+
+/// Record one ledger entry; `actor` is the operator's principal when an operator made it. A
+/// zero movement records nothing (the ledger holds positive amounts).
+pub(crate) fn write_entry_by(
+    c: &Connection,
+    e: &LedgerEntry,
+    at: u64,
+    session: Option<SessionId>,
+    actor: Option<&str>,
+) -> Result<(), StoreError> {
     if e.amount.is_zero() {
         return Ok(());
     }
     c.execute(
-        "INSERT INTO ledger (at, kind, debit, credit, amount, session_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO ledger (at, kind, debit, credit, amount, session_id, actor)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             ts(at)?,
             e.kind.as_str(),
             e.debit.key(),
             e.credit.key(),
             e.amount.minor(),
-            session.map(SessionId::to_bytes)
+            session.map(SessionId::to_bytes),
+            actor
         ],
     )
     .map_err(db)?;

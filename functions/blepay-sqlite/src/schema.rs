@@ -181,6 +181,56 @@ ALTER TABLE devices ADD COLUMN key_rotation_epoch INTEGER;
 ALTER TABLE devices ADD COLUMN revoked_at INTEGER;
 ALTER TABLE devices ADD COLUMN revoked_reason TEXT;
 ",
+    // 9: issue 11 (items 1-3) — refunds (a wallet's and a session's refunded totals, the REFUND ledger
+    // entry), sessions closed by an operator (`closed_by` widened to OPERATOR: a new column with
+    // the wider CHECK replaces it), the principal who made a ledger entry (`actor`: the
+    // operator's principal for top-ups, refunds and hand closes; NULL for the system), and the
+    // users' problem reports (one open per session).
+    r"
+ALTER TABLE wallets ADD COLUMN refunded INTEGER NOT NULL DEFAULT 0 CHECK (refunded >= 0);
+ALTER TABLE sessions ADD COLUMN refunded INTEGER NOT NULL DEFAULT 0 CHECK (refunded >= 0);
+ALTER TABLE sessions ADD COLUMN close_reason TEXT
+    CHECK (close_reason IN ('REPORT', 'TIMEOUT', 'OPERATOR'));
+UPDATE sessions SET close_reason = closed_by;
+ALTER TABLE sessions DROP COLUMN closed_by;
+ALTER TABLE sessions RENAME COLUMN close_reason TO closed_by;
+
+CREATE TABLE ledger_v5 (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    at         INTEGER NOT NULL,
+    kind       TEXT NOT NULL
+               CHECK (kind IN ('TOPUP', 'HOLD', 'RELEASE', 'CAPTURE', 'LATE_CAPTURE', 'REFUND')),
+    debit      TEXT NOT NULL,
+    credit     TEXT NOT NULL,
+    amount     INTEGER NOT NULL CHECK (amount > 0),
+    session_id BLOB,
+    actor      TEXT
+) STRICT;
+INSERT INTO ledger_v5 (id, at, kind, debit, credit, amount, session_id)
+    SELECT id, at, kind, debit, credit, amount, session_id FROM ledger;
+DROP TABLE ledger;
+ALTER TABLE ledger_v5 RENAME TO ledger;
+CREATE INDEX ledger_by_kind ON ledger (kind);
+CREATE INDEX ledger_by_session ON ledger (session_id);
+CREATE INDEX ledger_by_debit ON ledger (debit, at);
+CREATE INDEX ledger_by_credit ON ledger (credit, at);
+CREATE INDEX sessions_refunded ON sessions (id) WHERE refunded > 0;
+
+CREATE TABLE problems (
+    id                BLOB PRIMARY KEY CHECK (length(id) = 16),
+    session_id        BLOB NOT NULL REFERENCES sessions (id),
+    user_id           TEXT NOT NULL,
+    reason            TEXT NOT NULL,
+    created_at        INTEGER NOT NULL,
+    resolution        TEXT CHECK (resolution IN ('DISMISSED', 'REFUNDED')),
+    resolved_at       INTEGER,
+    resolved_by       TEXT,
+    resolution_reason TEXT
+) STRICT;
+CREATE UNIQUE INDEX problems_one_open_per_session ON problems (session_id)
+    WHERE resolution IS NULL;
+CREATE INDEX problems_open_by_age ON problems (created_at, id) WHERE resolution IS NULL;
+",
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

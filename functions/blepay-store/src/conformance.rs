@@ -32,10 +32,12 @@ use blepay_core::{
 };
 
 use crate::{
-    AdvertSignals, Audit, DeviceCall, DeviceCallOutcome, DeviceFilter, DeviceKeys, DeviceOp,
-    DeviceOpResult, DeviceRecord, DeviceState, DeviceStatus, DeviceUpdate, DeviceUpdateOutcome,
-    PageRequest, PayCommand, PayLimits, PayOutcome, RegisterOutcome, ResponseEncoder, SavedAnswer,
-    ServiceState, Spending, Store, TopUpOutcome,
+    AdvertSignals, Audit, CloseCommand, CloseOutcome, DeviceCall, DeviceCallOutcome, DeviceFilter,
+    DeviceKeys, DeviceOp, DeviceOpResult, DeviceRecord, DeviceState, DeviceStatus, DeviceUpdate,
+    DeviceUpdateOutcome, DismissCommand, DismissOutcome, PageRequest, PayCommand, PayLimits,
+    PayOutcome, ProblemCommand, ProblemId, ProblemOutcome, Reason, RefundCommand, RefundOutcome,
+    RegisterOutcome, ResolutionKind, ResponseEncoder, SavedAnswer, ServiceState, Spending, Store,
+    TopUpOutcome,
 };
 
 /// Expand to one `#[tokio::test]` per conformance check, each on a store from `$factory`
@@ -99,6 +101,16 @@ macro_rules! conformance_tests {
             concurrent_pays_beyond_the_rate_open_exactly_the_rate,
             a_top_up_past_the_lifetime_maximum_is_refused_after_the_money_was_spent,
             keys_reused_after_a_week_are_still_answered_as_retries,
+            a_refund_of_a_settled_session_credits_the_wallet_and_shows_on_the_session,
+            a_refund_replayed_with_its_key_refunds_once,
+            a_refund_over_the_capture_or_of_an_open_session_is_refused_and_changes_nothing,
+            concurrent_refunds_never_exceed_the_capture,
+            closing_an_authorized_session_voids_it_releases_the_hold_and_frees_the_machine,
+            closing_an_active_session_settles_it_and_a_late_report_is_handled_as_after_a_timeout,
+            closing_a_session_closed_otherwise_is_refused_and_changes_nothing,
+            a_problem_is_opened_once_per_session_and_listed_oldest_first,
+            dismissing_a_problem_resolves_it_once_and_a_new_report_opens_another,
+            a_refund_resolves_the_sessions_open_problem,
             an_operator_is_created_once_per_key_and_a_reused_key_changes_nothing,
             revoking_an_operator_stamps_it_once_and_an_unknown_one_is_not_found,
             audit_events_are_recorded_once_per_key_and_listed_newest_first_page_by_page,
@@ -180,6 +192,7 @@ pub fn wallet(available: i64, held: i64, spent: i64) -> Wallet {
         available: amount(available),
         held: amount(held),
         spent: amount(spent),
+        refunded: Amount::ZERO,
     }
 }
 
@@ -325,6 +338,7 @@ pub async fn fund(store: &dyn Store, who: &str, minor: i64) {
             &user(who),
             amount(minor),
             &key(&format!("fund-{who}-{minor}")),
+            "ops-test",
             T0 - 10,
         )
         .await
@@ -455,21 +469,21 @@ pub async fn a_top_up_replayed_with_its_key_credits_once(store: Arc<dyn Store>) 
     let alice = user("alice");
     assert_eq!(
         store
-            .top_up(&alice, amount(500), &key("t1"), T0)
+            .top_up(&alice, amount(500), &key("t1"), "ops-test", T0)
             .await
             .unwrap(),
         TopUpOutcome::Credited(wallet(500, 0, 0))
     );
     assert_eq!(
         store
-            .top_up(&alice, amount(500), &key("t1"), T0 + 1)
+            .top_up(&alice, amount(500), &key("t1"), "ops-test", T0 + 1)
             .await
             .unwrap(),
         TopUpOutcome::Replayed(wallet(500, 0, 0))
     );
     assert_eq!(
         store
-            .top_up(&alice, amount(500), &key("t2"), T0 + 2)
+            .top_up(&alice, amount(500), &key("t2"), "ops-test", T0 + 2)
             .await
             .unwrap(),
         TopUpOutcome::Credited(wallet(1000, 0, 0))
@@ -477,7 +491,7 @@ pub async fn a_top_up_replayed_with_its_key_credits_once(store: Arc<dyn Store>) 
     // Keys are per user: bob's "t1" is his own.
     assert_eq!(
         store
-            .top_up(&user("bob"), amount(500), &key("t1"), T0 + 3)
+            .top_up(&user("bob"), amount(500), &key("t1"), "ops-test", T0 + 3)
             .await
             .unwrap(),
         TopUpOutcome::Credited(wallet(500, 0, 0))
@@ -491,12 +505,12 @@ pub async fn a_top_up_replayed_with_its_key_credits_once(store: Arc<dyn Store>) 
 pub async fn a_top_up_key_reused_with_another_amount_is_refused(store: Arc<dyn Store>) {
     let alice = user("alice");
     store
-        .top_up(&alice, amount(500), &key("t1"), T0)
+        .top_up(&alice, amount(500), &key("t1"), "ops-test", T0)
         .await
         .unwrap();
     assert_eq!(
         store
-            .top_up(&alice, amount(700), &key("t1"), T0)
+            .top_up(&alice, amount(700), &key("t1"), "ops-test", T0)
             .await
             .unwrap(),
         TopUpOutcome::KeyReused
@@ -511,12 +525,12 @@ pub async fn a_top_up_beyond_the_maximum_balance_is_refused_and_changes_nothing(
 ) {
     let alice = user("alice");
     store
-        .top_up(&alice, Amount::MAX, &key("t1"), T0)
+        .top_up(&alice, Amount::MAX, &key("t1"), "ops-test", T0)
         .await
         .unwrap();
     assert_eq!(
         store
-            .top_up(&alice, amount(1), &key("t2"), T0)
+            .top_up(&alice, amount(1), &key("t2"), "ops-test", T0)
             .await
             .unwrap(),
         TopUpOutcome::LimitExceeded
@@ -2144,7 +2158,7 @@ pub async fn a_top_up_past_the_lifetime_maximum_is_refused_after_the_money_was_s
     online_machine(&*store, 1, T0).await;
     assert!(matches!(
         store
-            .top_up(&alice, Amount::MAX, &key("t1"), T0)
+            .top_up(&alice, Amount::MAX, &key("t1"), "ops-test", T0)
             .await
             .unwrap(),
         TopUpOutcome::Credited(_)
@@ -2172,7 +2186,7 @@ pub async fn a_top_up_past_the_lifetime_maximum_is_refused_after_the_money_was_s
     for (k, minor) in [("t2", 1), ("t3", Amount::MAX.minor())] {
         assert_eq!(
             store
-                .top_up(&alice, amount(minor), &key(k), T0 + 3)
+                .top_up(&alice, amount(minor), &key(k), "ops-test", T0 + 3)
                 .await
                 .unwrap(),
             TopUpOutcome::LimitExceeded
@@ -2196,7 +2210,7 @@ pub async fn keys_reused_after_a_week_are_still_answered_as_retries(store: Arc<d
     let alice = user("alice");
     online_machine(&*store, 1, T0).await;
     let TopUpOutcome::Credited(_) = store
-        .top_up(&alice, amount(1000), &key("t1"), T0)
+        .top_up(&alice, amount(1000), &key("t1"), "ops-test", T0)
         .await
         .unwrap()
     else {
@@ -2206,7 +2220,7 @@ pub async fn keys_reused_after_a_week_are_still_answered_as_retries(store: Arc<d
 
     device_op(&*store, 1, 2, DeviceOp::Poll, LATER).await;
     let TopUpOutcome::Replayed(w) = store
-        .top_up(&alice, amount(1000), &key("t1"), LATER)
+        .top_up(&alice, amount(1000), &key("t1"), "ops-test", LATER)
         .await
         .unwrap()
     else {
@@ -2219,7 +2233,7 @@ pub async fn keys_reused_after_a_week_are_still_answered_as_retries(store: Arc<d
     );
     assert_eq!(
         store
-            .top_up(&alice, amount(999), &key("t1"), LATER)
+            .top_up(&alice, amount(999), &key("t1"), "ops-test", LATER)
             .await
             .unwrap(),
         TopUpOutcome::KeyReused
@@ -3250,6 +3264,548 @@ pub async fn the_sales_facts_hold_the_range_and_the_report_sums_match_the_revenu
             .sessions
             .is_empty()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The back office: refunds, hand closes, problems (issue 11)
+// ---------------------------------------------------------------------------------------------
+
+/// The operator principal of the back-office checks.
+pub const OPERATOR: &str = "op:support-1";
+
+pub fn reason(text: &str) -> Reason {
+    Reason::parse(text).unwrap()
+}
+
+pub fn refund_cmd(session: SessionId, minor: i64, idem: &str, now: u64) -> RefundCommand {
+    RefundCommand {
+        session,
+        amount: amount(minor),
+        reason: reason("no water came out"),
+        key: key(idem),
+        actor: OPERATOR.into(),
+        now,
+    }
+}
+
+pub fn close_cmd(session: SessionId, now: u64) -> CloseCommand {
+    CloseCommand {
+        session,
+        reason: reason("stuck session"),
+        actor: OPERATOR.into(),
+        now,
+        active_timeout_secs: ACTIVE_TIMEOUT,
+    }
+}
+
+pub fn problem_cmd(who: &str, session: SessionId, n: u8, now: u64) -> ProblemCommand {
+    ProblemCommand {
+        user: user(who),
+        session,
+        reason: reason("I paid and got nothing"),
+        id: ProblemId::from_bytes([n; 16]),
+        now,
+    }
+}
+
+/// Alice's session on machine 1 (hold 300), settled by the machine at 4 units: 100 captured;
+/// her wallet is then 900 available, 100 spent.
+async fn settled_session(store: &dyn Store) -> Session {
+    let s = active_session(store).await;
+    let report = DeviceOp::Report {
+        session: s.id,
+        units: Units::new(4),
+        last: true,
+    };
+    let settled = session_of(device_op(store, 1, 3, report, T0 + 20).await);
+    assert_eq!(settled.amount, amount(100));
+    settled
+}
+
+/// What a refused back-office request must leave unchanged.
+async fn money_state(store: &dyn Store, id: SessionId, now: u64) -> (Audit, Wallet, Session) {
+    (
+        reconciled(store).await,
+        store.wallet(&user("alice"), now).await.unwrap(),
+        store.session(id, now).await.unwrap().unwrap(),
+    )
+}
+
+pub async fn a_refund_of_a_settled_session_credits_the_wallet_and_shows_on_the_session(
+    store: Arc<dyn Store>,
+) {
+    let s = settled_session(&*store).await;
+
+    let out = store
+        .refund(&refund_cmd(s.id, 40, "r1", T0 + 30))
+        .await
+        .unwrap();
+
+    let RefundOutcome::Refunded { session, wallet: w } = out else {
+        panic!("a refund under the capture goes through: {out:?}");
+    };
+    assert_eq!(
+        (session.refunded, session.amount),
+        (amount(40), amount(100))
+    );
+    assert_eq!(
+        (w.available, w.spent, w.refunded),
+        (amount(940), amount(60), amount(40))
+    );
+    assert_eq!(store.wallet(&user("alice"), T0 + 31).await.unwrap(), w);
+    assert_eq!(
+        store
+            .session(s.id, T0 + 31)
+            .await
+            .unwrap()
+            .unwrap()
+            .refunded,
+        amount(40)
+    );
+    let audit = reconciled(&*store).await;
+    assert_eq!(
+        (audit.revenue, audit.refunded, audit.session_refunds),
+        (60, 40, 40)
+    );
+    // A second refund with another key, up to what is left.
+    assert!(matches!(
+        store
+            .refund(&refund_cmd(s.id, 60, "r2", T0 + 32))
+            .await
+            .unwrap(),
+        RefundOutcome::Refunded { .. }
+    ));
+    assert_eq!(reconciled(&*store).await.revenue, 0);
+}
+
+pub async fn a_refund_replayed_with_its_key_refunds_once(store: Arc<dyn Store>) {
+    let s = settled_session(&*store).await;
+    store
+        .refund(&refund_cmd(s.id, 40, "r1", T0 + 30))
+        .await
+        .unwrap();
+    let before = money_state(&*store, s.id, T0 + 31).await;
+
+    let again = store
+        .refund(&refund_cmd(s.id, 40, "r1", T0 + 31))
+        .await
+        .unwrap();
+
+    let RefundOutcome::Replayed { session, wallet: w } = again else {
+        panic!("the same key and amount is a retry: {again:?}");
+    };
+    assert_eq!((session.refunded, w.available), (amount(40), amount(940)));
+    assert_eq!(
+        store
+            .refund(&refund_cmd(s.id, 41, "r1", T0 + 31))
+            .await
+            .unwrap(),
+        RefundOutcome::KeyReused
+    );
+    assert_eq!(money_state(&*store, s.id, T0 + 31).await, before);
+}
+
+pub async fn a_refund_over_the_capture_or_of_an_open_session_is_refused_and_changes_nothing(
+    store: Arc<dyn Store>,
+) {
+    let s = settled_session(&*store).await;
+    store
+        .refund(&refund_cmd(s.id, 60, "r1", T0 + 30))
+        .await
+        .unwrap();
+    let before = money_state(&*store, s.id, T0 + 31).await;
+
+    assert_eq!(
+        store
+            .refund(&refund_cmd(s.id, 41, "r2", T0 + 31))
+            .await
+            .unwrap(),
+        RefundOutcome::ExceedsCapture {
+            refundable: amount(40)
+        }
+    );
+    assert_eq!(
+        store
+            .refund(&refund_cmd(session_id(0x77), 1, "r3", T0 + 31))
+            .await
+            .unwrap(),
+        RefundOutcome::SessionNotFound
+    );
+    assert_eq!(money_state(&*store, s.id, T0 + 31).await, before);
+    // The refused key was not recorded: it refunds what is left.
+    assert!(matches!(
+        store
+            .refund(&refund_cmd(s.id, 40, "r2", T0 + 32))
+            .await
+            .unwrap(),
+        RefundOutcome::Refunded { .. }
+    ));
+
+    // An open session captured nothing yet.
+    online_machine(&*store, 2, T0).await;
+    let open = created(&*store, &pay_cmd("alice", "p2", 2, 9, 200, T0 + 33)).await;
+    let before = money_state(&*store, open.id, T0 + 34).await;
+    assert_eq!(
+        store
+            .refund(&refund_cmd(open.id, 1, "r4", T0 + 34))
+            .await
+            .unwrap(),
+        RefundOutcome::NotSettled
+    );
+    assert_eq!(money_state(&*store, open.id, T0 + 34).await, before);
+}
+
+pub async fn concurrent_refunds_never_exceed_the_capture(store: Arc<dyn Store>) {
+    let s = settled_session(&*store).await;
+
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .refund(&refund_cmd(s.id, 30, &format!("race-{i}"), T0 + 30))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut refunded = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            RefundOutcome::Refunded { .. } => refunded += 1,
+            RefundOutcome::ExceedsCapture { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    assert_eq!(refunded, 3, "30 fits three times into a capture of 100");
+    let after = store.session(s.id, T0 + 31).await.unwrap().unwrap();
+    assert_eq!(after.refunded, amount(90));
+    let audit = reconciled(&*store).await;
+    assert_eq!((audit.refunded, audit.revenue), (90, 10));
+}
+
+pub async fn closing_an_authorized_session_voids_it_releases_the_hold_and_frees_the_machine(
+    store: Arc<dyn Store>,
+) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+    let paid = created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+
+    let out = store
+        .close_session(&close_cmd(paid.id, T0 + 5))
+        .await
+        .unwrap();
+
+    let CloseOutcome::Closed(closed) = out else {
+        panic!("an AUTHORIZED session closes: {out:?}");
+    };
+    assert_eq!(
+        (closed.status, closed.closed_by, closed.ended_at),
+        (
+            SessionStatus::Expired,
+            Some(CloseReason::Operator),
+            Some(T0 + 5)
+        )
+    );
+    assert_eq!(
+        store.wallet(&user("alice"), T0 + 6).await.unwrap(),
+        wallet(1000, 0, 0)
+    );
+    let status = store
+        .device_status(device_id(1), T0 + 6)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.open_session, None, "the machine is free");
+    let before = reconciled(&*store).await;
+    // Idempotent.
+    assert_eq!(
+        store
+            .close_session(&close_cmd(paid.id, T0 + 7))
+            .await
+            .unwrap(),
+        CloseOutcome::AlreadyClosed(closed)
+    );
+    // The machine's press finds nothing waiting.
+    assert_eq!(
+        device_op(&*store, 1, 2, DeviceOp::Press, T0 + 8).await,
+        DeviceOpResult::NoSessionWaiting
+    );
+    assert_eq!(reconciled(&*store).await, before);
+    // Another pay on the machine goes through.
+    created(&*store, &pay_cmd("alice", "p2", 1, 8, 300, T0 + 9)).await;
+    reconciled(&*store).await;
+}
+
+pub async fn closing_an_active_session_settles_it_and_a_late_report_is_handled_as_after_a_timeout(
+    store: Arc<dyn Store>,
+) {
+    let s = active_session(&*store).await;
+    let progress = DeviceOp::Report {
+        session: s.id,
+        units: Units::new(2),
+        last: false,
+    };
+    session_of(device_op(&*store, 1, 3, progress, T0 + 20).await);
+
+    let out = store
+        .close_session(&close_cmd(s.id, T0 + 30))
+        .await
+        .unwrap();
+
+    let CloseOutcome::Closed(closed) = out else {
+        panic!("an ACTIVE session closes: {out:?}");
+    };
+    assert_eq!(
+        (closed.status, closed.closed_by, closed.amount),
+        (
+            SessionStatus::Settled,
+            Some(CloseReason::Operator),
+            amount(50)
+        )
+    );
+    assert_eq!(
+        store.wallet(&user("alice"), T0 + 31).await.unwrap(),
+        wallet(950, 0, 50)
+    );
+    let status = store
+        .device_status(device_id(1), T0 + 31)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.open_session, None);
+    reconciled(&*store).await;
+
+    // The machine's final report arrives: charged what it still owes, once.
+    let last = DeviceOp::Report {
+        session: s.id,
+        units: Units::new(3),
+        last: true,
+    };
+    let late = session_of(device_op(&*store, 1, 4, last.clone(), T0 + 40).await);
+    assert_eq!(
+        late.late_report,
+        Some(LateReport {
+            units: Units::new(3),
+            at: T0 + 40,
+            charged: amount(25)
+        })
+    );
+    assert_eq!(late.amount, amount(75));
+    assert_eq!(
+        store.wallet(&user("alice"), T0 + 41).await.unwrap(),
+        wallet(925, 0, 75)
+    );
+    session_of(device_op(&*store, 1, 5, last, T0 + 42).await);
+    assert_eq!(
+        store.wallet(&user("alice"), T0 + 43).await.unwrap(),
+        wallet(925, 0, 75),
+        "the same late report again charges nothing"
+    );
+    reconciled(&*store).await;
+}
+
+pub async fn closing_a_session_closed_otherwise_is_refused_and_changes_nothing(
+    store: Arc<dyn Store>,
+) {
+    let s = settled_session(&*store).await;
+    let before = money_state(&*store, s.id, T0 + 30).await;
+
+    let out = store
+        .close_session(&close_cmd(s.id, T0 + 30))
+        .await
+        .unwrap();
+
+    assert!(
+        matches!(&out, CloseOutcome::ClosedOtherwise(c) if c.closed_by == Some(CloseReason::Report)),
+        "{out:?}"
+    );
+    assert_eq!(
+        store
+            .close_session(&close_cmd(session_id(0x77), T0 + 30))
+            .await
+            .unwrap(),
+        CloseOutcome::SessionNotFound
+    );
+    assert_eq!(money_state(&*store, s.id, T0 + 30).await, before);
+}
+
+/// Alice's two sessions: an ACTIVE one on machine 1 and an AUTHORIZED one on machine 2.
+async fn two_sessions(store: &dyn Store) -> (Session, Session) {
+    let first = active_session(store).await;
+    online_machine(store, 2, T0).await;
+    let second = created(store, &pay_cmd("alice", "p2", 2, 9, 200, T0 + 1)).await;
+    (first, second)
+}
+
+pub async fn a_problem_is_opened_once_per_session_and_listed_oldest_first(store: Arc<dyn Store>) {
+    let (first, second) = two_sessions(&*store).await;
+
+    let ProblemOutcome::Opened(on_first) = store
+        .report_problem(&problem_cmd("alice", first.id, 1, T0 + 100))
+        .await
+        .unwrap()
+    else {
+        panic!("a report opens a problem");
+    };
+    let ProblemOutcome::Opened(on_second) = store
+        .report_problem(&problem_cmd("alice", second.id, 2, T0 + 50))
+        .await
+        .unwrap()
+    else {
+        panic!("a report opens a problem");
+    };
+    assert_eq!(
+        (
+            on_first.session,
+            on_first.created_at,
+            on_first.resolution.clone()
+        ),
+        (first.id, T0 + 100, None)
+    );
+    // A repeat answers the open one; another user's session is not found.
+    assert_eq!(
+        store
+            .report_problem(&problem_cmd("alice", first.id, 3, T0 + 101))
+            .await
+            .unwrap(),
+        ProblemOutcome::Existing(on_first.clone())
+    );
+    assert_eq!(
+        store
+            .report_problem(&problem_cmd("bob", first.id, 4, T0 + 101))
+            .await
+            .unwrap(),
+        ProblemOutcome::SessionNotFound
+    );
+    assert_eq!(
+        store
+            .report_problem(&problem_cmd("alice", session_id(0x77), 5, T0 + 101))
+            .await
+            .unwrap(),
+        ProblemOutcome::SessionNotFound
+    );
+
+    let one = |after| PageRequest { limit: 1, after };
+    let page = store.open_problems(&one(None)).await.unwrap();
+    assert_eq!(page.items, vec![on_second.clone()], "oldest first");
+    assert!(page.next.is_some(), "a second page follows");
+    let page2 = store.open_problems(&one(page.next.clone())).await.unwrap();
+    assert_eq!(page2.items, vec![on_first.clone()]);
+    assert_eq!(page2.next, None, "the last page says so");
+    let all = store
+        .open_problems(&PageRequest {
+            limit: 10,
+            after: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!((all.items.len(), all.next), (2, None));
+    reconciled(&*store).await;
+}
+
+pub async fn dismissing_a_problem_resolves_it_once_and_a_new_report_opens_another(
+    store: Arc<dyn Store>,
+) {
+    let (first, _) = two_sessions(&*store).await;
+    let ProblemOutcome::Opened(p) = store
+        .report_problem(&problem_cmd("alice", first.id, 1, T0 + 100))
+        .await
+        .unwrap()
+    else {
+        panic!("a report opens a problem");
+    };
+    let dismiss = |id, now| DismissCommand {
+        id,
+        reason: reason("the machine worked"),
+        actor: OPERATOR.into(),
+        now,
+    };
+
+    let DismissOutcome::Dismissed(done) = store
+        .dismiss_problem(&dismiss(p.id, T0 + 200))
+        .await
+        .unwrap()
+    else {
+        panic!("an open problem is dismissed");
+    };
+
+    let r = done.resolution.clone().unwrap();
+    assert_eq!(
+        (r.kind, r.at, r.by.as_str()),
+        (ResolutionKind::Dismissed, T0 + 200, OPERATOR)
+    );
+    assert_eq!(
+        store
+            .dismiss_problem(&dismiss(p.id, T0 + 201))
+            .await
+            .unwrap(),
+        DismissOutcome::AlreadyResolved(done)
+    );
+    assert_eq!(
+        store
+            .dismiss_problem(&dismiss(ProblemId::from_bytes([9; 16]), T0 + 201))
+            .await
+            .unwrap(),
+        DismissOutcome::NotFound
+    );
+    let open = store
+        .open_problems(&PageRequest {
+            limit: 10,
+            after: None,
+        })
+        .await
+        .unwrap();
+    assert!(open.items.is_empty(), "{open:?}");
+    assert!(matches!(
+        store
+            .report_problem(&problem_cmd("alice", first.id, 2, T0 + 300))
+            .await
+            .unwrap(),
+        ProblemOutcome::Opened(again) if again.id != p.id
+    ));
+}
+
+pub async fn a_refund_resolves_the_sessions_open_problem(store: Arc<dyn Store>) {
+    let s = settled_session(&*store).await;
+    store
+        .report_problem(&problem_cmd("alice", s.id, 1, T0 + 25))
+        .await
+        .unwrap();
+
+    store
+        .refund(&refund_cmd(s.id, 100, "r1", T0 + 30))
+        .await
+        .unwrap();
+
+    let open = store
+        .open_problems(&PageRequest {
+            limit: 10,
+            after: None,
+        })
+        .await
+        .unwrap();
+    assert!(open.items.is_empty(), "{open:?}");
+    let DismissOutcome::AlreadyResolved(p) = store
+        .dismiss_problem(&DismissCommand {
+            id: ProblemId::from_bytes([1; 16]),
+            reason: reason("late"),
+            actor: OPERATOR.into(),
+            now: T0 + 40,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("the refund resolved it");
+    };
+    let r = p.resolution.unwrap();
+    assert_eq!(
+        (r.kind, r.at, r.by.as_str()),
+        (ResolutionKind::Refunded, T0 + 30, OPERATOR)
+    );
+    let audit = reconciled(&*store).await;
+    assert_eq!((audit.revenue, audit.refunded), (0, 100));
 }
 
 #[cfg(test)]

@@ -24,8 +24,10 @@ pub mod decide;
 mod lists;
 mod model;
 mod operators;
+mod refunds;
 
 pub use backoffice::*;
+pub use refunds::*;
 
 pub use lists::*;
 pub use model::*;
@@ -71,12 +73,14 @@ pub trait Store: Send + Sync + 'static {
         now: u64,
     ) -> Result<Option<DeviceStatus>, StoreError>;
 
-    /// Credit `amount` to `user`. The same `key` again credits nothing and returns the wallet.
+    /// Credit `amount` to `user`; `actor` (the operator's principal) is written on the ledger
+    /// row. The same `key` again credits nothing and returns the wallet.
     async fn top_up(
         &self,
         user: &UserId,
         amount: Amount,
         key: &IdempotencyKey,
+        actor: &str,
         now: u64,
     ) -> Result<TopUpOutcome, StoreError>;
 
@@ -119,7 +123,8 @@ pub trait Store: Send + Sync + 'static {
         active_timeout_secs: u64,
     ) -> Result<usize, StoreError>;
 
-    /// Totals for reconciliation: the ledger, the wallets and the open holds.
+    /// Totals for reconciliation: the ledger, the wallets, the open holds and every session's
+    /// refunds against its capture.
     async fn audit(&self) -> Result<Audit, StoreError>;
 
     // --- Operators and the audit trail (docs/api.md "Operators and roles") ---
@@ -219,6 +224,24 @@ pub trait Store: Send + Sync + 'static {
         key: &IdempotencyKey,
         now: u64,
     ) -> Result<RotateOutcome, StoreError>;
+    /// Refund part of a SETTLED session's capture to its user's available balance
+    /// ([`decide::decide_refund`]), resolving the session's open problem; one atomic write
+    /// conditioned on the session's refunded total and the key.
+    async fn refund(&self, cmd: &RefundCommand) -> Result<RefundOutcome, StoreError>;
+
+    /// Close a session by hand ([`decide::decide_close`]): void an AUTHORIZED one, settle an
+    /// ACTIVE one at its last reported units; the machine is freed.
+    async fn close_session(&self, cmd: &CloseCommand) -> Result<CloseOutcome, StoreError>;
+
+    /// A user reports a problem with their own session ([`decide::decide_problem`]).
+    async fn report_problem(&self, cmd: &ProblemCommand) -> Result<ProblemOutcome, StoreError>;
+
+    /// Open problems, oldest first (by creation time, then id: [`ListPosition`] `at` is the
+    /// creation time, `id` the problem id in hex).
+    async fn open_problems(&self, page: &PageRequest) -> Result<Page<Problem>, StoreError>;
+
+    /// Dismiss a problem ([`decide::decide_dismiss`]).
+    async fn dismiss_problem(&self, cmd: &DismissCommand) -> Result<DismissOutcome, StoreError>;
 }
 
 /// Turns a device operation's result into the answer to save and send (the frame and its refusal

@@ -374,16 +374,30 @@ pub struct Audit {
     pub ledger_sum: i64,
     /// Users whose wallet differs from their ledger accounts (must be 0).
     pub mismatched_wallets: u64,
+    /// Sum of the wallets' `refunded` totals.
+    pub refunded: i64,
+    /// Sum of the REFUND ledger entries.
+    pub refund_entries: i64,
+    /// Sum of the sessions' `refunded` totals.
+    pub session_refunds: i64,
+    /// Sessions whose refunds exceed what they captured (must be 0).
+    pub over_refunded_sessions: u64,
 }
 
 impl Audit {
-    /// True when money is conserved to the cent.
+    /// True when money is conserved to the cent: the ledger sums to zero, wallets match their
+    /// accounts, Σ(available + held) + revenue = Σ top-ups with revenue net of refunds
+    /// (= Σ spent, each wallet's captures less its refunds), every refund is one ledger entry and
+    /// one session's, and no session's refunds exceed its capture.
     pub fn reconciles(&self) -> bool {
         self.ledger_sum == 0
             && self.mismatched_wallets == 0
             && self.available + self.held + self.revenue == self.top_ups
             && self.spent == self.revenue
             && self.held == self.open_holds
+            && self.refunded == self.refund_entries
+            && self.refunded == self.session_refunds
+            && self.over_refunded_sessions == 0
     }
 }
 

@@ -348,6 +348,7 @@ async fn pay_and_reads_speak_protobuf_over_http_when_asked() {
             daily_limit: 0,
             spent_today: 150,
             daily_limit_overridden: false,
+            refunded: 0,
         }
     );
 }

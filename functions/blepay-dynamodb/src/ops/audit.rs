@@ -36,6 +36,9 @@ impl DynamoStore {
                         if x.status.is_open() {
                             tally.open_hold(x.hold);
                         }
+                        if !x.refunded.is_zero() {
+                            tally.session_refunds(x.amount, x.refunded);
+                        }
                     }
                     Some(AttributeValue::S(t)) if t == "LEDGER" => {
                         tally.ledger_entry(

@@ -309,11 +309,15 @@ impl DynamoStore {
             Upd::new(session_key(late.id))
                 .set("units = :units, amount = :amount")
                 .set("late_units = :units, late_at = :at, late_charged = :charged")
-                .cond("#status = :settled AND closed_by = :timeout")
+                // Closed by the server (timeout, or an operator's hand close) as it was read.
+                .cond("#status = :settled AND closed_by = :closed_by")
                 .cond("attribute_not_exists(late_at) AND units <= :units")
                 .name("#status", "status")
                 .val(":settled", s(SessionStatus::Settled.as_str()))
-                .val(":timeout", s(CloseReason::Timeout.as_str()))
+                .val(
+                    ":closed_by",
+                    s(late.closed_by.unwrap_or(CloseReason::Timeout).as_str()),
+                )
                 .val(":units", n(late.units.get()))
                 .val(":amount", n(late.amount.minor()))
                 .val(":at", n(report.at))

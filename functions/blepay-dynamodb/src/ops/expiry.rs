@@ -42,6 +42,18 @@ impl DynamoStore {
         now: u64,
         writes: &mut Vec<TransactWriteItem>,
     ) -> Result<Upd, StoreError> {
+        self.close_writes_by(closed, settlement, now, None, writes)
+    }
+
+    /// [`Self::close_writes`], its ledger rows naming `actor` (an operator's hand close).
+    pub(super) fn close_writes_by(
+        &self,
+        closed: &Session,
+        settlement: blepay_core::Settlement,
+        now: u64,
+        actor: Option<&str>,
+        writes: &mut Vec<TransactWriteItem>,
+    ) -> Result<Upd, StoreError> {
         let sid = closed.id.to_string();
         // Session state, guarded by the state it was read in.
         let prev_status = if closed.status == SessionStatus::Expired {
@@ -60,7 +72,10 @@ impl DynamoStore {
                 .set("last_report_at = :last_report_at")
                 .val(":last_report_at", n(t));
         }
-        if closed.closed_by == Some(CloseReason::Timeout) {
+        if matches!(
+            closed.closed_by,
+            Some(CloseReason::Timeout | CloseReason::Operator)
+        ) {
             // No report reached it since it was read (a report moves the deadline).
             session = match closed.last_report_at {
                 Some(t) => session
@@ -90,6 +105,7 @@ impl DynamoStore {
             available: Amount::ZERO,
             held: settlement.hold,
             spent: Amount::ZERO,
+            refunded: Amount::ZERO,
         };
         let (after, entries) = before
             .settle(&closed.user_id, settlement.hold, settlement.capture)
@@ -108,10 +124,12 @@ impl DynamoStore {
                 .into_transact(&self.table)?,
         );
         for entry in &entries {
-            writes.push(put_new(
-                &self.table,
-                items::ledger_item(entry, now, Some(closed.id), ""),
-            )?);
+            let row = items::ledger_item(entry, now, Some(closed.id), "");
+            let row = match actor {
+                Some(a) => items::with_actor(row, a),
+                None => row,
+            };
+            writes.push(put_new(&self.table, row)?);
         }
         // The day's spending counts this session at what it captured now, no longer its hold.
         super::backoffice::push_spend(

@@ -6,6 +6,8 @@
 //! - `expiry.rs`: expiring overdue sessions and closing holds;
 //! - `reads.rs`, `top_up.rs`, `pay.rs`, `device_call.rs`, `audit.rs`, `keys.rs` (revoke,
 //!   rotate): one operation each.
+//! - `reads.rs`, `top_up.rs`, `pay.rs`, `device_call.rs`, `audit.rs`: one operation each;
+//! - `refunds.rs`: refunds, hand closes and problem reports (issue 11).
 
 mod attempts;
 mod audit;
@@ -17,6 +19,7 @@ mod lists;
 mod operators;
 mod pay;
 mod reads;
+mod refunds;
 mod top_up;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,11 +29,12 @@ use blepay_core::{
     Amount, DeviceId, IdempotencyKey, Session, SessionId, UserId, Wallet, WalletError,
 };
 use blepay_store::{
-    Audit, AuditEvent, AuditFilter, CreateOperatorOutcome, DeviceCall, DeviceCallOutcome,
-    DeviceFilter, DeviceRecord, DeviceStatus, DeviceUpdate, DeviceUpdateOutcome, NewOperator,
-    OperatorId, OperatorRecord, Page, PageRequest, PayCommand, PayOutcome, RegisterOutcome,
-    ResponseEncoder, RevokeOperatorOutcome, RevokeOutcome, RotateOutcome, SalesFacts,
-    SessionFilter, Spending, StatementEntry, Store, StoreError, TopUpOutcome,
+    Audit, AuditEvent, AuditFilter, CloseCommand, CloseOutcome, CreateOperatorOutcome, DeviceCall,
+    DeviceCallOutcome, DeviceFilter, DeviceRecord, DeviceStatus, DeviceUpdate, DeviceUpdateOutcome,
+    DismissCommand, DismissOutcome, NewOperator, OperatorId, OperatorRecord, Page, PageRequest,
+    PayCommand, PayOutcome, Problem, ProblemCommand, ProblemOutcome, RefundCommand, RefundOutcome,
+    RegisterOutcome, ResponseEncoder, RevokeOperatorOutcome, RevokeOutcome, RotateOutcome,
+    SalesFacts, SessionFilter, Spending, StatementEntry, Store, StoreError, TopUpOutcome,
 };
 
 use crate::DynamoStore;
@@ -68,9 +72,10 @@ impl Store for DynamoStore {
         user: &UserId,
         amount: Amount,
         key: &IdempotencyKey,
+        actor: &str,
         now: u64,
     ) -> Result<TopUpOutcome, StoreError> {
-        self.retrying(|| self.top_up_once(user, amount, key, now))
+        self.retrying(|| self.top_up_once(user, amount, key, actor, now))
             .await
     }
 
@@ -255,5 +260,25 @@ impl Store for DynamoStore {
         _now: u64,
     ) -> Result<RotateOutcome, StoreError> {
         self.retrying(|| self.rotate_once(id, key)).await
+    }
+
+    async fn refund(&self, cmd: &RefundCommand) -> Result<RefundOutcome, StoreError> {
+        self.retrying(|| self.refund_once(cmd)).await
+    }
+
+    async fn close_session(&self, cmd: &CloseCommand) -> Result<CloseOutcome, StoreError> {
+        self.retrying(|| self.close_once(cmd)).await
+    }
+
+    async fn report_problem(&self, cmd: &ProblemCommand) -> Result<ProblemOutcome, StoreError> {
+        self.retrying(|| self.report_problem_once(cmd)).await
+    }
+
+    async fn open_problems(&self, page: &PageRequest) -> Result<Page<Problem>, StoreError> {
+        self.retrying(|| self.open_problems_once(page)).await
+    }
+
+    async fn dismiss_problem(&self, cmd: &DismissCommand) -> Result<DismissOutcome, StoreError> {
+        self.retrying(|| self.dismiss_problem_once(cmd)).await
     }
 }

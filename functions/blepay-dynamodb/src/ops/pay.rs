@@ -150,6 +150,7 @@ impl DynamoStore {
             available: cmd.max_amount,
             held: Amount::ZERO,
             spent: Amount::ZERO,
+            refunded: Amount::ZERO,
         };
         let status = device.status();
         let assumed = PayFacts {

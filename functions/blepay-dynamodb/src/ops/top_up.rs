@@ -19,6 +19,7 @@ impl DynamoStore {
         user: &UserId,
         amount: Amount,
         key: &IdempotencyKey,
+        actor: &str,
         now: u64,
     ) -> Result<TopUpOutcome, Failure> {
         let [wallet, seen, ledger_row] = <[Option<Item>; 3]>::try_from(
@@ -90,7 +91,10 @@ impl DynamoStore {
             put_new(&self.table, record)?,
             put_new(
                 &self.table,
-                items::ledger_item(&entry, now, None, &items::topup_ledger_id(user, key)),
+                items::with_actor(
+                    items::ledger_item(&entry, now, None, &items::topup_ledger_id(user, key)),
+                    actor,
+                ),
             )?,
         ];
         self.transact_or_rerun(actions).await?;

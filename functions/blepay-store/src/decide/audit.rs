@@ -16,6 +16,10 @@ pub struct AuditTally {
     held: i64,
     spent: i64,
     open_holds: i64,
+    refunded: i64,
+    refund_entries: i64,
+    session_refunds: i64,
+    over_refunded_sessions: u64,
     /// Balance of every ledger account: credits minus debits.
     balances: HashMap<String, i64>,
     wallets: Vec<(UserId, Amount, Amount)>,
@@ -30,6 +34,9 @@ impl AuditTally {
         if kind == EntryKind::TopUp.as_str() {
             self.top_ups = self.add(self.top_ups, amount, "top-ups");
         }
+        if kind == EntryKind::Refund.as_str() {
+            self.refund_entries = self.add(self.refund_entries, amount, "refund entries");
+        }
         let credited = self.balances.get(credit).copied().unwrap_or(0);
         let credited = self.add(credited, amount, "ledger balances");
         self.balances.insert(credit.to_owned(), credited);
@@ -43,12 +50,22 @@ impl AuditTally {
         self.available = self.add(self.available, w.available.minor(), "available balances");
         self.held = self.add(self.held, w.held.minor(), "held balances");
         self.spent = self.add(self.spent, w.spent.minor(), "spent totals");
+        self.refunded = self.add(self.refunded, w.refunded.minor(), "refunded totals");
         self.wallets.push((user, w.available, w.held));
     }
 
     /// The hold of one AUTHORIZED or ACTIVE session.
     pub fn open_hold(&mut self, hold: Amount) {
         self.open_holds = self.add(self.open_holds, hold.minor(), "open holds");
+    }
+
+    /// One session with refunds: what it captured (`Session::amount`) and what was refunded of
+    /// it. Refunds above the capture count as an over-refunded session.
+    pub fn session_refunds(&mut self, captured: Amount, refunded: Amount) {
+        self.session_refunds = self.add(self.session_refunds, refunded.minor(), "session refunds");
+        if refunded > captured {
+            self.over_refunded_sessions = self.over_refunded_sessions.saturating_add(1);
+        }
     }
 
     fn sub(&mut self, sum: i64, v: i64, what: &'static str) -> i64 {
@@ -117,6 +134,10 @@ impl AuditTally {
             open_holds: self.open_holds,
             ledger_sum,
             mismatched_wallets,
+            refunded: self.refunded,
+            refund_entries: self.refund_entries,
+            session_refunds: self.session_refunds,
+            over_refunded_sessions: self.over_refunded_sessions,
         })
     }
 }
@@ -135,6 +156,7 @@ mod tests {
             available: Amount::new(available).unwrap(),
             held: Amount::new(held).unwrap(),
             spent: Amount::new(spent).unwrap(),
+            refunded: Amount::ZERO,
         }
     }
 
@@ -156,6 +178,35 @@ mod tests {
         let audit = t.finish().unwrap();
         assert!(audit.reconciles(), "{audit:?}");
         assert_eq!((audit.top_ups, audit.revenue, audit.spent), (1000, 75, 75));
+    }
+
+    #[test]
+    fn a_refund_reconciles_and_a_session_refunded_past_its_capture_does_not() {
+        let mut t = AuditTally::default();
+        let (funding, revenue) = (key(&LedgerAccount::Funding), key(&LedgerAccount::Revenue));
+        let available = key(&LedgerAccount::UserAvailable(alice()));
+        let held = key(&LedgerAccount::UserHeld(alice()));
+        t.ledger_entry("TOPUP", &funding, &available, 1000);
+        t.ledger_entry("HOLD", &available, &held, 300);
+        t.ledger_entry("CAPTURE", &held, &revenue, 100);
+        t.ledger_entry("RELEASE", &held, &available, 200);
+        t.ledger_entry("REFUND", &revenue, &available, 40);
+        t.wallet(
+            alice(),
+            &Wallet {
+                refunded: Amount::new(40).unwrap(),
+                ..wallet(940, 0, 60)
+            },
+        );
+        t.session_refunds(Amount::new(100).unwrap(), Amount::new(40).unwrap());
+        let audit = t.finish().unwrap();
+        assert!(audit.reconciles(), "{audit:?}");
+        assert_eq!(audit.revenue, 60);
+        let over = Audit {
+            over_refunded_sessions: 1,
+            ..audit
+        };
+        assert!(!over.reconciles());
     }
 
     #[test]

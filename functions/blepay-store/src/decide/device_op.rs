@@ -1,8 +1,8 @@
 //! A machine's start, press or report: its result and what it changes.
 
 use blepay_core::{
-    CloseReason, DeviceId, LateOutcome, LedgerEntry, ReportOutcome, Session, SessionError,
-    SessionStatus, Settlement, StartOutcome, Wallet, WalletError,
+    DeviceId, LateOutcome, LedgerEntry, ReportOutcome, Session, SessionError, SessionStatus,
+    Settlement, StartOutcome, Wallet, WalletError,
 };
 
 use crate::{DeviceOp, DeviceOpResult, StoreError};
@@ -59,8 +59,7 @@ pub struct SessionOpFacts {
 /// closed by timeout, or on an ACTIVE one that is overdue (it is timed out first).
 pub fn needs_wallet(op: &DeviceOp, session: &Session, now: u64, active_timeout_secs: u64) -> bool {
     matches!(op, DeviceOp::Report { last: true, .. })
-        && (session.closed_by == Some(CloseReason::Timeout)
-            || session.is_due_to_time_out(now, active_timeout_secs))
+        && (session.closed_by_server() || session.is_due_to_time_out(now, active_timeout_secs))
 }
 
 /// Run a start, press or report named by `op` on the facts, by the core's state machine.
@@ -135,10 +134,10 @@ pub fn decide_session_op(
             Ok(StartOutcome::AlreadyActive) => (DeviceOpResult::Session(s), SessionChange::None),
             Err(e) => (DeviceOpResult::Refused(e), SessionChange::None),
         },
-        DeviceOp::Report { last: false, .. } if s.closed_by == Some(CloseReason::Timeout) => {
+        DeviceOp::Report { last: false, .. } if s.closed_by_server() => {
             (DeviceOpResult::Session(s), SessionChange::None)
         }
-        DeviceOp::Report { units, .. } if s.closed_by == Some(CloseReason::Timeout) => {
+        DeviceOp::Report { units, .. } if s.closed_by_server() => {
             let stored = facts.wallet.filter(|_| wallet_needed).ok_or_else(|| {
                 StoreError::Internal("a late final report needs the wallet".into())
             })?;
@@ -214,6 +213,7 @@ mod tests {
     use blepay_core::{Amount, Currency, SessionId, Tariff, UnitName, Units, UseCounter, UserId};
 
     use super::*;
+    use blepay_core::CloseReason;
 
     const NOW: u64 = 1_770_000_000;
 
@@ -384,6 +384,7 @@ mod tests {
             available: Amount::ZERO,
             held: Amount::new(300).unwrap(),
             spent: Amount::ZERO,
+            refunded: Amount::ZERO,
         };
         let at = NOW + 10 + TIMEOUT;
         // Timed out by this very report: 25 captured, 275 released, then 75 more owed for 4.

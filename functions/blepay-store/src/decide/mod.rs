@@ -17,18 +17,24 @@
 //!   rotation (docs/protocol.md §1.1).
 //! - [`AuditTally`]: the reconciliation totals, with checked arithmetic.
 //! - [`sales_report`]: the sales report per machine per UTC day, from [`crate::SalesFacts`].
+//! - [`decide_refund`], [`decide_close`], [`decide_problem`], [`decide_dismiss`]: the back
+//!   office's refunds (bounded by the session's capture), hand closes and problem reports.
 
 mod audit;
+mod close;
 mod device_admin;
 mod device_op;
 mod keys;
 mod operators;
 mod pay;
+mod problem;
+mod refund;
 mod report;
 mod seq;
 mod top_up;
 
 pub use audit::AuditTally;
+pub use close::{CloseDecision, decide_close};
 pub use device_admin::{DeviceUpdateDecision, decide_device_update};
 pub use device_op::{
     SessionChange, SessionOpDecision, SessionOpFacts, decide_session_op, needs_wallet,
@@ -42,6 +48,8 @@ pub use keys::{
     rotation_epoch,
 };
 pub use pay::{NewPay, PayDecision, PayFacts, PayFingerprint, PriorPay, decide_pay};
+pub use problem::{DismissDecision, ProblemDecision, decide_dismiss, decide_problem};
+pub use refund::{NewRefund, RefundDecision, RefundFacts, decide_refund, refund_fingerprint};
 pub use report::{DAY_SECS, SalesRow, sales_report, sales_totals};
 pub use seq::{LastCall, SeqCheck, check_call, check_seq};
 pub use top_up::{NewTopUp, TopUpDecision, TopUpFacts, decide_top_up, top_up_fingerprint};

@@ -282,6 +282,7 @@ mod tests {
             available: amount(available),
             held: Amount::ZERO,
             spent: Amount::ZERO,
+            refunded: Amount::ZERO,
         }
     }
 

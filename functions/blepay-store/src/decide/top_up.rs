@@ -83,6 +83,7 @@ mod tests {
             available: Amount::ZERO,
             held: Amount::ZERO,
             spent: Amount::MAX,
+            refunded: Amount::ZERO,
         };
         let facts = |prior, minor| TopUpFacts {
             user: &user,
@@ -106,6 +107,7 @@ mod tests {
             available: amount(10),
             held: amount(5),
             spent: amount(Amount::MAX.minor() - 20),
+            refunded: Amount::ZERO,
         };
         let ok = TopUpFacts {
             wallet: half,
