@@ -61,6 +61,7 @@ mod tests {
             key_version: KeyVersion::new(0).unwrap(),
             created_at: 1,
             service_state: ServiceState::InService,
+            keys: crate::DeviceKeys::default(),
         }
     }
 

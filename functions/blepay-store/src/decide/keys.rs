@@ -135,6 +135,7 @@ mod tests {
             key_version: KeyVersion::new(0).unwrap(),
             created_at: 1,
             keys: DeviceKeys::default(),
+            service_state: crate::ServiceState::InService,
         }
     }
 

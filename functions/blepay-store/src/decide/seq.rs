@@ -161,6 +161,7 @@ mod tests {
             key_version: KeyVersion::new(version).unwrap(),
             created_at: 0,
             keys: crate::DeviceKeys::default(),
+            service_state: crate::ServiceState::InService,
         }
     }
 
