@@ -96,6 +96,13 @@ async fn an_operator_refunds_part_of_a_settled_session_and_a_replay_refunds_noth
     assert_eq!(app.snapshot("rita").await, before);
     let audit = reconciled(&app).await;
     assert_eq!((audit.revenue, audit.refunded), (60, 40));
+    let metrics = app.get("/metrics", &app.ops_token).await;
+    let text = metrics.body.as_str().unwrap_or_default();
+    assert!(
+        text.lines()
+            .any(|l| l == "blepay_sessions_refunded_total 1"),
+        "one refund counted, the replay not: {text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
