@@ -90,6 +90,7 @@ impl App {
         match self.store().refund(&cmd).await? {
             RefundOutcome::Refunded { session: s, .. } => {
                 tracing::info!(session = %s.id, amount = %amount, principal = %op.principal, "session refunded");
+                self.metrics().session_refunded();
                 self.record_action(
                     op,
                     ActionRecord {

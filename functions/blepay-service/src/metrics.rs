@@ -69,6 +69,7 @@ struct Inner {
     requests: Family<RequestLabels, Counter>,
     durations: Family<RouteLabels, Histogram, fn() -> Histogram>,
     opened: Counter,
+    refunded: Counter,
     swept: Family<OutcomeLabels, Counter>,
     sweeps: Family<ResultLabels, Counter>,
 }
@@ -93,6 +94,7 @@ impl Metrics {
             latency_histogram,
         );
         let opened = Counter::default();
+        let refunded = Counter::default();
         let swept = Family::<OutcomeLabels, Counter>::default();
         let sweeps = Family::<ResultLabels, Counter>::default();
         registry.register(
@@ -111,6 +113,11 @@ impl Metrics {
             opened.clone(),
         );
         registry.register(
+            "sessions_refunded",
+            "Refunds operators made on sessions (retries not counted)",
+            refunded.clone(),
+        );
+        registry.register(
             "sessions_swept",
             "Sessions the sweeper ended: expired unstarted, or timed out ACTIVE",
             swept.clone(),
@@ -122,6 +129,7 @@ impl Metrics {
                 requests,
                 durations,
                 opened,
+                refunded,
                 swept,
                 sweeps,
             }),
@@ -139,6 +147,11 @@ impl Metrics {
     /// A pay opened a session.
     pub fn session_opened(&self) {
         self.inner.opened.inc();
+    }
+
+    /// An operator refunded (part of) a session.
+    pub fn session_refunded(&self) {
+        self.inner.refunded.inc();
     }
 
     /// One sweeper run: `Ok((expired, timed_out))` or a failure.

@@ -107,4 +107,49 @@ proptest! {
             prop_assert_eq!(e.code, ErrorCode::InvalidArgument);
         }
     }
+
+    /// The back office's requests (issue 11) on random ids, amounts, reasons, keys and cursors:
+    /// each is refused with a stable code (or, for the list, answered) and nothing changes.
+    #[test]
+    fn random_back_office_requests_are_refused_with_a_stable_code_and_change_nothing(
+        id in "[0-9a-fA-Fxz]{0,40}",
+        amount in any::<i64>(),
+        reason in "\\PC{0,20}|[ \t\n]{0,3}",
+        key in "[A-Za-z0-9 ._:@-]{0,20}",
+        limit in any::<u32>(),
+        cursor in "\\PC{0,40}",
+    ) {
+        let (rt, app, _) = shared();
+        let op = blepay_service::Operator::bootstrap();
+        let user = blepay_core::UserId::parse("alice").unwrap();
+        let expected = [
+            ErrorCode::InvalidArgument,
+            ErrorCode::SessionNotFound,
+            ErrorCode::ProblemNotFound,
+        ];
+        rt.block_on(async {
+            let before = app.store().audit().await.unwrap();
+            let refund = app.refund_session(&op, pb::RefundRequest {
+                session_id: id.clone(), amount, reason: reason.clone(), idempotency_key: key,
+            }).await;
+            let close = app.close_session(&op, pb::CloseSessionRequest {
+                session_id: id.clone(), reason: reason.clone(),
+            }).await;
+            let problem = app.report_problem(&user, pb::ReportProblemRequest {
+                session_id: id.clone(), reason: reason.clone(),
+            }).await;
+            let dismiss = app.dismiss_problem(&op, pb::DismissProblemRequest {
+                problem_id: id, reason,
+            }).await;
+            for e in [refund.err(), close.err(), problem.err(), dismiss.err()] {
+                let e = e.expect("refused: nothing exists");
+                assert!(expected.contains(&e.code), "{e:?}");
+            }
+            match app.list_problems(&op, pb::ListProblemsRequest { limit, cursor }).await {
+                Ok(list) => assert!(list.problems.is_empty()),
+                Err(e) => assert_eq!(e.code, ErrorCode::InvalidArgument, "{e:?}"),
+            }
+            assert_eq!(app.store().audit().await.unwrap(), before);
+        });
+    }
 }

@@ -42,6 +42,11 @@ fn the_document_is_openapi_3_0_and_describes_every_http_route() {
         ("get", "/v1/ops/wallets/{userId}"),
         ("get", "/v1/ops/sessions/{sessionId}"),
         ("post", "/v1/device"),
+        ("post", "/v1/ops/sessions/{sessionId}/refund"),
+        ("post", "/v1/ops/sessions/{sessionId}/close"),
+        ("post", "/v1/sessions/{sessionId}/problem"),
+        ("get", "/v1/ops/problems"),
+        ("post", "/v1/ops/problems/{problemId}/dismiss"),
     ]
     .into_iter()
     .map(|(m, p)| (m.to_owned(), p.to_owned()))
@@ -87,6 +92,10 @@ fn every_error_code_is_in_the_error_schema_with_its_status_on_the_routes() {
         "FRAME_INVALID",
         "DEVICE_AUTH_FAILED",
         "RETRY_LATER",
+        "FORBIDDEN",
+        "REFUND_EXCEEDS_CAPTURE",
+        "SESSION_CLOSED",
+        "PROBLEM_NOT_FOUND",
     ] {
         let parsed = ErrorCode::parse(code).unwrap();
         assert!(
@@ -120,6 +129,7 @@ fn int64_fields_are_strings_out_and_numbers_or_strings_in() {
         ("PayRequest", "maxAmount"),
         ("TopUpRequest", "amount"),
         ("RegisterDeviceRequest", "pricePerUnit"),
+        ("RefundRequest", "amount"),
     ] {
         let one_of = schemas[schema]["properties"][field]["oneOf"]
             .as_array()
