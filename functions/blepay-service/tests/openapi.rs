@@ -41,6 +41,10 @@ fn the_document_is_openapi_3_0_and_describes_every_http_route() {
         ("post", "/v1/ops/wallets/{userId}/topup"),
         ("get", "/v1/ops/wallets/{userId}"),
         ("get", "/v1/ops/sessions/{sessionId}"),
+        ("get", "/v1/ops/devices"),
+        ("patch", "/v1/ops/devices/{deviceId}"),
+        ("post", "/v1/ops/devices/{deviceId}/decommission"),
+        ("put", "/v1/ops/wallets/{userId}/spending-limit"),
         ("post", "/v1/device"),
     ]
     .into_iter()
