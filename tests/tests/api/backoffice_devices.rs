@@ -281,3 +281,99 @@ async fn a_pay_over_the_daily_cap_is_402_spending_limit_and_changes_nothing() {
         .assert_error(400, "INVALID_ARGUMENT");
     reconciled(&app).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_machine_lifecycle_and_the_daily_cap_are_served_over_grpc_too() {
+    use blepay_proto::pb::v1 as pb;
+    use blepay_proto::pb::v1::ops_service_client::OpsServiceClient;
+    // Arrange
+    let app = spawn_app().await;
+    let m = app.online_machine(25).await;
+    let ch = tonic::transport::Endpoint::from_shared(app.address.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut ops = OpsServiceClient::new(ch);
+    let token = app.ops_token.clone();
+    #[allow(clippy::items_after_statements)]
+    fn grpc_authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        r
+    }
+    // Act
+    let out = ops
+        .update_device(grpc_authed(
+            pb::UpdateDeviceRequest {
+                device_id: m.device_id.clone(),
+                service_state: pb::ServiceState::OutOfService as i32,
+                ..pb::UpdateDeviceRequest::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let listed = ops
+        .list_devices(grpc_authed(
+            pb::ListDevicesRequest {
+                service_state: pb::ServiceState::OutOfService as i32,
+                ..pb::ListDevicesRequest::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let gone = ops
+        .decommission_device(grpc_authed(
+            pb::DecommissionDeviceRequest {
+                device_id: m.device_id.clone(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let back = ops
+        .update_device(grpc_authed(
+            pb::UpdateDeviceRequest {
+                device_id: m.device_id.clone(),
+                service_state: pb::ServiceState::InService as i32,
+                ..pb::UpdateDeviceRequest::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    let wallet = ops
+        .set_spending_limit(grpc_authed(
+            pb::SetSpendingLimitRequest {
+                user_id: "grpc-user".into(),
+                daily_limit: Some(700),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Assert
+    assert_eq!(out.service_state, pb::ServiceState::OutOfService as i32);
+    assert_eq!(
+        listed
+            .devices
+            .iter()
+            .map(|d| d.device_id.clone())
+            .collect::<Vec<_>>(),
+        vec![m.device_id.clone()]
+    );
+    assert_eq!(gone.service_state, pb::ServiceState::Decommissioned as i32);
+    assert_eq!(back.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        (wallet.daily_limit, wallet.daily_limit_overridden),
+        (700, true)
+    );
+}
