@@ -143,6 +143,7 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         max_unstarted_per_user: settings.pay_limits.max_unstarted_per_user,
         pay_rate_max: settings.pay_limits.rate_max,
         pay_rate_window_secs: settings.pay_limits.rate_window_secs,
+        daily_spending_limit: settings.pay_limits.daily_spending_limit,
         sweep_interval_secs: settings.sweep_every.as_secs().max(1),
         ..ServeArgs::local(dir.path().join("server"))
     };

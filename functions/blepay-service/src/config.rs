@@ -598,6 +598,27 @@ mod tests {
     }
 
     #[test]
+    fn the_daily_spending_limit_is_none_at_zero_and_refused_above_the_money_bound() {
+        let with = |daily_spending_limit| Settings {
+            pay_limits: PayLimits {
+                daily_spending_limit,
+                ..PayLimits::default()
+            },
+            ..Settings::default()
+        };
+        assert_eq!(with(0).validate().unwrap().pay_limits.daily_limit(), None);
+        assert_eq!(
+            with(500).validate().unwrap().pay_limits.daily_limit(),
+            Some(Amount::new(500).unwrap())
+        );
+        let too_much = u64::try_from(Amount::MAX.minor()).unwrap() + 1;
+        assert_eq!(
+            with(too_much).validate().unwrap_err().var,
+            "BLEPAY_DAILY_SPENDING_LIMIT"
+        );
+    }
+
+    #[test]
     fn the_defaults_fit_the_heartbeat_and_the_longest_cycle() {
         let v = Settings::default().validate().unwrap();
         // Two heartbeats may be lost before a machine goes OFFLINE.

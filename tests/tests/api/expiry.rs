@@ -47,7 +47,8 @@ async fn an_unstarted_session_reads_as_expired_after_its_deadline_and_its_hold_i
     assert_ne!(s["endedAt"], "0");
     assert_eq!(
         app.get("/v1/wallet", &app.token_for("fay")).await.ok(),
-        json!({"userId": "fay", "available": "1000", "held": "0", "spent": "0", "currency": "EUR", "refunded": "0"})
+        json!({"userId": "fay", "available": "1000", "held": "0", "spent": "0", "currency": "EUR",
+              "dailyLimit": "0", "spentToday": "0", "dailyLimitOverridden": false, "refunded": "0"})
     );
     let audit = app.audit().await;
     assert!(audit.reconciles(), "{audit:?}");

@@ -11,7 +11,8 @@ async fn a_phone_pays_a_machine_and_the_money_settles_over_http_json() {
     let topped = app.top_up("alice", 1000).await;
     assert_eq!(
         topped,
-        json!({"userId": "alice", "available": "1000", "held": "0", "spent": "0", "currency": "EUR", "refunded": "0"})
+        json!({"userId": "alice", "available": "1000", "held": "0", "spent": "0", "currency": "EUR",
+              "dailyLimit": "0", "spentToday": "0", "dailyLimitOverridden": false, "refunded": "0"})
     );
     let m = app.machine(&device_id, &device_key);
     let alice = app.token_for("alice");
@@ -26,7 +27,8 @@ async fn a_phone_pays_a_machine_and_the_money_settles_over_http_json() {
     assert_eq!(
         verified,
         json!({"deviceId": device_id, "name": "Water dispenser", "pricePerUnit": "25",
-               "unitName": "litre", "currency": "EUR", "state": "IDLE"})
+               "unitName": "litre", "currency": "EUR", "state": "IDLE",
+               "serviceState": "IN_SERVICE"})
     );
 
     // Pay: hold 200.
@@ -43,7 +45,8 @@ async fn a_phone_pays_a_machine_and_the_money_settles_over_http_json() {
     );
     assert_eq!(
         app.get("/v1/wallet", &alice).await.ok(),
-        json!({"userId": "alice", "available": "800", "held": "200", "spent": "0", "currency": "EUR", "refunded": "0"})
+        json!({"userId": "alice", "available": "800", "held": "200", "spent": "0", "currency": "EUR",
+              "dailyLimit": "0", "spentToday": "200", "dailyLimitOverridden": false, "refunded": "0"})
     );
     let busy = app
         .post("/v1/verify", &alice, &json!({"advert": m.advert()}))
@@ -87,7 +90,8 @@ async fn a_phone_pays_a_machine_and_the_money_settles_over_http_json() {
     // The wallet, exactly.
     assert_eq!(
         app.get("/v1/wallet", &alice).await.ok(),
-        json!({"userId": "alice", "available": "925", "held": "0", "spent": "75", "currency": "EUR", "refunded": "0"})
+        json!({"userId": "alice", "available": "925", "held": "0", "spent": "75", "currency": "EUR",
+              "dailyLimit": "0", "spentToday": "75", "dailyLimitOverridden": false, "refunded": "0"})
     );
     assert_eq!(
         app.wallet("alice").await,
@@ -150,7 +154,8 @@ async fn the_final_amount_is_capped_at_the_hold() {
     assert_eq!(settled.amount, 100);
     assert_eq!(
         app.wallet("bob").await,
-        json!({"userId": "bob", "available": "900", "held": "0", "spent": "100", "currency": "EUR", "refunded": "0"})
+        json!({"userId": "bob", "available": "900", "held": "0", "spent": "100", "currency": "EUR",
+              "dailyLimit": "0", "spentToday": "100", "dailyLimitOverridden": false, "refunded": "0"})
     );
     assert!(app.audit().await.reconciles());
 }

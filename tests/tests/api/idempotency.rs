@@ -19,7 +19,8 @@ async fn the_same_top_up_key_twice_credits_once() {
         .ok();
 
     // Assert
-    let expected = json!({"userId": "erin", "available": "300", "held": "0", "spent": "0", "currency": "EUR", "refunded": "0"});
+    let expected = json!({"userId": "erin", "available": "300", "held": "0", "spent": "0", "currency": "EUR",
+              "dailyLimit": "0", "spentToday": "0", "dailyLimitOverridden": false, "refunded": "0"});
     assert_eq!((&first, &second), (&expected, &expected));
     assert_eq!(app.wallet("erin").await, expected);
     let audit = app.audit().await;

@@ -8,6 +8,7 @@
     clippy::too_many_lines
 )]
 
+mod backoffice_devices;
 mod backoffice_money;
 mod device_link;
 mod device_run;

@@ -98,7 +98,8 @@ async fn every_acknowledged_operation_survives_kill_9_and_the_cycle_finishes_aft
     let kim = phone_token("kim");
     assert_eq!(
         server.get("/v1/wallet", &kim).await,
-        json!({"userId": "kim", "available": "800", "held": "200", "spent": "0", "currency": "EUR", "refunded": "0"})
+        json!({"userId": "kim", "available": "800", "held": "200", "spent": "0", "currency": "EUR",
+              "dailyLimit": "0", "spentToday": "200", "dailyLimitOverridden": false, "refunded": "0"})
     );
     let s = server.get(&format!("/v1/sessions/{session}"), &kim).await;
     assert_eq!(
@@ -130,7 +131,8 @@ async fn every_acknowledged_operation_survives_kill_9_and_the_cycle_finishes_aft
     assert_eq!(done.amount, 50);
     assert_eq!(
         server.get("/v1/wallet", &kim).await,
-        json!({"userId": "kim", "available": "950", "held": "0", "spent": "50", "currency": "EUR", "refunded": "0"})
+        json!({"userId": "kim", "available": "950", "held": "0", "spent": "50", "currency": "EUR",
+              "dailyLimit": "0", "spentToday": "50", "dailyLimitOverridden": false, "refunded": "0"})
     );
 
     // The ledger on disk reconciles after a last kill -9.

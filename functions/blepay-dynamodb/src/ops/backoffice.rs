@@ -220,10 +220,11 @@ impl DynamoStore {
 
     pub(super) async fn spending_once(&self, user: &UserId, now: u64) -> Result<Spending, Failure> {
         let [wallet, spend] = <[Option<Item>; 2]>::try_from(
-            self.batch_get(vec![wallet_key(user), spend_key(user, spending_day(now))])
+            // TransactGetItems (GetItem per item): the phone routes' function has no BatchGetItem.
+            self.transact_get(vec![wallet_key(user), spend_key(user, spending_day(now))])
                 .await?,
         )
-        .map_err(|_| StoreError::Internal("BatchGetItem answered the wrong count".into()))?;
+        .map_err(|_| StoreError::Internal("TransactGetItems answered the wrong count".into()))?;
         let w = wallet_from_item(wallet.as_ref())?;
         if self.expire_due_holds(&w, now).await? {
             return Err(Failure::Contention("expired due holds; read again".into()));
