@@ -10,7 +10,7 @@ use blepay_device_client::engine::{Config, Engine};
 use blepay_device_client::heartbeat;
 use blepay_device_client::http::HttpTransport;
 use blepay_device_client::log::MemLog;
-use blepay_e2e::{Link, TestApp, b64, identity, random_key, spawn_app, test_telemetry, unix_now};
+use blepay_e2e::{Link, TestApp, b64, identity, spawn_app, test_telemetry, unix_now};
 use serde_json::{Value, json};
 
 async fn reconciled(app: &TestApp) {
@@ -76,19 +76,19 @@ async fn a_revoked_machine_is_refused_as_forged_and_another_machine_keeps_paying
         b64(&bytes)
     };
     let forged_answer = app.verify("rex", &forged).await;
-    forged_answer.assert_error(400, "ADVERT_INVALID");
+    forged_answer.assert_error(403, "ADVERT_INVALID");
     let revoked_answer = app.verify("rex", &m.advert()).await;
-    revoked_answer.assert_error(400, "ADVERT_INVALID");
+    revoked_answer.assert_error(403, "ADVERT_INVALID");
     assert_eq!(
         revoked_answer.body["message"],
         forged_answer.body["message"]
     );
     app.pay("rex", &m.advert(), 300, "k-2")
         .await
-        .assert_error(400, "ADVERT_INVALID");
+        .assert_error(403, "ADVERT_INVALID");
     app.pay("rex", &advert, 300, "k-1")
         .await
-        .assert_error(400, "ADVERT_INVALID");
+        .assert_error(403, "ADVERT_INVALID");
     // ...and its frames as forged frames: the same status and body.
     let mut link = Link::new(identity(&m.device_id, &m.device_key));
     let (status, body) = heartbeat_frame(&app, &mut link).await;
@@ -217,7 +217,7 @@ async fn a_rotated_key_reaches_the_machine_over_the_air_and_the_old_key_is_then_
         .encode());
     app.verify("ola", &old_advert)
         .await
-        .assert_error(400, "ADVERT_INVALID");
+        .assert_error(403, "ADVERT_INVALID");
     // A new rotation with another key would issue epoch 2; the first one's key still answers it.
     assert_eq!(
         rotate(&app, &device_id, "rot-1").await.ok()["pending"],
