@@ -384,6 +384,8 @@ pub struct Stats {
     pub known_sessions_ignored: u32,
     /// Exchanges that failed (transport error or no authentic answer).
     pub failed_exchanges: u32,
+    /// Rotated keys installed from answers (docs/protocol.md §1.1).
+    pub keys_installed: u32,
 }
 
 /// An engine failure: only storage can fail (the request is then not sent).
@@ -409,6 +411,10 @@ struct InFlight {
 #[derive(Debug)]
 pub struct Engine<L: RecordLog> {
     identity: Identity,
+    /// The key before the last one installed over the air (answers to requests sealed before
+    /// the install are tagged with it), and the installed key's epoch (0: the provisioned key).
+    previous_key: Option<blepay_proto::DeviceKey>,
+    key_epoch: blepay_core::KeyEpoch,
     config: Config,
     outbox: Outbox<L>,
     clock: Clock,
@@ -475,8 +481,22 @@ impl<L: RecordLog> Engine<L> {
             .iter()
             .any(|e| matches!(e.op, Op::Press | Op::Start { .. }));
         let boot_seq = outbox.peek_seq();
+        // A key installed over the air replaces the provisioned one.
+        let (identity, previous_key, key_epoch) = match &durable.key {
+            Some(k) => (
+                Identity {
+                    key: blepay_proto::DeviceKey::from_bytes(k.key),
+                    ..identity
+                },
+                Some(blepay_proto::DeviceKey::from_bytes(k.previous)),
+                k.epoch,
+            ),
+            None => (identity, None, blepay_core::KeyEpoch::FIRST),
+        };
         let mut engine = Self {
             identity,
+            previous_key,
+            key_epoch,
             config,
             outbox,
             clock,
@@ -513,6 +533,12 @@ impl<L: RecordLog> Engine<L> {
             }
         }
         Ok(engine)
+    }
+
+    /// The key epoch the engine seals with (0: the provisioned key; above: installed over the
+    /// air, docs/protocol.md §1.1).
+    pub const fn key_epoch(&self) -> blepay_core::KeyEpoch {
+        self.key_epoch
     }
 
     /// The machine's identity.
@@ -792,13 +818,48 @@ impl<L: RecordLog> Engine<L> {
         let Some(f) = self.in_flight.clone() else {
             return Ok(Response::Unexpected);
         };
-        let answer = match self.identity.open(&f.pending, body) {
+        // A request sealed before a key was installed is answered under the key before it.
+        let previous = self.previous_key.clone().map(|key| Identity {
+            key,
+            ..self.identity.clone()
+        });
+        let opened = match self.identity.open(&f.pending, body) {
+            Err(LinkError::Frame(blepay_proto::FrameError::BadTag)) if previous.is_some() => {
+                previous
+                    .as_ref()
+                    .map_or(Err(LinkError::Body), |p| p.open(&f.pending, body))
+                    .map(|a| (a, true))
+            }
+            other => other.map(|a| (a, false)),
+        };
+        let (answer, under_previous) = match opened {
             Ok(a) => a,
             Err(error) => {
                 self.on_transport_error(now);
                 return Ok(Response::NotAuthentic { status, error });
             }
         };
+        // A key update for an epoch not installed yet, in an answer under the current key:
+        // install it durably before anything else (if that fails, nothing is acknowledged and
+        // the retry's saved answer carries it again).
+        if let Some(update) = answer
+            .key_update
+            .as_ref()
+            .filter(|u| !under_previous && u.epoch > self.key_epoch)
+        {
+            let next = self.identity.rekeyed(update);
+            if let Err(e) = self.outbox.install_key(crate::journal::KeyRecord {
+                epoch: update.epoch,
+                key: *next.key.expose_bytes(),
+                previous: *self.identity.key.expose_bytes(),
+            }) {
+                self.on_transport_error(now);
+                return Err(e);
+            }
+            self.previous_key = Some(core::mem::replace(&mut self.identity, next).key);
+            self.key_epoch = update.epoch;
+            self.stats.keys_installed += 1;
+        }
         match self.handle_answer(now, &f, &answer) {
             Ok(()) => Ok(Response::Answered {
                 kind: f.kind,

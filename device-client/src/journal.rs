@@ -29,7 +29,7 @@
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
-use blepay_core::{Amount, SessionId, Units, UseCounter};
+use blepay_core::{Amount, KeyEpoch, SessionId, Units, UseCounter};
 
 use crate::grant::Grant;
 
@@ -139,6 +139,10 @@ pub enum Record {
         /// The started session's terms.
         grant: Grant,
     },
+    /// A rotated device key installed from an answer's key update (docs/protocol.md §1.1): the
+    /// key every later frame and advert is sealed with, and the one before it (answers to
+    /// requests sealed before the install are tagged with that). The latest one wins.
+    Key(KeyRecord),
     /// Counters kept for telemetry and for recognising an answer about a session already ended.
     /// Absolute values (a snapshot writes it last).
     Counters {
@@ -157,6 +161,7 @@ const TAG_ACK: u8 = 3;
 const TAG_SESSION: u8 = 4;
 const TAG_STARTED: u8 = 5;
 const TAG_COUNTERS: u8 = 6;
+const TAG_KEY: u8 = 7;
 const OP_START: u8 = 1;
 const OP_REPORT: u8 = 2;
 const OP_PRESS: u8 = 3;
@@ -278,6 +283,12 @@ impl Record {
                 out.extend_from_slice(&seq.to_be_bytes());
                 put_grant(&mut out, grant);
             }
+            Self::Key(k) => {
+                out.push(TAG_KEY);
+                out.extend_from_slice(&k.epoch.get().to_be_bytes());
+                out.extend_from_slice(&k.key);
+                out.extend_from_slice(&k.previous);
+            }
             Self::Counters {
                 boot_count,
                 lifetime_units,
@@ -333,6 +344,11 @@ impl Record {
                 seq: c.u32()?,
                 grant: c.grant()?,
             },
+            TAG_KEY => Self::Key(KeyRecord {
+                epoch: KeyEpoch::new(c.u32()?),
+                key: c.array()?,
+                previous: c.array()?,
+            }),
             TAG_COUNTERS => Self::Counters {
                 boot_count: c.u32()?,
                 lifetime_units: c.u64()?,
@@ -344,6 +360,25 @@ impl Record {
             _ => return None,
         };
         c.0.is_empty().then_some(record)
+    }
+}
+
+/// An installed device key (journal [`Record::Key`]). Its `Debug` never prints the keys.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// The installed key's epoch.
+    pub epoch: KeyEpoch,
+    /// The installed key.
+    pub key: [u8; 32],
+    /// The key it replaced.
+    pub previous: [u8; 32],
+}
+
+impl core::fmt::Debug for KeyRecord {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("KeyRecord")
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
     }
 }
 
@@ -369,6 +404,8 @@ pub struct Durable {
     pub lifetime_units: u64,
     /// The session of the last final report queued (acknowledged or not).
     pub last_final: Option<SessionId>,
+    /// The device key installed over the air, if any (else the provisioned one is used).
+    pub key: Option<KeyRecord>,
 }
 
 impl Default for Durable {
@@ -383,6 +420,7 @@ impl Default for Durable {
             boot_count: 0,
             lifetime_units: 0,
             last_final: None,
+            key: None,
         }
     }
 }
@@ -391,6 +429,11 @@ impl Durable {
     /// Apply one record (in log order).
     pub fn apply(&mut self, record: &Record) {
         match record {
+            Record::Key(k) => {
+                if self.key.as_ref().is_none_or(|have| k.epoch > have.epoch) {
+                    self.key = Some(k.clone());
+                }
+            }
             Record::State {
                 seq_high_water,
                 use_counter,
@@ -500,7 +543,11 @@ impl Durable {
 
     /// The records that rebuild this state from an empty log (for compaction).
     pub fn snapshot(&self) -> Vec<Record> {
-        let mut out = Vec::with_capacity(self.queue.len() + 2);
+        let mut out = Vec::with_capacity(self.queue.len() + 3);
+        // First: the installed key outlives every compaction.
+        if let Some(k) = &self.key {
+            out.push(Record::Key(k.clone()));
+        }
         out.push(Record::State {
             seq_high_water: self.seq_high_water,
             use_counter: self.use_counter,

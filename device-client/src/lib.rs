@@ -93,6 +93,9 @@ pub struct Answer {
     pub server_time: u64,
     /// What the server answered.
     pub body: machine::Answer,
+    /// A rotated key the answer carries (docs/protocol.md §1.1), wrapped under the key that
+    /// opened it; an unusable one is left out.
+    pub key_update: Option<machine::KeyUpdate>,
 }
 
 impl Answer {
@@ -164,7 +167,24 @@ impl Identity {
         Ok(Answer {
             server_time: r.server_time,
             body,
+            key_update: machine::KeyUpdate::from_body(&r.body).and_then(Result::ok),
         })
+    }
+
+    /// This identity with the key a key update carries, unwrapped with this identity's key
+    /// (which must be the key that opened the answer carrying it).
+    #[must_use]
+    pub fn rekeyed(&self, update: &machine::KeyUpdate) -> Self {
+        Self {
+            device_id: self.device_id,
+            key_version: self.key_version,
+            key: blepay_proto::unwrap_device_key(
+                &self.key,
+                self.device_id,
+                update.epoch,
+                &update.wrapped,
+            ),
+        }
     }
 }
 

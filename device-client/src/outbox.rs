@@ -136,6 +136,18 @@ impl<L: RecordLog> Outbox<L> {
         }
     }
 
+    /// Install a rotated device key durably (one record: a torn write leaves the old key, which
+    /// the server still accepts until it sees a frame under the new one).
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`]: the key is then not installed.
+    pub fn install_key(
+        &mut self,
+        key: crate::journal::KeyRecord,
+    ) -> Result<(), OutboxError<L::Error>> {
+        self.append(&Record::Key(key))
+    }
+
     /// A fresh sequence number, strictly greater than every number handed out before, across
     /// reboots. Persists a new high-water mark first when the reserved block is used up.
     ///

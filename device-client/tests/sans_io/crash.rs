@@ -105,7 +105,10 @@ fn expected_queue(prefix: &[u8]) -> Vec<(u32, Vec<u8>)> {
             Record::Enqueue(e) => queue.push((e.seq, e.frame)),
             Record::Ack { seq, .. } => queue.retain(|(s, _)| *s != seq),
             Record::Started { seq, .. } => queue.retain(|(s, _)| *s != seq),
-            Record::State { .. } | Record::Session(_) | Record::Counters { .. } => {}
+            Record::State { .. }
+            | Record::Session(_)
+            | Record::Counters { .. }
+            | Record::Key(_) => {}
         }
     }
     queue

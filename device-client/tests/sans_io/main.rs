@@ -18,3 +18,4 @@ mod engine;
 #[cfg(feature = "std")]
 mod file_log;
 mod records;
+mod rekey;

@@ -88,6 +88,13 @@ fn record() -> impl Strategy<Value = Record> {
                 // all zeros is "none" on the medium
                 last_final: last.filter(|id| *id != [0; 16]).map(SessionId::from_bytes),
             }),
+        (any::<u32>(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(epoch, key, previous)| {
+            Record::Key(blepay_device_client::journal::KeyRecord {
+                epoch: blepay_core::KeyEpoch::new(epoch),
+                key,
+                previous,
+            })
+        }),
     ]
 }
 

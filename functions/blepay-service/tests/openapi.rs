@@ -38,6 +38,8 @@ fn the_document_is_openapi_3_0_and_describes_every_http_route() {
         ("get", "/v1/wallet"),
         ("post", "/v1/ops/devices"),
         ("get", "/v1/ops/devices/{deviceId}"),
+        ("post", "/v1/ops/devices/{deviceId}/revoke"),
+        ("post", "/v1/ops/devices/{deviceId}/rotate-key"),
         ("post", "/v1/ops/wallets/{userId}/topup"),
         ("get", "/v1/ops/wallets/{userId}"),
         ("get", "/v1/ops/sessions/{sessionId}"),

@@ -26,9 +26,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use blepay_core::{
-    Amount, CloseReason, Currency, DeviceId, DeviceName, IdempotencyKey, KeyVersion, LateReport,
-    Session, SessionError, SessionId, SessionStatus, Slot, Tariff, Telemetry, UnitName, Units,
-    UseCounter, UserId, Wallet,
+    Amount, CloseReason, Currency, DeviceId, DeviceName, IdempotencyKey, KeyEpoch, KeyVersion,
+    LateReport, Session, SessionError, SessionId, SessionStatus, Slot, Tariff, Telemetry, UnitName,
+    Units, UseCounter, UserId, Wallet,
 };
 
 use crate::{
@@ -36,8 +36,8 @@ use crate::{
     DeviceKeys, DeviceOp, DeviceOpResult, DeviceRecord, DeviceState, DeviceStatus, DeviceUpdate,
     DeviceUpdateOutcome, DismissCommand, DismissOutcome, PageRequest, PayCommand, PayLimits,
     PayOutcome, ProblemCommand, ProblemId, ProblemOutcome, Reason, RefundCommand, RefundOutcome,
-    RegisterOutcome, ResolutionKind, ResponseEncoder, SavedAnswer, ServiceState, Spending, Store,
-    TopUpOutcome,
+    RegisterOutcome, ResolutionKind, ResponseEncoder, RevokeOutcome, RotateOutcome, SavedAnswer,
+    ServiceState, Spending, Store, TopUpOutcome,
 };
 
 /// Expand to one `#[tokio::test]` per conformance check, each on a store from `$factory`
@@ -125,6 +125,9 @@ macro_rules! conformance_tests {
             paging_the_session_list_never_skips_or_repeats_a_session,
             a_statement_lists_every_entry_touching_the_user_newest_first_in_pages,
             the_sales_facts_hold_the_range_and_the_report_sums_match_the_revenue,
+            a_revoked_device_refuses_frames_and_adverts_and_voids_its_waiting_session,
+            revoking_a_device_settles_its_active_session_at_its_last_reported_units,
+            a_rotation_accepts_the_old_key_until_the_first_frame_under_the_new_one,
         );
     };
     (@each $factory:expr; $($check:ident),+ $(,)?) => {
@@ -276,6 +279,32 @@ pub async fn device_call_under(
     op: DeviceOp,
     now: u64,
 ) -> (DeviceCallOutcome, Option<DeviceOpResult>) {
+    device_call_keyed(
+        store,
+        key_version,
+        (KeyEpoch::FIRST, None),
+        n,
+        seq,
+        digest,
+        op,
+        now,
+    )
+    .await
+}
+
+/// Run one machine request whose tag verified under `key_version` and key epoch `keys.0`,
+/// expecting the key update `keys.1`.
+#[allow(clippy::too_many_arguments)]
+pub async fn device_call_keyed(
+    store: &dyn Store,
+    key_version: KeyVersion,
+    (key_epoch, key_update): (KeyEpoch, Option<KeyEpoch>),
+    n: u8,
+    seq: u32,
+    digest: [u8; 32],
+    op: DeviceOp,
+    now: u64,
+) -> (DeviceCallOutcome, Option<DeviceOpResult>) {
     // `ResponseEncoder` is `'static`: the encoder owns what it captures.
     let seen = Arc::new(Mutex::new(None));
     let encode: ResponseEncoder = {
@@ -288,8 +317,8 @@ pub async fn device_call_under(
     let call = DeviceCall {
         device: device_id(n),
         key_version,
-        key_epoch: blepay_core::KeyEpoch::FIRST,
-        key_update: None,
+        key_epoch,
+        key_update,
         seq,
         digest,
         op,
@@ -3806,6 +3835,259 @@ pub async fn a_refund_resolves_the_sessions_open_problem(store: Arc<dyn Store>) 
     );
     let audit = reconciled(&*store).await;
     assert_eq!((audit.revenue, audit.refunded), (0, 100));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device keys: revocation and rotation (docs/protocol.md §1.1)
+// ---------------------------------------------------------------------------------------------
+
+/// The device's key state as the store reads it.
+async fn keys_of(store: &dyn Store, n: u8) -> DeviceKeys {
+    store
+        .device_status(device_id(n), T0 + 100)
+        .await
+        .unwrap()
+        .unwrap()
+        .device
+        .keys
+}
+
+/// Revoking machine 1 voids its AUTHORIZED session (the hold released) in the same operation;
+/// from then on its frames are refused as forged and its adverts' pays as forged, changing
+/// nothing, a second revoke answers it as it is, and machine 2 keeps working.
+pub async fn a_revoked_device_refuses_frames_and_adverts_and_voids_its_waiting_session(
+    store: Arc<dyn Store>,
+) {
+    online_machine(&*store, 1, T0).await;
+    online_machine(&*store, 2, T0).await;
+    fund(&*store, "alice", 1000).await;
+    let waiting = created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+    let RevokeOutcome::Revoked { device, closed } = store
+        .revoke_device(device_id(1), "key read out of flash", T0 + 5)
+        .await
+        .unwrap()
+    else {
+        panic!("not revoked")
+    };
+    assert_eq!(
+        device.keys.revoked.as_ref().map(|r| r.reason.as_str()),
+        Some("key read out of flash")
+    );
+    let closed = closed.expect("the waiting session was closed");
+    assert_eq!(
+        (closed.id, closed.status),
+        (waiting.id, SessionStatus::Expired)
+    );
+    assert_eq!(
+        store.wallet(&user("alice"), T0 + 5).await.unwrap(),
+        wallet(1000, 0, 0)
+    );
+    reconciled(&*store).await;
+    let before = machine_snapshot(&*store, 1, waiting.id, T0 + 6).await;
+    let press = device_call_with(&*store, 1, 2, digest(2), DeviceOp::Press, T0 + 6).await;
+    assert_eq!(press, (DeviceCallOutcome::KeyVersionRefused, None));
+    // A byte-identical copy of an accepted request is refused too.
+    let again = device_call_with(&*store, 1, 1, digest(1), DeviceOp::Poll, T0 + 6).await;
+    assert_eq!(again, (DeviceCallOutcome::KeyVersionRefused, None));
+    assert_eq!(
+        store
+            .pay(&pay_cmd("alice", "p2", 1, 8, 300, T0 + 6))
+            .await
+            .unwrap(),
+        PayOutcome::KeyRefused
+    );
+    // A retry of the pay made before the revoke is refused as well.
+    assert_eq!(
+        store
+            .pay(&pay_cmd("alice", "p1", 1, 7, 300, T0 + 6))
+            .await
+            .unwrap(),
+        PayOutcome::KeyRefused
+    );
+    assert_eq!(
+        machine_snapshot(&*store, 1, waiting.id, T0 + 6).await,
+        before
+    );
+    assert!(matches!(
+        store
+            .revoke_device(device_id(1), "again", T0 + 7)
+            .await
+            .unwrap(),
+        RevokeOutcome::AlreadyRevoked(d) if d.keys.revoked.as_ref().is_some_and(|r| r.at == T0 + 5)
+    ));
+    assert_eq!(
+        store
+            .revoke_device(device_id(9), "nobody", T0 + 7)
+            .await
+            .unwrap(),
+        RevokeOutcome::DeviceUnknown
+    );
+    // Another machine keeps working.
+    let other = created(&*store, &pay_cmd("alice", "p3", 2, 1, 300, T0 + 8)).await;
+    let started = started_of(device_op(&*store, 2, 2, DeviceOp::Press, T0 + 9).await);
+    assert_eq!(started.id, other.id);
+    reconciled(&*store).await;
+}
+
+/// Revoking a machine with an ACTIVE session settles it at its last reported units, the rest
+/// of the hold released, in the same operation; the final report that follows is refused.
+pub async fn revoking_a_device_settles_its_active_session_at_its_last_reported_units(
+    store: Arc<dyn Store>,
+) {
+    online_machine(&*store, 1, T0).await;
+    fund(&*store, "alice", 1000).await;
+    let s = created(&*store, &pay_cmd("alice", "p1", 1, 7, 300, T0)).await;
+    device_op(&*store, 1, 2, DeviceOp::Press, T0 + 1).await;
+    let progress = DeviceOp::Report {
+        session: s.id,
+        units: Units::new(4),
+        last: false,
+    };
+    device_op(&*store, 1, 3, progress, T0 + 2).await;
+    let RevokeOutcome::Revoked { closed, .. } = store
+        .revoke_device(device_id(1), "stolen", T0 + 3)
+        .await
+        .unwrap()
+    else {
+        panic!("not revoked")
+    };
+    let closed = closed.expect("the active session was closed");
+    assert_eq!(closed.status, SessionStatus::Settled);
+    assert_eq!(closed.amount, amount(4 * PRICE));
+    let status = store
+        .device_status(device_id(1), T0 + 3)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.open_session, None);
+    assert_eq!(
+        store.wallet(&user("alice"), T0 + 3).await.unwrap(),
+        wallet(1000 - 4 * PRICE, 0, 4 * PRICE)
+    );
+    let last = DeviceOp::Report {
+        session: s.id,
+        units: Units::new(12),
+        last: true,
+    };
+    let refused = device_call_with(&*store, 1, 4, digest(4), last, T0 + 4).await;
+    assert_eq!(refused, (DeviceCallOutcome::KeyVersionRefused, None));
+    assert_eq!(
+        store.session(s.id, T0 + 4).await.unwrap().map(|x| x.amount),
+        Some(amount(4 * PRICE))
+    );
+    reconciled(&*store).await;
+}
+
+/// A rotation makes epoch 1 pending: frames under epoch 0 are accepted (when the caller expects
+/// the update), as are adverts under either epoch; the first frame under epoch 1 completes it,
+/// after which epoch 0 is refused (frames and adverts) and nothing changes. The same key answers
+/// the same rotation; any rotation while one is pending answers the pending one.
+pub async fn a_rotation_accepts_the_old_key_until_the_first_frame_under_the_new_one(
+    store: Arc<dyn Store>,
+) {
+    let (v0, e0, e1) = (
+        KeyVersion::new(0).unwrap(),
+        KeyEpoch::FIRST,
+        KeyEpoch::new(1),
+    );
+    online_machine(&*store, 1, T0).await;
+    let RotateOutcome::Issued(d) = store
+        .rotate_device_key(device_id(1), &key("r1"), T0 + 1)
+        .await
+        .unwrap()
+    else {
+        panic!("not issued")
+    };
+    assert_eq!((d.keys.epoch, d.keys.pending), (e0, Some(e1)));
+    assert_eq!(keys_of(&*store, 1).await, d.keys);
+    assert!(matches!(
+        store.rotate_device_key(device_id(1), &key("r2"), T0 + 1).await.unwrap(),
+        RotateOutcome::Existing(x) if x.keys.pending == Some(e1)
+    ));
+    // Under the old key, without expecting the update (a stale read): refused, nothing saved.
+    let stale = device_call_keyed(
+        &*store,
+        v0,
+        (e0, None),
+        1,
+        2,
+        digest(2),
+        DeviceOp::Poll,
+        T0 + 2,
+    )
+    .await;
+    assert_eq!(stale, (DeviceCallOutcome::KeyVersionRefused, None));
+    let hb = DeviceOp::Heartbeat(telemetry(1));
+    let old = device_call_keyed(
+        &*store,
+        v0,
+        (e0, Some(e1)),
+        1,
+        2,
+        digest(2),
+        hb.clone(),
+        T0 + 2,
+    )
+    .await;
+    assert!(matches!(old.0, DeviceCallOutcome::Fresh(_)), "{old:?}");
+    assert_eq!(keys_of(&*store, 1).await.pending, Some(e1));
+    // Adverts under either key pay while the rotation is pending.
+    fund(&*store, "alice", 1000).await;
+    let mut under_new = pay_cmd("alice", "p1", 1, 7, 300, T0 + 3);
+    under_new.key_epoch = e1;
+    let s = created(&*store, &under_new).await;
+    // The first frame under the new key completes the rotation.
+    let press = device_call_keyed(
+        &*store,
+        v0,
+        (e1, None),
+        1,
+        3,
+        digest(3),
+        DeviceOp::Press,
+        T0 + 4,
+    )
+    .await;
+    assert!(matches!(press.0, DeviceCallOutcome::Fresh(_)), "{press:?}");
+    let keys = keys_of(&*store, 1).await;
+    assert_eq!((keys.epoch, keys.pending), (e1, None));
+    // The old key is refused for good, frames and adverts, and changes nothing.
+    let before = machine_snapshot(&*store, 1, s.id, T0 + 5).await;
+    let replay =
+        device_call_keyed(&*store, v0, (e0, None), 1, 4, digest(4), hb.clone(), T0 + 5).await;
+    assert_eq!(replay, (DeviceCallOutcome::KeyVersionRefused, None));
+    let retry = device_call_keyed(&*store, v0, (e0, Some(e1)), 1, 2, digest(2), hb, T0 + 5).await;
+    assert_eq!(retry, (DeviceCallOutcome::KeyVersionRefused, None));
+    assert_eq!(
+        store
+            .pay(&pay_cmd("alice", "p2", 1, 8, 300, T0 + 5))
+            .await
+            .unwrap(),
+        PayOutcome::KeyRefused
+    );
+    assert_eq!(machine_snapshot(&*store, 1, s.id, T0 + 5).await, before);
+    // The same key answers that rotation again; a new key issues epoch 2.
+    assert!(matches!(
+        store.rotate_device_key(device_id(1), &key("r1"), T0 + 6).await.unwrap(),
+        RotateOutcome::Existing(x) if x.keys.epoch == e1 && x.keys.pending.is_none()
+    ));
+    assert!(matches!(
+        store.rotate_device_key(device_id(1), &key("r3"), T0 + 6).await.unwrap(),
+        RotateOutcome::Issued(x) if x.keys.pending == Some(KeyEpoch::new(2))
+    ));
+    // A revoked machine is never re-keyed.
+    store
+        .revoke_device(device_id(1), "gone", T0 + 7)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .rotate_device_key(device_id(1), &key("r4"), T0 + 8)
+            .await
+            .unwrap(),
+        RotateOutcome::Revoked(_)
+    ));
+    reconciled(&*store).await;
 }
 
 #[cfg(test)]

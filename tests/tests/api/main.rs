@@ -9,6 +9,7 @@
 )]
 
 mod backoffice_devices;
+mod backoffice_keys;
 mod backoffice_money;
 mod device_link;
 mod device_run;
