@@ -42,6 +42,11 @@ fn the_document_is_openapi_3_0_and_describes_every_http_route() {
         ("get", "/v1/ops/wallets/{userId}"),
         ("get", "/v1/ops/sessions/{sessionId}"),
         ("post", "/v1/device"),
+        ("get", "/v1/sessions"),
+        ("get", "/v1/wallet/ledger"),
+        ("get", "/v1/ops/sessions"),
+        ("get", "/v1/ops/wallets/{userId}/ledger"),
+        ("get", "/v1/ops/reports/sales"),
     ]
     .into_iter()
     .map(|(m, p)| (m.to_owned(), p.to_owned()))

@@ -8,6 +8,7 @@
     clippy::too_many_lines
 )]
 
+mod backoffice_reports;
 mod device_link;
 mod device_run;
 mod errors;
