@@ -358,6 +358,14 @@ async fn the_sales_report_sums_each_machine_per_day_and_matches_the_revenue() {
     assert!(audit.reconciles());
     assert_eq!(num(&report["totals"]["captured"]), audit.revenue);
     assert_eq!(num(&report["totals"]["net"]), audit.revenue);
+    // The metrics counted the three settlements by the machines' final reports.
+    let metrics = app.get("/metrics", &app.ops_token).await;
+    assert_eq!(metrics.status, 200);
+    let text = metrics.body.as_str().unwrap_or_default().to_owned();
+    assert!(
+        text.contains("blepay_sessions_settled_total{closed_by=\"report\"} 3"),
+        "{text}"
+    );
     // The range is checked.
     for q in [
         "from=2026-02-30&to=2026-03-01",
