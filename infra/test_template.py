@@ -30,6 +30,13 @@ TEMPLATE = os.environ.get("BLEPAY_TEMPLATE", os.path.join(ROOT, "infra", "templa
 
 TABLE = "table"
 INDEX = "index:due"
+# The back office's lists (docs/dynamodb.md "The back office's lists").
+PHONE_LIST_INDEXES = {INDEX, "index:sessions_by_user", "index:ledger_by_user"}
+OPS_LIST_INDEXES = PHONE_LIST_INDEXES | {
+    "index:sessions_by_device",
+    "index:sessions_by_time",
+    "index:refunds",
+}
 
 # function -> {action -> resources}; the reasons are in infra/README.md "Permissions".
 EXPECTED = {
@@ -38,6 +45,7 @@ EXPECTED = {
         "dynamodb:GetItem": {TABLE},
         "dynamodb:PutItem": {TABLE},
         "dynamodb:UpdateItem": {TABLE},
+        "dynamodb:Query": PHONE_LIST_INDEXES,
     },
     "OpsFunction": {
         "dynamodb:DescribeTable": {TABLE},
@@ -45,7 +53,7 @@ EXPECTED = {
         "dynamodb:BatchGetItem": {TABLE},
         "dynamodb:PutItem": {TABLE},
         "dynamodb:UpdateItem": {TABLE},
-        "dynamodb:Query": {INDEX},
+        "dynamodb:Query": OPS_LIST_INDEXES,
     },
     "DeviceFunction": {
         "dynamodb:DescribeTable": {TABLE},
@@ -133,8 +141,11 @@ def resource_kind(r):
     """The table, its `due` index, or what the resource is (anything else fails the checks)."""
     if r == {"Fn::GetAtt": ["Table", "Arn"]} or r == {"Fn::GetAtt": "Table.Arn"}:
         return TABLE
-    if r == {"Fn::Sub": "${Table.Arn}/index/due"}:
-        return INDEX
+    if isinstance(r, dict) and isinstance(r.get("Fn::Sub"), str):
+        prefix = "${Table.Arn}/index/"
+        name = r["Fn::Sub"]
+        if name.startswith(prefix) and name[len(prefix):].replace("_", "").isalnum():
+            return "index:" + name[len(prefix):]
     return repr(r)
 
 
@@ -246,7 +257,7 @@ class Permissions(unittest.TestCase):
                 self.assertNotIn(action, FORBIDDEN, f"{name} is granted {action}")
                 self.assertNotIn("*", action, f"{name} is granted {action}")
                 for r in resources:
-                    self.assertIn(r, (TABLE, INDEX), f"{name}: {action} on {r}")
+                    self.assertIn(r, {TABLE} | OPS_LIST_INDEXES, f"{name}: {action} on {r}")
             for st in statements(fn["Properties"].get("Policies")):
                 self.assertNotIn("NotAction", st, f"{name} has a NotAction statement")
                 self.assertNotIn("NotResource", st, f"{name} has a NotResource statement")
@@ -356,8 +367,9 @@ class Routes(unittest.TestCase):
 
     def test_every_ops_route_requires_iam_and_goes_to_the_ops_function(self):
         ops = {k: v for k, v in self.routes.items() if k[1].startswith("/v1/ops")}
-        # 5 before issue 11; + the fleet list, PATCH, decommission, the spending limit.
-        self.assertEqual(len(ops), 9, ops)
+        # 5 before issue 11; + the fleet list, PATCH, decommission, the spending limit; the
+        # session list, a user's statement, the sales report.
+        self.assertEqual(len(ops), 12, ops)
         for route, (fn, auth) in ops.items():
             self.assertEqual(auth, "AWS_IAM", route)
             self.assertEqual(fn, "OpsFunction", route)

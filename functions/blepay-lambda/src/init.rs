@@ -40,7 +40,13 @@ pub async fn http_router(surface: Surface) -> Result<Router, InitError> {
     let service = service_config(&config, keyring);
     service.phone_tokens.start().await?;
     let app = App::new(service, Arc::new(store), system_clock());
-    Ok(router_for(app, surface, config.operator_role.clone()))
+    // On AWS the metrics are CloudWatch EMF log lines (one per event), not a scrape endpoint.
+    app.metrics().enable_emf();
+    let router = router_for(app.clone(), surface, config.operator_role.clone());
+    Ok(router.layer(axum::middleware::from_fn_with_state(
+        app.metrics().clone(),
+        blepay_service::metrics::track,
+    )))
 }
 
 /// The router a function runs: the service's routes for `surface`, with the caller API Gateway
@@ -97,9 +103,13 @@ pub async fn sweep(
     now: u64,
     active_timeout_secs: u64,
 ) -> Result<serde_json::Value, SweepError> {
+    let metrics = blepay_service::metrics::Metrics::new();
+    metrics.enable_emf();
     let swept = blepay_service::app::sweep(store, now, active_timeout_secs)
         .await
+        .inspect_err(|_| metrics.sweep(Err(())))
         .map_err(SweepError)?;
+    metrics.sweep(Ok((swept.expired, swept.timed_out)));
     if !swept.is_empty() {
         tracing::info!(
             expired = swept.expired,

@@ -519,7 +519,17 @@ impl App {
         let (seq, enc_key) = (frame.seq(), key.clone());
         // The refusal code travels with the saved answer, so a retry gets the same HTTP status
         // without the service decoding its own frame.
+        // Whether the answer the store saved settled a session by this very report (the last
+        // encoding is the one saved: a store may encode for an attempt it then re-runs).
+        let settles = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let settles_seen = Arc::clone(&settles);
         let encoder: ResponseEncoder = Arc::new(move |r: &DeviceOpResult| {
+            settles_seen.store(
+                matches!(r, DeviceOpResult::Session(s) if s.status == SessionStatus::Settled
+                    && s.closed_by == Some(CloseReason::Report)
+                    && s.ended_at == Some(now)),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             let answer = device_answer(r, active_timeout);
             SavedAnswer {
                 frame: seal_response(
@@ -532,7 +542,13 @@ impl App {
                 code: answer.refusal().map(|f| f.code.as_str().to_owned()),
             }
         });
-        match self.inner.store.device_call(&call, encoder).await? {
+        let outcome = self.inner.store.device_call(&call, encoder).await?;
+        if matches!(outcome, DeviceCallOutcome::Fresh(_))
+            && settles.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.metrics().session_settled_by_report();
+        }
+        match outcome {
             DeviceCallOutcome::Fresh(answer) | DeviceCallOutcome::Retry(answer) => {
                 Ok(DeviceAnswer {
                     code: answer.code.as_deref().and_then(ErrorCode::parse),

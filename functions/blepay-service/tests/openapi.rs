@@ -53,6 +53,11 @@ fn the_document_is_openapi_3_0_and_describes_every_http_route() {
         ("post", "/v1/sessions/{sessionId}/problem"),
         ("get", "/v1/ops/problems"),
         ("post", "/v1/ops/problems/{problemId}/dismiss"),
+        ("get", "/v1/sessions"),
+        ("get", "/v1/wallet/ledger"),
+        ("get", "/v1/ops/sessions"),
+        ("get", "/v1/ops/wallets/{userId}/ledger"),
+        ("get", "/v1/ops/reports/sales"),
     ]
     .into_iter()
     .map(|(m, p)| (m.to_owned(), p.to_owned()))
