@@ -451,7 +451,12 @@ async fn main() {
     // Provision: the machine (test vector device) and the user's funds, through ops-fn.
     let device = DeviceId::parse(DEVICE).unwrap();
     let kv = KeyVersion::new(0).unwrap();
-    let key = derive_device_key(&MasterKey::from_bytes(MASTER_KEY), kv, device);
+    let key = derive_device_key(
+        &MasterKey::from_bytes(MASTER_KEY),
+        kv,
+        device,
+        blepay_core::KeyEpoch::FIRST,
+    );
     let identity = Identity {
         device_id: device,
         key_version: kv,

@@ -393,7 +393,7 @@ fn poll_frame() -> Vec<u8> {
     let master = MasterKey::parse_hex(MASTER_KEYS.trim_start_matches("0:")).unwrap();
     let kv = KeyVersion::new(0).unwrap();
     let device = DeviceId::parse(DEVICE).unwrap();
-    let key = derive_device_key(&master, kv, device);
+    let key = derive_device_key(&master, kv, device, blepay_core::KeyEpoch::FIRST);
     let body = blepay_device_client::poll().encode();
     blepay_proto::seal_request(&key, kv, device, 1, &body)
 }
@@ -406,7 +406,12 @@ pub fn vector_identity() -> blepay_device_client::Identity {
     blepay_device_client::Identity {
         device_id,
         key_version,
-        key: derive_device_key(&master, key_version, device_id),
+        key: derive_device_key(
+            &master,
+            key_version,
+            device_id,
+            blepay_core::KeyEpoch::FIRST,
+        ),
     }
 }
 
