@@ -4,7 +4,8 @@
 //! [`blepay_service::config::Settings::validate`]; this loader only reads the variables and adds
 //! what only Lambda has (the table, the master key source).
 
-use crate::identity::OperatorRole;
+use crate::identity::{OperatorRole, is_role_id};
+use blepay_service::Role;
 use blepay_service::config::{
     ConfigError, DEFAULT_ACTIVE_TIMEOUT_SECS, DEFAULT_JWT_MAX_LIFETIME_SECS,
     DEFAULT_MAX_UNSTARTED_PER_USER, DEFAULT_OFFLINE_AFTER_SECS, DEFAULT_PAY_RATE_MAX,
@@ -133,38 +134,18 @@ impl LambdaConfig {
             )?,
             currency: get("BLEPAY_CURRENCY").unwrap_or_else(|| Settings::default().currency),
             pay_limits: pay_limits(&get)?,
-            support_refund_max: get("BLEPAY_SUPPORT_REFUND_MAX").map_or(
-                Ok(DEFAULT_SUPPORT_REFUND_MAX),
-                |v| {
-                    v.parse().map_err(|_| {
-                        err(
-                            "BLEPAY_SUPPORT_REFUND_MAX",
-                            format!("must be a whole number of minor units, not {v:?}"),
-                        )
-                    })
-                },
+            support_refund_max: minor_units(
+                get("BLEPAY_SUPPORT_REFUND_MAX"),
+                "BLEPAY_SUPPORT_REFUND_MAX",
+                DEFAULT_SUPPORT_REFUND_MAX,
             )?,
         }
         .validate()?;
 
-        let operator_role = match get("BLEPAY_OPERATOR_ROLE_ID") {
-            None => OperatorRole::AnyIamCaller,
-            Some(id)
-                if id.starts_with("AROA")
-                    && id.len() <= 128
-                    && id
-                        .bytes()
-                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) =>
-            {
-                OperatorRole::Only(id)
-            }
-            Some(_) => {
-                return Err(err(
-                    "BLEPAY_OPERATOR_ROLE_ID",
-                    "must be an IAM role's unique id (AROA followed by capitals and digits)",
-                ));
-            }
-        };
+        let operator_role = operator_roles(
+            get("BLEPAY_OPERATOR_ROLE_ID"),
+            get("BLEPAY_OPERATOR_ROLE_MAP"),
+        )?;
 
         Ok(Self {
             table,
@@ -187,6 +168,41 @@ impl LambdaConfig {
             )
         })
     }
+}
+
+/// `BLEPAY_OPERATOR_ROLE_ID` (the owner role) and `BLEPAY_OPERATOR_ROLE_MAP` (`<role id>=<role>`
+/// pairs) → which IAM callers are operators, with which role.
+fn operator_roles(owner: Option<String>, map: Option<String>) -> Result<OperatorRole, ConfigError> {
+    if let Some(id) = owner.as_deref() {
+        if !is_role_id(id) {
+            return Err(err(
+                "BLEPAY_OPERATOR_ROLE_ID",
+                "must be an IAM role's unique id (AROA followed by capitals and digits)",
+            ));
+        }
+    }
+    let Some(map) = map else {
+        return Ok(owner.map_or(OperatorRole::AnyIamCaller, OperatorRole::Only));
+    };
+    let mut pairs =
+        OperatorRole::parse_map(&map).map_err(|e| err("BLEPAY_OPERATOR_ROLE_MAP", e))?;
+    if let Some(id) = owner {
+        if !pairs.iter().any(|(known, _)| *known == id) {
+            pairs.push((id, Role::Owner));
+        }
+    }
+    Ok(OperatorRole::Mapped(pairs))
+}
+
+fn minor_units(value: Option<String>, var: &'static str, default: i64) -> Result<i64, ConfigError> {
+    value.map_or(Ok(default), |v| {
+        v.parse().map_err(|_| {
+            err(
+                var,
+                format!("must be a whole number of minor units, not {v:?}"),
+            )
+        })
+    })
 }
 
 fn count(value: Option<String>, var: &'static str, default: u32) -> Result<u32, ConfigError> {
@@ -282,6 +298,40 @@ mod tests {
                 .operator_role,
             OperatorRole::Only("AROAOPERATORS1234567".into())
         );
+    }
+
+    #[test]
+    fn the_operator_role_map_names_a_role_per_iam_role_and_the_role_id_is_its_owner() {
+        use blepay_service::Role;
+        let base = ("BLEPAY_DYNAMODB_TABLE", "t");
+        let c = config(&[
+            base,
+            ("BLEPAY_OPERATOR_ROLE_ID", "AROAOWNER1"),
+            (
+                "BLEPAY_OPERATOR_ROLE_MAP",
+                "AROASUPPORT1=support,AROATECH1=technician",
+            ),
+            ("BLEPAY_SUPPORT_REFUND_MAX", "1500"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.operator_role,
+            OperatorRole::Mapped(vec![
+                ("AROASUPPORT1".into(), Role::Support),
+                ("AROATECH1".into(), Role::Technician),
+                ("AROAOWNER1".into(), Role::Owner),
+            ])
+        );
+        assert_eq!(c.service.support_refund_max.minor(), 1500);
+        for (var, bad) in [
+            ("BLEPAY_OPERATOR_ROLE_MAP", "AROASUPPORT1=boss"),
+            ("BLEPAY_OPERATOR_ROLE_MAP", "support"),
+            ("BLEPAY_SUPPORT_REFUND_MAX", "-1"),
+            ("BLEPAY_SUPPORT_REFUND_MAX", "12.50"),
+        ] {
+            let e = config(&[base, (var, bad)]).unwrap_err();
+            assert!(e.to_string().contains(var), "{e}");
+        }
     }
 
     #[test]

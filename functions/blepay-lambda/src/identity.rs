@@ -14,9 +14,11 @@
 //!
 //! An HTTP API has no resource policy: IAM authorization lets in any principal of the account
 //! whose own policies allow `execute-api:Invoke` on the route. With [`OperatorRole::Only`]
-//! (`BLEPAY_OPERATOR_ROLE_ID`, set by infra/template.yaml) only sessions of the stack's operator
-//! role are operators; any other IAM caller is refused with 401 UNAUTHENTICATED before a handler
-//! runs.
+//! (`BLEPAY_OPERATOR_ROLE_ID`) only sessions of the stack's operator role are operators (owners);
+//! with [`OperatorRole::Mapped`] (`BLEPAY_OPERATOR_ROLE_MAP`, set by infra/template.yaml: one IAM
+//! role per operator role) each role session is an operator with its role and the IAM ARN of
+//! the session (`…:assumed-role/<role>/<session name>`) as its principal; any other IAM caller
+//! is refused with 401 UNAUTHENTICATED before a handler runs.
 
 use std::sync::Arc;
 
@@ -30,26 +32,87 @@ use blepay_service::http::{AuthorizedOperator, AuthorizedUser};
 use blepay_service::{ApiError, App, Operator, Role};
 use lambda_http::request::RequestContext;
 
-/// Which IAM callers are operators.
+/// Which IAM callers are operators, and with which role (docs: infra/README.md "Operators and
+/// roles on AWS").
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum OperatorRole {
-    /// Any IAM principal the gateway let through (when `BLEPAY_OPERATOR_ROLE_ID` is unset).
+    /// Any IAM principal the gateway let through, as an owner (neither
+    /// `BLEPAY_OPERATOR_ROLE_ID` nor `BLEPAY_OPERATOR_ROLE_MAP` set: local runs).
     #[default]
     AnyIamCaller,
-    /// Only sessions of the IAM role with this unique id (`AROA…`): the gateway's
+    /// Only sessions of the IAM role with this unique id (`AROA…`), as owners: the gateway's
     /// `authorizer.iam.userId` of a role session is `<role id>:<session name>`.
     Only(String),
+    /// `BLEPAY_OPERATOR_ROLE_MAP` (plus `BLEPAY_OPERATOR_ROLE_ID` as the owner): sessions of each
+    /// listed IAM role (by unique id) are operators with that role; any other IAM caller is
+    /// refused.
+    Mapped(Vec<(String, Role)>),
+}
+
+/// Whether the gateway's `userId` is a session of the role with unique id `role_id`.
+fn is_session_of(user_id: Option<&str>, role_id: &str) -> bool {
+    user_id
+        .and_then(|u| u.strip_prefix(role_id))
+        .is_some_and(|rest| rest.starts_with(':'))
+}
+
+/// Whether `s` looks like an IAM role's unique id (`AROA` then capitals and digits).
+pub fn is_role_id(s: &str) -> bool {
+    s.starts_with("AROA")
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
 }
 
 impl OperatorRole {
-    /// Whether the IAM caller the gateway describes is an operator.
-    fn admits(&self, user_id: Option<&str>) -> bool {
+    /// The role of the IAM caller the gateway describes, if it is an operator.
+    pub fn role_of(&self, user_id: Option<&str>) -> Option<Role> {
         match self {
-            Self::AnyIamCaller => true,
-            Self::Only(role_id) => user_id
-                .and_then(|u| u.strip_prefix(role_id.as_str()))
-                .is_some_and(|rest| rest.starts_with(':')),
+            Self::AnyIamCaller => Some(Role::Owner),
+            Self::Only(role_id) => is_session_of(user_id, role_id).then_some(Role::Owner),
+            Self::Mapped(map) => map
+                .iter()
+                .find(|(id, _)| is_session_of(user_id, id))
+                .map(|(_, role)| *role),
         }
+    }
+
+    #[cfg(test)]
+    fn admits(&self, user_id: Option<&str>) -> bool {
+        self.role_of(user_id).is_some()
+    }
+
+    /// Parse `BLEPAY_OPERATOR_ROLE_MAP`: `<role id>=<role>` pairs separated by commas (spaces
+    /// around them ignored), e.g. `AROA…1=support,AROA…2=finance`.
+    ///
+    /// # Errors
+    /// A message naming the bad pair: not `id=role`, an id that is not a role's unique id, an
+    /// unknown role, or an id listed twice.
+    pub fn parse_map(s: &str) -> Result<Vec<(String, Role)>, String> {
+        let mut out: Vec<(String, Role)> = Vec::new();
+        for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let shown: String = pair.chars().take(160).collect();
+            let (id, role) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("`{shown}` is not <role id>=<role>"))?;
+            let (id, role) = (id.trim(), role.trim());
+            if !is_role_id(id) {
+                return Err(format!(
+                    "`{shown}`: {id:?} is not an IAM role's unique id (AROA followed by capitals and digits)"
+                ));
+            }
+            let role = Role::parse(role).ok_or_else(|| {
+                format!("`{shown}`: the role must be owner, support, finance or technician")
+            })?;
+            if out.iter().any(|(known, _)| known == id) {
+                return Err(format!("`{shown}`: role id {id} is listed twice"));
+            }
+            out.push((id.to_owned(), role));
+        }
+        if out.is_empty() {
+            return Err("names no role".into());
+        }
+        Ok(out)
     }
 }
 
@@ -58,8 +121,9 @@ impl OperatorRole {
 pub enum Upstream {
     /// A phone user, from the JWT authorizer's `sub` claim.
     User(UserId),
-    /// An IAM principal (ARN, or the caller id when the ARN is absent).
-    Operator(String),
+    /// An IAM principal (its ARN, or the caller id when the ARN is absent) with the role its
+    /// IAM role maps to.
+    Operator(Operator),
     /// No authorizer context.
     Nobody,
 }
@@ -94,13 +158,13 @@ pub fn upstream(
             .clone()
             .or_else(|| iam.caller_id.clone())
             .unwrap_or_else(|| "unknown IAM principal".to_owned());
-        if !operators.admits(iam.user_id.as_deref()) {
-            tracing::warn!(%principal, "IAM caller is not the operator role: refused");
+        let Some(role) = operators.role_of(iam.user_id.as_deref()) else {
+            tracing::warn!(%principal, "IAM caller is not an operator role: refused");
             return Err(refused(format_args!(
-                "IAM caller {principal} is not the operator role"
+                "IAM caller {principal} is not an operator role"
             )));
-        }
-        return Ok(Upstream::Operator(principal));
+        };
+        return Ok(Upstream::Operator(Operator { principal, role }));
     }
     Ok(Upstream::Nobody)
 }
@@ -155,12 +219,8 @@ async fn insert_identity(
         Ok(Upstream::User(user)) => {
             req.extensions_mut().insert(AuthorizedUser(user));
         }
-        Ok(Upstream::Operator(principal)) => {
-            // IAM callers admitted as operators are owners until roles map from IAM.
-            req.extensions_mut().insert(AuthorizedOperator(Operator {
-                principal,
-                role: Role::Owner,
-            }));
+        Ok(Upstream::Operator(op)) => {
+            req.extensions_mut().insert(AuthorizedOperator(op));
         }
         Ok(Upstream::Nobody) => {}
         Err(e) => return e.into_response(),
@@ -202,5 +262,34 @@ mod tests {
             assert!(!only.admits(other), "{other:?}");
         }
         assert!(OperatorRole::AnyIamCaller.admits(None));
+    }
+
+    #[test]
+    fn mapped_roles_give_each_role_session_its_role_and_refuse_the_rest() {
+        use blepay_service::Role;
+        let map =
+            OperatorRole::parse_map(" AROASUPPORT1=support, AROAFINANCE1=finance,AROAOWNER1=owner")
+                .unwrap();
+        let roles = OperatorRole::Mapped(map);
+        assert_eq!(roles.role_of(Some("AROASUPPORT1:ann")), Some(Role::Support));
+        assert_eq!(roles.role_of(Some("AROAFINANCE1:bob")), Some(Role::Finance));
+        assert_eq!(roles.role_of(Some("AROAOWNER1:eve")), Some(Role::Owner));
+        for other in [
+            None,
+            Some("AROASUPPORT12:ann"),
+            Some("AIDAUSER1"),
+            Some("AROASUPPORT1"),
+        ] {
+            assert_eq!(roles.role_of(other), None, "{other:?}");
+        }
+        for bad in [
+            "",
+            "AROAX",
+            "AROAX=boss",
+            "arn:aws:iam::1:role/x=owner",
+            "AROAX=owner,AROAX=support",
+        ] {
+            assert!(OperatorRole::parse_map(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -146,6 +146,85 @@ async fn with_the_operator_role_configured_no_other_iam_caller_reaches_the_ops_r
     }
 }
 
+#[tokio::test]
+async fn with_roles_mapped_from_iam_each_role_session_gets_its_role_and_the_audit_names_its_arn() {
+    use blepay_lambda::OperatorRole;
+    use blepay_service::Role;
+    use blepay_store::{AuditFilter, PageRequest};
+    for backend in Backend::all().await {
+        let user = blepay_core::UserId::parse(USER).unwrap();
+        // The recorded session's role is mapped to finance: it reads, it may not top up.
+        let finance = backend.router_for(
+            Surface::Ops,
+            OperatorRole::Mapped(vec![(RECORDED_OPERATOR_ROLE.into(), Role::Finance)]),
+        );
+        let r = call(&finance, event("ops-topup.json")).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(body_json(r).await["code"], "FORBIDDEN");
+        let r = call(&finance, event("ops-wallet.json")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            backend
+                .store()
+                .wallet(&user, NOW)
+                .await
+                .unwrap()
+                .available
+                .minor(),
+            0
+        );
+        let no_filter = AuditFilter::default();
+        let everything = PageRequest {
+            limit: 50,
+            after: None,
+        };
+        let audit = || backend.store().audit_events(&no_filter, &everything);
+        assert!(
+            audit().await.unwrap().items.is_empty(),
+            "a refusal records nothing"
+        );
+
+        // Mapped to owner (next to another role's mapping): the top-up goes through, and the
+        // audit names the role session's ARN.
+        let owner = backend.router_for(
+            Surface::Ops,
+            OperatorRole::Mapped(vec![
+                ("AROAOTHERROLEID456789".into(), Role::Support),
+                (RECORDED_OPERATOR_ROLE.into(), Role::Owner),
+            ]),
+        );
+        let r = call(&owner, event("ops-topup.json")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let events = audit().await.unwrap().items;
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (
+                events[0].principal.as_str(),
+                events[0].role.as_str(),
+                events[0].action.as_str(),
+                events[0].target.as_str(),
+                events[0].amount.map(blepay_core::Amount::minor),
+            ),
+            (
+                "arn:aws:sts::123456789012:assumed-role/blepay-operators/ops-alice",
+                "owner",
+                "wallet.top_up",
+                USER,
+                Some(1000),
+            )
+        );
+        // An IAM role that is not mapped is refused.
+        let other = backend.router_for(
+            Surface::Ops,
+            OperatorRole::Mapped(vec![("AROAOTHERROLEID456789".into(), Role::Owner)]),
+        );
+        assert_eq!(
+            call(&other, event("ops-wallet.json")).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}
+
 /// The DynamoDB actions infra/template.yaml grants the function `resource` (its `- dynamodb:X`
 /// lines; infra/test_template.py checks the policies' shape).
 fn granted_actions(resource: &str) -> std::collections::BTreeSet<String> {

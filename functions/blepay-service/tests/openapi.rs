@@ -58,6 +58,10 @@ fn the_document_is_openapi_3_0_and_describes_every_http_route() {
         ("get", "/v1/ops/sessions"),
         ("get", "/v1/ops/wallets/{userId}/ledger"),
         ("get", "/v1/ops/reports/sales"),
+        ("post", "/v1/ops/operators"),
+        ("get", "/v1/ops/operators"),
+        ("post", "/v1/ops/operators/{operatorId}/revoke"),
+        ("get", "/v1/ops/audit"),
     ]
     .into_iter()
     .map(|(m, p)| (m.to_owned(), p.to_owned()))

@@ -60,6 +60,11 @@ enum OpsCommand {
         #[arg(long)]
         device_id: String,
     },
+    /// Operators: create (prints the token, once), list, revoke (owner only).
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
     /// Create the DynamoDB table (idempotent: an existing table is fine).
     CreateTable {
         #[command(flatten)]
@@ -78,6 +83,23 @@ enum OpsCommand {
         #[arg(long, env = "BLEPAY_DATA_DIR", default_value = "./blepay-data")]
         data_dir: PathBuf,
     },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum OperatorCommand {
+    /// Create an operator with a role (owner, support, finance, technician); prints its token once.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// List every operator, revoked ones included.
+    List,
+    /// Revoke an operator: its token is refused from now on.
+    Revoke { operator_id: String },
 }
 
 /// Run one operator command and print its answer.
@@ -123,6 +145,28 @@ pub async fn run(o: OpsArgs) -> anyhow::Result<()> {
         OpsCommand::Device { device_id } => {
             api.get(&format!("/v1/ops/devices/{device_id}")).await?
         }
+        OpsCommand::Operator { command } => match command {
+            OperatorCommand::Create {
+                name,
+                role,
+                idempotency_key,
+            } => {
+                let key = idempotency_key.unwrap_or_else(random_key);
+                api.post(
+                    "/v1/ops/operators",
+                    &json!({"name": name, "role": role, "idempotencyKey": key}),
+                )
+                .await?
+            }
+            OperatorCommand::List => api.get("/v1/ops/operators").await?,
+            OperatorCommand::Revoke { operator_id } => {
+                api.post(
+                    &format!("/v1/ops/operators/{operator_id}/revoke"),
+                    &json!({}),
+                )
+                .await?
+            }
+        },
         OpsCommand::CreateTable { dynamodb } => return create_table(&dynamodb).await,
         OpsCommand::Token {
             user,
