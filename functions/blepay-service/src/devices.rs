@@ -9,6 +9,9 @@ use blepay_store::{
 };
 
 use crate::app::App;
+
+/// The most fleet pages one metrics scrape reads.
+pub const MAX_GAUGE_PAGES: usize = 500;
 use crate::error::{ApiError, ErrorCode};
 use crate::operator::{Action, ActionRecord, Operator};
 use crate::page::{encode_cursor, page_request};
@@ -17,6 +20,43 @@ use crate::page::{encode_cursor, page_request};
 pub const MAX_NAME_PREFIX_LEN: usize = 64;
 
 impl App {
+    /// Count the fleet by state for the `blepay_machines{state}` gauges (online = IDLE or
+    /// BUSY), reading it page by page; at most [`MAX_GAUGE_PAGES`] pages of the largest size
+    /// (250,000 machines) per scrape.
+    ///
+    /// # Errors
+    /// RETRY_LATER when the store cannot be read (the gauges keep their last values).
+    pub async fn refresh_machine_gauges(&self) -> Result<(), ApiError> {
+        let filter = DeviceFilter {
+            state: None,
+            service_state: None,
+            name_prefix: None,
+            offline_after_secs: self.config().offline_after_secs,
+        };
+        let now = self.now();
+        let mut page = blepay_store::PageRequest {
+            limit: blepay_store::PageRequest::MAX_LIMIT,
+            after: None,
+        };
+        let (mut online, mut offline, mut fault) = (0u64, 0u64, 0u64);
+        for _ in 0..MAX_GAUGE_PAGES {
+            let got = self.store().list_devices(&filter, &page, now).await?;
+            for d in &got.items {
+                match listed_state(d, now, self.config().offline_after_secs) {
+                    DeviceState::Idle | DeviceState::Busy => online += 1,
+                    DeviceState::Offline => offline += 1,
+                    DeviceState::Fault => fault += 1,
+                }
+            }
+            match got.next {
+                Some(next) => page.after = Some(next),
+                None => break,
+            }
+        }
+        self.metrics().set_machines(online, offline, fault);
+        Ok(())
+    }
+
     /// The fleet, sorted by device id, filtered by state, service state and name prefix, one
     /// cursor page at a time.
     ///

@@ -92,6 +92,9 @@ async fn metrics_text(
     axum::extract::State(app): axum::extract::State<App>,
     _operator: http::OpsCaller,
 ) -> Response {
+    if let Err(e) = app.refresh_machine_gauges().await {
+        tracing::warn!(error = %e, "machine gauges not refreshed");
+    }
     let mut response = Response::new(axum::body::Body::from(app.metrics().encode()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -131,7 +131,7 @@ pub(crate) fn statement(
         .map_or((None, None), |p| (Some(clamp(p.at)), Some(p.id.clone())));
     let mut stmt = c
         .prepare_cached(
-            "SELECT id, at, kind, debit, credit, amount, session_id FROM ledger
+            "SELECT id, at, kind, debit, credit, amount, session_id, actor FROM ledger
              WHERE (debit IN (?1, ?2) OR credit IN (?1, ?2))
                AND (?3 IS NULL OR at < ?3 OR (at = ?3 AND printf('%020d', id) < ?4))
              ORDER BY at DESC, id DESC LIMIT ?5",
@@ -151,7 +151,7 @@ pub(crate) fn statement(
                     credit: r.get(4)?,
                     amount: amount_col(r, 5)?,
                     session: r.get::<_, Option<[u8; 16]>>(6)?.map(SessionId::from_bytes),
-                    actor: None,
+                    actor: r.get(7)?,
                 })
             },
         )
