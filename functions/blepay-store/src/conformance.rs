@@ -2252,50 +2252,6 @@ pub async fn keys_reused_after_a_week_are_still_answered_as_retries(store: Arc<d
     assert_eq!((audit.top_ups, audit.held), (1000, 0));
 }
 
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
-
-    /// This file's source: the checks it defines and the list `conformance_tests!` expands.
-    const SOURCE: &str = include_str!("conformance.rs");
-
-    /// Every `pub async fn` at the start of a line whose parameters are `store: Arc<dyn Store>`.
-    fn defined_checks() -> BTreeSet<&'static str> {
-        SOURCE
-            .split("\npub async fn ")
-            .skip(1)
-            .filter_map(|rest| {
-                let (name, after) = rest.split_once('(')?;
-                let (params, _) = after.split_once('{')?;
-                let params: String = params.split_whitespace().collect();
-                (params == "store:Arc<dynStore>,)" || params == "store:Arc<dynStore>)")
-                    .then_some(name.trim())
-            })
-            .collect()
-    }
-
-    fn listed_checks() -> BTreeSet<&'static str> {
-        let (_, list) = SOURCE
-            .split_once("(@each $factory;\n")
-            .expect("the macro's list");
-        let (list, _) = list.split_once(");").expect("the end of the list");
-        list.split(',')
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .collect()
-    }
-
-    #[test]
-    fn every_check_defined_is_in_the_list_the_macro_expands() {
-        let defined = defined_checks();
-        assert!(
-            defined.len() > 30,
-            "the parser found the checks: {defined:?}"
-        );
-        assert_eq!(listed_checks(), defined);
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Device keys: revocation and rotation (docs/protocol.md §1.1)
 // ---------------------------------------------------------------------------------------------
@@ -2547,4 +2503,48 @@ pub async fn a_rotation_accepts_the_old_key_until_the_first_frame_under_the_new_
         RotateOutcome::Revoked(_)
     ));
     reconciled(&*store).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// This file's source: the checks it defines and the list `conformance_tests!` expands.
+    const SOURCE: &str = include_str!("conformance.rs");
+
+    /// Every `pub async fn` at the start of a line whose parameters are `store: Arc<dyn Store>`.
+    fn defined_checks() -> BTreeSet<&'static str> {
+        SOURCE
+            .split("\npub async fn ")
+            .skip(1)
+            .filter_map(|rest| {
+                let (name, after) = rest.split_once('(')?;
+                let (params, _) = after.split_once('{')?;
+                let params: String = params.split_whitespace().collect();
+                (params == "store:Arc<dynStore>,)" || params == "store:Arc<dynStore>)")
+                    .then_some(name.trim())
+            })
+            .collect()
+    }
+
+    fn listed_checks() -> BTreeSet<&'static str> {
+        let (_, list) = SOURCE
+            .split_once("(@each $factory;\n")
+            .expect("the macro's list");
+        let (list, _) = list.split_once(");").expect("the end of the list");
+        list.split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn every_check_defined_is_in_the_list_the_macro_expands() {
+        let defined = defined_checks();
+        assert!(
+            defined.len() > 30,
+            "the parser found the checks: {defined:?}"
+        );
+        assert_eq!(listed_checks(), defined);
+    }
 }
