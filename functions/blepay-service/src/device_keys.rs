@@ -102,13 +102,13 @@ impl App {
                 Err(other) => Err(ApiError::new(ErrorCode::FrameInvalid, other.to_string())),
             }
         };
-        let Some(status) = self.store().device_status(id, self.now()).await? else {
+        let Some(device) = self.store().device_record(id).await? else {
             return Err(match verifies(KeyEpoch::FIRST)? {
                 Some(_) => device_unknown(id),
                 None => frame_not_authentic(),
             });
         };
-        let keys = &status.device.keys;
+        let keys = &device.keys;
         let mut verified = None;
         for epoch in keys.accepted() {
             if let Some(key) = verifies(epoch)? {

@@ -379,6 +379,11 @@ impl Store for SqliteStore {
         self.run(move |c| keys::revoke(c, id, &reason, now)).await
     }
 
+    async fn device_record(&self, id: DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        self.run(move |c| Ok(rows::load_device(c, id)?.map(|row| row.record)))
+            .await
+    }
+
     async fn rotate_device_key(
         &self,
         id: DeviceId,

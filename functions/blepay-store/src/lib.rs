@@ -216,6 +216,10 @@ pub trait Store: Send + Sync + 'static {
         now: u64,
     ) -> Result<RevokeOutcome, StoreError>;
 
+    /// A device's record as stored (its key state included), without expiring anything: what a
+    /// machine request's tag is checked against before the request runs.
+    async fn device_record(&self, id: DeviceId) -> Result<Option<DeviceRecord>, StoreError>;
+
     /// Issue a new key epoch for a device (`decide::decide_rotate`), pending until the first
     /// frame under it.
     async fn rotate_device_key(

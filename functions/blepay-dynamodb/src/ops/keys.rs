@@ -73,6 +73,19 @@ impl DynamoStore {
         }
     }
 
+    pub(super) async fn device_record_once(
+        &self,
+        id: DeviceId,
+    ) -> Result<Option<blepay_store::DeviceRecord>, Failure> {
+        let Some(item) = self.get(device_key(id)).await? else {
+            self.shadow.forget(id);
+            return Ok(None);
+        };
+        let device = device_from_item(&item)?;
+        self.shadow.put(device.clone());
+        Ok(Some(device.record))
+    }
+
     pub(super) async fn rotate_once(
         &self,
         id: DeviceId,

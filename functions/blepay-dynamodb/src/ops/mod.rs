@@ -253,6 +253,10 @@ impl Store for DynamoStore {
         self.retrying(|| self.revoke_once(id, reason, now)).await
     }
 
+    async fn device_record(&self, id: DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        self.retrying(|| self.device_record_once(id)).await
+    }
+
     async fn rotate_device_key(
         &self,
         id: DeviceId,
