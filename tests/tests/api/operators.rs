@@ -28,12 +28,22 @@ struct Fixture {
     session_id: String,
     /// An operator the owner's revoke call revokes (again and again: idempotent).
     victim: String,
+    /// A SETTLED session (100 captured) that permitted refunds take 1 from, each with a new key.
+    settled_session: String,
+    /// An open problem report, which permitted dismissals resolve (again: the same answer).
+    problem_id: String,
+    /// A machine that permitted calls decommission and revoke (again: the same answer).
+    spare_device: String,
+    /// A machine whose key permitted calls rotate (with one key: the same rotation).
+    rotating_device: String,
 }
 
 #[derive(Clone, Copy)]
 enum Method {
     Get,
     Post,
+    Put,
+    Patch,
 }
 
 /// One ops route: the action its handler authorizes (`None`: any authenticated operator), and
@@ -52,7 +62,7 @@ fn no_body(_: &Fixture) -> Value {
 
 /// Every ops route, one line each.
 fn ops_routes() -> Vec<OpsRoute> {
-    use Method::{Get, Post};
+    use Method::{Get, Patch, Post, Put};
     let r = |name, action, method, path, body| OpsRoute {
         name,
         action,
@@ -119,6 +129,99 @@ fn ops_routes() -> Vec<OpsRoute> {
             no_body,
         ),
         r(
+            "list devices",
+            Some(Action::ReadDevices),
+            Get,
+            |_| "/v1/ops/devices?limit=5".into(),
+            no_body,
+        ),
+        r(
+            "update device",
+            Some(Action::ManageDevice),
+            Patch,
+            |f| format!("/v1/ops/devices/{}", f.device_id),
+            |_| json!({"name": "Renamed washer"}),
+        ),
+        r(
+            "decommission device",
+            Some(Action::ManageDevice),
+            Post,
+            |f| format!("/v1/ops/devices/{}/decommission", f.spare_device),
+            no_body,
+        ),
+        r(
+            "revoke device key",
+            Some(Action::DeviceKeys),
+            Post,
+            |f| format!("/v1/ops/devices/{}/revoke", f.spare_device),
+            |_| json!({"reason": "key read out of flash"}),
+        ),
+        r(
+            "rotate device key",
+            Some(Action::DeviceKeys),
+            Post,
+            |f| format!("/v1/ops/devices/{}/rotate-key", f.rotating_device),
+            |_| json!({"idempotencyKey": "rotate-in-the-table"}),
+        ),
+        r(
+            "set spending limit",
+            Some(Action::SetSpendingLimit),
+            Put,
+            |f| format!("/v1/ops/wallets/{}/spending-limit", f.user),
+            |_| json!({"dailyLimit": 5000}),
+        ),
+        r(
+            "refund",
+            Some(Action::Refund {
+                amount: blepay_core::Amount::new(1).unwrap(),
+            }),
+            Post,
+            |f| format!("/v1/ops/sessions/{}/refund", f.settled_session),
+            |_| json!({"amount": 1, "reason": "short pour", "idempotencyKey": random_key()}),
+        ),
+        r(
+            "close session",
+            Some(Action::CloseSession),
+            Post,
+            |f| format!("/v1/ops/sessions/{}/close", f.session_id),
+            |_| json!({"reason": "stuck"}),
+        ),
+        r(
+            "list problems",
+            Some(Action::ReadMoney),
+            Get,
+            |_| "/v1/ops/problems".into(),
+            no_body,
+        ),
+        r(
+            "dismiss problem",
+            Some(Action::ResolveProblem),
+            Post,
+            |f| format!("/v1/ops/problems/{}/dismiss", f.problem_id),
+            |_| json!({"reason": "machine worked"}),
+        ),
+        r(
+            "list sessions",
+            Some(Action::ReadMoney),
+            Get,
+            |f| format!("/v1/ops/sessions?userId={}", f.user),
+            no_body,
+        ),
+        r(
+            "statement",
+            Some(Action::ReadMoney),
+            Get,
+            |f| format!("/v1/ops/wallets/{}/ledger", f.user),
+            no_body,
+        ),
+        r(
+            "sales report",
+            Some(Action::ReadReports),
+            Get,
+            |_| "/v1/ops/reports/sales?from=2026-01-01&to=2026-01-31".into(),
+            no_body,
+        ),
+        r(
             "list audit",
             Some(Action::ReadAudit),
             Get,
@@ -133,6 +236,8 @@ async fn call(app: &TestApp, route: &OpsRoute, f: &Fixture, token: &str) -> Answ
     let req = match route.method {
         Method::Get => app.client.get(url),
         Method::Post => app.client.post(url).json(&(route.body)(f)),
+        Method::Put => app.client.put(url).json(&(route.body)(f)),
+        Method::Patch => app.client.patch(url).json(&(route.body)(f)),
     };
     Answer::of(req.bearer_auth(token).send().await.unwrap()).await
 }
@@ -182,11 +287,40 @@ async fn fixture(app: &TestApp) -> Fixture {
         .await
         .ok();
     let (victim, _) = create_operator(app, &app.ops_token, "Victim", "support").await;
+    // Another user's session, pressed and settled at 4 units of 25: 100 captured.
+    let buyer = blepay_e2e::random_user();
+    app.top_up(&buyer, 1000).await;
+    let other = app.online_machine(25).await;
+    let paid = app
+        .pay(&buyer, &other.advert(), 200, &random_key())
+        .await
+        .ok();
+    let settled = paid["sessionId"].as_str().unwrap().to_owned();
+    other.machine.press().await.unwrap();
+    other
+        .machine
+        .report(blepay_core::SessionId::parse(&settled).unwrap(), 4, true)
+        .await
+        .unwrap();
+    let problem = app
+        .post(
+            &format!("/v1/sessions/{settled}/problem"),
+            &app.token_for(&buyer),
+            &json!({"reason": "it stopped early"}),
+        )
+        .await
+        .ok();
+    let (spare_device, _) = app.register_device(25).await;
+    let (rotating_device, _) = app.register_device(25).await;
     Fixture {
         device_id: machine.device_id.clone(),
         user,
         session_id: session["sessionId"].as_str().unwrap().to_owned(),
         victim: victim["operatorId"].as_str().unwrap().to_owned(),
+        settled_session: settled,
+        problem_id: problem["problemId"].as_str().unwrap().to_owned(),
+        spare_device,
+        rotating_device,
     }
 }
 
