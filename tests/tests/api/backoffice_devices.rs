@@ -146,7 +146,13 @@ async fn a_decommissioned_machine_never_comes_back_and_keeps_its_history() {
     assert_eq!(again, gone, "decommissioning again is the same answer");
     back.assert_error(409, "DEVICE_OUT_OF_SERVICE");
     renamed.assert_error(409, "DEVICE_OUT_OF_SERVICE");
-    refused.assert_error(409, "DEVICE_OUT_OF_SERVICE");
+    // Decommissioning revoked its key too: its adverts are refused as forged, for good.
+    assert!(
+        gone["revokedAt"].as_str().is_some_and(|t| t != "0"),
+        "{gone}"
+    );
+    assert_eq!(gone["revokedReason"], "decommissioned");
+    refused.assert_error(403, "ADVERT_INVALID");
     assert_eq!(app.snapshot("alice").await, before);
     let history = app.ops_session(paid["sessionId"].as_str().unwrap()).await;
     assert_eq!(history["status"], "SETTLED");
