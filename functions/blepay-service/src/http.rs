@@ -76,7 +76,7 @@ pub fn routes_for(app: App, surface: Surface) -> Router {
             .route("/v1/sessions/{session_id}", get(user_session))
             .route("/v1/wallet", get(user_wallet))
             .merge(crate::reports::phone_routes());
-        router = crate::backoffice::phone_routes(router);
+        router = crate::refunds::phone_routes(router);
     }
     if all || surface == Surface::Ops {
         router = router
@@ -111,7 +111,7 @@ pub fn routes_for(app: App, surface: Surface) -> Router {
             )
             .route("/v1/ops/audit", get(list_audit))
             .merge(crate::reports::ops_routes());
-        router = crate::backoffice::ops_routes(router);
+        router = crate::refunds::ops_routes(router);
     }
     if all || surface == Surface::Device {
         router = router.route(DEVICE_PATH, post(device));

@@ -11,6 +11,8 @@
 //! - [`operators`]: operator credentials, the operator routes and the audit trail.
 //! - [`page`]: cursor pagination for the list routes.
 //! - [`devices`]: the fleet list, machine lifecycle and the daily spending cap.
+//! - [`device_keys`]: a machine key's revocation and rotation (delivered over the air).
+//! - [`refunds`]: refunds, closing a session by hand, the users' problem reports.
 //! - [`reports`]: the back office's lists, statements and sales report (JSON, protobuf, CSV).
 //! - [`config`]: typed configuration (`Settings` → validated once → `Config`) and the master keyring.
 //!
@@ -18,7 +20,6 @@
 
 pub mod app;
 pub mod auth;
-pub mod backoffice;
 pub mod config;
 pub mod device_keys;
 pub mod devices;
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod operator;
 pub mod operators;
 pub mod page;
+pub mod refunds;
 pub mod reports;
 pub mod server;
 

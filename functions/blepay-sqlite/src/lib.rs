@@ -16,8 +16,8 @@
 //!
 //! Must not depend on: HTTP, gRPC, protobuf, the AWS SDK.
 
-mod backoffice;
 mod convert;
+mod fleet;
 mod keys;
 mod lists;
 mod operators;
@@ -314,7 +314,7 @@ impl Store for SqliteStore {
         now: u64,
     ) -> Result<Page<DeviceStatus>, StoreError> {
         let (filter, page) = (filter.clone(), page.clone());
-        self.run(move |c| backoffice::list_devices(c, &filter, &page, now))
+        self.run(move |c| fleet::list_devices(c, &filter, &page, now))
             .await
     }
 
@@ -325,13 +325,13 @@ impl Store for SqliteStore {
         now: u64,
     ) -> Result<DeviceUpdateOutcome, StoreError> {
         let update = update.clone();
-        self.run(move |c| backoffice::update_device(c, id, &update, now))
+        self.run(move |c| fleet::update_device(c, id, &update, now))
             .await
     }
 
     async fn spending(&self, user: &UserId, now: u64) -> Result<Spending, StoreError> {
         let user = user.clone();
-        self.run(move |c| backoffice::spending(c, &user, now)).await
+        self.run(move |c| fleet::spending(c, &user, now)).await
     }
 
     async fn set_spending_limit(
@@ -341,7 +341,7 @@ impl Store for SqliteStore {
         now: u64,
     ) -> Result<Spending, StoreError> {
         let user = user.clone();
-        self.run(move |c| backoffice::set_spending_limit(c, &user, limit, now))
+        self.run(move |c| fleet::set_spending_limit(c, &user, limit, now))
             .await
     }
 

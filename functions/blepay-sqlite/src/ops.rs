@@ -67,7 +67,7 @@ pub(crate) fn pay(c: &Connection, cmd: &PayCommand) -> Result<PayOutcome, StoreE
         wallet: load_wallet(c, &cmd.user)?,
         unstarted: count_unstarted(c, &cmd.user)?,
         opened_in_window: count_opened_since(c, &cmd.user, cmd.limits.window_start(cmd.now))?,
-        spending: crate::backoffice::spending(c, &cmd.user, cmd.now)?,
+        spending: crate::fleet::spending(c, &cmd.user, cmd.now)?,
     };
 
     let new = match decide_pay(&facts)? {

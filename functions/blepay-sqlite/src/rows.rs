@@ -38,7 +38,7 @@ pub(crate) fn load_device(c: &Connection, id: DeviceId) -> Result<Option<DeviceR
     let Some(mut row) = load_device_row(c, id)? else {
         return Ok(None);
     };
-    row.record.service_state = crate::backoffice::load_service_state(c, id)?;
+    row.record.service_state = crate::fleet::load_service_state(c, id)?;
     Ok(Some(row))
 }
 

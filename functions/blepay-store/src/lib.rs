@@ -17,16 +17,16 @@
 //! Must not depend on: a database driver (rusqlite, the AWS SDK), HTTP, gRPC, protobuf or the
 //! advert MAC (callers verify adverts and frames before they get here).
 
-mod backoffice;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod decide;
+mod fleet;
 mod lists;
 mod model;
 mod operators;
 mod refunds;
 
-pub use backoffice::*;
+pub use fleet::*;
 pub use refunds::*;
 
 pub use lists::*;

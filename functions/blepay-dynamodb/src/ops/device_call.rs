@@ -336,7 +336,7 @@ impl DynamoStore {
                 &self.table,
                 ledger_item(entry, now, Some(late.id), ""),
             )?);
-            super::backoffice::push_spend(
+            super::fleet::push_spend(
                 &self.table,
                 writes,
                 &late.user_id,

@@ -132,7 +132,7 @@ impl DynamoStore {
             writes.push(put_new(&self.table, row)?);
         }
         // The day's spending counts this session at what it captured now, no longer its hold.
-        super::backoffice::push_spend(
+        super::fleet::push_spend(
             &self.table,
             writes,
             &closed.user_id,

@@ -11,9 +11,9 @@
 
 mod attempts;
 mod audit;
-mod backoffice;
 mod device_call;
 mod expiry;
+mod fleet;
 mod keys;
 mod lists;
 mod operators;

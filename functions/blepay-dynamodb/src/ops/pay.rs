@@ -10,7 +10,7 @@ use blepay_store::{
 };
 
 use super::attempts::Tx;
-use super::backoffice::{override_of, spend_update, spent_of};
+use super::fleet::{override_of, spend_update, spent_of};
 use crate::DynamoStore;
 use crate::items::{
     self, DeviceItem, Failure, Item, RETENTION_SECS, TTL, Upd, device_from_item, device_key, get_s,
