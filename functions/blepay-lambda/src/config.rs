@@ -240,8 +240,14 @@ fn pay_limits(get: &dyn Fn(&str) -> Option<String>) -> Result<PayLimits, ConfigE
 
 fn number(value: Option<String>, var: &'static str, default: u64) -> Result<u64, ConfigError> {
     value.map_or(Ok(default), |v| {
-        v.parse()
-            .map_err(|_| err(var, format!("must be a whole number of seconds, not {v:?}")))
+        v.parse().map_err(|_| {
+            err(
+                var,
+                format!(
+                    "must be a whole number (seconds, or minor units for an amount), not {v:?}"
+                ),
+            )
+        })
     })
 }
 

@@ -92,9 +92,6 @@ async fn metrics_text(
     axum::extract::State(app): axum::extract::State<App>,
     _operator: http::OpsCaller,
 ) -> Response {
-    if let Err(e) = app.refresh_machine_gauges().await {
-        tracing::warn!(error = %e, "machine gauges not refreshed");
-    }
     let mut response = Response::new(axum::body::Body::from(app.metrics().encode()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -552,14 +549,26 @@ fn is_connection_error(e: &std::io::Error) -> bool {
     )
 }
 
+/// How often the sweeper recounts the fleet for the `blepay_machines` gauges.
+pub const MACHINE_GAUGES_EVERY: Duration = Duration::from_secs(60);
+
 /// Sweep forever: expire sessions never started, settle ACTIVE sessions silent past the active
-/// timeout.
+/// timeout; and recount the fleet by state at most every [`MACHINE_GAUGES_EVERY`].
 pub async fn sweep_loop(app: App, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut gauges_at: Option<tokio::time::Instant> = None;
     loop {
         tick.tick().await;
         let result = app.sweep().await;
+        // The machines-by-state gauges: counted from the fleet after a sweep, at most once per
+        // MACHINE_GAUGES_EVERY (a scrape stays a read of memory, whatever the fleet's size).
+        if gauges_at.is_none_or(|t| t.elapsed() >= MACHINE_GAUGES_EVERY) {
+            gauges_at = Some(tokio::time::Instant::now());
+            if let Err(e) = app.refresh_machine_gauges().await {
+                tracing::warn!(error = %e, "machine gauges not refreshed; will retry");
+            }
+        }
         app.metrics().sweep(
             result
                 .as_ref()

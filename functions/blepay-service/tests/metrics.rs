@@ -138,6 +138,12 @@ async fn the_sweeper_s_runs_and_the_sessions_it_expired_are_counted() {
         Some(1.0),
         "{text}"
     );
+    // The sweeper also counted the fleet (one machine, in some state) for the gauges.
+    let machines: f64 = ["online", "offline", "fault"]
+        .iter()
+        .filter_map(|st| sample(&text, &format!("blepay_machines{{state=\"{st}\"}}")))
+        .sum();
+    assert!((machines - 1.0).abs() < f64::EPSILON, "{text}");
     assert_eq!(
         sample(&text, r#"blepay_sessions_swept_total{outcome="timed_out"}"#),
         Some(0.0)
