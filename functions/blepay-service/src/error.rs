@@ -97,6 +97,11 @@ impl ErrorCode {
         }
     }
 
+    /// Every code, in declaration order.
+    pub fn all() -> &'static [Self] {
+        &ALL
+    }
+
     /// Parse a code written by [`ErrorCode::as_str`].
     pub fn parse(s: &str) -> Option<Self> {
         ALL.iter().copied().find(|c| c.as_str() == s)

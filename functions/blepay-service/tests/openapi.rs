@@ -78,6 +78,13 @@ fn every_error_code_is_in_the_error_schema_with_its_status_on_the_routes() {
         .iter()
         .map(|c| c.as_str().unwrap())
         .collect();
+    for code in blepay_service::ErrorCode::all() {
+        assert!(
+            codes.contains(code.as_str()),
+            "{} is missing from the Error schema",
+            code.as_str()
+        );
+    }
     let statuses: BTreeSet<String> = doc["paths"]
         .as_object()
         .unwrap()
