@@ -25,4 +25,4 @@ pub use session::{
     SessionStatus, Settlement, StartOutcome,
 };
 pub use telemetry::{Telemetry, TelemetryError};
-pub use wallet::{EntryKind, LedgerAccount, LedgerEntry, Wallet, WalletError};
+pub use wallet::{EntryKind, LedgerAccount, LedgerEntry, Provider, Wallet, WalletError};

@@ -11,11 +11,14 @@
 //! capture  : UserHeld       -> Revenue
 //! late capture : UserAvailable -> Revenue   (a final report after a timeout, docs/sessions.md)
 //! refund   : Revenue        -> UserAvailable(u)   (an operator's refund of a session's capture)
+//! provider credit : Clearing(p) -> UserAvailable(u)  (a verified Stripe / WeChat Pay payment)
+//! provider debit  : UserAvailable(u) -> Clearing(p)  (its refund or dispute, docs/topups.md)
 //! ```
 //!
 //! Invariant: for every user, `available` and `held` equal the balances of their ledger accounts;
-//! and `sum(available + held) + revenue == total top-ups`, to the cent (revenue net of refunds:
-//! `revenue == sum(spent)`, `spent` being what was captured less what was refunded).
+//! and `sum(available + held) + revenue == total top-ups + provider credits - provider debits`, to
+//! the cent (revenue net of refunds: `revenue == sum(spent)`, `spent` being what was captured less
+//! what was refunded); the clearing accounts hold minus what the providers' payments credited net.
 
 use crate::ids::UserId;
 use crate::money::{Amount, MoneyError};
@@ -42,6 +45,36 @@ impl From<MoneyError> for WalletError {
     }
 }
 
+/// A payment provider users fund their wallets through (issue 12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Provider {
+    Stripe,
+    WechatPay,
+}
+
+impl Provider {
+    pub const ALL: [Self; 2] = [Self::Stripe, Self::WechatPay];
+
+    /// `stripe`, `wechatpay`: the API's and the storage's name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Stripe => "stripe",
+            Self::WechatPay => "wechatpay",
+        }
+    }
+
+    /// Parse what [`Provider::as_str`] wrote.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+impl core::fmt::Display for Provider {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The ledger accounts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum LedgerAccount {
@@ -51,11 +84,14 @@ pub enum LedgerAccount {
     UserHeld(UserId),
     /// The operator's captured revenue.
     Revenue,
+    /// What a payment provider owes the operator: minus its payments credited to wallets, plus
+    /// what was reversed (refunds, disputes). Settled with the provider outside blepay.
+    Clearing(Provider),
 }
 
 impl LedgerAccount {
     /// A stable textual name, used as a storage key: `funding`, `revenue`, `available:<user>`,
-    /// `held:<user>`.
+    /// `held:<user>`, `clearing:<provider>`.
     pub fn key(&self) -> alloc::string::String {
         use alloc::format;
         match self {
@@ -63,6 +99,7 @@ impl LedgerAccount {
             Self::Revenue => "revenue".into(),
             Self::UserAvailable(u) => format!("available:{u}"),
             Self::UserHeld(u) => format!("held:{u}"),
+            Self::Clearing(p) => format!("clearing:{p}"),
         }
     }
 }
@@ -78,6 +115,10 @@ pub enum EntryKind {
     LateCapture,
     /// An operator's refund of (part of) a session's capture: revenue back to available.
     Refund,
+    /// A verified provider payment: clearing to available.
+    ProviderCredit,
+    /// A provider payment's refund or dispute taken back: available to clearing.
+    ProviderDebit,
 }
 
 impl EntryKind {
@@ -89,16 +130,20 @@ impl EntryKind {
             Self::Capture => "CAPTURE",
             Self::LateCapture => "LATE_CAPTURE",
             Self::Refund => "REFUND",
+            Self::ProviderCredit => "PROVIDER_CREDIT",
+            Self::ProviderDebit => "PROVIDER_DEBIT",
         }
     }
 
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 8] = [
         Self::TopUp,
         Self::Hold,
         Self::Release,
         Self::Capture,
         Self::LateCapture,
         Self::Refund,
+        Self::ProviderCredit,
+        Self::ProviderDebit,
     ];
 
     /// Parse what [`EntryKind::as_str`] wrote.
@@ -133,7 +178,7 @@ pub struct Wallet {
 impl Wallet {
     /// What this wallet was ever credited: `available + held + spent`. Holds, releases,
     /// captures and refunds only move money between the three balances, so this changes only
-    /// with a top-up.
+    /// with a top-up or a provider credit (up) and a provider debit (down).
     ///
     /// # Errors
     /// [`WalletError::Overflow`] when it exceeds [`Amount::MAX`] (a wallet no rule here produces).
@@ -195,6 +240,57 @@ impl Wallet {
                 kind: EntryKind::TopUp,
                 debit: LedgerAccount::Funding,
                 credit: LedgerAccount::UserAvailable(user.clone()),
+                amount,
+            },
+        ))
+    }
+
+    /// Credit a verified provider payment (or give back a reversal that no longer stands):
+    /// `Clearing(provider)` to available, under the same lifetime bound as [`Wallet::top_up`].
+    ///
+    /// # Errors
+    /// [`WalletError::Overflow`] when the lifetime total would exceed [`Amount::MAX`].
+    pub fn provider_credit(
+        self,
+        user: &UserId,
+        provider: Provider,
+        amount: Amount,
+    ) -> Result<(Self, LedgerEntry), WalletError> {
+        let (next, entry) = self.top_up(user, amount)?;
+        Ok((
+            next,
+            LedgerEntry {
+                kind: EntryKind::ProviderCredit,
+                debit: LedgerAccount::Clearing(provider),
+                ..entry
+            },
+        ))
+    }
+
+    /// Take back `amount` of a provider payment (its refund or dispute): available to
+    /// `Clearing(provider)`. Never makes `available` negative.
+    ///
+    /// # Errors
+    /// [`WalletError::InsufficientFunds`] when `available < amount`.
+    pub fn provider_debit(
+        self,
+        user: &UserId,
+        provider: Provider,
+        amount: Amount,
+    ) -> Result<(Self, LedgerEntry), WalletError> {
+        let available =
+            self.available
+                .checked_sub(amount)
+                .map_err(|_| WalletError::InsufficientFunds {
+                    available: self.available,
+                    requested: amount,
+                })?;
+        Ok((
+            Self { available, ..self },
+            LedgerEntry {
+                kind: EntryKind::ProviderDebit,
+                debit: LedgerAccount::UserAvailable(user.clone()),
+                credit: LedgerAccount::Clearing(provider),
                 amount,
             },
         ))

@@ -566,7 +566,7 @@ pub(crate) fn ledger_item(
         .into_iter()
         .find_map(|a| match a {
             LedgerAccount::UserAvailable(u) | LedgerAccount::UserHeld(u) => Some(u),
-            LedgerAccount::Funding | LedgerAccount::Revenue => None,
+            LedgerAccount::Funding | LedgerAccount::Revenue | LedgerAccount::Clearing(_) => None,
         })
     {
         item.insert(crate::ops::L_USER.into(), s(user.as_str()));

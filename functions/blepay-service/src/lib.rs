@@ -13,6 +13,7 @@
 //! - [`devices`]: the fleet list, machine lifecycle and the daily spending cap.
 //! - [`device_keys`]: a machine key's revocation and rotation (delivered over the air).
 //! - [`refunds`]: refunds, closing a session by hand, the users' problem reports.
+//! - [`providers`]: Stripe and WeChat Pay: their notifications and their outbound clients.
 //! - [`reports`]: the back office's lists, statements and sales report (JSON, protobuf, CSV).
 //! - [`config`]: typed configuration (`Settings` → validated once → `Config`) and the master keyring.
 //!
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod operator;
 pub mod operators;
 pub mod page;
+pub mod providers;
 pub mod refunds;
 pub mod reports;
 pub mod server;

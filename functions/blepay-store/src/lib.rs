@@ -25,9 +25,11 @@ mod lists;
 mod model;
 mod operators;
 mod refunds;
+mod topups;
 
 pub use fleet::*;
 pub use refunds::*;
+pub use topups::*;
 
 pub use lists::*;
 pub use model::*;
@@ -246,6 +248,56 @@ pub trait Store: Send + Sync + 'static {
 
     /// Dismiss a problem ([`decide::decide_dismiss`]).
     async fn dismiss_problem(&self, cmd: &DismissCommand) -> Result<DismissOutcome, StoreError>;
+
+    // --- Users' top-ups through a payment provider (issue 12, docs/topups.md) ---
+
+    /// Create a PENDING top-up once per (user, key) ([`decide::decide_start_topup`]).
+    async fn start_topup(&self, cmd: &NewProviderTopUp) -> Result<StartTopUpOutcome, StoreError>;
+
+    /// Record the provider's payment object on a top-up (its id, and the client secret the app
+    /// needs again on a retry); from then on [`TopUpLocator::ProviderRef`] finds it. Setting the
+    /// same values again changes nothing; `None` when there is no such top-up.
+    async fn attach_topup_ref(
+        &self,
+        id: TopUpId,
+        provider_ref: &str,
+        client_secret: Option<&str>,
+        now: u64,
+    ) -> Result<Option<ProviderTopUp>, StoreError>;
+
+    /// One top-up.
+    async fn topup(&self, id: TopUpId) -> Result<Option<ProviderTopUp>, StoreError>;
+
+    /// The top-up a notification's [`TopUpLocator`] names, when it exists and is that
+    /// provider's (an id of the other provider's top-up finds nothing).
+    async fn find_topup(&self, locator: &TopUpLocator)
+    -> Result<Option<ProviderTopUp>, StoreError>;
+
+    /// Apply a verified notification ([`decide::decide_provider_event`]): the event key is
+    /// recorded in the same atomic write as the credit or debit it causes, so each event moves
+    /// money at most once however often, concurrently or out of order it arrives.
+    async fn apply_provider_event(
+        &self,
+        event: &ProviderEvent,
+    ) -> Result<ProviderEventOutcome, StoreError>;
+
+    /// An operator's refund of a top-up ([`decide::decide_topup_refund`]): taken from the wallet
+    /// at once, in the same atomic write as the REQUESTED refund.
+    async fn request_topup_refund(
+        &self,
+        cmd: &TopUpRefundCommand,
+    ) -> Result<TopUpRefundOutcome, StoreError>;
+
+    /// A top-up's refunds, oldest first.
+    async fn topup_refunds(&self, topup: TopUpId) -> Result<Vec<TopUpRefund>, StoreError>;
+
+    /// Top-ups matching `filter`, newest first (by creation time, then id, descending:
+    /// [`ListPosition`] `at` is the creation time, `id` the top-up id in hex), one page.
+    async fn list_topups(
+        &self,
+        filter: &TopUpFilter,
+        page: &PageRequest,
+    ) -> Result<Page<ProviderTopUp>, StoreError>;
 }
 
 /// Turns a device operation's result into the answer to save and send (the frame and its refusal

@@ -382,17 +382,30 @@ pub struct Audit {
     pub session_refunds: i64,
     /// Sessions whose refunds exceed what they captured (must be 0).
     pub over_refunded_sessions: u64,
+    /// Sum of the PROVIDER_CREDIT ledger entries.
+    pub provider_credits: i64,
+    /// Sum of the PROVIDER_DEBIT ledger entries.
+    pub provider_debits: i64,
+    /// Sum of the clearing accounts' balances (must be `provider_debits - provider_credits`).
+    pub clearing: i64,
+    /// Σ over provider top-ups of `credited - debited` (must be `provider_credits -
+    /// provider_debits`).
+    pub topups_net: i64,
 }
 
 impl Audit {
     /// True when money is conserved to the cent: the ledger sums to zero, wallets match their
-    /// accounts, Σ(available + held) + revenue = Σ top-ups with revenue net of refunds
-    /// (= Σ spent, each wallet's captures less its refunds), every refund is one ledger entry and
-    /// one session's, and no session's refunds exceed its capture.
+    /// accounts, Σ(available + held) + revenue = Σ top-ups + Σ provider credits − Σ provider
+    /// debits with revenue net of refunds (= Σ spent, each wallet's captures less its refunds),
+    /// every refund is one ledger entry and one session's, no session's refunds exceed its
+    /// capture, and the providers' clearing accounts and top-up records agree with their entries.
     pub fn reconciles(&self) -> bool {
+        let provider_net = self.provider_credits - self.provider_debits;
         self.ledger_sum == 0
             && self.mismatched_wallets == 0
-            && self.available + self.held + self.revenue == self.top_ups
+            && self.available + self.held + self.revenue == self.top_ups + provider_net
+            && self.clearing == -provider_net
+            && self.topups_net == provider_net
             && self.spent == self.revenue
             && self.held == self.open_holds
             && self.refunded == self.refund_entries

@@ -10,6 +10,53 @@ pub enum ReasonError {
     Bad { max: usize },
 }
 
+/// Declares a 16-byte random id shown as 32 lowercase hex characters (`from_bytes`,
+/// `as_bytes`, `parse` of either case, `Display`).
+#[macro_export]
+macro_rules! hex_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name([u8; 16]);
+
+        impl $name {
+            pub const fn from_bytes(b: [u8; 16]) -> Self {
+                Self(b)
+            }
+
+            pub const fn as_bytes(&self) -> &[u8; 16] {
+                &self.0
+            }
+
+            /// Parse 32 hex characters (either case).
+            ///
+            /// # Errors
+            /// When `s` is not 32 hex characters.
+            pub fn parse(s: &str) -> Result<Self, $crate::ReasonError> {
+                let bad = $crate::ReasonError::Bad { max: 32 };
+                if s.len() != 32 || !s.is_ascii() {
+                    return Err(bad);
+                }
+                let mut out = [0u8; 16];
+                for (i, byte) in out.iter_mut().enumerate() {
+                    *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2).ok_or(bad)?, 16)
+                        .map_err(|_| bad)?;
+                }
+                Ok(Self(out))
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                for b in self.0 {
+                    write!(f, "{b:02x}")?;
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
 /// A free-text reason a user or an operator gives (a problem, a refund, a close): 1..=500
 /// characters, not blank, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -36,44 +83,10 @@ impl Reason {
     }
 }
 
-/// A problem report's id: 16 random bytes, shown as 32 lowercase hex characters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ProblemId([u8; 16]);
-
-impl ProblemId {
-    pub const fn from_bytes(b: [u8; 16]) -> Self {
-        Self(b)
-    }
-
-    pub const fn as_bytes(&self) -> &[u8; 16] {
-        &self.0
-    }
-
-    /// Parse 32 hex characters (either case).
-    ///
-    /// # Errors
-    /// When `s` is not 32 hex characters.
-    pub fn parse(s: &str) -> Result<Self, ReasonError> {
-        let bad = ReasonError::Bad { max: 32 };
-        if s.len() != 32 || !s.is_ascii() {
-            return Err(bad);
-        }
-        let mut out = [0u8; 16];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2).ok_or(bad)?, 16).map_err(|_| bad)?;
-        }
-        Ok(Self(out))
-    }
-}
-
-impl std::fmt::Display for ProblemId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
+crate::hex_id!(
+    /// A problem report's id: 16 random bytes, shown as 32 lowercase hex characters.
+    ProblemId
+);
 
 /// An operator's refund of part of a session's capture.
 #[derive(Debug, Clone)]

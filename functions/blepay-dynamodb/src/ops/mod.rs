@@ -285,4 +285,80 @@ impl Store for DynamoStore {
     async fn dismiss_problem(&self, cmd: &DismissCommand) -> Result<DismissOutcome, StoreError> {
         self.retrying(|| self.dismiss_problem_once(cmd)).await
     }
+    // Provider top-ups (issue 12): implemented in their own commit.
+    async fn start_topup(
+        &self,
+        _cmd: &blepay_store::NewProviderTopUp,
+    ) -> Result<blepay_store::StartTopUpOutcome, StoreError> {
+        Err(StoreError::Internal(
+            "provider top-ups: not implemented yet".into(),
+        ))
+    }
+
+    async fn attach_topup_ref(
+        &self,
+        _id: blepay_store::TopUpId,
+        _provider_ref: &str,
+        _client_secret: Option<&str>,
+        _now: u64,
+    ) -> Result<Option<blepay_store::ProviderTopUp>, StoreError> {
+        Err(StoreError::Internal(
+            "provider top-ups: not implemented yet".into(),
+        ))
+    }
+
+    async fn topup(
+        &self,
+        _id: blepay_store::TopUpId,
+    ) -> Result<Option<blepay_store::ProviderTopUp>, StoreError> {
+        Err(StoreError::Internal(
+            "provider top-ups: not implemented yet".into(),
+        ))
+    }
+
+    async fn find_topup(
+        &self,
+        _locator: &blepay_store::TopUpLocator,
+    ) -> Result<Option<blepay_store::ProviderTopUp>, StoreError> {
+        Err(StoreError::Internal(
+            "provider top-ups: not implemented yet".into(),
+        ))
+    }
+
+    async fn apply_provider_event(
+        &self,
+        _event: &blepay_store::ProviderEvent,
+    ) -> Result<blepay_store::ProviderEventOutcome, StoreError> {
+        Err(StoreError::Internal(
+            "provider top-ups: not implemented yet".into(),
+        ))
+    }
+
+    async fn request_topup_refund(
+        &self,
+        _cmd: &blepay_store::TopUpRefundCommand,
+    ) -> Result<blepay_store::TopUpRefundOutcome, StoreError> {
+        Err(StoreError::Internal(
+            "provider top-ups: not implemented yet".into(),
+        ))
+    }
+
+    async fn topup_refunds(
+        &self,
+        _topup: blepay_store::TopUpId,
+    ) -> Result<Vec<blepay_store::TopUpRefund>, StoreError> {
+        Err(StoreError::Internal(
+            "provider top-ups: not implemented yet".into(),
+        ))
+    }
+
+    async fn list_topups(
+        &self,
+        _filter: &blepay_store::TopUpFilter,
+        _page: &blepay_store::PageRequest,
+    ) -> Result<blepay_store::Page<blepay_store::ProviderTopUp>, StoreError> {
+        Err(StoreError::Internal(
+            "provider top-ups: not implemented yet".into(),
+        ))
+    }
 }

@@ -20,6 +20,9 @@ pub struct AuditTally {
     refund_entries: i64,
     session_refunds: i64,
     over_refunded_sessions: u64,
+    provider_credits: i64,
+    provider_debits: i64,
+    topups_net: i64,
     /// Balance of every ledger account: credits minus debits.
     balances: HashMap<String, i64>,
     wallets: Vec<(UserId, Amount, Amount)>,
@@ -36,6 +39,12 @@ impl AuditTally {
         }
         if kind == EntryKind::Refund.as_str() {
             self.refund_entries = self.add(self.refund_entries, amount, "refund entries");
+        }
+        if kind == EntryKind::ProviderCredit.as_str() {
+            self.provider_credits = self.add(self.provider_credits, amount, "provider credits");
+        }
+        if kind == EntryKind::ProviderDebit.as_str() {
+            self.provider_debits = self.add(self.provider_debits, amount, "provider debits");
         }
         let credited = self.balances.get(credit).copied().unwrap_or(0);
         let credited = self.add(credited, amount, "ledger balances");
@@ -66,6 +75,12 @@ impl AuditTally {
         if refunded > captured {
             self.over_refunded_sessions = self.over_refunded_sessions.saturating_add(1);
         }
+    }
+
+    /// One provider top-up: what it credited less what was taken back.
+    pub fn provider_topup(&mut self, t: &crate::ProviderTopUp) {
+        let net = self.sub(t.credited.minor(), t.debited.minor(), "provider top-ups");
+        self.topups_net = self.add(self.topups_net, net, "provider top-ups");
     }
 
     fn sub(&mut self, sum: i64, v: i64, what: &'static str) -> i64 {
@@ -117,7 +132,17 @@ impl AuditTally {
                 mismatched_wallets = mismatched_wallets.saturating_add(1);
             }
         }
-        let system = [LedgerAccount::Funding.key(), LedgerAccount::Revenue.key()];
+        let clearing = blepay_core::Provider::ALL
+            .into_iter()
+            .filter_map(|p| self.balances.get(&LedgerAccount::Clearing(p).key()))
+            .try_fold(0i64, |sum, b| sum.checked_add(*b))
+            .ok_or_else(|| StoreError::Corrupt("clearing balances overflow".into()))?;
+        let mut system = vec![LedgerAccount::Funding.key(), LedgerAccount::Revenue.key()];
+        system.extend(
+            blepay_core::Provider::ALL
+                .into_iter()
+                .map(|p| LedgerAccount::Clearing(p).key()),
+        );
         let orphans = self
             .balances
             .iter()
@@ -138,6 +163,10 @@ impl AuditTally {
             refund_entries: self.refund_entries,
             session_refunds: self.session_refunds,
             over_refunded_sessions: self.over_refunded_sessions,
+            provider_credits: self.provider_credits,
+            provider_debits: self.provider_debits,
+            clearing,
+            topups_net: self.topups_net,
         })
     }
 }

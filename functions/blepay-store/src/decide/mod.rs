@@ -19,6 +19,9 @@
 //! - [`sales_report`]: the sales report per machine per UTC day, from [`crate::SalesFacts`].
 //! - [`decide_refund`], [`decide_close`], [`decide_problem`], [`decide_dismiss`]: the back
 //!   office's refunds (bounded by the session's capture), hand closes and problem reports.
+//! - [`decide_start_topup`], [`decide_provider_event`], [`decide_topup_refund`] and the reversal
+//!   rule [`reversal_target`] / [`settle_reversal`]: users' own top-ups through a payment
+//!   provider, applied at most once per notification (docs/topups.md).
 
 mod audit;
 mod close;
@@ -28,6 +31,7 @@ mod keys;
 mod operators;
 mod pay;
 mod problem;
+mod provider;
 mod refund;
 mod report;
 mod seq;
@@ -49,6 +53,11 @@ pub use keys::{
 };
 pub use pay::{NewPay, PayDecision, PayFacts, PayFingerprint, PriorPay, decide_pay};
 pub use problem::{DismissDecision, ProblemDecision, decide_dismiss, decide_problem};
+pub use provider::{
+    AppliedEvent, NewTopUpRefund, ProviderEventDecision, ProviderEventFacts, StartTopUpDecision,
+    TopUpRefundDecision, TopUpRefundFacts, decide_provider_event, decide_start_topup,
+    decide_topup_refund, reversal_target, settle_reversal,
+};
 pub use refund::{NewRefund, RefundDecision, RefundFacts, decide_refund, refund_fingerprint};
 pub use report::{DAY_SECS, SalesRow, sales_report, sales_totals};
 pub use seq::{LastCall, SeqCheck, check_call, check_seq};

@@ -1,0 +1,1 @@
+//! Stripe: the webhook (`Stripe-Signature`) and the outbound client (PaymentIntents, refunds).
