@@ -535,6 +535,49 @@ mod tests {
     }
 
     #[test]
+    fn the_ledger_keeps_its_rows_when_it_widens_to_provider_kinds() {
+        // Arrange: a database at schema version 9 with an operator's top-up row.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blepay.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..9] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 9).unwrap();
+            conn.execute(
+                "INSERT INTO ledger (at, kind, debit, credit, amount, actor)
+                 VALUES (100, 'TOPUP', 'funding', 'available:alice', 500, 'op:1')",
+                [],
+            )
+            .unwrap();
+        }
+
+        // Act
+        let store = SqliteStore::open(&path).unwrap();
+
+        // Assert: the row is kept and the provider kinds are accepted.
+        let guard = store.conn.lock().unwrap();
+        let kept: (i64, String, i64, Option<String>) = guard
+            .query_row("SELECT id, kind, amount, actor FROM ledger", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .unwrap();
+        assert_eq!(kept, (1, "TOPUP".into(), 500, Some("op:1".into())));
+        guard
+            .execute(
+                "INSERT INTO ledger (at, kind, debit, credit, amount)
+                 VALUES (101, 'PROVIDER_CREDIT', 'clearing:stripe', 'available:alice', 5)",
+                [],
+            )
+            .unwrap();
+        let next: i64 = guard
+            .query_row("SELECT max(id) FROM ledger", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(next, 2);
+    }
+
+    #[test]
     fn a_schema_newer_than_the_build_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("blepay.db");
