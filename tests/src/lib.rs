@@ -20,6 +20,7 @@
     clippy::missing_panics_doc
 )]
 
+pub mod providers;
 pub mod proxy;
 
 use std::path::PathBuf;
@@ -130,7 +131,19 @@ pub async fn spawn_app() -> TestApp {
 
 /// Start the real server with `settings`.
 pub async fn spawn_app_with(settings: Settings) -> TestApp {
-    let dir = tempfile::tempdir().expect("temp dir");
+    spawn_app_in(settings, tempfile::tempdir().expect("temp dir"), |args| {
+        args
+    })
+    .await
+}
+
+/// Start the real server with `settings` in `dir`, its [`ServeArgs`] changed by `customize`
+/// (the payment providers' files, the currency, the top-up limits: [`providers`]).
+pub async fn spawn_app_in(
+    settings: Settings,
+    dir: TempDir,
+    customize: impl FnOnce(ServeArgs) -> ServeArgs,
+) -> TestApp {
     // The secrets reach the server the way an operator gives them: in files only the owner can
     // read, outside the data dir.
     let args = ServeArgs {
@@ -147,6 +160,7 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         sweep_interval_secs: settings.sweep_every.as_secs().max(1),
         ..ServeArgs::local(dir.path().join("server"))
     };
+    let args = customize(args);
     let bound = blepay::serve::bind_with(&args, &store_args().await)
         .await
         .expect("server binds");

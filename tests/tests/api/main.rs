@@ -27,3 +27,4 @@ mod race;
 mod reflection;
 mod reliability;
 mod restart;
+mod topups;
