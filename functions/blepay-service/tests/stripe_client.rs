@@ -2,7 +2,8 @@
 //! shapes, answered by a loopback fixture server replaying recorded Stripe answers
 //! (`tests/fixtures/stripe/*.json`). Stripe itself cannot be reached from here. The exact
 //! method, path, form fields, `Authorization`, `Idempotency-Key` and `Stripe-Version` are
-//! asserted; so are retries under the same key (5xx, 429, no answer), refusals (4xx) and
+//! asserted; so are retries under the same key (5xx, 429, 409, no answer, `Stripe-Should-Retry`),
+//! refusals (other 4xx) and
 //! unusable answers. The webhook (inbound) side is tested with real signatures in
 //! `providers::stripe`'s unit tests.
 
@@ -39,6 +40,9 @@ const ERROR_ALREADY_REFUNDED: &str =
 const ERROR_API: &str = include_str!("fixtures/stripe/error_api_error.json");
 const ERROR_AUTHENTICATION: &str = include_str!("fixtures/stripe/error_authentication.json");
 
+/// A scripted answer: status, body, `Stripe-Should-Retry`.
+type Scripted = (u16, &'static str, Option<&'static str>);
+
 /// One request as the fixture server saw it.
 #[derive(Debug, Clone)]
 struct Recorded {
@@ -67,6 +71,11 @@ struct FixtureServer {
 
 impl FixtureServer {
     async fn start(answers: Vec<(u16, &'static str)>) -> Self {
+        Self::start_with(answers.into_iter().map(|(s, b)| (s, b, None)).collect()).await
+    }
+
+    /// Like [`FixtureServer::start`], each answer with an optional `Stripe-Should-Retry`.
+    async fn start_with(answers: Vec<Scripted>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -93,19 +102,7 @@ impl FixtureServer {
                                     headers: parts.headers,
                                     form: form_urlencoded::parse(&body).into_owned().collect(),
                                 });
-                                let (status, body) = answers
-                                    .lock()
-                                    .unwrap()
-                                    .pop_front()
-                                    .unwrap_or((500, ERROR_API));
-                                Ok::<_, hyper::Error>(
-                                    Response::builder()
-                                        .status(status)
-                                        .header("content-type", "application/json")
-                                        .header("request-id", "req_fixture")
-                                        .body(Full::new(Bytes::from_static(body.as_bytes())))
-                                        .unwrap(),
-                                )
+                                Ok::<_, hyper::Error>(next_answer(&answers))
                             }
                         },
                     );
@@ -125,6 +122,25 @@ impl FixtureServer {
     fn requests(&self) -> Vec<Recorded> {
         self.requests.lock().unwrap().clone()
     }
+}
+
+/// The next scripted answer (a 500 once the script is spent).
+fn next_answer(answers: &Mutex<VecDeque<Scripted>>) -> Response<Full<Bytes>> {
+    let (status, body, should_retry) = answers
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or((500, ERROR_API, None));
+    let mut answer = Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("request-id", "req_fixture");
+    if let Some(v) = should_retry {
+        answer = answer.header("stripe-should-retry", v);
+    }
+    answer
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
 }
 
 fn client(api_base: String) -> StripeClient {
@@ -349,6 +365,54 @@ async fn outbound_a_429_is_retried_too() {
     assert_eq!(
         requests[1].header("idempotency-key"),
         format!("refund-{REFUND}")
+    );
+}
+
+#[tokio::test]
+async fn outbound_a_409_conflict_under_the_same_key_is_retried_and_never_a_refusal() {
+    // Arrange: a concurrent request with the same key is still in progress, twice... then
+    // three times: the outcome is unknown, not refused (the refund may still happen).
+    let server = FixtureServer::start(vec![(409, ERROR_API), (200, REFUND_OBJECT)]).await;
+    let answer = client(server.base())
+        .refund(&topup(Some(PI)), &refund())
+        .await
+        .unwrap();
+    assert_eq!(answer, RefundAnswer::Succeeded);
+    assert_eq!(server.requests().len(), 2);
+
+    let server = FixtureServer::start(vec![(409, ERROR_API); 3]).await;
+    let r = client(server.base())
+        .refund(&topup(Some(PI)), &refund())
+        .await;
+    assert!(matches!(r, Err(ProviderError::Unreachable(_))), "{r:?}");
+    assert_eq!(server.requests().len(), MAX_ATTEMPTS as usize);
+}
+
+#[tokio::test]
+async fn outbound_stripe_should_retry_overrides_the_status() {
+    // `false` on a 503: one attempt, still an unknown outcome.
+    let server = FixtureServer::start_with(vec![(503, ERROR_API, Some("false"))]).await;
+    let r = client(server.base())
+        .create_payment_intent(&topup(None))
+        .await;
+    assert!(matches!(r, Err(ProviderError::Unreachable(_))), "{r:?}");
+    assert_eq!(server.requests().len(), 1);
+    // `true` on a 400: retried under the same key.
+    let server = FixtureServer::start_with(vec![
+        (400, ERROR_AMOUNT_TOO_SMALL, Some("true")),
+        (200, PAYMENT_INTENT, None),
+    ])
+    .await;
+    let pi = client(server.base())
+        .create_payment_intent(&topup(None))
+        .await
+        .unwrap();
+    assert_eq!(pi.id, PI);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        requests[0].header("idempotency-key"),
+        requests[1].header("idempotency-key")
     );
 }
 

@@ -8,7 +8,11 @@
 //! - **Outbound.** [`StripeClient`] creates a PaymentIntent per top-up and refunds, form-encoded
 //!   as Stripe's API takes them, with the `Idempotency-Key` derived from blepay's own id (so a
 //!   retry, now or after a crash, is the same request to Stripe), a pinned [`API_VERSION`], and
-//!   at most [`MAX_ATTEMPTS`] attempts on an unknown outcome (no answer, 5xx, 429).
+//!   at most [`MAX_ATTEMPTS`] attempts while the outcome is unknown: no answer, 5xx, 429, 409
+//!   (a concurrent request under the same key), or whatever `Stripe-Should-Retry: true` says;
+//!   `Stripe-Should-Retry: false` stops the retries. An outcome still unknown after them is
+//!   [`ProviderError::Unreachable`], never a refusal: a refund answered so must not be given
+//!   back to the wallet, as Stripe may still carry it out.
 
 use std::collections::HashMap;
 
@@ -35,11 +39,12 @@ pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";
 /// default tolerance).
 pub const SIGNATURE_TOLERANCE_SECS: u64 = 300;
 /// The API version every request pins (`Stripe-Version`), so the answers' shape does not follow
-/// the account's default. The webhook endpoint should be created with the same version: the
-/// fields read here (`amount_received`, `metadata`, `amount_refunded`, `payment_intent`,
-/// `failure_reason`, `status`) are the same in every version since 2022-11-15.
+/// the account's default (the version Stripe's SDKs of October 2026 pin). The webhook endpoint
+/// should be created with the same version; the fields read here (`amount_received`,
+/// `metadata`, `amount_refunded`, `payment_intent`, `failure_reason`, `status`) are
+/// long-standing ones of the documented objects.
 pub const API_VERSION: &str = "2026-09-30.endive";
-/// Attempts per outbound call when the outcome is unknown (no answer, 5xx, 429).
+/// Attempts per outbound call while the outcome is unknown (no answer, 5xx, 429, 409).
 pub const MAX_ATTEMPTS: u32 = 3;
 /// The longest failure reason kept from Stripe's text (characters).
 pub const MAX_REASON_CHARS: usize = 200;
@@ -617,28 +622,29 @@ impl StripeClient {
                 .map_err(|e| ProviderError::BadAnswer(format!("request not built: {e}")))?;
             match self.outbound.send(request).await {
                 Ok(answer) if answer.status.is_success() => return Ok(answer),
-                Ok(answer)
-                    if answer.status == StatusCode::TOO_MANY_REQUESTS
-                        || answer.status.is_server_error() =>
-                {
-                    tracing::warn!(
-                        path,
-                        attempt,
-                        status = answer.status.as_u16(),
-                        "Stripe: retrying"
-                    );
-                    last = ProviderError::Unreachable(format!(
-                        "HTTP {}{}",
-                        answer.status.as_u16(),
-                        error_summary(&answer.body)
-                    ));
-                }
-                Ok(answer) if answer.status.is_client_error() => return Err(refusal(&answer)),
                 Ok(answer) => {
-                    return Err(ProviderError::BadAnswer(format!(
-                        "unexpected HTTP {}",
-                        answer.status.as_u16()
-                    )));
+                    let status = answer.status.as_u16();
+                    // Indeterminate: the request may still take effect (a 500 is saved under
+                    // the key; a 409 is a concurrent request with the same key in progress).
+                    let indeterminate = answer.status == StatusCode::CONFLICT
+                        || answer.status == StatusCode::TOO_MANY_REQUESTS
+                        || answer.status.is_server_error();
+                    let error = if indeterminate {
+                        ProviderError::Unreachable(format!(
+                            "HTTP {status}{}",
+                            error_summary(&answer.body)
+                        ))
+                    } else if answer.status.is_client_error() {
+                        refusal(&answer)
+                    } else {
+                        ProviderError::BadAnswer(format!("unexpected HTTP {status}"))
+                    };
+                    // Stripe's own word on retrying wins over the status.
+                    if !should_retry(&answer.headers).unwrap_or(indeterminate) {
+                        return Err(error);
+                    }
+                    tracing::warn!(path, attempt, status, "Stripe: retrying");
+                    last = error;
                 }
                 Err(OutboundError::Unreachable(m)) => {
                     tracing::warn!(path, attempt, error = %m, "Stripe: retrying");
@@ -650,6 +656,16 @@ impl StripeClient {
             }
         }
         Err(last)
+    }
+}
+
+/// The `Stripe-Should-Retry` header: `Some(true)`/`Some(false)` when Stripe knows whether a
+/// retry can have an effect, `None` when it does not say.
+fn should_retry(headers: &http::HeaderMap) -> Option<bool> {
+    match headers.get("stripe-should-retry")?.to_str().ok()? {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
     }
 }
 
