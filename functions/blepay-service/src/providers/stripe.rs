@@ -3,8 +3,8 @@
 //! - **Inbound.** [`verify_signature`] checks the `Stripe-Signature` header against every
 //!   configured endpoint secret (HMAC-SHA256 over `"{t}.{raw body}"`, hex, constant-time
 //!   compare); only then does [`parse_event`] read the body into the
-//!   [`ProviderEvent`] blepay applies at most once (keyed by the event `id`). Both are pure:
-//!   time comes in as `now`.
+//!   [`ProviderEvent`] blepay applies at most once (keyed by the event `id`). Neither does IO
+//!   (besides a log line): time comes in as `now`.
 //! - **Outbound.** [`StripeClient`] creates a PaymentIntent per top-up and refunds, form-encoded
 //!   as Stripe's API takes them, with the `Idempotency-Key` derived from blepay's own id (so a
 //!   retry, now or after a crash, is the same request to Stripe), a pinned [`API_VERSION`], and
@@ -84,9 +84,10 @@ struct SignatureHeader<'a> {
     v1: Vec<[u8; 32]>,
 }
 
-/// Split `t=…,v1=…,v1=…,v0=…` on `,` then on the first `=`. Unknown keys (`v0`, future schemes)
-/// and items without `=` are skipped; a `v1` that is not 64 hex digits can match nothing and is skipped too. `None`
-/// when there is not exactly one numeric `t` or no usable `v1`.
+/// Split `t=…,v1=…,v1=…,v0=…` on `,` then on the first `=`. Unknown keys (`v0`, future
+/// schemes) and items without `=` are skipped; a `v1` that is not 64 hex digits can match
+/// nothing and is skipped too. `None` when there is not exactly one numeric `t` or no usable
+/// `v1`.
 fn parse_signature_header(header: &str) -> Option<SignatureHeader<'_>> {
     let mut timestamp_text = None;
     let mut v1 = Vec::new();
@@ -209,7 +210,7 @@ struct EventData {
 struct PaymentIntentObject {
     id: String,
     #[serde(default)]
-    amount_received: i64,
+    amount_received: Option<i64>,
     currency: String,
     #[serde(default)]
     metadata: HashMap<String, String>,
@@ -344,6 +345,8 @@ fn failure_reason(error: Option<&ApiErrorObject>) -> String {
     bounded_reason(&text, "payment_failed")
 }
 
+/// One of our ids in `metadata[key]`: `Ok(None)` when absent, malformed when present but not
+/// one of ours.
 fn ours<T>(
     metadata: &HashMap<String, String>,
     key: &str,
@@ -400,7 +403,11 @@ pub fn parse_event(body: &[u8], now: u64) -> Result<Option<ProviderEvent>, Webho
             };
             let kind = if kind == "payment_intent.succeeded" {
                 ProviderEventKind::Succeeded {
-                    amount: amount(pi.amount_received, "amount_received")?,
+                    amount: amount(
+                        pi.amount_received
+                            .ok_or_else(|| malformed("amount_received: missing"))?,
+                        "amount_received",
+                    )?,
                     currency: currency(&pi.currency)?,
                     transaction_id: pi_id,
                 }
@@ -437,7 +444,7 @@ pub fn parse_event(body: &[u8], now: u64) -> Result<Option<ProviderEvent>, Webho
         }
         "refund.created" | "refund.updated" | "refund.failed" | "charge.refund.updated" => {
             let refund: RefundObject = object(envelope.data.object, "refund")?;
-            let Some(ours) = ours(&refund.metadata, METADATA_REFUND_ID, TopUpRefundId::parse)?
+            let Some(refund_id) = ours(&refund.metadata, METADATA_REFUND_ID, TopUpRefundId::parse)?
             else {
                 return Ok(None);
             };
@@ -448,9 +455,9 @@ pub fn parse_event(body: &[u8], now: u64) -> Result<Option<ProviderEvent>, Webho
                 .as_deref()
                 .ok_or_else(|| malformed("refund.status: missing"))?;
             let kind = match status {
-                "succeeded" => ProviderEventKind::RefundConfirmed { refund: ours },
+                "succeeded" => ProviderEventKind::RefundConfirmed { refund: refund_id },
                 "failed" | "canceled" => ProviderEventKind::RefundFailed {
-                    refund: ours,
+                    refund: refund_id,
                     reason: bounded_reason(refund.failure_reason.as_deref().unwrap_or(""), status),
                 },
                 _ => {
@@ -962,6 +969,13 @@ mod tests {
 
     #[test]
     fn payment_intent_succeeded_with_bad_fields_is_malformed() {
+        let body = edited("pi_succeeded", |v| {
+            v["data"]["object"]
+                .as_object_mut()
+                .unwrap()
+                .remove("amount_received");
+        });
+        assert!(matches!(parse(&body), Err(WebhookError::Malformed(_))));
         let bad: [(&str, serde_json::Value); 7] = [
             ("amount_received", serde_json::json!(-1)),
             ("amount_received", serde_json::json!(12.5)),
