@@ -938,6 +938,33 @@ mod tests {
         );
     }
 
+    #[test]
+    fn settings_and_clients_never_show_their_secrets() {
+        let settings = StripeSettings {
+            secret_key: secret("sk_test_do_not_print"),
+            webhook_secrets: vec![secret(SECRET)],
+            api_base: DEFAULT_API_BASE.into(),
+        };
+        let client = StripeClient::new(
+            settings.clone(),
+            Outbound::new(std::time::Duration::from_secs(1)).unwrap(),
+        );
+        let intent = PaymentIntent {
+            id: PI.into(),
+            client_secret: secret("pi_x_secret_do_not_print"),
+        };
+        for shown in [
+            format!("{settings:?}"),
+            format!("{client:?}"),
+            format!("{intent:?}"),
+        ] {
+            assert!(
+                !shown.contains("do_not_print") && !shown.contains(SECRET),
+                "{shown}"
+            );
+        }
+    }
+
     // --- events -------------------------------------------------------------------------
 
     #[test]
