@@ -39,6 +39,12 @@ use crate::{
     RegisterOutcome, ResolutionKind, ResponseEncoder, RevokeOutcome, RotateOutcome, SavedAnswer,
     ServiceState, Spending, Store, TopUpOutcome,
 };
+use crate::{
+    NewProviderTopUp, ProviderEvent, ProviderEventKind, ProviderEventOutcome, ProviderTopUp,
+    StartTopUpOutcome, TopUpFilter, TopUpId, TopUpLocator, TopUpRefundCommand, TopUpRefundId,
+    TopUpRefundOutcome, TopUpRefundStatus, TopUpStatus,
+};
+use blepay_core::Provider;
 
 /// Expand to one `#[tokio::test]` per conformance check, each on a store from `$factory`
 /// (an expression evaluating to a future of `(Arc<dyn Store>, guard)`).
@@ -128,6 +134,20 @@ macro_rules! conformance_tests {
             a_revoked_device_refuses_frames_and_adverts_and_voids_its_waiting_session,
             revoking_a_device_settles_its_active_session_at_its_last_reported_units,
             a_rotation_accepts_the_old_key_until_the_first_frame_under_the_new_one,
+            a_provider_top_up_is_started_once_per_user_and_key,
+            a_top_up_is_found_by_its_id_and_its_providers_ref_never_by_the_other_provider,
+            a_verified_success_credits_the_wallet_exactly_once,
+            concurrent_deliveries_of_one_success_credit_once,
+            concurrent_different_events_on_one_top_up_all_apply,
+            a_refund_or_dispute_before_the_success_is_remembered_and_applied_with_the_credit,
+            a_success_with_another_amount_or_currency_credits_nothing_and_is_recorded,
+            an_event_for_an_unknown_top_up_changes_nothing_and_is_not_recorded,
+            a_failure_then_a_success_credits_and_a_success_then_a_failure_is_ignored,
+            a_reversal_of_an_unspent_credit_debits_it_all_and_marks_the_top_up_refunded,
+            a_reversal_after_spending_debits_only_what_is_available_and_shows_the_rest,
+            an_operator_refund_of_a_top_up_is_taken_at_request_and_answered_by_key,
+            a_refused_top_up_refund_is_given_back_and_a_confirmed_one_stays,
+            the_top_up_list_filters_by_user_provider_status_and_time_newest_first,
         );
     };
     (@each $factory:expr; $($check:ident),+ $(,)?) => {
@@ -4087,6 +4107,1343 @@ pub async fn a_rotation_accepts_the_old_key_until_the_first_frame_under_the_new_
             .unwrap(),
         RotateOutcome::Revoked(_)
     ));
+    reconciled(&*store).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Users' top-ups through a payment provider (issue 12, docs/topups.md)
+// ---------------------------------------------------------------------------------------------
+
+pub fn topup_id(n: u8) -> TopUpId {
+    TopUpId::from_bytes([0x70, n, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n])
+}
+
+pub fn topup_refund_id(n: u8) -> TopUpRefundId {
+    TopUpRefundId::from_bytes([0x7f, n, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n])
+}
+
+pub fn eur() -> Currency {
+    Currency::parse("EUR").unwrap()
+}
+
+/// `who` starts a top-up of `minor` EUR cents through `provider` with key `idem`; id `topup_id(n)`.
+pub fn start_cmd(
+    who: &str,
+    idem: &str,
+    provider: Provider,
+    minor: i64,
+    n: u8,
+    now: u64,
+) -> NewProviderTopUp {
+    NewProviderTopUp {
+        id: topup_id(n),
+        user: user(who),
+        provider,
+        amount: amount(minor),
+        currency: eur(),
+        key: key(idem),
+        now,
+    }
+}
+
+/// Start a top-up that must be created.
+pub async fn started(store: &dyn Store, cmd: &NewProviderTopUp) -> ProviderTopUp {
+    match store.start_topup(cmd).await.unwrap() {
+        StartTopUpOutcome::Created(t) => t,
+        other => panic!("expected a created top-up, got {other:?}"),
+    }
+}
+
+/// A verified notification of `t`'s provider about `t` (by id).
+pub fn event_on(
+    t: &ProviderTopUp,
+    event_key: &str,
+    kind: ProviderEventKind,
+    now: u64,
+) -> ProviderEvent {
+    ProviderEvent {
+        provider: t.provider,
+        key: event_key.into(),
+        topup: TopUpLocator::Id(t.id),
+        kind,
+        now,
+    }
+}
+
+/// The provider's success for exactly `t`'s amount and currency.
+pub fn success_of(t: &ProviderTopUp, event_key: &str, now: u64) -> ProviderEvent {
+    event_on(
+        t,
+        event_key,
+        ProviderEventKind::Succeeded {
+            amount: t.amount,
+            currency: t.currency,
+            transaction_id: format!("txn-{}", t.id),
+        },
+        now,
+    )
+}
+
+/// Apply an event that must apply; returns the top-up and wallet after it.
+pub async fn applied(store: &dyn Store, ev: &ProviderEvent) -> (ProviderTopUp, Wallet) {
+    match store.apply_provider_event(ev).await.unwrap() {
+        ProviderEventOutcome::Applied { topup, wallet } => (topup, wallet),
+        other => panic!("expected {ev:?} to apply, got {other:?}"),
+    }
+}
+
+/// A started top-up of `minor` by `who` that the provider's success credited.
+pub async fn credited_topup(
+    store: &dyn Store,
+    who: &str,
+    provider: Provider,
+    minor: i64,
+    n: u8,
+) -> ProviderTopUp {
+    let t = started(
+        store,
+        &start_cmd(who, &format!("t{n}"), provider, minor, n, T0),
+    )
+    .await;
+    let (t, _) = applied(store, &success_of(&t, &format!("evt-ok-{n}"), T0 + 1)).await;
+    assert_eq!(t.credited, amount(minor));
+    t
+}
+
+pub fn topup_refund_cmd(
+    topup: TopUpId,
+    n: u8,
+    minor: i64,
+    idem: &str,
+    now: u64,
+) -> TopUpRefundCommand {
+    TopUpRefundCommand {
+        topup,
+        id: topup_refund_id(n),
+        amount: amount(minor),
+        reason: reason("user asked for the unspent part"),
+        key: key(idem),
+        actor: OPERATOR.into(),
+        now,
+    }
+}
+
+/// What an event that changes nothing must leave unchanged.
+async fn topup_state(
+    store: &dyn Store,
+    id: TopUpId,
+    who: &str,
+) -> (Audit, Wallet, Option<ProviderTopUp>) {
+    (
+        reconciled(store).await,
+        store.wallet(&user(who), T0 + 50).await.unwrap(),
+        store.topup(id).await.unwrap(),
+    )
+}
+
+pub async fn a_provider_top_up_is_started_once_per_user_and_key(store: Arc<dyn Store>) {
+    let cmd = start_cmd("alice", "k1", Provider::Stripe, 1000, 1, T0);
+
+    let t = started(&*store, &cmd).await;
+
+    assert_eq!(
+        (
+            t.id,
+            t.status,
+            t.amount,
+            t.currency,
+            t.credited,
+            t.provider_ref.clone()
+        ),
+        (
+            topup_id(1),
+            TopUpStatus::Pending,
+            amount(1000),
+            eur(),
+            Amount::ZERO,
+            None
+        )
+    );
+    assert_eq!(store.topup(t.id).await.unwrap(), Some(t.clone()));
+    // The same key again (with a fresh id) is the same top-up.
+    let again = NewProviderTopUp {
+        id: topup_id(2),
+        now: T0 + 5,
+        ..cmd.clone()
+    };
+    assert_eq!(
+        store.start_topup(&again).await.unwrap(),
+        StartTopUpOutcome::Existing(t.clone())
+    );
+    // Another amount or provider under the key is refused.
+    let other_amount = NewProviderTopUp {
+        id: topup_id(3),
+        amount: amount(999),
+        ..cmd.clone()
+    };
+    assert_eq!(
+        store.start_topup(&other_amount).await.unwrap(),
+        StartTopUpOutcome::KeyReused
+    );
+    let other_provider = NewProviderTopUp {
+        id: topup_id(4),
+        provider: Provider::WechatPay,
+        ..cmd.clone()
+    };
+    assert_eq!(
+        store.start_topup(&other_provider).await.unwrap(),
+        StartTopUpOutcome::KeyReused
+    );
+    for n in [2, 3, 4] {
+        assert_eq!(store.topup(topup_id(n)).await.unwrap(), None);
+    }
+    // Keys are per user.
+    let bob = started(
+        &*store,
+        &start_cmd("bob", "k1", Provider::WechatPay, 500, 5, T0),
+    )
+    .await;
+    assert_eq!(bob.user, user("bob"));
+    assert_eq!(
+        store.wallet(&user("alice"), T0 + 1).await.unwrap(),
+        Wallet::default()
+    );
+    let audit = reconciled(&*store).await;
+    assert_eq!((audit.provider_credits, audit.topups_net), (0, 0));
+}
+
+#[allow(clippy::too_many_lines, reason = "one scenario, step by step")]
+pub async fn a_top_up_is_found_by_its_id_and_its_providers_ref_never_by_the_other_provider(
+    store: Arc<dyn Store>,
+) {
+    let t = started(
+        &*store,
+        &start_cmd("alice", "k1", Provider::Stripe, 1000, 1, T0),
+    )
+    .await;
+    let w = started(
+        &*store,
+        &start_cmd("alice", "k2", Provider::WechatPay, 800, 2, T0),
+    )
+    .await;
+
+    let attached = store
+        .attach_topup_ref(t.id, "pi_123", Some("pi_123_secret_abc"), T0 + 1)
+        .await
+        .unwrap()
+        .expect("the top-up exists");
+
+    assert_eq!(attached.provider_ref.as_deref(), Some("pi_123"));
+    assert_eq!(attached.client_secret.as_deref(), Some("pi_123_secret_abc"));
+    assert_eq!(store.topup(t.id).await.unwrap(), Some(attached.clone()));
+    // The same values again change nothing.
+    let again = store
+        .attach_topup_ref(t.id, "pi_123", Some("pi_123_secret_abc"), T0 + 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (again.provider_ref, again.client_secret),
+        (
+            attached.provider_ref.clone(),
+            attached.client_secret.clone()
+        )
+    );
+    assert_eq!(
+        store
+            .attach_topup_ref(topup_id(9), "pi_9", None, T0 + 2)
+            .await
+            .unwrap(),
+        None
+    );
+    store
+        .attach_topup_ref(w.id, "wx_prepay_1", None, T0 + 2)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let by_ref = |p, r: &str| TopUpLocator::ProviderRef(p, r.to_owned());
+    let found = store
+        .find_topup(&by_ref(Provider::Stripe, "pi_123"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.id, t.id);
+    assert_eq!(
+        store
+            .find_topup(&by_ref(Provider::WechatPay, "pi_123"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .find_topup(&by_ref(Provider::Stripe, "pi_999"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .find_topup(&by_ref(Provider::WechatPay, "wx_prepay_1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        w.id
+    );
+    assert_eq!(
+        store
+            .find_topup(&TopUpLocator::Id(t.id))
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        t.id
+    );
+    assert_eq!(
+        store
+            .find_topup(&TopUpLocator::Id(topup_id(9)))
+            .await
+            .unwrap(),
+        None
+    );
+
+    // A WeChat Pay notification naming the Stripe top-up's id finds nothing.
+    let before = topup_state(&*store, t.id, "alice").await;
+    let foreign = ProviderEvent {
+        provider: Provider::WechatPay,
+        ..success_of(&t, "txn:1", T0 + 3)
+    };
+    assert_eq!(
+        store.apply_provider_event(&foreign).await.unwrap(),
+        ProviderEventOutcome::UnknownTopUp
+    );
+    assert_eq!(topup_state(&*store, t.id, "alice").await, before);
+
+    // A notification by the provider's ref applies.
+    let by_pi = ProviderEvent {
+        topup: by_ref(Provider::Stripe, "pi_123"),
+        ..success_of(&t, "evt_1", T0 + 4)
+    };
+    let (after, wallet) = applied(&*store, &by_pi).await;
+    assert_eq!(
+        (after.id, after.status, wallet.available),
+        (t.id, TopUpStatus::Succeeded, amount(1000))
+    );
+    reconciled(&*store).await;
+}
+
+pub async fn a_verified_success_credits_the_wallet_exactly_once(store: Arc<dyn Store>) {
+    let t = started(
+        &*store,
+        &start_cmd("alice", "k1", Provider::Stripe, 1000, 1, T0),
+    )
+    .await;
+    let ok = success_of(&t, "evt_1", T0 + 1);
+
+    let (after, wallet) = applied(&*store, &ok).await;
+
+    assert_eq!(
+        (after.status, after.credited, after.debited),
+        (TopUpStatus::Succeeded, amount(1000), Amount::ZERO)
+    );
+    assert_eq!(
+        after.transaction_id.as_deref(),
+        Some(format!("txn-{}", t.id).as_str())
+    );
+    assert_eq!(wallet.available, amount(1000));
+    assert_eq!(store.wallet(&user("alice"), T0 + 2).await.unwrap(), wallet);
+    assert_eq!(store.topup(t.id).await.unwrap(), Some(after.clone()));
+    let audit = reconciled(&*store).await;
+    assert_eq!(
+        (
+            audit.provider_credits,
+            audit.provider_debits,
+            audit.clearing,
+            audit.topups_net
+        ),
+        (1000, 0, -1000, 1000)
+    );
+
+    // The same event again, and another success for the same payment, credit nothing.
+    assert_eq!(
+        store.apply_provider_event(&ok).await.unwrap(),
+        ProviderEventOutcome::Duplicate
+    );
+    let other = success_of(&t, "evt_2", T0 + 3);
+    assert!(matches!(
+        store.apply_provider_event(&other).await.unwrap(),
+        ProviderEventOutcome::Ignored(_)
+    ));
+    assert_eq!(
+        store.apply_provider_event(&other).await.unwrap(),
+        ProviderEventOutcome::Duplicate
+    );
+    assert_eq!(
+        store
+            .wallet(&user("alice"), T0 + 4)
+            .await
+            .unwrap()
+            .available,
+        amount(1000)
+    );
+    let topup = store.topup(t.id).await.unwrap().unwrap();
+    assert_eq!(
+        (topup.credited, topup.status),
+        (amount(1000), TopUpStatus::Succeeded)
+    );
+    assert_eq!(reconciled(&*store).await.provider_credits, 1000);
+}
+
+pub async fn concurrent_deliveries_of_one_success_credit_once(store: Arc<dyn Store>) {
+    let t = started(
+        &*store,
+        &start_cmd("alice", "k1", Provider::WechatPay, 1000, 1, T0),
+    )
+    .await;
+    let ok = success_of(&t, "txn:4200001", T0 + 1);
+
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            let ok = ok.clone();
+            tokio::spawn(async move { store.apply_provider_event(&ok).await.unwrap() })
+        })
+        .collect();
+    let mut applied_count = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            ProviderEventOutcome::Applied { .. } => applied_count += 1,
+            ProviderEventOutcome::Duplicate => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    assert_eq!(
+        applied_count, 1,
+        "one delivery credits, the rest are duplicates"
+    );
+    assert_eq!(
+        store
+            .wallet(&user("alice"), T0 + 2)
+            .await
+            .unwrap()
+            .available,
+        amount(1000)
+    );
+    assert_eq!(
+        store.topup(t.id).await.unwrap().unwrap().credited,
+        amount(1000)
+    );
+    let audit = reconciled(&*store).await;
+    assert_eq!((audit.provider_credits, audit.topups_net), (1000, 1000));
+}
+
+pub async fn concurrent_different_events_on_one_top_up_all_apply(store: Arc<dyn Store>) {
+    // The success and four refunds race (a refund may land before the success).
+    let t = started(
+        &*store,
+        &start_cmd("alice", "k1", Provider::WechatPay, 1000, 1, T0),
+    )
+    .await;
+    let mut events = vec![success_of(&t, "txn:1", T0 + 1)];
+    events.extend((0..4).map(|i| {
+        event_on(
+            &t,
+            &format!("refund:{i}"),
+            ProviderEventKind::Refunded {
+                refund: None,
+                amount: amount(10),
+            },
+            T0 + 1,
+        )
+    }));
+
+    let tasks: Vec<_> = events
+        .into_iter()
+        .map(|ev| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.apply_provider_event(&ev).await.unwrap() })
+        })
+        .collect();
+    for task in tasks {
+        let out = task.await.unwrap();
+        assert!(
+            matches!(out, ProviderEventOutcome::Applied { .. }),
+            "none is lost: {out:?}"
+        );
+    }
+
+    let after = store.topup(t.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            after.credited,
+            after.provider_refunded,
+            after.debited,
+            after.status
+        ),
+        (amount(1000), amount(40), amount(40), TopUpStatus::Succeeded)
+    );
+    assert_eq!(
+        store
+            .wallet(&user("alice"), T0 + 2)
+            .await
+            .unwrap()
+            .available,
+        amount(960)
+    );
+    let audit = reconciled(&*store).await;
+    assert_eq!(
+        (
+            audit.provider_credits,
+            audit.provider_debits,
+            audit.topups_net
+        ),
+        (1000, 40, 960)
+    );
+}
+
+pub async fn a_refund_or_dispute_before_the_success_is_remembered_and_applied_with_the_credit(
+    store: Arc<dyn Store>,
+) {
+    let t = started(
+        &*store,
+        &start_cmd("alice", "k1", Provider::Stripe, 1000, 1, T0),
+    )
+    .await;
+
+    let (early, wallet) = applied(
+        &*store,
+        &event_on(
+            &t,
+            "evt_r",
+            ProviderEventKind::RefundedTotal { total: amount(300) },
+            T0 + 1,
+        ),
+    )
+    .await;
+    assert_eq!(
+        (early.status, early.provider_refunded, wallet.available),
+        (TopUpStatus::Pending, amount(300), Amount::ZERO)
+    );
+    let (early, _) = applied(
+        &*store,
+        &event_on(
+            &t,
+            "evt_d",
+            ProviderEventKind::Disputed {
+                amount: amount(200),
+            },
+            T0 + 2,
+        ),
+    )
+    .await;
+    assert_eq!((early.disputed, early.debited), (amount(200), Amount::ZERO));
+    reconciled(&*store).await;
+
+    let (after, wallet) = applied(&*store, &success_of(&t, "evt_ok", T0 + 3)).await;
+
+    assert_eq!(
+        (
+            after.status,
+            after.credited,
+            after.debited,
+            after.unrecovered()
+        ),
+        (
+            TopUpStatus::Succeeded,
+            amount(1000),
+            amount(500),
+            Amount::ZERO
+        )
+    );
+    assert_eq!(wallet.available, amount(500));
+    assert_eq!(
+        store
+            .wallet(&user("alice"), T0 + 4)
+            .await
+            .unwrap()
+            .available,
+        amount(500)
+    );
+
+    // A full refund before the success: credited and taken back at once.
+    let u = started(
+        &*store,
+        &start_cmd("bob", "k1", Provider::Stripe, 700, 2, T0),
+    )
+    .await;
+    applied(
+        &*store,
+        &event_on(
+            &u,
+            "evt_r2",
+            ProviderEventKind::RefundedTotal { total: amount(700) },
+            T0 + 1,
+        ),
+    )
+    .await;
+    let (after, wallet) = applied(&*store, &success_of(&u, "evt_ok2", T0 + 2)).await;
+    assert_eq!(
+        (after.status, after.debited, wallet.available),
+        (TopUpStatus::Refunded, amount(700), Amount::ZERO)
+    );
+    let audit = reconciled(&*store).await;
+    assert_eq!(
+        (
+            audit.provider_credits,
+            audit.provider_debits,
+            audit.topups_net
+        ),
+        (1700, 1200, 500)
+    );
+}
+
+pub async fn a_success_with_another_amount_or_currency_credits_nothing_and_is_recorded(
+    store: Arc<dyn Store>,
+) {
+    let t = started(
+        &*store,
+        &start_cmd("alice", "k1", Provider::WechatPay, 1000, 1, T0),
+    )
+    .await;
+    let before = topup_state(&*store, t.id, "alice").await;
+    let wrong_amount = event_on(
+        &t,
+        "txn:a",
+        ProviderEventKind::Succeeded {
+            amount: amount(999),
+            currency: eur(),
+            transaction_id: "4200a".into(),
+        },
+        T0 + 1,
+    );
+    let wrong_currency = event_on(
+        &t,
+        "txn:b",
+        ProviderEventKind::Succeeded {
+            amount: amount(1000),
+            currency: Currency::parse("CNY").unwrap(),
+            transaction_id: "4200b".into(),
+        },
+        T0 + 2,
+    );
+
+    for ev in [&wrong_amount, &wrong_currency] {
+        let out = store.apply_provider_event(ev).await.unwrap();
+        let ProviderEventOutcome::Mismatch(m) = out else {
+            panic!("a wrong amount or currency is a mismatch: {out:?}");
+        };
+        assert!(m.mismatch.is_some());
+        assert_eq!((m.credited, m.status), (Amount::ZERO, TopUpStatus::Pending));
+        assert_eq!(
+            store.apply_provider_event(ev).await.unwrap(),
+            ProviderEventOutcome::Duplicate
+        );
+    }
+
+    let (audit, wallet, stored) = topup_state(&*store, t.id, "alice").await;
+    assert_eq!((audit, wallet), (before.0, before.1));
+    let stored = stored.unwrap();
+    assert!(
+        stored.mismatch.is_some(),
+        "the mismatch is recorded for the operator"
+    );
+    assert_eq!(stored.credited, Amount::ZERO);
+    // The correct success still credits.
+    let (after, wallet) = applied(&*store, &success_of(&t, "txn:c", T0 + 3)).await;
+    assert_eq!(
+        (after.credited, wallet.available),
+        (amount(1000), amount(1000))
+    );
+    reconciled(&*store).await;
+}
+
+pub async fn an_event_for_an_unknown_top_up_changes_nothing_and_is_not_recorded(
+    store: Arc<dyn Store>,
+) {
+    let cmd = start_cmd("alice", "k1", Provider::Stripe, 1000, 1, T0);
+    let early = ProviderEvent {
+        provider: Provider::Stripe,
+        key: "evt_early".into(),
+        topup: TopUpLocator::Id(cmd.id),
+        kind: ProviderEventKind::Succeeded {
+            amount: amount(1000),
+            currency: eur(),
+            transaction_id: "pi_1".into(),
+        },
+        now: T0,
+    };
+    let by_ref = ProviderEvent {
+        key: "evt_early_ref".into(),
+        topup: TopUpLocator::ProviderRef(Provider::Stripe, "pi_1".into()),
+        kind: ProviderEventKind::Disputed {
+            amount: amount(100),
+        },
+        ..early.clone()
+    };
+    let before = reconciled(&*store).await;
+
+    for ev in [&early, &by_ref] {
+        assert_eq!(
+            store.apply_provider_event(ev).await.unwrap(),
+            ProviderEventOutcome::UnknownTopUp
+        );
+    }
+
+    assert_eq!(reconciled(&*store).await, before);
+    assert_eq!(store.topup(cmd.id).await.unwrap(), None);
+    assert_eq!(
+        store.wallet(&user("alice"), T0).await.unwrap(),
+        Wallet::default()
+    );
+    // Once the top-up exists, the same events apply (they were not recorded as seen).
+    started(&*store, &cmd).await;
+    store
+        .attach_topup_ref(cmd.id, "pi_1", None, T0 + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    let (after, wallet) = applied(&*store, &early).await;
+    assert_eq!(
+        (after.credited, wallet.available),
+        (amount(1000), amount(1000))
+    );
+    let (after, wallet) = applied(&*store, &by_ref).await;
+    assert_eq!(
+        (after.debited, wallet.available),
+        (amount(100), amount(900))
+    );
+    reconciled(&*store).await;
+}
+
+pub async fn a_failure_then_a_success_credits_and_a_success_then_a_failure_is_ignored(
+    store: Arc<dyn Store>,
+) {
+    let failed = ProviderEventKind::Failed {
+        reason: "card_declined".into(),
+    };
+    let a = started(
+        &*store,
+        &start_cmd("alice", "k1", Provider::Stripe, 1000, 1, T0),
+    )
+    .await;
+
+    let (after, _) = applied(&*store, &event_on(&a, "evt_f", failed.clone(), T0 + 1)).await;
+    assert_eq!(after.status, TopUpStatus::Failed);
+    assert_eq!(after.failure.as_deref(), Some("card_declined"));
+    assert_eq!(
+        store.topup(a.id).await.unwrap().unwrap().status,
+        TopUpStatus::Failed
+    );
+    let (after, wallet) = applied(&*store, &success_of(&a, "evt_ok", T0 + 2)).await;
+    assert_eq!(
+        (after.status, after.credited, wallet.available),
+        (TopUpStatus::Succeeded, amount(1000), amount(1000))
+    );
+
+    let b = credited_topup(&*store, "bob", Provider::Stripe, 500, 2).await;
+    let out = store
+        .apply_provider_event(&event_on(&b, "evt_f2", failed, T0 + 3))
+        .await
+        .unwrap();
+    let ProviderEventOutcome::Ignored(ignored) = out else {
+        panic!("a failure after a success changes nothing: {out:?}");
+    };
+    assert_eq!(ignored.status, TopUpStatus::Succeeded);
+    let b_after = store.topup(b.id).await.unwrap().unwrap();
+    assert_eq!(
+        (b_after.status, b_after.credited),
+        (TopUpStatus::Succeeded, amount(500))
+    );
+    assert_eq!(
+        store.wallet(&user("bob"), T0 + 4).await.unwrap().available,
+        amount(500)
+    );
+    reconciled(&*store).await;
+}
+
+pub async fn a_reversal_of_an_unspent_credit_debits_it_all_and_marks_the_top_up_refunded(
+    store: Arc<dyn Store>,
+) {
+    let t = credited_topup(&*store, "alice", Provider::Stripe, 1000, 1).await;
+    fund(&*store, "alice", 200).await;
+
+    let (after, wallet) = applied(
+        &*store,
+        &event_on(
+            &t,
+            "evt_d",
+            ProviderEventKind::Disputed {
+                amount: amount(1000),
+            },
+            T0 + 5,
+        ),
+    )
+    .await;
+
+    assert_eq!(
+        (after.status, after.debited, after.unrecovered()),
+        (TopUpStatus::Refunded, amount(1000), Amount::ZERO)
+    );
+    assert_eq!(
+        wallet.available,
+        amount(200),
+        "only the top-up's credit is taken back"
+    );
+    assert_eq!(
+        store
+            .wallet(&user("alice"), T0 + 6)
+            .await
+            .unwrap()
+            .available,
+        amount(200)
+    );
+    let audit = reconciled(&*store).await;
+    assert_eq!(
+        (
+            audit.provider_credits,
+            audit.provider_debits,
+            audit.clearing,
+            audit.topups_net
+        ),
+        (1000, 1000, 0, 0)
+    );
+    // A partial refund total after it raises nothing: the target is capped at the credit.
+    let (after, _) = applied(
+        &*store,
+        &event_on(
+            &t,
+            "evt_r",
+            ProviderEventKind::RefundedTotal { total: amount(400) },
+            T0 + 7,
+        ),
+    )
+    .await;
+    assert_eq!(after.debited, amount(1000));
+    assert_eq!(
+        store
+            .wallet(&user("alice"), T0 + 8)
+            .await
+            .unwrap()
+            .available,
+        amount(200)
+    );
+    reconciled(&*store).await;
+}
+
+pub async fn a_reversal_after_spending_debits_only_what_is_available_and_shows_the_rest(
+    store: Arc<dyn Store>,
+) {
+    online_machine(&*store, 1, T0).await;
+    let t = credited_topup(&*store, "alice", Provider::Stripe, 1000, 1).await;
+    created(&*store, &pay_cmd("alice", "p1", 1, 1, 700, T0 + 2)).await;
+    assert_eq!(
+        store
+            .wallet(&user("alice"), T0 + 3)
+            .await
+            .unwrap()
+            .available,
+        amount(300)
+    );
+
+    let (after, wallet) = applied(
+        &*store,
+        &event_on(
+            &t,
+            "evt_r",
+            ProviderEventKind::RefundedTotal {
+                total: amount(1000),
+            },
+            T0 + 3,
+        ),
+    )
+    .await;
+
+    assert_eq!(
+        (after.debited, after.unrecovered()),
+        (amount(300), amount(700))
+    );
+    assert_eq!(after.status, TopUpStatus::Refunded);
+    assert_eq!(
+        (wallet.available, wallet.held),
+        (Amount::ZERO, amount(700)),
+        "never negative"
+    );
+    assert_eq!(
+        store.topup(t.id).await.unwrap().unwrap().unrecovered(),
+        amount(700)
+    );
+    let audit = reconciled(&*store).await;
+    assert_eq!((audit.provider_debits, audit.topups_net), (300, 700));
+    // The next fact about it takes what became available since, still never more than owed.
+    fund(&*store, "alice", 500).await;
+    let (after, wallet) = applied(
+        &*store,
+        &event_on(
+            &t,
+            "evt_d",
+            ProviderEventKind::Disputed {
+                amount: amount(100),
+            },
+            T0 + 4,
+        ),
+    )
+    .await;
+    assert_eq!(
+        (after.debited, after.unrecovered()),
+        (amount(800), amount(200))
+    );
+    assert_eq!(wallet.available, Amount::ZERO);
+    reconciled(&*store).await;
+}
+
+#[allow(clippy::too_many_lines, reason = "one outcome per assertion")]
+pub async fn an_operator_refund_of_a_top_up_is_taken_at_request_and_answered_by_key(
+    store: Arc<dyn Store>,
+) {
+    let t = credited_topup(&*store, "alice", Provider::Stripe, 1000, 1).await;
+    let cmd = topup_refund_cmd(t.id, 1, 300, "r1", T0 + 10);
+
+    let out = store.request_topup_refund(&cmd).await.unwrap();
+
+    let TopUpRefundOutcome::Requested {
+        refund,
+        topup,
+        wallet,
+    } = out
+    else {
+        panic!("a refund of unspent credit is requested: {out:?}");
+    };
+    assert_eq!(
+        (
+            refund.id,
+            refund.topup,
+            refund.amount,
+            refund.status,
+            refund.actor.as_str()
+        ),
+        (
+            topup_refund_id(1),
+            t.id,
+            amount(300),
+            TopUpRefundStatus::Requested,
+            OPERATOR
+        )
+    );
+    assert_eq!(
+        (topup.refunds_committed, topup.debited, topup.status),
+        (amount(300), amount(300), TopUpStatus::Succeeded)
+    );
+    assert_eq!(wallet.available, amount(700));
+    assert_eq!(store.wallet(&user("alice"), T0 + 11).await.unwrap(), wallet);
+    assert_eq!(store.topup(t.id).await.unwrap(), Some(topup.clone()));
+    assert_eq!(
+        store.topup_refunds(t.id).await.unwrap(),
+        vec![refund.clone()]
+    );
+    let audit = reconciled(&*store).await;
+    assert_eq!((audit.provider_debits, audit.topups_net), (300, 700));
+
+    // Answered by key: the same amount is a replay, another amount is refused; nothing moves.
+    let before = topup_state(&*store, t.id, "alice").await;
+    let replay = TopUpRefundCommand {
+        id: topup_refund_id(2),
+        now: T0 + 12,
+        ..cmd.clone()
+    };
+    let out = store.request_topup_refund(&replay).await.unwrap();
+    let TopUpRefundOutcome::Replayed { refund: again, .. } = out else {
+        panic!("the same key and amount is a replay: {out:?}");
+    };
+    assert_eq!(again.id, refund.id);
+    let reused = topup_refund_cmd(t.id, 3, 301, "r1", T0 + 12);
+    assert_eq!(
+        store.request_topup_refund(&reused).await.unwrap(),
+        TopUpRefundOutcome::KeyReused
+    );
+    assert_eq!(
+        store
+            .request_topup_refund(&topup_refund_cmd(t.id, 4, 701, "r2", T0 + 12))
+            .await
+            .unwrap(),
+        TopUpRefundOutcome::ExceedsRefundable {
+            refundable: amount(700)
+        }
+    );
+    assert_eq!(
+        store
+            .request_topup_refund(&topup_refund_cmd(topup_id(9), 5, 1, "r3", T0 + 12))
+            .await
+            .unwrap(),
+        TopUpRefundOutcome::NotFound
+    );
+    assert_eq!(topup_state(&*store, t.id, "alice").await, before);
+    assert_eq!(store.topup_refunds(t.id).await.unwrap().len(), 1);
+
+    // An uncredited top-up has nothing to refund.
+    let pending = started(
+        &*store,
+        &start_cmd("alice", "k9", Provider::Stripe, 500, 2, T0),
+    )
+    .await;
+    assert_eq!(
+        store
+            .request_topup_refund(&topup_refund_cmd(pending.id, 6, 100, "r4", T0 + 12))
+            .await
+            .unwrap(),
+        TopUpRefundOutcome::NotCredited
+    );
+    assert_eq!(store.topup_refunds(pending.id).await.unwrap(), vec![]);
+
+    // What the user spent is not refundable.
+    online_machine(&*store, 1, T0).await;
+    created(&*store, &pay_cmd("alice", "p1", 1, 1, 600, T0 + 13)).await;
+    assert_eq!(
+        store
+            .request_topup_refund(&topup_refund_cmd(t.id, 7, 200, "r5", T0 + 14))
+            .await
+            .unwrap(),
+        TopUpRefundOutcome::ExceedsRefundable {
+            refundable: amount(100)
+        }
+    );
+    // The rest of the unspent part goes, with another key.
+    let out = store
+        .request_topup_refund(&topup_refund_cmd(t.id, 8, 100, "r5", T0 + 15))
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, TopUpRefundOutcome::Requested { .. }),
+        "{out:?}"
+    );
+    assert_eq!(
+        store
+            .wallet(&user("alice"), T0 + 16)
+            .await
+            .unwrap()
+            .available,
+        Amount::ZERO
+    );
+    let refunds = store.topup_refunds(t.id).await.unwrap();
+    assert_eq!(
+        refunds.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![topup_refund_id(1), topup_refund_id(8)]
+    );
+    reconciled(&*store).await;
+}
+
+#[allow(clippy::too_many_lines, reason = "one scenario, step by step")]
+pub async fn a_refused_top_up_refund_is_given_back_and_a_confirmed_one_stays(
+    store: Arc<dyn Store>,
+) {
+    let t = credited_topup(&*store, "alice", Provider::Stripe, 1000, 1).await;
+    for (n, minor, k) in [(1, 300, "r1"), (2, 200, "r2")] {
+        let out = store
+            .request_topup_refund(&topup_refund_cmd(t.id, n, minor, k, T0 + 10))
+            .await
+            .unwrap();
+        assert!(
+            matches!(out, TopUpRefundOutcome::Requested { .. }),
+            "{out:?}"
+        );
+    }
+    assert_eq!(
+        store
+            .wallet(&user("alice"), T0 + 11)
+            .await
+            .unwrap()
+            .available,
+        amount(500)
+    );
+
+    let (after, wallet) = applied(
+        &*store,
+        &event_on(
+            &t,
+            "evt_rf",
+            ProviderEventKind::RefundFailed {
+                refund: topup_refund_id(1),
+                reason: "expired_card".into(),
+            },
+            T0 + 12,
+        ),
+    )
+    .await;
+
+    assert_eq!(
+        (after.refunds_committed, after.debited),
+        (amount(200), amount(200))
+    );
+    assert_eq!(
+        wallet.available,
+        amount(800),
+        "the refused refund is given back"
+    );
+    let (after, wallet) = applied(
+        &*store,
+        &event_on(
+            &t,
+            "evt_rc",
+            ProviderEventKind::RefundConfirmed {
+                refund: topup_refund_id(2),
+            },
+            T0 + 13,
+        ),
+    )
+    .await;
+    assert_eq!(
+        (after.debited, wallet.available),
+        (amount(200), amount(800))
+    );
+    let refunds = store.topup_refunds(t.id).await.unwrap();
+    assert_eq!(
+        refunds.iter().map(|r| (r.id, r.status)).collect::<Vec<_>>(),
+        vec![
+            (topup_refund_id(1), TopUpRefundStatus::Failed),
+            (topup_refund_id(2), TopUpRefundStatus::Succeeded)
+        ]
+    );
+    assert_eq!(refunds[0].failure.as_deref(), Some("expired_card"));
+    // A failure of a refund already failed gives nothing back twice.
+    assert!(matches!(
+        store
+            .apply_provider_event(&event_on(
+                &t,
+                "evt_rf_again",
+                ProviderEventKind::RefundFailed {
+                    refund: topup_refund_id(1),
+                    reason: "x".into()
+                },
+                T0 + 14,
+            ))
+            .await
+            .unwrap(),
+        ProviderEventOutcome::Ignored(_)
+    ));
+    assert_eq!(
+        store
+            .wallet(&user("alice"), T0 + 15)
+            .await
+            .unwrap()
+            .available,
+        amount(800)
+    );
+    let audit = reconciled(&*store).await;
+    assert_eq!(
+        (
+            audit.provider_credits,
+            audit.provider_debits,
+            audit.topups_net
+        ),
+        (1300, 500, 800)
+    );
+
+    // WeChat Pay: a REFUND.SUCCESS naming our refund confirms it; refunding everything left
+    // marks the top-up REFUNDED.
+    let w = credited_topup(&*store, "bob", Provider::WechatPay, 600, 2).await;
+    let out = store
+        .request_topup_refund(&topup_refund_cmd(w.id, 3, 600, "r1", T0 + 20))
+        .await
+        .unwrap();
+    let TopUpRefundOutcome::Requested { topup, wallet, .. } = out else {
+        panic!("{out:?}");
+    };
+    assert_eq!(
+        (topup.status, wallet.available),
+        (TopUpStatus::Refunded, Amount::ZERO)
+    );
+    let (after, wallet) = applied(
+        &*store,
+        &event_on(
+            &w,
+            "refund:50300",
+            ProviderEventKind::Refunded {
+                refund: Some(topup_refund_id(3)),
+                amount: amount(600),
+            },
+            T0 + 21,
+        ),
+    )
+    .await;
+    assert_eq!(
+        (
+            after.status,
+            after.provider_refunded,
+            after.debited,
+            wallet.available
+        ),
+        (
+            TopUpStatus::Refunded,
+            amount(600),
+            amount(600),
+            Amount::ZERO
+        )
+    );
+    assert_eq!(
+        store.topup_refunds(w.id).await.unwrap()[0].status,
+        TopUpRefundStatus::Succeeded
+    );
+    reconciled(&*store).await;
+}
+
+/// Every page of `filter`'s top-up list with `limit`, concatenated.
+async fn all_topup_pages(store: &dyn Store, filter: &TopUpFilter, limit: u32) -> Vec<TopUpId> {
+    let mut out = Vec::new();
+    let mut after = None;
+    for _ in 0..100 {
+        let page = store
+            .list_topups(filter, &crate::PageRequest { limit, after })
+            .await
+            .unwrap();
+        assert!(page.items.len() <= limit as usize);
+        for t in &page.items {
+            assert!(filter.matches(t), "{t:?} is not one {filter:?} shows");
+        }
+        out.extend(page.items.iter().map(|t| t.id));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => return out,
+        }
+    }
+    panic!("the list never ended");
+}
+
+#[allow(clippy::too_many_lines, reason = "one scenario, step by step")]
+pub async fn the_top_up_list_filters_by_user_provider_status_and_time_newest_first(
+    store: Arc<dyn Store>,
+) {
+    // (n, user, provider, created_at); 3 and 4 share a second (then by id, descending).
+    let rows = [
+        (1, "alice", Provider::Stripe, T0),
+        (2, "bob", Provider::WechatPay, T0 + 10),
+        (3, "alice", Provider::WechatPay, T0 + 20),
+        (4, "bob", Provider::Stripe, T0 + 20),
+        (5, "alice", Provider::Stripe, T0 + 30),
+    ];
+    for (n, who, provider, at) in rows {
+        started(
+            &*store,
+            &start_cmd(who, &format!("k{n}"), provider, 100 * i64::from(n), n, at),
+        )
+        .await;
+    }
+    let t5 = store.topup(topup_id(5)).await.unwrap().unwrap();
+    applied(&*store, &success_of(&t5, "evt_5", T0 + 31)).await;
+    let t2 = store.topup(topup_id(2)).await.unwrap().unwrap();
+    applied(
+        &*store,
+        &event_on(
+            &t2,
+            "txn:f",
+            ProviderEventKind::Failed {
+                reason: "closed".into(),
+            },
+            T0 + 31,
+        ),
+    )
+    .await;
+    let ids = |ns: &[u8]| ns.iter().map(|n| topup_id(*n)).collect::<Vec<_>>();
+    let max = crate::PageRequest::MAX_LIMIT;
+
+    let all = all_topup_pages(&*store, &TopUpFilter::default(), max).await;
+
+    assert_eq!(all, ids(&[5, 4, 3, 2, 1]));
+    for limit in [1, 2, 3] {
+        assert_eq!(
+            all_topup_pages(&*store, &TopUpFilter::default(), limit).await,
+            all
+        );
+    }
+    let page = store
+        .list_topups(
+            &TopUpFilter::default(),
+            &crate::PageRequest {
+                limit: 2,
+                after: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page.next,
+        Some(crate::ListPosition {
+            at: T0 + 20,
+            id: topup_id(4).to_string()
+        })
+    );
+    let check = |f: TopUpFilter, expected: Vec<TopUpId>| {
+        let store = Arc::clone(&store);
+        async move { assert_eq!(all_topup_pages(&*store, &f, 2).await, expected, "{f:?}") }
+    };
+    check(
+        TopUpFilter {
+            user: Some(user("alice")),
+            ..TopUpFilter::default()
+        },
+        ids(&[5, 3, 1]),
+    )
+    .await;
+    check(
+        TopUpFilter {
+            provider: Some(Provider::WechatPay),
+            ..TopUpFilter::default()
+        },
+        ids(&[3, 2]),
+    )
+    .await;
+    check(
+        TopUpFilter {
+            status: Some(TopUpStatus::Succeeded),
+            ..TopUpFilter::default()
+        },
+        ids(&[5]),
+    )
+    .await;
+    check(
+        TopUpFilter {
+            status: Some(TopUpStatus::Failed),
+            ..TopUpFilter::default()
+        },
+        ids(&[2]),
+    )
+    .await;
+    check(
+        TopUpFilter {
+            status: Some(TopUpStatus::Pending),
+            ..TopUpFilter::default()
+        },
+        ids(&[4, 3, 1]),
+    )
+    .await;
+    check(
+        TopUpFilter {
+            from: Some(T0 + 10),
+            to: Some(T0 + 20),
+            ..TopUpFilter::default()
+        },
+        ids(&[4, 3, 2]),
+    )
+    .await;
+    check(
+        TopUpFilter {
+            user: Some(user("bob")),
+            provider: Some(Provider::Stripe),
+            from: Some(T0 + 20),
+            ..TopUpFilter::default()
+        },
+        ids(&[4]),
+    )
+    .await;
+    check(
+        TopUpFilter {
+            user: Some(user("carol")),
+            ..TopUpFilter::default()
+        },
+        vec![],
+    )
+    .await;
     reconciled(&*store).await;
 }
 
