@@ -14,8 +14,8 @@ use crate::ops::{
     SESSIONS_BY_USER, T_USER, TOPUPS_BY_USER,
 };
 
-/// Create blepay's table (on-demand billing, the `due` GSI, TTL on `ttl`) and wait until it is
-/// active. An existing table is fine (nothing is changed but TTL, which is enabled if it is not).
+/// Create blepay's table (on-demand billing, the `due` GSI and the lists' GSIs, TTL on `ttl`)
+/// and wait until it is active. An existing table is fine (nothing is changed but TTL, which is enabled if it is not).
 ///
 /// # Errors
 /// When DynamoDB refuses or cannot be reached.
