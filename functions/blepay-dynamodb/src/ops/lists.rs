@@ -147,6 +147,10 @@ impl DynamoStore {
             &q,
             page,
             |item| {
+                // `sessions_by_user` also holds problem items (`user` + `created_at`).
+                if item.get("type") != Some(&s("SESSION")) {
+                    return Ok(None);
+                }
                 let s = session_from_item(item)?;
                 Ok(filter.matches(&s).then_some(s))
             },
