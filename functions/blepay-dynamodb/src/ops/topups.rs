@@ -447,37 +447,37 @@ impl DynamoStore {
         Ok(self.read_topup(id).await?.map(|(t, _)| t))
     }
 
-    pub(super) async fn find_topup_once(
+    /// The top-up a locator names: by id, or the one whose payment object the provider ref is
+    /// now (a top-up whose ref was replaced is no longer found by the old one).
+    async fn locate(
         &self,
         locator: &TopUpLocator,
-    ) -> Result<Option<ProviderTopUp>, Failure> {
+    ) -> Result<Option<(ProviderTopUp, u64)>, Failure> {
         match locator {
-            TopUpLocator::Id(id) => self.topup_once(*id).await,
+            TopUpLocator::Id(id) => self.read_topup(*id).await,
             TopUpLocator::ProviderRef(provider, r) => {
                 let Some(id) = self.ref_target(*provider, r).await? else {
                     return Ok(None);
                 };
-                Ok(self
-                    .topup_once(id)
-                    .await?
-                    .filter(|t| t.provider == *provider))
+                Ok(self.read_topup(id).await?.filter(|(t, _)| {
+                    t.provider == *provider && t.provider_ref.as_deref() == Some(r.as_str())
+                }))
             }
         }
+    }
+
+    pub(super) async fn find_topup_once(
+        &self,
+        locator: &TopUpLocator,
+    ) -> Result<Option<ProviderTopUp>, Failure> {
+        Ok(self.locate(locator).await?.map(|(t, _)| t))
     }
 
     pub(super) async fn apply_provider_event_once(
         &self,
         ev: &ProviderEvent,
     ) -> Result<ProviderEventOutcome, Failure> {
-        let id = match &ev.topup {
-            TopUpLocator::Id(id) => Some(*id),
-            TopUpLocator::ProviderRef(provider, r) => self.ref_target(*provider, r).await?,
-        };
-        let first = match id {
-            Some(id) => self.read_topup(id).await?,
-            None => None,
-        };
-        let Some((first, _)) = first else {
+        let Some((first, _)) = self.locate(&ev.topup).await? else {
             // No top-up: nothing is written (the decision answers from `seen`).
             let seen = self.get(event_key(ev.provider, &ev.key)).await?.is_some();
             let facts = ProviderEventFacts {
