@@ -10,7 +10,8 @@ use blepay_service::config::{
     ConfigError, DEFAULT_ACTIVE_TIMEOUT_SECS, DEFAULT_JWT_MAX_LIFETIME_SECS,
     DEFAULT_MAX_UNSTARTED_PER_USER, DEFAULT_OFFLINE_AFTER_SECS, DEFAULT_PAY_RATE_MAX,
     DEFAULT_PAY_RATE_WINDOW_SECS, DEFAULT_START_TIMEOUT_SECS, DEFAULT_SUPPORT_REFUND_MAX,
-    JwtSettings, PayLimits, SecretString, Settings, ValidSettings, cfg_err as err,
+    JwtSettings, PayLimits, ProviderSettings, SecretString, Settings, ValidSettings,
+    cfg_err as err,
 };
 
 /// Where the master keys (`version:hex64[,...]`, as `BLEPAY_MASTER_KEYS`) come from.
@@ -59,6 +60,20 @@ pub struct LambdaConfig {
     /// ops routes accept (infra/template.yaml sets it); unset, any IAM caller the gateway let
     /// through is an operator.
     pub operator_role: OperatorRole,
+    /// `BLEPAY_STRIPE_SECRET_ID`, `BLEPAY_WECHATPAY_SECRET_ID`: Secrets Manager secrets holding
+    /// the providers' JSON documents (docs/topups.md), read at cold start like the master keys.
+    /// (`BLEPAY_STRIPE` / `BLEPAY_WECHATPAY` inline are for local runs.)
+    pub provider_secrets: ProviderSecretIds,
+    /// The top-up limits (`BLEPAY_TOPUP_MIN`, `BLEPAY_TOPUP_MAX`, `BLEPAY_WALLET_MAX`) and any
+    /// inline documents, as read: what the fetched documents are built with.
+    pub provider_settings: ProviderSettings,
+}
+
+/// Where the providers' documents are on AWS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProviderSecretIds {
+    pub stripe: Option<String>,
+    pub wechatpay: Option<String>,
 }
 
 impl LambdaConfig {
@@ -102,6 +117,12 @@ impl LambdaConfig {
         }
         let master_keys = sources.into_iter().next();
 
+        let provider_settings = ProviderSettings::from_env(&get, &|_, var| {
+            Err(err(
+                var,
+                "files are not read on Lambda: use the *_SECRET_ID variable",
+            ))
+        })?;
         let service = Settings {
             jwt_secret: get("BLEPAY_JWT_SECRET").map(SecretString::new),
             jwt: JwtSettings {
@@ -139,8 +160,13 @@ impl LambdaConfig {
                 "BLEPAY_SUPPORT_REFUND_MAX",
                 DEFAULT_SUPPORT_REFUND_MAX,
             )?,
+            providers: provider_settings.clone(),
         }
         .validate()?;
+        let provider_secrets = ProviderSecretIds {
+            stripe: get("BLEPAY_STRIPE_SECRET_ID"),
+            wechatpay: get("BLEPAY_WECHATPAY_SECRET_ID"),
+        };
 
         let operator_role = operator_roles(
             get("BLEPAY_OPERATOR_ROLE_ID"),
@@ -153,6 +179,8 @@ impl LambdaConfig {
             master_keys,
             service,
             operator_role,
+            provider_secrets,
+            provider_settings,
         })
     }
 

@@ -37,7 +37,12 @@ pub async fn http_router(surface: Surface) -> Result<Router, InitError> {
     let sdk = sdk_config().await;
     let keyring = keys::load(config.master_key_source()?, &sdk).await?;
     let store = dynamo_store(&config, &sdk).await;
-    let service = service_config(&config, keyring);
+    let mut service = service_config(&config, keyring);
+    if let Some(providers) =
+        keys::load_providers(&config.provider_secrets, &config.provider_settings, &sdk).await?
+    {
+        service.providers = providers;
+    }
     service.phone_tokens.start().await?;
     let app = App::new(service, Arc::new(store), system_clock());
     // On AWS the metrics are CloudWatch EMF log lines (one per event), not a scrape endpoint.

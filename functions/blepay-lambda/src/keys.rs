@@ -57,6 +57,47 @@ pub async fn load(source: &MasterKeySource, sdk: &SdkConfig) -> Result<Keyring, 
     Keyring::parse(text.expose()).map_err(|e| fail(var, e))
 }
 
+/// The providers' JSON documents from their Secrets Manager secrets (when named), built into
+/// the service's providers with the limits already read from the environment.
+///
+/// # Errors
+/// A [`ConfigError`] naming `BLEPAY_STRIPE_SECRET_ID` / `BLEPAY_WECHATPAY_SECRET_ID`: the secret
+/// cannot be read, or its document does not parse (the error never shows the value).
+pub async fn load_providers(
+    ids: &crate::config::ProviderSecretIds,
+    base: &blepay_service::config::ProviderSettings,
+    sdk: &SdkConfig,
+) -> Result<Option<blepay_service::config::Providers>, ConfigError> {
+    if ids.stripe.is_none() && ids.wechatpay.is_none() {
+        return Ok(None);
+    }
+    let mut settings = base.clone();
+    if let Some(id) = &ids.stripe {
+        settings.stripe = Some(secret_string(sdk, id, "BLEPAY_STRIPE_SECRET_ID").await?);
+    }
+    if let Some(id) = &ids.wechatpay {
+        settings.wechatpay = Some(secret_string(sdk, id, "BLEPAY_WECHATPAY_SECRET_ID").await?);
+    }
+    settings.build().map(Some)
+}
+
+async fn secret_string(
+    sdk: &SdkConfig,
+    id: &str,
+    var: &'static str,
+) -> Result<SecretString, ConfigError> {
+    let out = aws_sdk_secretsmanager::Client::new(sdk)
+        .get_secret_value()
+        .secret_id(id)
+        .send()
+        .await
+        .map_err(|e| fail(var, format!("cannot read secret {id}: {}", error_chain(&e))))?;
+    let text = out
+        .secret_string()
+        .ok_or_else(|| fail(var, format!("secret {id} has no SecretString")))?;
+    Ok(zeroize_on_drop(text.to_owned()))
+}
+
 /// Keep the fetched text in a type that zeroes its memory on drop.
 fn zeroize_on_drop(s: String) -> SecretString {
     SecretString::new(s)

@@ -14,6 +14,8 @@ use blepay_core::{Amount, Currency, KeyVersion};
 
 pub use crate::operator::DEFAULT_SUPPORT_REFUND_MAX;
 use blepay_proto::keys::MasterKey;
+
+pub use crate::providers::config::{ProviderSettings, Providers, TopUpLimits};
 use zeroize::Zeroizing;
 
 pub use crate::auth::{
@@ -133,6 +135,8 @@ pub struct Config {
     pub pay_limits: PayLimits,
     /// `BLEPAY_SUPPORT_REFUND_MAX`: the largest refund a support operator may make.
     pub support_refund_max: Amount,
+    /// The payment providers users top up through (none unless configured).
+    pub providers: Providers,
 }
 
 /// Per-user limits on pay (issue 10, M4): locking machines must cost something. A pay refused by
@@ -303,6 +307,8 @@ pub struct Settings {
     /// `BLEPAY_SUPPORT_REFUND_MAX`: the largest refund a support operator may make, in minor
     /// units (0: support may not refund).
     pub support_refund_max: i64,
+    /// The payment providers users top up through, and the top-up limits.
+    pub providers: ProviderSettings,
 }
 
 impl Default for Settings {
@@ -318,6 +324,7 @@ impl Default for Settings {
             currency: DEFAULT_CURRENCY.to_owned(),
             pay_limits: PayLimits::default(),
             support_refund_max: DEFAULT_SUPPORT_REFUND_MAX,
+            providers: ProviderSettings::default(),
         }
     }
 }
@@ -342,6 +349,7 @@ pub struct ValidSettings {
     pub currency: Currency,
     pub pay_limits: PayLimits,
     pub support_refund_max: Amount,
+    pub providers: Providers,
 }
 
 impl Settings {
@@ -388,7 +396,9 @@ impl Settings {
                 format!("must be 0..={} minor units: {e}", Amount::MAX.minor()),
             )
         })?;
+        let providers = self.providers.build()?;
         Ok(ValidSettings {
+            providers,
             phone_tokens,
             token_policy,
             ops_token,
@@ -422,6 +432,7 @@ impl ValidSettings {
             currency: self.currency,
             pay_limits: self.pay_limits,
             support_refund_max: self.support_refund_max,
+            providers: self.providers,
         }
     }
 }

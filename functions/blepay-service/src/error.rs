@@ -52,6 +52,20 @@ pub enum ErrorCode {
     ProblemNotFound,
     /// No such operator (404).
     OperatorNotFound,
+    /// The payment provider named is not configured on this deployment (400).
+    ProviderUnavailable,
+    /// A provider top-up below the deployment's minimum or above its maximum (400).
+    TopUpAmountOutOfRange,
+    /// The top-up would take the wallet's available balance past the deployment's wallet
+    /// maximum (409).
+    WalletLimit,
+    /// No such provider top-up, or another user's (404).
+    TopUpNotFound,
+    /// A top-up refund above what is left to refund of it, or of a top-up never credited (409).
+    RefundExceedsTopUp,
+    /// The payment provider refused the request or could not be reached (502); nothing was
+    /// charged by blepay. Retrying with the same idempotency key is safe.
+    ProviderError,
     RetryLater,
     Internal,
 }
@@ -92,6 +106,12 @@ impl ErrorCode {
             Self::SpendingLimit => "SPENDING_LIMIT",
             Self::ProblemNotFound => "PROBLEM_NOT_FOUND",
             Self::OperatorNotFound => "OPERATOR_NOT_FOUND",
+            Self::ProviderUnavailable => "PROVIDER_UNAVAILABLE",
+            Self::TopUpAmountOutOfRange => "TOPUP_AMOUNT_OUT_OF_RANGE",
+            Self::WalletLimit => "WALLET_LIMIT",
+            Self::TopUpNotFound => "TOPUP_NOT_FOUND",
+            Self::RefundExceedsTopUp => "REFUND_EXCEEDS_TOPUP",
+            Self::ProviderError => "PROVIDER_ERROR",
             Self::RetryLater => "RETRY_LATER",
             Self::Internal => "INTERNAL",
         }
@@ -110,14 +130,18 @@ impl ErrorCode {
     pub const fn http_status(self) -> StatusCode {
         match self {
             Self::Unauthenticated | Self::DeviceAuthFailed => StatusCode::UNAUTHORIZED,
-            Self::InvalidArgument | Self::FrameInvalid => StatusCode::BAD_REQUEST,
+            Self::InvalidArgument
+            | Self::FrameInvalid
+            | Self::ProviderUnavailable
+            | Self::TopUpAmountOutOfRange => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound
             | Self::DeviceUnknown
             | Self::SessionNotFound
             | Self::NoSessionWaiting
             | Self::ProblemNotFound
-            | Self::OperatorNotFound => StatusCode::NOT_FOUND,
+            | Self::OperatorNotFound
+            | Self::TopUpNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::AdvertInvalid | Self::AdvertStale | Self::Forbidden => StatusCode::FORBIDDEN,
             Self::AdvertUsed
@@ -134,9 +158,12 @@ impl ErrorCode {
             | Self::ReportConflict
             | Self::RefundExceedsCapture
             | Self::SessionClosed
-            | Self::DeviceOutOfService => StatusCode::CONFLICT,
+            | Self::DeviceOutOfService
+            | Self::WalletLimit
+            | Self::RefundExceedsTopUp => StatusCode::CONFLICT,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::InsufficientFunds | Self::SpendingLimit => StatusCode::PAYMENT_REQUIRED,
+            Self::ProviderError => StatusCode::BAD_GATEWAY,
             Self::RetryLater => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -146,15 +173,17 @@ impl ErrorCode {
         use tonic::Code;
         match self {
             Self::Unauthenticated | Self::DeviceAuthFailed => Code::Unauthenticated,
-            Self::InvalidArgument | Self::FrameInvalid | Self::PayloadTooLarge => {
-                Code::InvalidArgument
-            }
+            Self::InvalidArgument
+            | Self::FrameInvalid
+            | Self::PayloadTooLarge
+            | Self::TopUpAmountOutOfRange => Code::InvalidArgument,
             Self::NotFound
             | Self::DeviceUnknown
             | Self::SessionNotFound
             | Self::NoSessionWaiting
             | Self::ProblemNotFound
-            | Self::OperatorNotFound => Code::NotFound,
+            | Self::OperatorNotFound
+            | Self::TopUpNotFound => Code::NotFound,
             Self::MethodNotAllowed => Code::Unimplemented,
             Self::AdvertInvalid | Self::AdvertStale | Self::Forbidden => Code::PermissionDenied,
             Self::DeviceExists => Code::AlreadyExists,
@@ -173,15 +202,18 @@ impl ErrorCode {
             | Self::RefundExceedsCapture
             | Self::SessionClosed
             | Self::DeviceOutOfService
-            | Self::SpendingLimit => Code::FailedPrecondition,
+            | Self::SpendingLimit
+            | Self::ProviderUnavailable
+            | Self::WalletLimit
+            | Self::RefundExceedsTopUp => Code::FailedPrecondition,
             Self::RateLimited => Code::ResourceExhausted,
-            Self::RetryLater => Code::Unavailable,
+            Self::RetryLater | Self::ProviderError => Code::Unavailable,
             Self::Internal => Code::Internal,
         }
     }
 }
 
-const ALL: [ErrorCode; 35] = [
+const ALL: [ErrorCode; 41] = [
     ErrorCode::Unauthenticated,
     ErrorCode::InvalidArgument,
     ErrorCode::PayloadTooLarge,
@@ -215,6 +247,12 @@ const ALL: [ErrorCode; 35] = [
     ErrorCode::SpendingLimit,
     ErrorCode::ProblemNotFound,
     ErrorCode::OperatorNotFound,
+    ErrorCode::ProviderUnavailable,
+    ErrorCode::TopUpAmountOutOfRange,
+    ErrorCode::WalletLimit,
+    ErrorCode::TopUpNotFound,
+    ErrorCode::RefundExceedsTopUp,
+    ErrorCode::ProviderError,
     ErrorCode::RetryLater,
     ErrorCode::Internal,
 ];

@@ -201,6 +201,22 @@ impl PhoneService for Phone {
         let user = phone_user(&req)?;
         reply(self.0.report_problem(&user, req.into_inner()).await)
     }
+
+    async fn start_top_up(
+        &self,
+        req: Request<pb::StartTopUpRequest>,
+    ) -> Result<Response<pb::TopUp>, Status> {
+        let user = phone_user(&req)?;
+        reply(self.0.start_topup(&user, req.into_inner()).await)
+    }
+
+    async fn get_top_up(
+        &self,
+        req: Request<pb::GetTopUpRequest>,
+    ) -> Result<Response<pb::TopUp>, Status> {
+        let user = phone_user(&req)?;
+        reply(self.0.get_topup(&user, req.into_inner()).await)
+    }
 }
 
 /// `blepay.v1.OpsService`.
@@ -390,6 +406,22 @@ impl OpsService for Ops {
     ) -> Result<Response<pb::Problem>, Status> {
         let op = operator(&req)?;
         reply(self.0.dismiss_problem(&op, req.into_inner()).await)
+    }
+
+    async fn list_top_ups(
+        &self,
+        req: Request<pb::ListTopUpsRequest>,
+    ) -> Result<Response<pb::TopUpList>, Status> {
+        let op = operator(&req)?;
+        reply(self.0.list_topups(&op, req.into_inner()).await)
+    }
+
+    async fn refund_top_up(
+        &self,
+        req: Request<pb::RefundTopUpRequest>,
+    ) -> Result<Response<pb::TopUp>, Status> {
+        let op = operator(&req)?;
+        reply(self.0.refund_topup(&op, req.into_inner()).await)
     }
 }
 

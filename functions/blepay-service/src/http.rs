@@ -77,6 +77,8 @@ pub fn routes_for(app: App, surface: Surface) -> Router {
             .route("/v1/wallet", get(user_wallet))
             .merge(crate::reports::phone_routes());
         router = crate::refunds::phone_routes(router);
+        router = crate::topups::phone_routes(router);
+        router = crate::topups::webhook_routes(router);
     }
     if all || surface == Surface::Ops {
         router = router
@@ -112,6 +114,7 @@ pub fn routes_for(app: App, surface: Surface) -> Router {
             .route("/v1/ops/audit", get(list_audit))
             .merge(crate::reports::ops_routes());
         router = crate::refunds::ops_routes(router);
+        router = crate::topups::ops_routes(router);
     }
     if all || surface == Surface::Device {
         router = router.route(DEVICE_PATH, post(device));
@@ -183,7 +186,7 @@ async fn read_limited(body: Body, limit: usize) -> Result<bytes::Bytes, BodyErro
 }
 
 /// Read a body of at most [`MAX_BODY_BYTES`].
-async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
+pub(crate) async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
     read_limited(body, MAX_BODY_BYTES)
         .await
         .map_err(|e| match e {

@@ -13,6 +13,7 @@
 //! - [`devices`]: the fleet list, machine lifecycle and the daily spending cap.
 //! - [`device_keys`]: a machine key's revocation and rotation (delivered over the air).
 //! - [`refunds`]: refunds, closing a session by hand, the users' problem reports.
+//! - [`topups`]: users' own top-ups through a provider: start, notifications, the operators' list and refund.
 //! - [`providers`]: Stripe and WeChat Pay: their notifications and their outbound clients.
 //! - [`reports`]: the back office's lists, statements and sales report (JSON, protobuf, CSV).
 //! - [`config`]: typed configuration (`Settings` → validated once → `Config`) and the master keyring.
@@ -36,6 +37,7 @@ pub mod providers;
 pub mod refunds;
 pub mod reports;
 pub mod server;
+pub mod topups;
 
 pub use app::{App, Clock, system_clock};
 pub use config::{Config, Settings, ValidSettings};

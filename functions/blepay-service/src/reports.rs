@@ -265,7 +265,7 @@ fn digits<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, ApiError> {
         .map_err(|_| ApiError::invalid(format!("{name}: out of range")))
 }
 
-fn limit_param(v: &str) -> Result<u32, ApiError> {
+pub(crate) fn limit_param(v: &str) -> Result<u32, ApiError> {
     let bad = || ApiError::invalid(format!("limit: must be 1..={}", PageRequest::MAX_LIMIT));
     let n: u32 = digits("limit", v).map_err(|_| bad())?;
     if n == 0 || n > PageRequest::MAX_LIMIT {
@@ -305,7 +305,7 @@ pub fn sessions_query(query: Option<&str>) -> Result<pb::ListSessionsRequest, Ap
     Ok(req)
 }
 
-fn time_param(name: &str, v: &str) -> Result<i64, ApiError> {
+pub(crate) fn time_param(name: &str, v: &str) -> Result<i64, ApiError> {
     digits::<i64>(name, v)
 }
 
@@ -641,6 +641,20 @@ fn answer_of(headers: &HeaderMap) -> Answer {
         Answer::Wire(crate::http::Format::Protobuf)
     } else {
         Answer::Wire(crate::http::Format::Json)
+    }
+}
+
+/// A list's answer: CSV (`csv`) when `Accept` names `text/csv`, else protobuf or JSON; the
+/// next page's cursor (`next`) in `x-next-cursor` with CSV.
+pub(crate) fn list_answer<T: prost::Message + serde::Serialize>(
+    list: T,
+    headers: &HeaderMap,
+    csv: fn(&T) -> Result<Vec<u8>, ApiError>,
+    next: fn(&T) -> &String,
+) -> Response {
+    match answer_of(headers) {
+        Answer::Csv => csv_response(csv(&list), next(&list)),
+        Answer::Wire(f) => Reply(list, f).into_response(),
     }
 }
 

@@ -33,6 +33,7 @@ fn shared() -> &'static (tokio::runtime::Runtime, App, tempfile::TempDir) {
             currency: blepay_core::Currency::parse("EUR").unwrap(),
             pay_limits: blepay_service::config::PayLimits::default(),
             support_refund_max: blepay_core::Amount::new(5_000).unwrap(),
+            providers: blepay_service::config::Providers::none(),
         };
         let store = SqliteStore::open(&dir.path().join("blepay.db")).unwrap();
         let app = App::new(config, Arc::new(store), Arc::new(|| 1_770_000_000));

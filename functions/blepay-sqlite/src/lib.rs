@@ -12,6 +12,7 @@
 //!
 //! - `lib.rs`: opening, the transaction runner, the [`Store`] impl;
 //! - `schema.rs`: the migrations; `ops.rs`: pay, machine requests, expiry, audit;
+//! - `topups.rs`: users' top-ups through a payment provider and their notifications;
 //! - `rows.rs`: one function per statement; `convert.rs`: SQL values and errors.
 //!
 //! Must not depend on: HTTP, gRPC, protobuf, the AWS SDK.
@@ -25,6 +26,7 @@ mod ops;
 mod refunds;
 mod rows;
 mod schema;
+mod topups;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -42,6 +44,10 @@ use blepay_store::{
     PayCommand, PayOutcome, Problem, ProblemCommand, ProblemOutcome, RefundCommand, RefundOutcome,
     RegisterOutcome, ResponseEncoder, RevokeOperatorOutcome, RevokeOutcome, RotateOutcome,
     SalesFacts, SessionFilter, Spending, StatementEntry, Store, StoreError, TopUpOutcome,
+};
+use blepay_store::{
+    NewProviderTopUp, ProviderEvent, ProviderEventOutcome, ProviderTopUp, StartTopUpOutcome,
+    TopUpFilter, TopUpId, TopUpLocator, TopUpRefund, TopUpRefundCommand, TopUpRefundOutcome,
 };
 use rusqlite::{Connection, TransactionBehavior, params};
 
@@ -417,81 +423,68 @@ impl Store for SqliteStore {
         let cmd = cmd.clone();
         self.run(move |c| refunds::dismiss_problem(c, &cmd)).await
     }
-    // Provider top-ups (issue 12): implemented in their own commit.
-    async fn start_topup(
-        &self,
-        _cmd: &blepay_store::NewProviderTopUp,
-    ) -> Result<blepay_store::StartTopUpOutcome, StoreError> {
-        Err(StoreError::Internal(
-            "provider top-ups: not implemented yet".into(),
-        ))
+    async fn start_topup(&self, cmd: &NewProviderTopUp) -> Result<StartTopUpOutcome, StoreError> {
+        let cmd = cmd.clone();
+        self.run(move |c| topups::start_topup(c, &cmd)).await
     }
 
     async fn attach_topup_ref(
         &self,
-        _id: blepay_store::TopUpId,
-        _provider_ref: &str,
-        _client_secret: Option<&str>,
-        _now: u64,
-    ) -> Result<Option<blepay_store::ProviderTopUp>, StoreError> {
-        Err(StoreError::Internal(
-            "provider top-ups: not implemented yet".into(),
-        ))
+        id: TopUpId,
+        provider_ref: &str,
+        client_secret: Option<&str>,
+        now: u64,
+    ) -> Result<Option<ProviderTopUp>, StoreError> {
+        let (provider_ref, client_secret) =
+            (provider_ref.to_owned(), client_secret.map(str::to_owned));
+        self.run(move |c| {
+            topups::attach_topup_ref(c, id, &provider_ref, client_secret.as_deref(), now)
+        })
+        .await
     }
 
-    async fn topup(
-        &self,
-        _id: blepay_store::TopUpId,
-    ) -> Result<Option<blepay_store::ProviderTopUp>, StoreError> {
-        Err(StoreError::Internal(
-            "provider top-ups: not implemented yet".into(),
-        ))
+    async fn topup(&self, id: TopUpId) -> Result<Option<ProviderTopUp>, StoreError> {
+        self.run(move |c| topups::load_topup(c, id)).await
     }
 
     async fn find_topup(
         &self,
-        _locator: &blepay_store::TopUpLocator,
-    ) -> Result<Option<blepay_store::ProviderTopUp>, StoreError> {
-        Err(StoreError::Internal(
-            "provider top-ups: not implemented yet".into(),
-        ))
+        locator: &TopUpLocator,
+    ) -> Result<Option<ProviderTopUp>, StoreError> {
+        let locator = locator.clone();
+        self.run(move |c| topups::find_topup(c, &locator)).await
     }
 
     async fn apply_provider_event(
         &self,
-        _event: &blepay_store::ProviderEvent,
-    ) -> Result<blepay_store::ProviderEventOutcome, StoreError> {
-        Err(StoreError::Internal(
-            "provider top-ups: not implemented yet".into(),
-        ))
+        event: &ProviderEvent,
+    ) -> Result<ProviderEventOutcome, StoreError> {
+        let event = event.clone();
+        self.run(move |c| topups::apply_provider_event(c, &event))
+            .await
     }
 
     async fn request_topup_refund(
         &self,
-        _cmd: &blepay_store::TopUpRefundCommand,
-    ) -> Result<blepay_store::TopUpRefundOutcome, StoreError> {
-        Err(StoreError::Internal(
-            "provider top-ups: not implemented yet".into(),
-        ))
+        cmd: &TopUpRefundCommand,
+    ) -> Result<TopUpRefundOutcome, StoreError> {
+        let cmd = cmd.clone();
+        self.run(move |c| topups::request_topup_refund(c, &cmd))
+            .await
     }
 
-    async fn topup_refunds(
-        &self,
-        _topup: blepay_store::TopUpId,
-    ) -> Result<Vec<blepay_store::TopUpRefund>, StoreError> {
-        Err(StoreError::Internal(
-            "provider top-ups: not implemented yet".into(),
-        ))
+    async fn topup_refunds(&self, topup: TopUpId) -> Result<Vec<TopUpRefund>, StoreError> {
+        self.run(move |c| topups::topup_refunds(c, topup)).await
     }
 
     async fn list_topups(
         &self,
-        _filter: &blepay_store::TopUpFilter,
-        _page: &blepay_store::PageRequest,
-    ) -> Result<blepay_store::Page<blepay_store::ProviderTopUp>, StoreError> {
-        Err(StoreError::Internal(
-            "provider top-ups: not implemented yet".into(),
-        ))
+        filter: &TopUpFilter,
+        page: &PageRequest,
+    ) -> Result<Page<ProviderTopUp>, StoreError> {
+        let (filter, page) = (filter.clone(), page.clone());
+        self.run(move |c| topups::list_topups(c, &filter, &page))
+            .await
     }
 }
 
@@ -539,6 +532,49 @@ mod tests {
             .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
             .unwrap();
         assert_eq!(fk, 1);
+    }
+
+    #[test]
+    fn the_ledger_keeps_its_rows_when_it_widens_to_provider_kinds() {
+        // Arrange: a database at schema version 9 with an operator's top-up row.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blepay.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..9] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 9).unwrap();
+            conn.execute(
+                "INSERT INTO ledger (at, kind, debit, credit, amount, actor)
+                 VALUES (100, 'TOPUP', 'funding', 'available:alice', 500, 'op:1')",
+                [],
+            )
+            .unwrap();
+        }
+
+        // Act
+        let store = SqliteStore::open(&path).unwrap();
+
+        // Assert: the row is kept and the provider kinds are accepted.
+        let guard = store.conn.lock().unwrap();
+        let kept: (i64, String, i64, Option<String>) = guard
+            .query_row("SELECT id, kind, amount, actor FROM ledger", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .unwrap();
+        assert_eq!(kept, (1, "TOPUP".into(), 500, Some("op:1".into())));
+        guard
+            .execute(
+                "INSERT INTO ledger (at, kind, debit, credit, amount)
+                 VALUES (101, 'PROVIDER_CREDIT', 'clearing:stripe', 'available:alice', 5)",
+                [],
+            )
+            .unwrap();
+        let next: i64 = guard
+            .query_row("SELECT max(id) FROM ledger", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(next, 2);
     }
 
     #[test]

@@ -351,5 +351,8 @@ pub(crate) fn audit(c: &Connection) -> Result<Audit, StoreError> {
         let (captured, refunded) = row.map_err(db)?;
         tally.session_refunds(captured, refunded);
     }
+    for t in crate::topups::all_topups(c)? {
+        tally.provider_topup(&t);
+    }
     tally.finish()
 }

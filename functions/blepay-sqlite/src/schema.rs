@@ -231,6 +231,86 @@ CREATE UNIQUE INDEX problems_one_open_per_session ON problems (session_id)
     WHERE resolution IS NULL;
 CREATE INDEX problems_open_by_age ON problems (created_at, id) WHERE resolution IS NULL;
 ",
+    // 10: issue 12 — users' top-ups through a payment provider (docs/topups.md). The ledger's
+    // kinds widen to PROVIDER_CREDIT / PROVIDER_DEBIT (a rebuilt table with the wider CHECK, as in
+    // 9); `provider_topups` (one per (user, key); a provider's payment object names at most one),
+    // `provider_events` (each verified notification applied at most once per (provider, key),
+    // written in the transaction of the money it moves) and `topup_refunds` (one per (top-up,
+    // key)).
+    r"
+CREATE TABLE ledger_v10 (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    at         INTEGER NOT NULL,
+    kind       TEXT NOT NULL
+               CHECK (kind IN ('TOPUP', 'HOLD', 'RELEASE', 'CAPTURE', 'LATE_CAPTURE', 'REFUND',
+                               'PROVIDER_CREDIT', 'PROVIDER_DEBIT')),
+    debit      TEXT NOT NULL,
+    credit     TEXT NOT NULL,
+    amount     INTEGER NOT NULL CHECK (amount > 0),
+    session_id BLOB,
+    actor      TEXT
+) STRICT;
+INSERT INTO ledger_v10 (id, at, kind, debit, credit, amount, session_id, actor)
+    SELECT id, at, kind, debit, credit, amount, session_id, actor FROM ledger;
+DROP TABLE ledger;
+ALTER TABLE ledger_v10 RENAME TO ledger;
+CREATE INDEX ledger_by_kind ON ledger (kind);
+CREATE INDEX ledger_by_session ON ledger (session_id);
+CREATE INDEX ledger_by_debit ON ledger (debit, at);
+CREATE INDEX ledger_by_credit ON ledger (credit, at);
+
+CREATE TABLE provider_topups (
+    id                BLOB PRIMARY KEY CHECK (length(id) = 16),
+    user_id           TEXT NOT NULL,
+    provider          TEXT NOT NULL CHECK (provider IN ('stripe', 'wechatpay')),
+    amount            INTEGER NOT NULL CHECK (amount >= 0),
+    currency          TEXT NOT NULL,
+    status            TEXT NOT NULL
+                      CHECK (status IN ('PENDING', 'SUCCEEDED', 'FAILED', 'REFUNDED')),
+    idem_key          TEXT NOT NULL,
+    provider_ref      TEXT,
+    client_secret     TEXT,
+    transaction_id    TEXT,
+    created_at        INTEGER NOT NULL,
+    updated_at        INTEGER NOT NULL,
+    credited          INTEGER NOT NULL CHECK (credited >= 0),
+    provider_refunded INTEGER NOT NULL CHECK (provider_refunded >= 0),
+    disputed          INTEGER NOT NULL CHECK (disputed >= 0),
+    refunds_committed INTEGER NOT NULL CHECK (refunds_committed >= 0),
+    debited           INTEGER NOT NULL CHECK (debited >= 0 AND debited <= credited),
+    mismatch          TEXT,
+    failure           TEXT,
+    UNIQUE (user_id, idem_key)
+) STRICT;
+CREATE UNIQUE INDEX provider_topups_by_ref ON provider_topups (provider, provider_ref)
+    WHERE provider_ref IS NOT NULL;
+CREATE INDEX provider_topups_by_created ON provider_topups (created_at, id);
+CREATE INDEX provider_topups_by_user_created ON provider_topups (user_id, created_at, id);
+
+CREATE TABLE provider_events (
+    provider   TEXT NOT NULL,
+    event_key  TEXT NOT NULL,
+    topup_id   BLOB NOT NULL REFERENCES provider_topups (id),
+    outcome    TEXT NOT NULL CHECK (outcome IN ('APPLIED', 'MISMATCH', 'IGNORED')),
+    applied_at INTEGER NOT NULL,
+    PRIMARY KEY (provider, event_key)
+) STRICT;
+CREATE INDEX provider_events_by_topup ON provider_events (topup_id);
+
+CREATE TABLE topup_refunds (
+    id         BLOB PRIMARY KEY CHECK (length(id) = 16),
+    topup_id   BLOB NOT NULL REFERENCES provider_topups (id),
+    amount     INTEGER NOT NULL CHECK (amount > 0),
+    reason     TEXT NOT NULL,
+    actor      TEXT NOT NULL,
+    idem_key   TEXT NOT NULL,
+    status     TEXT NOT NULL CHECK (status IN ('REQUESTED', 'SUCCEEDED', 'FAILED')),
+    failure    TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    UNIQUE (topup_id, idem_key)
+) STRICT;
+",
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -16,7 +16,8 @@ use blepay_service::config::{
     Config, ConfigError, DEFAULT_ACTIVE_TIMEOUT_SECS, DEFAULT_CURRENCY,
     DEFAULT_JWT_MAX_LIFETIME_SECS, DEFAULT_MAX_UNSTARTED_PER_USER, DEFAULT_OFFLINE_AFTER_SECS,
     DEFAULT_PAY_RATE_MAX, DEFAULT_PAY_RATE_WINDOW_SECS, DEFAULT_START_TIMEOUT_SECS,
-    DEFAULT_SUPPORT_REFUND_MAX, JwtSettings, Keyring, PayLimits, SecretString, Settings, cfg_err,
+    DEFAULT_SUPPORT_REFUND_MAX, JwtSettings, Keyring, PayLimits, ProviderSettings, SecretString,
+    Settings, cfg_err,
 };
 use blepay_service::limits::{
     DEFAULT_GRPC_MAX_MESSAGE_BYTES, DEFAULT_H2_KEEPALIVE_INTERVAL_SECS,
@@ -24,6 +25,7 @@ use blepay_service::limits::{
     DEFAULT_HEADER_READ_TIMEOUT_SECS, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_REQUEST_BODY_TIMEOUT_SECS, ServerLimits,
 };
+use blepay_service::providers::config::{DEFAULT_TOPUP_MAX, DEFAULT_TOPUP_MIN, DEFAULT_WALLET_MAX};
 
 /// `blepay serve`: the server's settings and its store.
 #[derive(Debug, clap::Args)]
@@ -106,6 +108,25 @@ pub struct ServeArgs {
     /// refund; owners may refund any amount).
     #[arg(long, env = "BLEPAY_SUPPORT_REFUND_MAX", default_value_t = DEFAULT_SUPPORT_REFUND_MAX)]
     pub support_refund_max: i64,
+    /// File holding the Stripe JSON document (docs/topups.md: secretKey, webhookSecrets); or
+    /// the document in the variable BLEPAY_STRIPE. Unset: Stripe top-ups are not offered.
+    #[arg(long, env = "BLEPAY_STRIPE_FILE")]
+    pub stripe_file: Option<PathBuf>,
+    /// File holding the WeChat Pay JSON document (docs/topups.md: mchid, appid, apiV3Key,
+    /// merchantPrivateKey, merchantSerial, platformKeys, notifyUrl); or the document in the
+    /// variable BLEPAY_WECHATPAY. Unset: WeChat Pay top-ups are not offered.
+    #[arg(long, env = "BLEPAY_WECHATPAY_FILE")]
+    pub wechatpay_file: Option<PathBuf>,
+    /// The smallest top-up through a provider, in minor units.
+    #[arg(long, env = "BLEPAY_TOPUP_MIN", default_value_t = DEFAULT_TOPUP_MIN)]
+    pub topup_min: i64,
+    /// The largest top-up through a provider, in minor units.
+    #[arg(long, env = "BLEPAY_TOPUP_MAX", default_value_t = DEFAULT_TOPUP_MAX)]
+    pub topup_max: i64,
+    /// The most a wallet's available plus held balance may reach by a provider top-up, in minor
+    /// units.
+    #[arg(long, env = "BLEPAY_WALLET_MAX", default_value_t = DEFAULT_WALLET_MAX)]
+    pub wallet_max: i64,
     /// Seconds between runs of the sweeper (expiry of unpaid-for starts, the ACTIVE timeout).
     #[arg(long, env = "BLEPAY_SWEEP_INTERVAL_SECS", default_value_t = 5)]
     pub sweep_interval_secs: u64,
@@ -360,6 +381,11 @@ impl ServeArgs {
             pay_rate_window_secs: DEFAULT_PAY_RATE_WINDOW_SECS,
             daily_spending_limit: 0,
             support_refund_max: DEFAULT_SUPPORT_REFUND_MAX,
+            stripe_file: None,
+            wechatpay_file: None,
+            topup_min: DEFAULT_TOPUP_MIN,
+            topup_max: DEFAULT_TOPUP_MAX,
+            wallet_max: DEFAULT_WALLET_MAX,
             sweep_interval_secs: 5,
             transport: TransportArgs::default(),
         }
@@ -420,6 +446,21 @@ impl ServeArgs {
             "BLEPAY_OPS_TOKEN",
             "BLEPAY_OPS_TOKEN_FILE",
         )?;
+        let providers = ProviderSettings {
+            stripe: given(
+                &None,
+                &self.stripe_file,
+                "BLEPAY_STRIPE",
+                "BLEPAY_STRIPE_FILE",
+            )?,
+            wechatpay: given(
+                &None,
+                &self.wechatpay_file,
+                "BLEPAY_WECHATPAY",
+                "BLEPAY_WECHATPAY_FILE",
+            )?,
+            ..self.topup_limits()
+        };
         let jwks = self.jwt.jwks_file.is_some() || self.jwt.jwks_url.is_some();
 
         self.refuse_generated_off_loopback(&[
@@ -454,7 +495,18 @@ impl ServeArgs {
             })
             .map_err(|e| cfg_err("BLEPAY_OPS_TOKEN", e))?,
         };
-        let settings = Settings {
+        let settings = self.settings(jwt_secret, ops_token, providers);
+        Ok((settings.validate()?.into_config(keyring), generated))
+    }
+
+    /// The service settings of the flags with the resolved secrets and providers.
+    fn settings(
+        &self,
+        jwt_secret: Option<SecretString>,
+        ops_token: SecretString,
+        providers: ProviderSettings,
+    ) -> Settings {
+        Settings {
             jwt_secret,
             jwt: JwtSettings {
                 jwks_file: self.jwt.jwks_file.clone(),
@@ -476,8 +528,19 @@ impl ServeArgs {
                 daily_spending_limit: self.daily_spending_limit,
             },
             support_refund_max: self.support_refund_max,
-        };
-        Ok((settings.validate()?.into_config(keyring), generated))
+            providers,
+        }
+    }
+
+    /// The top-up limits of the flags, no provider yet.
+    fn topup_limits(&self) -> ProviderSettings {
+        ProviderSettings {
+            stripe: None,
+            wechatpay: None,
+            topup_min: self.topup_min,
+            topup_max: self.topup_max,
+            wallet_max: self.wallet_max,
+        }
     }
 
     /// Generated secrets are for a developer's machine: anyone who can read the data dir (or a

@@ -8,9 +8,10 @@
 //!   payment object and refunds, over [`http::Outbound`] with explicit timeouts, bounded retries
 //!   and the provider's idempotency keys.
 //!
-//! Which providers a deployment offers is configuration: one without
+//! Which providers a deployment offers is configuration ([`config`]): one without
 //! configuration is not offered (`400 PROVIDER_UNAVAILABLE`).
 
+pub mod config;
 pub mod http;
 pub mod stripe;
 pub mod wechatpay;

@@ -74,6 +74,7 @@ pub fn config() -> Config {
             blepay_service::operator::DEFAULT_SUPPORT_REFUND_MAX,
         )
         .unwrap(),
+        providers: blepay_service::config::Providers::none(),
     }
 }
 

@@ -437,3 +437,498 @@ pub fn decide_topup_refund(
         entries: entry.into_iter().collect(),
     }))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use std::collections::{HashMap, HashSet};
+
+    use blepay_core::{Currency, EntryKind, IdempotencyKey, LedgerAccount, Provider, UserId};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{Reason, TopUpId, TopUpLocator, TopUpRefundId};
+
+    fn amount(minor: i64) -> Amount {
+        Amount::new(minor).unwrap()
+    }
+
+    fn eur() -> Currency {
+        Currency::parse("EUR").unwrap()
+    }
+
+    fn funds(available: i64) -> Wallet {
+        Wallet {
+            available: amount(available),
+            ..Wallet::default()
+        }
+    }
+
+    fn pending(provider: Provider, minor: i64) -> ProviderTopUp {
+        let cmd = NewProviderTopUp {
+            id: TopUpId::from_bytes([1; 16]),
+            user: UserId::parse("alice").unwrap(),
+            provider,
+            amount: amount(minor),
+            currency: eur(),
+            key: IdempotencyKey::parse("k1").unwrap(),
+            now: 100,
+        };
+        let StartTopUpDecision::Create(t) = decide_start_topup(None, &cmd) else {
+            panic!("a first start creates");
+        };
+        t
+    }
+
+    fn event(t: &ProviderTopUp, key: &str, kind: ProviderEventKind) -> ProviderEvent {
+        ProviderEvent {
+            provider: t.provider,
+            key: key.into(),
+            topup: TopUpLocator::Id(t.id),
+            kind,
+            now: 200,
+        }
+    }
+
+    fn success(t: &ProviderTopUp, minor: i64) -> ProviderEventKind {
+        ProviderEventKind::Succeeded {
+            amount: amount(minor),
+            currency: t.currency,
+            transaction_id: "txn".into(),
+        }
+    }
+
+    /// A store of one top-up, its wallet and refunds, applying events through the decision.
+    #[derive(Debug, Clone)]
+    struct Sim {
+        topup: ProviderTopUp,
+        wallet: Wallet,
+        seen: HashSet<String>,
+        refunds: HashMap<TopUpRefundId, TopUpRefund>,
+        /// Σ entries into the wallet's available balance less Σ out of it.
+        net_into_available: i64,
+    }
+
+    impl Sim {
+        fn new(topup: ProviderTopUp, wallet: Wallet) -> Self {
+            Self {
+                topup,
+                wallet,
+                seen: HashSet::new(),
+                refunds: HashMap::new(),
+                net_into_available: 0,
+            }
+        }
+
+        fn book(&mut self, entries: &[LedgerEntry]) {
+            let available = LedgerAccount::UserAvailable(self.topup.user.clone());
+            for e in entries {
+                assert!(matches!(
+                    e.kind,
+                    EntryKind::ProviderCredit | EntryKind::ProviderDebit
+                ));
+                if e.credit == available {
+                    self.net_into_available += e.amount.minor();
+                }
+                if e.debit == available {
+                    self.net_into_available -= e.amount.minor();
+                }
+            }
+        }
+
+        fn apply(&mut self, ev: &ProviderEvent) -> ProviderEventOutcome {
+            let named = match &ev.kind {
+                ProviderEventKind::Refunded {
+                    refund: Some(r), ..
+                }
+                | ProviderEventKind::RefundConfirmed { refund: r }
+                | ProviderEventKind::RefundFailed { refund: r, .. } => self.refunds.get(r),
+                _ => None,
+            };
+            let facts = ProviderEventFacts {
+                event: ev,
+                seen: self.seen.contains(&ev.key),
+                topup: Some(&self.topup),
+                wallet: self.wallet,
+                refund: named,
+            };
+            let outcome = match decide_provider_event(&facts).unwrap() {
+                ProviderEventDecision::Answer(a) => a,
+                ProviderEventDecision::Apply(a) => {
+                    self.seen.insert(ev.key.clone());
+                    self.book(&a.entries);
+                    self.topup = a.topup;
+                    self.wallet = a.wallet;
+                    if let Some(r) = a.refund {
+                        self.refunds.insert(r.id, r);
+                    }
+                    a.outcome
+                }
+            };
+            self.check();
+            outcome
+        }
+
+        fn refund(&mut self, n: u8, minor: i64) -> TopUpRefundOutcome {
+            let cmd = TopUpRefundCommand {
+                topup: self.topup.id,
+                id: TopUpRefundId::from_bytes([n; 16]),
+                amount: amount(minor),
+                reason: Reason::parse("asked").unwrap(),
+                key: IdempotencyKey::parse(&format!("r{n}")).unwrap(),
+                actor: "op".into(),
+                now: 150,
+            };
+            let prior = self.refunds.values().find(|r| r.key == cmd.key);
+            let facts = TopUpRefundFacts {
+                cmd: &cmd,
+                topup: Some(&self.topup),
+                prior,
+                wallet: self.wallet,
+            };
+            let outcome = match decide_topup_refund(&facts).unwrap() {
+                TopUpRefundDecision::Answer(a) => a,
+                TopUpRefundDecision::Request(r) => {
+                    self.book(&r.entries);
+                    self.refunds.insert(r.refund.id, r.refund.clone());
+                    self.topup = r.topup.clone();
+                    self.wallet = r.wallet;
+                    TopUpRefundOutcome::Requested {
+                        refund: r.refund,
+                        topup: r.topup,
+                        wallet: r.wallet,
+                    }
+                }
+            };
+            self.check();
+            outcome
+        }
+
+        /// What holds after every step: the top-up never took back more than its target nor
+        /// than it credited, and what is missing is exactly the unrecovered part.
+        fn check(&self) {
+            let t = &self.topup;
+            let target = reversal_target(t);
+            assert!(t.debited <= target, "{t:?}");
+            assert!(target <= t.credited, "{t:?}");
+            assert_eq!(t.debited.checked_add(t.unrecovered()).unwrap(), target);
+        }
+
+        /// The totals order must not change.
+        fn totals(&self) -> impl PartialEq + std::fmt::Debug {
+            let t = &self.topup;
+            let mut refunds: Vec<_> = self.refunds.values().map(|r| (r.id, r.status)).collect();
+            refunds.sort_by_key(|(id, _)| *id.as_bytes());
+            (
+                self.wallet,
+                t.status,
+                t.credited,
+                t.debited,
+                t.provider_refunded,
+                t.disputed,
+                t.refunds_committed,
+                t.transaction_id.clone(),
+                refunds,
+            )
+        }
+    }
+
+    #[test]
+    fn the_target_is_the_larger_refunded_total_plus_the_dispute_capped_at_the_credit() {
+        let mut t = pending(Provider::Stripe, 1000);
+        t.provider_refunded = amount(300);
+        t.refunds_committed = amount(200);
+        t.disputed = amount(100);
+        assert_eq!(reversal_target(&t), Amount::ZERO, "nothing credited yet");
+        t.credited = amount(1000);
+        assert_eq!(reversal_target(&t), amount(400));
+        t.disputed = amount(900);
+        assert_eq!(reversal_target(&t), amount(1000));
+    }
+
+    #[test]
+    fn a_reversal_takes_only_what_is_available_and_the_rest_is_unrecovered() {
+        let mut sim = Sim::new(pending(Provider::Stripe, 1000), Wallet::default());
+        let ok = event(&sim.topup, "e1", success(&sim.topup, 1000));
+        sim.apply(&ok);
+        sim.wallet.available = amount(250); // the user spent the rest
+
+        let dispute = event(
+            &sim.topup,
+            "e2",
+            ProviderEventKind::Disputed {
+                amount: amount(1000),
+            },
+        );
+        let out = sim.apply(&dispute);
+
+        assert!(matches!(out, ProviderEventOutcome::Applied { .. }));
+        assert_eq!(sim.wallet.available, Amount::ZERO);
+        assert_eq!(
+            (sim.topup.debited, sim.topup.unrecovered(), sim.topup.status),
+            (amount(250), amount(750), TopUpStatus::Refunded)
+        );
+    }
+
+    #[test]
+    fn a_reversal_before_the_success_is_applied_with_the_credit() {
+        let mut sim = Sim::new(pending(Provider::WechatPay, 1000), funds(50));
+        let refunded = ProviderEventKind::Refunded {
+            refund: None,
+            amount: amount(400),
+        };
+        sim.apply(&event(&sim.topup.clone(), "refund:1", refunded));
+        assert_eq!(
+            (sim.wallet.available, sim.topup.debited),
+            (amount(50), Amount::ZERO)
+        );
+
+        sim.apply(&event(
+            &sim.topup.clone(),
+            "txn:1",
+            success(&sim.topup, 1000),
+        ));
+
+        assert_eq!(sim.wallet.available, amount(650));
+        assert_eq!(sim.topup.debited, amount(400));
+        assert_eq!(sim.net_into_available, 600);
+    }
+
+    #[test]
+    fn a_refused_operator_refund_is_given_back_once() {
+        let mut sim = Sim::new(pending(Provider::Stripe, 1000), Wallet::default());
+        sim.apply(&event(&sim.topup.clone(), "e1", success(&sim.topup, 1000)));
+        assert!(matches!(
+            sim.refund(1, 300),
+            TopUpRefundOutcome::Requested { .. }
+        ));
+        assert_eq!(sim.wallet.available, amount(700));
+        let failed = ProviderEventKind::RefundFailed {
+            refund: TopUpRefundId::from_bytes([1; 16]),
+            reason: "declined".into(),
+        };
+
+        sim.apply(&event(&sim.topup.clone(), "e2", failed.clone()));
+        let again = sim.apply(&event(&sim.topup.clone(), "e3", failed));
+
+        assert!(matches!(again, ProviderEventOutcome::Ignored(_)));
+        assert_eq!(sim.wallet.available, amount(1000));
+        assert_eq!(
+            (sim.topup.refunds_committed, sim.topup.debited),
+            (Amount::ZERO, Amount::ZERO)
+        );
+    }
+
+    #[test]
+    fn an_operator_refund_is_bounded_by_the_unspent_unreversed_credit() {
+        let mut sim = Sim::new(pending(Provider::Stripe, 1000), Wallet::default());
+        assert_eq!(sim.refund(1, 1), TopUpRefundOutcome::NotCredited);
+        sim.apply(&event(&sim.topup.clone(), "e1", success(&sim.topup, 1000)));
+        sim.apply(&event(
+            &sim.topup.clone(),
+            "e2",
+            ProviderEventKind::Disputed {
+                amount: amount(600),
+            },
+        ));
+        assert_eq!(
+            sim.refund(2, 401),
+            TopUpRefundOutcome::ExceedsRefundable {
+                refundable: amount(400)
+            }
+        );
+        sim.wallet.available = amount(100);
+        assert_eq!(
+            sim.refund(2, 101),
+            TopUpRefundOutcome::ExceedsRefundable {
+                refundable: amount(100)
+            }
+        );
+        assert_eq!(
+            sim.refund(2, 0),
+            TopUpRefundOutcome::ExceedsRefundable {
+                refundable: amount(100)
+            }
+        );
+        assert!(matches!(
+            sim.refund(2, 100),
+            TopUpRefundOutcome::Requested { .. }
+        ));
+        assert_eq!(
+            (sim.wallet.available, sim.topup.debited),
+            (Amount::ZERO, amount(700))
+        );
+    }
+
+    #[test]
+    fn an_event_for_the_other_providers_top_up_or_seen_before_is_answered_without_a_write() {
+        let t = pending(Provider::Stripe, 1000);
+        let mut ev = event(&t, "e1", success(&t, 1000));
+        ev.provider = Provider::WechatPay;
+        let facts = ProviderEventFacts {
+            event: &ev,
+            seen: false,
+            topup: Some(&t),
+            wallet: Wallet::default(),
+            refund: None,
+        };
+        assert_eq!(
+            decide_provider_event(&facts).unwrap(),
+            ProviderEventDecision::Answer(ProviderEventOutcome::UnknownTopUp)
+        );
+        let seen = ProviderEventFacts {
+            seen: true,
+            ..facts
+        };
+        assert_eq!(
+            decide_provider_event(&seen).unwrap(),
+            ProviderEventDecision::Answer(ProviderEventOutcome::Duplicate)
+        );
+    }
+
+    /// One provider fact about a pending top-up of 1000, as the provider would send it (Stripe
+    /// reports refunded totals, WeChat Pay single refunds).
+    fn fact(provider: Provider) -> impl Strategy<Value = ProviderEventKind> {
+        let refund = match provider {
+            Provider::Stripe => (0..=1200i64)
+                .prop_map(|m| ProviderEventKind::RefundedTotal { total: amount(m) })
+                .boxed(),
+            Provider::WechatPay => (0..=400i64)
+                .prop_map(|m| ProviderEventKind::Refunded {
+                    refund: None,
+                    amount: amount(m),
+                })
+                .boxed(),
+        };
+        prop_oneof![
+            Just(ProviderEventKind::Succeeded {
+                amount: amount(1000),
+                currency: Currency::parse("EUR").unwrap(),
+                transaction_id: "txn".into(),
+            }),
+            Just(ProviderEventKind::Succeeded {
+                amount: amount(999),
+                currency: Currency::parse("EUR").unwrap(),
+                transaction_id: "txn".into(),
+            }),
+            Just(ProviderEventKind::Failed {
+                reason: "declined".into()
+            }),
+            (0..=1200i64).prop_map(|m| ProviderEventKind::Disputed { amount: amount(m) }),
+            refund,
+        ]
+    }
+
+    type Deliveries = Vec<(String, ProviderEventKind)>;
+
+    /// Events with distinct keys, some delivered twice, and the same deliveries shuffled.
+    fn deliveries(provider: Provider) -> impl Strategy<Value = (Deliveries, Deliveries)> {
+        prop::collection::vec((fact(provider), any::<bool>()), 0..8)
+            .prop_map(|facts| {
+                facts
+                    .into_iter()
+                    .enumerate()
+                    .flat_map(|(i, (kind, twice))| {
+                        let one = (format!("evt-{i}"), kind);
+                        let n = if twice { 2 } else { 1 };
+                        std::iter::repeat_n(one, n)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .prop_flat_map(|events| {
+                let shuffled = Just(events.clone()).prop_shuffle();
+                (Just(events), shuffled)
+            })
+    }
+
+    fn run(sim: &Sim, events: &[(String, ProviderEventKind)]) -> Sim {
+        let mut sim = sim.clone();
+        for (key, kind) in events {
+            let ev = event(&sim.topup, key, kind.clone());
+            sim.apply(&ev);
+        }
+        sim
+    }
+
+    fn both_providers() -> impl Strategy<Value = Provider> {
+        prop_oneof![Just(Provider::Stripe), Just(Provider::WechatPay)]
+    }
+
+    proptest! {
+        /// Any provider events, in any order and delivered any number of times, end with the
+        /// same wallet and top-up totals; the wallet moves exactly as its entries say.
+        #[test]
+        fn provider_events_in_any_order_end_the_same(
+            (provider, (events, shuffled), other_funds) in both_providers()
+                .prop_flat_map(|p| (Just(p), deliveries(p), 0..=2000i64))
+        ) {
+            let start = Sim::new(pending(provider, 1000), funds(other_funds));
+
+            let a = run(&start, &events);
+            let b = run(&start, &shuffled);
+
+            prop_assert_eq!(a.totals(), b.totals());
+            for sim in [&a, &b] {
+                prop_assert_eq!(
+                    sim.wallet.available.minor(),
+                    other_funds + sim.net_into_available
+                );
+                prop_assert_eq!(sim.topup.credited.minor() - sim.topup.debited.minor(), sim.net_into_available);
+            }
+        }
+
+        /// The notifications about a credited top-up's operator refunds (confirmed, refused,
+        /// WeChat Pay's REFUND.SUCCESS) and disputes, after the user spent some of it, in any
+        /// order: the same end, and never more taken than was available.
+        #[test]
+        fn refund_notifications_in_any_order_end_the_same(
+            (spent, (events, shuffled)) in (0..=500i64, refund_events().prop_flat_map(|e| {
+                let shuffled = Just(e.clone()).prop_shuffle();
+                (Just(e), shuffled)
+            }))
+        ) {
+            let mut start = Sim::new(pending(Provider::WechatPay, 1000), Wallet::default());
+            start.apply(&event(&start.topup.clone(), "txn:1", success(&start.topup, 1000)));
+            let requested = [start.refund(1, 300), start.refund(2, 200)]
+                .iter()
+                .all(|o| matches!(o, TopUpRefundOutcome::Requested { .. }));
+            prop_assert!(requested);
+            start.wallet.available = amount(500 - spent);
+            let before = start.net_into_available;
+
+            let a = run(&start, &events);
+            let b = run(&start, &shuffled);
+
+            prop_assert_eq!(a.totals(), b.totals());
+            for sim in [&a, &b] {
+                prop_assert_eq!(
+                    sim.wallet.available.minor(),
+                    500 - spent + sim.net_into_available - before
+                );
+            }
+        }
+    }
+
+    fn refund_events() -> impl Strategy<Value = Deliveries> {
+        let r = |n: u8| TopUpRefundId::from_bytes([n; 16]);
+        let kind = prop_oneof![
+            (1..=2u8).prop_map(move |n| ProviderEventKind::RefundConfirmed { refund: r(n) }),
+            (1..=2u8).prop_map(move |n| ProviderEventKind::RefundFailed {
+                refund: r(n),
+                reason: "declined".into()
+            }),
+            (1..=2u8).prop_map(move |n| ProviderEventKind::Refunded {
+                refund: Some(r(n)),
+                amount: amount(if n == 1 { 300 } else { 200 }),
+            }),
+            (0..=1000i64).prop_map(|m| ProviderEventKind::Disputed { amount: amount(m) }),
+        ];
+        prop::collection::vec(kind, 0..8).prop_map(|kinds| {
+            kinds
+                .into_iter()
+                .enumerate()
+                .map(|(i, k)| (format!("evt-{i}"), k))
+                .collect()
+        })
+    }
+}
