@@ -36,6 +36,7 @@ OPS_LIST_INDEXES = PHONE_LIST_INDEXES | {
     "index:sessions_by_device",
     "index:sessions_by_time",
     "index:refunds",
+    "index:topups_by_user",
 }
 
 # function -> {action -> resources}; the reasons are in infra/README.md "Permissions".
