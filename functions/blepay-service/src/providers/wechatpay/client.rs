@@ -29,8 +29,7 @@ const REASON_MAX_CHARS: usize = 80;
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -66,6 +65,19 @@ fn authorization(
     ))
 }
 
+/// The order answer: `{"prepay_id": …}`.
+#[derive(Deserialize)]
+struct Prepay {
+    prepay_id: String,
+}
+
+/// The refund answer: of its fields only `status` decides.
+#[derive(Deserialize)]
+struct RefundCreated {
+    status: String,
+}
+
+/// An error answer: `{"code": …, "message": …}` (and a `detail` we do not need).
 #[derive(Deserialize)]
 struct ErrorAnswer {
     code: String,
@@ -159,10 +171,6 @@ pub async fn create_order(
         }
         None => "/v3/pay/transactions/app",
     };
-    #[derive(Deserialize)]
-    struct Prepay {
-        prepay_id: String,
-    }
     let answer = post(p, path, &body).await?;
     let prepay: Prepay = serde_json::from_slice(&answer)
         .map_err(|e| ProviderError::BadAnswer(format!("order answer: {e}")))?;
@@ -238,12 +246,8 @@ pub async fn refund(
             "currency": topup.currency.as_str(),
         },
     });
-    #[derive(Deserialize)]
-    struct Answer {
-        status: String,
-    }
     let answer = post(p, "/v3/refund/domestic/refunds", &body).await?;
-    let a: Answer = serde_json::from_slice(&answer)
+    let a: RefundCreated = serde_json::from_slice(&answer)
         .map_err(|e| ProviderError::BadAnswer(format!("refund answer: {e}")))?;
     match a.status.as_str() {
         "SUCCESS" => Ok(RefundAnswer::Succeeded),

@@ -29,6 +29,8 @@ struct Resource {
     nonce: String,
 }
 
+// Field names are WeChat Pay's.
+#[allow(clippy::struct_field_names)]
 #[derive(Deserialize)]
 struct Transaction {
     mchid: Option<String>,
@@ -44,6 +46,7 @@ struct TransactionAmount {
     currency: String,
 }
 
+#[allow(clippy::struct_field_names)]
 #[derive(Deserialize)]
 struct Refund {
     mchid: Option<String>,
@@ -99,49 +102,70 @@ pub fn parse(
             &resource.ciphertext,
         )
         .map_err(malformed)?;
-    let ours = |m: &Option<String>| m.as_deref().is_none_or(|m| m == mchid);
-    let event_of = |key: String, topup: TopUpId, kind| ProviderEvent {
+    if refund_event {
+        refund(&plain, event, mchid, now)
+    } else {
+        transaction(&plain, mchid, now)
+    }
+}
+
+fn event_of(key: String, topup: TopUpId, kind: ProviderEventKind, now: u64) -> ProviderEvent {
+    ProviderEvent {
         provider: Provider::WechatPay,
         key,
         topup: TopUpLocator::Id(topup),
         kind,
         now,
-    };
-
-    if !refund_event {
-        let t: Transaction =
-            serde_json::from_slice(&plain).map_err(|e| malformed(format!("transaction: {e}")))?;
-        if !ours(&t.mchid) {
-            return Err(malformed("transaction for another mchid"));
-        }
-        if t.trade_state != "SUCCESS" {
-            return Ok(None);
-        }
-        // Not one of our ids: no top-up can match it; acknowledged, not retried forever.
-        let Ok(topup) = TopUpId::parse(&t.out_trade_no) else {
-            return Ok(None);
-        };
-        if t.transaction_id.is_empty() {
-            return Err(malformed("empty transaction_id"));
-        }
-        let amount =
-            Amount::new(t.amount.total).map_err(|_| malformed("amount.total out of range"))?;
-        let currency = Currency::parse(&t.amount.currency)
-            .map_err(|_| malformed("amount.currency is not a currency code"))?;
-        return Ok(Some(event_of(
-            format!("txn:{}", t.transaction_id),
-            topup,
-            ProviderEventKind::Succeeded {
-                amount,
-                currency,
-                transaction_id: t.transaction_id,
-            },
-        )));
     }
+}
 
-    let r: Refund =
-        serde_json::from_slice(&plain).map_err(|e| malformed(format!("refund: {e}")))?;
-    if !ours(&r.mchid) {
+/// A missing `mchid` is taken as ours (the signature is WeChat Pay's).
+fn ours(m: Option<&str>, mchid: &str) -> bool {
+    m.is_none_or(|m| m == mchid)
+}
+
+/// `TRANSACTION.SUCCESS` with `trade_state` `SUCCESS` → Succeeded.
+fn transaction(plain: &[u8], mchid: &str, now: u64) -> Result<Option<ProviderEvent>, WebhookError> {
+    let t: Transaction =
+        serde_json::from_slice(plain).map_err(|e| malformed(format!("transaction: {e}")))?;
+    if !ours(t.mchid.as_deref(), mchid) {
+        return Err(malformed("transaction for another mchid"));
+    }
+    if t.trade_state != "SUCCESS" {
+        return Ok(None);
+    }
+    // Not one of our ids: no top-up can match it; acknowledged, not retried forever.
+    let Ok(topup) = TopUpId::parse(&t.out_trade_no) else {
+        return Ok(None);
+    };
+    if t.transaction_id.is_empty() {
+        return Err(malformed("empty transaction_id"));
+    }
+    let amount = Amount::new(t.amount.total).map_err(|_| malformed("amount.total out of range"))?;
+    let currency = Currency::parse(&t.amount.currency)
+        .map_err(|_| malformed("amount.currency is not a currency code"))?;
+    Ok(Some(event_of(
+        format!("txn:{}", t.transaction_id),
+        topup,
+        ProviderEventKind::Succeeded {
+            amount,
+            currency,
+            transaction_id: t.transaction_id,
+        },
+        now,
+    )))
+}
+
+/// `REFUND.SUCCESS` → Refunded; `REFUND.ABNORMAL` / `REFUND.CLOSED` of one of our refunds →
+/// RefundFailed.
+fn refund(
+    plain: &[u8],
+    event: &str,
+    mchid: &str,
+    now: u64,
+) -> Result<Option<ProviderEvent>, WebhookError> {
+    let r: Refund = serde_json::from_slice(plain).map_err(|e| malformed(format!("refund: {e}")))?;
+    if !ours(r.mchid.as_deref(), mchid) {
         return Err(malformed("refund for another mchid"));
     }
     let Ok(topup) = TopUpId::parse(&r.out_trade_no) else {
@@ -161,9 +185,10 @@ pub fn parse(
                 refund: ours_refund,
                 amount,
             },
+            now,
         )));
     }
-    // REFUND.ABNORMAL / REFUND.CLOSED: only one of our refunds has an amount to give back.
+    // Only one of our refunds has an amount to give back.
     let Some(refund) = ours_refund else {
         return Ok(None);
     };
@@ -179,6 +204,7 @@ pub fn parse(
             refund,
             reason: format!("WeChat Pay refund {status}"),
         },
+        now,
     )))
 }
 
@@ -544,11 +570,13 @@ pub(super) mod tests {
         ));
     }
 
+    type Edit = Box<dyn Fn(&mut WechatPaySettings)>;
+
     #[test]
     fn bad_settings_name_the_setting() {
         let out = Outbound::new(std::time::Duration::from_secs(1)).unwrap();
         let k = test_keys();
-        let cases: Vec<(&str, Box<dyn Fn(&mut WechatPaySettings)>)> = vec![
+        let cases: Vec<(&str, Edit)> = vec![
             (
                 "api_v3_key",
                 Box::new(|s| s.api_v3_key = SecretString::new("short".into())),
@@ -576,7 +604,8 @@ pub(super) mod tests {
             edit(&mut s);
             let err = WechatPay::new(s, out.clone()).unwrap_err();
             assert!(err.starts_with(name), "{err}");
-            assert!(!err.contains("PRIVATE"), "{err}");
+            // Never the key material itself.
+            assert!(!err.contains("MII"), "{err}");
         }
     }
 
