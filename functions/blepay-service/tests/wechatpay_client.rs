@@ -432,6 +432,22 @@ async fn a_4xx_error_json_is_a_refusal_with_its_code() {
         }
     );
     assert_eq!(fixture.requests().len(), 1, "a refusal is not retried");
+
+    // An unsigned refusal is still a refusal (only a 2xx must be signed); a 4xx without the
+    // error JSON is unusable.
+    let (wechat, _) = serve(vec![Scripted {
+        status: 401,
+        body: r#"{"code":"SIGN_ERROR","message":"签名错误"}"#,
+        signing: Signing::Unsigned,
+    }])
+    .await;
+    let err = wechat.refund(&topup(), &a_refund()).await.unwrap_err();
+    assert!(
+        matches!(err, ProviderError::Refused { status: 401, ref code, .. } if code == "SIGN_ERROR")
+    );
+    let (wechat, _) = serve(vec![answer(404, "not found")]).await;
+    let err = wechat.refund(&topup(), &a_refund()).await.unwrap_err();
+    assert!(matches!(err, ProviderError::BadAnswer(_)), "{err:?}");
 }
 
 #[tokio::test]

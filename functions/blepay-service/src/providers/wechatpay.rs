@@ -1,11 +1,11 @@
 //! WeChat Pay API v3: the notify endpoint (RSA-SHA256 signature, AES-256-GCM resource) and the
 //! outbound client (App/JSAPI orders, refunds).
 //!
-//! - [`keys`]: the merchant's signing key, the platform's verification keys (platform
+//! - `keys`: the merchant's signing key, the platform's verification keys (platform
 //!   certificates or "WeChat Pay public keys", `PUB_KEY_ID_…`) and the API v3 key, parsed once;
 //!   the signature strings WeChat Pay documents ("签名生成", "签名验证", "调起支付").
-//! - [`notify`]: a notification → a [`ProviderEvent`] (pure: time comes in as `now`).
-//! - [`client`]: `POST /v3/pay/transactions/{app,jsapi}` and `POST /v3/refund/domestic/refunds`,
+//! - `notify`: a notification → a [`ProviderEvent`] (pure: time comes in as `now`).
+//! - `client`: `POST /v3/pay/transactions/{app,jsapi}` and `POST /v3/refund/domestic/refunds`,
 //!   signed, their answers' signatures verified, 5xx/429/unreachable retried a bounded number
 //!   of times (the `out_trade_no` / `out_refund_no` make a retry the same order / refund).
 //!

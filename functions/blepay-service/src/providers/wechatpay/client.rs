@@ -171,23 +171,9 @@ pub async fn create_order(
         }
         None => "/v3/pay/transactions/app",
     };
-    let answer = post(p, path, &body).await?;
-    let prepay: Prepay = serde_json::from_slice(&answer)
-        .map_err(|e| ProviderError::BadAnswer(format!("order answer: {e}")))?;
-    if prepay.prepay_id.is_empty() {
-        return Err(ProviderError::BadAnswer("empty prepay_id".into()));
-    }
-    let client = client_params(
-        p,
-        &prepay.prepay_id,
-        openid.is_some(),
-        now_secs(),
-        &p.keys.nonce(),
-    )?;
-    Ok(WechatOrder {
-        prepay_id: prepay.prepay_id,
-        client,
-    })
+    let prepay_id = decode_prepay(&post(p, path, &body).await?)?;
+    let client = client_params(p, &prepay_id, openid.is_some(), now_secs(), &p.keys.nonce())?;
+    Ok(WechatOrder { prepay_id, client })
 }
 
 /// The app's payment parameters, exactly as "APP调起支付" / "JSAPI调起支付" name them.
@@ -246,8 +232,31 @@ pub async fn refund(
             "currency": topup.currency.as_str(),
         },
     });
-    let answer = post(p, "/v3/refund/domestic/refunds", &body).await?;
-    let a: RefundCreated = serde_json::from_slice(&answer)
+    decode_refund(&post(p, "/v3/refund/domestic/refunds", &body).await?)
+}
+
+/// An order answer's `prepay_id`.
+///
+/// # Errors
+/// [`ProviderError::BadAnswer`] when it does not parse or the id is empty.
+pub fn decode_prepay(body: &[u8]) -> Result<String, ProviderError> {
+    let prepay: Prepay = serde_json::from_slice(body)
+        .map_err(|e| ProviderError::BadAnswer(format!("order answer: {e}")))?;
+    if prepay.prepay_id.is_empty() || prepay.prepay_id.chars().any(char::is_control) {
+        return Err(ProviderError::BadAnswer(
+            "empty or unprintable prepay_id".into(),
+        ));
+    }
+    Ok(prepay.prepay_id)
+}
+
+/// A refund answer's `status` as a [`RefundAnswer`].
+///
+/// # Errors
+/// [`ProviderError::BadAnswer`] when it does not parse or the status is not one WeChat Pay
+/// documents (`SUCCESS`, `PROCESSING`, `CLOSED`, `ABNORMAL`).
+pub fn decode_refund(body: &[u8]) -> Result<RefundAnswer, ProviderError> {
+    let a: RefundCreated = serde_json::from_slice(body)
         .map_err(|e| ProviderError::BadAnswer(format!("refund answer: {e}")))?;
     match a.status.as_str() {
         "SUCCESS" => Ok(RefundAnswer::Succeeded),
@@ -257,5 +266,35 @@ pub async fn refund(
             a.status
         ))),
         other => Err(ProviderError::BadAnswer(format!("refund status {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn answers_decode_as_documented() {
+        assert_eq!(
+            decode_prepay(br#"{"prepay_id":"wx201410272009395522657a690389285100"}"#).unwrap(),
+            "wx201410272009395522657a690389285100"
+        );
+        assert!(decode_prepay(br#"{"prepay_id":""}"#).is_err());
+        assert_eq!(
+            decode_refund(br#"{"status":"PROCESSING","refund_id":"1"}"#),
+            Ok(RefundAnswer::Pending)
+        );
+        assert!(decode_refund(br#"{"status":"NEW"}"#).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn random_answers_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_prepay(&body);
+            let _ = decode_refund(&body);
+            let _ = serde_json::from_slice::<ErrorAnswer>(&body);
+        }
     }
 }

@@ -570,6 +570,17 @@ pub(super) mod tests {
         ));
     }
 
+    #[test]
+    fn the_notify_answers_are_200_empty_or_a_fail_json() {
+        assert_eq!(super::super::ack(), (http::StatusCode::OK, Vec::new()));
+        let (status, body) = super::super::nack(http::StatusCode::BAD_REQUEST, "签名错误");
+        assert_eq!(status, http::StatusCode::BAD_REQUEST);
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+            serde_json::json!({"code": "FAIL", "message": "签名错误"})
+        );
+    }
+
     type Edit = Box<dyn Fn(&mut WechatPaySettings)>;
 
     #[test]
