@@ -200,7 +200,8 @@ impl Keys {
         let key = self
             .platform
             .iter()
-            .find(|(s, _)| s == serial)
+            // Certificate serials are hex: either case names the same key.
+            .find(|(s, _)| s.eq_ignore_ascii_case(serial))
             .map(|(_, k)| k)
             .ok_or(VerifyError::UnknownSerial)?;
         // A probe signature ("WECHATPAY/SIGNTEST/…") is not base64 and must fail: it does.

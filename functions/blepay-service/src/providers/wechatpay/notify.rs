@@ -507,6 +507,15 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn a_certificate_serial_matches_in_either_case() {
+        let k = test_keys();
+        let body = envelope("TRANSACTION.SUCCESS", &transaction("SUCCESS"), API_V3_KEY);
+        let serial = k.cert_serial.to_ascii_lowercase();
+        let headers = signed_headers(&k.cert_key_pem, &serial, NOW, &body);
+        assert!(verify(&body, &headers).unwrap().is_some());
+    }
+
+    #[test]
     fn an_unknown_serial_is_unknown_certificate() {
         let body = envelope("TRANSACTION.SUCCESS", &transaction("SUCCESS"), API_V3_KEY);
         let headers = signed_headers(&test_keys().platform_pem, "PUB_KEY_ID_OTHER", NOW, &body);
@@ -637,6 +646,20 @@ pub(super) mod tests {
                 }
             }
             let _ = p.verify_notification(&h, &body, NOW);
+        }
+
+        #[test]
+        fn random_header_bytes_never_panic(
+            values in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 4),
+        ) {
+            let mut h = http::HeaderMap::new();
+            for (name, v) in [H_TIMESTAMP, H_NONCE, H_SIGNATURE, H_SERIAL].into_iter().zip(values) {
+                if let Ok(v) = http::HeaderValue::from_bytes(&v) {
+                    h.insert(name, v);
+                }
+            }
+            let body = br#"{"event_type":"TRANSACTION.SUCCESS"}"#;
+            prop_assert!(verify(body, &h).is_err());
         }
 
         #[test]
