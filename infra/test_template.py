@@ -36,6 +36,7 @@ OPS_LIST_INDEXES = PHONE_LIST_INDEXES | {
     "index:sessions_by_device",
     "index:sessions_by_time",
     "index:refunds",
+    "index:topups_by_user",
 }
 
 # function -> {action -> resources}; the reasons are in infra/README.md "Permissions".
@@ -373,8 +374,8 @@ class Routes(unittest.TestCase):
         ops = {k: v for k, v in self.routes.items() if k[1].startswith("/v1/ops")}
         # 5 before issue 11; + the fleet list, PATCH, decommission, the spending limit; the
         # session list, a user's statement, the sales report; refund, close, problems (2), key
-        # revoke and rotate, operators (3), the audit trail.
-        self.assertEqual(len(ops), 22, ops)
+        # revoke and rotate, operators (3), the audit trail; issue 12: top-ups list and refund.
+        self.assertEqual(len(ops), 24, ops)
         for route, (fn, auth) in ops.items():
             self.assertEqual(auth, "AWS_IAM", route)
             self.assertEqual(fn, "OpsFunction", route)
@@ -388,12 +389,33 @@ class Routes(unittest.TestCase):
                 continue
             if route == ("POST", "/v1/device"):
                 self.assertEqual((fn, auth), ("DeviceFunction", "NONE"))
+            elif route[1].startswith("/v1/webhooks/"):
+                # The providers' signature is the authentication (docs/topups.md).
+                self.assertEqual((fn, auth), ("VerifyFunction", "NONE"), route)
+                self.assertIn(route[0], ("POST",), route)
             else:
                 self.assertEqual((fn, auth), ("VerifyFunction", "CognitoJwt"), route)
 
+    def test_topups_and_the_provider_webhooks_are_routed(self):
+        for route in [("POST", "/v1/topups"), ("GET", "/v1/topups/{topUpId}")]:
+            self.assertEqual(self.routes[route], ("VerifyFunction", "CognitoJwt"), route)
+        for route in [("POST", "/v1/webhooks/stripe"), ("POST", "/v1/webhooks/wechatpay")]:
+            self.assertEqual(self.routes[route], ("VerifyFunction", "NONE"), route)
+        for fn in ("VerifyFunction", "OpsFunction"):
+            env = self.res[fn]["Properties"]["Environment"]["Variables"]
+            self.assertIn("BLEPAY_STRIPE_SECRET_ID", env, fn)
+            self.assertIn("BLEPAY_WECHATPAY_SECRET_ID", env, fn)
+            sids = [
+                st.get("Sid")
+                for pol in self.res[fn]["Properties"]["Policies"]
+                if isinstance(pol, dict) and "Statement" in pol
+                for st in pol["Statement"]
+            ]
+            self.assertIn("ProviderSecrets", sids, fn)
+
     def test_every_parameter_but_the_secret_has_a_default(self):
         for name, p in self.t["Parameters"].items():
-            if name != "MasterKeysSecretArn":
+            if name != "MasterKeysSecretArn":  # the provider secrets default to "" (not offered)
                 self.assertIn("Default", p, name)
 
 

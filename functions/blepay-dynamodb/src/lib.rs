@@ -1,8 +1,9 @@
 //! # blepay-dynamodb — the [`Store`](blepay_store::Store) on Amazon DynamoDB
 //!
 //! One table (single-table design, see `docs/dynamodb.md`): devices, wallets, sessions, single-use
-//! advert markers, idempotency records and ledger entries are items keyed by `pk`/`sk`; one sparse
-//! GSI (`due`) lists AUTHORIZED sessions by start deadline for the sweeper. Every business
+//! advert markers, idempotency records, ledger entries and provider top-ups (with their applied
+//! events and refunds, `ops/topups.rs`) are items keyed by `pk`/`sk`; one sparse GSI (`due`) lists
+//! AUTHORIZED sessions by start deadline for the sweeper, others serve the lists (`ops/lists.rs`). Every business
 //! operation is at most one read round trip (`TransactGetItems`, `BatchGetItem`, `GetItem` or
 //! `Query`) followed by one conditional write (`TransactWriteItems`, or a single-item write);
 //! refusals are decided from the pre-read and, under races, from the transaction's cancellation

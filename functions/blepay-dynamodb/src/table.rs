@@ -11,11 +11,11 @@ use blepay_store::StoreError;
 use crate::items::{DUE_AT, DUE_INDEX, DUE_PK, PK, SK, TTL, build_error, sdk_error};
 use crate::ops::{
     L_REFUND, L_USER, LEDGER_BY_USER, REFUNDS, SESSIONS_BY_DEVICE, SESSIONS_BY_TIME,
-    SESSIONS_BY_USER,
+    SESSIONS_BY_USER, T_USER, TOPUPS_BY_USER,
 };
 
-/// Create blepay's table (on-demand billing, the `due` GSI, TTL on `ttl`) and wait until it is
-/// active. An existing table is fine (nothing is changed but TTL, which is enabled if it is not).
+/// Create blepay's table (on-demand billing, the `due` GSI and the lists' GSIs, TTL on `ttl`)
+/// and wait until it is active. An existing table is fine (nothing is changed but TTL, which is enabled if it is not).
 ///
 /// # Errors
 /// When DynamoDB refuses or cannot be reached.
@@ -63,6 +63,7 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
         .attribute_definitions(attr(L_USER, ScalarAttributeType::S)?)
         .attribute_definitions(attr(L_REFUND, ScalarAttributeType::S)?)
         .attribute_definitions(attr("at", ScalarAttributeType::N)?)
+        .attribute_definitions(attr(T_USER, ScalarAttributeType::S)?)
         .key_schema(key(PK, KeyType::Hash)?)
         .key_schema(key(SK, KeyType::Range)?)
         .global_secondary_indexes(due)
@@ -72,6 +73,8 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
         .global_secondary_indexes(gsi(SESSIONS_BY_TIME, "type", "created_at")?)
         .global_secondary_indexes(gsi(LEDGER_BY_USER, L_USER, "at")?)
         .global_secondary_indexes(gsi(REFUNDS, L_REFUND, "at")?)
+        // A user's provider top-ups (issue 12, ops/topups.rs).
+        .global_secondary_indexes(gsi(TOPUPS_BY_USER, T_USER, "created_at")?)
         .send()
         .await;
     match created {

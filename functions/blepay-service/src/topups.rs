@@ -29,6 +29,10 @@ use crate::operator::{Action, ActionRecord, Operator};
 use crate::page::{encode_cursor, page_request};
 use crate::providers::{ProviderError, RefundAnswer, WebhookError, stripe, wechatpay};
 
+/// How long after a refund's request a retry asks the provider again: less than the 24 hours
+/// Stripe keeps an idempotency key.
+pub const REFUND_RETRY_WINDOW_SECS: u64 = 23 * 60 * 60;
+
 /// The description a WeChat Pay order shows the payer (at most 127 bytes).
 pub const WECHATPAY_DESCRIPTION: &str = "blepay wallet top-up";
 
@@ -485,7 +489,11 @@ impl App {
             }
             TopUpRefundOutcome::NotFound => return Err(topup_not_found()),
         };
-        if refund.status == blepay_store::TopUpRefundStatus::Requested {
+        // Stripe keeps idempotency keys for 24 hours: past that, asking again could refund twice,
+        // so a refund still REQUESTED then waits for the provider's notification (docs/topups.md).
+        if refund.status == blepay_store::TopUpRefundStatus::Requested
+            && now.saturating_sub(refund.created_at) < REFUND_RETRY_WINDOW_SECS
+        {
             self.ask_provider_to_refund(&topup, &refund, now).await?;
         }
         let topup = self.store().topup(id).await?.ok_or_else(topup_not_found)?;

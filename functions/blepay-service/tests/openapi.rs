@@ -62,6 +62,12 @@ fn the_document_is_openapi_3_0_and_describes_every_http_route() {
         ("get", "/v1/ops/operators"),
         ("post", "/v1/ops/operators/{operatorId}/revoke"),
         ("get", "/v1/ops/audit"),
+        ("post", "/v1/topups"),
+        ("get", "/v1/topups/{topUpId}"),
+        ("post", "/v1/webhooks/stripe"),
+        ("post", "/v1/webhooks/wechatpay"),
+        ("get", "/v1/ops/topups"),
+        ("post", "/v1/ops/topups/{topUpId}/refund"),
     ]
     .into_iter()
     .map(|(m, p)| (m.to_owned(), p.to_owned()))

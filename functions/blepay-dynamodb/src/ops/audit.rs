@@ -40,6 +40,9 @@ impl DynamoStore {
                             tally.session_refunds(x.amount, x.refunded);
                         }
                     }
+                    Some(AttributeValue::S(t)) if t == "TOPUP" => {
+                        tally.provider_topup(&super::topups::topup_from_item(item)?.0);
+                    }
                     Some(AttributeValue::S(t)) if t == "LEDGER" => {
                         tally.ledger_entry(
                             get_s(item, "kind")?,

@@ -37,19 +37,19 @@ pub(crate) const L_USER: &str = "l_user";
 pub(crate) const L_REFUND: &str = "l_refund";
 
 /// One index query: partition `hash = value`, sort key `range` between `lo` and `hi`.
-struct IndexQuery<'a> {
-    index: &'a str,
-    hash: &'a str,
-    value: String,
-    range: &'a str,
-    lo: u64,
-    hi: u64,
+pub(super) struct IndexQuery<'a> {
+    pub index: &'a str,
+    pub hash: &'a str,
+    pub value: String,
+    pub range: &'a str,
+    pub lo: u64,
+    pub hi: u64,
 }
 
 impl DynamoStore {
     /// Read `q` newest first until the page is exact (see the module's note on ties): the items
     /// `keep` accepts that come after `page.after`, at most `page.limit`, and the next position.
-    async fn page_of<T>(
+    pub(super) async fn page_of<T>(
         &self,
         q: &IndexQuery<'_>,
         page: &PageRequest,
@@ -147,6 +147,10 @@ impl DynamoStore {
             &q,
             page,
             |item| {
+                // `sessions_by_user` also holds problem items (`user` + `created_at`).
+                if item.get("type") != Some(&s("SESSION")) {
+                    return Ok(None);
+                }
                 let s = session_from_item(item)?;
                 Ok(filter.matches(&s).then_some(s))
             },

@@ -7,7 +7,9 @@
 //! - `reads.rs`, `top_up.rs`, `pay.rs`, `device_call.rs`, `audit.rs`, `keys.rs` (revoke,
 //!   rotate): one operation each.
 //! - `reads.rs`, `top_up.rs`, `pay.rs`, `device_call.rs`, `audit.rs`: one operation each;
-//! - `refunds.rs`: refunds, hand closes and problem reports (issue 11).
+//! - `refunds.rs`: refunds, hand closes and problem reports (issue 11);
+//! - `topups.rs`: users' top-ups through a payment provider, their notifications and refunds
+//!   (issue 12).
 
 mod attempts;
 mod audit;
@@ -21,6 +23,7 @@ mod pay;
 mod reads;
 mod refunds;
 mod top_up;
+mod topups;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -36,6 +39,10 @@ use blepay_store::{
     RegisterOutcome, ResponseEncoder, RevokeOperatorOutcome, RevokeOutcome, RotateOutcome,
     SalesFacts, SessionFilter, Spending, StatementEntry, Store, StoreError, TopUpOutcome,
 };
+use blepay_store::{
+    NewProviderTopUp, ProviderEvent, ProviderEventOutcome, ProviderTopUp, StartTopUpOutcome,
+    TopUpFilter, TopUpId, TopUpLocator, TopUpRefund, TopUpRefundCommand, TopUpRefundOutcome,
+};
 
 use crate::DynamoStore;
 
@@ -43,6 +50,7 @@ pub(crate) use lists::{
     L_REFUND, L_USER, LEDGER_BY_USER, REFUNDS, SESSIONS_BY_DEVICE, SESSIONS_BY_TIME,
     SESSIONS_BY_USER,
 };
+pub(crate) use topups::{T_USER, TOPUPS_BY_USER};
 
 /// A wallet rule refused an operation the store had already decided to make.
 fn wallet_rule(e: WalletError) -> StoreError {
@@ -285,80 +293,57 @@ impl Store for DynamoStore {
     async fn dismiss_problem(&self, cmd: &DismissCommand) -> Result<DismissOutcome, StoreError> {
         self.retrying(|| self.dismiss_problem_once(cmd)).await
     }
-    // Provider top-ups (issue 12): implemented in their own commit.
-    async fn start_topup(
-        &self,
-        _cmd: &blepay_store::NewProviderTopUp,
-    ) -> Result<blepay_store::StartTopUpOutcome, StoreError> {
-        Err(StoreError::Internal(
-            "provider top-ups: not implemented yet".into(),
-        ))
+
+    async fn start_topup(&self, cmd: &NewProviderTopUp) -> Result<StartTopUpOutcome, StoreError> {
+        self.retrying(|| self.start_topup_once(cmd)).await
     }
 
     async fn attach_topup_ref(
         &self,
-        _id: blepay_store::TopUpId,
-        _provider_ref: &str,
-        _client_secret: Option<&str>,
-        _now: u64,
-    ) -> Result<Option<blepay_store::ProviderTopUp>, StoreError> {
-        Err(StoreError::Internal(
-            "provider top-ups: not implemented yet".into(),
-        ))
+        id: TopUpId,
+        provider_ref: &str,
+        client_secret: Option<&str>,
+        now: u64,
+    ) -> Result<Option<ProviderTopUp>, StoreError> {
+        self.retrying(|| self.attach_topup_ref_once(id, provider_ref, client_secret, now))
+            .await
     }
 
-    async fn topup(
-        &self,
-        _id: blepay_store::TopUpId,
-    ) -> Result<Option<blepay_store::ProviderTopUp>, StoreError> {
-        Err(StoreError::Internal(
-            "provider top-ups: not implemented yet".into(),
-        ))
+    async fn topup(&self, id: TopUpId) -> Result<Option<ProviderTopUp>, StoreError> {
+        self.retrying(|| self.topup_once(id)).await
     }
 
     async fn find_topup(
         &self,
-        _locator: &blepay_store::TopUpLocator,
-    ) -> Result<Option<blepay_store::ProviderTopUp>, StoreError> {
-        Err(StoreError::Internal(
-            "provider top-ups: not implemented yet".into(),
-        ))
+        locator: &TopUpLocator,
+    ) -> Result<Option<ProviderTopUp>, StoreError> {
+        self.retrying(|| self.find_topup_once(locator)).await
     }
 
     async fn apply_provider_event(
         &self,
-        _event: &blepay_store::ProviderEvent,
-    ) -> Result<blepay_store::ProviderEventOutcome, StoreError> {
-        Err(StoreError::Internal(
-            "provider top-ups: not implemented yet".into(),
-        ))
+        event: &ProviderEvent,
+    ) -> Result<ProviderEventOutcome, StoreError> {
+        self.retrying(|| self.apply_provider_event_once(event))
+            .await
     }
 
     async fn request_topup_refund(
         &self,
-        _cmd: &blepay_store::TopUpRefundCommand,
-    ) -> Result<blepay_store::TopUpRefundOutcome, StoreError> {
-        Err(StoreError::Internal(
-            "provider top-ups: not implemented yet".into(),
-        ))
+        cmd: &TopUpRefundCommand,
+    ) -> Result<TopUpRefundOutcome, StoreError> {
+        self.retrying(|| self.request_topup_refund_once(cmd)).await
     }
 
-    async fn topup_refunds(
-        &self,
-        _topup: blepay_store::TopUpId,
-    ) -> Result<Vec<blepay_store::TopUpRefund>, StoreError> {
-        Err(StoreError::Internal(
-            "provider top-ups: not implemented yet".into(),
-        ))
+    async fn topup_refunds(&self, topup: TopUpId) -> Result<Vec<TopUpRefund>, StoreError> {
+        self.retrying(|| self.topup_refunds_once(topup)).await
     }
 
     async fn list_topups(
         &self,
-        _filter: &blepay_store::TopUpFilter,
-        _page: &blepay_store::PageRequest,
-    ) -> Result<blepay_store::Page<blepay_store::ProviderTopUp>, StoreError> {
-        Err(StoreError::Internal(
-            "provider top-ups: not implemented yet".into(),
-        ))
+        filter: &TopUpFilter,
+        page: &PageRequest,
+    ) -> Result<Page<ProviderTopUp>, StoreError> {
+        self.retrying(|| self.list_topups_once(filter, page)).await
     }
 }
