@@ -409,7 +409,7 @@ impl App {
         let page = self.store().list_topups(&filter, &page).await?;
         let mut top_ups = Vec::with_capacity(page.items.len());
         for t in &page.items {
-            let refunds = if t.refunds_committed.is_zero() && t.provider_refunded.is_zero() {
+            let refunds = if t.credited.is_zero() {
                 Vec::new()
             } else {
                 self.store().topup_refunds(t.id).await?
