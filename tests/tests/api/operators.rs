@@ -7,6 +7,7 @@
 //! [`Action`] its handler authorizes, the method, the path and the body (each call gets fresh
 //! ids and keys from the [`Fixture`], so a permitted call succeeds).
 
+use blepay_e2e::providers::{ProviderApp, ProviderSetup, spawn_app_with_providers, stripe};
 use blepay_e2e::{Answer, TestApp, random_device_id, random_key, spawn_app};
 use blepay_proto::pb::v1 as pb;
 use blepay_proto::pb::v1::ops_service_client::OpsServiceClient;
@@ -36,6 +37,9 @@ struct Fixture {
     spare_device: String,
     /// A machine whose key permitted calls rotate (with one key: the same rotation).
     rotating_device: String,
+    /// `user`'s Stripe top-up of 1000, credited, that permitted refunds take 1 from, each with a
+    /// new key.
+    topup: String,
 }
 
 #[derive(Clone, Copy)]
@@ -228,6 +232,22 @@ fn ops_routes() -> Vec<OpsRoute> {
             |_| "/v1/ops/audit".into(),
             no_body,
         ),
+        r(
+            "list top-ups",
+            Some(Action::ReadMoney),
+            Get,
+            |f| format!("/v1/ops/topups?userId={}", f.user),
+            no_body,
+        ),
+        r(
+            "refund top-up",
+            Some(Action::Refund {
+                amount: blepay_core::Amount::new(1).unwrap(),
+            }),
+            Post,
+            |f| format!("/v1/ops/topups/{}/refund", f.topup),
+            |_| json!({"amount": 1, "reason": "asked for it back", "idempotencyKey": random_key()}),
+        ),
     ]
 }
 
@@ -278,7 +298,7 @@ async fn audit_trail(app: &TestApp, limit: u32) -> Vec<Value> {
     }
 }
 
-async fn fixture(app: &TestApp) -> Fixture {
+async fn fixture(app: &ProviderApp) -> Fixture {
     let machine = app.online_machine(25).await;
     let user = blepay_e2e::random_user();
     app.top_up(&user, 1000).await;
@@ -312,6 +332,19 @@ async fn fixture(app: &TestApp) -> Fixture {
         .ok();
     let (spare_device, _) = app.register_device(25).await;
     let (rotating_device, _) = app.register_device(25).await;
+    let started = app
+        .start_topup(&user, "stripe", 1000, &random_key())
+        .await
+        .ok();
+    let topup = started["topUpId"].as_str().unwrap().to_owned();
+    let pi = started["stripe"]["paymentIntentId"].as_str().unwrap();
+    let (credited, _) = app
+        .stripe_notify(
+            "payment_intent.succeeded",
+            stripe::payment_intent(pi, &topup, 1000, app.currency),
+        )
+        .await;
+    assert_eq!(credited.status, 200, "{}", credited.body);
     Fixture {
         device_id: machine.device_id.clone(),
         user,
@@ -321,6 +354,7 @@ async fn fixture(app: &TestApp) -> Fixture {
         problem_id: problem["problemId"].as_str().unwrap().to_owned(),
         spare_device,
         rotating_device,
+        topup,
     }
 }
 
@@ -395,8 +429,8 @@ async fn a_create_retried_with_its_key_answers_the_same_operator_without_a_token
 #[tokio::test(flavor = "multi_thread")]
 async fn each_role_may_call_exactly_the_routes_its_permissions_allow_and_a_refusal_changes_nothing()
 {
-    // Arrange
-    let app = spawn_app().await;
+    // Arrange: a server with the payment providers (their fakes), for the top-up routes.
+    let app = spawn_app_with_providers(ProviderSetup::default()).await;
     let f = fixture(&app).await;
     let cap = blepay_core::Amount::new(DEFAULT_SUPPORT_REFUND_MAX).unwrap();
     let mut tokens = vec![(Role::Owner, "bootstrap".to_owned(), app.ops_token.clone())];
