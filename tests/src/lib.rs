@@ -10,7 +10,9 @@
 //! It keeps the [`App`] so tests can audit the ledger (`app.store().audit()`) after each scenario.
 //! The tests themselves live in `tests/api/` (one binary, one module per concern) and
 //! `tests/machine/` (the device client's transports and engine against the real server); the
-//! fault-injecting TCP proxy both use is [`proxy`].
+//! fault-injecting TCP proxy both use is [`proxy`]. [`providers`] starts the server with Stripe
+//! and WeChat Pay configured against fakes of their APIs on loopback, and signs their
+//! notifications for real (the top-up tests, `tests/api/topups.rs`).
 //!
 //! This is test code: it unwraps and panics on purpose, with messages saying what broke.
 #![allow(

@@ -633,6 +633,45 @@ async fn a_refund_stripe_refuses_is_given_back_to_the_wallet() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_refund_that_fails_at_stripe_later_is_given_back_once_when_its_notification_says_so() {
+    // Arrange: Stripe accepted the refund (pending), then it fails (the card was closed).
+    let app = spawn_app_with_providers(ProviderSetup::default()).await;
+    let (id, pi) = stripe_credited(&app, "noor", 1000).await;
+    let answer = app.refund_topup(&id, 300, "refund-1").await.ok();
+    let refund_id = answer["refunds"][0]["refundId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(available(&app.wallet("noor").await), 700);
+    let mut failed = stripe::refund(&pi, &refund_id, 300, "failed");
+    failed["failure_reason"] = json!("expired_or_canceled_card");
+
+    // Act: refund.failed, delivered twice.
+    let (a, event) = app.stripe_notify("refund.failed", failed).await;
+    let again = app.post_stripe(&event, &Sign::Valid).await;
+
+    // Assert
+    assert_eq!((a.status, again.status), (200, 200));
+    assert_eq!(
+        available(&app.wallet("noor").await),
+        1000,
+        "given back once"
+    );
+    let t = app.ops_topup("noor", &id).await;
+    assert_eq!(
+        (
+            t["refunds"][0]["status"].as_str(),
+            money(&t, "reversed"),
+            t["status"].as_str()
+        ),
+        (Some("FAILED"), 0, Some("SUCCEEDED")),
+        "{t}"
+    );
+    let audit = reconciled(&app).await;
+    assert_eq!((audit.provider_credits, audit.provider_debits), (1300, 300));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_refund_above_the_unspent_part_or_of_an_uncredited_top_up_is_refused_and_changes_nothing()
 {
     // Arrange: 1000 credited, 600 spent.
@@ -1061,6 +1100,100 @@ async fn a_refund_wechat_pay_refuses_is_given_back_to_the_wallet() {
             t["status"].as_str()
         ),
         (Some("FAILED"), 0, Some("SUCCEEDED")),
+        "{t}"
+    );
+    reconciled(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wechat_pay_jsapi_top_up_orders_for_the_payer_and_answers_the_signed_jsapi_parameters() {
+    // Arrange
+    let app = spawn_app_with_providers(ProviderSetup::cny()).await;
+    let openid = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o";
+
+    // Act: a mini program starts a top-up for its user ("JSAPI下单").
+    let started = app
+        .post(
+            "/v1/topups",
+            &app.token_for("yan"),
+            &json!({"amount": 800, "provider": "wechatpay", "idempotencyKey": "topup-1",
+                    "wechatOpenId": openid}),
+        )
+        .await
+        .ok();
+
+    // Assert: the order names the payer; the answer is what wx.requestPayment takes.
+    let orders = app.wechat.received("/v3/pay/transactions/jsapi");
+    assert_eq!(orders.len(), 1);
+    let body = orders[0].json();
+    assert_eq!(body["payer"]["openid"], openid);
+    assert_eq!(body["out_trade_no"], started["topUpId"]);
+    assert!(wechat_authorization_verifies(
+        "POST",
+        "/v3/pay/transactions/jsapi",
+        &orders[0].headers,
+        &orders[0].body
+    ));
+    let checkout = &started["wechatpay"];
+    assert_eq!(checkout["tradeType"], "JSAPI", "{started}");
+    let p = &checkout["params"];
+    let field = |k: &str| p[k].as_str().unwrap_or_else(|| panic!("params.{k}: {p}"));
+    assert_eq!(
+        (field("appId"), field("package"), field("signType")),
+        (
+            WECHAT_APPID,
+            format!("prepay_id={}", checkout["prepayId"].as_str().unwrap()).as_str(),
+            "RSA"
+        )
+    );
+    let message = format!(
+        "{}\n{}\n{}\n{}\n",
+        field("appId"),
+        field("timeStamp"),
+        field("nonceStr"),
+        field("package")
+    );
+    assert!(
+        rsa_verifies(&test_keys().merchant, message.as_bytes(), field("paySign")),
+        "paySign is the merchant key's RSA-SHA256 over appId, timeStamp, nonceStr, package: {p}"
+    );
+    // An openid with another provider is refused.
+    app.post(
+        "/v1/topups",
+        &app.token_for("yan"),
+        &json!({"amount": 800, "provider": "stripe", "idempotencyKey": "topup-2",
+                "wechatOpenId": openid}),
+    )
+    .await
+    .assert_error(400, "INVALID_ARGUMENT");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wechat_pay_refund_that_ends_abnormal_is_given_back_once() {
+    // Arrange: WeChat Pay accepted the refund (PROCESSING), then it could not be paid out.
+    let app = spawn_app_with_providers(ProviderSetup::cny()).await;
+    let id = wechat_credited(&app, "tao", 1000).await;
+    let answer = app.refund_topup(&id, 1000, "refund-1").await.ok();
+    let refund_id = answer["refunds"][0]["refundId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(available(&app.wallet("tao").await), 0);
+    let mut abnormal = wechat::refund(&id, &refund_id, &wechat::refund_id(), 1000, 1000);
+    abnormal["refund_status"] = json!("ABNORMAL");
+
+    // Act: REFUND.ABNORMAL, delivered twice.
+    let (a, body) = app.wechat_notify("REFUND.ABNORMAL", &abnormal).await;
+    let again = app.post_wechat(&body, &Sign::Valid).await;
+
+    // Assert
+    assert_wechat_ack(&a);
+    assert_wechat_ack(&again);
+    assert_eq!(available(&app.wallet("tao").await), 1000, "given back once");
+    let t = app.ops_topup("tao", &id).await;
+    assert_eq!(
+        (t["refunds"][0]["status"].as_str(), t["status"].as_str()),
+        (Some("FAILED"), Some("SUCCEEDED")),
         "{t}"
     );
     reconciled(&app).await;
