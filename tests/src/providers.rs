@@ -175,13 +175,14 @@ fn random_alnum(n: usize) -> String {
 pub enum Sign {
     /// As the provider signs it, now (Stripe: the current endpoint secret).
     Valid,
-    /// Stripe: with the older of the two configured endpoint secrets (a secret being rolled).
+    /// Stripe only: with the older of the two configured endpoint secrets (a secret being
+    /// rolled). WeChat Pay: as `Valid`.
     OldSecret,
     /// Validly, but 400 s ago (the tolerance is 300 s).
     Stale,
     /// By someone else: another Stripe secret; another RSA key under the platform key's id.
     WrongKey,
-    /// WeChat Pay: a `Wechatpay-Serial` the server does not know.
+    /// WeChat Pay only: a `Wechatpay-Serial` the server does not know.
     UnknownSerial,
     /// No signature header at all.
     Missing,
@@ -461,6 +462,9 @@ async fn stripe_refunds(
 
 /// The `Wechatpay-*` headers WeChat Pay signs an answer or a notification with.
 pub fn wechat_signature_headers(body: &[u8], sign: &Sign) -> Vec<(&'static str, String)> {
+    if matches!(sign, Sign::Missing) {
+        return Vec::new();
+    }
     let keys = test_keys();
     let timestamp = match sign {
         Sign::Stale => unix_now() - 400,
@@ -483,9 +487,6 @@ pub fn wechat_signature_headers(body: &[u8], sign: &Sign) -> Vec<(&'static str, 
         key,
         &wechat::verify_message(&timestamp.to_string(), &nonce, signed_body),
     );
-    if matches!(sign, Sign::Missing) {
-        return Vec::new();
-    }
     vec![
         ("wechatpay-timestamp", timestamp.to_string()),
         ("wechatpay-nonce", nonce),
@@ -922,7 +923,8 @@ pub mod stripe {
     pub fn signature_header(body: &[u8], sign: &Sign) -> Option<String> {
         let now = unix_now();
         let (secret, t, signed): (&str, u64, &[u8]) = match sign {
-            Sign::Valid | Sign::UnknownSerial => (STRIPE_WEBHOOK_SECRET, now, body),
+            Sign::Valid => (STRIPE_WEBHOOK_SECRET, now, body),
+            Sign::UnknownSerial => panic!("Stripe signatures name no key serial"),
             Sign::OldSecret => (STRIPE_OLD_WEBHOOK_SECRET, now, body),
             Sign::Stale => (STRIPE_WEBHOOK_SECRET, now - 400, body),
             Sign::WrongKey => (STRIPE_FOREIGN_SECRET, now, body),
