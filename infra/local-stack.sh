@@ -74,6 +74,9 @@ rand_hex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
 MASTER_KEYS="0:$(rand_hex 32)"
 JWT_SECRET="$(rand_hex 24)"
 OPS_TOKEN="$(rand_hex 24)"
+# A Stripe test configuration (docs/topups.md): its webhook secret signs the emulator test's
+# notifications; its API base is a closed loopback port (nothing leaves the machine).
+STRIPE_WEBHOOK_SECRET="whsec_$(rand_hex 24)"
 ENDPOINT="http://127.0.0.1:$DDB_PORT"
 
 umask 077
@@ -83,6 +86,7 @@ BLEPAY_DYNAMODB_ENDPOINT=$ENDPOINT
 BLEPAY_MASTER_KEYS=$MASTER_KEYS
 BLEPAY_JWT_SECRET=$JWT_SECRET
 BLEPAY_OPS_TOKEN=$OPS_TOKEN
+BLEPAY_STRIPE='{"secretKey":"sk_test_local","webhookSecrets":["$STRIPE_WEBHOOK_SECRET"],"apiBase":"http://127.0.0.1:9"}'
 AWS_REGION=us-east-1
 AWS_ACCESS_KEY_ID=blepaylocal
 AWS_SECRET_ACCESS_KEY=blepaylocal
@@ -133,6 +137,7 @@ cat >"$STATE/local.env" <<ENV
 export BLEPAY_LAMBDA_URL=$URL
 export BLEPAY_JWT_SECRET=$JWT_SECRET
 export BLEPAY_OPS_TOKEN=$OPS_TOKEN
+export BLEPAY_STRIPE_WEBHOOK_SECRET=$STRIPE_WEBHOOK_SECRET
 export BLEPAY_DYNAMODB_ENDPOINT=$ENDPOINT
 export BLEPAY_DYNAMODB_TABLE=$TABLE
 ENV

@@ -23,6 +23,7 @@ struct Stack {
     url: String,
     jwt_secret: String,
     ops_token: String,
+    stripe_webhook_secret: String,
     http: reqwest::Client,
 }
 
@@ -46,6 +47,7 @@ fn stack() -> Option<Stack> {
             .to_owned(),
         jwt_secret: required("BLEPAY_JWT_SECRET"),
         ops_token: required("BLEPAY_OPS_TOKEN"),
+        stripe_webhook_secret: required("BLEPAY_STRIPE_WEBHOOK_SECRET"),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
             .build()
@@ -327,4 +329,47 @@ async fn the_sweeper_binary_runs_under_the_emulator() {
         answer["expired"].is_u64() && answer["timedOut"].is_u64(),
         "{answer}"
     );
+}
+
+/// The phone function serves Stripe's webhook without a bearer token: a notification signed with
+/// the configured endpoint secret is received (one for a top-up the store does not know changes
+/// nothing), one with a bad signature is refused and changes nothing.
+#[tokio::test]
+async fn the_phone_function_verifies_stripe_notifications_under_the_emulator() {
+    let Some(stack) = stack() else { return };
+    let url = stack.function("blepay-verify-fn", "/v1/webhooks/stripe");
+    let body = serde_json::json!({
+        "id": format!("evt_emulator_{}", now()),
+        "object": "event",
+        "type": "payment_intent.succeeded",
+        "created": now(),
+        "livemode": false,
+        "data": {"object": {
+            "id": "pi_emulator", "object": "payment_intent", "amount": 500,
+            "amount_received": 500, "currency": "eur", "status": "succeeded",
+            "metadata": {"blepay_topup_id": "00112233445566778899aabbccddeeff"}
+        }}
+    })
+    .to_string();
+    let secret = blepay_service::config::SecretString::new(stack.stripe_webhook_secret.clone());
+    let signed = blepay_service::providers::stripe::sign(&secret, now(), body.as_bytes());
+    let send = |sig: String| {
+        stack
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("stripe-signature", sig)
+            .body(body.clone())
+    };
+    let (status, answer) = stack.json(send(signed)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["received"], true);
+    let wrong = blepay_service::providers::stripe::sign(
+        &blepay_service::config::SecretString::new("whsec_not_the_secret".into()),
+        now(),
+        body.as_bytes(),
+    );
+    let (status, answer) = stack.json(send(wrong)).await;
+    assert_eq!(status, 401, "{answer}");
+    assert_eq!(answer["code"], "UNAUTHENTICATED");
 }

@@ -70,6 +70,12 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotificationLabels {
+    provider: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -96,6 +102,7 @@ struct Inner {
     expired: Counter,
     refunded: Counter,
     machines: Family<StateLabels, Gauge>,
+    notifications: Family<NotificationLabels, Counter>,
     emf: AtomicBool,
 }
 
@@ -166,6 +173,13 @@ impl Metrics {
             "Registered machines by state, at the last scrape",
             machines.clone(),
         );
+        let notifications = Family::<NotificationLabels, Counter>::default();
+        registry.register(
+            "provider_notifications",
+            "Payment providers' notifications by provider and outcome: applied, duplicate, \
+             unknown_topup, mismatch, ignored, refused (signature, timestamp, malformed)",
+            notifications.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -178,6 +192,7 @@ impl Metrics {
                 expired,
                 refunded,
                 machines,
+                notifications,
                 emf: AtomicBool::new(false),
             }),
         }
@@ -228,6 +243,18 @@ impl Metrics {
     pub fn session_refunded(&self) {
         self.inner.refunded.inc();
         self.emf(&[], &[("SessionsRefunded", "Count", 1.0)]);
+    }
+
+    /// A provider's notification reached a webhook, and what became of it.
+    pub fn provider_notification(&self, provider: &'static str, outcome: &'static str) {
+        self.inner
+            .notifications
+            .get_or_create(&NotificationLabels { provider, outcome })
+            .inc();
+        self.emf(
+            &[("provider", provider), ("outcome", outcome)],
+            &[("ProviderNotifications", "Count", 1.0)],
+        );
     }
 
     /// The machines by state, computed by the caller (at scrape time) from the store.

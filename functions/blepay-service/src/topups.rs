@@ -313,6 +313,16 @@ impl App {
     /// acknowledgement (a retry would change nothing).
     async fn apply_event(&self, ev: &ProviderEvent) -> Result<(), ApiError> {
         let outcome = self.store().apply_provider_event(ev).await?;
+        self.metrics().provider_notification(
+            ev.provider.as_str(),
+            match &outcome {
+                ProviderEventOutcome::Applied { .. } => "applied",
+                ProviderEventOutcome::Duplicate => "duplicate",
+                ProviderEventOutcome::UnknownTopUp => "unknown_topup",
+                ProviderEventOutcome::Mismatch(_) => "mismatch",
+                ProviderEventOutcome::Ignored(_) => "ignored",
+            },
+        );
         match &outcome {
             ProviderEventOutcome::Applied { topup, .. } => {
                 tracing::info!(provider = ev.provider.as_str(), event = %ev.key, topup = %topup.id, status = topup.status.as_str(), "provider notification applied");
@@ -351,8 +361,10 @@ impl App {
             .get("stripe-signature")
             .and_then(|v| v.to_str().ok());
         stripe::verify_signature(&stripe.webhook_secrets, sig, body, now)
-            .map_err(|e| webhook_refusal(Provider::Stripe, &e))?;
-        match stripe::parse_event(body, now).map_err(|e| webhook_refusal(Provider::Stripe, &e))? {
+            .map_err(|e| webhook_refusal(self, Provider::Stripe, &e))?;
+        match stripe::parse_event(body, now)
+            .map_err(|e| webhook_refusal(self, Provider::Stripe, &e))?
+        {
             Some(ev) => self.apply_event(&ev).await,
             None => Ok(()),
         }
@@ -368,7 +380,7 @@ impl App {
         let now = self.now();
         let answer = match wechat.verify_notification(headers, body, now) {
             Err(e) => {
-                let refusal = webhook_refusal(Provider::WechatPay, &e);
+                let refusal = webhook_refusal(self, Provider::WechatPay, &e);
                 wechatpay::nack(refusal.code.http_status(), &refusal.message)
             }
             Ok(None) => wechatpay::ack(),
@@ -567,8 +579,10 @@ impl App {
 }
 
 /// A notification that was not accepted, as the webhook answers it (nothing was applied).
-fn webhook_refusal(provider: Provider, e: &WebhookError) -> ApiError {
+fn webhook_refusal(app: &App, provider: Provider, e: &WebhookError) -> ApiError {
     tracing::warn!(provider = provider.as_str(), error = %e, "provider notification refused");
+    app.metrics()
+        .provider_notification(provider.as_str(), "refused");
     match e {
         WebhookError::NotConfigured => unavailable(provider.as_str()),
         WebhookError::Malformed(m) => ApiError::invalid(format!("malformed notification: {m}")),
