@@ -53,6 +53,20 @@ async fn everything(
     )
 }
 
+/// `blepay_provider_notifications_total{provider, outcome}` from `GET /metrics` (0 when absent).
+async fn notifications(app: &ProviderApp, provider: &str, outcome: &str) -> u64 {
+    let metrics = app.get("/metrics", &app.ops_token).await;
+    let text = metrics.body.as_str().unwrap_or_default().to_owned();
+    text.lines()
+        .filter(|l| l.starts_with("blepay_provider_notifications_total{"))
+        .filter(|l| {
+            l.contains(&format!("provider=\"{provider}\""))
+                && l.contains(&format!("outcome=\"{outcome}\""))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
 /// A WeChat Pay acknowledgement: 200 or 204 and no body.
 #[track_caller]
 fn assert_wechat_ack(a: &Answer) {
@@ -268,6 +282,11 @@ async fn concurrent_deliveries_of_a_stripe_success_credit_the_wallet_once() {
         assert_eq!(a.status, 200, "{}", a.body);
     }
     assert_eq!(available(&app.wallet("cora").await), 2000);
+    assert_eq!(
+        notifications(&app, "stripe", "applied").await,
+        1,
+        "exactly one delivery was applied"
+    );
     let t = app.ops_topup("cora", &id).await;
     assert_eq!(
         (money(&t, "credited"), t["status"].as_str()),
@@ -398,6 +417,8 @@ async fn stripe_notifications_that_do_not_verify_are_refused_and_change_nothing(
         .unwrap();
     assert!(matches!(r.status().as_u16(), 400 | 401));
     assert_eq!(everything(&app, "tess", &id).await, before);
+    assert_eq!(notifications(&app, "stripe", "refused").await, 5);
+    assert_eq!(notifications(&app, "stripe", "applied").await, 0);
 
     // The genuine delivery is still applied (none of the refusals used up its event id), and
     // one signed with the older of two rolled secrets verifies too.
@@ -869,6 +890,7 @@ async fn concurrent_first_deliveries_of_a_wechat_pay_transaction_credit_once() {
         assert_wechat_ack(a);
     }
     assert_eq!(available(&app.wallet("qiu").await), 600);
+    assert_eq!(notifications(&app, "wechatpay", "applied").await, 1);
     assert_eq!(reconciled(&app).await.provider_credits, 600);
 }
 
@@ -963,6 +985,7 @@ async fn wechat_pay_notifications_that_do_not_verify_are_refused_with_fail_and_c
             "{what} changed something"
         );
     }
+    assert_eq!(notifications(&app, "wechatpay", "refused").await, 6);
 
     // The genuine notification is still applied.
     assert_wechat_ack(&app.post_wechat(&genuine, &Sign::Valid).await);
