@@ -202,19 +202,7 @@ pub fn session_filter(req: &pb::ListSessionsRequest) -> Result<SessionFilter, Ap
         Ok(pb::SessionStatus::Expired) => Some(SessionStatus::Expired),
         Err(_) => return Err(ApiError::invalid("status: not a session status")),
     };
-    let time = |name: &str, v: i64| match v {
-        0 => Ok(None),
-        v => u64::try_from(v)
-            .map(Some)
-            .map_err(|_| ApiError::invalid(format!("{name}: must be unix seconds (>= 0)"))),
-    };
-    let from = time("from", req.from)?;
-    let to = time("to", req.to)?;
-    if let (Some(f), Some(t)) = (from, to) {
-        if f > t {
-            return Err(ApiError::invalid("from: after to"));
-        }
-    }
+    let (from, to) = time_range(req.from, req.to)?;
     Ok(SessionFilter {
         device,
         user,
@@ -222,6 +210,28 @@ pub fn session_filter(req: &pb::ListSessionsRequest) -> Result<SessionFilter, Ap
         from,
         to,
     })
+}
+
+/// A list's `from`/`to` (unix seconds, 0 = no bound), checked: not negative, `from` not after
+/// `to`.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming the field.
+pub fn time_range(from: i64, to: i64) -> Result<(Option<u64>, Option<u64>), ApiError> {
+    let time = |name: &str, v: i64| match v {
+        0 => Ok(None),
+        v => u64::try_from(v)
+            .map(Some)
+            .map_err(|_| ApiError::invalid(format!("{name}: must be unix seconds (>= 0)"))),
+    };
+    let from = time("from", from)?;
+    let to = time("to", to)?;
+    if let (Some(f), Some(t)) = (from, to) {
+        if f > t {
+            return Err(ApiError::invalid("from: after to"));
+        }
+    }
+    Ok((from, to))
 }
 
 /// The longest query string value accepted.

@@ -619,19 +619,7 @@ pub fn topup_filter(req: &pb::ListTopUpsRequest) -> Result<TopUpFilter, ApiError
         Ok(pb::TopUpStatus::Refunded) => Some(TopUpStatus::Refunded),
         Err(_) => return Err(ApiError::invalid("status: not a top-up status")),
     };
-    let time = |name: &str, v: i64| match v {
-        0 => Ok(None),
-        v => u64::try_from(v)
-            .map(Some)
-            .map_err(|_| ApiError::invalid(format!("{name}: must be unix seconds (>= 0)"))),
-    };
-    let from = time("from", req.from)?;
-    let to = time("to", req.to)?;
-    if let (Some(f), Some(t)) = (from, to) {
-        if f > t {
-            return Err(ApiError::invalid("from: after to"));
-        }
-    }
+    let (from, to) = crate::reports::time_range(req.from, req.to)?;
     Ok(TopUpFilter {
         user,
         provider,
