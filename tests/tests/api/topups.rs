@@ -1449,3 +1449,116 @@ async fn operators_list_top_ups_by_user_provider_and_status_a_page_at_a_time_and
     assert_eq!(&rows[0][col("currency")], "CNY");
     reconciled(&app).await;
 }
+
+/// The same operations over gRPC: PhoneService/StartTopUp and GetTopUp for the caller,
+/// OpsService/ListTopUps and RefundTopUp for operators — the same handlers, the same rules.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stripe_top_up_starts_is_credited_listed_and_refunded_over_grpc() {
+    use blepay_proto::pb::v1 as pb;
+    use blepay_proto::pb::v1::ops_service_client::OpsServiceClient;
+    use blepay_proto::pb::v1::phone_service_client::PhoneServiceClient;
+    fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        r
+    }
+    let app = spawn_app_with_providers(ProviderSetup::default()).await;
+    let ch = tonic::transport::Endpoint::from_shared(app.address.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut phone = PhoneServiceClient::new(ch.clone());
+    let mut ops = OpsServiceClient::new(ch);
+    let token = app.token_for("grace");
+    let start = pb::StartTopUpRequest {
+        amount: 1500,
+        provider: "stripe".into(),
+        idempotency_key: random_key(),
+        wechat_open_id: String::new(),
+    };
+    let t = phone
+        .start_top_up(authed(start.clone(), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(t.status, pb::TopUpStatus::Pending as i32);
+    let checkout = t.stripe.clone().expect("a Stripe checkout");
+    assert!(
+        checkout
+            .client_secret
+            .starts_with(&checkout.payment_intent_id)
+    );
+    // The same key over gRPC is the same top-up.
+    let again = phone
+        .start_top_up(authed(start, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.top_up_id, t.top_up_id);
+
+    let (a, _) = app
+        .stripe_notify(
+            "payment_intent.succeeded",
+            stripe::payment_intent(&checkout.payment_intent_id, &t.top_up_id, 1500, "EUR"),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let got = phone
+        .get_top_up(authed(
+            pb::GetTopUpRequest {
+                top_up_id: t.top_up_id.clone(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.status, pb::TopUpStatus::Succeeded as i32);
+    assert_eq!(got.credited, 1500);
+    // Another user cannot read it: NOT_FOUND, as over HTTP.
+    let other = phone
+        .get_top_up(authed(
+            pb::GetTopUpRequest {
+                top_up_id: t.top_up_id.clone(),
+            },
+            &app.token_for("mallory"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), tonic::Code::NotFound);
+
+    let list = ops
+        .list_top_ups(authed(
+            pb::ListTopUpsRequest {
+                user_id: "grace".into(),
+                ..pb::ListTopUpsRequest::default()
+            },
+            &app.ops_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.top_ups.len(), 1);
+    assert_eq!(list.top_ups[0].transaction_id, checkout.payment_intent_id);
+
+    let refunded = ops
+        .refund_top_up(authed(
+            pb::RefundTopUpRequest {
+                top_up_id: t.top_up_id.clone(),
+                amount: 500,
+                reason: "asked by phone".into(),
+                idempotency_key: random_key(),
+            },
+            &app.ops_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(refunded.reversed, 500);
+    assert_eq!(refunded.refunds.len(), 1);
+    assert_eq!(available(&app.wallet("grace").await), 1000);
+    let audit = reconciled(&app).await;
+    assert_eq!(audit.provider_credits - audit.provider_debits, 1000);
+}
