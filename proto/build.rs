@@ -20,7 +20,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let encoded = fds.encode_to_vec();
     std::fs::write(out_dir.join("blepay_descriptor.bin"), &encoded)?;
 
+    // Maps as BTreeMap: the crate builds without std (the device client), where HashMap is not.
     tonic_prost_build::configure()
+        .btree_map(".")
         .build_server(grpc)
         .build_client(grpc)
         .build_transport(grpc)
@@ -32,6 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .register_descriptors(&encoded)?
             .out_dir(&out_dir)
             .emit_fields()
+            .btree_map(["."])
             .ignore_unknown_fields()
             .build(&[".blepay.v1"])?;
     }

@@ -39,13 +39,28 @@ async fn main() -> std::process::ExitCode {
     } else {
         "warn"
     };
-    tracing_subscriber::fmt()
+    // BLEPAY_LOG_FORMAT=json: one JSON object per line (journald, a log shipper); colour only
+    // when stderr is a terminal.
+    let json = match std::env::var("BLEPAY_LOG_FORMAT").as_deref() {
+        Err(_) | Ok("" | "text") => false,
+        Ok("json") => true,
+        Ok(other) => {
+            eprintln!("BLEPAY_LOG_FORMAT: must be text or json, not {other:?}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let done = match cli.command {
         Command::Serve(s) => {
             let s = *s;
