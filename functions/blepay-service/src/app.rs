@@ -519,17 +519,14 @@ impl App {
         let (seq, enc_key) = (frame.seq(), key.clone());
         // The refusal code travels with the saved answer, so a retry gets the same HTTP status
         // without the service decoding its own frame.
-        // Whether the answer the store saved settled a session by this very report (the last
-        // encoding is the one saved: a store may encode for an attempt it then re-runs).
-        let settles = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let settles_seen = Arc::clone(&settles);
+        // What the answer the store saved says happened (the last encoding is the one saved: a
+        // store may encode for an attempt it then re-runs): logged and counted once it is.
+        let result = Arc::new(std::sync::Mutex::new(None::<DeviceOpResult>));
+        let result_seen = Arc::clone(&result);
         let encoder: ResponseEncoder = Arc::new(move |r: &DeviceOpResult| {
-            settles_seen.store(
-                matches!(r, DeviceOpResult::Session(s) if s.status == SessionStatus::Settled
-                    && s.closed_by == Some(CloseReason::Report)
-                    && s.ended_at == Some(now)),
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            if let Ok(mut seen) = result_seen.lock() {
+                *seen = Some(r.clone());
+            }
             let answer = device_answer(r, active_timeout);
             SavedAnswer {
                 frame: seal_response(
@@ -543,10 +540,11 @@ impl App {
             }
         });
         let outcome = self.inner.store.device_call(&call, encoder).await?;
-        if matches!(outcome, DeviceCallOutcome::Fresh(_))
-            && settles.load(std::sync::atomic::Ordering::Relaxed)
-        {
-            self.metrics().session_settled_by_report();
+        if matches!(outcome, DeviceCallOutcome::Fresh(_)) {
+            let saved = result.lock().ok().and_then(|mut r| r.take());
+            if let Some(r) = saved {
+                self.machine_result_logged(frame.device_id(), &r, now);
+            }
         }
         match outcome {
             DeviceCallOutcome::Fresh(answer) | DeviceCallOutcome::Retry(answer) => {
@@ -571,6 +569,43 @@ impl App {
                 );
                 Err(frame_not_authentic())
             }
+        }
+    }
+
+    /// Log (and count) what a fresh machine request did: every session transition and every
+    /// refusal at INFO, with ids.
+    fn machine_result_logged(&self, device: DeviceId, r: &DeviceOpResult, now: u64) {
+        match r {
+            DeviceOpResult::Started(s) if s.started_at == Some(now) => {
+                tracing::info!(session = %s.id, device = %device, hold = %s.hold, "session started");
+            }
+            DeviceOpResult::Started(s) => {
+                tracing::info!(session = %s.id, device = %device, "press on a session already started: its terms again");
+            }
+            DeviceOpResult::Session(s)
+                if s.status == SessionStatus::Settled
+                    && s.closed_by == Some(CloseReason::Report)
+                    && s.ended_at == Some(now) =>
+            {
+                tracing::info!(session = %s.id, device = %device, units = s.units.get(), amount = %s.amount, "session settled by its final report");
+                self.metrics().session_settled_by_report();
+            }
+            DeviceOpResult::Session(s) => {
+                tracing::info!(session = %s.id, device = %device, status = s.status.as_str(), units = s.units.get(), "session reported");
+            }
+            DeviceOpResult::NoSessionWaiting => {
+                tracing::info!(device = %device, "press refused: no session waiting (pay in the app first)");
+            }
+            DeviceOpResult::SessionNotFound => {
+                tracing::info!(device = %device, "machine request refused: no such session");
+            }
+            DeviceOpResult::Refused(e) => {
+                tracing::info!(device = %device, error = %e, "machine request refused");
+            }
+            DeviceOpResult::FrameInvalid(m) => {
+                tracing::info!(device = %device, error = %m, "machine request refused: undecodable body");
+            }
+            DeviceOpResult::Grants(_) | DeviceOpResult::Ack => {}
         }
     }
 

@@ -191,3 +191,89 @@ fn generated_secrets_are_refused_off_loopback_and_short_jwt_secrets_anywhere() {
         "{err}"
     );
 }
+
+#[test]
+fn a_provider_document_readable_by_others_or_malformed_is_refused_without_showing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = r#"{"secretKey":"sk_test_sekrit","webhookSecrets":["whsec_sekrit"]}"#;
+    let open = secret_file(dir.path(), "stripe-open.json", doc, 0o644);
+    let err = refused_start(
+        blepay()
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--stripe-file")
+            .arg(&open),
+    );
+    assert!(
+        err.contains("BLEPAY_STRIPE_FILE") && err.contains("0644"),
+        "{err}"
+    );
+    // A document with a publishable key where the secret key goes: named, never shown.
+    let wrong = secret_file(
+        dir.path(),
+        "stripe-wrong.json",
+        r#"{"secretKey":"pk_test_sekrit","webhookSecrets":["whsec_sekrit"]}"#,
+        0o600,
+    );
+    let err = refused_start(
+        blepay()
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--stripe-file")
+            .arg(&wrong),
+    );
+    assert!(
+        err.contains("BLEPAY_STRIPE") && err.contains("secretKey"),
+        "{err}"
+    );
+    assert!(!err.contains("sekrit"), "the secret was shown: {err}");
+}
+
+#[test]
+fn the_log_format_is_text_or_json_and_json_writes_one_object_per_line() {
+    let err = refused_start(blepay().args(["serve"]).env("BLEPAY_LOG_FORMAT", "xml"));
+    assert!(err.contains("BLEPAY_LOG_FORMAT"), "{err}");
+    // A refused start logs nothing through tracing; a generated development secret is a
+    // warning, logged once serve resolves its configuration: read that line.
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = blepay()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("BLEPAY_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("serve logged nothing");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert!(
+        v["level"].is_string() && v["fields"]["message"].is_string(),
+        "{v}"
+    );
+    assert!(
+        !line.contains('\u{1b}'),
+        "colour codes in a log file: {line}"
+    );
+}
