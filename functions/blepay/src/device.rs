@@ -16,6 +16,7 @@ use crate::machine::{Machine, grant_json, response_json};
 /// `blepay device` arguments.
 #[derive(Debug, clap::Args)]
 pub struct DeviceArgs {
+    /// The blepay server's base URL.
     #[arg(
         long,
         global = true,
@@ -29,6 +30,7 @@ pub struct DeviceArgs {
     /// The machine's device key, hex (required).
     #[arg(long, global = true, env = "BLEPAY_DEVICE_KEY", hide_env_values = true)]
     device_key: Option<String>,
+    /// The master key version the device key was derived under (0..=15; `register-device` prints it).
     #[arg(long, global = true, default_value_t = 0)]
     key_version: u8,
     /// Where the machine keeps its sequence number, use counter and clock offset.
@@ -83,15 +85,19 @@ enum DeviceCommand {
     Poll,
     /// Legacy: the start button for a session learnt by polling (`press` needs no poll).
     Start {
+        /// The session id (32 hex digits; `press` prints it).
         #[arg(long)]
         session: String,
     },
     /// Report units dispensed so far; `--final` ends and settles the session.
     Report {
+        /// The session id (32 hex digits; `press` prints it).
         #[arg(long)]
         session: String,
+        /// Units dispensed so far in the session (a running total, not a delta).
         #[arg(long)]
         units: u64,
+        /// The final report: ends the session and settles it (captures at most the hold).
         #[arg(long = "final")]
         last: bool,
     },

@@ -13,6 +13,7 @@ use blepay_service::config::SecretString;
 /// `blepay ops` arguments.
 #[derive(Debug, clap::Args)]
 pub struct OpsArgs {
+    /// The blepay server's base URL.
     #[arg(long, env = "BLEPAY_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
     /// A file holding the operator token; or the token itself in the variable BLEPAY_OPS_TOKEN
@@ -27,36 +28,49 @@ pub struct OpsArgs {
 enum OpsCommand {
     /// Register a machine; prints its device key.
     RegisterDevice {
+        /// The machine's id: 16 hex digits.
         #[arg(long)]
         device_id: String,
+        /// The name operators (and, for a machine, phones) see.
         #[arg(long)]
         name: String,
+        /// The price of one unit, in minor units (e.g. cents: 25 = 0.25).
         #[arg(long)]
         price_per_unit: i64,
+        /// What one unit is: litre, cycle, minute…
         #[arg(long)]
         unit_name: String,
+        /// The tariff's currency (ISO 4217); it must be the deployment's.
         #[arg(long, default_value = "EUR")]
         currency: String,
     },
     /// Credit a user's wallet.
     Topup {
+        /// The user id (the `sub` of their phone JWT).
         #[arg(long)]
         user: String,
+        /// The amount, in minor units (e.g. cents: 1000 = 10.00).
         #[arg(long)]
         amount: i64,
+        /// Makes a retry safe: the same key does it once. Defaults to a random key.
         #[arg(long)]
         idempotency_key: Option<String>,
     },
     /// Show a user's wallet.
     Wallet {
+        /// The user id (the `sub` of their phone JWT).
         #[arg(long)]
         user: String,
     },
     /// Show any session.
-    Session { session_id: String },
+    Session {
+        /// The session id (32 hex digits).
+        session_id: String,
+    },
     /// Show a machine: tariff, state (IDLE/BUSY/OFFLINE/FAULT), last seen, open session and the
     /// latest heartbeat's telemetry.
     Device {
+        /// The machine's id: 16 hex digits.
         #[arg(long)]
         device_id: String,
     },
@@ -72,14 +86,17 @@ enum OpsCommand {
     },
     /// Mint a development phone JWT (HS256 with BLEPAY_JWT_SECRET, or the one generated in the data dir).
     Token {
+        /// The user id (the `sub` of their phone JWT).
         #[arg(long)]
         user: String,
+        /// The token's lifetime, in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl_secs: u64,
         /// A file holding the HS256 secret; or the secret in the variable BLEPAY_JWT_SECRET;
         /// else the data dir's generated `jwt-secret`.
         #[arg(long, env = "BLEPAY_JWT_SECRET_FILE")]
         jwt_secret_file: Option<PathBuf>,
+        /// The server's data dir (holds the generated `jwt-secret` of a development server).
         #[arg(long, env = "BLEPAY_DATA_DIR", default_value = "./blepay-data")]
         data_dir: PathBuf,
     },
@@ -89,17 +106,23 @@ enum OpsCommand {
 enum OperatorCommand {
     /// Create an operator with a role (owner, support, finance, technician); prints its token once.
     Create {
+        /// The name operators (and, for a machine, phones) see.
         #[arg(long)]
         name: String,
+        /// The operator's role: owner, support, finance or technician.
         #[arg(long)]
         role: String,
+        /// Makes a retry safe: the same key does it once. Defaults to a random key.
         #[arg(long)]
         idempotency_key: Option<String>,
     },
     /// List every operator, revoked ones included.
     List,
     /// Revoke an operator: its token is refused from now on.
-    Revoke { operator_id: String },
+    Revoke {
+        /// The operator's id (`operator list` shows it).
+        operator_id: String,
+    },
 }
 
 /// Run one operator command and print its answer.

@@ -7,6 +7,7 @@ use crate::api::{Api, random_key};
 /// `blepay phone` arguments.
 #[derive(Debug, clap::Args)]
 pub struct PhoneArgs {
+    /// The blepay server's base URL.
     #[arg(long, env = "BLEPAY_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
     /// A file holding the user's JWT (see `blepay ops token`); or the token itself in the
@@ -21,13 +22,16 @@ pub struct PhoneArgs {
 enum PhoneCommand {
     /// Verify a heard advert (base64 payload).
     Verify {
+        /// The heard advert's payload, base64 (`blepay device advert` prints one).
         #[arg(long)]
         advert: String,
     },
     /// Pay: hold up to --max-amount for a session on the advertised machine.
     Pay {
+        /// The heard advert's payload, base64 (`blepay device advert` prints one).
         #[arg(long)]
         advert: String,
+        /// The most the session may cost, held on the wallet until it settles: minor units (e.g. cents: 200 = 2.00).
         #[arg(long)]
         max_amount: i64,
         /// Defaults to a random key; pass the same key to retry safely.
@@ -35,7 +39,10 @@ enum PhoneCommand {
         idempotency_key: Option<String>,
     },
     /// Show one of the user's sessions.
-    Session { session_id: String },
+    Session {
+        /// The session id (32 hex digits; `pay` prints it).
+        session_id: String,
+    },
     /// Show the user's wallet.
     Wallet,
 }
