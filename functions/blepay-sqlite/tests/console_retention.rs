@@ -17,18 +17,39 @@ async fn a_sign_in_prunes_the_sessions_expired_more_than_a_day_before() {
     let ended = console_session(2, "bootstrap", T0, 5000);
     assert!(store.create_console_session(&old).await.unwrap());
     assert!(store.create_console_session(&ended).await.unwrap());
-    assert!(store.end_console_session(&ended.id_hash, T0 + 10).await.unwrap());
+    assert!(
+        store
+            .end_console_session(&ended.id_hash, T0 + 10)
+            .await
+            .unwrap()
+    );
 
     // A day after `old` expired, to the second: kept.
     let at = T0 + 100 + CONSOLE_SESSION_GRACE_SECS;
-    assert!(store.create_console_session(&console_session(3, "bootstrap", at, 60)).await.unwrap());
+    assert!(
+        store
+            .create_console_session(&console_session(3, "bootstrap", at, 60))
+            .await
+            .unwrap()
+    );
     assert!(store.console_session(&old.id_hash).await.unwrap().is_some());
 
     // One second later: pruned; the one signed out but expiring later is still kept.
     let at = at + 1;
-    assert!(store.create_console_session(&console_session(4, "bootstrap", at, 60)).await.unwrap());
+    assert!(
+        store
+            .create_console_session(&console_session(4, "bootstrap", at, 60))
+            .await
+            .unwrap()
+    );
     assert_eq!(store.console_session(&old.id_hash).await.unwrap(), None);
-    assert!(store.console_session(&ended.id_hash).await.unwrap().is_some());
+    assert!(
+        store
+            .console_session(&ended.id_hash)
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 #[tokio::test]

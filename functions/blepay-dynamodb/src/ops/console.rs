@@ -231,6 +231,47 @@ mod tests {
         assert!(format!("{SAMPLE_PREFIX}{:020}#~", 10) > sample_sk(10, u32::MAX));
     }
 
+    /// DynamoDB's item size (docs: attribute names plus values; a number is about one byte per
+    /// two digits plus one; a map or list 3 bytes plus 1 per element).
+    fn size(v: &aws_sdk_dynamodb::types::AttributeValue) -> usize {
+        use aws_sdk_dynamodb::types::AttributeValue as A;
+        match v {
+            A::S(x) => x.len(),
+            A::N(x) => x.len().div_ceil(2) + 1,
+            A::B(x) => x.as_ref().len(),
+            A::M(m) => 3 + m.iter().map(|(k, v)| k.len() + size(v) + 1).sum::<usize>(),
+            A::L(l) => 3 + l.iter().map(|v| size(v) + 1).sum::<usize>(),
+            _ => 1,
+        }
+    }
+
+    #[test]
+    fn the_largest_telemetry_sample_is_one_write_unit() {
+        let t = Telemetry {
+            firmware_version: "x".repeat(blepay_core::telemetry::MAX_FIRMWARE_VERSION_LEN),
+            fault_codes: vec![u32::MAX; blepay_core::telemetry::MAX_FAULT_CODES],
+            signal_quality: 99,
+            uptime_secs: u64::MAX,
+            boot_count: u32::MAX,
+            outbox_depth: u32::MAX,
+            lifetime_units: u64::MAX,
+        };
+        let put = sample_put(
+            "t",
+            DeviceId::from_bytes([0xff; 8]),
+            u32::MAX,
+            u64::MAX / 2,
+            &t,
+        )
+        .ok()
+        .and_then(|w| w.put)
+        .map(|p| p.item)
+        .unwrap_or_default();
+        let bytes: usize = put.iter().map(|(k, v)| k.len() + size(v)).sum();
+        // About 310 bytes (a typical one about 200): one write unit (1 KB) outside a transaction, two inside one.
+        assert!((250..400).contains(&bytes), "{bytes} bytes");
+    }
+
     #[test]
     fn a_console_session_round_trips_through_its_item() {
         let x = ConsoleSession {
