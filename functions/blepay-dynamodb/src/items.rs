@@ -356,7 +356,7 @@ pub(crate) fn telemetry_attr(t: &Telemetry) -> AttributeValue {
     ]))
 }
 
-fn telemetry_from_item(item: &Item) -> Result<Telemetry, StoreError> {
+pub(crate) fn telemetry_from_item(item: &Item) -> Result<Telemetry, StoreError> {
     let fault_codes = match item.get("faults") {
         Some(AttributeValue::L(list)) => list
             .iter()

@@ -209,7 +209,8 @@ async fn each_happy_path_operation_uses_its_minimum_of_requests() {
         "press, none waiting"
     );
 
-    // A warm heartbeat: one conditional UpdateItem.
+    // A warm heartbeat: one TransactWriteItems (the device's conditional update and the
+    // history's sample).
     counter.reset();
     let heartbeat = DeviceOp::Heartbeat(blepay_store::conformance::telemetry(3));
     assert_eq!(
@@ -218,7 +219,7 @@ async fn each_happy_path_operation_uses_its_minimum_of_requests() {
     );
     assert_eq!(
         counter.by_operation(),
-        ops(&[("UpdateItem", 1)]),
+        ops(&[("TransactWriteItems", 1)]),
         "heartbeat"
     );
     report(&format!("heartbeat: {:?}", counter.by_operation()));
@@ -331,13 +332,13 @@ async fn without_knowledge_of_the_machine_each_operation_reads_then_writes_once(
         ops(&[("Query", 1), ("TransactWriteItems", 1)]),
         "cold press"
     );
-    // A cold heartbeat: the device item read, then one UpdateItem.
+    // A cold heartbeat: the device item read, then one TransactWriteItems.
     counter.reset();
     let heartbeat = DeviceOp::Heartbeat(blepay_store::conformance::telemetry(1));
     device_op(&store, 1, 6, heartbeat, T0 + 5).await;
     assert_eq!(
         counter.by_operation(),
-        ops(&[("Query", 1), ("UpdateItem", 1)]),
+        ops(&[("Query", 1), ("TransactWriteItems", 1)]),
         "cold heartbeat"
     );
     blepay_store::conformance::reconciled(&store).await;

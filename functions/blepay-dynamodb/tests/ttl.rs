@@ -89,3 +89,66 @@ async fn a_top_up_whose_key_record_was_swept_is_answered_from_its_ledger_row() {
     );
     assert_eq!(reconciled(&store).await.top_ups, 1000);
 }
+
+/// The console's items carry a `ttl`: a telemetry sample `TELEMETRY_HISTORY_SECS` after its
+/// heartbeat, a console session `CONSOLE_SESSION_GRACE_SECS` after its expiry; the sweeper deletes
+/// them then and not before.
+#[tokio::test]
+async fn telemetry_samples_and_console_sessions_expire_by_ttl() {
+    use blepay_store::TELEMETRY_HISTORY_SECS;
+    use blepay_store::conformance::{console_session, device_id, telemetry};
+
+    let store = fresh_store().await;
+    online_machine(&store, 1, T0).await;
+    device_op(&store, 1, 2, DeviceOp::Heartbeat(telemetry(1)), T0).await;
+    device_op(&store, 1, 3, DeviceOp::Heartbeat(telemetry(2)), T0 + 10).await;
+    let signed_in = console_session(1, "bootstrap", T0, 3600);
+    assert!(store.create_console_session(&signed_in).await.unwrap());
+    let history = || async {
+        store
+            .telemetry_history(device_id(1), 0, u64::MAX, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.at)
+            .collect::<Vec<_>>()
+    };
+
+    assert_eq!(
+        sweep_ttl(&store, T0 + TELEMETRY_HISTORY_SECS - 1).await,
+        1,
+        "the session only"
+    );
+    assert_eq!(history().await, vec![T0, T0 + 10]);
+
+    assert_eq!(sweep_ttl(&store, T0 + TELEMETRY_HISTORY_SECS).await, 1);
+    assert_eq!(history().await, vec![T0 + 10]);
+    assert_eq!(
+        store.console_session(&signed_in.id_hash).await.unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn a_console_session_is_kept_a_day_after_it_expired() {
+    use blepay_store::CONSOLE_SESSION_GRACE_SECS;
+    use blepay_store::conformance::console_session;
+
+    let store = fresh_store().await;
+    let signed_in = console_session(1, "bootstrap", T0, 3600);
+    assert!(store.create_console_session(&signed_in).await.unwrap());
+    let gone_at = signed_in.expires_at + CONSOLE_SESSION_GRACE_SECS;
+    assert_eq!(sweep_ttl(&store, gone_at - 1).await, 0);
+    assert!(
+        store
+            .console_session(&signed_in.id_hash)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(sweep_ttl(&store, gone_at).await, 1);
+    assert_eq!(
+        store.console_session(&signed_in.id_hash).await.unwrap(),
+        None
+    );
+}

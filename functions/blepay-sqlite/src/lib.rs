@@ -17,6 +17,7 @@
 //!
 //! Must not depend on: HTTP, gRPC, protobuf, the AWS SDK.
 
+mod console;
 mod convert;
 mod fleet;
 mod keys;
@@ -38,12 +39,13 @@ use blepay_store::decide::{
     NewTopUp, TopUpDecision, TopUpFacts, decide_top_up, top_up_fingerprint,
 };
 use blepay_store::{
-    Audit, AuditEvent, AuditFilter, CloseCommand, CloseOutcome, CreateOperatorOutcome, DeviceCall,
-    DeviceCallOutcome, DeviceFilter, DeviceRecord, DeviceStatus, DeviceUpdate, DeviceUpdateOutcome,
-    DismissCommand, DismissOutcome, NewOperator, OperatorId, OperatorRecord, Page, PageRequest,
-    PayCommand, PayOutcome, Problem, ProblemCommand, ProblemOutcome, RefundCommand, RefundOutcome,
-    RegisterOutcome, ResponseEncoder, RevokeOperatorOutcome, RevokeOutcome, RotateOutcome,
-    SalesFacts, SessionFilter, Spending, StatementEntry, Store, StoreError, TopUpOutcome,
+    Audit, AuditEvent, AuditFilter, CloseCommand, CloseOutcome, ConsoleSession,
+    CreateOperatorOutcome, DeviceCall, DeviceCallOutcome, DeviceFilter, DeviceRecord, DeviceStatus,
+    DeviceUpdate, DeviceUpdateOutcome, DismissCommand, DismissOutcome, NewOperator, OperatorId,
+    OperatorRecord, Page, PageRequest, PayCommand, PayOutcome, Problem, ProblemCommand,
+    ProblemOutcome, RefundCommand, RefundOutcome, RegisterOutcome, ResponseEncoder,
+    RevokeOperatorOutcome, RevokeOutcome, RotateOutcome, SalesFacts, SessionFilter, Spending,
+    StatementEntry, Store, StoreError, TelemetrySample, TopUpOutcome,
 };
 use blepay_store::{
     NewProviderTopUp, ProviderEvent, ProviderEventOutcome, ProviderTopUp, StartTopUpOutcome,
@@ -310,6 +312,36 @@ impl Store for SqliteStore {
     ) -> Result<Page<AuditEvent>, StoreError> {
         let (filter, page) = (filter.clone(), page.clone());
         self.run(move |c| operators::audit_events(c, &filter, &page))
+            .await
+    }
+
+    async fn create_console_session(&self, s: &ConsoleSession) -> Result<bool, StoreError> {
+        let s = s.clone();
+        self.run(move |c| console::create_session(c, &s)).await
+    }
+
+    async fn console_session(
+        &self,
+        id_hash: &[u8; 32],
+    ) -> Result<Option<ConsoleSession>, StoreError> {
+        let id_hash = *id_hash;
+        self.run(move |c| console::load_session(c, &id_hash)).await
+    }
+
+    async fn end_console_session(&self, id_hash: &[u8; 32], now: u64) -> Result<bool, StoreError> {
+        let id_hash = *id_hash;
+        self.run(move |c| console::end_session(c, &id_hash, now))
+            .await
+    }
+
+    async fn telemetry_history(
+        &self,
+        device: DeviceId,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<TelemetrySample>, StoreError> {
+        self.run(move |c| console::telemetry_history(c, device, from, to, limit))
             .await
     }
 

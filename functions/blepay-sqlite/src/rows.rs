@@ -97,40 +97,53 @@ fn last_call(r: &Row<'_>) -> rusqlite::Result<Option<LastCall>> {
 
 /// Columns 12 to 19 of [`load_device`]'s row: the latest heartbeat's telemetry.
 fn telemetry(r: &Row<'_>) -> rusqlite::Result<Option<Telemetry>> {
-    let Some(firmware_version) = r.get::<_, Option<String>>(13)? else {
+    telemetry_cols(r, 13)
+}
+
+/// Telemetry from 7 columns starting at `first`: firmware (NULL = none), faults (comma
+/// separated), signal, uptime, boots, outbox, lifetime units.
+pub(crate) fn telemetry_cols(r: &Row<'_>, first: usize) -> rusqlite::Result<Option<Telemetry>> {
+    let Some(firmware_version) = r.get::<_, Option<String>>(first)? else {
         return Ok(None);
     };
-    let faults: String = r.get(14)?;
+    let faults: String = r.get(first + 1)?;
     let fault_codes = faults
         .split(',')
         .filter(|f| !f.is_empty())
         .map(str::parse)
         .collect::<Result<Vec<u32>, _>>()
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(14, Type::Text, Box::new(e)))?;
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(first + 1, Type::Text, Box::new(e))
+        })?;
     Ok(Some(Telemetry {
         firmware_version,
         fault_codes,
-        signal_quality: r.get(15)?,
-        uptime_secs: units_from_sql(r.get(16)?).get(),
-        boot_count: r.get(17)?,
-        outbox_depth: r.get(18)?,
-        lifetime_units: units_from_sql(r.get(19)?).get(),
+        signal_quality: r.get(first + 2)?,
+        uptime_secs: units_from_sql(r.get(first + 3)?).get(),
+        boot_count: r.get(first + 4)?,
+        outbox_depth: r.get(first + 5)?,
+        lifetime_units: units_from_sql(r.get(first + 6)?).get(),
     }))
 }
 
-/// Save a heartbeat's telemetry, received at `at`.
+/// Fault codes as stored: comma separated.
+pub(crate) fn faults_text(t: &Telemetry) -> String {
+    t.fault_codes
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Save a heartbeat's telemetry, received at `at`: the device's latest, and a sample of its
+/// history (`console::save_sample`).
 pub(crate) fn save_telemetry(
     c: &Connection,
     device: DeviceId,
     t: &Telemetry,
     at: u64,
 ) -> Result<(), StoreError> {
-    let faults = t
-        .fault_codes
-        .iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
+    let faults = faults_text(t);
     c.execute(
         "UPDATE devices SET telemetry_at = ?1, telemetry_firmware = ?2, telemetry_faults = ?3,
                 telemetry_signal = ?4, telemetry_uptime = ?5, telemetry_boots = ?6,
@@ -149,7 +162,7 @@ pub(crate) fn save_telemetry(
         ],
     )
     .map_err(db)?;
-    Ok(())
+    crate::console::save_sample(c, device, t, at)
 }
 
 /// The AUTHORIZED or ACTIVE session on `device`, whole.

@@ -311,6 +311,35 @@ CREATE TABLE topup_refunds (
     UNIQUE (topup_id, idem_key)
 ) STRICT;
 ",
+    // 11: the operator console — its sign-in sessions (only the SHA-256 of the cookie's secret;
+    // records expired a day are pruned on the next sign-in) and one telemetry sample per fresh
+    // heartbeat for a machine's chart (kept `TELEMETRY_HISTORY_SECS`, pruned per machine when it
+    // saves a new one; `id` orders samples received in one second).
+    r"
+CREATE TABLE console_sessions (
+    id_hash    BLOB PRIMARY KEY CHECK (length(id_hash) = 32),
+    operator   TEXT NOT NULL,
+    role       TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    ended_at   INTEGER
+) STRICT;
+CREATE INDEX console_sessions_by_expiry ON console_sessions (expires_at);
+
+CREATE TABLE telemetry_samples (
+    id             INTEGER PRIMARY KEY,
+    device_id      BLOB NOT NULL REFERENCES devices (id),
+    at             INTEGER NOT NULL,
+    firmware       TEXT NOT NULL,
+    faults         TEXT NOT NULL,
+    signal         INTEGER NOT NULL,
+    uptime         INTEGER NOT NULL,
+    boots          INTEGER NOT NULL,
+    outbox         INTEGER NOT NULL,
+    lifetime_units INTEGER NOT NULL
+) STRICT;
+CREATE INDEX telemetry_samples_by_device ON telemetry_samples (device_id, at);
+",
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -121,6 +121,11 @@ macro_rules! conformance_tests {
             revoking_an_operator_stamps_it_once_and_an_unknown_one_is_not_found,
             audit_events_are_recorded_once_per_key_and_listed_newest_first_page_by_page,
             concurrent_creates_with_one_key_create_one_operator,
+            a_console_session_is_saved_once_read_back_and_ended_once,
+            an_expired_console_session_reads_back_not_live_and_can_still_be_ended,
+            concurrent_ends_of_one_console_session_end_it_once,
+            each_fresh_heartbeat_keeps_a_telemetry_sample_oldest_first,
+            the_telemetry_history_holds_its_range_and_keeps_the_newest_within_the_limit,
             a_tariff_change_applies_to_sessions_authorized_after_it_never_to_an_open_one,
             a_pay_for_a_machine_out_of_service_is_refused_and_changes_nothing,
             a_decommissioned_machine_stays_decommissioned_and_keeps_its_history,
@@ -2514,6 +2519,282 @@ pub async fn concurrent_creates_with_one_key_create_one_operator(store: Arc<dyn 
     }
     assert_eq!(created.len(), 1);
     assert_eq!(store.operators().await.unwrap(), created);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The operator console: sign-in sessions and the telemetry history
+// ---------------------------------------------------------------------------------------------
+
+/// A console session of `operator` signed in at `at` for `ttl` seconds; its id hash is `[n; 32]`.
+pub fn console_session(n: u8, operator: &str, at: u64, ttl: u64) -> crate::ConsoleSession {
+    crate::ConsoleSession {
+        id_hash: [n; 32],
+        operator: operator.into(),
+        role: "owner".into(),
+        created_at: at,
+        expires_at: at + ttl,
+        ended_at: None,
+    }
+}
+
+pub async fn a_console_session_is_saved_once_read_back_and_ended_once(store: Arc<dyn Store>) {
+    let ann = console_session(1, "op:0a00000000000001", T0, 3600);
+    let bob = crate::ConsoleSession {
+        role: "support".into(),
+        ..console_session(2, "op:0a00000000000002", T0 + 5, 600)
+    };
+    assert!(store.create_console_session(&ann).await.unwrap());
+    assert!(store.create_console_session(&bob).await.unwrap());
+    let read = store.console_session(&ann.id_hash).await.unwrap();
+    assert_eq!(read.as_ref(), Some(&ann));
+    assert!(read.unwrap().is_live(T0 + 10));
+
+    // The same hash again is refused and changes nothing.
+    let clash = console_session(1, "bootstrap", T0 + 20, 60);
+    assert!(!store.create_console_session(&clash).await.unwrap());
+    assert_eq!(
+        store.console_session(&ann.id_hash).await.unwrap(),
+        Some(ann.clone())
+    );
+
+    // Sign-out ends it once, and only it.
+    assert!(
+        store
+            .end_console_session(&ann.id_hash, T0 + 30)
+            .await
+            .unwrap()
+    );
+    let ended = store.console_session(&ann.id_hash).await.unwrap().unwrap();
+    assert_eq!(
+        ended,
+        crate::ConsoleSession {
+            ended_at: Some(T0 + 30),
+            ..ann.clone()
+        }
+    );
+    assert!(!ended.is_live(T0 + 31), "signed out before it expired");
+    assert!(
+        !store
+            .end_console_session(&ann.id_hash, T0 + 40)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .console_session(&ann.id_hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .ended_at,
+        Some(T0 + 30),
+        "a second sign-out does not move the first"
+    );
+    assert_eq!(
+        store.console_session(&bob.id_hash).await.unwrap(),
+        Some(bob)
+    );
+
+    // An unknown hash is nothing.
+    assert_eq!(store.console_session(&[9; 32]).await.unwrap(), None);
+    assert!(!store.end_console_session(&[9; 32], T0 + 50).await.unwrap());
+    assert_eq!(store.console_session(&[9; 32]).await.unwrap(), None);
+    reconciled(&*store).await;
+}
+
+pub async fn an_expired_console_session_reads_back_not_live_and_can_still_be_ended(
+    store: Arc<dyn Store>,
+) {
+    let s = console_session(3, "bootstrap", T0, 100);
+    assert!(store.create_console_session(&s).await.unwrap());
+    let read = store.console_session(&s.id_hash).await.unwrap().unwrap();
+    assert!(read.is_live(T0 + 99));
+    assert!(
+        !read.is_live(T0 + 100),
+        "expires_at is the first second it is not live"
+    );
+
+    // Read after its expiry: still there (the caller decides), not live.
+    let later = store.console_session(&s.id_hash).await.unwrap().unwrap();
+    assert_eq!((later.ended_at, later.is_live(T0 + 500)), (None, false));
+    // Signing out of an expired (not ended) session stamps it.
+    assert!(
+        store
+            .end_console_session(&s.id_hash, T0 + 500)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .console_session(&s.id_hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .ended_at,
+        Some(T0 + 500)
+    );
+
+    // A new sign-in a while later leaves a recent record alone.
+    let next = console_session(4, "bootstrap", T0 + 600, 100);
+    assert!(store.create_console_session(&next).await.unwrap());
+    assert!(store.console_session(&s.id_hash).await.unwrap().is_some());
+}
+
+pub async fn concurrent_ends_of_one_console_session_end_it_once(store: Arc<dyn Store>) {
+    let s = console_session(5, "op:0a00000000000005", T0, 3600);
+    assert!(store.create_console_session(&s).await.unwrap());
+    let tasks: Vec<_> = (0..6u64)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.end_console_session(&[5; 32], T0 + 10 + i).await })
+        })
+        .collect();
+    let mut ended = 0;
+    for t in tasks {
+        if t.await.unwrap().unwrap() {
+            ended += 1;
+        }
+    }
+    assert_eq!(ended, 1);
+    let read = store.console_session(&s.id_hash).await.unwrap().unwrap();
+    assert!(
+        read.ended_at
+            .is_some_and(|at| (T0 + 10..T0 + 16).contains(&at))
+    );
+}
+
+/// Machine `n` online at [`T0`] (seq 1), then a heartbeat `telemetry(k)` with seq `k + 1` at
+/// `T0 + 1800 k` for each `k` in `beats`.
+async fn heartbeats(store: &dyn Store, n: u8, beats: std::ops::RangeInclusive<u32>) {
+    online_machine(store, n, T0).await;
+    for k in beats {
+        let at = T0 + 1800 * u64::from(k);
+        let result = device_op(store, n, k + 1, DeviceOp::Heartbeat(telemetry(k)), at).await;
+        assert_eq!(result, DeviceOpResult::Ack);
+    }
+}
+
+fn sample(k: u32) -> crate::TelemetrySample {
+    crate::TelemetrySample {
+        at: T0 + 1800 * u64::from(k),
+        telemetry: telemetry(k),
+    }
+}
+
+pub async fn each_fresh_heartbeat_keeps_a_telemetry_sample_oldest_first(store: Arc<dyn Store>) {
+    heartbeats(&*store, 1, 1..=4).await;
+    heartbeats(&*store, 2, 1..=1).await;
+    let all = |store: Arc<dyn Store>, n: u8| async move {
+        store
+            .telemetry_history(device_id(n), 0, u64::MAX, 100)
+            .await
+            .unwrap()
+    };
+    let expected: Vec<_> = (1..=4).map(sample).collect();
+    assert_eq!(all(Arc::clone(&store), 1).await, expected);
+    assert_eq!(
+        all(Arc::clone(&store), 2).await,
+        vec![sample(1)],
+        "per machine"
+    );
+    assert_eq!(
+        all(Arc::clone(&store), 3).await,
+        vec![],
+        "an unknown machine has none"
+    );
+
+    // The device's latest telemetry is the newest sample.
+    let status = store
+        .device_status(device_id(1), T0 + 7200)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (status.telemetry, status.telemetry_at),
+        (Some(telemetry(4)), Some(T0 + 7200))
+    );
+
+    // A retried heartbeat (the saved answer) and a poll add no sample.
+    let (outcome, ran) = device_call_with(
+        &*store,
+        1,
+        5,
+        digest(5),
+        DeviceOp::Heartbeat(telemetry(4)),
+        T0 + 7300,
+    )
+    .await;
+    assert!(
+        matches!(outcome, DeviceCallOutcome::Retry(_)),
+        "{outcome:?}"
+    );
+    assert_eq!(ran, None);
+    device_op(&*store, 1, 6, DeviceOp::Poll, T0 + 7400).await;
+    assert_eq!(all(Arc::clone(&store), 1).await, expected);
+
+    // Two heartbeats in one second are both kept, in the order received.
+    let mut first = telemetry(7);
+    first.fault_codes.clear();
+    device_op(&*store, 1, 7, DeviceOp::Heartbeat(first.clone()), T0 + 9000).await;
+    device_op(&*store, 1, 8, DeviceOp::Heartbeat(telemetry(8)), T0 + 9000).await;
+    let got = all(Arc::clone(&store), 1).await;
+    assert_eq!(
+        got[4..],
+        [
+            crate::TelemetrySample {
+                at: T0 + 9000,
+                telemetry: first,
+            },
+            crate::TelemetrySample {
+                at: T0 + 9000,
+                telemetry: telemetry(8),
+            },
+        ]
+    );
+    reconciled(&*store).await;
+}
+
+pub async fn the_telemetry_history_holds_its_range_and_keeps_the_newest_within_the_limit(
+    store: Arc<dyn Store>,
+) {
+    heartbeats(&*store, 1, 1..=6).await;
+    let history = |from: u64, to: u64, limit: usize| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .telemetry_history(device_id(1), from, to, limit)
+                .await
+                .unwrap()
+        }
+    };
+    let samples = |ks: &[u32]| ks.iter().copied().map(sample).collect::<Vec<_>>();
+
+    // `from` is in the range, `to` is not.
+    assert_eq!(history(T0 + 3600, T0 + 7200, 100).await, samples(&[2, 3]));
+    assert_eq!(
+        history(T0 + 3599, T0 + 7201, 100).await,
+        samples(&[2, 3, 4])
+    );
+    assert_eq!(history(T0 + 3601, T0 + 5400, 100).await, vec![]);
+    assert_eq!(history(T0 + 5400, T0 + 5401, 100).await, samples(&[3]));
+
+    // More than `limit` match: the newest `limit`, still oldest first.
+    assert_eq!(history(0, u64::MAX, 2).await, samples(&[5, 6]));
+    assert_eq!(history(0, T0 + 5400, 1).await, samples(&[2]));
+    assert_eq!(history(0, u64::MAX, 6).await, samples(&[1, 2, 3, 4, 5, 6]));
+
+    // Nothing to return.
+    assert_eq!(history(0, u64::MAX, 0).await, vec![]);
+    assert_eq!(
+        history(T0 + 3600, T0 + 3600, 100).await,
+        vec![],
+        "an empty range"
+    );
+    assert_eq!(
+        history(T0 + 7200, T0 + 3600, 100).await,
+        vec![],
+        "a reversed range"
+    );
+    assert_eq!(history(0, T0 + 1800, 100).await, vec![], "before the first");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod console;
 pub mod decide;
 mod fleet;
 mod lists;
@@ -27,6 +28,7 @@ mod operators;
 mod refunds;
 mod topups;
 
+pub use console::*;
 pub use fleet::*;
 pub use refunds::*;
 pub use topups::*;
@@ -159,6 +161,38 @@ pub trait Store: Send + Sync + 'static {
         filter: &AuditFilter,
         page: &PageRequest,
     ) -> Result<Page<AuditEvent>, StoreError>;
+
+    // --- The operator console (its sign-in sessions; a machine's telemetry history) ---
+
+    /// Save a new console session. Answers `true` when saved; `false` when a session with this
+    /// `id_hash` exists already, which is left as it is (hashes of 256-bit random secrets do not
+    /// collide: a caller may treat `false` as an internal error). Records expired more than
+    /// [`CONSOLE_SESSION_GRACE_SECS`] before `s.created_at` may be deleted on the way.
+    async fn create_console_session(&self, s: &ConsoleSession) -> Result<bool, StoreError>;
+
+    /// The session whose id is `id_hash`, if any: ended and expired ones included (the caller
+    /// decides with [`ConsoleSession::is_live`]); one expired more than
+    /// [`CONSOLE_SESSION_GRACE_SECS`] ago may be gone.
+    async fn console_session(
+        &self,
+        id_hash: &[u8; 32],
+    ) -> Result<Option<ConsoleSession>, StoreError>;
+
+    /// End a console session at `now` (sign-out): `true` when it was not ended yet (expired or
+    /// not), `false` when it was ended already or is unknown (nothing changes).
+    async fn end_console_session(&self, id_hash: &[u8; 32], now: u64) -> Result<bool, StoreError>;
+
+    /// `device`'s telemetry samples (one per fresh heartbeat) with `from <= at < to`, oldest
+    /// first (by `at`, then the order they were received), at most `limit`: the newest `limit`
+    /// when more match. Samples are kept [`TELEMETRY_HISTORY_SECS`]; older ones may be gone (or,
+    /// on DynamoDB, linger until its TTL sweeper deletes them).
+    async fn telemetry_history(
+        &self,
+        device: DeviceId,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<TelemetrySample>, StoreError>;
     /// One page of the fleet, sorted by device id ([`ListPosition::id`] is the device id in
     /// hex, `at` is 0), only the machines `filter` matches.
     async fn list_devices(

@@ -222,6 +222,16 @@ impl DynamoStore {
                 DeviceOpResult::Grants(grants)
             }
             DeviceOp::Heartbeat(t) => {
+                // The history's sample goes in the same transaction as the latest telemetry: a
+                // heartbeat answered is a sample kept (its retry runs nothing, so a sample
+                // written after it and lost would be lost for good).
+                writes.push(super::console::sample_put(
+                    &self.table,
+                    call.device,
+                    call.seq,
+                    now,
+                    t,
+                )?);
                 device_changes = device_changes
                     .set("telemetry = :telemetry, telemetry_at = :telemetry_at")
                     .val(":telemetry", telemetry_attr(t))

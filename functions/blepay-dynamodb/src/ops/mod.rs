@@ -13,6 +13,7 @@
 
 mod attempts;
 mod audit;
+mod console;
 mod device_call;
 mod expiry;
 mod fleet;
@@ -32,12 +33,13 @@ use blepay_core::{
     Amount, DeviceId, IdempotencyKey, Session, SessionId, UserId, Wallet, WalletError,
 };
 use blepay_store::{
-    Audit, AuditEvent, AuditFilter, CloseCommand, CloseOutcome, CreateOperatorOutcome, DeviceCall,
-    DeviceCallOutcome, DeviceFilter, DeviceRecord, DeviceStatus, DeviceUpdate, DeviceUpdateOutcome,
-    DismissCommand, DismissOutcome, NewOperator, OperatorId, OperatorRecord, Page, PageRequest,
-    PayCommand, PayOutcome, Problem, ProblemCommand, ProblemOutcome, RefundCommand, RefundOutcome,
-    RegisterOutcome, ResponseEncoder, RevokeOperatorOutcome, RevokeOutcome, RotateOutcome,
-    SalesFacts, SessionFilter, Spending, StatementEntry, Store, StoreError, TopUpOutcome,
+    Audit, AuditEvent, AuditFilter, CloseCommand, CloseOutcome, ConsoleSession,
+    CreateOperatorOutcome, DeviceCall, DeviceCallOutcome, DeviceFilter, DeviceRecord, DeviceStatus,
+    DeviceUpdate, DeviceUpdateOutcome, DismissCommand, DismissOutcome, NewOperator, OperatorId,
+    OperatorRecord, Page, PageRequest, PayCommand, PayOutcome, Problem, ProblemCommand,
+    ProblemOutcome, RefundCommand, RefundOutcome, RegisterOutcome, ResponseEncoder,
+    RevokeOperatorOutcome, RevokeOutcome, RotateOutcome, SalesFacts, SessionFilter, Spending,
+    StatementEntry, Store, StoreError, TelemetrySample, TopUpOutcome,
 };
 use blepay_store::{
     NewProviderTopUp, ProviderEvent, ProviderEventOutcome, ProviderTopUp, StartTopUpOutcome,
@@ -194,6 +196,33 @@ impl Store for DynamoStore {
         page: &PageRequest,
     ) -> Result<Page<AuditEvent>, StoreError> {
         self.retrying(|| self.audit_events_once(filter, page)).await
+    }
+
+    async fn create_console_session(&self, s: &ConsoleSession) -> Result<bool, StoreError> {
+        self.retrying(|| self.create_console_session_once(s)).await
+    }
+
+    async fn console_session(
+        &self,
+        id_hash: &[u8; 32],
+    ) -> Result<Option<ConsoleSession>, StoreError> {
+        self.retrying(|| self.console_session_once(id_hash)).await
+    }
+
+    async fn end_console_session(&self, id_hash: &[u8; 32], now: u64) -> Result<bool, StoreError> {
+        self.retrying(|| self.end_console_session_once(id_hash, now))
+            .await
+    }
+
+    async fn telemetry_history(
+        &self,
+        device: DeviceId,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<TelemetrySample>, StoreError> {
+        self.retrying(|| self.telemetry_history_once(device, from, to, limit))
+            .await
     }
 
     async fn list_devices(
