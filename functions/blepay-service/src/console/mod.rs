@@ -217,7 +217,13 @@ impl App {
             expires_at: now.saturating_add(SESSION_TTL_SECS),
             ended_at: None,
         };
-        self.store().create_console_session(&session).await?;
+        if !self.store().create_console_session(&session).await? {
+            // 256 random bits colliding: the generator is broken; sign nobody in.
+            return Err(ApiError::new(
+                crate::error::ErrorCode::Internal,
+                "could not open a console session",
+            ));
+        }
         Ok(hex::encode(secret))
     }
 
