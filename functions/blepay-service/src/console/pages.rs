@@ -222,12 +222,16 @@ pub async fn machine(
     let id =
         DeviceId::parse(&d.device_id).map_err(|e| ApiError::invalid(format!("deviceId: {e}")))?;
     let now = app.now();
-    let from = now.saturating_sub(TELEMETRY_WINDOW_SECS);
+    let window_start = now.saturating_sub(TELEMETRY_WINDOW_SECS);
     let history = app
         .store()
-        .telemetry_history(id, from, now.saturating_add(1), TELEMETRY_POINTS)
+        .telemetry_history(id, window_start, now.saturating_add(1), TELEMETRY_POINTS)
         .await
         .map_err(ApiError::from)?;
+    // The chart spans the last 7 days, or the machine's life when it is younger.
+    let from = history.first().map_or(window_start, |first| {
+        first.at.saturating_sub(60).max(window_start)
+    });
     let signal_points: Vec<(u64, i64, String)> = history
         .iter()
         .filter(|s| s.telemetry.signal_quality <= 31)
@@ -275,7 +279,7 @@ pub async fn machine(
                 @if !t.fault_codes.is_empty() { dt { "Faults" } dd class="state-fault" { @for c in &t.fault_codes { (c) " " } } }
             }
         }
-        h2 { "Signal over the last 7 days" }
+        h2 { "Signal per heartbeat (up to 7 days)" }
         (chart::line("telemetry-chart", "Signal quality (CSQ, 0–31) per heartbeat", &signal_points, (from, now), (0, 31)))
         @if signed.may(&Action::ManageDevice) {
             h2 { "Tariff and name" }
@@ -442,12 +446,6 @@ pub async fn session(
             },
         )
         .await?;
-    let mut entries: Vec<&pb::StatementEntry> = statement
-        .entries
-        .iter()
-        .filter(|e| e.session_id == s.session_id)
-        .collect();
-    entries.sort_by_key(|e| e.at);
     let status = session_status(s.status);
     let open = matches!(status, "AUTHORIZED" | "ACTIVE");
     let refundable = s.amount.saturating_sub(s.refunded);
@@ -457,6 +455,7 @@ pub async fn session(
         Ok(pb::CloseReason::Report) => "by the machine's final report",
         _ => "",
     };
+    let story = session_story(&app, &s, &statement.entries, status, closed_by);
     let content = html! {
         h1 { "Session " span class="mono" { (s.session_id) } }
         dl class="facts" {
@@ -470,19 +469,7 @@ pub async fn session(
         }
         h2 { "Story" }
         ol id="story" class="story" {
-            li { (time(s.created_at)) " — authorized: " (money(&app, s.hold_amount)) " held on the wallet (start by " (time(s.expires_at)) ")" }
-            @if s.started_at != 0 { li { (time(s.started_at)) " — the machine started" } }
-            @if s.last_report_at != 0 { li { (time(s.last_report_at)) " — last report from the machine: " (s.units) " " (s.unit_name) } }
-            @for e in &entries {
-                li class={"entry " (e.kind.to_lowercase())} {
-                    (time(e.at)) " — " (e.kind) ": " (money(&app, e.amount))
-                    @if !e.actor.is_empty() { " by " (e.actor) }
-                }
-            }
-            @if s.ended_at != 0 {
-                li { (time(s.ended_at)) " — " (if status == "EXPIRED" { "expired: not started in time, hold released" } else { "settled" }) " " (closed_by) }
-            }
-            @if let Some(late) = &s.late_report { li { "a final report arrived after the timeout: " (late.units) " " (s.unit_name) } }
+            @for (_, _, item) in &story { li { (item) } }
         }
         @if refundable > 0 && signed.may(&Action::Refund { amount: blepay_core::Amount::ZERO }) {
             h2 { "Refund" }
@@ -510,6 +497,73 @@ pub async fn session(
         q.get("done").into(),
         &content,
     ))
+}
+
+/// A session's story, oldest first: what the session record says (authorized, started, last
+/// report, ended) and its ledger entries (hold, capture, release, refunds with who made them),
+/// in the order they happen within one second.
+fn session_story(
+    app: &App,
+    s: &pb::Session,
+    entries: &[pb::StatementEntry],
+    status: &str,
+    closed_by: &str,
+) -> Vec<(i64, u8, Markup)> {
+    let mut story = vec![(
+        s.created_at,
+        0,
+        html! { (time(s.created_at)) " — authorized: " (money(app, s.hold_amount)) " to hold (start by " (time(s.expires_at)) ")" },
+    )];
+    if s.started_at != 0 {
+        story.push((
+            s.started_at,
+            2,
+            html! { (time(s.started_at)) " — the machine started" },
+        ));
+    }
+    if s.last_report_at != 0 {
+        story.push((
+            s.last_report_at,
+            3,
+            html! { (time(s.last_report_at)) " — last report from the machine: " (s.units) " " (s.unit_name) },
+        ));
+    }
+    for e in entries.iter().filter(|e| e.session_id == s.session_id) {
+        let rank = match e.kind.as_str() {
+            "HOLD" => 1,
+            "REFUND" => 6,
+            _ => 4,
+        };
+        story.push((
+            e.at,
+            rank,
+            html! {
+                (time(e.at)) " — " (e.kind) ": " (money(app, e.amount))
+                @if !e.actor.is_empty() { " by " (e.actor) }
+            },
+        ));
+    }
+    if s.ended_at != 0 {
+        let what = if status == "EXPIRED" {
+            "expired: not started in time, hold released"
+        } else {
+            "settled"
+        };
+        story.push((
+            s.ended_at,
+            5,
+            html! { (time(s.ended_at)) " — " (what) " " (closed_by) },
+        ));
+    }
+    if let Some(late) = &s.late_report {
+        story.push((
+            late.at,
+            7,
+            html! { (time(late.at)) " — a final report arrived after the timeout: " (late.units) " " (s.unit_name) ", " (money(app, late.charged)) " charged on top" },
+        ));
+    }
+    story.sort_by_key(|(at, rank, _)| (*at, *rank));
+    story
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -671,8 +725,8 @@ pub async fn sales(State(app): State<App>, signed: Signed, RawQuery(raw): RawQue
         .await?;
     let (first, last) = crate::reports::report_range(&from, &to)?;
     let mut per_day: BTreeMap<String, i64> = BTreeMap::new();
-    let mut day = first / 86_400;
-    while day <= last / 86_400 {
+    let mut day = first;
+    while day <= last {
         per_day.insert(format_day(day), 0);
         day += 1;
     }
@@ -687,6 +741,7 @@ pub async fn sales(State(app): State<App>, signed: Signed, RawQuery(raw): RawQue
         m.3 = m.3.saturating_add(r.refunded);
         m.4 = m.4.saturating_add(r.net);
     }
+    let names = device_names(&app, &signed).await?;
     let labels: Vec<String> = per_day
         .keys()
         .map(|d| d.get(5..).unwrap_or(d).to_owned())
@@ -713,7 +768,7 @@ pub async fn sales(State(app): State<App>, signed: Signed, RawQuery(raw): RawQue
             tbody {
                 @for (device, m) in &per_machine {
                     tr {
-                        td data-label="Machine" { a class="mono" href={"/ops/machines/" (device)} { (device) } }
+                        td data-label="Machine" { a href={"/ops/machines/" (device)} { (names.get(device).map_or(device.as_str(), String::as_str)) } }
                         td class="num" data-label="Sessions" { (m.0) }
                         td class="num" data-label="Units" { (m.1) }
                         td class="num" data-label="Captured" { (money(&app, m.2)) }
@@ -726,6 +781,26 @@ pub async fn sales(State(app): State<App>, signed: Signed, RawQuery(raw): RawQue
         @if per_machine.is_empty() { p class="muted" { "No sale in this period." } }
     };
     Ok(page(&signed, "Sales", "/ops/sales", None, &content))
+}
+
+/// Every machine's name by id (the first 500, the list's largest page), for tables that show
+/// machines by name.
+async fn device_names(app: &App, signed: &Signed) -> Result<BTreeMap<String, String>, ApiError> {
+    let list = app
+        .list_devices(
+            &signed.op,
+            pb::ListDevicesRequest {
+                limit: 500,
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(list
+        .devices
+        .into_iter()
+        .filter(|d| !d.name.is_empty())
+        .map(|d| (d.device_id, d.name))
+        .collect())
 }
 
 /// The sales report of the period as CSV (the same rows as `GET /v1/ops/reports/sales`).
