@@ -209,8 +209,7 @@ async fn each_happy_path_operation_uses_its_minimum_of_requests() {
         "press, none waiting"
     );
 
-    // A warm heartbeat: one TransactWriteItems (the device's conditional update and the
-    // history's sample).
+    // A warm heartbeat: one conditional UpdateItem, then the history's sample (one PutItem).
     counter.reset();
     let heartbeat = DeviceOp::Heartbeat(blepay_store::conformance::telemetry(3));
     assert_eq!(
@@ -219,7 +218,7 @@ async fn each_happy_path_operation_uses_its_minimum_of_requests() {
     );
     assert_eq!(
         counter.by_operation(),
-        ops(&[("TransactWriteItems", 1)]),
+        ops(&[("PutItem", 1), ("UpdateItem", 1)]),
         "heartbeat"
     );
     report(&format!("heartbeat: {:?}", counter.by_operation()));
@@ -332,13 +331,13 @@ async fn without_knowledge_of_the_machine_each_operation_reads_then_writes_once(
         ops(&[("Query", 1), ("TransactWriteItems", 1)]),
         "cold press"
     );
-    // A cold heartbeat: the device item read, then one TransactWriteItems.
+    // A cold heartbeat: the device item read, then one UpdateItem and the sample's PutItem.
     counter.reset();
     let heartbeat = DeviceOp::Heartbeat(blepay_store::conformance::telemetry(1));
     device_op(&store, 1, 6, heartbeat, T0 + 5).await;
     assert_eq!(
         counter.by_operation(),
-        ops(&[("Query", 1), ("TransactWriteItems", 1)]),
+        ops(&[("PutItem", 1), ("Query", 1), ("UpdateItem", 1)]),
         "cold heartbeat"
     );
     blepay_store::conformance::reconciled(&store).await;

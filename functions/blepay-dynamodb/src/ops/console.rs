@@ -5,11 +5,10 @@
 //!   `PutItem`, ended by one conditional `UpdateItem`, read by one consistent `GetItem`;
 //! - a telemetry sample is `pk = DEV#<device>`, `sk = TELEMETRY#<at, 20 digits>#<seq, 10 digits>`
 //!   (in the device's partition, next to its `DEVICE` item), with `ttl` = `at` +
-//!   [`TELEMETRY_HISTORY_SECS`]; put in the heartbeat's own `TransactWriteItems`
+//!   [`TELEMETRY_HISTORY_SECS`]; put by one `PutItem` right after the heartbeat's own write
 //!   (`device_call.rs`), read by one backwards `Query` of the sort key range.
 
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
-use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
 use blepay_core::{DeviceId, Telemetry};
 use blepay_store::{
     CONSOLE_SESSION_GRACE_SECS, ConsoleSession, StoreError, TELEMETRY_HISTORY_SECS, TelemetrySample,
@@ -75,16 +74,8 @@ fn sample_sk(at: u64, seq: u32) -> String {
     format!("{SAMPLE_PREFIX}{at:020}#{seq:010}")
 }
 
-/// The put of a heartbeat's sample (seq makes its key unique within a second), for the
-/// heartbeat's transaction. Unconditional: only the transaction's device update, conditioned on
-/// the sequence number, decides whether it is written.
-pub(crate) fn sample_put(
-    table: &str,
-    device: DeviceId,
-    seq: u32,
-    at: u64,
-    t: &Telemetry,
-) -> Result<TransactWriteItem, StoreError> {
+/// A heartbeat's sample item (`seq` makes its key unique within a second).
+pub(crate) fn sample_item(device: DeviceId, seq: u32, at: u64, t: &Telemetry) -> Item {
     let mut item = key(device_pk(device), &sample_sk(at, seq));
     item.extend([
         ("type".to_owned(), s("TELEMETRY_SAMPLE")),
@@ -92,12 +83,7 @@ pub(crate) fn sample_put(
         ("telemetry".to_owned(), telemetry_attr(t)),
         (TTL.to_owned(), n(at.saturating_add(TELEMETRY_HISTORY_SECS))),
     ]);
-    let put = Put::builder()
-        .table_name(table)
-        .set_item(Some(item))
-        .build()
-        .map_err(items::build_error)?;
-    Ok(TransactWriteItem::builder().put(put).build())
+    item
 }
 
 fn sample_from_item(item: &Item) -> Result<TelemetrySample, StoreError> {
@@ -109,6 +95,29 @@ fn sample_from_item(item: &Item) -> Result<TelemetrySample, StoreError> {
 }
 
 impl DynamoStore {
+    /// Keep a heartbeat's sample: one unconditional `PutItem` after the heartbeat's write
+    /// succeeded (the same sequence number always writes the same key, so a re-run overwrites
+    /// it with the same values). A failure is logged, not returned: the heartbeat has been
+    /// answered and saved, and its retry runs nothing, so that chart point is lost.
+    pub(super) async fn put_sample(&self, device: DeviceId, seq: u32, at: u64, t: &Telemetry) {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(sample_item(device, seq, at, t)))
+            .send()
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(
+                device = %device,
+                seq,
+                at,
+                code = e.code().unwrap_or("?"),
+                "could not keep the heartbeat's telemetry sample"
+            );
+        }
+    }
+
     pub(super) async fn create_console_session_once(
         &self,
         x: &ConsoleSession,
@@ -256,19 +265,9 @@ mod tests {
             outbox_depth: u32::MAX,
             lifetime_units: u64::MAX,
         };
-        let put = sample_put(
-            "t",
-            DeviceId::from_bytes([0xff; 8]),
-            u32::MAX,
-            u64::MAX / 2,
-            &t,
-        )
-        .ok()
-        .and_then(|w| w.put)
-        .map(|p| p.item)
-        .unwrap_or_default();
-        let bytes: usize = put.iter().map(|(k, v)| k.len() + size(v)).sum();
-        // About 310 bytes (a typical one about 200): one write unit (1 KB) outside a transaction, two inside one.
+        let item = sample_item(DeviceId::from_bytes([0xff; 8]), u32::MAX, u64::MAX / 2, &t);
+        let bytes: usize = item.iter().map(|(k, v)| k.len() + size(v)).sum();
+        // About 310 bytes (a typical one about 200): one write unit (1 KB).
         assert!((250..400).contains(&bytes), "{bytes} bytes");
     }
 
