@@ -12,6 +12,7 @@ mod backoffice_devices;
 mod backoffice_keys;
 mod backoffice_money;
 mod backoffice_reports;
+mod console;
 mod device_link;
 mod device_run;
 mod errors;
