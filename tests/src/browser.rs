@@ -40,6 +40,9 @@ pub const INSTALL_HINT: &str = "the console's browser tests need Debian's chromi
 /// machines have two cores.
 const MAX_BROWSERS: usize = 2;
 
+/// The tallest page [`Browser::capture_png`] takes, CSS px.
+pub const MAX_SCREENSHOT_HEIGHT: f64 = 6000.0;
+
 /// How long a page element may take to appear.
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -187,6 +190,13 @@ pub fn capabilities(viewport: Viewport) -> serde_json::Map<String, Value> {
             format!("--window-size={w},{h}"),
         ],
     });
+    if viewport == Viewport::Phone {
+        // Headless windows are at least 500 px wide: a phone's width is emulated (a touch screen
+        // at 2 device pixels per CSS px, which honours <meta name=viewport>).
+        options["mobileEmulation"] = json!({
+            "deviceMetrics": {"width": w, "height": h, "pixelRatio": 2.0, "mobile": true, "touch": true},
+        });
+    }
     if let Some(bin) = chromium() {
         options["binary"] = json!(bin.display().to_string());
     }
@@ -482,58 +492,66 @@ impl Browser {
             .join("dashboard")
     }
 
-    /// When `BLEPAY_SCREENSHOTS` is set: the whole current page (the window stretched to its
-    /// height, at most 4000 px, its width kept) as `docs/dashboard/<name>.png` → its path. Else
-    /// nothing.
+    /// When `BLEPAY_SCREENSHOTS` is set: the whole current page ([`Browser::capture_png`]) as
+    /// `docs/dashboard/<name>.png` → its path. Else nothing.
     pub async fn screenshot(&self, name: &str) -> Option<PathBuf> {
         std::env::var_os(SCREENSHOTS_ENV)?;
-        let (w, h) = self.viewport.size();
-        // Fonts, the script's time conversion and the charts settle first.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let full = self
-            .execute(
-                "return Math.ceil(Math.max(document.documentElement.scrollHeight, document.body ? document.body.scrollHeight : 0));",
-                vec![],
-            )
-            .await
-            .as_u64()
-            .and_then(|v| u32::try_from(v).ok())
-            .unwrap_or(h)
-            .clamp(h, 4000);
-        let (win_w, win_h) = self.client.get_window_size().await.unwrap_or((0, 0));
-        let (inner_w, inner_h) = self
-            .execute("return [window.innerWidth, window.innerHeight];", vec![])
-            .await
-            .as_array()
-            .map(|a| {
-                (
-                    a.first().and_then(Value::as_u64).unwrap_or(0),
-                    a.get(1).and_then(Value::as_u64).unwrap_or(0),
-                )
-            })
-            .unwrap_or((0, 0));
-        // The window's frame (if any) on top of the page's viewport.
-        let chrome_w = u32::try_from(win_w.saturating_sub(inner_w)).unwrap_or(0);
-        let chrome_h = u32::try_from(win_h.saturating_sub(inner_h)).unwrap_or(0);
-        if full > h {
-            let _ = self
-                .client
-                .set_window_size(w + chrome_w, full + chrome_h)
-                .await;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let png = self.client.screenshot().await.expect("screenshot");
-        if full > h {
-            let _ = self
-                .client
-                .set_window_size(w + chrome_w, h + chrome_h)
-                .await;
-        }
+        let png = self.capture_png().await;
         let dir = Self::screenshot_dir();
         std::fs::create_dir_all(&dir).expect("create docs/dashboard");
         let path = dir.join(format!("{name}.png"));
         std::fs::write(&path, png).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         Some(path)
+    }
+
+    /// A PNG of the whole current page, not just the window: its full height (at most
+    /// [`MAX_SCREENSHOT_HEIGHT`] CSS px) at the viewport's width, through the DevTools protocol
+    /// (`Page.captureScreenshot` beyond the viewport); the window only if that is unavailable.
+    pub async fn capture_png(&self) -> Vec<u8> {
+        // Fonts, the script's time conversion and the charts settle first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if let Some(png) = self.full_page_png().await {
+            return png;
+        }
+        self.client.screenshot().await.expect("screenshot")
+    }
+
+    async fn full_page_png(&self) -> Option<Vec<u8>> {
+        use base64::Engine;
+        let metrics = self.cdp("Page.getLayoutMetrics", json!({})).await?;
+        let width = metrics["cssLayoutViewport"]["clientWidth"].as_f64()?;
+        let height = metrics["cssContentSize"]["height"]
+            .as_f64()?
+            .min(MAX_SCREENSHOT_HEIGHT);
+        let shot = self
+            .cdp(
+                "Page.captureScreenshot",
+                json!({
+                    "format": "png",
+                    "captureBeyondViewport": true,
+                    "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
+                }),
+            )
+            .await?;
+        base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str()?)
+            .ok()
+    }
+
+    /// Run the DevTools protocol command `cmd` through chromedriver → its result.
+    pub async fn cdp(&self, cmd: &str, params: Value) -> Option<Value> {
+        let url = format!("{}/goog/cdp/execute", self.session_url.as_deref()?);
+        let answer = reqwest::Client::new()
+            .post(url)
+            .json(&json!({"cmd": cmd, "params": params}))
+            .send()
+            .await
+            .ok()?;
+        if !answer.status().is_success() {
+            return None;
+        }
+        let body: Value = answer.json().await.ok()?;
+        Some(body["value"].clone())
     }
 
     /// A plain HTTP client carrying this browser's console cookie, for requests a page would not

@@ -49,6 +49,13 @@ async fn form_action(b: &Browser, form_css: &str, page: &str) -> String {
     action.as_str().unwrap_or(page).to_owned()
 }
 
+/// A PNG's (width, height), from its IHDR chunk.
+fn png_size(png: &[u8]) -> (u32, u32) {
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
+    let be = |i: usize| u32::from_be_bytes(png[i..i + 4].try_into().unwrap());
+    (be(16), be(20))
+}
+
 /// The device's field `field` by the ops API.
 async fn device_field(app: &TestApp, device_id: &str, field: &str) -> Value {
     app.ops_device(device_id).await[field].clone()
@@ -68,10 +75,26 @@ async fn the_harness_drives_headless_chromium_against_the_server() {
         "the OpenAPI document loads"
     );
     assert_eq!(b.path().await, "/openapi.json");
+    // A whole page is captured, beyond the window: a 2000 px page in a 900 px window.
+    b.client
+        .goto("data:text/html,<meta name=viewport content='width=device-width'><div style='height:2000px'>tall</div>")
+        .await
+        .unwrap();
+    let (w, h) = png_size(&b.capture_png().await);
+    assert_eq!(w, 1280);
+    assert!(h >= 2000, "the full page's height: {h}");
+
+    // The phone: 390 CSS px wide, twice as many device pixels.
     let phone = Browser::phone(&app).await;
-    phone.goto("/healthz").await;
+    phone
+        .client
+        .goto("data:text/html,<meta name=viewport content='width=device-width'><p>phone</p>")
+        .await
+        .unwrap();
     let width = phone.execute("return window.innerWidth;", vec![]).await;
     assert_eq!(width, 390, "the phone viewport is 390 px wide");
+    let (w, h) = png_size(&phone.capture_png().await);
+    assert_eq!((w, h), (780, 1688));
     phone.close().await;
     b.close().await;
 }
