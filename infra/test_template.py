@@ -380,12 +380,20 @@ class Routes(unittest.TestCase):
             self.assertEqual(auth, "AWS_IAM", route)
             self.assertEqual(fn, "OpsFunction", route)
         for route, (fn, _) in self.routes.items():
-            if fn == "OpsFunction":
+            if fn == "OpsFunction" and not route[1].startswith("/ops"):
                 self.assertTrue(route[1].startswith("/v1/ops/"), route)
+
+    def test_the_console_is_public_and_served_by_the_ops_function(self):
+        # Its own sign-in (an operator token, a server-side session): no authorizer.
+        console = {k: v for k, v in self.routes.items() if k[1] == "/ops" or k[1].startswith("/ops/")}
+        self.assertEqual(
+            console,
+            {("ANY", "/ops/{proxy+}"): ("OpsFunction", "NONE"), ("GET", "/ops"): ("OpsFunction", "NONE")},
+        )
 
     def test_phone_and_machine_routes_are_unchanged(self):
         for route, (fn, auth) in self.routes.items():
-            if route[1].startswith("/v1/ops"):
+            if route[1].startswith("/v1/ops") or route[1].startswith("/ops"):
                 continue
             if route == ("POST", "/v1/device"):
                 self.assertEqual((fn, auth), ("DeviceFunction", "NONE"))

@@ -112,7 +112,8 @@ pub fn routes_for(app: App, surface: Surface) -> Router {
                 post(revoke_operator),
             )
             .route("/v1/ops/audit", get(list_audit))
-            .merge(crate::reports::ops_routes());
+            .merge(crate::reports::ops_routes())
+            .merge(crate::console::routes());
         router = crate::refunds::ops_routes(router);
         router = crate::topups::ops_routes(router);
     }

@@ -23,6 +23,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod device_keys;
 pub mod devices;
 pub mod error;

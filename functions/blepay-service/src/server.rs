@@ -321,6 +321,12 @@ async fn serve_listener(
     mut stopped: watch::Receiver<bool>,
 ) {
     let builder = Arc::new(builder(&limits));
+    // Handlers see that a request came over TLS (the console's cookie is then `Secure`).
+    let router = if tls.is_some() {
+        router.layer(axum::Extension(crate::console::OverTls))
+    } else {
+        router
+    };
     let cap = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
     let permits = Arc::new(Semaphore::new(cap));
     loop {

@@ -298,8 +298,21 @@ pub trait Store: Send + Sync + 'static {
         filter: &TopUpFilter,
         page: &PageRequest,
     ) -> Result<Page<ProviderTopUp>, StoreError>;
+
+    // TEMP-STUB (replaced by the store helper's branch)
+    async fn create_console_session(&self, _s: &ConsoleSession) -> Result<(), StoreError> { Err(StoreError::Internal("stub".into())) }
+    async fn console_session(&self, _h: &[u8; 32]) -> Result<Option<ConsoleSession>, StoreError> { Ok(None) }
+    async fn end_console_session(&self, _h: &[u8; 32], _now: u64) -> Result<bool, StoreError> { Ok(false) }
+    async fn telemetry_history(&self, _d: DeviceId, _from: u64, _to: u64, _limit: usize) -> Result<Vec<TelemetrySample>, StoreError> { Ok(vec![]) }
 }
 
 /// Turns a device operation's result into the answer to save and send (the frame and its refusal
 /// code). Owned, so a store can call it on another thread.
 pub type ResponseEncoder = Arc<dyn Fn(&DeviceOpResult) -> SavedAnswer + Send + Sync>;
+
+// TEMP-STUB
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSession { pub id_hash: [u8; 32], pub operator: String, pub role: String, pub created_at: u64, pub expires_at: u64, pub ended_at: Option<u64> }
+impl ConsoleSession { pub fn is_live(&self, now: u64) -> bool { self.ended_at.is_none() && now < self.expires_at } }
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetrySample { pub at: u64, pub telemetry: blepay_core::Telemetry }

@@ -1,5 +1,6 @@
 //! `blepay demo`: an embedded server in a temporary directory, a simulated water dispenser and a
-//! simulated phone, one full payment cycle, each step printed.
+//! simulated phone, one full payment cycle, each step printed; with `--console`, then the operator
+//! console on the same server until Ctrl-C.
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use crate::machine::{Machine, grant_json, response_json};
 /// # Errors
 /// When any step fails (which would be a bug).
 #[allow(clippy::too_many_lines)] // a narrated script: one step after the other
-pub async fn run() -> anyhow::Result<()> {
+pub async fn run(console: bool) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // Secrets held by code, never on a command line: a random operator token and a 32-byte
     // HS256 secret for the phone's JWT.
@@ -158,6 +159,14 @@ pub async fn run() -> anyhow::Result<()> {
             "DOES NOT RECONCILE"
         }
     );
+    if console && audit.reconciles() {
+        // The token is a throwaway of this temporary server: showing it is the point.
+        println!(
+            "15. the operator console: {base}/ops/ — sign in with the token {ops_token} \
+             (Ctrl-C stops the server and deletes its data)"
+        );
+        let _ = tokio::signal::ctrl_c().await;
+    }
     server.abort();
     if audit.reconciles() {
         Ok(())

@@ -18,7 +18,12 @@ enum Command {
     /// Run the self-hosted server (HTTP + gRPC on one port, SQLite store or DynamoDB).
     Serve(Box<blepay::args::ServeCommand>),
     /// Start an embedded server and run one full payment cycle with a simulated machine and phone.
-    Demo,
+    Demo {
+        /// Then keep the server running and print the operator console's address and a
+        /// sign-in token (valid until Ctrl-C; the data is in a temporary directory).
+        #[arg(long)]
+        console: bool,
+    },
     /// A scriptable simulated machine.
     Device(blepay::device::DeviceArgs),
     /// A scriptable simulated phone.
@@ -66,7 +71,7 @@ async fn main() -> std::process::ExitCode {
             let s = *s;
             blepay::serve::run_with(s.args, s.store).await
         }
-        Command::Demo => blepay::demo::run().await,
+        Command::Demo { console } => blepay::demo::run(console).await,
         Command::Device(d) => blepay::device::run(d).await,
         Command::Phone(p) => blepay::phone::run(p).await,
         Command::Ops(o) => blepay::ops::run(o).await,

@@ -9,6 +9,7 @@
 )]
 
 mod backoffice_devices;
+mod console_http;
 mod backoffice_keys;
 mod backoffice_money;
 mod backoffice_reports;
