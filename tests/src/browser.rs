@@ -325,6 +325,12 @@ impl Browser {
         }
     }
 
+    /// The current URL's path alone, e.g. `/ops/fleet`.
+    pub async fn pathname(&self) -> String {
+        let url = self.client.current_url().await.expect("current URL");
+        url.path().to_owned()
+    }
+
     /// Sign in to the console with an operator `token` (the contract's form#sign-in), and wait for
     /// the signed-in page (its form#sign-out).
     pub async fn sign_in(&self, token: &str) {

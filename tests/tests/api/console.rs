@@ -110,7 +110,7 @@ async fn an_operator_signs_in_and_the_fleet_shows_a_machine_offline_then_idle_af
 
     // Unsigned: the console sends you to sign in; a wrong token is refused.
     b.goto("/ops/fleet").await;
-    assert_eq!(b.path().await, "/ops/sign-in");
+    assert_eq!(b.pathname().await, "/ops/sign-in");
     b.find("form#sign-in input#token")
         .await
         .send_keys("not-a-token")
@@ -127,7 +127,7 @@ async fn an_operator_signs_in_and_the_fleet_shows_a_machine_offline_then_idle_af
     b.sign_in(&app.ops_token).await;
 
     // Assert: on the fleet, the machine is OFFLINE, with its name linking to its page.
-    assert_eq!(b.path().await, "/ops/fleet");
+    assert_eq!(b.pathname().await, "/ops/fleet");
     assert!(
         b.text("#whoami").await.contains("owner"),
         "{}",
@@ -179,8 +179,12 @@ async fn a_refund_in_the_console_moves_the_users_wallet_exactly() {
         !b.wait_for("p#flash").await.text().await.unwrap().is_empty(),
         "a flash says what happened"
     );
-    assert_eq!(b.path().await, format!("/ops/sessions/{}", s.session_id));
-    assert_eq!(phone_wallet(&app, "rosa").await, (940, 0, 100, 40));
+    assert_eq!(
+        b.pathname().await,
+        format!("/ops/sessions/{}", s.session_id)
+    );
+    // Spent is net of refunds, as the API reports it.
+    assert_eq!(phone_wallet(&app, "rosa").await, (940, 0, 60, 40));
     let session = app.ops_session(&s.session_id).await;
     assert_eq!(session["refunded"], "40", "{session}");
     let audit = app.audit().await;
@@ -323,7 +327,7 @@ async fn sign_out_ends_the_session_and_the_old_cookie_is_refused() {
 
     // Assert: the browser is at sign-in; the old cookie is refused, for reads and writes.
     b.wait_for("form#sign-in").await;
-    assert_eq!(b.path().await, "/ops/sign-in");
+    assert_eq!(b.pathname().await, "/ops/sign-in");
     let replay = http.get("/ops/fleet").await;
     assert!(
         replay.is_signed_out(),
@@ -341,7 +345,7 @@ async fn sign_out_ends_the_session_and_the_old_cookie_is_refused() {
         replay_post.location
     );
     b.goto("/ops/fleet").await;
-    assert_eq!(b.path().await, "/ops/sign-in");
+    assert_eq!(b.pathname().await, "/ops/sign-in");
     b.close().await;
 }
 
