@@ -1,7 +1,7 @@
 //! # The browser harness: the operator console (`/ops/`) in headless Chromium
 //!
-//! [`Browser::start`] starts `chromedriver --port=<free port>` as a child process (in a process
-//! group of its own, killed with it on drop, so no Chromium outlives a test), and opens one
+//! [`Browser::start`] starts `chromedriver --port=<free port>` as a child process (killed on
+//! drop after its session is ended, so no Chromium outlives a test), and opens one
 //! headless Chromium session over WebDriver ([`fantoccini`], rustls only). The helpers speak the
 //! console's HTML contract: [`Browser::sign_in`] with an operator token, [`Browser::goto`] a path
 //! of the [`TestApp`], find by CSS, submit a form (accepting its `data-confirm` dialog), read the
@@ -98,7 +98,7 @@ fn browser_slots() -> Arc<Semaphore> {
         .clone()
 }
 
-/// A running chromedriver, its process group killed on drop (Chromium with it).
+/// A running chromedriver, killed on drop.
 #[derive(Debug)]
 struct Driver {
     child: Child,
@@ -117,11 +117,6 @@ impl Driver {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        #[cfg(unix)]
-        {
-            use std::os::unix::process::CommandExt;
-            cmd.process_group(0);
-        }
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}; {INSTALL_HINT}", exe.display()));
@@ -159,15 +154,7 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        #[cfg(unix)]
-        {
-            // The whole group: chromedriver and the Chromium processes it started.
-            let _ = Command::new("kill")
-                .args(["-KILL", &format!("-{}", self.child.id())])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
+        // Chromium itself was quit by ending its WebDriver session (Browser's drop or close).
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -200,6 +187,7 @@ pub fn capabilities(viewport: Viewport) -> serde_json::Map<String, Value> {
     if let Some(bin) = chromium() {
         options["binary"] = json!(bin.display().to_string());
     }
+    options["prefs"] = json!({"intl.accept_languages": "en-GB,en"});
     let caps = json!({
         "browserName": "chrome",
         "goog:chromeOptions": options,
@@ -227,7 +215,7 @@ pub struct Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         // A test that panicked never reached `close`: end the WebDriver session (Chromium quits)
-        // synchronously; the driver's process group is killed right after either way.
+        // synchronously; the driver is killed right after either way.
         if let Some(url) = self.session_url.take() {
             let _ = ureq::delete(&url).call();
         }
@@ -288,6 +276,10 @@ impl Browser {
             ))
             .await
             .expect("set the WebDriver timeouts");
+        // British English dates and numbers (Intl's default locale), whatever the machine's.
+        browser
+            .cdp("Emulation.setLocaleOverride", json!({"locale": "en-GB"}))
+            .await;
         browser
     }
 

@@ -75,6 +75,13 @@ async fn the_harness_drives_headless_chromium_against_the_server() {
         "the OpenAPI document loads"
     );
     assert_eq!(b.path().await, "/openapi.json");
+    let locale = b
+        .execute(
+            "return Intl.DateTimeFormat().resolvedOptions().locale;",
+            vec![],
+        )
+        .await;
+    assert_eq!(locale, "en-GB", "the browser's locale");
     // A whole page is captured, beyond the window: a 2000 px page in a 900 px window.
     b.client
         .goto("data:text/html,<meta name=viewport content='width=device-width'><div style='height:2000px'>tall</div>")
