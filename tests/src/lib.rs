@@ -12,7 +12,9 @@
 //! `tests/machine/` (the device client's transports and engine against the real server); the
 //! fault-injecting TCP proxy both use is [`proxy`]. [`providers`] starts the server with Stripe
 //! and WeChat Pay configured against fakes of their APIs on loopback, and signs their
-//! notifications for real (the top-up tests, `tests/api/topups.rs`).
+//! notifications for real (the top-up tests, `tests/api/topups.rs`). [`browser`] drives the
+//! operator console in headless Chromium over WebDriver, and [`seed`] fills a server with a
+//! realistic demo fleet for it (`tests/api/console.rs`).
 //!
 //! This is test code: it unwraps and panics on purpose, with messages saying what broke.
 #![allow(
@@ -22,8 +24,10 @@
     clippy::missing_panics_doc
 )]
 
+pub mod browser;
 pub mod providers;
 pub mod proxy;
+pub mod seed;
 
 use std::path::PathBuf;
 use std::time::Duration;

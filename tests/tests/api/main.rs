@@ -9,10 +9,11 @@
 )]
 
 mod backoffice_devices;
-mod console_http;
 mod backoffice_keys;
 mod backoffice_money;
 mod backoffice_reports;
+mod console;
+mod console_http;
 mod device_link;
 mod device_run;
 mod errors;
