@@ -100,7 +100,11 @@ impl Console {
     async fn csrf(&self) -> String {
         let page = self.get("/ops/fleet").await;
         assert_eq!(page.status, 200, "{}", page.body);
-        let at = page.body.find(r#"name="_csrf" value=""#).expect("a _csrf input") + 20;
+        let at = page
+            .body
+            .find(r#"name="_csrf" value=""#)
+            .expect("a _csrf input")
+            + 20;
         page.body[at..at + 64].to_owned()
     }
 }
@@ -108,16 +112,33 @@ impl Console {
 async fn available(app: &TestApp, user: &str) -> i64 {
     // proto3 JSON: int64 is a string.
     let w = app.wallet(user).await;
-    w["available"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0)
+    w["available"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test]
 async fn sign_in_opens_a_strict_http_only_session_and_a_wrong_token_is_refused() {
     let app = spawn_app().await;
     // Unsigned, a page sends the browser to sign in; the sign-in page needs nothing.
-    let r = reply(client().get(app.url("/ops/fleet")).send().await.expect("GET")).await;
+    let r = reply(
+        client()
+            .get(app.url("/ops/fleet"))
+            .send()
+            .await
+            .expect("GET"),
+    )
+    .await;
     assert_eq!((r.status, r.location.as_str()), (303, "/ops/sign-in"));
-    let r = reply(client().get(app.url("/ops/sign-in")).send().await.expect("GET")).await;
+    let r = reply(
+        client()
+            .get(app.url("/ops/sign-in"))
+            .send()
+            .await
+            .expect("GET"),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert!(r.body.contains(r#"id="sign-in""#));
 
@@ -128,7 +149,13 @@ async fn sign_in_opens_a_strict_http_only_session_and_a_wrong_token_is_refused()
 
     let ok = sign_in_raw(&app, &app.ops_token).await;
     assert_eq!(ok.status, 303);
-    for attr in ["blepay_console=", "HttpOnly", "SameSite=Strict", "Path=/ops", "Max-Age=28800"] {
+    for attr in [
+        "blepay_console=",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/ops",
+        "Max-Age=28800",
+    ] {
         assert!(ok.set_cookie.contains(attr), "{}", ok.set_cookie);
     }
     // Plain HTTP: not Secure (the browser would drop it); over TLS it is (console::is_tls).
@@ -137,7 +164,9 @@ async fn sign_in_opens_a_strict_http_only_session_and_a_wrong_token_is_refused()
     let console = sign_in(&app, &app.ops_token).await;
     let fleet = console.get("/ops/fleet").await;
     assert_eq!(fleet.status, 200);
-    assert!(fleet.body.contains(r#"id="whoami""#) && fleet.body.contains("ops-token (owner)"));
+    assert!(
+        fleet.body.contains(r#"id="whoami""#) && fleet.body.contains("ops token (owner)")
+    );
     // A session cookie that is not one the store knows is no session.
     let forged = Console {
         cookie: format!("blepay_console={}", "ab".repeat(32)),
@@ -153,12 +182,27 @@ async fn every_page_renders_for_an_owner_and_answers_with_a_strict_csp() {
     let user = random_user();
     app.top_up(&user, 1_000).await;
     let console = sign_in(&app, &app.ops_token).await;
-    let r = console.http.get(app.url("/ops/fleet")).header("cookie", &console.cookie).send().await.expect("GET");
-    let csp = r.headers()["content-security-policy"].to_str().expect("csp").to_owned();
-    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    let r = console
+        .http
+        .get(app.url("/ops/fleet"))
+        .header("cookie", &console.cookie)
+        .send()
+        .await
+        .expect("GET");
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .expect("csp")
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
     for (path, marker) in [
         ("/ops/fleet".to_owned(), r#"id="fleet""#),
-        (format!("/ops/machines/{}", m.device_id), r#"id="telemetry-chart""#),
+        (
+            format!("/ops/machines/{}", m.device_id),
+            r#"id="telemetry-chart""#,
+        ),
         ("/ops/sessions".to_owned(), r#"id="sessions""#),
         ("/ops/problems".to_owned(), r#"id="problems""#),
         (format!("/ops/wallets?user={user}"), r#"id="balance""#),
@@ -176,7 +220,11 @@ async fn every_page_renders_for_an_owner_and_answers_with_a_strict_csp() {
     assert!(wallet.body.contains("10.00 EUR"), "{}", wallet.body);
     let machine = console.get(&format!("/ops/machines/{}", m.device_id)).await;
     let csq = test_telemetry().signal_quality;
-    assert!(machine.body.contains(&format!("CSQ {csq}")), "{}", machine.body);
+    assert!(
+        machine.body.contains(&format!("CSQ {csq}")),
+        "{}",
+        machine.body
+    );
     // Bad input is a clear page, not a panic: an unknown machine, a malformed date.
     let r = console.get("/ops/machines/zz").await;
     assert_eq!(r.status, 400);
@@ -197,8 +245,16 @@ async fn a_form_without_the_right_csrf_token_or_from_another_site_changes_nothin
 
     for fields in [
         vec![("amount", "5.00"), ("idempotency_key", "k1")],
-        vec![("amount", "5.00"), ("idempotency_key", "k1"), ("_csrf", "00")],
-        vec![("amount", "5.00"), ("idempotency_key", "k1"), ("_csrf", &"0".repeat(64))],
+        vec![
+            ("amount", "5.00"),
+            ("idempotency_key", "k1"),
+            ("_csrf", "00"),
+        ],
+        vec![
+            ("amount", "5.00"),
+            ("idempotency_key", "k1"),
+            ("_csrf", &"0".repeat(64)),
+        ],
     ] {
         let r = console.post(&path, &fields).await;
         assert_eq!(r.status, 403, "{fields:?}");
@@ -210,25 +266,50 @@ async fn a_form_without_the_right_csrf_token_or_from_another_site_changes_nothin
         .post(app.url(&path))
         .header("cookie", &console.cookie)
         .header("origin", "https://evil.example")
-        .form(&[("amount", "5.00"), ("idempotency_key", "k1"), ("_csrf", csrf.as_str())])
+        .form(&[
+            ("amount", "5.00"),
+            ("idempotency_key", "k1"),
+            ("_csrf", csrf.as_str()),
+        ])
         .send()
         .await
         .expect("POST");
     assert_eq!(r.status().as_u16(), 403);
-    assert_eq!(app.snapshot(&user).await, before, "a refused form changed something");
+    assert_eq!(
+        app.snapshot(&user).await,
+        before,
+        "a refused form changed something"
+    );
 
     // With it: 5.00 EUR arrives as exactly 500 minor units, once, however often it is sent.
     for _ in 0..2 {
         let r = console
-            .post(&path, &[("amount", "5.00"), ("idempotency_key", "k1"), ("_csrf", &csrf)])
+            .post(
+                &path,
+                &[
+                    ("amount", "5.00"),
+                    ("idempotency_key", "k1"),
+                    ("_csrf", &csrf),
+                ],
+            )
             .await;
         assert_eq!(r.status, 303, "{}", r.body);
-        assert_eq!(r.location, format!("/ops/wallets?user={user}&done=topped-up"));
+        assert_eq!(
+            r.location,
+            format!("/ops/wallets?user={user}&done=topped-up")
+        );
     }
     assert_eq!(available(&app, &user).await, 600);
     // An amount the currency cannot hold is refused, nothing changes.
     let r = console
-        .post(&path, &[("amount", "1.005"), ("idempotency_key", "k2"), ("_csrf", &csrf)])
+        .post(
+            &path,
+            &[
+                ("amount", "1.005"),
+                ("idempotency_key", "k2"),
+                ("_csrf", &csrf),
+            ],
+        )
         .await;
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("decimal places"));
@@ -254,8 +335,14 @@ async fn the_server_refuses_what_a_role_may_not_do_whatever_the_page_shows() {
     let page = console.get(&format!("/ops/machines/{}", m.device_id)).await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains("(support)"));
-    assert!(!page.body.contains(r#"id="revoke""#), "support is shown the revoke form");
-    assert!(!page.body.contains(r#"id="tariff""#), "support is shown the tariff form");
+    assert!(
+        !page.body.contains(r#"id="revoke""#),
+        "support is shown the revoke form"
+    );
+    assert!(
+        !page.body.contains(r#"id="tariff""#),
+        "support is shown the tariff form"
+    );
     let csrf = console.csrf().await;
     let r = console
         .post(
@@ -267,7 +354,10 @@ async fn the_server_refuses_what_a_role_may_not_do_whatever_the_page_shows() {
     assert!(r.body.contains("FORBIDDEN"));
     assert_eq!(app.ops_device(&m.device_id).await["revokedAt"], "0");
     // Its key still works: the machine's heartbeat is answered.
-    m.machine.heartbeat(test_telemetry()).await.expect("heartbeat after the refusal");
+    m.machine
+        .heartbeat(test_telemetry())
+        .await
+        .expect("heartbeat after the refusal");
     let r = console.get("/ops/audit").await;
     assert_eq!(r.status, 403, "support may not read the audit trail");
 }
@@ -297,11 +387,24 @@ async fn sign_out_and_revoking_the_operator_end_sessions() {
     let tech = sign_in(&app, op["token"].as_str().expect("token")).await;
     assert_eq!(tech.get("/ops/fleet").await.status, 200);
     let id = op["operator"]["operatorId"].as_str().expect("operatorId");
-    app.post(&format!("/v1/ops/operators/{id}/revoke"), &app.ops_token, &json!({}))
-        .await
-        .ok();
-    assert_eq!(tech.get("/ops/fleet").await.status, 303, "a revoked operator's session lives on");
-    assert_eq!(sign_in_raw(&app, op["token"].as_str().expect("token")).await.status, 401);
+    app.post(
+        &format!("/v1/ops/operators/{id}/revoke"),
+        &app.ops_token,
+        &json!({}),
+    )
+    .await
+    .ok();
+    assert_eq!(
+        tech.get("/ops/fleet").await.status,
+        303,
+        "a revoked operator's session lives on"
+    );
+    assert_eq!(
+        sign_in_raw(&app, op["token"].as_str().expect("token"))
+            .await
+            .status,
+        401
+    );
 }
 
 #[tokio::test]
@@ -310,13 +413,26 @@ async fn the_fleet_shows_a_machine_offline_until_its_heartbeat() {
     let (id, key) = app.register_device(25).await;
     let console = sign_in(&app, &app.ops_token).await;
     let row = |body: &str| {
-        let at = body.find(&format!(r#"data-device-id="{id}""#)).expect("the machine's row");
+        let at = body
+            .find(&format!(r#"data-device-id="{id}""#))
+            .expect("the machine's row");
         let rest = &body[at..];
         let state = rest.find(r#"class="state""#).expect("state cell");
-        rest[state..].split('>').nth(1).unwrap_or_default().split('<').next().unwrap_or_default().to_owned()
+        rest[state..]
+            .split('>')
+            .nth(1)
+            .unwrap_or_default()
+            .split('<')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
     };
     assert_eq!(row(&console.get("/ops/fleet").await.body), "OFFLINE");
-    app.machine(&id, &key).machine.heartbeat(test_telemetry()).await.expect("heartbeat");
+    app.machine(&id, &key)
+        .machine
+        .heartbeat(test_telemetry())
+        .await
+        .expect("heartbeat");
     assert_eq!(row(&console.get("/ops/fleet").await.body), "IDLE");
     // The filter finds it by state.
     let idle = console.get("/ops/fleet?state=IDLE").await.body;

@@ -146,6 +146,8 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 #[derive(Debug, Clone)]
 pub struct Signed {
     pub op: Operator,
+    /// The operator's name, as an owner created it.
+    pub name: String,
     /// This session's CSRF token, put in every form.
     pub csrf: String,
     id_hash: [u8; 32],
@@ -229,7 +231,10 @@ impl App {
 
     /// The operator a live console session with `secret` belongs to, re-read: a revoked
     /// operator, or a bootstrap session once `BLEPAY_OPS_TOKEN` is gone, is signed out.
-    async fn console_operator(&self, secret: &[u8; 32]) -> Result<Option<Operator>, ApiError> {
+    async fn console_operator(
+        &self,
+        secret: &[u8; 32],
+    ) -> Result<Option<(Operator, String)>, ApiError> {
         let Some(s) = self.store().console_session(&session_hash(secret)).await? else {
             return Ok(None);
         };
@@ -237,7 +242,10 @@ impl App {
             return Ok(None);
         }
         if s.operator == Operator::BOOTSTRAP_PRINCIPAL {
-            return Ok(Some(Operator::bootstrap()));
+            return Ok(Some((
+                Operator::bootstrap(),
+                "ops token".to_owned(),
+            )));
         }
         let Some(id) = s
             .operator
@@ -252,9 +260,12 @@ impl App {
         if rec.is_revoked() {
             return Ok(None);
         }
-        Ok(Role::parse(&rec.role).map(|role| Operator {
-            principal: rec.id.principal(),
-            role,
+        Ok(Role::parse(&rec.role).map(|role| {
+            let op = Operator {
+                principal: rec.id.principal(),
+                role,
+            };
+            (op, rec.name.as_str().to_owned())
         }))
     }
 }
@@ -267,8 +278,9 @@ impl FromRequestParts<App> for Signed {
             return Err(ConsoleError::SignIn);
         };
         match app.console_operator(&secret).await {
-            Ok(Some(op)) => Ok(Self {
+            Ok(Some((op, name))) => Ok(Self {
                 op,
+                name,
                 csrf: csrf_token(&secret),
                 id_hash: session_hash(&secret),
                 refund_cap: app.config().support_refund_max,
@@ -441,7 +453,7 @@ pub fn page(
                             }
                         }
                     }
-                    span id="whoami" { (signed.op.principal) " (" (signed.op.role.as_str()) ")" }
+                    span id="whoami" title=(signed.op.principal) { (signed.name) " (" (signed.op.role.as_str()) ")" }
                     form id="sign-out" method="post" action="/ops/sign-out" {
                         (csrf_input(signed))
                         button id="sign-out-button" type="submit" { "Sign out" }

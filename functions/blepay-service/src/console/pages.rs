@@ -305,7 +305,7 @@ pub async fn machine(
         (key_forms(&signed, &d, &path))
         @if let Some(list) = &sessions {
             h2 { "Recent sessions" }
-            (session_table("machine-sessions", &app, &list.sessions))
+            (session_table("machine-sessions", &app, &BTreeMap::from([(d.device_id.clone(), d.name.clone())]), &list.sessions))
             p { a href={"/ops/sessions?device=" (enc(&d.device_id))} { "All sessions of this machine" } }
         }
     };
@@ -338,7 +338,12 @@ fn key_forms(signed: &Signed, d: &pb::Device, path: &str) -> Markup {
     }
 }
 
-fn session_table(id: &str, app: &App, sessions: &[pb::Session]) -> Markup {
+fn session_table(
+    id: &str,
+    app: &App,
+    names: &BTreeMap<String, String>,
+    sessions: &[pb::Session],
+) -> Markup {
     html! {
         table id=(id) class="list" {
             thead { tr { th { "Session" } th { "Status" } th { "Machine" } th { "User" } th { "Created" } th class="num" { "Units" } th class="num" { "Amount" } th class="num" { "Refunded" } } }
@@ -347,7 +352,7 @@ fn session_table(id: &str, app: &App, sessions: &[pb::Session]) -> Markup {
                     tr data-session-id=(s.session_id) {
                         td data-label="Session" { a class="mono" href={"/ops/sessions/" (s.session_id)} { (s.session_id.get(..8).unwrap_or(&s.session_id)) "…" } }
                         td data-label="Status" { (session_status(s.status)) }
-                        td data-label="Machine" { a class="mono" href={"/ops/machines/" (s.device_id)} { (s.device_id) } }
+                        td data-label="Machine" { a href={"/ops/machines/" (s.device_id)} { (names.get(&s.device_id).map_or(s.device_id.as_str(), String::as_str)) } }
                         td data-label="User" { a href={"/ops/wallets?user=" (enc(&s.user_id))} { (s.user_id) } }
                         td data-label="Created" { (time(s.created_at)) }
                         td class="num" data-label="Units" { (s.units) " " (s.unit_name) }
@@ -399,6 +404,7 @@ pub async fn sessions(State(app): State<App>, signed: Signed, RawQuery(raw): Raw
             },
         )
         .await?;
+    let names = device_names(&app, &signed).await?;
     let content = html! {
         h1 { "Sessions" }
         form id="session-filter" method="get" action="/ops/sessions" class="filters" {
@@ -413,7 +419,7 @@ pub async fn sessions(State(app): State<App>, signed: Signed, RawQuery(raw): Raw
             label { "To " input name="to" type="date" value=(q.get("to")); }
             button type="submit" { "Filter" }
         }
-        (session_table("sessions", &app, &list.sessions))
+        (session_table("sessions", &app, &names, &list.sessions))
         @if !list.next_cursor.is_empty() {
             p { a id="next" href={"/ops/sessions?device=" (q.get("device")) "&user=" (q.get("user")) "&status=" (q.get("status")) "&from=" (q.get("from")) "&to=" (q.get("to")) "&cursor=" (enc(&list.next_cursor))} { "Older" } }
         }
@@ -435,6 +441,7 @@ pub async fn session(
 ) -> Page {
     let q = query(raw.as_deref());
     let s = app.ops_session(&signed.op, &session_id).await?;
+    let machine = app.ops_device(&signed.op, &s.device_id).await?;
     // The ledger entries of this session: the user's statement, newest first, filtered.
     let statement = app
         .user_ledger(
@@ -460,7 +467,7 @@ pub async fn session(
         h1 { "Session " span class="mono" { (s.session_id) } }
         dl class="facts" {
             dt { "Status" } dd id="session-status" { (status) }
-            dt { "Machine" } dd { a class="mono" href={"/ops/machines/" (s.device_id)} { (s.device_id) } }
+            dt { "Machine" } dd { a href={"/ops/machines/" (s.device_id)} { (machine.name) } " " span class="mono muted" { (s.device_id) } }
             dt { "User" } dd { a href={"/ops/wallets?user=" (enc(&s.user_id))} { (s.user_id) } }
             dt { "Tariff" } dd { (money(&app, s.price_per_unit)) " per " (s.unit_name) }
             dt { "Held" } dd { (money(&app, s.hold_amount)) }
