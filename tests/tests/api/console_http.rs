@@ -164,9 +164,7 @@ async fn sign_in_opens_a_strict_http_only_session_and_a_wrong_token_is_refused()
     let console = sign_in(&app, &app.ops_token).await;
     let fleet = console.get("/ops/fleet").await;
     assert_eq!(fleet.status, 200);
-    assert!(
-        fleet.body.contains(r#"id="whoami""#) && fleet.body.contains("ops token (owner)")
-    );
+    assert!(fleet.body.contains(r#"id="whoami""#) && fleet.body.contains("ops token (owner)"));
     // A session cookie that is not one the store knows is no session.
     let forged = Console {
         cookie: format!("blepay_console={}", "ab".repeat(32)),

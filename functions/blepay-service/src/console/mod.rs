@@ -242,10 +242,7 @@ impl App {
             return Ok(None);
         }
         if s.operator == Operator::BOOTSTRAP_PRINCIPAL {
-            return Ok(Some((
-                Operator::bootstrap(),
-                "ops token".to_owned(),
-            )));
+            return Ok(Some((Operator::bootstrap(), "ops token".to_owned())));
         }
         let Some(id) = s
             .operator
