@@ -613,7 +613,8 @@ pub const SALES_CSV_HEADER: [&str; 8] = [
     "currency",
 ];
 
-fn sales_csv(r: &pb::SalesReport) -> Result<Vec<u8>, ApiError> {
+/// The sales report as CSV (the API's `text/csv` answer and the console's download).
+pub(crate) fn sales_csv(r: &pb::SalesReport) -> Result<Vec<u8>, ApiError> {
     let rows: Vec<Vec<Cell>> = r
         .rows
         .iter()

@@ -223,6 +223,32 @@ async fn every_page_renders_for_an_owner_and_answers_with_a_strict_csp() {
         "{}",
         machine.body
     );
+    // The sales CSV is the API's: its header, as a download.
+    let r = console
+        .http
+        .get(app.url("/ops/sales.csv"))
+        .header("cookie", &console.cookie)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap_or_default()
+            .starts_with("text/csv")
+    );
+    assert!(
+        r.headers()["content-disposition"]
+            .to_str()
+            .unwrap_or_default()
+            .starts_with("attachment")
+    );
+    let csv = r.text().await.expect("csv");
+    assert!(
+        csv.starts_with("day,device_id,sessions,units,captured,refunded,net,currency"),
+        "{csv}"
+    );
     // Bad input is a clear page, not a panic: an unknown machine, a malformed date.
     let r = console.get("/ops/machines/zz").await;
     assert_eq!(r.status, 400);

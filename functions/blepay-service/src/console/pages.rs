@@ -823,35 +823,7 @@ pub async fn sales_csv(State(app): State<App>, signed: Signed, RawQuery(raw): Ra
             },
         )
         .await?;
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let io = |e: csv::Error| ApiError::new(crate::error::ErrorCode::Internal, format!("csv: {e}"));
-    w.write_record([
-        "day",
-        "device_id",
-        "sessions",
-        "units",
-        "captured",
-        "refunded",
-        "net",
-        "currency",
-    ])
-    .map_err(io)?;
-    for r in &report.rows {
-        w.write_record([
-            r.day.as_str(),
-            &r.device_id,
-            &r.sessions.to_string(),
-            &r.units.to_string(),
-            &r.captured.to_string(),
-            &r.refunded.to_string(),
-            &r.net.to_string(),
-            &r.currency,
-        ])
-        .map_err(io)?;
-    }
-    let body = w
-        .into_inner()
-        .map_err(|e| ApiError::new(crate::error::ErrorCode::Internal, format!("csv: {e}")))?;
+    let body = crate::reports::sales_csv(&report)?;
     let disposition = format!("attachment; filename=\"blepay-sales-{from}-{to}.csv\"");
     Ok((
         [
