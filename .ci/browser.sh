@@ -10,13 +10,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v chromedriver >/dev/null 2>&1; then
-  echo "installing Debian's chromium and chromium-driver (apt)" >&2
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v jq >/dev/null 2>&1; then
+  echo "installing Debian's chromium, chromium-driver and jq (apt)" >&2
   SUDO=()
   if [[ "$(id -u)" -ne 0 ]]; then SUDO=(sudo); fi
   export DEBIAN_FRONTEND=noninteractive
   "${SUDO[@]}" apt-get update -q >&2
-  "${SUDO[@]}" apt-get install -y -q --no-install-recommends chromium chromium-driver >&2
+  "${SUDO[@]}" apt-get install -y -q --no-install-recommends chromium chromium-driver jq >&2
 fi
 echo "== browser: $(chromium --version 2>/dev/null || echo 'chromium: not on PATH'); $(chromedriver --version)"
 

@@ -26,6 +26,7 @@ mod operators;
 mod pay_limits;
 mod press;
 mod race;
+mod readme;
 mod reflection;
 mod reliability;
 mod restart;
