@@ -326,6 +326,10 @@ pub struct StoreArgs {
     pub dynamodb: DynamoArgs,
 }
 
+/// What a `blepay` built without the `dynamodb` feature says when asked for DynamoDB.
+pub const NO_DYNAMODB: &str = "this blepay was built without the DynamoDB store: \
+    build it with `cargo build -p blepay --features dynamodb` (or `cargo install --path functions/blepay --features dynamodb`)";
+
 /// The DynamoDB table (for `serve` with `BLEPAY_STORE=dynamodb`, and `ops create-table`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct DynamoArgs {

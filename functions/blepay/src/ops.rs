@@ -202,6 +202,13 @@ pub async fn run(o: OpsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[cfg(not(feature = "dynamodb"))]
+#[allow(clippy::unused_async)] // the same signature as with the feature
+async fn create_table(_dynamodb: &DynamoArgs) -> anyhow::Result<()> {
+    anyhow::bail!("{}", crate::args::NO_DYNAMODB)
+}
+
+#[cfg(feature = "dynamodb")]
 async fn create_table(dynamodb: &DynamoArgs) -> anyhow::Result<()> {
     let client = blepay_dynamodb::client_from_env(dynamodb.endpoint.as_deref()).await;
     blepay_dynamodb::create_table(&client, &dynamodb.table).await?;

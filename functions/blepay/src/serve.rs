@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use crate::args::{ServeArgs, StoreArgs, StoreKind};
 use anyhow::Context;
-use blepay_dynamodb::DynamoStore;
 use blepay_service::server::{Listeners, ServeOptions};
 use blepay_service::{App, system_clock};
 use blepay_sqlite::SqliteStore;
@@ -98,6 +97,7 @@ pub async fn bind_with(args: &ServeArgs, store: &StoreArgs) -> anyhow::Result<Bo
 ///
 /// # Errors
 /// When the store cannot be opened or reached.
+#[cfg_attr(not(feature = "dynamodb"), allow(clippy::unused_async))] // async with DynamoDB
 pub async fn open_store(args: &ServeArgs, store: &StoreArgs) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match store.kind {
         StoreKind::Sqlite => {
@@ -107,9 +107,14 @@ pub async fn open_store(args: &ServeArgs, store: &StoreArgs) -> anyhow::Result<A
                 SqliteStore::open(&path).with_context(|| format!("opening {}", path.display()))?,
             )
         }
+        #[cfg(not(feature = "dynamodb"))]
+        StoreKind::Dynamodb => anyhow::bail!("{}", crate::args::NO_DYNAMODB),
+        #[cfg(feature = "dynamodb")]
         StoreKind::Dynamodb => {
             let table = &store.dynamodb.table;
-            let dynamo = DynamoStore::from_env(table, store.dynamodb.endpoint.as_deref()).await?;
+            let dynamo =
+                blepay_dynamodb::DynamoStore::from_env(table, store.dynamodb.endpoint.as_deref())
+                    .await?;
             dynamo.warm_up().await.with_context(|| {
                 format!("DynamoDB table {table} (BLEPAY_DYNAMODB_TABLE; create it with `blepay ops create-table`)")
             })?;

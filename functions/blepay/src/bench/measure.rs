@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::servers::RequestCounter;
 use blepay_core::SessionId;
-use blepay_dynamodb::RequestCounter;
 use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 

@@ -3,17 +3,17 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use blepay_dynamodb::{DynamoStore, RequestCounter};
+#[cfg(feature = "dynamodb")]
+pub(super) use blepay_dynamodb::RequestCounter;
 use blepay_proto::pb::v1 as pb;
 use blepay_proto::pb::v1::device_service_server::{DeviceService, DeviceServiceServer};
-use blepay_service::{App, system_clock};
+use blepay_service::App;
 
 use super::BenchArgs;
-use crate::args::{ServeArgs, StoreArgs, StoreKind};
+use crate::args::{ServeArgs, StoreKind};
 
 pub(super) const JWT_SECRET: &str = "bench-jwt-secret-0123456789abcdef";
 pub(super) const OPS_TOKEN: &str = "bench-ops-token-0123456789abcdef";
@@ -66,6 +66,9 @@ impl Env {
                 let bound = crate::serve::bind_with(&serve, &args.store).await?;
                 (bound.listener, bound.app, None)
             }
+            #[cfg(not(feature = "dynamodb"))]
+            StoreKind::Dynamodb => anyhow::bail!("{}", crate::args::NO_DYNAMODB),
+            #[cfg(feature = "dynamodb")]
             StoreKind::Dynamodb => {
                 // Built here rather than by `serve::bind_with`, to keep its request counter.
                 let (listener, app, counter) = bind_dynamodb(&serve, &args.store).await?;
@@ -95,16 +98,34 @@ impl Env {
     }
 }
 
+/// Without the `dynamodb` feature there is no DynamoDB store and so no request counter: a type
+/// with no value (`Option<RequestCounter>` is always `None`).
+#[cfg(not(feature = "dynamodb"))]
+#[derive(Debug, Clone)]
+pub(super) enum RequestCounter {}
+
+#[cfg(not(feature = "dynamodb"))]
+impl RequestCounter {
+    pub(super) fn count(&self) -> u64 {
+        match *self {}
+    }
+
+    pub(super) fn by_operation(&self) -> std::collections::BTreeMap<String, u64> {
+        match *self {}
+    }
+}
+
 /// The server on the DynamoDB table `store` names (created when missing), and the counter of the
 /// requests its store sends.
+#[cfg(feature = "dynamodb")]
 pub(super) async fn bind_dynamodb(
     serve: &ServeArgs,
-    store: &StoreArgs,
+    store: &crate::args::StoreArgs,
 ) -> anyhow::Result<(tokio::net::TcpListener, App, RequestCounter)> {
     let (config, _generated) = serve.resolve()?;
     let table = &store.dynamodb.table;
     let endpoint = store.dynamodb.endpoint.as_deref();
-    let dynamo = DynamoStore::from_env(table, endpoint).await?;
+    let dynamo = blepay_dynamodb::DynamoStore::from_env(table, endpoint).await?;
     blepay_dynamodb::create_table(dynamo.client(), table)
         .await
         .with_context(|| format!("creating the DynamoDB table {table} (endpoint {endpoint:?})"))?;
@@ -113,7 +134,11 @@ pub(super) async fn bind_dynamodb(
         .await
         .with_context(|| format!("DynamoDB table {table}"))?;
     let counter = dynamo.request_counter();
-    let app = App::new(config, Arc::new(dynamo), system_clock());
+    let app = App::new(
+        config,
+        std::sync::Arc::new(dynamo),
+        blepay_service::system_clock(),
+    );
     let listener = tokio::net::TcpListener::bind(serve.listen)
         .await
         .with_context(|| format!("binding {}", serve.listen))?;
