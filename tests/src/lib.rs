@@ -561,7 +561,8 @@ impl TestApp {
 // ---------------------------------------------------------------------------------------------
 
 /// `target/<profile>/blepay`, next to the test executable's `deps/` directory, built (or brought
-/// up to date) once per test binary — a stale binary is never tested.
+/// up to date) once per test binary — a stale binary is never tested — with the DynamoDB store
+/// (feature `dynamodb`), as `BLEPAY_E2E_STORE=dynamodb` needs.
 pub fn blepay_binary() -> &'static std::path::Path {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
@@ -573,7 +574,7 @@ pub fn blepay_binary() -> &'static std::path::Path {
             .to_owned();
         let mut build = std::process::Command::new(option_env!("CARGO").unwrap_or("cargo"));
         build
-            .args(["build", "-p", "blepay", "--bin", "blepay"])
+            .args(["build", "-p", "blepay", "--bin", "blepay", "--features", "dynamodb"])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         if profile_dir.file_name().is_some_and(|p| p == "release") {
             build.arg("--release");
