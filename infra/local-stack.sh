@@ -97,11 +97,11 @@ ENV
 # --- the table --------------------------------------------------------------------------------
 echo "building the functions (debug profile)"
 (cd "$ROOT" && cargo build --quiet -p blepay-lambda --bins)
-if (cd "$ROOT" && cargo run --quiet -p blepay -- ops --help 2>/dev/null | grep -q create-table); then
+if (cd "$ROOT" && cargo run --quiet -p blepay --features dynamodb -- ops --help 2>/dev/null | grep -q create-table); then
   echo "creating table $TABLE with blepay ops create-table"
   (cd "$ROOT" && env BLEPAY_DYNAMODB_TABLE="$TABLE" BLEPAY_DYNAMODB_ENDPOINT="$ENDPOINT" \
     AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=blepaylocal AWS_SECRET_ACCESS_KEY=blepaylocal \
-    cargo run --quiet -p blepay -- ops create-table)
+    cargo run --quiet -p blepay --features dynamodb -- ops create-table)
 else
   # Fallback while `blepay ops create-table` does not exist: the same definition as template.yaml,
   # with boto3 (installed with aws-sam-cli).
