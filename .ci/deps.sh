@@ -15,6 +15,7 @@ blepay-sqlite         | -e normal                       | aws-.*|prost|axum|hype
 blepay-dynamodb       | -e normal                       | rusqlite|libsqlite3-sys|prost|axum|tonic|blepay-proto|blepay-service
 blepay-service        | -e normal                       | rusqlite|libsqlite3-sys|clap|aws-sdk-.*|blepay-sqlite|blepay-dynamodb
 blepay-lambda         | -e normal                       | rusqlite|libsqlite3-sys|clap|blepay-sqlite
+blepay                | -e normal                       | aws-sdk-.*|aws-config|aws-smithy-.*|blepay-dynamodb|blepay-lambda
 blepay-device-client  | -e all --no-default-features    | tokio|mio|hyper|axum|tonic|reqwest|ureq|rusqlite|aws-.*|blepay-service|blepay-store|blepay-sqlite|blepay-dynamodb
 blepay-device-client  | -e all --features std           | tokio|mio|hyper|axum|tonic|reqwest|rusqlite|aws-.*|blepay-service|blepay-store|blepay-sqlite|blepay-dynamodb
 ROWS
