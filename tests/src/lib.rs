@@ -574,7 +574,15 @@ pub fn blepay_binary() -> &'static std::path::Path {
             .to_owned();
         let mut build = std::process::Command::new(option_env!("CARGO").unwrap_or("cargo"));
         build
-            .args(["build", "-p", "blepay", "--bin", "blepay", "--features", "dynamodb"])
+            .args([
+                "build",
+                "-p",
+                "blepay",
+                "--bin",
+                "blepay",
+                "--features",
+                "dynamodb",
+            ])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         if profile_dir.file_name().is_some_and(|p| p == "release") {
             build.arg("--release");

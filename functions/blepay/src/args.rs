@@ -580,6 +580,22 @@ impl ServeArgs {
 }
 
 /// Read `dir/name`, or create it with `make()` (mode 0600) and note that it was generated.
+/// What a generated development secret is, and the variable that replaces it.
+fn dev_secret_description(file: &str) -> (&'static str, &'static str) {
+    match file {
+        "master-keys" => (
+            "the master keys the device keys derive from",
+            "BLEPAY_MASTER_KEYS",
+        ),
+        "jwt-secret" => (
+            "the HS256 secret phone JWTs are checked with",
+            "BLEPAY_JWT_SECRET or a JWKS",
+        ),
+        "ops-token" => ("the bootstrap operator token", "BLEPAY_OPS_TOKEN"),
+        _ => ("a secret", "its variable"),
+    }
+}
+
 fn dev_secret(
     dir: &Path,
     name: &str,
@@ -594,8 +610,10 @@ fn dev_secret(
             write_private(&path, &value)
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             generated.notes.push(format!(
-                "generated a development {name} into {}",
-                path.display()
+                "generated {} into {} (development only: set {} in production)",
+                dev_secret_description(name).0,
+                path.display(),
+                dev_secret_description(name).1
             ));
             Ok(SecretString::new(value))
         }
@@ -702,6 +720,19 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    #[test]
+    fn generated_secrets_are_named_in_words_with_their_production_variable() {
+        for (file, var) in [
+            ("master-keys", "BLEPAY_MASTER_KEYS"),
+            ("jwt-secret", "BLEPAY_JWT_SECRET"),
+            ("ops-token", "BLEPAY_OPS_TOKEN"),
+        ] {
+            let (what, replaced_by) = dev_secret_description(file);
+            assert!(!what.contains('-'), "{what}");
+            assert!(replaced_by.starts_with(var), "{replaced_by}");
+        }
     }
 
     #[test]
