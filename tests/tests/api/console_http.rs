@@ -464,3 +464,46 @@ async fn the_fleet_shows_a_machine_offline_until_its_heartbeat() {
     let offline = console.get("/ops/fleet?state=OFFLINE").await.body;
     assert!(!offline.contains(&format!(r#"data-device-id="{id}""#)));
 }
+
+#[tokio::test]
+async fn a_session_closed_in_the_console_releases_its_hold_and_tells_its_story() {
+    let app = spawn_app().await;
+    let m = app.online_machine(25).await;
+    let user = random_user();
+    app.top_up(&user, 1_000).await;
+    let paid = app
+        .pay(&user, &m.advert(), 200, &blepay_e2e::random_key())
+        .await
+        .ok();
+    let session = paid["sessionId"].as_str().expect("sessionId").to_owned();
+    assert_eq!(available(&app, &user).await, 800);
+    let console = sign_in(&app, &app.ops_token).await;
+    let page = console.get(&format!("/ops/sessions/{session}")).await;
+    assert!(
+        page.body.contains(r#"id="close""#),
+        "an open session offers close"
+    );
+    let csrf = console.csrf().await;
+    let r = console
+        .post(
+            &format!("/ops/sessions/{session}/close"),
+            &[("reason", "stuck"), ("_csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(available(&app, &user).await, 1_000, "the hold is released");
+    let page = console
+        .get(&format!("/ops/sessions/{session}?done=closed"))
+        .await;
+    assert!(page.body.contains(r#"id="flash""#) && page.body.contains("Session closed."));
+    assert!(
+        page.body.contains("by an operator, by hand"),
+        "{}",
+        page.body
+    );
+    assert!(
+        !page.body.contains(r#"id="close""#),
+        "a closed session offers no close"
+    );
+    assert!(app.audit().await.reconciles());
+}

@@ -460,6 +460,7 @@ pub async fn session(
     let closed_by = match pb::CloseReason::try_from(s.closed_by) {
         Ok(pb::CloseReason::Timeout) => "by timeout (the machine went silent)",
         Ok(pb::CloseReason::Report) => "by the machine's final report",
+        Ok(pb::CloseReason::Operator) => "by an operator, by hand",
         _ => "",
     };
     let story = session_story(&app, &s, &statement.entries, status, closed_by);
@@ -551,10 +552,11 @@ fn session_story(
         ));
     }
     if s.ended_at != 0 {
-        let what = if status == "EXPIRED" {
-            "expired: not started in time, hold released"
-        } else {
-            "settled"
+        let by_hand = closed_by.starts_with("by an operator");
+        let what = match (status, by_hand) {
+            ("EXPIRED", true) => "voided: the hold released",
+            ("EXPIRED", false) => "expired: not started in time, hold released",
+            _ => "settled",
         };
         story.push((
             s.ended_at,
