@@ -36,4 +36,6 @@ trap 'infra/local-stack.sh --stop >/dev/null 2>&1 || true' EXIT
 infra/local-stack.sh --detach
 # shellcheck disable=SC1091
 source "$BLEPAY_LOCAL_STATE/local.env"
-cargo test --locked -p blepay-lambda --test emulator -- --include-ignored
+# `--workspace` resolves features as .ci/run's `cargo test --workspace` did, so the emulator test
+# links what that step built instead of rebuilding the AWS SDK with `-p blepay-lambda`'s features.
+cargo test --locked --workspace --test emulator -- --include-ignored
