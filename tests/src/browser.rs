@@ -25,7 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::TestApp;
 
-/// The console's session cookie (CONSOLE_CONTRACT.md).
+/// The console's session cookie (docs/dashboard.md, "Signing in").
 pub const CONSOLE_COOKIE: &str = "blepay_console";
 
 /// What `BLEPAY_SCREENSHOTS` being set turns on: [`Browser::screenshot`] writes PNGs.

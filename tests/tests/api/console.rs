@@ -1,4 +1,4 @@
-//! The operator console (`/ops/`, docs: CONSOLE_CONTRACT) end to end in headless Chromium: sign
+//! The operator console (`/ops/`, docs/dashboard.md) end to end in headless Chromium: sign
 //! in with an operator token, the fleet's live states, a refund that moves a wallet exactly, the
 //! roles' forms, CSRF refusals that change nothing, sign-out ending the session, and every page
 //! of a realistic demo fleet screenshot into `docs/dashboard/` (with `BLEPAY_SCREENSHOTS=1`).
