@@ -1,16 +1,23 @@
 //! # blepay-sqlite — the [`Store`] on an embedded SQLite file
 //!
-//! One [`rusqlite::Connection`] behind a mutex; every trait method runs on tokio's blocking pool
-//! inside one `BEGIN IMMEDIATE` transaction, so operations are serialized (concurrent pays for one
-//! machine cannot both see it idle) and SQLite's "database is locked" never reaches a caller.
-//! The file is opened with `journal_mode=WAL` and `synchronous=FULL`: a committed (acknowledged)
-//! operation survives `kill -9` and power loss.
+//! One writer thread owns the read-write [`rusqlite::Connection`] and **group-commits**: every
+//! mutating operation waiting at that moment runs in one `BEGIN IMMEDIATE` transaction, each in
+//! its own savepoint (a refusal or failure rolls back only that one), with one fsync for all
+//! (`writer.rs`). Operations are serialized on that connection (concurrent pays for one machine
+//! cannot both see it idle) and SQLite's "database is locked" never reaches a caller. The file is
+//! opened with `journal_mode=WAL` and `synchronous=FULL`, and a caller is answered only after its
+//! batch's commit returned: an acknowledged operation survives `kill -9` and power loss.
+//!
+//! Operations that only read run on read-only WAL connections (`readers.rs`), never queued behind
+//! writes: point reads (a machine, a session, a wallet) on the caller's thread, listings and
+//! reports on tokio's blocking pool. A read that finds a session due for expiry goes to the
+//! writer instead, which expires it first (the [`Store`] contract).
 //!
 //! The decisions are `blepay_store::decide`'s and the money rules and session state machine
 //! `blepay-core`'s: this crate loads the facts, calls them and writes back what they return (new
 //! balances, ledger entries, session states).
 //!
-//! - `lib.rs`: opening, the transaction runner, the [`Store`] impl;
+//! - `lib.rs`: opening, the [`Store`] impl; `writer.rs`: group commit; `readers.rs`: reads;
 //! - `schema.rs`: the migrations; `ops.rs`: pay, machine requests, expiry, audit;
 //! - `topups.rs`: users' top-ups through a payment provider and their notifications;
 //! - `rows.rs`: one function per statement; `convert.rs`: SQL values and errors.
@@ -24,13 +31,15 @@ mod keys;
 mod lists;
 mod operators;
 mod ops;
+mod readers;
 mod refunds;
 mod rows;
 mod schema;
 mod topups;
+mod writer;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -51,23 +60,34 @@ use blepay_store::{
     NewProviderTopUp, ProviderEvent, ProviderEventOutcome, ProviderTopUp, StartTopUpOutcome,
     TopUpFilter, TopUpId, TopUpLocator, TopUpRefund, TopUpRefundCommand, TopUpRefundOutcome,
 };
-use rusqlite::{Connection, TransactionBehavior, params};
+use rusqlite::{Connection, params};
 
 use crate::convert::{db, ts};
 use crate::ops::{Due, expire_sessions};
+use crate::readers::Readers;
 use crate::rows::{
     load_device, load_idempotency, load_session, load_wallet, open_session_of, save_idempotency,
     save_wallet, write_entry_by,
 };
 use crate::schema::migrate;
+pub use crate::writer::WriteStats;
+use crate::writer::Writer;
 
 /// How long SQLite waits for another process's lock before giving up with `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The embedded store: one SQLite file.
+/// The embedded store: one SQLite file. Clones share the writer and the readers; the writer
+/// stops (and closes the file) when the last clone is dropped.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    // Readers first: they are closed before the writer, whose close checkpoints the WAL.
+    readers: Readers,
+    writer: Writer,
 }
 
 impl SqliteStore {
@@ -99,32 +119,50 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
         migrate(&mut conn)?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            inner: Arc::new(Inner {
+                readers: Readers::new(path),
+                writer: Writer::start(conn)?,
+            }),
         })
     }
 
-    /// Run `work` on the blocking pool inside one `BEGIN IMMEDIATE` transaction, committed when it
-    /// returns `Ok` (refusals are `Ok` values, and write nothing but due expiries) and rolled back
-    /// otherwise.
+    /// What the writer has committed since the store was opened: transactions (fsyncs) and the
+    /// operations they carried; their ratio is the group commit's batch size.
+    #[must_use]
+    pub fn write_stats(&self) -> WriteStats {
+        self.inner.writer.stats()
+    }
+
+    /// Run `work` in the writer's next batch (one `BEGIN IMMEDIATE` transaction, `work` in its
+    /// own savepoint): kept and answered after the commit when it returns `Ok` (refusals are `Ok`
+    /// values, and write nothing but due expiries), rolled back alone otherwise.
     async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            // A panic while the lock was held unwound through the transaction, which rolled back:
-            // the connection is consistent, so a poisoned lock is safe to take over.
-            let mut guard = conn.lock().unwrap_or_else(PoisonError::into_inner);
-            let tx = guard
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
-            let out = work(&tx)?;
-            tx.commit().map_err(db)?;
-            Ok(out)
-        })
-        .await
-        .map_err(|e| StoreError::Internal(format!("storage task failed: {e}")))?
+        self.inner.writer.run(work).await
+    }
+
+    /// A point read (a few indexed rows) on a read-only connection, on the caller's thread.
+    fn read<T>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.inner.readers.read(work)
+    }
+
+    /// A read of many rows (a listing, a report) on a read-only connection, on tokio's blocking
+    /// pool.
+    async fn read_many<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.readers.read(work))
+            .await
+            .map_err(|e| StoreError::Internal(format!("storage task failed: {e}")))?
     }
 }
 
@@ -162,12 +200,18 @@ impl Store for SqliteStore {
         id: DeviceId,
         now: u64,
     ) -> Result<Option<DeviceStatus>, StoreError> {
-        self.run(move |c| {
-            expire_sessions(c, Due::OfDevice(id), now)?;
+        let status = move |c: &Connection| {
             let Some(row) = load_device(c, id)? else {
                 return Ok(None);
             };
             Ok(Some(row.status(open_session_of(c, id)?)))
+        };
+        if let Some(fresh) = self.read(|c| unless_due(c, Due::OfDevice(id), now, status))? {
+            return Ok(fresh);
+        }
+        self.run(move |c| {
+            expire_sessions(c, Due::OfDevice(id), now)?;
+            status(c)
         })
         .await
     }
@@ -205,6 +249,11 @@ impl Store for SqliteStore {
     }
 
     async fn wallet(&self, user: &UserId, now: u64) -> Result<Wallet, StoreError> {
+        if let Some(w) =
+            self.read(|c| unless_due(c, Due::OfUser(user), now, |c| load_wallet(c, user)))?
+        {
+            return Ok(w);
+        }
         let user = user.clone();
         self.run(move |c| {
             expire_sessions(c, Due::OfUser(&user), now)?;
@@ -224,19 +273,19 @@ impl Store for SqliteStore {
         key: &IdempotencyKey,
         now: u64,
     ) -> Result<Option<Session>, StoreError> {
-        let (user, key) = (user.clone(), key.clone());
-        self.run(move |c| {
-            let Some(seen) = load_idempotency(c, &ops::pay_scope(&user), &key)? else {
-                return Ok(None);
-            };
-            let id = seen.session_id()?;
-            expire_sessions(c, Due::Only(id), now)?;
-            load_session(c, id)
-        })
-        .await
+        let seen = self.read(|c| load_idempotency(c, &ops::pay_scope(user), key))?;
+        let Some(seen) = seen else {
+            return Ok(None);
+        };
+        self.session(seen.session_id()?, now).await
     }
 
     async fn session(&self, id: SessionId, now: u64) -> Result<Option<Session>, StoreError> {
+        if let Some(s) =
+            self.read(|c| unless_due(c, Due::Only(id), now, |c| load_session(c, id)))?
+        {
+            return Ok(s);
+        }
         self.run(move |c| {
             expire_sessions(c, Due::Only(id), now)?;
             load_session(c, id)
@@ -269,7 +318,7 @@ impl Store for SqliteStore {
     }
 
     async fn audit(&self) -> Result<Audit, StoreError> {
-        self.run(ops::audit).await
+        self.read_many(ops::audit).await
     }
 
     async fn create_operator(
@@ -281,12 +330,11 @@ impl Store for SqliteStore {
     }
 
     async fn operator(&self, id: &OperatorId) -> Result<Option<OperatorRecord>, StoreError> {
-        let id = id.clone();
-        self.run(move |c| operators::load_operator(c, &id)).await
+        self.read(|c| operators::load_operator(c, id))
     }
 
     async fn operators(&self) -> Result<Vec<OperatorRecord>, StoreError> {
-        self.run(operators::list_operators).await
+        self.read_many(operators::list_operators).await
     }
 
     async fn revoke_operator(
@@ -311,7 +359,7 @@ impl Store for SqliteStore {
         page: &PageRequest,
     ) -> Result<Page<AuditEvent>, StoreError> {
         let (filter, page) = (filter.clone(), page.clone());
-        self.run(move |c| operators::audit_events(c, &filter, &page))
+        self.read_many(move |c| operators::audit_events(c, &filter, &page))
             .await
     }
 
@@ -324,8 +372,7 @@ impl Store for SqliteStore {
         &self,
         id_hash: &[u8; 32],
     ) -> Result<Option<ConsoleSession>, StoreError> {
-        let id_hash = *id_hash;
-        self.run(move |c| console::load_session(c, &id_hash)).await
+        self.read(|c| console::load_session(c, id_hash))
     }
 
     async fn end_console_session(&self, id_hash: &[u8; 32], now: u64) -> Result<bool, StoreError> {
@@ -341,7 +388,7 @@ impl Store for SqliteStore {
         to: u64,
         limit: usize,
     ) -> Result<Vec<TelemetrySample>, StoreError> {
-        self.run(move |c| console::telemetry_history(c, device, from, to, limit))
+        self.read_many(move |c| console::telemetry_history(c, device, from, to, limit))
             .await
     }
 
@@ -400,11 +447,13 @@ impl Store for SqliteStore {
         page: &PageRequest,
     ) -> Result<Page<StatementEntry>, StoreError> {
         let (user, page) = (user.clone(), page.clone());
-        self.run(move |c| lists::statement(c, &user, &page)).await
+        self.read_many(move |c| lists::statement(c, &user, &page))
+            .await
     }
 
     async fn sales_facts(&self, from: u64, to: u64) -> Result<SalesFacts, StoreError> {
-        self.run(move |c| lists::sales_facts(c, from, to)).await
+        self.read_many(move |c| lists::sales_facts(c, from, to))
+            .await
     }
 
     async fn revoke_device(
@@ -418,8 +467,7 @@ impl Store for SqliteStore {
     }
 
     async fn device_record(&self, id: DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
-        self.run(move |c| Ok(rows::load_device(c, id)?.map(|row| row.record)))
-            .await
+        self.read(|c| Ok(rows::load_device(c, id)?.map(|row| row.record)))
     }
 
     async fn rotate_device_key(
@@ -448,7 +496,8 @@ impl Store for SqliteStore {
 
     async fn open_problems(&self, page: &PageRequest) -> Result<Page<Problem>, StoreError> {
         let page = page.clone();
-        self.run(move |c| refunds::open_problems(c, &page)).await
+        self.read_many(move |c| refunds::open_problems(c, &page))
+            .await
     }
 
     async fn dismiss_problem(&self, cmd: &DismissCommand) -> Result<DismissOutcome, StoreError> {
@@ -476,15 +525,14 @@ impl Store for SqliteStore {
     }
 
     async fn topup(&self, id: TopUpId) -> Result<Option<ProviderTopUp>, StoreError> {
-        self.run(move |c| topups::load_topup(c, id)).await
+        self.read(|c| topups::load_topup(c, id))
     }
 
     async fn find_topup(
         &self,
         locator: &TopUpLocator,
     ) -> Result<Option<ProviderTopUp>, StoreError> {
-        let locator = locator.clone();
-        self.run(move |c| topups::find_topup(c, &locator)).await
+        self.read(|c| topups::find_topup(c, locator))
     }
 
     async fn apply_provider_event(
@@ -506,7 +554,8 @@ impl Store for SqliteStore {
     }
 
     async fn topup_refunds(&self, topup: TopUpId) -> Result<Vec<TopUpRefund>, StoreError> {
-        self.run(move |c| topups::topup_refunds(c, topup)).await
+        self.read_many(move |c| topups::topup_refunds(c, topup))
+            .await
     }
 
     async fn list_topups(
@@ -515,9 +564,23 @@ impl Store for SqliteStore {
         page: &PageRequest,
     ) -> Result<Page<ProviderTopUp>, StoreError> {
         let (filter, page) = (filter.clone(), page.clone());
-        self.run(move |c| topups::list_topups(c, &filter, &page))
+        self.read_many(move |c| topups::list_topups(c, &filter, &page))
             .await
     }
+}
+
+/// `read`'s answer when nothing of `due` is due for expiry at `now`; `None` when something is (the
+/// caller then goes to the writer, which expires it first).
+fn unless_due<T>(
+    c: &Connection,
+    due: Due<'_>,
+    now: u64,
+    read: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    if ops::any_due(c, due, now)? {
+        return Ok(None);
+    }
+    read(c).map(Some)
 }
 
 #[cfg(test)]
@@ -528,42 +591,157 @@ mod tests {
     use blepay_core::Units;
 
     #[tokio::test]
-    async fn a_poisoned_lock_is_recovered_not_propagated() {
+    async fn a_panicking_operation_is_an_error_and_rolls_back_alone() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("blepay.db")).unwrap();
-        let conn = Arc::clone(&store.conn);
-        let _ = std::thread::spawn(move || {
-            let _guard = conn.lock().unwrap();
-            panic!("poison the lock");
-        })
-        .join();
-        assert!(store.conn.is_poisoned());
-        assert_eq!(store.expire_due(0).await.unwrap(), 0);
+        let panicked = store
+            .run(|c| -> Result<(), StoreError> {
+                c.execute("INSERT INTO wallets (user_id, available, held, spent) VALUES ('ghost', 0, 0, 0)", [])
+                    .map_err(db)?;
+                panic!("a bug in an operation");
+            })
+            .await;
+        assert!(
+            matches!(panicked, Err(StoreError::Internal(_))),
+            "{panicked:?}"
+        );
+        let ghosts: i64 = store
+            .read(|c| {
+                c.query_row(
+                    "SELECT count(*) FROM wallets WHERE user_id = 'ghost'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(db)
+            })
+            .unwrap();
+        assert_eq!(ghosts, 0, "the panicked operation's write was rolled back");
+        assert_eq!(
+            store.expire_due(0).await.unwrap(),
+            0,
+            "the writer still serves"
+        );
     }
 
-    #[test]
-    fn opening_twice_applies_the_migrations_once() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn operations_waiting_together_share_one_commit_and_a_failing_one_rolls_back_alone() {
+        // Arrange: the writer is held by a first operation until 300 more are queued; every
+        // third of them fails after writing.
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("blepay.db")).unwrap();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (running, started) = tokio::sync::oneshot::channel::<()>();
+        let first = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .run(move |_| {
+                        let _ = running.send(());
+                        held.recv()
+                            .map_err(|e| StoreError::Internal(e.to_string()))?;
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        started.await.unwrap();
+        let ops: Vec<_> = (0..300)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .run(move |c| {
+                            c.execute(
+                                "INSERT INTO wallets (user_id, available, held, spent)
+                                 VALUES (?1, 0, 0, 0)",
+                                [format!("u{i}")],
+                            )
+                            .map_err(db)?;
+                            if i % 3 == 0 {
+                                return Err(StoreError::Internal(format!("refused {i}")));
+                            }
+                            Ok(i)
+                        })
+                        .await
+                })
+            })
+            .collect();
+        while store.inner.writer.queued() < 300 {
+            tokio::task::yield_now().await;
+        }
+        let before = store.write_stats();
+
+        // Act
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        let mut answered = Vec::new();
+        for op in ops {
+            answered.push(op.await.unwrap());
+        }
+
+        // Assert: the 301 operations took at most 3 commits (a batch holds 256), and exactly the
+        // operations answered Ok are in the file.
+        let after = store.write_stats();
+        assert_eq!(after.operations - before.operations, 201);
+        assert!(
+            after.commits - before.commits <= 3,
+            "{before:?} → {after:?}"
+        );
+        let kept: Vec<i64> = answered
+            .iter()
+            .filter_map(|r| r.as_ref().ok().copied())
+            .collect();
+        assert_eq!(kept.len(), 200, "{:?}", &answered[..3]);
+        assert!(
+            answered
+                .iter()
+                .enumerate()
+                .all(|(i, r)| r.is_ok() == (i % 3 != 0))
+        );
+        drop(store);
+        let conn = Connection::open(dir.path().join("blepay.db")).unwrap();
+        let mut stored: Vec<i64> = conn
+            .prepare("SELECT CAST(substr(user_id, 2) AS INTEGER) FROM wallets")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        stored.sort_unstable();
+        assert_eq!(stored, kept);
+    }
+
+    #[tokio::test]
+    async fn opening_twice_applies_the_migrations_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/dir/blepay.db");
         drop(SqliteStore::open(&path).unwrap());
         let store = SqliteStore::open(&path).unwrap();
-        let guard = store.conn.lock().unwrap();
-        let version: i64 = guard
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
+        // The writer's own connection's settings.
+        let (version, mode, sync, fk) = store
+            .run(|c| {
+                let get = |sql: &str| -> Result<String, StoreError> {
+                    c.query_row(sql, [], |r| r.get::<_, rusqlite::types::Value>(0))
+                        .map(|v| match v {
+                            rusqlite::types::Value::Integer(i) => i.to_string(),
+                            rusqlite::types::Value::Text(t) => t,
+                            other => format!("{other:?}"),
+                        })
+                        .map_err(db)
+                };
+                Ok((
+                    get("PRAGMA user_version")?,
+                    get("PRAGMA journal_mode")?,
+                    get("PRAGMA synchronous")?,
+                    get("PRAGMA foreign_keys")?,
+                ))
+            })
+            .await
             .unwrap();
-        assert_eq!(version, i64::try_from(MIGRATIONS.len()).unwrap());
-        let mode: String = guard
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-            .unwrap();
+        assert_eq!(version, MIGRATIONS.len().to_string());
         assert_eq!(mode, "wal");
-        let sync: i64 = guard
-            .query_row("PRAGMA synchronous", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(sync, 2, "synchronous=FULL");
-        let fk: i64 = guard
-            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(fk, 1);
+        assert_eq!(sync, "2", "synchronous=FULL");
+        assert_eq!(fk, "1");
     }
 
     #[test]
@@ -586,10 +764,10 @@ mod tests {
         }
 
         // Act
-        let store = SqliteStore::open(&path).unwrap();
+        drop(SqliteStore::open(&path).unwrap());
 
         // Assert: the row is kept and the provider kinds are accepted.
-        let guard = store.conn.lock().unwrap();
+        let guard = Connection::open(&path).unwrap();
         let kept: (i64, String, i64, Option<String>) = guard
             .query_row("SELECT id, kind, amount, actor FROM ledger", [], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))

@@ -217,6 +217,32 @@ pub(crate) enum Due<'a> {
     Only(SessionId),
 }
 
+/// Whether [`expire_sessions`] would expire anything of `due` at `now` (a read's test: only then
+/// does it need the writer). Not for [`Due::All`], which is the sweeper's and always writes.
+pub(crate) fn any_due(c: &Connection, due: Due<'_>, now: u64) -> Result<bool, StoreError> {
+    const DUE: &str = "status = 'AUTHORIZED' AND expires_at <= ?2";
+    let now = ts(now)?;
+    let found = match due {
+        Due::All => return Ok(true),
+        Due::OfDevice(d) => exists(c, &format!("device_id = ?1 AND {DUE}"), d.to_bytes(), now),
+        Due::OfUser(u) => exists(c, &format!("user_id = ?1 AND {DUE}"), u.as_str(), now),
+        Due::Only(s) => exists(c, &format!("id = ?1 AND {DUE}"), s.to_bytes(), now),
+    };
+    found.map_err(db)
+}
+
+fn exists(
+    c: &Connection,
+    filter: &str,
+    key: impl rusqlite::ToSql,
+    now: i64,
+) -> rusqlite::Result<bool> {
+    c.prepare_cached(&format!(
+        "SELECT EXISTS (SELECT 1 FROM sessions WHERE {filter})"
+    ))?
+    .query_row(params![key, now], |r| r.get(0))
+}
+
 /// Expire every selected AUTHORIZED session whose start deadline is `<= now`, releasing its hold.
 pub(crate) fn expire_sessions(c: &Connection, due: Due<'_>, now: u64) -> Result<usize, StoreError> {
     let (device, user, id) = match due {
