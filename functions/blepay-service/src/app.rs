@@ -5,13 +5,14 @@
 use std::sync::Arc;
 
 use blepay_core::{
-    Amount, CloseReason, Currency, DeviceId, DeviceName, IdempotencyKey, KeyEpoch, Session,
-    SessionError, SessionId, SessionStatus, Slot, Tariff, Telemetry, UnitName, UserId, Wallet,
+    Amount, CloseReason, Currency, DeviceId, DeviceName, IdempotencyKey, KeyEpoch, KeyVersion,
+    Session, SessionError, SessionId, SessionStatus, Slot, Tariff, Telemetry, UnitName, UserId,
+    Wallet,
 };
 use blepay_proto::machine::{self, RefusalCode};
 use blepay_proto::pb::v1 as pb;
 use blepay_proto::{
-    Advert, AdvertError, AdvertFlags, RequestFrame, derive_device_key, seal_response,
+    Advert, AdvertError, AdvertFlags, MasterKey, RequestFrame, derive_device_key, seal_response,
 };
 use blepay_store::{
     AdvertSignals, DeviceCall, DeviceCallOutcome, DeviceOp, DeviceOpResult, DeviceRecord,
@@ -22,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
+use crate::key_cache::{KeyCache, MachineKeys};
 use crate::metrics::Metrics;
 use crate::operator::{Action, ActionRecord, Operator};
 
@@ -51,6 +53,7 @@ struct Inner {
     store: Arc<dyn Store>,
     clock: Clock,
     metrics: Metrics,
+    keys: KeyCache,
 }
 
 impl std::fmt::Debug for App {
@@ -91,6 +94,7 @@ impl App {
                 store,
                 clock,
                 metrics: Metrics::new(),
+                keys: KeyCache::default(),
             }),
         }
     }
@@ -648,33 +652,31 @@ impl App {
             .keyring
             .get(advert.key_version)
             .ok_or_else(|| ApiError::new(ErrorCode::AdvertInvalid, "unknown key version"))?;
-        let verifies = |epoch: KeyEpoch| {
-            advert
-                .verify(&derive_device_key(
-                    master,
-                    advert.key_version,
-                    advert.device_id,
-                    epoch,
-                ))
-                .is_ok()
-        };
         let Some(status) = self
             .inner
             .store
             .device_status(advert.device_id, now)
             .await?
         else {
-            return Err(if verifies(KeyEpoch::FIRST) {
+            // Unregistered: derived, not cached (key_cache.rs).
+            let key = derive_device_key(
+                master,
+                advert.key_version,
+                advert.device_id,
+                KeyEpoch::FIRST,
+            );
+            return Err(if advert.verify(&key).is_ok() {
                 device_unknown(advert.device_id)
             } else {
                 advert_not_authentic()
             });
         };
-        let epoch = status
-            .device
-            .keys
-            .accepted()
-            .find(|e| verifies(*e))
+        let accepted: Vec<KeyEpoch> = status.device.keys.accepted().collect();
+        let epoch = self
+            .device_keys(master, advert.key_version, advert.device_id, &accepted)
+            .iter()
+            .find(|(_, key)| advert.verify(key).is_ok())
+            .map(|(epoch, _)| epoch)
             .ok_or_else(advert_not_authentic)?;
         if status.device.key_version != advert.key_version {
             return Err(ApiError::new(
@@ -683,6 +685,22 @@ impl App {
             ));
         }
         Ok((advert, status, epoch))
+    }
+
+    /// The derived keys of `device`'s `accepted` epochs (cached: key_cache.rs).
+    pub(crate) fn device_keys(
+        &self,
+        master: &MasterKey,
+        version: KeyVersion,
+        device: DeviceId,
+        accepted: &[KeyEpoch],
+    ) -> Arc<MachineKeys> {
+        self.inner.keys.keys(master, version, device, accepted)
+    }
+
+    /// Drop `device`'s cached keys (revoked, rotated).
+    pub(crate) fn forget_device_keys(&self, device: DeviceId) {
+        self.inner.keys.forget(device);
     }
 
     async fn session(&self, id: &str) -> Result<Session, ApiError> {

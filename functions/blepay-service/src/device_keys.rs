@@ -94,25 +94,26 @@ impl App {
             .keyring
             .get(version)
             .ok_or_else(frame_not_authentic)?;
-        let verifies = |epoch: KeyEpoch| {
-            let key = derive_device_key(master, version, id, epoch);
-            match frame.verify(&key) {
-                Ok(()) => Ok(Some(key)),
-                Err(FrameError::BadTag) => Ok(None),
-                Err(other) => Err(ApiError::new(ErrorCode::FrameInvalid, other.to_string())),
-            }
+        let verifies = |key: &DeviceKey| match frame.verify(key) {
+            Ok(()) => Ok(true),
+            Err(FrameError::BadTag) => Ok(false),
+            Err(other) => Err(ApiError::new(ErrorCode::FrameInvalid, other.to_string())),
         };
         let Some(device) = self.store().device_record(id).await? else {
-            return Err(match verifies(KeyEpoch::FIRST)? {
-                Some(_) => device_unknown(id),
-                None => frame_not_authentic(),
+            // Unregistered: derived, not cached (key_cache.rs).
+            let key = derive_device_key(master, version, id, KeyEpoch::FIRST);
+            return Err(if verifies(&key)? {
+                device_unknown(id)
+            } else {
+                frame_not_authentic()
             });
         };
         let keys = &device.keys;
+        let accepted: Vec<KeyEpoch> = keys.accepted().collect();
         let mut verified = None;
-        for epoch in keys.accepted() {
-            if let Some(key) = verifies(epoch)? {
-                verified = Some((epoch, key));
+        for (epoch, key) in self.device_keys(master, version, id, &accepted).iter() {
+            if verifies(key)? {
+                verified = Some((epoch, key.clone()));
                 break;
             }
         }
@@ -168,7 +169,9 @@ impl App {
     /// # Errors
     /// DEVICE_UNKNOWN, RETRY_LATER.
     pub async fn revoke(&self, id: DeviceId, reason: &str) -> Result<bool, ApiError> {
-        match self.store().revoke_device(id, reason, self.now()).await? {
+        let outcome = self.store().revoke_device(id, reason, self.now()).await?;
+        self.forget_device_keys(id);
+        match outcome {
             RevokeOutcome::Revoked { closed, .. } => {
                 tracing::warn!(
                     device = %id,
@@ -196,7 +199,9 @@ impl App {
         let id = parse_device(&req.device_id)?;
         let key = IdempotencyKey::parse(&req.idempotency_key)
             .map_err(|e| ApiError::invalid(format!("idempotencyKey: {e}")))?;
-        let device = match self.store().rotate_device_key(id, &key, self.now()).await? {
+        let outcome = self.store().rotate_device_key(id, &key, self.now()).await?;
+        self.forget_device_keys(id);
+        let device = match outcome {
             RotateOutcome::Issued(d) => {
                 self.record_action(
                     op,

@@ -29,6 +29,7 @@ pub mod devices;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod key_cache;
 pub mod limits;
 pub mod metrics;
 pub mod operator;
