@@ -35,7 +35,9 @@
 //! place the bench reads inside a machine answer).
 
 mod answer;
+mod cost;
 mod fleet;
+mod idle;
 mod link_bytes;
 mod machine;
 mod measure;
@@ -43,31 +45,44 @@ mod report;
 mod servers;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
 use crate::args::StoreArgs;
-use fleet::{Transport, setup};
+use fleet::{Ctx, Transport, setup};
 use measure::{Timing, closed_loop, counted, pay_rounds};
-use report::{Row, summary_json, table};
+use report::{Params, Row, fleet_table, summary_json, table};
 use servers::Env;
 
 /// `blepay bench` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Concurrent clients (tokio tasks) per phase.
+    /// The client count of the summary's flat keys, and the one gRPC runs at.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
+    /// The client counts of the HTTP curve (comma-separated); `--concurrency` is added when
+    /// missing.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,128")]
+    pub clients: Vec<usize>,
     /// Seconds each phase is measured for (after a warm-up of a fifth of that).
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
-    /// A short run (3 s per phase) that finishes in under a minute.
+    /// Short phases (3 s each); the curve and the idle fleet still run.
     #[arg(long)]
     pub quick: bool,
-    /// Machines registered (and kept online) for pay and the cycles; at least `--concurrency`.
-    #[arg(long, default_value_t = 200)]
+    /// Machines registered (and kept online) for pay and the cycles; at least the largest client
+    /// count.
+    #[arg(long, default_value_t = 512)]
     pub machines: usize,
+    /// Idle machines of the fleet run (registered through the store, then two compressed
+    /// heartbeat intervals); 0 skips it.
+    #[arg(long, default_value_t = 100_000)]
+    pub fleet_machines: usize,
+    /// Heartbeats (and registrations) in flight at once in the fleet run.
+    #[arg(long, default_value_t = 64)]
+    pub fleet_clients: usize,
     /// The store behind the server (`--store dynamodb --dynamodb-endpoint URL` for a
     /// DynamoDB-API server; the table is created when missing). With DynamoDB the figures include
     /// the DynamoDB requests sent per operation.
@@ -97,9 +112,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     load(&env, &args).await
 }
 
+/// The curve's client counts: sorted, without repeats or zeros, `concurrency` among them.
+fn client_counts(clients: &[usize], concurrency: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = clients
+        .iter()
+        .copied()
+        .chain([concurrency])
+        .filter(|&n| n > 0)
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
 async fn load(env: &Env, args: &BenchArgs) -> anyhow::Result<()> {
     let concurrency = args.concurrency.max(1);
-    let machines = args.machines.max(concurrency);
+    let clients = client_counts(&args.clients, concurrency);
+    let most = clients.last().copied().unwrap_or(concurrency);
+    let machines = args.machines.max(most);
     let secs = if args.quick { 3 } else { args.duration.max(1) };
     let timing = Timing {
         measure: Duration::from_secs(secs),
@@ -107,11 +137,13 @@ async fn load(env: &Env, args: &BenchArgs) -> anyhow::Result<()> {
     };
     let began = Instant::now();
     println!(
-        "blepay bench: store {} (data dir {}), {concurrency} clients, {machines} machines, {secs} s per phase",
+        "blepay bench: store {} (data dir {}), HTTP at {clients:?} clients, gRPC at {concurrency}, {machines} machines, {secs} s per phase, server on {} threads; idle fleet of {} machines",
         args.store.kind.name(),
-        env.data_dir.display()
+        env.data_dir.display(),
+        env.server_threads,
+        args.fleet_machines,
     );
-    let ctx = setup(env, concurrency, machines).await?;
+    let ctx = setup(env, most, machines).await?;
     println!(
         "setup: {machines} machines registered and online, {} users topped up ({:.1} s)",
         ctx.tokens.len(),
@@ -119,57 +151,21 @@ async fn load(env: &Env, args: &BenchArgs) -> anyhow::Result<()> {
     );
 
     let mut rows = Vec::new();
-    for t in [Transport::Http, Transport::Grpc] {
-        let base = closed_loop(&ctx, concurrency, timing, move |c, w, _| async move {
-            c.hello(t, w).await
-        })
-        .await?;
-        let baseline_rps = base.rps();
-        let m = ctx.machines.len();
-        let db = env.dynamo.as_ref();
-        let (mut verify, verify_db) = counted(
-            db,
-            closed_loop(&ctx, concurrency, timing, move |c, w, n| async move {
-                let machine = (w + usize::try_from(n).unwrap_or(0) * 7) % m;
-                c.verify(t, w, machine).await
-            }),
-        )
-        .await?;
-        verify.db = verify_db;
-        let pay = pay_rounds(&ctx, t, concurrency, timing, db).await?;
-        let (mut cycle, cycle_db) = counted(
-            db,
-            closed_loop(&ctx, concurrency, timing, move |c, w, n| async move {
-                // Client w owns machines w, w + concurrency, w + 2 concurrency, ... (below m): no
-                // two clients share one, since a machine serves one session at a time.
-                let owned = m.saturating_sub(w).div_ceil(concurrency).max(1);
-                let k = usize::try_from(n).unwrap_or(0) % owned;
-                let machine = w + k * concurrency;
-                c.cycle(t, w, machine).await
-            }),
-        )
-        .await?;
-        cycle.db = cycle_db;
-        let name = t.name();
-        rows.push(Row {
-            name: format!("{name} hello-world"),
-            figures: base,
-            requests: 1,
-            baseline_rps,
-        });
-        for (op, figures, requests) in [("verify", verify, 1), ("pay", pay, 1), ("cycle", cycle, 3)]
-        {
-            rows.push(Row {
-                name: format!("{name} {op}"),
-                figures,
-                requests,
-                baseline_rps,
-            });
-        }
+    for &n in &clients {
+        rows.extend(phases(env, &ctx, Transport::Http, n, timing).await?);
     }
+    rows.extend(phases(env, &ctx, Transport::Grpc, concurrency, timing).await?);
+    print!("{}", table(&rows));
+
+    let fleet = if args.fleet_machines > 0 {
+        let f = idle::run(env, args.fleet_machines, args.fleet_clients).await?;
+        print!("{}", fleet_table(&f));
+        Some(f)
+    } else {
+        None
+    };
 
     let audit = ctx.app.store().audit().await?;
-    print!("{}", table(&rows));
     println!(
         "ledger after the run: top-ups {} = wallets {} + revenue {}: {}",
         audit.top_ups,
@@ -183,16 +179,32 @@ async fn load(env: &Env, args: &BenchArgs) -> anyhow::Result<()> {
     );
     for r in &rows {
         if let Some(e) = &r.figures.first_error {
-            println!("{}: {} errors, the first: {e}", r.name, r.figures.errors);
+            println!(
+                "{} ({} clients): {} errors, the first: {e}",
+                r.name, r.clients, r.figures.errors
+            );
         }
     }
+    if let Some(e) = fleet.as_ref().and_then(|f| {
+        f.boot
+            .first_error
+            .as_ref()
+            .or(f.steady.first_error.as_ref())
+    }) {
+        println!("idle fleet: the first error: {e}");
+    }
     let summary = summary_json(
-        args.store.kind.name(),
+        &Params {
+            store: args.store.kind.name(),
+            concurrency,
+            clients: &clients,
+            machines,
+            secs,
+            server_threads: env.server_threads,
+            reconciles: audit.reconciles(),
+        },
         &rows,
-        concurrency,
-        machines,
-        secs,
-        audit.reconciles(),
+        fleet.as_ref(),
     );
     println!("total time {:.1} s", began.elapsed().as_secs_f64());
     println!("{summary}");
@@ -200,4 +212,86 @@ async fn load(env: &Env, args: &BenchArgs) -> anyhow::Result<()> {
         bail!("the ledger does not reconcile after the bench");
     }
     Ok(())
+}
+
+/// hello-world, verify, pay and the cycle over `t` with `n` clients.
+async fn phases(
+    env: &Env,
+    ctx: &Arc<Ctx>,
+    t: Transport,
+    n: usize,
+    timing: Timing,
+) -> anyhow::Result<Vec<Row>> {
+    let base = closed_loop(
+        ctx,
+        n,
+        timing,
+        move |c, w, _| async move { c.hello(t, w).await },
+    )
+    .await?;
+    let baseline_rps = base.rps();
+    let m = ctx.machines.len();
+    let db = env.dynamo.as_ref();
+    let (mut verify, verify_db) = counted(
+        db,
+        closed_loop(ctx, n, timing, move |c, w, k| async move {
+            let machine = (w + usize::try_from(k).unwrap_or(0) * 7) % m;
+            c.verify(t, w, machine).await
+        }),
+    )
+    .await?;
+    verify.db = verify_db;
+    let pay = pay_rounds(ctx, t, n, timing, db).await?;
+    let stored_before = stored(env).await?;
+    let (mut cycle, cycle_db) = counted(
+        db,
+        closed_loop(ctx, n, timing, move |c, w, k| async move {
+            // Client w owns machines w, w + n, w + 2n, ... (below m): no two clients share one,
+            // since a machine serves one session at a time.
+            let owned = m.saturating_sub(w).div_ceil(n).max(1);
+            let k = usize::try_from(k).unwrap_or(0) % owned;
+            c.cycle(t, w, w + k * n).await
+        }),
+    )
+    .await?;
+    cycle.db = cycle_db;
+    #[allow(clippy::cast_precision_loss)]
+    let cycle_storage = match (stored_before, stored(env).await?) {
+        (Some(before), Some(after)) if cycle.all_ops > 0 => {
+            Some(after.saturating_sub(before) as f64 / cycle.all_ops as f64)
+        }
+        _ => None,
+    };
+    let name = t.name();
+    let mut rows = vec![Row {
+        name: format!("{name} hello-world"),
+        clients: n,
+        figures: base,
+        requests: 1,
+        baseline_rps,
+        storage_per_op: None,
+    }];
+    for (op, figures, requests, storage_per_op) in [
+        ("verify", verify, 1, None),
+        ("pay", pay, 1, None),
+        ("cycle", cycle, 3, cycle_storage),
+    ] {
+        rows.push(Row {
+            name: format!("{name} {op}"),
+            clients: n,
+            figures,
+            requests,
+            baseline_rps,
+            storage_per_op,
+        });
+    }
+    Ok(rows)
+}
+
+/// The database's bytes at rest (SQLite only).
+async fn stored(env: &Env) -> anyhow::Result<Option<u64>> {
+    match &env.database {
+        Some(p) => Ok(Some(cost::database_bytes(p).await?)),
+        None => Ok(None),
+    }
 }
