@@ -16,8 +16,9 @@
 //! `synchronous=FULL` every commit's WAL pages are written out). The clients write no files, so it
 //! is the server's (SQLite's WAL, checkpoints into the database file, nothing else).
 //!
-//! **Storage.** The database file's size after a `PRAGMA wal_checkpoint(TRUNCATE)` run on a
-//! second connection between phases (so the WAL is folded in and empty): the bytes at rest.
+//! **Storage.** The database's pages in use (page count − free pages, × page size) after a
+//! `PRAGMA wal_checkpoint(TRUNCATE)` run on a second connection between phases (so the WAL is
+//! folded in and empty): the bytes at rest.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -34,13 +35,40 @@ const CLIENT_THREAD_PREFIX: &str = "tokio-";
 #[derive(Debug, Clone)]
 pub(super) struct Usage {
     at: Instant,
-    process_ticks: u64,
+    process_ticks: Ticks,
     /// CPU ticks of each live client thread, by thread id.
-    client_ticks: HashMap<u64, u64>,
+    client_ticks: HashMap<u64, Ticks>,
     /// CPU ticks of the live threads named [`SERVER_THREAD`] (a cross-check).
-    server_named_ticks: HashMap<u64, u64>,
+    server_named_ticks: HashMap<u64, Ticks>,
     write_bytes: u64,
     ticks_per_sec: u64,
+}
+
+/// CPU time in clock ticks: in user space and in the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Ticks {
+    user: u64,
+    sys: u64,
+}
+
+impl Ticks {
+    const fn total(self) -> u64 {
+        self.user + self.sys
+    }
+
+    const fn minus(self, earlier: Self) -> Self {
+        Self {
+            user: self.user.saturating_sub(earlier.user),
+            sys: self.sys.saturating_sub(earlier.sys),
+        }
+    }
+
+    const fn plus(self, other: Self) -> Self {
+        Self {
+            user: self.user + other.user,
+            sys: self.sys + other.sys,
+        }
+    }
 }
 
 /// What the process spent between two readings.
@@ -50,6 +78,9 @@ pub(super) struct Cost {
     pub(super) process_cpu_secs: f64,
     /// The process minus the client threads.
     pub(super) server_cpu_secs: f64,
+    /// The part of `server_cpu_secs` spent in the kernel (system calls: sockets, `write`,
+    /// `fsync`).
+    pub(super) server_sys_secs: f64,
     /// Only the threads named `blepay-server` (a lower bound of `server_cpu_secs`).
     pub(super) server_runtime_cpu_secs: f64,
     pub(super) write_bytes: u64,
@@ -60,6 +91,7 @@ impl Cost {
         self.wall_secs += other.wall_secs;
         self.process_cpu_secs += other.process_cpu_secs;
         self.server_cpu_secs += other.server_cpu_secs;
+        self.server_sys_secs += other.server_sys_secs;
         self.server_runtime_cpu_secs += other.server_runtime_cpu_secs;
         self.write_bytes += other.write_bytes;
     }
@@ -127,33 +159,35 @@ impl Usage {
     /// not subtracted (its last stretch counts against the server: the conservative side).
     #[allow(clippy::cast_precision_loss)]
     pub(super) fn since(&self, earlier: &Self) -> Cost {
-        let per_thread = |now: &HashMap<u64, u64>, then: &HashMap<u64, u64>| -> u64 {
+        let per_thread = |now: &HashMap<u64, Ticks>, then: &HashMap<u64, Ticks>| -> Ticks {
             now.iter()
-                .map(|(tid, t)| t.saturating_sub(then.get(tid).copied().unwrap_or(0)))
-                .sum()
+                .map(|(tid, t)| t.minus(then.get(tid).copied().unwrap_or_default()))
+                .fold(Ticks::default(), Ticks::plus)
         };
         let hz = self.ticks_per_sec.max(1) as f64;
-        let process = self.process_ticks.saturating_sub(earlier.process_ticks);
+        let process = self.process_ticks.minus(earlier.process_ticks);
         let client = per_thread(&self.client_ticks, &earlier.client_ticks);
         let named = per_thread(&self.server_named_ticks, &earlier.server_named_ticks);
+        let server = process.minus(client);
         Cost {
             wall_secs: self.at.duration_since(earlier.at).as_secs_f64(),
-            process_cpu_secs: process as f64 / hz,
-            server_cpu_secs: process.saturating_sub(client) as f64 / hz,
-            server_runtime_cpu_secs: named as f64 / hz,
+            process_cpu_secs: process.total() as f64 / hz,
+            server_cpu_secs: server.total() as f64 / hz,
+            server_sys_secs: server.sys as f64 / hz,
+            server_runtime_cpu_secs: named.total() as f64 / hz,
             write_bytes: self.write_bytes.saturating_sub(earlier.write_bytes),
         }
     }
 }
 
-/// utime + stime of a `/proc/.../stat` line (fields 14 and 15; the command name in parentheses
+/// utime and stime of a `/proc/.../stat` line (fields 14 and 15; the command name in parentheses
 /// may hold spaces, so fields are counted after its closing parenthesis).
-fn stat_ticks(stat: &str) -> Option<u64> {
+fn stat_ticks(stat: &str) -> Option<Ticks> {
     let (_, rest) = stat.rsplit_once(')')?;
     let mut fields = rest.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    let user: u64 = fields.next()?.parse().ok()?;
+    let sys: u64 = fields.next()?.parse().ok()?;
+    Some(Ticks { user, sys })
 }
 
 /// `AT_CLKTCK` from the process's auxiliary vector (pairs of native-endian words), else 100.
@@ -202,12 +236,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stat_line_gives_utime_plus_stime_even_with_spaces_in_the_name() {
+    fn a_stat_line_gives_utime_and_stime_even_with_parentheses_in_the_name() {
         // Arrange: pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt
         // cmajflt utime stime ...
         let line = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 7 5 0 0 20 0 1 0";
         // Act / Assert
-        assert_eq!(stat_ticks(line), Some(12));
+        assert_eq!(stat_ticks(line), Some(Ticks { user: 7, sys: 5 }));
     }
 
     #[test]
@@ -216,6 +250,7 @@ mod tests {
         let b = Usage::read().expect("Linux /proc");
         let c = b.since(&a);
         assert!(c.server_cpu_secs <= c.process_cpu_secs);
+        assert!(c.server_sys_secs <= c.server_cpu_secs);
         assert!(c.wall_secs >= 0.0);
     }
 }

@@ -150,6 +150,13 @@ impl Figures {
         (self.window_done > 0).then(|| c.server_cpu_secs * 1e6 / self.window_done as f64)
     }
 
+    /// The part of that spent in the kernel, in microseconds.
+    #[allow(clippy::cast_precision_loss)]
+    pub(super) fn server_sys_us_per_op(&self) -> Option<f64> {
+        let c = self.cost?;
+        (self.window_done > 0).then(|| c.server_sys_secs * 1e6 / self.window_done as f64)
+    }
+
     /// The whole process's CPU time (server and clients) per operation, in microseconds.
     #[allow(clippy::cast_precision_loss)]
     pub(super) fn process_cpu_us_per_op(&self) -> Option<f64> {

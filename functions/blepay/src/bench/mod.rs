@@ -9,30 +9,44 @@
 //!   echo implementation, so there is no second `.proto`: the same codegen, codec, HTTP/2 stack
 //!   and axum routing as the real gRPC services, and no work behind it.
 //!
+//! The servers run on a runtime of their own (one worker thread per core, threads named
+//! `blepay-server`), apart from the clients' (the command's own runtime), so the server's CPU
+//! time can be told from the clients' (`cost`).
+//!
 //! Then it drives, over HTTP/1.1 JSON (a pooled `reqwest` client) and over gRPC (one tonic
-//! channel per client), with `--concurrency` clients for `--duration` seconds each:
+//! channel per client), for `--duration` seconds each (3 with `--quick`):
 //! - **verify**: a freshly signed advert of one of the machines;
 //! - **pay**: in rounds, one pay per machine (a fresh advert per machine and use counter); the
 //!   sessions are settled (press, final report) between rounds, off the clock, so the machines
 //!   are free again — `pay_rps` is pays / time spent paying;
 //! - **cycle**: pay → press (the session starts, its terms come back) → final report, each
 //!   client on machines of its own; `cycle_rps` counts cycles, `cycle_req_rps` the three
-//!   requests of each.
+//!   requests of each. A cycle is one whole payment.
 //!
-//! Each figure is reported as req/s, p50 and p99 latency, and the ratio to the hello-world server
-//! over the same transport. Everything (servers and clients) shares this machine's cores, as a
-//! single-box deployment would; the numbers say what the server does on it, not what a cluster
-//! would. The last line printed is one JSON object with every figure.
+//! Over HTTP at every `--clients` count (1, 8, 32 and 128 by default: **the curve**), over gRPC
+//! at `--concurrency` (32). Each figure is reported as req/s, p50 and p99 latency, the ratio to
+//! the hello-world server over the same transport at the same client count, and what the server
+//! spent per operation in the measured window: CPU time (µs) and bytes written to storage
+//! (`cost`); the cycle also the database bytes it keeps per payment. Then **the idle fleet**
+//! (`idle`): `--fleet-machines` machines (100,000) registered through the store and two
+//! heartbeat intervals of the whole fleet sent as fast as the server takes them — the server's
+//! CPU and bytes per heartbeat, per machine-month, and how many idle machines it carries.
+//!
+//! Everything (servers and clients) shares this machine's cores, as a single-box deployment
+//! would; the rates say what the server does on it, not what a cluster would. The last line
+//! printed is one JSON object with every figure: the flat keys at `--concurrency` clients (as
+//! before the curve), `curve` (the HTTP points), and `fleet_*`.
 //!
 //! `--link-bytes` instead measures what the machine's (2G) link costs: a real heartbeat, press
 //! and final report through the device client's SIM800 simulator, bytes counted on each TCP
 //! connection, plus a stated TCP/IP model for bytes on the wire, and the same messages as JSON.
 //!
-//! Files: [`servers`] (the real server and the hello-world one), [`fleet`] (machines and users,
-//! the operations over HTTP or gRPC), [`machine`] (one machine: the device client's engine on an
-//! in-memory log), [`measure`] (closed loops, pay rounds, DynamoDB request counts), [`report`]
-//! (the table and the JSON summary), [`link_bytes`] (`--link-bytes`), and [`answer`] (the one
-//! place the bench reads inside a machine answer).
+//! Files: [`servers`] (the real server and the hello-world one, on their runtime), [`fleet`]
+//! (machines and users, the operations over HTTP or gRPC), [`machine`] (one machine: the device
+//! client's engine on an in-memory log), [`measure`] (closed loops, pay rounds, DynamoDB request
+//! counts), [`cost`] (the server's CPU time, bytes written, the database's size), [`idle`] (the
+//! idle fleet), [`report`] (the table and the JSON summary), [`link_bytes`] (`--link-bytes`),
+//! and [`answer`] (the one place the bench reads inside a machine answer).
 
 mod answer;
 mod cost;

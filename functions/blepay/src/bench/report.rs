@@ -48,7 +48,7 @@ pub(super) fn table(rows: &[Row]) -> String {
     let dynamo = rows.iter().any(|r| r.figures.db.is_some());
     let _ = write!(
         out,
-        "{:<20} {:>7} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7} {:>11} {:>11}",
+        "{:<20} {:>7} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7} {:>11} {:>11} {:>11}",
         "phase",
         "clients",
         "ops/s",
@@ -58,6 +58,7 @@ pub(super) fn table(rows: &[Row]) -> String {
         "ratio",
         "errors",
         "srv cpu µs",
+        "of it sys",
         "written B"
     );
     if dynamo {
@@ -67,7 +68,7 @@ pub(super) fn table(rows: &[Row]) -> String {
     for r in rows {
         let _ = write!(
             out,
-            "{:<20} {:>7} {:>10.0} {:>10.0} {:>9.2} {:>9.2} {:>9.3} {:>7} {:>11} {:>11}",
+            "{:<20} {:>7} {:>10.0} {:>10.0} {:>9.2} {:>9.2} {:>9.3} {:>7} {:>11} {:>11} {:>11}",
             r.name,
             r.clients,
             r.figures.rps(),
@@ -77,6 +78,7 @@ pub(super) fn table(rows: &[Row]) -> String {
             r.ratio(),
             r.figures.errors,
             opt(r.figures.server_cpu_us_per_op(), 1),
+            opt(r.figures.server_sys_us_per_op(), 1),
             opt(r.figures.write_bytes_per_op(), 0),
         );
         if dynamo {
@@ -122,12 +124,13 @@ pub(super) fn fleet_table(f: &IdleFleet) -> String {
     for (name, x) in [("boot interval", &f.boot), ("next interval", &f.steady)] {
         let _ = writeln!(
             out,
-            "  {name}: {:.0} heartbeats/s, p50 {:.2} ms, p99 {:.2} ms, {} errors; server CPU {} µs and {} bytes written per heartbeat",
+            "  {name}: {:.0} heartbeats/s, p50 {:.2} ms, p99 {:.2} ms, {} errors; server CPU {} µs ({} in the kernel) and {} bytes written per heartbeat",
             x.rps(),
             x.ms(0.5),
             x.ms(0.99),
             x.errors,
             opt(x.server_cpu_us_per_op(), 1),
+            opt(x.server_sys_us_per_op(), 1),
             opt(x.write_bytes_per_op(), 0),
         );
     }
@@ -246,6 +249,10 @@ pub(super) fn summary_json(p: &Params<'_>, rows: &[Row], fleet: Option<&IdleFlee
                 num(r.figures.server_cpu_us_per_op()),
             );
             o.insert(
+                "server_sys_us_per_payment".into(),
+                num(r.figures.server_sys_us_per_op()),
+            );
+            o.insert(
                 "process_cpu_us_per_payment".into(),
                 num(r.figures.process_cpu_us_per_op()),
             );
@@ -290,6 +297,10 @@ fn curve(rows: &[Row]) -> Value {
         point.insert(
             "server_cpu_us".into(),
             num(r.figures.server_cpu_us_per_op()),
+        );
+        point.insert(
+            "server_sys_us".into(),
+            num(r.figures.server_sys_us_per_op()),
         );
         point.insert(
             "process_cpu_us".into(),
