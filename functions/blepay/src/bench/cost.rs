@@ -38,8 +38,6 @@ pub(super) struct Usage {
     process_ticks: Ticks,
     /// CPU ticks of each live client thread, by thread id.
     client_ticks: HashMap<u64, Ticks>,
-    /// CPU ticks of the live threads named [`SERVER_THREAD`] (a cross-check).
-    server_named_ticks: HashMap<u64, Ticks>,
     write_bytes: u64,
     ticks_per_sec: u64,
 }
@@ -81,8 +79,6 @@ pub(super) struct Cost {
     /// The part of `server_cpu_secs` spent in the kernel (system calls: sockets, `write`,
     /// `fsync`).
     pub(super) server_sys_secs: f64,
-    /// Only the threads named `blepay-server` (a lower bound of `server_cpu_secs`).
-    pub(super) server_runtime_cpu_secs: f64,
     pub(super) write_bytes: u64,
 }
 
@@ -92,7 +88,6 @@ impl Cost {
         self.process_cpu_secs += other.process_cpu_secs;
         self.server_cpu_secs += other.server_cpu_secs;
         self.server_sys_secs += other.server_sys_secs;
-        self.server_runtime_cpu_secs += other.server_runtime_cpu_secs;
         self.write_bytes += other.write_bytes;
     }
 
@@ -113,7 +108,6 @@ impl Usage {
         let process_ticks = stat_ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
         let main = u64::from(std::process::id());
         let mut client_ticks = HashMap::new();
-        let mut server_named_ticks = HashMap::new();
         for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
             let Some(tid) = entry
                 .file_name()
@@ -136,8 +130,6 @@ impl Usage {
             let comm = comm.trim_end();
             if tid == main || comm.starts_with(CLIENT_THREAD_PREFIX) {
                 client_ticks.insert(tid, ticks);
-            } else if comm.starts_with(SERVER_THREAD) {
-                server_named_ticks.insert(tid, ticks);
             }
         }
         let write_bytes = std::fs::read_to_string("/proc/self/io")
@@ -149,7 +141,6 @@ impl Usage {
             at,
             process_ticks,
             client_ticks,
-            server_named_ticks,
             write_bytes,
             ticks_per_sec: clock_ticks_per_sec(),
         })
@@ -167,14 +158,12 @@ impl Usage {
         let hz = self.ticks_per_sec.max(1) as f64;
         let process = self.process_ticks.minus(earlier.process_ticks);
         let client = per_thread(&self.client_ticks, &earlier.client_ticks);
-        let named = per_thread(&self.server_named_ticks, &earlier.server_named_ticks);
         let server = process.minus(client);
         Cost {
             wall_secs: self.at.duration_since(earlier.at).as_secs_f64(),
             process_cpu_secs: process.total() as f64 / hz,
             server_cpu_secs: server.total() as f64 / hz,
             server_sys_secs: server.sys as f64 / hz,
-            server_runtime_cpu_secs: named.total() as f64 / hz,
             write_bytes: self.write_bytes.saturating_sub(earlier.write_bytes),
         }
     }
