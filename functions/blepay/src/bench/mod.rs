@@ -309,3 +309,15 @@ async fn stored(env: &Env) -> anyhow::Result<Option<u64>> {
         None => Ok(None),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::client_counts;
+
+    #[test]
+    fn the_curve_runs_each_client_count_once_in_order_with_the_concurrency_among_them() {
+        assert_eq!(client_counts(&[1, 8, 32, 128], 32), [1, 8, 32, 128]);
+        assert_eq!(client_counts(&[128, 0, 8, 8], 16), [8, 16, 128]);
+        assert_eq!(client_counts(&[], 4), [4]);
+    }
+}
