@@ -30,8 +30,9 @@ enum Command {
     Phone(blepay::phone::PhoneArgs),
     /// Operator commands.
     Ops(blepay::ops::OpsArgs),
-    /// Load-test an embedded server against a hello-world ceiling (`--quick`: under a minute), or
-    /// size a payment cycle on the machine's link (`--link-bytes`).
+    /// Load-test an embedded server against a hello-world ceiling, at several client counts, and
+    /// an idle fleet of heartbeating machines (`--quick`: 3 s phases), or size a payment cycle on
+    /// the machine's link (`--link-bytes`).
     Bench(blepay::bench::BenchArgs),
 }
 

@@ -1,5 +1,5 @@
-//! Measuring: closed loops of clients, pay rounds, latency histograms, and the DynamoDB
-//! requests a phase sent.
+//! Measuring: closed loops of clients, pay rounds, latency histograms, the DynamoDB requests a
+//! phase sent, and what the server spent in the measured window (CPU, bytes written: `cost.rs`).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -12,6 +12,7 @@ use blepay_core::SessionId;
 use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 
+use super::cost::{Cost, Usage};
 use super::fleet::{Ctx, Transport, for_each_machine};
 
 /// DynamoDB requests sent during a stretch of the run: in total and by DynamoDB operation.
@@ -81,6 +82,11 @@ pub(super) struct Figures {
     pub(super) all_ops: u64,
     /// DynamoDB requests sent by those `all_ops` operations (`--store dynamodb`).
     pub(super) db: Option<DbCount>,
+    /// What the process spent in the measured window (`None` without Linux's `/proc`).
+    pub(super) cost: Option<Cost>,
+    /// The operations that succeeded inside the window `cost` covers, whenever they started:
+    /// what `cost` is divided by.
+    pub(super) window_done: u64,
 }
 
 impl Figures {
@@ -93,6 +99,8 @@ impl Figures {
             hist: Histogram::new_with_bounds(1, 120_000_000, 3)?,
             all_ops: 0,
             db: None,
+            cost: None,
+            window_done: 0,
         })
     }
 
@@ -112,6 +120,7 @@ impl Figures {
     pub(super) fn merge(&mut self, other: &Self) -> anyhow::Result<()> {
         self.ops += other.ops;
         self.all_ops += other.all_ops;
+        self.window_done += other.window_done;
         self.errors += other.errors;
         if self.first_error.is_none() {
             self.first_error.clone_from(&other.first_error);
@@ -132,6 +141,34 @@ impl Figures {
     #[allow(clippy::cast_precision_loss)]
     pub(super) fn ms(&self, q: f64) -> f64 {
         self.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// The server's CPU time per operation, in microseconds.
+    #[allow(clippy::cast_precision_loss)]
+    pub(super) fn server_cpu_us_per_op(&self) -> Option<f64> {
+        let c = self.cost?;
+        (self.window_done > 0).then(|| c.server_cpu_secs * 1e6 / self.window_done as f64)
+    }
+
+    /// The part of that spent in the kernel, in microseconds.
+    #[allow(clippy::cast_precision_loss)]
+    pub(super) fn server_sys_us_per_op(&self) -> Option<f64> {
+        let c = self.cost?;
+        (self.window_done > 0).then(|| c.server_sys_secs * 1e6 / self.window_done as f64)
+    }
+
+    /// The whole process's CPU time (server and clients) per operation, in microseconds.
+    #[allow(clippy::cast_precision_loss)]
+    pub(super) fn process_cpu_us_per_op(&self) -> Option<f64> {
+        let c = self.cost?;
+        (self.window_done > 0).then(|| c.process_cpu_secs * 1e6 / self.window_done as f64)
+    }
+
+    /// Bytes written to storage per operation.
+    #[allow(clippy::cast_precision_loss)]
+    pub(super) fn write_bytes_per_op(&self) -> Option<f64> {
+        let c = self.cost?;
+        (self.window_done > 0).then(|| c.write_bytes as f64 / self.window_done as f64)
     }
 
     /// DynamoDB requests per operation run (`--store dynamodb`).
@@ -163,6 +200,14 @@ where
 {
     let from = Instant::now() + timing.warmup;
     let end = from + timing.measure;
+    // What the process spends from `from` to `end`.
+    let sampler = tokio::spawn(async move {
+        tokio::time::sleep_until(from.into()).await;
+        let before = Usage::read();
+        tokio::time::sleep_until(end.into()).await;
+        let after = Usage::read();
+        after.zip(before).map(|(a, b)| a.since(&b))
+    });
     let mut set = JoinSet::new();
     for w in 0..concurrency {
         let (c, op) = (ctx.clone(), op.clone());
@@ -178,6 +223,9 @@ where
                 n += 1;
                 figures.all_ops += 1;
                 let done = Instant::now();
+                if r.is_ok() && done >= from && done <= end {
+                    figures.window_done += 1;
+                }
                 if start < from {
                     continue;
                 }
@@ -195,11 +243,14 @@ where
         total.merge(&r??)?;
     }
     total.secs = timing.measure.as_secs_f64();
+    total.cost = sampler.await?;
     Ok(total)
 }
 
-/// Pay in rounds: every machine paid once (timed), then every session settled (not timed).
-/// With `db`, the DynamoDB requests of the pays (every round, settling excluded) are counted.
+/// Pay in rounds: every machine paid once (timed) by `concurrency` clients, then every session
+/// settled (not timed, by every client the context has). With `db`, the DynamoDB requests of the
+/// pays (every round, settling excluded) are counted; the cost is that of the timed rounds after
+/// the warm-up.
 pub(super) async fn pay_rounds(
     ctx: &Arc<Ctx>,
     transport: Transport,
@@ -211,6 +262,7 @@ pub(super) async fn pay_rounds(
     let mut db_total = db.map(|_| DbCount::default());
     let mut paying = Duration::ZERO;
     let mut warm = Duration::ZERO;
+    let mut cost: Option<Cost> = Some(Cost::default());
     while paying < timing.measure {
         let sessions: Arc<Vec<std::sync::Mutex<Option<SessionId>>>> = Arc::new(
             (0..ctx.machines.len())
@@ -219,6 +271,7 @@ pub(super) async fn pay_rounds(
         );
         let next = Arc::new(AtomicUsize::new(0));
         let db_before = db.map(DbCount::read);
+        let usage_before = Usage::read();
         let began = Instant::now();
         let mut set = JoinSet::new();
         for w in 0..concurrency {
@@ -248,6 +301,7 @@ pub(super) async fn pay_rounds(
             round.merge(&r??)?;
         }
         let took = began.elapsed();
+        let round_cost = Usage::read().zip(usage_before).map(|(a, b)| a.since(&b));
         if let (Some(t), Some(c), Some(b)) = (db_total.as_mut(), db, db_before.as_ref()) {
             t.add(&b.since(c));
         }
@@ -256,10 +310,15 @@ pub(super) async fn pay_rounds(
             total.all_ops += round.all_ops;
         } else {
             paying += took;
+            round.window_done = round.ops;
             total.merge(&round)?;
+            cost = cost.zip(round_cost).map(|(mut sum, c)| {
+                sum.add(&c);
+                sum
+            });
         }
         let s = sessions.clone();
-        for_each_machine(ctx, concurrency, move |c, w, m| {
+        for_each_machine(ctx, ctx.channels.len(), move |c, w, m| {
             let session = s.get(m).and_then(|slot| slot.lock().ok().and_then(|g| *g));
             async move {
                 match session {
@@ -272,5 +331,6 @@ pub(super) async fn pay_rounds(
     }
     total.secs = paying.as_secs_f64();
     total.db = db_total;
+    total.cost = cost;
     Ok(total)
 }
