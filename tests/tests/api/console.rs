@@ -14,6 +14,7 @@
 use blepay_e2e::browser::{Browser, ConsoleHttp};
 use blepay_e2e::seed::{complete_session, create_operator, register_named, seed_demo_fleet};
 use blepay_e2e::{TestApp, spawn_app, test_telemetry, unix_now};
+use blepay_service::reports::format_day;
 use serde_json::Value;
 
 /// The fleet row of `device_id`'s state cell, as the page shows it now.
@@ -356,27 +357,6 @@ async fn sign_out_ends_the_session_and_the_old_cookie_is_refused() {
     b.close().await;
 }
 
-/// `YYYY-MM-DD` of the UTC day `days` after the epoch (Howard Hinnant's civil_from_days).
-fn civil_date(days: i64) -> String {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
-#[test]
-fn civil_dates_are_right() {
-    assert_eq!(civil_date(0), "1970-01-01");
-    assert_eq!(civil_date(19_723), "2024-01-01");
-    assert_eq!(civil_date(20_513), "2026-03-01");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs chromium-driver; .ci/run runs with --include-ignored"]
 async fn screenshots_of_every_page_with_the_demo_fleet() {
@@ -441,11 +421,11 @@ async fn screenshots_of_every_page_with_the_demo_fleet() {
     b.wait_for("table#statement").await;
     b.screenshot("wallet").await;
 
-    let today = i64::try_from(unix_now() / 86_400).unwrap_or(0);
+    let today = unix_now() / 86_400;
     b.goto(&format!(
         "/ops/sales?from={}&to={}",
-        civil_date(today - 6),
-        civil_date(today)
+        format_day(today - 6),
+        format_day(today)
     ))
     .await;
     b.wait_for("svg#sales-chart").await;
