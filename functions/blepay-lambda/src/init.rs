@@ -1,9 +1,12 @@
 //! Cold start: everything costly happens here, once per execution environment — reading the
 //! configuration, loading the AWS SDK configuration, fetching the master keys, building the
 //! DynamoDB client and warming its connection (TLS handshake included), so the first request
-//! does not pay for it.
+//! does not pay for it. The master keys, the provider secrets and the DynamoDB warm-up are
+//! independent round trips and run concurrently; the `initialized` log line says what each took.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use aws_config::{BehaviorVersion, SdkConfig};
 use axum::Router;
@@ -33,21 +36,45 @@ pub enum InitError {
 /// # Errors
 /// See [`InitError`].
 pub async fn http_router(surface: Surface) -> Result<Router, InitError> {
+    let started = Instant::now();
     let config = LambdaConfig::from_env()?;
     let sdk = sdk_config().await;
-    let keyring = keys::load(config.master_key_source()?, &sdk).await?;
-    let store = dynamo_store(&config, &sdk).await;
+    let sdk_ms = elapsed_ms(started);
+    // The three network steps do not depend on one another: run them at once, so a cold start
+    // waits for the slowest round trip, not for their sum.
+    let (keyring, store, providers) = tokio::join!(
+        // Boxed: the SDK's futures are large, and three side by side would be too.
+        timed(Box::pin(keys::load(config.master_key_source()?, &sdk))),
+        timed(Box::pin(dynamo_store(&config, &sdk))),
+        timed(Box::pin(keys::load_providers(
+            &config.provider_secrets,
+            &config.provider_settings,
+            &sdk
+        ))),
+    );
+    let (keyring_ms, store_ms, providers_ms) = (keyring.1, store.1, providers.1);
+    let (keyring, store, providers) = (keyring.0?, store.0, providers.0?);
     let mut service = service_config(&config, keyring);
-    if let Some(providers) =
-        keys::load_providers(&config.provider_secrets, &config.provider_settings, &sdk).await?
-    {
+    if let Some(providers) = providers {
         service.providers = providers;
     }
+    let jwks_started = Instant::now();
     service.phone_tokens.start().await?;
+    let jwks_ms = elapsed_ms(jwks_started);
     let app = App::new(service, Arc::new(store), system_clock());
     // On AWS the metrics are CloudWatch EMF log lines (one per event), not a scrape endpoint.
     app.metrics().enable_emf();
     let router = router_for(app.clone(), surface, config.operator_role.clone());
+    // What this cold start spent, for CloudWatch (the three network steps overlap).
+    tracing::info!(
+        total_ms = elapsed_ms(started),
+        sdk_config_ms = sdk_ms,
+        master_keys_ms = keyring_ms,
+        dynamodb_warm_up_ms = store_ms,
+        provider_secrets_ms = providers_ms,
+        jwks_ms,
+        "initialized"
+    );
     Ok(router.layer(axum::middleware::from_fn_with_state(
         app.metrics().clone(),
         blepay_service::metrics::track,
@@ -150,6 +177,17 @@ impl From<SweepError> for Diagnostic {
 /// [`ValidSettings::into_config`]: blepay_service::config::ValidSettings::into_config
 pub fn service_config(config: &LambdaConfig, keyring: Keyring) -> Config {
     config.service.clone().into_config(keyring)
+}
+
+/// `fut`'s output and how long it took, in milliseconds.
+async fn timed<T>(fut: impl Future<Output = T>) -> (T, f64) {
+    let started = Instant::now();
+    let out = fut.await;
+    (out, elapsed_ms(started))
+}
+
+fn elapsed_ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
 }
 
 /// The AWS SDK configuration from the Lambda environment (region, role credentials).
