@@ -44,9 +44,11 @@ async fn each_happy_path_operation_uses_its_minimum_of_requests() {
         counter.by_operation()
     ));
 
-    // pay, right after that read (the service reads the device before it pays): one
-    // transaction, no read of its own.
+    // pay: the service checks the advert under what the store knows of the device (no request:
+    // the shadow), then the pay is one transaction, no read of its own.
     counter.reset();
+    let known = store.device_known(device_id(1), T0).await.unwrap().unwrap();
+    assert_eq!(known, status);
     let cmd = pay_cmd("alice", "p1", 1, 7, 300, T0);
     let PayOutcome::Created(session) = store.pay(&cmd).await.unwrap() else {
         panic!("the pay is created");
@@ -443,4 +445,86 @@ async fn a_warm_pay_is_refused_from_the_cancellation_reasons_in_sqlites_order() 
     );
     assert_eq!(a.session(cmd.session_id, T0).await.unwrap(), None);
     blepay_store::conformance::reconciled(&a).await;
+}
+
+/// Write units per payment, as DynamoDB reports them (`ReturnConsumedCapacity = TOTAL`: the table
+/// and its indexes; DynamoDB Local's accounting), on a warm process: verify, pay, the machine's
+/// press and its final report. docs/dynamodb.md "Units per payment" has the figures per step.
+const PAYMENT_WRITE_UNITS: f64 = 128.0;
+
+/// A payment on a warm process: the pay is one request (no device read: the service checks the
+/// advert under what the store knows, and the transaction checks the key state), and the whole
+/// cycle stays within [`PAYMENT_WRITE_UNITS`], measured from DynamoDB's `ConsumedCapacity`.
+#[tokio::test]
+async fn a_warm_payment_is_one_pay_request_and_within_its_measured_write_units() {
+    let store = fresh_store().await;
+    let counter = store.request_counter();
+    counter.measure_units();
+    online_machine(&store, 1, T0).await;
+    fund(&store, "alice", 1000).await;
+    let mut steps = Vec::new();
+
+    counter.reset();
+    store
+        .device_status(device_id(1), T0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(counter.by_operation(), ops(&[("GetItem", 1)]), "verify");
+    steps.push(("verify", counter.units()));
+
+    counter.reset();
+    store.device_known(device_id(1), T0).await.unwrap().unwrap();
+    let PayOutcome::Created(session) = store
+        .pay(&pay_cmd("alice", "p1", 1, 7, 300, T0))
+        .await
+        .unwrap()
+    else {
+        panic!("the pay is created");
+    };
+    assert_eq!(
+        counter.by_operation(),
+        ops(&[("TransactWriteItems", 1)]),
+        "a warm pay is one request"
+    );
+    steps.push(("pay", counter.units()));
+
+    counter.reset();
+    let pressed = device_op(&store, 1, 2, DeviceOp::Press, T0 + 2).await;
+    assert!(matches!(pressed, DeviceOpResult::Started(_)), "{pressed:?}");
+    assert_eq!(counter.count(), 1, "press");
+    steps.push(("press", counter.units()));
+
+    counter.reset();
+    let last = DeviceOp::Report {
+        session: session.id,
+        units: Units::new(3),
+        last: true,
+    };
+    let settled = session_of(device_op(&store, 1, 3, last, T0 + 4).await);
+    assert_eq!(settled.status, SessionStatus::Settled);
+    assert_eq!(counter.count(), 1, "final report");
+    steps.push(("final report", counter.units()));
+
+    let write: f64 = steps.iter().map(|(_, u)| u.write).sum();
+    let read: f64 = steps.iter().map(|(_, u)| u.read).sum();
+    for (step, u) in &steps {
+        report(&format!("{step}: {} WRU, {} RRU", u.write, u.read));
+    }
+    report(&format!("payment: {write} WRU, {read} RRU"));
+    assert!(write > 0.0, "DynamoDB reported the units consumed");
+    assert!(
+        write <= PAYMENT_WRITE_UNITS,
+        "a payment costs {write} WRU, over its budget of {PAYMENT_WRITE_UNITS}: {steps:?}"
+    );
+
+    // Another pay on the same process, no verify before it: still one request.
+    counter.reset();
+    store
+        .device_known(device_id(1), T0 + 5)
+        .await
+        .unwrap()
+        .unwrap();
+    created_on(&store, "p2", 8, T0 + 5).await;
+    assert_eq!(counter.count(), 1, "a second warm pay");
 }
