@@ -36,12 +36,14 @@ pub struct RequestCounter {
 struct Counts {
     total: AtomicU64,
     by_operation: Mutex<BTreeMap<String, u64>>,
-    /// Ask DynamoDB for `ConsumedCapacity` (`TOTAL`) on every request and add it up.
+    /// Ask DynamoDB for `ConsumedCapacity` (`INDEXES`: the total and its parts) on every request and add it up.
     measure_units: AtomicBool,
     units: Mutex<Units>,
+    /// Units by where they were spent: `table`, or an index's name.
+    by_index: Mutex<BTreeMap<String, f64>>,
 }
 
-/// Capacity units DynamoDB reported as consumed (`ReturnConsumedCapacity = TOTAL`: the table and
+/// Capacity units DynamoDB reported as consumed (`ReturnConsumedCapacity = INDEXES`: the table and
 /// its indexes), summed over successful requests since the last reset.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Units {
@@ -80,9 +82,24 @@ impl RequestCounter {
         map.clear();
         self.inner.total.store(0, Ordering::SeqCst);
         *self.lock_units() = Units::default();
+        self.inner
+            .by_index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
-    /// From now on every request asks DynamoDB for its consumed capacity (`TOTAL`), and
+    /// The units since the last reset by where DynamoDB spent them: `"table"` or an index name
+    /// (`ReturnConsumedCapacity = INDEXES`).
+    pub fn units_by_index(&self) -> BTreeMap<String, f64> {
+        self.inner
+            .by_index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// From now on every request asks DynamoDB for its consumed capacity (`INDEXES`), and
     /// [`units`](Self::units) adds it up. Off by default (it only adds a field to each request
     /// and its answer).
     pub fn measure_units(&self) {
@@ -104,6 +121,21 @@ impl RequestCounter {
 
     fn add_units(&self, read: bool, capacity: &[ConsumedCapacity]) {
         let sum: f64 = capacity.iter().filter_map(|c| c.capacity_units).sum();
+        {
+            let mut by_index = self
+                .inner
+                .by_index
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for c in capacity {
+                let table = c.table.as_ref().and_then(|t| t.capacity_units);
+                *by_index.entry("table".into()).or_default() += table.unwrap_or_default();
+                for (name, cap) in c.global_secondary_indexes.iter().flatten() {
+                    *by_index.entry(name.clone()).or_default() +=
+                        cap.capacity_units.unwrap_or_default();
+                }
+            }
+        }
         let mut units = self.lock_units();
         if read {
             units.read += sum;
@@ -136,12 +168,12 @@ pub(crate) struct CountingInterceptor {
     counter: RequestCounter,
 }
 
-/// Ask for `TOTAL` consumed capacity on the operations the store sends.
+/// Ask for the consumed capacity (`INDEXES`: the total, the table's and each index's) on the operations the store sends.
 fn ask_for_units(input: &mut aws_smithy_runtime_api::client::interceptors::context::Input) {
     macro_rules! ask {
         ($($t:ty),*) => {
             $(if let Some(i) = input.downcast_mut::<$t>() {
-                i.return_consumed_capacity.get_or_insert(ReturnConsumedCapacity::Total);
+                i.return_consumed_capacity.get_or_insert(ReturnConsumedCapacity::Indexes);
                 return;
             })*
         };

@@ -240,13 +240,30 @@ pub(crate) fn device_item(d: &DeviceRecord) -> Item {
         ("unit".to_string(), s(d.tariff.unit_name.as_str())),
         ("currency".to_string(), s(d.tariff.currency.as_str())),
         ("key_version".to_string(), n(d.key_version.get())),
-        ("created_at".to_string(), n(d.created_at)),
+        // Not `created_at`: with `type` that would put every device in `sessions_by_time`, and
+        // each machine request would pay for that index's copy (docs/dynamodb.md "Units").
+        ("registered_at".to_string(), n(d.created_at)),
         ("service".to_string(), s(d.service_state.as_str())),
-        (DUE_PK.to_string(), s(FLEET_PARTITION)),
-        (DUE_AT.to_string(), n(fleet_position(d.id))),
     ]);
     item
 }
+
+/// The device's entry in the fleet list: a small item next to the device item, in the `FLEET`
+/// partition of the `due` GSI (the device item itself is in no index, so a machine request
+/// writes no index copy). Written with the device at registration, never changed.
+pub(crate) fn fleet_item(id: DeviceId) -> Item {
+    let mut item = key(device_pk(id), FLEET_SK);
+    item.extend([
+        ("type".to_string(), s("FLEET")),
+        ("id".to_string(), s(id.to_string())),
+        (DUE_PK.to_string(), s(FLEET_PARTITION)),
+        (DUE_AT.to_string(), n(fleet_position(id))),
+    ]);
+    item
+}
+
+/// The sort key of a device's fleet entry ([`fleet_item`]).
+pub(crate) const FLEET_SK: &str = "FLEET";
 
 /// A device's sort key in the `FLEET` partition of the `due` GSI: its 8 id bytes as a big-endian
 /// number, so numeric order is id order.
@@ -267,7 +284,11 @@ pub(crate) fn device_from_item(item: &Item) -> Result<DeviceItem, StoreError> {
             tariff: tariff(item)?,
             key_version: KeyVersion::new(get_n(item, "key_version")?)
                 .map_err(|_| corrupt("device", "key_version"))?,
-            created_at: get_n(item, "created_at")?,
+            // `created_at` on items registered before `registered_at`.
+            created_at: match opt_n(item, "registered_at")? {
+                Some(at) => at,
+                None => get_n(item, "created_at")?,
+            },
             service_state: match opt_s(item, "service")? {
                 None => ServiceState::InService,
                 Some(v) => ServiceState::parse(v).ok_or_else(|| corrupt("device", "service"))?,
