@@ -3,8 +3,11 @@
 //! fails here.
 //!
 //! The happy path is measured in one process that has seen the machine (its device shadow is warm,
-//! as in `blepay serve` or a warm Lambda instance: pay follows the service's own device read);
-//! the cold path (a process that has not, or whose knowledge is stale) is measured too.
+//! as in `blepay serve` or a warm Lambda instance: the service checks a pay's advert under that
+//! knowledge, `Store::device_known`, so the pay is its one transaction); the cold path (a process
+//! that has not, or whose knowledge is stale) is measured too. A payment's write units are
+//! measured from DynamoDB's own `ConsumedCapacity` and bounded (docs/dynamodb.md "Write units per
+//! payment").
 
 use std::collections::BTreeMap;
 
