@@ -28,6 +28,11 @@ pub(crate) const SK: &str = "sk";
 /// The sparse GSI of AUTHORIZED sessions by start deadline.
 pub(crate) const DUE_INDEX: &str = "due";
 pub(crate) const DUE_PK: &str = "due_pk";
+/// An open session item's creation time (`session_item`).
+pub(crate) const OPENED_AT: &str = "opened_at";
+/// The wallet's string set of its user's open sessions (`SS` of session ids): added by pay,
+/// deleted by the close; what the user's session list adds to its index's closed sessions.
+pub(crate) const OPEN_SESSIONS: &str = "open_sessions";
 pub(crate) const DUE_AT: &str = "due_at";
 pub(crate) const DUE_PARTITION: &str = "DUE";
 /// The `due` GSI partition of ACTIVE sessions, sorted by the base of their report deadline
@@ -453,10 +458,21 @@ pub(crate) fn session_attrs(x: &Session) -> Item {
 }
 
 /// The session item: its attributes, its key, and — while AUTHORIZED — the `due` GSI keys.
+///
+/// While the session is open (AUTHORIZED or ACTIVE) its creation time is `opened_at`, not
+/// `created_at`: `created_at` is the sort key of the three list indexes, so an open session is in
+/// none of them and its writes (pay, the press, progress reports) write no index copy there. The
+/// close sets `created_at` (`close_writes`), which indexes it once; the lists add the open
+/// sessions from where they are kept anyway (docs/dynamodb.md "Write units per payment").
 pub(crate) fn session_item(x: &Session) -> Item {
     let mut item = session_attrs(x);
     item.extend(session_key(x.id));
     item.insert("type".into(), s("SESSION"));
+    if matches!(x.status, SessionStatus::Authorized | SessionStatus::Active) {
+        if let Some(at) = item.remove("created_at") {
+            item.insert(OPENED_AT.into(), at);
+        }
+    }
     if x.status == SessionStatus::Authorized {
         item.insert(DUE_PK.into(), s(DUE_PARTITION));
         item.insert(DUE_AT.into(), n(x.expires_at));
@@ -485,7 +501,12 @@ pub(crate) fn session_from_item(item: &Item) -> Result<Session, StoreError> {
         status: parsed(item, "status", |v| SessionStatus::parse(v).ok_or(()))?,
         units: Units::new(get_n(item, "units")?),
         amount: amount(item, "amount")?,
-        created_at: get_n(item, "created_at")?,
+        // An open session's item has `opened_at` (`session_item`); snapshots and closed items
+        // `created_at`.
+        created_at: match opt_n(item, "created_at")? {
+            Some(at) => at,
+            None => get_n(item, OPENED_AT)?,
+        },
         expires_at: get_n(item, "expires_at")?,
         started_at: opt_n(item, "started_at")?,
         ended_at: opt_n(item, "ended_at")?,
@@ -622,6 +643,10 @@ pub(crate) struct Upd {
     key: Item,
     sets: Vec<String>,
     removes: Vec<String>,
+    /// `DELETE` clauses (elements out of a set).
+    deletes: Vec<String>,
+    /// `ADD` clauses (elements into a set, or a number added).
+    adds: Vec<String>,
     conds: Vec<String>,
     names: HashMap<String, String>,
     values: Item,
@@ -642,6 +667,14 @@ impl Upd {
         self.removes.push(expr.into());
         self
     }
+    pub fn add(mut self, expr: impl Into<String>) -> Self {
+        self.adds.push(expr.into());
+        self
+    }
+    pub fn delete(mut self, expr: impl Into<String>) -> Self {
+        self.deletes.push(expr.into());
+        self
+    }
     pub fn cond(mut self, expr: impl Into<String>) -> Self {
         self.conds.push(format!("({})", expr.into()));
         self
@@ -659,6 +692,8 @@ impl Upd {
     pub fn merge(mut self, other: Upd) -> Self {
         self.sets.extend(other.sets);
         self.removes.extend(other.removes);
+        self.adds.extend(other.adds);
+        self.deletes.extend(other.deletes);
         self.conds.extend(other.conds);
         self.names.extend(other.names);
         self.values.extend(other.values);
@@ -674,6 +709,14 @@ impl Upd {
         if !self.removes.is_empty() {
             out.push_str(" REMOVE ");
             out.push_str(&self.removes.join(", "));
+        }
+        if !self.adds.is_empty() {
+            out.push_str(" ADD ");
+            out.push_str(&self.adds.join(", "));
+        }
+        if !self.deletes.is_empty() {
+            out.push_str(" DELETE ");
+            out.push_str(&self.deletes.join(", "));
         }
         out
     }

@@ -453,11 +453,11 @@ async fn a_warm_pay_is_refused_from_the_cancellation_reasons_in_sqlites_order() 
 /// Write units per payment, as DynamoDB reports them (`ReturnConsumedCapacity = INDEXES`: the
 /// table and each index; DynamoDB Local's accounting): verify, pay, the machine's press and its
 /// final report. docs/dynamodb.md "Write units per payment" has the figures per step and index.
-const PAYMENT_WRITE_UNITS: f64 = 92.0;
+const PAYMENT_WRITE_UNITS: f64 = 68.0;
 
 /// The same payment on a process that has not seen the machine: its reads come first, the
 /// writes are the same transactions.
-const COLD_PAYMENT_WRITE_UNITS: f64 = 92.0;
+const COLD_PAYMENT_WRITE_UNITS: f64 = 68.0;
 
 /// Write units of an idle machine's heartbeat, measured the same way.
 const HEARTBEAT_WRITE_UNITS: f64 = 2.0;
