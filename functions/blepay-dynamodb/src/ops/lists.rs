@@ -142,7 +142,7 @@ impl DynamoStore {
 
     /// The open sessions a session list must add to its index's (open sessions are in no list
     /// index, `items::session_item`): a user's from their wallet's `open_sessions` (read
-    /// consistently), a machine's from its device item's `open`, all of them from the `due`
+    /// consistently, as the sessions then are), a machine's from its device item's `open`, all of them from the `due`
     /// index's `DUE` and `ACTIVE` partitions (what the sweepers read: every open session).
     async fn open_sessions(
         &self,
@@ -176,10 +176,12 @@ impl DynamoStore {
             }
             (None, None) => return self.all_open_sessions().await,
         };
+        // `TransactGetItems` (consistent; `GetItem` per item in IAM): the phone routes' function,
+        // which lists a user's sessions, has no `BatchGetItem`.
         let mut sessions = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(100) {
             let keys = chunk.iter().map(|sid| session_key(*sid)).collect();
-            for item in self.batch_get(keys).await?.into_iter().flatten() {
+            for item in self.transact_get(keys).await?.into_iter().flatten() {
                 sessions.push(session_from_item(&item)?);
             }
         }
