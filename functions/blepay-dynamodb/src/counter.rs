@@ -36,7 +36,8 @@ pub struct RequestCounter {
 struct Counts {
     total: AtomicU64,
     by_operation: Mutex<BTreeMap<String, u64>>,
-    /// Ask DynamoDB for `ConsumedCapacity` (`INDEXES`: the total and its parts) on every request and add it up.
+    /// Ask DynamoDB for `ConsumedCapacity` (`INDEXES`: the total and its parts) on every
+    /// request, and add it up.
     measure_units: AtomicBool,
     units: Mutex<Units>,
     /// Units by where they were spent: `table`, or an index's name.
@@ -168,7 +169,8 @@ pub(crate) struct CountingInterceptor {
     counter: RequestCounter,
 }
 
-/// Ask for the consumed capacity (`INDEXES`: the total, the table's and each index's) on the operations the store sends.
+/// Ask for the consumed capacity (`INDEXES`: the total, the table's and each index's) on the
+/// operations the store sends.
 fn ask_for_units(input: &mut aws_smithy_runtime_api::client::interceptors::context::Input) {
     macro_rules! ask {
         ($($t:ty),*) => {

@@ -142,8 +142,9 @@ impl DynamoStore {
 
     /// The open sessions a session list must add to its index's (open sessions are in no list
     /// index, `items::session_item`): a user's from their wallet's `open_sessions` (read
-    /// consistently, as the sessions then are), a machine's from its device item's `open`, all of them from the `due`
-    /// index's `DUE` and `ACTIVE` partitions (what the sweepers read: every open session).
+    /// consistently, as the sessions then are), a machine's from its device item's `open`, all
+    /// of them from the `due` index's `DUE` and `ACTIVE` partitions (what the sweepers read:
+    /// every open session).
     async fn open_sessions(
         &self,
         filter: &SessionFilter,
