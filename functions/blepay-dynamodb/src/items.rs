@@ -28,6 +28,11 @@ pub(crate) const SK: &str = "sk";
 /// The sparse GSI of AUTHORIZED sessions by start deadline.
 pub(crate) const DUE_INDEX: &str = "due";
 pub(crate) const DUE_PK: &str = "due_pk";
+/// An open session item's creation time (`session_item`).
+pub(crate) const OPENED_AT: &str = "opened_at";
+/// The wallet's string set of its user's open sessions (`SS` of session ids): added by pay,
+/// deleted by the close; what the user's session list adds to its index's closed sessions.
+pub(crate) const OPEN_SESSIONS: &str = "open_sessions";
 pub(crate) const DUE_AT: &str = "due_at";
 pub(crate) const DUE_PARTITION: &str = "DUE";
 /// The `due` GSI partition of ACTIVE sessions, sorted by the base of their report deadline
@@ -240,13 +245,30 @@ pub(crate) fn device_item(d: &DeviceRecord) -> Item {
         ("unit".to_string(), s(d.tariff.unit_name.as_str())),
         ("currency".to_string(), s(d.tariff.currency.as_str())),
         ("key_version".to_string(), n(d.key_version.get())),
-        ("created_at".to_string(), n(d.created_at)),
+        // Not `created_at`: with `type` that would put every device in `sessions_by_time`, and
+        // each machine request would pay for that index's copy (docs/dynamodb.md "Units").
+        ("registered_at".to_string(), n(d.created_at)),
         ("service".to_string(), s(d.service_state.as_str())),
-        (DUE_PK.to_string(), s(FLEET_PARTITION)),
-        (DUE_AT.to_string(), n(fleet_position(d.id))),
     ]);
     item
 }
+
+/// The device's entry in the fleet list: a small item next to the device item, in the `FLEET`
+/// partition of the `due` GSI (the device item itself is in no index, so a machine request
+/// writes no index copy). Written with the device at registration, never changed.
+pub(crate) fn fleet_item(id: DeviceId) -> Item {
+    let mut item = key(device_pk(id), FLEET_SK);
+    item.extend([
+        ("type".to_string(), s("FLEET")),
+        ("id".to_string(), s(id.to_string())),
+        (DUE_PK.to_string(), s(FLEET_PARTITION)),
+        (DUE_AT.to_string(), n(fleet_position(id))),
+    ]);
+    item
+}
+
+/// The sort key of a device's fleet entry ([`fleet_item`]).
+pub(crate) const FLEET_SK: &str = "FLEET";
 
 /// A device's sort key in the `FLEET` partition of the `due` GSI: its 8 id bytes as a big-endian
 /// number, so numeric order is id order.
@@ -267,7 +289,11 @@ pub(crate) fn device_from_item(item: &Item) -> Result<DeviceItem, StoreError> {
             tariff: tariff(item)?,
             key_version: KeyVersion::new(get_n(item, "key_version")?)
                 .map_err(|_| corrupt("device", "key_version"))?,
-            created_at: get_n(item, "created_at")?,
+            // `created_at` on items registered before `registered_at`.
+            created_at: match opt_n(item, "registered_at")? {
+                Some(at) => at,
+                None => get_n(item, "created_at")?,
+            },
             service_state: match opt_s(item, "service")? {
                 None => ServiceState::InService,
                 Some(v) => ServiceState::parse(v).ok_or_else(|| corrupt("device", "service"))?,
@@ -432,10 +458,21 @@ pub(crate) fn session_attrs(x: &Session) -> Item {
 }
 
 /// The session item: its attributes, its key, and — while AUTHORIZED — the `due` GSI keys.
+///
+/// While the session is open (AUTHORIZED or ACTIVE) its creation time is `opened_at`, not
+/// `created_at`: `created_at` is the sort key of the three list indexes, so an open session is in
+/// none of them and its writes (pay, the press, progress reports) write no index copy there. The
+/// close sets `created_at` (`close_writes`), which indexes it once; the lists add the open
+/// sessions from where they are kept anyway (docs/dynamodb.md "Write units per payment").
 pub(crate) fn session_item(x: &Session) -> Item {
     let mut item = session_attrs(x);
     item.extend(session_key(x.id));
     item.insert("type".into(), s("SESSION"));
+    if matches!(x.status, SessionStatus::Authorized | SessionStatus::Active) {
+        if let Some(at) = item.remove("created_at") {
+            item.insert(OPENED_AT.into(), at);
+        }
+    }
     if x.status == SessionStatus::Authorized {
         item.insert(DUE_PK.into(), s(DUE_PARTITION));
         item.insert(DUE_AT.into(), n(x.expires_at));
@@ -464,7 +501,12 @@ pub(crate) fn session_from_item(item: &Item) -> Result<Session, StoreError> {
         status: parsed(item, "status", |v| SessionStatus::parse(v).ok_or(()))?,
         units: Units::new(get_n(item, "units")?),
         amount: amount(item, "amount")?,
-        created_at: get_n(item, "created_at")?,
+        // An open session's item has `opened_at` (`session_item`); snapshots and closed items
+        // `created_at`.
+        created_at: match opt_n(item, "created_at")? {
+            Some(at) => at,
+            None => get_n(item, OPENED_AT)?,
+        },
         expires_at: get_n(item, "expires_at")?,
         started_at: opt_n(item, "started_at")?,
         ended_at: opt_n(item, "ended_at")?,
@@ -601,6 +643,10 @@ pub(crate) struct Upd {
     key: Item,
     sets: Vec<String>,
     removes: Vec<String>,
+    /// `DELETE` clauses (elements out of a set).
+    deletes: Vec<String>,
+    /// `ADD` clauses (elements into a set, or a number added).
+    adds: Vec<String>,
     conds: Vec<String>,
     names: HashMap<String, String>,
     values: Item,
@@ -621,6 +667,14 @@ impl Upd {
         self.removes.push(expr.into());
         self
     }
+    pub fn add(mut self, expr: impl Into<String>) -> Self {
+        self.adds.push(expr.into());
+        self
+    }
+    pub fn delete(mut self, expr: impl Into<String>) -> Self {
+        self.deletes.push(expr.into());
+        self
+    }
     pub fn cond(mut self, expr: impl Into<String>) -> Self {
         self.conds.push(format!("({})", expr.into()));
         self
@@ -638,6 +692,8 @@ impl Upd {
     pub fn merge(mut self, other: Upd) -> Self {
         self.sets.extend(other.sets);
         self.removes.extend(other.removes);
+        self.adds.extend(other.adds);
+        self.deletes.extend(other.deletes);
         self.conds.extend(other.conds);
         self.names.extend(other.names);
         self.values.extend(other.values);
@@ -653,6 +709,14 @@ impl Upd {
         if !self.removes.is_empty() {
             out.push_str(" REMOVE ");
             out.push_str(&self.removes.join(", "));
+        }
+        if !self.adds.is_empty() {
+            out.push_str(" ADD ");
+            out.push_str(&self.adds.join(", "));
+        }
+        if !self.deletes.is_empty() {
+            out.push_str(" DELETE ");
+            out.push_str(&self.deletes.join(", "));
         }
         out
     }

@@ -37,7 +37,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::{Credentials, Region};
 use blepay_store::StoreError;
 
-pub use counter::RequestCounter;
+pub use counter::{RequestCounter, Units};
 pub use table::create_table;
 
 /// The DynamoDB implementation of [`blepay_store::Store`].

@@ -3,8 +3,11 @@
 //! fails here.
 //!
 //! The happy path is measured in one process that has seen the machine (its device shadow is warm,
-//! as in `blepay serve` or a warm Lambda instance: pay follows the service's own device read);
-//! the cold path (a process that has not, or whose knowledge is stale) is measured too.
+//! as in `blepay serve` or a warm Lambda instance: the service checks a pay's advert under that
+//! knowledge, `Store::device_known`, so the pay is its one transaction); the cold path (a process
+//! that has not, or whose knowledge is stale) is measured too. A payment's write units are
+//! measured from DynamoDB's own `ConsumedCapacity` and bounded (docs/dynamodb.md "Write units per
+//! payment").
 
 use std::collections::BTreeMap;
 
@@ -44,9 +47,11 @@ async fn each_happy_path_operation_uses_its_minimum_of_requests() {
         counter.by_operation()
     ));
 
-    // pay, right after that read (the service reads the device before it pays): one
-    // transaction, no read of its own.
+    // pay: the service checks the advert under what the store knows of the device (no request:
+    // the shadow), then the pay is one transaction, no read of its own.
     counter.reset();
+    let known = store.device_known(device_id(1), T0).await.unwrap().unwrap();
+    assert_eq!(known, status);
     let cmd = pay_cmd("alice", "p1", 1, 7, 300, T0);
     let PayOutcome::Created(session) = store.pay(&cmd).await.unwrap() else {
         panic!("the pay is created");
@@ -443,4 +448,201 @@ async fn a_warm_pay_is_refused_from_the_cancellation_reasons_in_sqlites_order() 
     );
     assert_eq!(a.session(cmd.session_id, T0).await.unwrap(), None);
     blepay_store::conformance::reconciled(&a).await;
+}
+
+/// Write units per payment, as DynamoDB reports them (`ReturnConsumedCapacity = INDEXES`: the
+/// table and each index; DynamoDB Local's accounting): verify, pay, the machine's press and its
+/// final report. docs/dynamodb.md "Write units per payment" has the figures per step and index.
+const PAYMENT_WRITE_UNITS: f64 = 68.0;
+
+/// The same payment on a process that has not seen the machine: its reads come first, the
+/// writes are the same transactions.
+const COLD_PAYMENT_WRITE_UNITS: f64 = 68.0;
+
+/// Write units of an idle machine's heartbeat, measured the same way.
+const HEARTBEAT_WRITE_UNITS: f64 = 2.0;
+
+/// A machine request on machine 1 answered with a frame of the size real answers have
+/// (docs/performance.md §3: 29–62 bytes; 62 here), so that the device item is measured at its
+/// size in the field (the suite's encoder saves a debug string of the whole result, ≈ 500 bytes).
+#[allow(clippy::unwrap_used, reason = "test code")]
+async fn machine_op(
+    store: &blepay_dynamodb::DynamoStore,
+    seq: u32,
+    op: DeviceOp,
+    now: u64,
+) -> DeviceOpResult {
+    use std::sync::{Arc, Mutex};
+    let seen = Arc::new(Mutex::new(None));
+    let encode: blepay_store::ResponseEncoder = {
+        let seen = Arc::clone(&seen);
+        Arc::new(move |r: &DeviceOpResult| {
+            *seen.lock().unwrap() = Some(r.clone());
+            blepay_store::SavedAnswer {
+                frame: vec![0xA5; 62],
+                code: blepay_store::conformance::answer_of(r).code,
+            }
+        })
+    };
+    let call = blepay_store::DeviceCall {
+        device: device_id(1),
+        key_version: blepay_core::KeyVersion::new(0).unwrap(),
+        key_epoch: blepay_core::KeyEpoch::FIRST,
+        key_update: None,
+        seq,
+        digest: blepay_store::conformance::digest(seq),
+        op,
+        now,
+        active_timeout_secs: blepay_store::conformance::ACTIVE_TIMEOUT,
+    };
+    let outcome = store.device_call(&call, encode).await.unwrap();
+    assert!(
+        matches!(outcome, blepay_store::DeviceCallOutcome::Fresh(_)),
+        "{outcome:?}"
+    );
+    seen.lock().unwrap().take().unwrap()
+}
+
+/// One payment (verify, pay, press, final report) on `store`, each step's units and requests.
+#[allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
+async fn payment(
+    store: &blepay_dynamodb::DynamoStore,
+    key: &str,
+    advert: u16,
+    seq: u32,
+    now: u64,
+) -> Vec<(&'static str, blepay_dynamodb::Units, u64)> {
+    let counter = store.request_counter();
+    counter.measure_units();
+    let mut steps = Vec::new();
+    let step = |name, steps: &mut Vec<_>| {
+        steps.push((name, counter.units(), counter.count()));
+        report(&format!(
+            "{name}: {:?} {:?} {:?}",
+            counter.units(),
+            counter.units_by_index(),
+            counter.by_operation()
+        ));
+        counter.reset();
+    };
+    counter.reset();
+    store
+        .device_status(device_id(1), now)
+        .await
+        .unwrap()
+        .unwrap();
+    step("verify", &mut steps);
+    store
+        .device_known(device_id(1), now)
+        .await
+        .unwrap()
+        .unwrap();
+    let PayOutcome::Created(session) = store
+        .pay(&pay_cmd("alice", key, 1, advert, 300, now))
+        .await
+        .unwrap()
+    else {
+        panic!("the pay is created");
+    };
+    step("pay", &mut steps);
+    let pressed = machine_op(store, seq, DeviceOp::Press, now + 2).await;
+    assert!(matches!(pressed, DeviceOpResult::Started(_)), "{pressed:?}");
+    step("press", &mut steps);
+    let last = DeviceOp::Report {
+        session: session.id,
+        units: Units::new(3),
+        last: true,
+    };
+    let settled = session_of(machine_op(store, seq + 1, last, now + 4).await);
+    assert_eq!(settled.status, SessionStatus::Settled);
+    step("final report", &mut steps);
+    let write: f64 = steps.iter().map(|(_, u, _)| u.write).sum();
+    let read: f64 = steps.iter().map(|(_, u, _)| u.read).sum();
+    report(&format!("payment: {write} WRU, {read} RRU"));
+    steps
+}
+
+/// A payment on a warm process: the pay is one request (no device read: the service checks the
+/// advert under what the store knows, and the transaction checks the key state), and the whole
+/// cycle stays within [`PAYMENT_WRITE_UNITS`], measured from DynamoDB's `ConsumedCapacity`; a
+/// process that has not seen the machine (cold) writes the same units and reads first.
+#[tokio::test]
+async fn a_warm_payment_is_one_pay_request_and_within_its_measured_write_units() {
+    let store = fresh_store().await;
+    online_machine(&store, 1, T0).await;
+    fund(&store, "alice", 1000).await;
+    let counter = store.request_counter();
+    // A machine in the field has sent a heartbeat: its item carries the telemetry.
+    let heartbeat = DeviceOp::Heartbeat(blepay_store::conformance::telemetry(2));
+    assert_eq!(
+        machine_op(&store, 2, heartbeat, T0).await,
+        DeviceOpResult::Ack
+    );
+
+    let steps = payment(&store, "p1", 7, 3, T0).await;
+    let requests: Vec<(&str, u64)> = steps.iter().map(|(n, _, c)| (*n, *c)).collect();
+    assert_eq!(
+        requests,
+        [("verify", 1), ("pay", 1), ("press", 1), ("final report", 1)],
+        "warm: one request each"
+    );
+    let write: f64 = steps.iter().map(|(_, u, _)| u.write).sum();
+    assert!(write > 0.0, "DynamoDB reported the units consumed");
+    assert!(
+        write <= PAYMENT_WRITE_UNITS,
+        "a payment costs {write} WRU, over its budget of {PAYMENT_WRITE_UNITS}: {steps:?}"
+    );
+
+    // An idle machine's heartbeat: the device's UpdateItem and the history's PutItem, each
+    // outside a transaction (docs/performance.md's idle machine-month).
+    counter.reset();
+    let heartbeat = DeviceOp::Heartbeat(blepay_store::conformance::telemetry(3));
+    assert_eq!(
+        machine_op(&store, 5, heartbeat, T0 + 1800).await,
+        DeviceOpResult::Ack
+    );
+    report(&format!(
+        "heartbeat: {:?} {:?}",
+        counter.units(),
+        counter.units_by_index()
+    ));
+    assert!(
+        counter.units().write <= HEARTBEAT_WRITE_UNITS,
+        "a heartbeat costs {:?}",
+        counter.units()
+    );
+
+    // Another pay on the same process, no verify before it: still one request.
+    counter.reset();
+    store
+        .device_known(device_id(1), T0 + 1801)
+        .await
+        .unwrap()
+        .unwrap();
+    created_on(&store, "p2", 8, T0 + 1801).await;
+    assert_eq!(counter.count(), 1, "a second warm pay");
+
+    // Cold (a process that never saw the machine): the same writes, each after its read.
+    let cold = store.clone().without_device_shadow();
+    // First the second pay's session, pressed and settled through the cold store.
+    let open = cold
+        .device_status(device_id(1), T0 + 1802)
+        .await
+        .unwrap()
+        .unwrap()
+        .open_session
+        .unwrap();
+    machine_op(&cold, 6, DeviceOp::Press, T0 + 1803).await;
+    let done = DeviceOp::Report {
+        session: open,
+        units: Units::new(1),
+        last: true,
+    };
+    machine_op(&cold, 7, done, T0 + 1804).await;
+    let steps = payment(&cold, "p3", 9, 8, T0 + 1810).await;
+    let write: f64 = steps.iter().map(|(_, u, _)| u.write).sum();
+    assert!(
+        write <= COLD_PAYMENT_WRITE_UNITS,
+        "a cold payment costs {write} WRU, over {COLD_PAYMENT_WRITE_UNITS}: {steps:?}"
+    );
 }

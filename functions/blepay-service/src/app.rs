@@ -197,9 +197,10 @@ impl App {
         let max_amount = Amount::positive(req.max_amount)
             .map_err(|e| ApiError::invalid(format!("maxAmount: {e}")))?;
         // The tag is checked under the keys the device accepts (its key epoch, a pending
-        // rotation's; none once revoked), so the device is read first; DEVICE_UNKNOWN and a
-        // retired key version come before anything else too. The store checks the epoch again.
-        let (advert, _, key_epoch) = self.authentic_advert(&req.advert, now).await?;
+        // rotation's; none once revoked), as the store last knew them (no read when it knows the
+        // device: the store's pay conditions on the key state, so a stale answer is refused
+        // there); DEVICE_UNKNOWN and a retired key version come before anything else too.
+        let (advert, _, key_epoch) = self.authentic_advert_known(&req.advert, now).await?;
         let cmd = PayCommand {
             user: user.clone(),
             key,
@@ -632,7 +633,6 @@ impl App {
     // Helpers
     // ----------------------------------------------------------------------------------------
 
-    /// Parse an advert and check its tag against the key derived for it.
     /// Parse an advert, read its device and check the tag under the key epochs the device
     /// accepts ([`blepay_store::DeviceKeys::accepted`]: none once revoked, so a revoked device's
     /// advert is answered exactly as a forged one). An unregistered device's advert is checked
@@ -643,6 +643,31 @@ impl App {
         bytes: &[u8],
         now: u64,
     ) -> Result<(Advert, DeviceStatus, KeyEpoch), ApiError> {
+        self.authentic_advert_from(bytes, now, false).await
+    }
+
+    /// [`authentic_advert`](Self::authentic_advert) under the device as the store last knew it
+    /// ([`Store::device_known`], for pay only: its write conditions on the key state); an advert
+    /// that does not verify under that knowledge is checked again after a read.
+    async fn authentic_advert_known(
+        &self,
+        bytes: &[u8],
+        now: u64,
+    ) -> Result<(Advert, DeviceStatus, KeyEpoch), ApiError> {
+        match self.authentic_advert_from(bytes, now, true).await {
+            Err(e) if e.code == ErrorCode::AdvertInvalid => {
+                self.authentic_advert_from(bytes, now, false).await
+            }
+            other => other,
+        }
+    }
+
+    async fn authentic_advert_from(
+        &self,
+        bytes: &[u8],
+        now: u64,
+        known: bool,
+    ) -> Result<(Advert, DeviceStatus, KeyEpoch), ApiError> {
         let advert = Advert::parse(bytes).map_err(|e| match e {
             AdvertError::WrongLength { .. } => ApiError::invalid(format!("advert: {e}")),
             _ => ApiError::new(ErrorCode::AdvertInvalid, e.to_string()),
@@ -652,12 +677,13 @@ impl App {
             .keyring
             .get(advert.key_version)
             .ok_or_else(|| ApiError::new(ErrorCode::AdvertInvalid, "unknown key version"))?;
-        let Some(status) = self
-            .inner
-            .store
-            .device_status(advert.device_id, now)
-            .await?
-        else {
+        let store = &self.inner.store;
+        let status = if known {
+            store.device_known(advert.device_id, now).await?
+        } else {
+            store.device_status(advert.device_id, now).await?
+        };
+        let Some(status) = status else {
             // Unregistered: derived, not cached (key_cache.rs).
             let key = derive_device_key(
                 master,

@@ -77,6 +77,20 @@ pub trait Store: Send + Sync + 'static {
         now: u64,
     ) -> Result<Option<DeviceStatus>, StoreError>;
 
+    /// The machine as this store last knew it, without a read when it can (DynamoDB: its device
+    /// shadow), else [`device_status`](Self::device_status). Only for checking an advert's tag
+    /// just before [`pay`](Self::pay): pay conditions its write on the key state (not revoked,
+    /// the advert's epoch accepted) and on everything else it decides from, so a stale answer
+    /// here can make a pay be refused ([`PayOutcome::KeyRefused`]) but never accepted. A caller
+    /// whose tag does not verify under it reads with `device_status` before refusing.
+    async fn device_known(
+        &self,
+        id: DeviceId,
+        now: u64,
+    ) -> Result<Option<DeviceStatus>, StoreError> {
+        self.device_status(id, now).await
+    }
+
     /// Credit `amount` to `user`; `actor` (the operator's principal) is written on the ledger
     /// row. The same `key` again credits nothing and returns the wallet.
     async fn top_up(

@@ -1,6 +1,6 @@
 //! Expiring overdue AUTHORIZED sessions (releasing their holds), and closing a session's hold.
 
-use aws_sdk_dynamodb::types::TransactWriteItem;
+use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
 use blepay_core::{Amount, CloseReason, Session, SessionStatus, Wallet};
 use blepay_store::StoreError;
 
@@ -88,6 +88,10 @@ impl DynamoStore {
             session
                 .set("#status = :status, units = :units, amount = :amount, ended_at = :ended")
                 .remove(format!("{DUE_PK}, {DUE_AT}"))
+                // Closed, it enters the list indexes (`items::session_item`).
+                .set("created_at = :created")
+                .remove(items::OPENED_AT)
+                .val(":created", n(closed.created_at))
                 // The count stored so far cannot exceed the closing one (a final report decided
                 // from a guess, see `shadow.rs`, relies on it; an expiry closes at 0 units).
                 .cond("#status = :prev AND units <= :units")
@@ -115,6 +119,8 @@ impl DynamoStore {
             Upd::new(wallet_key(&closed.user_id))
                 .set("available = available + :da, held = held + :dh, spent = spent + :ds")
                 .remove("holds.#sid")
+                .delete(format!("{} :open_sid", items::OPEN_SESSIONS))
+                .val(":open_sid", AttributeValue::Ss(vec![sid.clone()]))
                 .cond("held >= :hold")
                 .name("#sid", &sid)
                 .val(":da", n(da))

@@ -125,8 +125,7 @@ impl DynamoStore {
                     .expression_attribute_values(":after", n(a)),
             };
             let out = q.send().await.map_err(|e| items::sdk_error(&e))?;
-            for item in out.items() {
-                let d = device_from_item(item)?;
+            for d in self.fleet_devices(out.items()).await? {
                 let mut status = d.status();
                 if let Some(open) = d.open.as_ref().filter(|o| o.is_due_to_expire(now)) {
                     self.expire_one(open, now).await?;
@@ -157,6 +156,41 @@ impl DynamoStore {
         Ok(Page { items, next })
     }
 
+    /// The devices a page of the `FLEET` partition names, in its order: fleet entries
+    /// (`items::fleet_item`) are read (consistent `BatchGetItem`, 100 keys at a time); device
+    /// items indexed themselves (registered before fleet entries) are taken as they are.
+    async fn fleet_devices(&self, page: &[Item]) -> Result<Vec<items::DeviceItem>, Failure> {
+        let entries: Vec<Item> = page
+            .iter()
+            .filter(|i| items::get_s(i, "sk").is_ok_and(|sk| sk == items::FLEET_SK))
+            .map(|i| {
+                let mut key = Item::new();
+                if let Some(pk) = i.get("pk") {
+                    key.insert("pk".into(), pk.clone());
+                }
+                key.insert("sk".into(), s("DEVICE"));
+                key
+            })
+            .collect();
+        let mut read = Vec::with_capacity(entries.len());
+        for chunk in entries.chunks(100) {
+            read.extend(self.batch_get(chunk.to_vec()).await?);
+        }
+        let mut read = read.into_iter();
+        let mut devices = Vec::with_capacity(page.len());
+        for item in page {
+            if items::get_s(item, "sk").is_ok_and(|sk| sk == items::FLEET_SK) {
+                // A fleet entry whose device is gone (deleted by hand) lists nothing.
+                if let Some(device) = read.next().flatten() {
+                    devices.push(device_from_item(&device)?);
+                }
+            } else {
+                devices.push(device_from_item(item)?);
+            }
+        }
+        Ok(devices)
+    }
+
     /// One `GetItem`, the decision, one `UpdateItem` conditioned on every field read (a
     /// concurrent change makes it a re-read, never a lost update).
     pub(super) async fn update_device_once(
@@ -180,9 +214,9 @@ impl DynamoStore {
         let was = &current.device;
         let mut upd = Upd::new(device_key(id))
             .set("#name = :name, price = :price, #unit = :unit, currency = :currency")
-            .set(format!(
-                "service = :service, {DUE_PK} = :fleet, {DUE_AT} = :pos"
-            ))
+            .set("service = :service")
+            // A device item of an earlier layout leaves the `FLEET` partition for its entry.
+            .remove(format!("{DUE_PK}, {DUE_AT}"))
             .cond("attribute_exists(pk)")
             .cond("#name = :pname AND price = :pprice AND #unit = :punit AND currency = :pcur")
             .name("#name", "name")
@@ -192,8 +226,6 @@ impl DynamoStore {
             .val(":unit", s(next.tariff.unit_name.as_str()))
             .val(":currency", s(next.tariff.currency.as_str()))
             .val(":service", s(next.service_state.as_str()))
-            .val(":fleet", s(FLEET_PARTITION))
-            .val(":pos", n(fleet_position(id)))
             .val(":pname", s(was.name.as_str()))
             .val(":pprice", n(was.tariff.price_per_unit.minor()))
             .val(":punit", s(was.tariff.unit_name.as_str()))
@@ -204,18 +236,25 @@ impl DynamoStore {
         } else {
             upd.cond("service = :pservice")
         };
-        let sent = upd.send(&self.client, &self.table).await;
+        // With the device's fleet entry (written again: a device registered before entries
+        // existed gets one here, as it used to get its `due_pk` from any update).
+        let fleet = aws_sdk_dynamodb::types::Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(items::fleet_item(id)))
+            .build()
+            .map_err(items::build_error)?;
+        let sent = self
+            .transact_or_rerun(vec![
+                upd.into_transact(&self.table)?,
+                TransactWriteItem::builder().put(fleet).build(),
+            ])
+            .await;
         self.shadow.forget(id);
-        match sent {
-            Ok(()) => Ok(DeviceUpdateOutcome::Updated(DeviceStatus {
-                device: next,
-                ..current
-            })),
-            Err(Failure::Condition) => Err(Failure::Contention(
-                "the device changed since it was read; read again".into(),
-            )),
-            Err(e) => Err(e),
-        }
+        sent?;
+        Ok(DeviceUpdateOutcome::Updated(DeviceStatus {
+            device: next,
+            ..current
+        }))
     }
 
     pub(super) async fn spending_once(&self, user: &UserId, now: u64) -> Result<Spending, Failure> {

@@ -56,14 +56,34 @@ impl DynamoStore {
         keep: impl Fn(&Item) -> Result<Option<T>, Failure>,
         pos: impl Fn(&T) -> ListPosition,
     ) -> Result<Page<T>, Failure> {
+        self.page_with(q, page, Vec::new(), keep, pos).await
+    }
+
+    /// [`Self::page_of`], with `extra`: the items of the list that are not in the index (open
+    /// sessions, `items::session_item`), already filtered, within the query's range. An item in
+    /// both (it was closed, hence indexed, between the two reads) is taken from the index.
+    pub(super) async fn page_with<T>(
+        &self,
+        q: &IndexQuery<'_>,
+        page: &PageRequest,
+        extra: Vec<T>,
+        keep: impl Fn(&Item) -> Result<Option<T>, Failure>,
+        pos: impl Fn(&T) -> ListPosition,
+    ) -> Result<Page<T>, Failure> {
         let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
-        let mut found: Vec<(ListPosition, T)> = Vec::new();
+        let mut found: Vec<(ListPosition, bool, T)> = Vec::new();
         let mut start: Option<Item> = None;
         if q.lo > q.hi {
             return Ok(Page {
                 items: Vec::new(),
                 next: None,
             });
+        }
+        for t in extra {
+            let p = pos(&t);
+            if comes_after(&p, page.after.as_ref()) {
+                found.push((p, true, t));
+            }
         }
         loop {
             let out = self
@@ -89,11 +109,13 @@ impl DynamoStore {
                 if let Some(t) = keep(item)? {
                     let p = pos(&t);
                     if comes_after(&p, page.after.as_ref()) {
-                        found.push((p, t));
+                        found.push((p, false, t));
                     }
                 }
             }
-            found.sort_by(|a, b| b.0.cmp(&a.0));
+            // Newest first; of two at one position, the index's first (then the other dropped).
+            found.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            found.dedup_by(|later, first| later.0 == first.0);
             start = out.last_evaluated_key;
             let exact = found.len() > limit
                 && last_at.is_some_and(|t| {
@@ -113,9 +135,90 @@ impl DynamoStore {
             None
         };
         Ok(Page {
-            items: found.into_iter().map(|f| f.1).collect(),
+            items: found.into_iter().map(|f| f.2).collect(),
             next,
         })
+    }
+
+    /// The open sessions a session list must add to its index's (open sessions are in no list
+    /// index, `items::session_item`): a user's from their wallet's `open_sessions` (read
+    /// consistently, as the sessions then are), a machine's from its device item's `open`, all
+    /// of them from the `due` index's `DUE` and `ACTIVE` partitions (what the sweepers read:
+    /// every open session).
+    async fn open_sessions(
+        &self,
+        filter: &SessionFilter,
+    ) -> Result<Vec<blepay_core::Session>, Failure> {
+        let ids: Vec<SessionId> = match (&filter.user, filter.device) {
+            (Some(u), _) => {
+                let Some(wallet) = self.get(items::wallet_key(u)).await? else {
+                    return Ok(Vec::new());
+                };
+                match wallet.get(items::OPEN_SESSIONS) {
+                    Some(aws_sdk_dynamodb::types::AttributeValue::Ss(ids)) => ids
+                        .iter()
+                        .map(|id| {
+                            SessionId::parse(id)
+                                .map_err(|_| Failure::from(items::corrupt("wallet", "open")))
+                        })
+                        .collect::<Result<_, _>>()?,
+                    _ => Vec::new(),
+                }
+            }
+            (None, Some(d)) => {
+                let Some(device) = self.get(items::device_key(d)).await? else {
+                    return Ok(Vec::new());
+                };
+                items::device_from_item(&device)?
+                    .open
+                    .map(|o| o.id)
+                    .into_iter()
+                    .collect()
+            }
+            (None, None) => return self.all_open_sessions().await,
+        };
+        // `TransactGetItems` (consistent; `GetItem` per item in IAM): the phone routes' function,
+        // which lists a user's sessions, has no `BatchGetItem`.
+        let mut sessions = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(100) {
+            let keys = chunk.iter().map(|sid| session_key(*sid)).collect();
+            for item in self.transact_get(keys).await?.into_iter().flatten() {
+                sessions.push(session_from_item(&item)?);
+            }
+        }
+        Ok(sessions)
+    }
+
+    /// Every open session, from the `due` index's `DUE` and `ACTIVE` partitions.
+    async fn all_open_sessions(&self) -> Result<Vec<blepay_core::Session>, Failure> {
+        let mut sessions = Vec::new();
+        for partition in [items::DUE_PARTITION, items::ACTIVE_PARTITION] {
+            let mut start: Option<Item> = None;
+            loop {
+                let out = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(items::DUE_INDEX)
+                    .key_condition_expression("#pk = :pk")
+                    .expression_attribute_names("#pk", items::DUE_PK)
+                    .expression_attribute_values(":pk", s(partition))
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .map_err(|e| items::sdk_error(&e))?;
+                for item in out.items() {
+                    if item.get("type") == Some(&s("SESSION")) {
+                        sessions.push(session_from_item(item)?);
+                    }
+                }
+                match out.last_evaluated_key {
+                    Some(k) if !k.is_empty() => start = Some(k),
+                    _ => break,
+                }
+            }
+        }
+        Ok(sessions)
     }
 
     pub(super) async fn list_sessions_once(
@@ -143,9 +246,16 @@ impl DynamoStore {
             lo: filter.from.unwrap_or(0),
             hi: hi.min(i64::MAX as u64),
         };
-        self.page_of(
+        let extra = self
+            .open_sessions(filter)
+            .await?
+            .into_iter()
+            .filter(|s| (q.lo..=q.hi).contains(&s.created_at) && filter.matches(s))
+            .collect();
+        self.page_with(
             &q,
             page,
+            extra,
             |item| {
                 // `sessions_by_user` also holds problem items (`user` + `created_at`).
                 if item.get("type") != Some(&s("SESSION")) {
@@ -202,10 +312,17 @@ impl DynamoStore {
             lo: from,
             hi: to - 1,
         };
+        let open = self
+            .all_open_sessions()
+            .await?
+            .into_iter()
+            .filter(|s| (from..to).contains(&s.created_at))
+            .collect();
         facts.sessions = self
-            .page_of(
+            .page_with(
                 &sessions,
                 &all,
+                open,
                 |i| session_from_item(i).map(Some).map_err(Failure::from),
                 session_position,
             )

@@ -77,6 +77,19 @@ impl Store for DynamoStore {
         self.retrying(|| self.device_status_once(id, now)).await
     }
 
+    /// The device shadow when it holds the device (no request: pay's write conditions on the key
+    /// state, docs/dynamodb.md), else a read.
+    async fn device_known(
+        &self,
+        id: DeviceId,
+        now: u64,
+    ) -> Result<Option<DeviceStatus>, StoreError> {
+        if let Some(known) = self.shadow.get(id) {
+            return Ok(Some(known.status()));
+        }
+        self.device_status(id, now).await
+    }
+
     async fn top_up(
         &self,
         user: &UserId,

@@ -265,6 +265,9 @@ impl DynamoStore {
             Upd::new(wallet_key(&cmd.user))
                 .set("available = available + :da, held = held + :dh, spent = spent + :ds")
                 .set("holds.#sid = :snap")
+                // The user's open sessions, for their session list (`items::session_item`).
+                .add(format!("{} :open_sid", items::OPEN_SESSIONS))
+                .val(":open_sid", AttributeValue::Ss(vec![sid.clone()]))
                 .cond("attribute_not_exists(holds) OR size(holds) < :cap")
                 .cond("available >= :amt")
                 .name("#sid", &sid)

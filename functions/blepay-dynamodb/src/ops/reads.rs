@@ -1,7 +1,6 @@
 //! The reads (a session, a wallet, a machine's status, a pay by key: each expires what it finds
 //! overdue, then reads again) and registering a machine.
 
-use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use blepay_core::{DeviceId, IdempotencyKey, Session, SessionId, UserId, Wallet};
 use blepay_store::{DeviceRecord, DeviceStatus, RegisterOutcome};
 
@@ -79,20 +78,30 @@ impl DynamoStore {
         &self,
         device: &DeviceRecord,
     ) -> Result<RegisterOutcome, Failure> {
-        let result = self
-            .client
-            .put_item()
+        // The device and its fleet entry (docs/dynamodb.md "Fleet and spending"), together.
+        let fleet = aws_sdk_dynamodb::types::Put::builder()
             .table_name(&self.table)
-            .set_item(Some(device_item(device)))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(RegisterOutcome::Created),
-            Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
+            .set_item(Some(items::fleet_item(device.id)))
+            .build()
+            .map_err(items::build_error)?;
+        let actions = vec![
+            items::put_new(&self.table, device_item(device))?,
+            aws_sdk_dynamodb::types::TransactWriteItem::builder()
+                .put(fleet)
+                .build(),
+        ];
+        match self.transact(actions).await? {
+            super::attempts::Tx::Done => Ok(RegisterOutcome::Created),
+            super::attempts::Tx::Cancelled(reasons)
+                if reasons
+                    .first()
+                    .is_some_and(|(code, _)| code == "ConditionalCheckFailed") =>
+            {
                 Ok(RegisterOutcome::Exists)
             }
-            Err(e) => Err(items::sdk_error(&e)),
+            super::attempts::Tx::Cancelled(_) => Err(Failure::Contention(
+                "registering the device lost a race; again".into(),
+            )),
         }
     }
 }
