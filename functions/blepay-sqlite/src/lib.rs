@@ -24,6 +24,7 @@
 //!
 //! Must not depend on: HTTP, gRPC, protobuf, the AWS SDK.
 
+mod checkpointer;
 mod console;
 mod convert;
 mod fleet;
@@ -62,6 +63,7 @@ use blepay_store::{
 };
 use rusqlite::{Connection, params};
 
+use crate::checkpointer::Checkpointer;
 use crate::convert::{db, ts};
 use crate::ops::{Due, expire_sessions};
 use crate::readers::Readers;
@@ -70,8 +72,8 @@ use crate::rows::{
     save_wallet, write_entry_by,
 };
 use crate::schema::migrate;
-pub use crate::writer::WriteStats;
 use crate::writer::Writer;
+pub use crate::writer::{WriteStats, process_write_stats};
 
 /// How long SQLite waits for another process's lock before giving up with `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -85,9 +87,11 @@ pub struct SqliteStore {
 
 #[derive(Debug)]
 struct Inner {
-    // Readers first: they are closed before the writer, whose close checkpoints the WAL.
+    // Dropped in this order: readers, then the writer (its queued operations done), then the
+    // checkpointer (a last checkpoint).
     readers: Readers,
     writer: Writer,
+    _checkpointer: Checkpointer,
 }
 
 impl SqliteStore {
@@ -117,11 +121,16 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+        // Checkpoints are the checkpointer's (checkpointer.rs), not the committing writer's.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(db)?;
         migrate(&mut conn)?;
+        let checkpointer = Checkpointer::start(path)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 readers: Readers::new(path),
                 writer: Writer::start(conn)?,
+                _checkpointer: checkpointer,
             }),
         })
     }
@@ -709,6 +718,51 @@ mod tests {
             .unwrap();
         stored.sort_unstable();
         assert_eq!(stored, kept);
+    }
+
+    #[tokio::test]
+    async fn the_checkpointer_folds_the_wal_into_the_file_while_the_writer_never_does() {
+        // Arrange: the writer's automatic checkpoints are off.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blepay.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let auto: i64 = store
+            .run(|c| {
+                c.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+                    .map_err(db)
+            })
+            .await
+            .unwrap();
+        assert_eq!(auto, 0);
+        let file_before = std::fs::metadata(&path).unwrap().len();
+
+        // Act: about 2 MB of rows, committed.
+        for batch in 0..20 {
+            store
+                .run(move |c| {
+                    for i in 0..100 {
+                        c.execute(
+                            "INSERT INTO wallets (user_id, available, held, spent) VALUES (?1, 0, 0, 0)",
+                            [format!("{batch}-{i}-{}", "x".repeat(900))],
+                        )
+                        .map_err(db)?;
+                    }
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        }
+
+        // Assert: the database file itself grows (the WAL was checkpointed into it) within a
+        // few of the checkpointer's periods.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::fs::metadata(&path).unwrap().len() < file_before + 1_000_000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint happened"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     #[tokio::test]

@@ -57,6 +57,36 @@ pub struct WriteStats {
     pub operations: u64,
 }
 
+/// The same, summed over every store of this process.
+static PROCESS: Counters = Counters {
+    commits: AtomicU64::new(0),
+    operations: AtomicU64::new(0),
+};
+
+/// What every SQLite writer of this process has committed (`blepay bench` reads it around a
+/// phase: operations per commit is the group commit's batch size).
+#[must_use]
+pub fn process_write_stats() -> WriteStats {
+    WriteStats {
+        commits: PROCESS.commits.load(Ordering::Relaxed),
+        operations: PROCESS.operations.load(Ordering::Relaxed),
+    }
+}
+
+impl WriteStats {
+    /// Operations per commit since `earlier` (`None` without a commit).
+    #[must_use]
+    #[allow(clippy::cast_precision_loss)]
+    pub fn ops_per_commit_since(self, earlier: Self) -> Option<f64> {
+        let commits = self
+            .commits
+            .checked_sub(earlier.commits)
+            .filter(|c| *c > 0)?;
+        let ops = self.operations.saturating_sub(earlier.operations);
+        Some(ops as f64 / commits as f64)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Counters {
     commits: AtomicU64,
@@ -189,10 +219,12 @@ fn commit_batch(conn: &Connection, jobs: impl Iterator<Item = Job>, stats: &Coun
     match conn.execute_batch("COMMIT") {
         Ok(()) => {
             // Counted before answering, so a caller that was answered sees its commit counted.
-            stats.commits.fetch_add(1, Ordering::Relaxed);
-            stats
-                .operations
-                .fetch_add(kept.len() as u64, Ordering::Relaxed);
+            for counters in [stats, &PROCESS] {
+                counters.commits.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .operations
+                    .fetch_add(kept.len() as u64, Ordering::Relaxed);
+            }
             for answer in kept {
                 answer(Ok(()));
             }
