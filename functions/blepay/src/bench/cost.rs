@@ -207,8 +207,16 @@ pub(super) async fn database_bytes(path: &Path) -> anyhow::Result<u64> {
     tokio::task::spawn_blocking(move || {
         let conn = rusqlite::Connection::open(&path)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
-        // (busy, WAL frames, frames checkpointed); busy = 1 when a reader kept it from finishing.
-        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        // (busy, WAL frames, frames checkpointed); busy = 1 when a reader kept it from finishing,
+        // or the store's own checkpointer was running one at that moment: try again a little.
+        let mut busy: i64 = 1;
+        for _ in 0..100 {
+            busy = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+            if busy == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         if busy != 0 {
             anyhow::bail!("the checkpoint of {} could not finish", path.display());
         }

@@ -255,7 +255,10 @@ async fn phases(
     )
     .await?;
     verify.db = verify_db;
+    let commits_before = blepay_sqlite::process_write_stats();
     let pay = pay_rounds(ctx, t, n, timing, db).await?;
+    let pay_batches = blepay_sqlite::process_write_stats().ops_per_commit_since(commits_before);
+    let commits_before = blepay_sqlite::process_write_stats();
     let stored_before = stored(env).await?;
     let (mut cycle, cycle_db) = counted(
         db,
@@ -269,6 +272,7 @@ async fn phases(
     )
     .await?;
     cycle.db = cycle_db;
+    let cycle_batches = blepay_sqlite::process_write_stats().ops_per_commit_since(commits_before);
     #[allow(clippy::cast_precision_loss)]
     let cycle_storage = match (stored_before, stored(env).await?) {
         (Some(before), Some(after)) if cycle.all_ops > 0 => {
@@ -284,11 +288,12 @@ async fn phases(
         requests: 1,
         baseline_rps,
         storage_per_op: None,
+        ops_per_commit: None,
     }];
-    for (op, figures, requests, storage_per_op) in [
-        ("verify", verify, 1, None),
-        ("pay", pay, 1, None),
-        ("cycle", cycle, 3, cycle_storage),
+    for (op, figures, requests, storage_per_op, ops_per_commit) in [
+        ("verify", verify, 1, None, None),
+        ("pay", pay, 1, None, pay_batches),
+        ("cycle", cycle, 3, cycle_storage, cycle_batches),
     ] {
         rows.push(Row {
             name: format!("{name} {op}"),
@@ -297,6 +302,7 @@ async fn phases(
             requests,
             baseline_rps,
             storage_per_op,
+            ops_per_commit,
         });
     }
     Ok(rows)

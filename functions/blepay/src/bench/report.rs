@@ -22,6 +22,9 @@ pub(super) struct Row {
     pub(super) baseline_rps: f64,
     /// Database bytes at rest added per operation (the cycle, on SQLite).
     pub(super) storage_per_op: Option<f64>,
+    /// SQLite operations per commit (fsync) during the phase: the group commit's batch size
+    /// (pay: the untimed settling included).
+    pub(super) ops_per_commit: Option<f64>,
 }
 
 impl Row {
@@ -313,6 +316,9 @@ fn curve(rows: &[Row]) -> Value {
         );
         if r.storage_per_op.is_some() {
             point.insert("storage_bytes".into(), num(r.storage_per_op));
+        }
+        if r.ops_per_commit.is_some() {
+            point.insert("sqlite_ops_per_commit".into(), num(r.ops_per_commit));
         }
         if let Value::Array(points) = c
             .entry(key.to_owned())
