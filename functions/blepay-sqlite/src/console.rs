@@ -8,7 +8,7 @@ use blepay_store::{
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::convert::{BadValue, db, parse_col, ts, units_to_sql};
+use crate::convert::{BadValue, Cached, db, parse_col, ts, units_to_sql};
 use crate::rows::{faults_text, telemetry_cols};
 
 const SESSION_COLUMNS: &str = "id_hash, operator, role, created_at, expires_at, ended_at";
@@ -41,14 +41,14 @@ fn session_row(r: &Row<'_>) -> rusqlite::Result<ConsoleSession> {
 /// then insert `s`; `false` (nothing written but the pruning) when its hash exists already.
 pub(crate) fn create_session(c: &Connection, s: &ConsoleSession) -> Result<bool, StoreError> {
     if let Some(cutoff) = s.created_at.checked_sub(CONSOLE_SESSION_GRACE_SECS) {
-        c.execute(
+        c.exec_cached(
             "DELETE FROM console_sessions WHERE expires_at < ?1",
             [ts(cutoff)?],
         )
         .map_err(db)?;
     }
     let inserted = c
-        .execute(
+        .exec_cached(
             &format!(
                 "INSERT INTO console_sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (id_hash) DO NOTHING"
@@ -70,7 +70,7 @@ pub(crate) fn load_session(
     c: &Connection,
     id_hash: &[u8; 32],
 ) -> Result<Option<ConsoleSession>, StoreError> {
-    c.query_row(
+    c.row_cached(
         &format!("SELECT {SESSION_COLUMNS} FROM console_sessions WHERE id_hash = ?1"),
         [&id_hash[..]],
         session_row,
@@ -86,7 +86,7 @@ pub(crate) fn end_session(
     now: u64,
 ) -> Result<bool, StoreError> {
     let changed = c
-        .execute(
+        .exec_cached(
             "UPDATE console_sessions SET ended_at = ?2 WHERE id_hash = ?1 AND ended_at IS NULL",
             params![&id_hash[..], ts(now)?],
         )
@@ -103,13 +103,13 @@ pub(crate) fn save_sample(
     at: u64,
 ) -> Result<(), StoreError> {
     if let Some(cutoff) = at.checked_sub(TELEMETRY_HISTORY_SECS) {
-        c.execute(
+        c.exec_cached(
             "DELETE FROM telemetry_samples WHERE device_id = ?1 AND at <= ?2",
             params![device.as_bytes(), ts(cutoff)?],
         )
         .map_err(db)?;
     }
-    c.execute(
+    c.exec_cached(
         "INSERT INTO telemetry_samples (device_id, at, firmware, faults, signal, uptime, boots,
                                         outbox, lifetime_units)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",

@@ -67,3 +67,33 @@ pub(crate) fn db(e: rusqlite::Error) -> StoreError {
 pub(crate) fn wallet_rule(e: WalletError) -> StoreError {
     StoreError::Internal(format!("wallet rule refused a stored operation: {e}"))
 }
+
+/// Statements through the connection's prepared-statement cache: a pay runs about fifteen, and
+/// preparing each afresh (parsing and planning the SQL) cost more than running it.
+pub(crate) trait Cached {
+    /// [`Connection::execute`] on a cached statement.
+    fn exec_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+    /// [`Connection::query_row`] on a cached statement.
+    fn row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>;
+}
+
+impl Cached for rusqlite::Connection {
+    fn exec_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
+/// Prepared statements kept per connection: more than the store has distinct statements, so
+/// none is ever prepared twice on a connection.
+pub(crate) const STATEMENT_CACHE: usize = 256;

@@ -9,13 +9,13 @@ use blepay_store::{
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::convert::{db, ts};
+use crate::convert::{Cached, db, ts};
 use crate::ops::{Due, expire_sessions};
 use crate::rows::{load_device, open_session_of, query_sessions};
 
 pub(crate) fn load_service_state(c: &Connection, id: DeviceId) -> Result<ServiceState, StoreError> {
     let s: String = c
-        .query_row(
+        .row_cached(
             "SELECT service_state FROM devices WHERE id = ?1",
             [id.as_bytes()],
             |r| r.get(0),
@@ -91,7 +91,7 @@ pub(crate) fn update_device(
         DeviceUpdateDecision::Decommissioned => return Ok(DeviceUpdateOutcome::Decommissioned),
         DeviceUpdateDecision::Write(next) => next,
     };
-    c.execute(
+    c.exec_cached(
         "UPDATE devices SET name = ?1, price_per_unit = ?2, unit_name = ?3, currency = ?4,
                 service_state = ?5
          WHERE id = ?6",
@@ -116,7 +116,7 @@ pub(crate) fn update_device(
 pub(crate) fn spending(c: &Connection, user: &UserId, now: u64) -> Result<Spending, StoreError> {
     expire_sessions(c, Due::OfUser(user), now)?;
     let user_override = c
-        .query_row(
+        .row_cached(
             "SELECT daily_limit FROM spending_limits WHERE user_id = ?1",
             [user.as_str()],
             |r| crate::convert::amount_col(r, 0),
@@ -148,12 +148,12 @@ pub(crate) fn set_spending_limit(
     now: u64,
 ) -> Result<Spending, StoreError> {
     match limit {
-        Some(l) => c.execute(
+        Some(l) => c.exec_cached(
             "INSERT INTO spending_limits (user_id, daily_limit) VALUES (?1, ?2)
              ON CONFLICT (user_id) DO UPDATE SET daily_limit = excluded.daily_limit",
             params![user.as_str(), l.minor()],
         ),
-        None => c.execute(
+        None => c.exec_cached(
             "DELETE FROM spending_limits WHERE user_id = ?1",
             [user.as_str()],
         ),

@@ -6,13 +6,13 @@ use blepay_store::decide::{RevokeDecision, RotateDecision, decide_revoke, decide
 use blepay_store::{DeviceKeys, Revocation, RevokeOutcome, RotateOutcome, StoreError};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::convert::{db, parse_col, ts};
+use crate::convert::{Cached, db, parse_col, ts};
 use crate::ops::{Due, close_hold, expire_sessions};
 use crate::rows::{load_device, load_open_session, save_session_state};
 
 /// The key columns of a device row (migration 5; a row from before reads as epoch 0).
 pub(crate) fn load_keys(c: &Connection, id: DeviceId) -> Result<Option<DeviceKeys>, StoreError> {
-    c.query_row(
+    c.row_cached(
         "SELECT key_epoch, key_pending, key_rotation_key, key_rotation_epoch, revoked_at,
                 revoked_reason
          FROM devices WHERE id = ?1",
@@ -55,7 +55,7 @@ pub(crate) fn save_keys(c: &Connection, id: DeviceId, k: &DeviceKeys) -> Result<
         Some(r) => (Some(ts(r.at)?), Some(r.reason.as_str())),
         None => (None, None),
     };
-    c.execute(
+    c.exec_cached(
         "UPDATE devices SET key_epoch = ?1, key_pending = ?2, key_rotation_key = ?3,
                 key_rotation_epoch = ?4, revoked_at = ?5, revoked_reason = ?6
          WHERE id = ?7",

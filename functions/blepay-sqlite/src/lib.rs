@@ -64,7 +64,7 @@ use blepay_store::{
 use rusqlite::{Connection, params};
 
 use crate::checkpointer::Checkpointer;
-use crate::convert::{db, ts};
+use crate::convert::{Cached, db, ts};
 use crate::ops::{Due, expire_sessions};
 use crate::readers::Readers;
 use crate::rows::{
@@ -121,6 +121,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+        conn.set_prepared_statement_cache_capacity(crate::convert::STATEMENT_CACHE);
         // Checkpoints are the checkpointer's (checkpointer.rs), not the committing writer's.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(db)?;
@@ -185,7 +186,7 @@ impl Store for SqliteStore {
         let d = device.clone();
         self.run(move |c| {
             let inserted = c
-                .execute(
+                .exec_cached(
                     "INSERT INTO devices (id, name, price_per_unit, unit_name, currency, key_version, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
                     params![
@@ -605,7 +606,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("blepay.db")).unwrap();
         let panicked = store
             .run(|c| -> Result<(), StoreError> {
-                c.execute("INSERT INTO wallets (user_id, available, held, spent) VALUES ('ghost', 0, 0, 0)", [])
+                c.exec_cached("INSERT INTO wallets (user_id, available, held, spent) VALUES ('ghost', 0, 0, 0)", [])
                     .map_err(db)?;
                 panic!("a bug in an operation");
             })
@@ -616,7 +617,7 @@ mod tests {
         );
         let ghosts: i64 = store
             .read(|c| {
-                c.query_row(
+                c.row_cached(
                     "SELECT count(*) FROM wallets WHERE user_id = 'ghost'",
                     [],
                     |r| r.get(0),
@@ -660,7 +661,7 @@ mod tests {
                 tokio::spawn(async move {
                     store
                         .run(move |c| {
-                            c.execute(
+                            c.exec_cached(
                                 "INSERT INTO wallets (user_id, available, held, spent)
                                  VALUES (?1, 0, 0, 0)",
                                 [format!("u{i}")],
@@ -728,7 +729,7 @@ mod tests {
         let store = SqliteStore::open(&path).unwrap();
         let auto: i64 = store
             .run(|c| {
-                c.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+                c.row_cached("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
                     .map_err(db)
             })
             .await
@@ -741,7 +742,7 @@ mod tests {
             store
                 .run(move |c| {
                     for i in 0..100 {
-                        c.execute(
+                        c.exec_cached(
                             "INSERT INTO wallets (user_id, available, held, spent) VALUES (?1, 0, 0, 0)",
                             [format!("{batch}-{i}-{}", "x".repeat(900))],
                         )
@@ -775,7 +776,7 @@ mod tests {
         let (version, mode, sync, fk) = store
             .run(|c| {
                 let get = |sql: &str| -> Result<String, StoreError> {
-                    c.query_row(sql, [], |r| r.get::<_, rusqlite::types::Value>(0))
+                    c.row_cached(sql, [], |r| r.get::<_, rusqlite::types::Value>(0))
                         .map(|v| match v {
                             rusqlite::types::Value::Integer(i) => i.to_string(),
                             rusqlite::types::Value::Text(t) => t,

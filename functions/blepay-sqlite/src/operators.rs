@@ -10,7 +10,7 @@ use blepay_store::{
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::convert::{BadValue, db, parse_col, ts};
+use crate::convert::{BadValue, Cached, db, parse_col, ts};
 use crate::rows::{load_idempotency, save_idempotency};
 
 const OPERATOR_COLUMNS: &str = "id, name, role, token_hash, created_at, created_by, revoked_at";
@@ -48,7 +48,7 @@ pub(crate) fn load_operator(
     c: &Connection,
     id: &OperatorId,
 ) -> Result<Option<OperatorRecord>, StoreError> {
-    c.query_row(
+    c.row_cached(
         &format!("SELECT {OPERATOR_COLUMNS} FROM operators WHERE id = ?1"),
         params![id.as_str()],
         operator_row,
@@ -97,7 +97,7 @@ pub(crate) fn create_operator(
         CreateOperatorDecision::Create => {}
     }
     let r = &new.record;
-    c.execute(
+    c.exec_cached(
         &format!("INSERT INTO operators ({OPERATOR_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
         params![
             r.id.as_str(),
@@ -129,7 +129,7 @@ pub(crate) fn revoke_operator(
     match decide_revoke_operator(load_operator(c, id)?, now) {
         RevokeOperatorDecision::Answer(outcome) => Ok(outcome),
         RevokeOperatorDecision::Revoke(rec) => {
-            c.execute(
+            c.exec_cached(
                 "UPDATE operators SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
                 params![id.as_str(), rec.revoked_at.map(ts).transpose()?],
             )
@@ -141,7 +141,7 @@ pub(crate) fn revoke_operator(
 
 pub(crate) fn record_audit_event(c: &Connection, e: &AuditEvent) -> Result<bool, StoreError> {
     let inserted = c
-        .execute(
+        .exec_cached(
             "INSERT INTO audit_events (id, at, principal, role, action, target, amount, idempotency_key, dedupe_key)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING",
             params![

@@ -12,7 +12,7 @@ use blepay_store::{
 };
 use rusqlite::{Connection, params};
 
-use crate::convert::{amount_col, db, parse_col, ts, wallet_rule};
+use crate::convert::{Cached, amount_col, db, parse_col, ts, wallet_rule};
 use crate::rows::{
     Idempotency, advert_used, count_opened_since, count_unstarted, insert_session, load_device,
     load_idempotency, load_open_session, load_session, load_session_of_device, load_wallet,
@@ -187,7 +187,7 @@ fn run_op(c: &Connection, call: &DeviceCall) -> Result<DeviceOpResult, StoreErro
 }
 
 fn save_answer(c: &Connection, call: &DeviceCall, answer: &SavedAnswer) -> Result<(), StoreError> {
-    c.execute(
+    c.exec_cached(
         "UPDATE devices SET last_seq = ?1, last_digest = ?2, last_response = ?3,
                 last_response_code = ?4, last_seen = max(coalesce(last_seen, ?5), ?5)
          WHERE id = ?6",

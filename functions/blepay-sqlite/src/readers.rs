@@ -45,6 +45,7 @@ impl Readers {
         )
         .map_err(db)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
+        conn.set_prepared_statement_cache_capacity(crate::convert::STATEMENT_CACHE);
         Ok(conn)
     }
 

@@ -13,7 +13,7 @@ use blepay_store::{
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::convert::{BadValue, db, parse_col, ts};
+use crate::convert::{BadValue, Cached, db, parse_col, ts};
 use crate::ops::{Due, close_hold_by, expire_sessions};
 use crate::rows::{
     load_idempotency, load_session, load_wallet, save_idempotency, save_session_state, save_wallet,
@@ -97,7 +97,7 @@ pub(crate) fn report_problem(
     match decide_problem(cmd, session.as_ref(), open) {
         ProblemDecision::Answer(outcome) => Ok(outcome),
         ProblemDecision::Open(p) => {
-            c.execute(
+            c.exec_cached(
                 "INSERT INTO problems (id, session_id, user_id, reason, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![
@@ -156,7 +156,7 @@ pub(crate) fn dismiss_problem(
     cmd: &DismissCommand,
 ) -> Result<DismissOutcome, StoreError> {
     let problem = c
-        .query_row(
+        .row_cached(
             &format!("SELECT {PROBLEM_COLUMNS} FROM problems WHERE id = ?1"),
             [cmd.id.as_bytes()],
             problem_from_row,
@@ -198,7 +198,7 @@ fn problem_from_row(r: &Row<'_>) -> rusqlite::Result<Problem> {
 }
 
 fn load_open_problem(c: &Connection, session: SessionId) -> Result<Option<Problem>, StoreError> {
-    c.query_row(
+    c.row_cached(
         &format!(
             "SELECT {PROBLEM_COLUMNS} FROM problems WHERE session_id = ?1 AND resolution IS NULL"
         ),
@@ -213,7 +213,7 @@ fn save_resolution(c: &Connection, p: &Problem) -> Result<(), StoreError> {
     let Some(r) = &p.resolution else {
         return Ok(());
     };
-    c.execute(
+    c.exec_cached(
         "UPDATE problems SET resolution = ?1, resolved_at = ?2, resolved_by = ?3,
                 resolution_reason = ?4
          WHERE id = ?5",

@@ -10,7 +10,9 @@ use blepay_store::{DeviceKeys, DeviceRecord, DeviceStatus, SavedAnswer, ServiceS
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::convert::{BadValue, amount_col, db, parse_col, ts, units_from_sql, units_to_sql};
+use crate::convert::{
+    BadValue, Cached, amount_col, db, parse_col, ts, units_from_sql, units_to_sql,
+};
 
 pub(crate) struct DeviceRow {
     pub(crate) record: DeviceRecord,
@@ -43,7 +45,7 @@ pub(crate) fn load_device(c: &Connection, id: DeviceId) -> Result<Option<DeviceR
 }
 
 fn load_device_row(c: &Connection, id: DeviceId) -> Result<Option<DeviceRow>, StoreError> {
-    c.query_row(
+    c.row_cached(
         "SELECT id, name, price_per_unit, unit_name, currency, key_version, created_at,
                 last_seq, last_digest, last_response, last_response_code, last_seen,
                 telemetry_at, telemetry_firmware, telemetry_faults, telemetry_signal,
@@ -144,7 +146,7 @@ pub(crate) fn save_telemetry(
     at: u64,
 ) -> Result<(), StoreError> {
     let faults = faults_text(t);
-    c.execute(
+    c.exec_cached(
         "UPDATE devices SET telemetry_at = ?1, telemetry_firmware = ?2, telemetry_faults = ?3,
                 telemetry_signal = ?4, telemetry_uptime = ?5, telemetry_boots = ?6,
                 telemetry_outbox = ?7, telemetry_lifetime_units = ?8
@@ -183,7 +185,7 @@ pub(crate) fn open_session_of(
     c: &Connection,
     device: DeviceId,
 ) -> Result<Option<SessionId>, StoreError> {
-    c.query_row(
+    c.row_cached(
         "SELECT id FROM sessions WHERE device_id = ?1 AND status IN ('AUTHORIZED', 'ACTIVE')",
         [device.as_bytes()],
         |r| Ok(SessionId::from_bytes(r.get(0)?)),
@@ -299,13 +301,13 @@ pub(crate) fn count_opened_since(
 }
 
 fn count<P: rusqlite::Params>(c: &Connection, sql: &str, p: P) -> Result<u32, StoreError> {
-    let n: i64 = c.query_row(sql, p, |r| r.get(0)).map_err(db)?;
+    let n: i64 = c.row_cached(sql, p, |r| r.get(0)).map_err(db)?;
     // More than 4 billion rows saturate: every limit is far below.
     Ok(u32::try_from(n).unwrap_or(u32::MAX))
 }
 
 pub(crate) fn insert_session(c: &Connection, s: &Session) -> Result<(), StoreError> {
-    c.execute(
+    c.exec_cached(
         &format!(
             "INSERT INTO sessions ({SESSION_COLUMNS})
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
@@ -342,7 +344,7 @@ pub(crate) fn insert_session(c: &Connection, s: &Session) -> Result<(), StoreErr
 /// Persist what the state machine may change: status, units, amount, start, report and end
 /// times, why it closed and a late report.
 pub(crate) fn save_session_state(c: &Connection, s: &Session) -> Result<(), StoreError> {
-    c.execute(
+    c.exec_cached(
         "UPDATE sessions SET status = ?1, units = ?2, amount = ?3, started_at = ?4, ended_at = ?5,
                 last_report_at = ?6, closed_by = ?7, late_units = ?8, late_at = ?9,
                 late_charged = ?10, refunded = ?12
@@ -367,7 +369,7 @@ pub(crate) fn save_session_state(c: &Connection, s: &Session) -> Result<(), Stor
 }
 
 pub(crate) fn load_wallet(c: &Connection, user: &UserId) -> Result<Wallet, StoreError> {
-    c.query_row(
+    c.row_cached(
         "SELECT available, held, spent, refunded FROM wallets WHERE user_id = ?1",
         [user.as_str()],
         |r| {
@@ -385,7 +387,7 @@ pub(crate) fn load_wallet(c: &Connection, user: &UserId) -> Result<Wallet, Store
 }
 
 pub(crate) fn save_wallet(c: &Connection, user: &UserId, w: &Wallet) -> Result<(), StoreError> {
-    c.execute(
+    c.exec_cached(
         "INSERT INTO wallets (user_id, available, held, spent, refunded)
          VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (user_id) DO UPDATE
@@ -425,7 +427,7 @@ pub(crate) fn write_entry_by(
     if e.amount.is_zero() {
         return Ok(());
     }
-    c.execute(
+    c.exec_cached(
         "INSERT INTO ledger (at, kind, debit, credit, amount, session_id, actor)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
@@ -463,7 +465,7 @@ pub(crate) fn load_idempotency(
     scope: &str,
     key: &IdempotencyKey,
 ) -> Result<Option<Idempotency>, StoreError> {
-    c.query_row(
+    c.row_cached(
         "SELECT fingerprint, result FROM idempotency WHERE scope = ?1 AND key = ?2",
         params![scope, key.as_str()],
         |r| {
@@ -485,7 +487,7 @@ pub(crate) fn save_idempotency(
     result: Option<&[u8]>,
     now: u64,
 ) -> Result<(), StoreError> {
-    c.execute(
+    c.exec_cached(
         "INSERT INTO idempotency (scope, key, fingerprint, result, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![scope, key.as_str(), fingerprint, result, ts(now)?],
     )
@@ -500,7 +502,7 @@ pub(crate) fn advert_used(
     slot: Slot,
     use_counter: UseCounter,
 ) -> Result<bool, StoreError> {
-    Ok(c.query_row(
+    Ok(c.row_cached(
         "SELECT 1 FROM advert_uses WHERE device_id = ?1 AND slot = ?2 AND use_counter = ?3",
         params![device.as_bytes(), slot.get(), use_counter.get()],
         |_| Ok(()),
@@ -511,7 +513,7 @@ pub(crate) fn advert_used(
 }
 
 pub(crate) fn mark_advert_used(c: &Connection, s: &Session, slot: Slot) -> Result<(), StoreError> {
-    c.execute(
+    c.exec_cached(
         "INSERT INTO advert_uses (device_id, slot, use_counter, session_id) VALUES (?1, ?2, ?3, ?4)",
         params![s.device_id.as_bytes(), slot.get(), s.use_counter.get(), s.id.as_bytes()],
     )

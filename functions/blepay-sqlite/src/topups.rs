@@ -18,7 +18,7 @@ use blepay_store::{
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 
-use crate::convert::{BadValue, amount_col, db, parse_col, ts};
+use crate::convert::{BadValue, Cached, amount_col, db, parse_col, ts};
 use crate::ops::{Due, expire_sessions};
 use crate::rows::{load_wallet, save_wallet, write_entry_by};
 
@@ -75,7 +75,7 @@ fn refund_from_row(r: &Row<'_>) -> rusqlite::Result<TopUpRefund> {
 }
 
 pub(crate) fn load_topup(c: &Connection, id: TopUpId) -> Result<Option<ProviderTopUp>, StoreError> {
-    c.query_row(
+    c.row_cached(
         &format!("SELECT {TOPUP_COLUMNS} FROM provider_topups WHERE id = ?1"),
         [id.as_bytes()],
         topup_from_row,
@@ -93,7 +93,7 @@ pub(crate) fn find_topup(
     match locator {
         TopUpLocator::Id(id) => load_topup(c, *id),
         TopUpLocator::ProviderRef(provider, reference) => c
-            .query_row(
+            .row_cached(
                 &format!(
                     "SELECT {TOPUP_COLUMNS} FROM provider_topups
                      WHERE provider = ?1 AND provider_ref = ?2"
@@ -107,7 +107,7 @@ pub(crate) fn find_topup(
 }
 
 fn insert_topup(c: &Connection, t: &ProviderTopUp) -> Result<(), StoreError> {
-    c.execute(
+    c.exec_cached(
         &format!(
             "INSERT INTO provider_topups ({TOPUP_COLUMNS})
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
@@ -141,7 +141,7 @@ fn insert_topup(c: &Connection, t: &ProviderTopUp) -> Result<(), StoreError> {
 
 /// Write back what a decision changed (everything but the identity and the creation).
 fn save_topup(c: &Connection, t: &ProviderTopUp) -> Result<(), StoreError> {
-    c.execute(
+    c.exec_cached(
         "UPDATE provider_topups SET status = ?1, provider_ref = ?2, client_secret = ?3,
                 transaction_id = ?4, updated_at = ?5, credited = ?6, provider_refunded = ?7,
                 disputed = ?8, refunds_committed = ?9, debited = ?10, mismatch = ?11,
@@ -172,7 +172,7 @@ pub(crate) fn start_topup(
     cmd: &NewProviderTopUp,
 ) -> Result<StartTopUpOutcome, StoreError> {
     let prior = c
-        .query_row(
+        .row_cached(
             &format!(
                 "SELECT {TOPUP_COLUMNS} FROM provider_topups WHERE user_id = ?1 AND idem_key = ?2"
             ),
@@ -214,7 +214,7 @@ pub(crate) fn attach_topup_ref(
 }
 
 fn load_refund(c: &Connection, id: TopUpRefundId) -> Result<Option<TopUpRefund>, StoreError> {
-    c.query_row(
+    c.row_cached(
         &format!("SELECT {REFUND_COLUMNS} FROM topup_refunds WHERE id = ?1"),
         [id.as_bytes()],
         refund_from_row,
@@ -224,7 +224,7 @@ fn load_refund(c: &Connection, id: TopUpRefundId) -> Result<Option<TopUpRefund>,
 }
 
 fn insert_refund(c: &Connection, r: &TopUpRefund) -> Result<(), StoreError> {
-    c.execute(
+    c.exec_cached(
         &format!(
             "INSERT INTO topup_refunds ({REFUND_COLUMNS})
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
@@ -247,7 +247,7 @@ fn insert_refund(c: &Connection, r: &TopUpRefund) -> Result<(), StoreError> {
 }
 
 fn save_refund_state(c: &Connection, r: &TopUpRefund) -> Result<(), StoreError> {
-    c.execute(
+    c.exec_cached(
         "UPDATE topup_refunds SET status = ?1, failure = ?2, updated_at = ?3 WHERE id = ?4",
         params![
             r.status.as_str(),
@@ -290,7 +290,7 @@ pub(crate) fn apply_provider_event(
     ev: &ProviderEvent,
 ) -> Result<ProviderEventOutcome, StoreError> {
     let seen = c
-        .query_row(
+        .row_cached(
             "SELECT 1 FROM provider_events WHERE provider = ?1 AND event_key = ?2",
             params![ev.provider.as_str(), ev.key],
             |_| Ok(()),
@@ -333,7 +333,7 @@ pub(crate) fn apply_provider_event(
         ProviderEventOutcome::Ignored(_) => "IGNORED",
         _ => "APPLIED",
     };
-    c.execute(
+    c.exec_cached(
         "INSERT INTO provider_events (provider, event_key, topup_id, outcome, applied_at)
          VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
@@ -360,7 +360,7 @@ pub(crate) fn request_topup_refund(
 ) -> Result<TopUpRefundOutcome, StoreError> {
     let topup = load_topup(c, cmd.topup)?;
     let prior = c
-        .query_row(
+        .row_cached(
             &format!(
                 "SELECT {REFUND_COLUMNS} FROM topup_refunds WHERE topup_id = ?1 AND idem_key = ?2"
             ),
