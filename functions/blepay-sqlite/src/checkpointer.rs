@@ -1,6 +1,6 @@
 //! WAL checkpoints off the writer's thread: the writer's connection has automatic checkpoints
 //! off (`wal_autocheckpoint=0`), and this thread, on a connection of its own, folds the WAL into
-//! the database file every [`PERIOD`] with a `PASSIVE` checkpoint — it waits for no reader and
+//! the database file every [`PERIOD`] (one second) with a `PASSIVE` checkpoint — it waits for no reader and
 //! no writer, and copies each page once however often it changed in between. A commit's fsync is
 //! the writer's only wait; the checkpoint's own fsyncs happen here.
 //!
@@ -19,7 +19,7 @@ use crate::BUSY_TIMEOUT;
 use crate::convert::db;
 
 /// How often the WAL is checkpointed.
-pub(crate) const PERIOD: Duration = Duration::from_millis(200);
+pub(crate) const PERIOD: Duration = Duration::from_millis(1000);
 
 /// The checkpoint thread; dropping it runs a last checkpoint and stops it.
 #[derive(Debug)]
