@@ -38,11 +38,9 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("blepay-sqlite-ckpt".into())
             .spawn(move || {
-                loop {
-                    match stopped.recv_timeout(PERIOD) {
-                        Err(RecvTimeoutError::Timeout) => checkpoint(&conn),
-                        Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
-                    }
+                // Every PERIOD until told to stop (or the store is dropped).
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(PERIOD) {
+                    checkpoint(&conn);
                 }
                 checkpoint(&conn);
             })
