@@ -500,7 +500,12 @@ impl App {
             key,
             key_update,
             wrapped,
-        } = self.frame_keys(&frame).await?;
+        } = self.frame_keys(&frame).await.inspect_err(|e| {
+            // A storage failure is logged where it is mapped (error.rs).
+            if e.code != ErrorCode::RetryLater {
+                tracing::info!(device = %frame.device_id(), code = e.code.as_str(), "machine request refused: not authenticated");
+            }
+        })?;
         let now = self.now();
         let tag = frame.tag();
         let seal = |body: &[u8]| seal_response(&key, &tag, frame.seq(), now, body);

@@ -114,6 +114,12 @@ async fn a_session_the_sweeper_expires_is_logged_at_info_with_its_ids_and_releas
             &Value::from("500")
         )
     );
+
+    // A press now is a machine refusal: logged at INFO with the machine's id.
+    service.exchange(&mut machine, &Request::Press).await;
+    let refused = logs.info("press refused: no session waiting");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["fields"]["device"], DEVICE);
 }
 
 #[tokio::test]
