@@ -71,7 +71,10 @@ pub struct DeviceAnswer {
     pub frame: Vec<u8>,
 }
 
-/// What one sweep did.
+/// What one sweep did (each session it closed is logged at INFO by [`sweep`]). Sessions a read
+/// or write expired on the way (any operation that finds an overdue AUTHORIZED session, or a
+/// machine request on a silent ACTIVE one, closes it first) are the same transitions but not
+/// counted or logged here: the sweep never sees them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Swept {
     /// AUTHORIZED sessions past their start deadline, expired (holds released).
@@ -226,7 +229,7 @@ impl App {
         }
         match self.inner.store.pay(&cmd).await? {
             PayOutcome::Created(s) => {
-                tracing::info!(session = %s.id, device = %s.device_id, hold = %s.hold, "session authorized");
+                tracing::info!(session = %s.id, device = %s.device_id, user = %s.user_id, hold = %s.hold, "session authorized");
                 self.inner.metrics.session_opened();
                 Ok(pay_response(&s))
             }
@@ -497,7 +500,12 @@ impl App {
             key,
             key_update,
             wrapped,
-        } = self.frame_keys(&frame).await?;
+        } = self.frame_keys(&frame).await.inspect_err(|e| {
+            // A storage failure is logged where it is mapped (error.rs).
+            if e.code != ErrorCode::RetryLater {
+                tracing::info!(device = %frame.device_id(), code = e.code.as_str(), "machine request refused: not authenticated");
+            }
+        })?;
         let now = self.now();
         let tag = frame.tag();
         let seal = |body: &[u8]| seal_response(&key, &tag, frame.seq(), now, body);
@@ -558,14 +566,20 @@ impl App {
                     frame: answer.frame,
                 })
             }
-            DeviceCallOutcome::Replayed { last_seq } => Ok(refuse(
-                RefusalCode::SequenceReplayed,
-                format!(
-                    "sequence number {} is not above the last accepted {last_seq}",
-                    frame.seq()
-                ),
-            )),
-            DeviceCallOutcome::DeviceUnknown => Err(device_unknown(frame.device_id())),
+            DeviceCallOutcome::Replayed { last_seq } => {
+                tracing::info!(device = %frame.device_id(), seq = frame.seq(), last_seq, "machine request refused: sequence number replayed");
+                Ok(refuse(
+                    RefusalCode::SequenceReplayed,
+                    format!(
+                        "sequence number {} is not above the last accepted {last_seq}",
+                        frame.seq()
+                    ),
+                ))
+            }
+            DeviceCallOutcome::DeviceUnknown => {
+                tracing::info!(device = %frame.device_id(), "machine request refused: device not registered");
+                Err(device_unknown(frame.device_id()))
+            }
             DeviceCallOutcome::KeyVersionRefused => {
                 tracing::warn!(
                     device = %frame.device_id(),
@@ -582,7 +596,7 @@ impl App {
     fn machine_result_logged(&self, device: DeviceId, r: &DeviceOpResult, now: u64) {
         match r {
             DeviceOpResult::Started(s) if s.started_at == Some(now) => {
-                tracing::info!(session = %s.id, device = %device, hold = %s.hold, "session started");
+                tracing::info!(session = %s.id, device = %device, user = %s.user_id, hold = %s.hold, "session started");
             }
             DeviceOpResult::Started(s) => {
                 tracing::info!(session = %s.id, device = %device, "press on a session already started: its terms again");
@@ -592,7 +606,7 @@ impl App {
                     && s.closed_by == Some(CloseReason::Report)
                     && s.ended_at == Some(now) =>
             {
-                tracing::info!(session = %s.id, device = %device, units = s.units.get(), amount = %s.amount, "session settled by its final report");
+                tracing::info!(session = %s.id, device = %device, user = %s.user_id, units = s.units.get(), captured = %s.amount, released = %s.hold.checked_sub(s.amount).unwrap_or(Amount::ZERO), "session settled by its final report");
                 self.metrics().session_settled_by_report();
             }
             DeviceOpResult::Session(s) => {
@@ -761,8 +775,19 @@ pub async fn sweep(
     active_timeout_secs: u64,
 ) -> Result<Swept, blepay_store::StoreError> {
     let expired = store.expire_due(now).await?;
+    for s in &expired {
+        tracing::info!(session = %s.id, device = %s.device_id, user = %s.user_id, released = %s.hold, "session expired: not started in time, hold released");
+    }
     let timed_out = store.time_out_active(now, active_timeout_secs).await?;
-    Ok(Swept { expired, timed_out })
+    for s in &timed_out {
+        // The store settled it by the core's rule, so the capture is within the hold.
+        let released = s.hold.checked_sub(s.amount).unwrap_or(Amount::ZERO);
+        tracing::info!(session = %s.id, device = %s.device_id, user = %s.user_id, units = s.units.get(), captured = %s.amount, released = %released, "session settled by timeout: no report in time");
+    }
+    Ok(Swept {
+        expired: expired.len(),
+        timed_out: timed_out.len(),
+    })
 }
 
 /// What the verified advert says about the machine's link and health.

@@ -138,7 +138,7 @@ impl App {
         };
         match self.store().close_session(&cmd).await? {
             CloseOutcome::Closed(s) => {
-                tracing::info!(session = %s.id, status = s.status.as_str(), principal = %op.principal, reason = cmd.reason.as_str(), "session closed by an operator");
+                tracing::info!(session = %s.id, device = %s.device_id, user = %s.user_id, status = s.status.as_str(), captured = %s.amount, principal = %op.principal, reason = cmd.reason.as_str(), "session closed by an operator");
                 self.record_action(
                     op,
                     ActionRecord {

@@ -321,7 +321,7 @@ impl Store for SqliteStore {
         self.run(move |c| ops::device_call(c, &call, &encode)).await
     }
 
-    async fn expire_due(&self, now: u64) -> Result<usize, StoreError> {
+    async fn expire_due(&self, now: u64) -> Result<Vec<Session>, StoreError> {
         self.run(move |c| expire_sessions(c, Due::All, now)).await
     }
 
@@ -329,7 +329,7 @@ impl Store for SqliteStore {
         &self,
         now: u64,
         active_timeout_secs: u64,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<Vec<Session>, StoreError> {
         self.run(move |c| ops::time_out_sessions(c, now, active_timeout_secs))
             .await
     }
@@ -635,7 +635,7 @@ mod tests {
         assert_eq!(ghosts, 0, "the panicked operation's write was rolled back");
         assert_eq!(
             store.expire_due(0).await.unwrap(),
-            0,
+            Vec::new(),
             "the writer still serves"
         );
     }

@@ -244,7 +244,12 @@ fn exists(
 }
 
 /// Expire every selected AUTHORIZED session whose start deadline is `<= now`, releasing its hold.
-pub(crate) fn expire_sessions(c: &Connection, due: Due<'_>, now: u64) -> Result<usize, StoreError> {
+/// Returns the sessions expired, as saved.
+pub(crate) fn expire_sessions(
+    c: &Connection,
+    due: Due<'_>,
+    now: u64,
+) -> Result<Vec<Session>, StoreError> {
     let (device, user, id) = match due {
         Due::All => (None, None, None),
         Due::OfDevice(d) => (Some(d.to_bytes()), None, None),
@@ -257,24 +262,24 @@ pub(crate) fn expire_sessions(c: &Connection, due: Due<'_>, now: u64) -> Result<
          AND (?2 IS NULL OR device_id = ?2) AND (?3 IS NULL OR user_id = ?3) AND (?4 IS NULL OR id = ?4)",
         params![ts(now)?, device, user, id],
     )?;
-    let mut expired = 0;
+    let mut expired = Vec::new();
     for mut s in sessions {
         if let Some(settlement) = s.expire(now) {
             save_session_state(c, &s)?;
             close_hold(c, &s, settlement, now)?;
-            expired += 1;
+            expired.push(s);
         }
     }
     Ok(expired)
 }
 
 /// Close by timeout every ACTIVE session whose report deadline is `<= now` (the rule is the
-/// core's [`Session::time_out`]), settling its hold.
+/// core's [`Session::time_out`]), settling its hold. Returns the sessions closed, as saved.
 pub(crate) fn time_out_sessions(
     c: &Connection,
     now: u64,
     active_timeout_secs: u64,
-) -> Result<usize, StoreError> {
+) -> Result<Vec<Session>, StoreError> {
     let cutoff = now.saturating_sub(active_timeout_secs);
     let sessions = query_sessions(
         c,
@@ -282,12 +287,12 @@ pub(crate) fn time_out_sessions(
         "status = 'ACTIVE' AND coalesce(last_report_at, started_at) <= ?1",
         params![ts(cutoff)?],
     )?;
-    let mut closed = 0;
+    let mut closed = Vec::new();
     for mut s in sessions {
         if let Some(settlement) = s.time_out(now, active_timeout_secs) {
             save_session_state(c, &s)?;
             close_hold(c, &s, settlement, now)?;
-            closed += 1;
+            closed.push(s);
         }
     }
     Ok(closed)

@@ -407,6 +407,11 @@ pub async fn created(store: &dyn Store, cmd: &PayCommand) -> Session {
     }
 }
 
+/// The ids of `sessions` (what a sweep returned), in order.
+pub fn ids(sessions: &[Session]) -> Vec<SessionId> {
+    sessions.iter().map(|s| s.id).collect()
+}
+
 /// Audit and assert that money is conserved.
 pub async fn reconciled(store: &dyn Store) -> Audit {
     let audit = store.audit().await.unwrap();
@@ -1062,10 +1067,29 @@ pub async fn expire_due_expires_every_overdue_session_and_releases_its_hold(stor
     let c = created(&*store, &pay_cmd("bob", "p2", 3, 7, 100, T0)).await;
     device_op(&*store, 3, 2, DeviceOp::Start { session: c.id }, T0 + 1).await;
 
-    assert_eq!(store.expire_due(T0 + START_TIMEOUT - 1).await.unwrap(), 0);
-    assert_eq!(store.expire_due(T0 + START_TIMEOUT).await.unwrap(), 1);
-    assert_eq!(store.expire_due(T0 + START_TIMEOUT + 10).await.unwrap(), 1);
-    assert_eq!(store.expire_due(T0 + 1000).await.unwrap(), 0);
+    assert_eq!(
+        store.expire_due(T0 + START_TIMEOUT - 1).await.unwrap(),
+        Vec::new()
+    );
+    let first = store.expire_due(T0 + START_TIMEOUT).await.unwrap();
+    assert_eq!(ids(&first), vec![a.id]);
+    let second = store.expire_due(T0 + START_TIMEOUT + 10).await.unwrap();
+    assert_eq!(ids(&second), vec![b.id]);
+    assert_eq!(store.expire_due(T0 + 1000).await.unwrap(), Vec::new());
+    // Each is returned as saved: EXPIRED, nothing captured, its whole hold released.
+    for (s, at) in [
+        (&first[0], T0 + START_TIMEOUT),
+        (&second[0], T0 + START_TIMEOUT + 10),
+    ] {
+        assert_eq!(
+            (s.status, s.amount, s.ended_at),
+            (SessionStatus::Expired, Amount::ZERO, Some(at))
+        );
+        assert_eq!(
+            store.session(s.id, T0 + 1000).await.unwrap().as_ref(),
+            Some(s)
+        );
+    }
 
     // Read the sessions at the time of payment: what expired stays expired.
     assert_eq!(
@@ -1621,20 +1645,19 @@ pub async fn time_out_active_settles_silent_sessions_at_their_last_reported_unit
             .time_out_active(T0 + 20 + ACTIVE_TIMEOUT - 1, ACTIVE_TIMEOUT)
             .await
             .unwrap(),
-        0
+        Vec::new()
     );
-    assert_eq!(
-        store
-            .time_out_active(T0 + 20 + ACTIVE_TIMEOUT, ACTIVE_TIMEOUT)
-            .await
-            .unwrap(),
-        1
-    );
+    let closed = store
+        .time_out_active(T0 + 20 + ACTIVE_TIMEOUT, ACTIVE_TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(ids(&closed), vec![other.id]);
     let bob = store
         .session(other.id, T0 + 20 + ACTIVE_TIMEOUT)
         .await
         .unwrap()
         .unwrap();
+    assert_eq!(closed[0], bob, "returned as saved");
     assert_eq!(
         (bob.status, bob.closed_by, bob.amount),
         (
@@ -1652,8 +1675,9 @@ pub async fn time_out_active_settles_silent_sessions_at_their_last_reported_unit
     );
 
     let at = T0 + 100 + ACTIVE_TIMEOUT;
-    assert_eq!(store.time_out_active(at, ACTIVE_TIMEOUT).await.unwrap(), 1);
+    let closed = store.time_out_active(at, ACTIVE_TIMEOUT).await.unwrap();
     let alice = store.session(s.id, at).await.unwrap().unwrap();
+    assert_eq!(closed, vec![alice.clone()], "returned as saved");
     assert_eq!(alice.status, SessionStatus::Settled);
     assert_eq!(alice.closed_by, Some(CloseReason::Timeout));
     assert_eq!((alice.units, alice.amount), (Units::new(2), amount(50)));
@@ -1671,7 +1695,7 @@ pub async fn time_out_active_settles_silent_sessions_at_their_last_reported_unit
     assert_eq!(status.open_session, None, "the machine is free again");
     assert_eq!(
         store.time_out_active(at + 1, ACTIVE_TIMEOUT).await.unwrap(),
-        0
+        Vec::new()
     );
     reconciled(&*store).await;
 }
@@ -1697,7 +1721,11 @@ pub async fn a_device_op_on_a_silent_active_session_times_it_out_first(store: Ar
         store.wallet(&user("alice"), at).await.unwrap(),
         wallet(1000, 0, 0)
     );
-    assert_eq!(store.time_out_active(at, ACTIVE_TIMEOUT).await.unwrap(), 0);
+    assert_eq!(
+        store.time_out_active(at, ACTIVE_TIMEOUT).await.unwrap(),
+        Vec::new(),
+        "the press closed it: the sweep does not see it"
+    );
     // A progress report on it now is answered with the closed session, changing nothing.
     let before = reconciled(&*store).await;
     let progress = DeviceOp::Report {
@@ -1721,7 +1749,10 @@ pub async fn a_late_final_report_captures_what_it_owes_once(store: Arc<dyn Store
     };
     device_op(&*store, 1, 3, progress, T0 + 20).await;
     let at = T0 + 20 + ACTIVE_TIMEOUT;
-    assert_eq!(store.time_out_active(at, ACTIVE_TIMEOUT).await.unwrap(), 1);
+    assert_eq!(
+        ids(&store.time_out_active(at, ACTIVE_TIMEOUT).await.unwrap()),
+        vec![s.id]
+    );
     assert_eq!(
         store.wallet(&user("alice"), at).await.unwrap(),
         wallet(975, 0, 25)
@@ -3542,7 +3573,10 @@ pub async fn the_sales_facts_hold_the_range_and_the_report_sums_match_the_revenu
     };
     device_op(&*store, 1, 3, last, T0 + 30).await;
     let unstarted = created(&*store, &pay_cmd("bob", "sf2", 2, 7, 300, T0 + 40)).await;
-    assert_eq!(store.expire_due(T0 + 400).await.unwrap(), 1);
+    assert_eq!(
+        ids(&store.expire_due(T0 + 400).await.unwrap()),
+        vec![unstarted.id]
+    );
 
     let day = T0 / DAY_SECS;
     let (from, to) = (day * DAY_SECS, (day + 1) * DAY_SECS);

@@ -129,17 +129,20 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<DeviceCallOutcome, StoreError>;
 
     /// Expire every AUTHORIZED session whose start deadline is `<= now`, releasing its hold.
-    /// Returns how many were expired.
-    async fn expire_due(&self, now: u64) -> Result<usize, StoreError>;
+    /// Returns the sessions it expired, as saved (EXPIRED, their whole hold released), for the
+    /// caller to log and count. A session some other operation expired first (any read or write
+    /// that finds an overdue AUTHORIZED session expires it on the way) is not among them.
+    async fn expire_due(&self, now: u64) -> Result<Vec<Session>, StoreError>;
 
     /// Close by timeout every ACTIVE session whose report deadline
     /// ([`Session::report_deadline`]) is `<= now`: SETTLED at its last reported units, the rest of
-    /// the hold released, the machine freed. Returns how many were closed.
+    /// the hold released, the machine freed. Returns the sessions it closed, as saved (`amount`
+    /// captured, `hold - amount` released).
     async fn time_out_active(
         &self,
         now: u64,
         active_timeout_secs: u64,
-    ) -> Result<usize, StoreError>;
+    ) -> Result<Vec<Session>, StoreError>;
 
     /// Totals for reconciliation: the ledger, the wallets, the open holds and every session's
     /// refunds against its capture.

@@ -152,11 +152,15 @@ impl DynamoStore {
             .val(":open_sid", s(&sid)))
     }
 
-    /// Expire `s` (AUTHORIZED, due) in one transaction. `false` when it changed meanwhile (it was
-    /// started or expired by someone else).
-    pub(super) async fn expire_one(&self, s: &Session, now: u64) -> Result<bool, Failure> {
+    /// Expire `s` (AUTHORIZED, due) in one transaction: the session as saved, or `None` when it
+    /// changed meanwhile (it was started or expired by someone else).
+    pub(super) async fn expire_one(
+        &self,
+        s: &Session,
+        now: u64,
+    ) -> Result<Option<Session>, Failure> {
         let mut writes = Vec::new();
-        let (_, device) = self.expiry_writes(s, now, &mut writes)?;
+        let (expired, device) = self.expiry_writes(s, now, &mut writes)?;
         writes.push(
             Upd::new(device_key(s.device_id))
                 .merge(device)
@@ -165,20 +169,21 @@ impl DynamoStore {
         match self.transact(writes).await? {
             Tx::Done => {
                 self.shadow.closed(s.device_id, s.id);
-                Ok(true)
+                Ok(Some(expired))
             }
-            Tx::Cancelled(_) => Ok(false),
+            Tx::Cancelled(_) => Ok(None),
         }
     }
 
-    /// Close `s` (ACTIVE, past its report deadline) by timeout in one transaction. `false` when it
-    /// changed meanwhile (a report reached it, or someone else closed it).
+    /// Close `s` (ACTIVE, past its report deadline) by timeout in one transaction: the session as
+    /// saved, or `None` when it changed meanwhile (a report reached it, or someone else closed
+    /// it).
     pub(super) async fn time_out_one(
         &self,
         s: &Session,
         now: u64,
         active_timeout_secs: u64,
-    ) -> Result<bool, Failure> {
+    ) -> Result<Option<Session>, Failure> {
         let mut closed = s.clone();
         let Some(settlement) = closed.time_out(now, active_timeout_secs) else {
             return Err(StoreError::Internal("timing out a session that is not due".into()).into());
@@ -193,9 +198,9 @@ impl DynamoStore {
         match self.transact(writes).await? {
             Tx::Done => {
                 self.shadow.closed(s.device_id, s.id);
-                Ok(true)
+                Ok(Some(closed))
             }
-            Tx::Cancelled(_) => Ok(false),
+            Tx::Cancelled(_) => Ok(None),
         }
     }
 
@@ -205,9 +210,9 @@ impl DynamoStore {
         &self,
         now: u64,
         active_timeout_secs: u64,
-    ) -> Result<usize, Failure> {
+    ) -> Result<Vec<Session>, Failure> {
         let cutoff = now.saturating_sub(active_timeout_secs);
-        let mut closed = 0;
+        let mut closed = Vec::new();
         let mut start: Option<Item> = None;
         loop {
             let out = self
@@ -227,12 +232,11 @@ impl DynamoStore {
             for item in out.items() {
                 let session = session_from_item(item)?;
                 // The index is eventually consistent: the transaction's conditions decide.
-                if session.is_due_to_time_out(now, active_timeout_secs)
-                    && self
-                        .time_out_one(&session, now, active_timeout_secs)
-                        .await?
-                {
-                    closed += 1;
+                if session.is_due_to_time_out(now, active_timeout_secs) {
+                    closed.extend(
+                        self.time_out_one(&session, now, active_timeout_secs)
+                            .await?,
+                    );
                 }
             }
             match out.last_evaluated_key {
@@ -252,8 +256,8 @@ impl DynamoStore {
         Ok(any)
     }
 
-    pub(super) async fn expire_due_once(&self, now: u64) -> Result<usize, Failure> {
-        let mut expired = 0;
+    pub(super) async fn expire_due_once(&self, now: u64) -> Result<Vec<Session>, Failure> {
+        let mut expired = Vec::new();
         let mut start: Option<Item> = None;
         loop {
             let out = self
@@ -273,8 +277,8 @@ impl DynamoStore {
             for item in out.items() {
                 let session = session_from_item(item)?;
                 // The index is eventually consistent: the transaction's conditions decide.
-                if session.is_due_to_expire(now) && self.expire_one(&session, now).await? {
-                    expired += 1;
+                if session.is_due_to_expire(now) {
+                    expired.extend(self.expire_one(&session, now).await?);
                 }
             }
             match out.last_evaluated_key {

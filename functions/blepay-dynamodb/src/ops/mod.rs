@@ -159,7 +159,7 @@ impl Store for DynamoStore {
         .await
     }
 
-    async fn expire_due(&self, now: u64) -> Result<usize, StoreError> {
+    async fn expire_due(&self, now: u64) -> Result<Vec<Session>, StoreError> {
         self.retrying(|| self.expire_due_once(now)).await
     }
 
@@ -167,7 +167,7 @@ impl Store for DynamoStore {
         &self,
         now: u64,
         active_timeout_secs: u64,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<Vec<Session>, StoreError> {
         self.retrying(|| self.time_out_active_once(now, active_timeout_secs))
             .await
     }
