@@ -19,7 +19,7 @@ use crate::BUSY_TIMEOUT;
 use crate::convert::db;
 
 /// How often the WAL is checkpointed.
-pub(crate) const PERIOD: Duration = Duration::from_millis(1000);
+pub(crate) const PERIOD: Duration = Duration::from_secs(1);
 
 /// The checkpoint thread; dropping it runs a last checkpoint and stops it.
 #[derive(Debug)]
