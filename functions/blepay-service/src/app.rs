@@ -71,10 +71,10 @@ pub struct DeviceAnswer {
     pub frame: Vec<u8>,
 }
 
-/// What one sweep did (each session it closed is logged at INFO by [`sweep`]). Sessions a read
-/// or write expired on the way (any operation that finds an overdue AUTHORIZED session, or a
-/// machine request on a silent ACTIVE one, closes it first) are the same transitions but not
-/// counted or logged here: the sweep never sees them.
+/// What one sweep did. Every session the clock closes is logged at INFO by the store that
+/// committed the close ([`blepay_store::closed`]), whether the sweep met it or a read or write
+/// found it overdue on the way (any operation that finds an overdue AUTHORIZED session, or a
+/// machine request on a silent ACTIVE one, closes it first); those are not counted here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Swept {
     /// AUTHORIZED sessions past their start deadline, expired (holds released).
@@ -774,16 +774,10 @@ pub async fn sweep(
     now: u64,
     active_timeout_secs: u64,
 ) -> Result<Swept, blepay_store::StoreError> {
+    // Each closed session is logged by the store as it commits it (blepay_store::closed), as are
+    // those a read or write met overdue on the way.
     let expired = store.expire_due(now).await?;
-    for s in &expired {
-        tracing::info!(session = %s.id, device = %s.device_id, user = %s.user_id, released = %s.hold, "session expired: not started in time, hold released");
-    }
     let timed_out = store.time_out_active(now, active_timeout_secs).await?;
-    for s in &timed_out {
-        // The store settled it by the core's rule, so the capture is within the hold.
-        let released = s.hold.checked_sub(s.amount).unwrap_or(Amount::ZERO);
-        tracing::info!(session = %s.id, device = %s.device_id, user = %s.user_id, units = s.units.get(), captured = %s.amount, released = %released, "session settled by timeout: no report in time");
-    }
     Ok(Swept {
         expired: expired.len(),
         timed_out: timed_out.len(),

@@ -177,3 +177,38 @@ async fn a_session_started_reported_and_timed_out_logs_each_transition_at_info()
         )
     );
 }
+
+#[tokio::test]
+async fn a_session_a_read_finds_overdue_is_expired_and_logged_once_without_a_sweep() {
+    // Arrange: ana pays and never presses; the start deadline passes; no sweeper runs.
+    let logs = Captured::default();
+    let _guard = logs.install();
+    let service = Service::new();
+    let ana = user("ana");
+    let mut machine = service.provision(DEVICE, &ana).await;
+    service
+        .exchange(&mut machine, &Request::Heartbeat(Telemetry::default()))
+        .await;
+    let r = service.pay(&machine, &ana, 1, AdvertFlags::NONE).await;
+    let session = r.json()["sessionId"].as_str().unwrap().to_owned();
+    service.set_now(T0 + 121);
+
+    // Act: ana reads her session (the read expires it), then reads it again.
+    let path = format!("/v1/sessions/{session}");
+    let first = service.phone(&ana, "GET", &path, None).await;
+    let again = service.phone(&ana, "GET", &path, None).await;
+
+    // Assert: EXPIRED both times, the expiry logged once, with its ids and the released hold.
+    assert_eq!(first.json()["status"], "EXPIRED", "{:?}", first.json());
+    assert_eq!(again.json()["status"], "EXPIRED");
+    let expired = line_about(&logs, "session expired", &session);
+    assert_eq!(
+        (&expired["device"], &expired["user"], &expired["released"]),
+        (
+            &Value::from(DEVICE),
+            &Value::from("ana"),
+            &Value::from("500")
+        )
+    );
+    assert_eq!(service.app.sweep().await.unwrap().expired, 0);
+}

@@ -267,6 +267,8 @@ pub(crate) fn expire_sessions(
         if let Some(settlement) = s.expire(now) {
             save_session_state(c, &s)?;
             close_hold(c, &s, settlement, now)?;
+            let logged = s.clone();
+            crate::writer::after_commit(move || blepay_store::closed::log_expired(&logged));
             expired.push(s);
         }
     }
@@ -292,6 +294,8 @@ pub(crate) fn time_out_sessions(
         if let Some(settlement) = s.time_out(now, active_timeout_secs) {
             save_session_state(c, &s)?;
             close_hold(c, &s, settlement, now)?;
+            let logged = s.clone();
+            crate::writer::after_commit(move || blepay_store::closed::log_timed_out(&logged));
             closed.push(s);
         }
     }

@@ -14,6 +14,7 @@
 //! - A batch holds at most [`MAX_BATCH`] operations; the queue between callers and the writer is
 //!   bounded by [`QUEUE_DEPTH`] (a caller beyond it waits for room).
 
+use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +39,38 @@ type Answer = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// (kept) or failed (rolled back), and how to answer its caller. Given an error instead of the
 /// connection (its savepoint could not be opened), it answers that error without running.
 type Job = Box<dyn FnOnce(Result<&Connection, StoreError>) -> (bool, Answer) + Send>;
+
+/// Work to do once the running operation's batch is committed (a log line of what it changed);
+/// dropped if the operation is rolled back.
+type Deferred = Box<dyn FnOnce()>;
+
+thread_local! {
+    /// What the operation running on this (the writer's) thread deferred with [`after_commit`].
+    static DEFERRED: RefCell<Vec<Deferred>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Run `f` after the running operation's batch is committed, and never if the operation rolls
+/// back (its savepoint, or the whole batch). Called from inside an operation, on the writer's
+/// thread; elsewhere it is dropped at that thread's next operation.
+pub(crate) fn after_commit(f: impl FnOnce() + 'static) {
+    // The operation runs under its caller's tracing dispatcher (see `run`); so does `f`.
+    let dispatch = tracing::dispatcher::get_default(tracing::Dispatch::clone);
+    DEFERRED.with(|d| {
+        d.borrow_mut().push(Box::new(move || {
+            tracing::dispatcher::with_default(&dispatch, f);
+        }));
+    });
+}
+
+fn take_deferred() -> Vec<Deferred> {
+    DEFERRED.with(|d| std::mem::take(&mut *d.borrow_mut()))
+}
+
+/// An operation kept in the batch: its answer and what it deferred to the commit.
+struct Kept {
+    answer: Answer,
+    after: Vec<Deferred>,
+}
 
 /// The handle callers send operations to. Dropping the last one stops the thread after the
 /// operations already queued, and closes the connection.
@@ -132,8 +165,11 @@ impl Writer {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
+        // What the operation logs goes where its caller's logs go (a test's own subscriber, or
+        // the process's).
+        let dispatch = tracing::dispatcher::get_default(tracing::Dispatch::clone);
         let job: Job = Box::new(move |c: Result<&Connection, StoreError>| {
-            let out = c.and_then(work);
+            let out = tracing::dispatcher::with_default(&dispatch, || c.and_then(work));
             let ok = out.is_ok();
             let answer: Answer = Box::new(move |committed: Result<(), StoreError>| {
                 // The caller may have gone away (its request was cancelled): nothing to tell.
@@ -180,7 +216,7 @@ fn serve(conn: &Connection, mut rx: mpsc::Receiver<Job>, stats: &Counters) {
 
 /// Run `jobs` in one transaction and answer them.
 fn commit_batch(conn: &Connection, jobs: impl Iterator<Item = Job>, stats: &Counters) {
-    let mut kept: Vec<Answer> = Vec::new();
+    let mut kept: Vec<Kept> = Vec::new();
     let mut open = false;
     for job in jobs {
         if !open {
@@ -197,9 +233,12 @@ fn commit_batch(conn: &Connection, jobs: impl Iterator<Item = Job>, stats: &Coun
             open = !abandon_if_rolled_back(conn, &mut kept);
             continue;
         }
-        match catch_unwind(AssertUnwindSafe(|| job(Ok(conn)))) {
+        drop(take_deferred());
+        let ran = catch_unwind(AssertUnwindSafe(|| job(Ok(conn))));
+        let after = take_deferred();
+        match ran {
             Ok((true, answer)) => match conn.execute_batch("RELEASE op") {
-                Ok(()) => kept.push(answer),
+                Ok(()) => kept.push(Kept { answer, after }),
                 Err(e) => {
                     answer(Err(db(e)));
                     open = !rollback_all(conn, &mut kept);
@@ -225,7 +264,10 @@ fn commit_batch(conn: &Connection, jobs: impl Iterator<Item = Job>, stats: &Coun
                     .operations
                     .fetch_add(kept.len() as u64, Ordering::Relaxed);
             }
-            for answer in kept {
+            for Kept { answer, after } in kept {
+                for f in after {
+                    f();
+                }
                 answer(Ok(()));
             }
         }
@@ -238,7 +280,7 @@ fn commit_batch(conn: &Connection, jobs: impl Iterator<Item = Job>, stats: &Coun
 }
 
 /// Roll back the failed operation's savepoint; whether the transaction is still open.
-fn undo(conn: &Connection, kept: &mut Vec<Answer>) -> bool {
+fn undo(conn: &Connection, kept: &mut Vec<Kept>) -> bool {
     if abandon_if_rolled_back(conn, kept) {
         return false;
     }
@@ -250,7 +292,7 @@ fn undo(conn: &Connection, kept: &mut Vec<Answer>) -> bool {
 
 /// When SQLite already rolled the whole transaction back (some I/O and memory errors do), the
 /// kept operations are gone: fail them. Whether that happened.
-fn abandon_if_rolled_back(conn: &Connection, kept: &mut Vec<Answer>) -> bool {
+fn abandon_if_rolled_back(conn: &Connection, kept: &mut Vec<Kept>) -> bool {
     if conn.is_autocommit() {
         fail(kept, "the transaction was rolled back by SQLite");
         true
@@ -261,14 +303,15 @@ fn abandon_if_rolled_back(conn: &Connection, kept: &mut Vec<Answer>) -> bool {
 
 /// Roll back the transaction and fail the kept operations; always true (the transaction is
 /// closed).
-fn rollback_all(conn: &Connection, kept: &mut Vec<Answer>) -> bool {
+fn rollback_all(conn: &Connection, kept: &mut Vec<Kept>) -> bool {
     let _ = conn.execute_batch("ROLLBACK");
     fail(kept, "the batch's transaction failed");
     true
 }
 
-fn fail(kept: &mut Vec<Answer>, why: &str) {
-    for answer in kept.drain(..) {
+fn fail(kept: &mut Vec<Kept>, why: &str) {
+    // What they deferred is dropped with them: nothing of theirs was committed.
+    for Kept { answer, .. } in kept.drain(..) {
         answer(Err(StoreError::Unavailable(format!(
             "the write was not committed ({why}); retry"
         ))));

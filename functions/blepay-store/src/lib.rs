@@ -17,6 +17,7 @@
 //! Must not depend on: a database driver (rusqlite, the AWS SDK), HTTP, gRPC, protobuf or the
 //! advert MAC (callers verify adverts and frames before they get here).
 
+pub mod closed;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod console;
@@ -130,7 +131,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Expire every AUTHORIZED session whose start deadline is `<= now`, releasing its hold.
     /// Returns the sessions it expired, as saved (EXPIRED, their whole hold released), for the
-    /// caller to log and count. A session some other operation expired first (any read or write
+    /// caller to count. Every store logs each session it expires, here or on the way, with
+    /// [`closed::log_expired`] once the close is durable (and [`closed::log_timed_out`] for
+    /// timeouts). A session some other operation expired first (any read or write
     /// that finds an overdue AUTHORIZED session expires it on the way) is not among them.
     async fn expire_due(&self, now: u64) -> Result<Vec<Session>, StoreError>;
 

@@ -169,6 +169,7 @@ impl DynamoStore {
         match self.transact(writes).await? {
             Tx::Done => {
                 self.shadow.closed(s.device_id, s.id);
+                blepay_store::closed::log_expired(&expired);
                 Ok(Some(expired))
             }
             Tx::Cancelled(_) => Ok(None),
@@ -198,6 +199,7 @@ impl DynamoStore {
         match self.transact(writes).await? {
             Tx::Done => {
                 self.shadow.closed(s.device_id, s.id);
+                blepay_store::closed::log_timed_out(&closed);
                 Ok(Some(closed))
             }
             Tx::Cancelled(_) => Ok(None),
