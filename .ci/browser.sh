@@ -24,4 +24,5 @@ if [[ "${1:-}" == "--install-only" ]]; then
   exit 0
 fi
 
-cargo test --locked -p blepay-e2e --test api console:: -- --include-ignored
+# `--workspace`: the feature resolution of the README's test command, so this reuses its build.
+cargo test --locked --workspace --test api console:: -- --include-ignored

@@ -24,7 +24,9 @@ if [[ ! -x "$VENV/bin/schemathesis" ]]; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$VERSION"
 fi
 
-cargo build --locked -p blepay
+# The CLI of the workspace's test build (what `cargo test --workspace` built; up to date after it),
+# rather than `cargo build -p blepay`, whose own feature resolution would rebuild it and its deps.
+cargo test --quiet --locked --workspace --no-run
 BIN="${CARGO_TARGET_DIR:-target}/debug/blepay"
 
 WORK="$(mktemp -d)"

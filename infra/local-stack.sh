@@ -9,7 +9,7 @@
 # Environment (all optional):
 #   BLEPAY_LOCAL_PORT      emulator port (default 9000)
 #   BLEPAY_DYNAMODB_PORT   DynamoDB Local port (default 8000)
-#   BLEPAY_LOCAL_STATE     state dir: logs, pids, env files (default target/local-stack)
+#   BLEPAY_LOCAL_STATE     state dir: logs (one per function), pids, env files (default target/local-stack)
 #   BLEPAY_TOOLS_DIR       where the pinned tools are installed (default ~/.cache/blepay-tools)
 #
 # Needs: cargo, python3 (venv + pip: cargo-lambda), npm and Java 17+ (DynamoDB Local).
@@ -22,8 +22,10 @@ DDB_PORT="${BLEPAY_DYNAMODB_PORT:-8000}"
 TABLE=blepay-local
 MODE="${1:-foreground}"
 
+FUNCTIONS="blepay-ops-fn blepay-verify-fn blepay-device-fn blepay-sweeper-fn"
+
 stop() {
-  for name in emulator dynamodb; do
+  for name in $FUNCTIONS emulator dynamodb; do
     local pidfile="$STATE/$name.pid"
     if [[ -f "$pidfile" ]]; then
       local pid
@@ -47,7 +49,7 @@ stop # a previous detached run, if any
 wait_for() { # url, what, log, tries
   local url="$1" what="$2" log="$3" tries="${4:-120}"
   for _ in $(seq "$tries"); do
-    if curl -s -o /dev/null "$url"; then return 0; fi
+    if curl -s -m 5 -o /dev/null "$url"; then return 0; fi
     sleep 1
   done
   echo "$what did not come up at $url; last lines of $log:" >&2
@@ -94,42 +96,51 @@ AWS_EC2_METADATA_DISABLED=true
 RUST_LOG=info
 ENV
 
+# --- the binaries: the workspace's test build -------------------------------------------------
+# `cargo test --workspace` builds the function binaries and the CLI (with its `dynamodb` feature)
+# under the one feature resolution the whole workspace shares, so after the README's test command
+# (and in .ci/run) this is up to date and builds nothing. `cargo build -p blepay-lambda`, or
+# letting `cargo lambda watch` build, would resolve features for that package alone and rebuild
+# about 260 crates, the AWS SDK among them.
+echo "building the functions and the CLI (debug profile, the workspace's test build)"
+(cd "$ROOT" && cargo test --quiet --locked --workspace --no-run)
+BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
+[[ "$BIN_DIR" = /* ]] || BIN_DIR="$ROOT/$BIN_DIR"
+
 # --- the table --------------------------------------------------------------------------------
-echo "building the functions (debug profile)"
-(cd "$ROOT" && cargo build --quiet -p blepay-lambda --bins)
-if (cd "$ROOT" && cargo run --quiet -p blepay --features dynamodb -- ops --help 2>/dev/null | grep -q create-table); then
-  echo "creating table $TABLE with blepay ops create-table"
-  (cd "$ROOT" && env BLEPAY_DYNAMODB_TABLE="$TABLE" BLEPAY_DYNAMODB_ENDPOINT="$ENDPOINT" \
-    AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=blepaylocal AWS_SECRET_ACCESS_KEY=blepaylocal \
-    cargo run --quiet -p blepay --features dynamodb -- ops create-table)
-else
-  # Fallback while `blepay ops create-table` does not exist: the same definition as template.yaml,
-  # with boto3 (installed with aws-sam-cli).
-  echo "creating table $TABLE with boto3"
-  "$BLEPAY_TOOLS_BIN/python" - "$ENDPOINT" "$TABLE" <<'PY'
-import sys, boto3
-endpoint, table = sys.argv[1], sys.argv[2]
-ddb = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1",
-                   aws_access_key_id="blepaylocal", aws_secret_access_key="blepaylocal")
-ddb.create_table(
-    TableName=table, BillingMode="PAY_PER_REQUEST",
-    AttributeDefinitions=[{"AttributeName": n, "AttributeType": t} for n, t in
-                          [("pk", "S"), ("sk", "S"), ("due_pk", "S"), ("due_at", "N")]],
-    KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-    GlobalSecondaryIndexes=[{"IndexName": "due", "Projection": {"ProjectionType": "ALL"},
-        "KeySchema": [{"AttributeName": "due_pk", "KeyType": "HASH"},
-                      {"AttributeName": "due_at", "KeyType": "RANGE"}]}])
-ddb.update_time_to_live(TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"})
-PY
-fi
+echo "creating table $TABLE with blepay ops create-table"
+env BLEPAY_DYNAMODB_TABLE="$TABLE" BLEPAY_DYNAMODB_ENDPOINT="$ENDPOINT" \
+  AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=blepaylocal AWS_SECRET_ACCESS_KEY=blepaylocal \
+  "$BIN_DIR/blepay" ops create-table
 
 # --- the functions under the emulator ---------------------------------------------------------
-echo "starting cargo lambda watch on 127.0.0.1:$PORT"
-(cd "$ROOT/functions/blepay-lambda" && exec setsid cargo lambda watch --ignore-changes -A 127.0.0.1 -P "$PORT" \
-  --env-file "$STATE/functions.env") >"$STATE/emulator.log" 2>&1 &
+# `cargo lambda watch --only-lambda-apis` serves the Lambda runtime API and the function URLs and
+# starts nothing; each function binary is started here with the environment cargo-lambda gives
+# the functions it starts itself (its runtime API at /.rt/<function>).
+echo "starting cargo lambda watch (runtime API and function URLs) on 127.0.0.1:$PORT"
+(cd "$ROOT/functions/blepay-lambda" && exec setsid cargo lambda watch --only-lambda-apis \
+  -A 127.0.0.1 -P "$PORT") >"$STATE/emulator.log" 2>&1 &
 echo $! >"$STATE/emulator.pid"
+# (The emulator's `/` waits for a default function; only its port is checked.)
+for _ in $(seq 60); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then break; fi
+  sleep 1
+done
+for fn in $FUNCTIONS; do
+  (
+    set -a
+    # shellcheck disable=SC1091
+    source "$STATE/functions.env"
+    set +a
+    export AWS_LAMBDA_FUNCTION_NAME="$fn" AWS_LAMBDA_FUNCTION_VERSION=1 \
+      AWS_LAMBDA_FUNCTION_MEMORY_SIZE=4096 AWS_LAMBDA_MAX_CONCURRENCY=1 \
+      AWS_LAMBDA_RUNTIME_API="http://127.0.0.1:$PORT/.rt/$fn"
+    exec setsid "$BIN_DIR/$fn"
+  ) >"$STATE/$fn.log" 2>&1 &
+  echo $! >"$STATE/$fn.pid"
+done
 for fn in blepay-ops-fn blepay-verify-fn blepay-device-fn; do
-  wait_for "http://127.0.0.1:$PORT/lambda-url/$fn/healthz" "$fn" "$STATE/emulator.log" 300
+  wait_for "http://127.0.0.1:$PORT/lambda-url/$fn/healthz" "$fn" "$STATE/$fn.log" 60
 done
 
 URL="http://127.0.0.1:$PORT"

@@ -560,9 +560,13 @@ impl TestApp {
 // The real binary
 // ---------------------------------------------------------------------------------------------
 
-/// `target/<profile>/blepay`, next to the test executable's `deps/` directory, built (or brought
-/// up to date) once per test binary — a stale binary is never tested — with the DynamoDB store
-/// (feature `dynamodb`), as `BLEPAY_E2E_STORE=dynamodb` needs.
+/// `target/<profile>/blepay`, next to the test executable's `deps/` directory, brought up to date
+/// once per test binary (a stale binary is never tested) by `cargo test --workspace --no-run`:
+/// the build of the README's test command, whose one feature resolution for the whole workspace
+/// gives the CLI the DynamoDB store (feature `dynamodb`, which this crate turns on), as
+/// `BLEPAY_E2E_STORE=dynamodb` needs. Under that command it is already built and this takes a
+/// second or two; `cargo build -p blepay --features dynamodb` would resolve features for the CLI
+/// alone and rebuild about 300 crates, the AWS SDK among them.
 pub fn blepay_binary() -> &'static std::path::Path {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
@@ -574,22 +578,14 @@ pub fn blepay_binary() -> &'static std::path::Path {
             .to_owned();
         let mut build = std::process::Command::new(option_env!("CARGO").unwrap_or("cargo"));
         build
-            .args([
-                "build",
-                "-p",
-                "blepay",
-                "--bin",
-                "blepay",
-                "--features",
-                "dynamodb",
-            ])
+            .args(["test", "--quiet", "--workspace", "--no-run"])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         if profile_dir.file_name().is_some_and(|p| p == "release") {
             build.arg("--release");
         }
         assert!(
-            build.status().expect("run cargo build").success(),
-            "cargo build -p blepay failed"
+            build.status().expect("run cargo test --no-run").success(),
+            "cargo test --workspace --no-run failed"
         );
         let bin = profile_dir.join(format!("blepay{}", std::env::consts::EXE_SUFFIX));
         assert!(bin.exists(), "no blepay binary at {}", bin.display());
