@@ -3,6 +3,7 @@
 //! rotation made through another process still takes effect at once — the pay's transaction
 //! conditions on the key state, so the stale knowledge is refused by DynamoDB in that one
 //! request, nothing is written, and the process knows the device afresh afterwards.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests: a failure is a panic
 
 use blepay_core::{KeyEpoch, KeyVersion};
 use blepay_dynamodb::DynamoStore;
@@ -12,6 +13,25 @@ use blepay_store::conformance::{
     telemetry, user, wallet,
 };
 use blepay_store::{DeviceCallOutcome, DeviceOp, PayOutcome, RevokeOutcome, RotateOutcome, Store};
+
+/// `a` still knows device 1 under its first key epoch only, and alice's pay under it at `now` is
+/// refused (`KeyRefused`) by the pay's one request.
+async fn stale_pay_is_refused_in_one_request(a: &DynamoStore, now: u64) {
+    let known = a.device_known(device_id(1), now).await.unwrap().unwrap();
+    assert_eq!(
+        known.device.keys.accepted().collect::<Vec<_>>(),
+        [KeyEpoch::FIRST]
+    );
+    let counter = a.request_counter();
+    counter.reset();
+    assert_eq!(
+        a.pay(&pay_cmd("alice", "p1", 1, 7, 300, now))
+            .await
+            .unwrap(),
+        PayOutcome::KeyRefused
+    );
+    assert_eq!(counter.count(), 1, "{:?}", counter.by_operation());
+}
 
 #[tokio::test]
 async fn a_pay_from_knowledge_older_than_a_revocation_is_refused_by_its_write() {
@@ -26,22 +46,9 @@ async fn a_pay_from_knowledge_older_than_a_revocation_is_refused_by_its_write() 
             .unwrap(),
         RevokeOutcome::Revoked { .. }
     ));
-    // `a` still believes the key live: the advert's tag checks out under it ...
-    let known = a.device_known(device_id(1), T0 + 2).await.unwrap().unwrap();
-    assert_eq!(
-        known.device.keys.accepted().collect::<Vec<_>>(),
-        [KeyEpoch::FIRST]
-    );
-    // ... and the pay's one request is refused by the transaction's key condition.
-    let counter = a.request_counter();
-    counter.reset();
-    assert_eq!(
-        a.pay(&pay_cmd("alice", "p1", 1, 7, 300, T0 + 2))
-            .await
-            .unwrap(),
-        PayOutcome::KeyRefused
-    );
-    assert_eq!(counter.count(), 1, "{:?}", counter.by_operation());
+    // `a` still believes the key live (the advert's tag checks out under it), and the pay's one
+    // request is refused by the transaction's key condition.
+    stale_pay_is_refused_in_one_request(&a, T0 + 2).await;
     assert_eq!(
         a.wallet(&user("alice"), T0 + 2).await.unwrap(),
         wallet(1000, 0, 0)
@@ -79,20 +86,7 @@ async fn a_pay_under_a_key_rotated_away_elsewhere_is_refused_by_its_write() {
     .await;
     assert!(matches!(first, DeviceCallOutcome::Fresh(_)), "{first:?}");
     // `a` knows only the old epoch; a pay under it is refused by the write, in one request.
-    let known = a.device_known(device_id(1), T0 + 3).await.unwrap().unwrap();
-    assert_eq!(
-        known.device.keys.accepted().collect::<Vec<_>>(),
-        [KeyEpoch::FIRST]
-    );
-    let counter = a.request_counter();
-    counter.reset();
-    assert_eq!(
-        a.pay(&pay_cmd("alice", "p1", 1, 7, 300, T0 + 3))
-            .await
-            .unwrap(),
-        PayOutcome::KeyRefused
-    );
-    assert_eq!(counter.count(), 1, "{:?}", counter.by_operation());
+    stale_pay_is_refused_in_one_request(&a, T0 + 3).await;
     // Read afresh, the new epoch is the one accepted, and a pay under it goes through.
     let read = a.device_known(device_id(1), T0 + 4).await.unwrap().unwrap();
     assert_eq!(read.device.keys.accepted().collect::<Vec<_>>(), [e1]);

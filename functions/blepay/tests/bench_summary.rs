@@ -5,6 +5,8 @@
 //! checks that the keys are there and that the figures agree with each other.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use serde_json::Value;
 
 fn close(a: f64, b: f64) -> bool {
@@ -20,38 +22,21 @@ fn f(o: &Value, k: &str) -> f64 {
 
 /// Run `blepay bench`, small and with 1 s phases; its last line.
 fn run_bench_quick() -> Value {
-    let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blepay"))
-        .args([
-            "bench",
-            // `--quick` only sets the phases to 3 s; 1 s phases print the same keys.
-            "--duration",
-            "1",
-            "--clients",
-            "1,2",
-            "--concurrency",
-            "2",
-            "--machines",
-            "8",
-            "--fleet-machines",
-            "300",
-            "--fleet-clients",
-            "8",
-            "--dir",
-        ])
-        .arg(dir.path())
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("run blepay bench --quick");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "exit {}: {stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let last = stdout.lines().last().expect("some output");
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"))
+    common::bench_last_json(&[
+        // `--quick` only sets the phases to 3 s; 1 s phases print the same keys.
+        "--duration",
+        "1",
+        "--clients",
+        "1,2",
+        "--concurrency",
+        "2",
+        "--machines",
+        "8",
+        "--fleet-machines",
+        "300",
+        "--fleet-clients",
+        "8",
+    ])
 }
 
 #[test]

@@ -3,27 +3,12 @@
 //! binary once (real server in-process, real SIM800 simulator) and checks keys and budgets.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use serde_json::Value;
+mod common;
 
 #[test]
 fn link_bytes_prints_its_figures_as_the_last_json_line_and_meets_the_budgets() {
     // Act
-    let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blepay"))
-        .args(["bench", "--link-bytes", "--dir"])
-        .arg(dir.path())
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("run blepay bench --link-bytes");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "exit {}: {stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let last = stdout.lines().last().expect("some output");
-    let v: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"));
+    let v = common::bench_last_json(&["--link-bytes"]);
 
     // Assert: the keys...
     let n = |k: &str| {
