@@ -246,7 +246,7 @@ impl App {
             PayOutcome::SpendingLimit { limit, spent_today } => Err(ApiError::new(
                 ErrorCode::SpendingLimit,
                 format!(
-                    "this pay would take today's spending ({spent_today} so far) above your daily                      limit of {limit}"
+                    "this pay would take today's spending ({spent_today} so far) above your daily limit of {limit}"
                 ),
             )),
             PayOutcome::DeviceOffline => Err(ApiError::new(

@@ -249,6 +249,10 @@ async fn a_pay_over_the_daily_cap_is_402_spending_limit_and_changes_nothing() {
 
     // Assert: refused, nothing changed, the machine stays free; the wallet shows the cap.
     refused.assert_error(402, "SPENDING_LIMIT");
+    assert_eq!(
+        refused.body["message"],
+        "this pay would take today's spending (300 so far) above your daily limit of 500"
+    );
     assert_eq!(app.snapshot("alice").await, before);
     assert_eq!(app.ops_device(&m2.device_id).await["state"], "IDLE");
     let w = app.wallet("alice").await;
