@@ -1,17 +1,17 @@
 //! The machine lifecycle (service state, operator updates, the fleet list) and the daily
 //! spending cap, each inside the caller's transaction (issue 11, items 4 and 6).
 
-use blepay_core::{Amount, DeviceId, UserId};
+use blepay_core::{Amount, DeviceId, SessionStatus, UserId};
 use blepay_store::decide::{DeviceUpdateDecision, decide_device_update};
 use blepay_store::{
     DeviceFilter, DeviceStatus, DeviceUpdate, DeviceUpdateOutcome, ListPosition, Page, PageRequest,
-    SPENDING_DAY_SECS, ServiceState, Spending, StoreError, session_spend, spending_day,
+    SPENDING_DAY_SECS, ServiceState, Spending, StoreError, spend, spending_day,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::convert::{Cached, db, ts};
 use crate::ops::{Due, expire_sessions};
-use crate::rows::{load_device, open_session_of, query_sessions};
+use crate::rows::{load_device, open_session_of};
 
 pub(crate) fn load_service_state(c: &Connection, id: DeviceId) -> Result<ServiceState, StoreError> {
     let s: String = c
@@ -112,9 +112,20 @@ pub(crate) fn update_device(
 }
 
 /// The user's override and spending of `now`'s UTC day: the sessions they opened that day, their
-/// overdue ones expired first, each counted by [`session_spend`].
+/// overdue ones expired first, each counted by [`spend`] (the rule of [`blepay_store::session_spend`]).
 pub(crate) fn spending(c: &Connection, user: &UserId, now: u64) -> Result<Spending, StoreError> {
     expire_sessions(c, Due::OfUser(user), now)?;
+    spending_unexpired(c, user, now)
+}
+
+/// [`spending`] for a caller that has just expired the user's overdue sessions itself (pay).
+/// Reads the three columns the rule needs, not whole sessions: a pay costs one index range of
+/// the user's sessions of the day, not one decoded session each.
+pub(crate) fn spending_unexpired(
+    c: &Connection,
+    user: &UserId,
+    now: u64,
+) -> Result<Spending, StoreError> {
     let user_override = c
         .row_cached(
             "SELECT daily_limit FROM spending_limits WHERE user_id = ?1",
@@ -124,15 +135,31 @@ pub(crate) fn spending(c: &Connection, user: &UserId, now: u64) -> Result<Spendi
         .optional()
         .map_err(db)?;
     let start = spending_day(now) * SPENDING_DAY_SECS;
-    let sessions = query_sessions(
-        c,
-        "user_id = ?1 AND created_at >= ?2 AND created_at < ?3",
-        params![user.as_str(), ts(start)?, ts(start + SPENDING_DAY_SECS)?],
-    )?;
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT status, hold, amount FROM sessions
+             WHERE user_id = ?1 AND created_at >= ?2 AND created_at < ?3",
+        )
+        .map_err(db)?;
+    let mut rows = stmt
+        .query(params![
+            user.as_str(),
+            ts(start)?,
+            ts(start + SPENDING_DAY_SECS)?
+        ])
+        .map_err(db)?;
     let mut spent_today = Amount::ZERO;
-    for s in &sessions {
+    while let Some(r) = rows.next().map_err(db)? {
+        let status = r
+            .get_ref(0)
+            .and_then(|v| v.as_str().map_err(Into::into))
+            .map_err(db)?;
+        let status = SessionStatus::parse(status)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown session status {status:?}")))?;
+        let hold = crate::convert::amount_col(r, 1).map_err(db)?;
+        let amount = crate::convert::amount_col(r, 2).map_err(db)?;
         spent_today = spent_today
-            .checked_add(session_spend(s))
+            .checked_add(spend(status, hold, amount))
             .map_err(|_| StoreError::Corrupt(format!("{user}'s spending overflows")))?;
     }
     Ok(Spending {

@@ -67,7 +67,8 @@ pub(crate) fn pay(c: &Connection, cmd: &PayCommand) -> Result<PayOutcome, StoreE
         wallet: load_wallet(c, &cmd.user)?,
         unstarted: count_unstarted(c, &cmd.user)?,
         opened_in_window: count_opened_since(c, &cmd.user, cmd.limits.window_start(cmd.now))?,
-        spending: crate::fleet::spending(c, &cmd.user, cmd.now)?,
+        // The user's overdue sessions were expired above.
+        spending: crate::fleet::spending_unexpired(c, &cmd.user, cmd.now)?,
     };
 
     let new = match decide_pay(&facts)? {
@@ -130,7 +131,10 @@ fn run_op(c: &Connection, call: &DeviceCall) -> Result<DeviceOpResult, StoreErro
             expire_sessions(c, Due::OfDevice(call.device), now)?;
             return Ok(DeviceOpResult::Grants(query_sessions(
                 c,
-                "device_id = ?1 AND status = 'AUTHORIZED' ORDER BY created_at, id",
+                // The IN term lets SQLite use the partial index of open sessions
+                // (`sessions_one_open_per_device`) instead of every session of the machine.
+                "device_id = ?1 AND status IN ('AUTHORIZED', 'ACTIVE') AND status = 'AUTHORIZED'
+                 ORDER BY created_at, id",
                 [call.device.as_bytes()],
             )?));
         }

@@ -125,9 +125,15 @@ pub const fn spending_day(t: u64) -> u64 {
 /// while AUTHORIZED or ACTIVE, what it captured once SETTLED (a late report's charge included),
 /// nothing once EXPIRED.
 pub fn session_spend(s: &Session) -> Amount {
-    match s.status {
-        SessionStatus::Authorized | SessionStatus::Active => s.hold,
-        SessionStatus::Settled => s.amount,
+    spend(s.status, s.hold, s.amount)
+}
+
+/// [`session_spend`] from the three fields it reads: what a store that reads only those columns
+/// (SQLite's spending query) counts.
+pub const fn spend(status: SessionStatus, hold: Amount, amount: Amount) -> Amount {
+    match status {
+        SessionStatus::Authorized | SessionStatus::Active => hold,
+        SessionStatus::Settled => amount,
         SessionStatus::Expired => Amount::ZERO,
     }
 }
