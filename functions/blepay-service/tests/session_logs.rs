@@ -8,11 +8,12 @@ mod support;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use blepay_core::{SessionId, Telemetry, Units, UserId};
+use blepay_core::{SessionId, Telemetry, Units};
 use blepay_device_client::Request;
 use blepay_proto::AdvertFlags;
 use serde_json::Value;
 use support::{ACTIVE_TIMEOUT, Machine, Service, T0, user};
+use tracing::subscriber::DefaultGuard;
 
 const DEVICE: &str = "0102030405060708";
 
@@ -34,7 +35,7 @@ impl Write for Captured {
 impl Captured {
     /// Log to this buffer, one JSON object per line (`BLEPAY_LOG_FORMAT=json`), INFO and above,
     /// on this thread until the guard drops (a `#[tokio::test]` runs on one thread).
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
+    fn install(&self) -> DefaultGuard {
         let out = self.clone();
         let subscriber = tracing_subscriber::fmt()
             .json()
@@ -72,18 +73,9 @@ fn line_about(logs: &Captured, message: &str, session: &str) -> Value {
     lines[0]["fields"].clone()
 }
 
-/// Every test's opening: INFO lines captured (on this thread), ana's machine provisioned and
-/// online, and ana has paid once (session `session`, hold 500, not pressed yet).
-struct Paid {
-    logs: Captured,
-    _guard: tracing::subscriber::DefaultGuard,
-    service: Service,
-    ana: UserId,
-    machine: Machine,
-    session: String,
-}
-
-async fn ana_paid() -> Paid {
+/// Every test's opening: INFO lines captured (on this thread, while the guard lives), ana's
+/// machine provisioned and online, and ana has paid once (the session id; hold 500, not pressed).
+async fn ana_paid() -> (Captured, DefaultGuard, Service, Machine, String) {
     let logs = Captured::default();
     let guard = logs.install();
     let service = Service::new();
@@ -94,27 +86,13 @@ async fn ana_paid() -> Paid {
         .await;
     let r = service.pay(&machine, &ana, 1, AdvertFlags::NONE).await;
     let session = r.json()["sessionId"].as_str().unwrap().to_owned();
-    Paid {
-        logs,
-        _guard: guard,
-        service,
-        ana,
-        machine,
-        session,
-    }
+    (logs, guard, service, machine, session)
 }
 
 #[tokio::test]
 async fn a_session_the_sweeper_expires_is_logged_at_info_with_its_ids_and_released_hold() {
     // Arrange: ana pays and never presses the button.
-    let Paid {
-        logs,
-        _guard,
-        service,
-        ana: _,
-        mut machine,
-        session,
-    } = ana_paid().await;
+    let (logs, _guard, service, mut machine, session) = ana_paid().await;
     let authorized = line_about(&logs, "session authorized", &session);
     assert_eq!(
         (
@@ -155,14 +133,7 @@ async fn a_session_the_sweeper_expires_is_logged_at_info_with_its_ids_and_releas
 #[tokio::test]
 async fn a_session_started_reported_and_timed_out_logs_each_transition_at_info() {
     // Arrange: ana pays, presses, the machine reports 2 litres (100) and goes silent.
-    let Paid {
-        logs,
-        _guard,
-        service,
-        ana: _,
-        mut machine,
-        session,
-    } = ana_paid().await;
+    let (logs, _guard, service, mut machine, session) = ana_paid().await;
     let id = SessionId::parse(&session).unwrap();
     service.exchange(&mut machine, &Request::Press).await;
     service.set_now(T0 + 60);
@@ -209,14 +180,8 @@ async fn a_session_started_reported_and_timed_out_logs_each_transition_at_info()
 #[tokio::test]
 async fn a_session_a_read_finds_overdue_is_expired_and_logged_once_without_a_sweep() {
     // Arrange: ana pays and never presses; the start deadline passes; no sweeper runs.
-    let Paid {
-        logs,
-        _guard,
-        service,
-        ana,
-        machine: _,
-        session,
-    } = ana_paid().await;
+    let (logs, _guard, service, _machine, session) = ana_paid().await;
+    let ana = user("ana");
     service.set_now(T0 + 121);
 
     // Act: ana reads her session (the read expires it), then reads it again.
