@@ -319,6 +319,17 @@ fn fixture(name: &str) -> Value {
 fn with_body(mut e: Value, body: &Value) -> Value {
     e["body"] = json!(body.to_string());
     e["headers"]["content-length"] = json!(body.to_string().len().to_string());
+    // The recorded token's claims are of the day it was recorded, and the functions check `iat`
+    // and `exp` against the real clock here: a token issued now, for an hour.
+    if let Some(claims) = e
+        .pointer_mut("/requestContext/authorizer/jwt/claims")
+        .and_then(Value::as_object_mut)
+    {
+        let t = now();
+        for (k, v) in [("iat", t), ("auth_time", t), ("exp", t + 3600)] {
+            claims.insert(k.into(), json!(v.to_string()));
+        }
+    }
     e
 }
 
@@ -443,6 +454,8 @@ async fn main() {
         ("AWS_LAMBDA_LOG_GROUP_NAME", "bench".into()),
         ("AWS_LAMBDA_LOG_LEVEL", "ERROR".into()),
         ("RUST_LOG", "error".into()),
+        // One user pays `--cycles` times within minutes: above the default pay rate limit.
+        ("BLEPAY_PAY_RATE_MAX", "100000".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -472,7 +485,8 @@ async fn main() {
         fixture("ops-topup.json"),
         &json!({"amount": "100000000", "idempotencyKey": "bench-topup"}),
     );
-    ops.invoke(topup).await;
+    let (v, _) = ops.invoke(topup).await;
+    assert_eq!(v["statusCode"], 200, "topup: {v}");
     drop(ops);
     let mut seq = 0u32;
 
