@@ -42,14 +42,12 @@ OPS_LIST_INDEXES = PHONE_LIST_INDEXES | {
 # function -> {action -> resources}; the reasons are in infra/README.md "Permissions".
 EXPECTED = {
     "VerifyFunction": {
-        "dynamodb:DescribeTable": {TABLE},
         "dynamodb:GetItem": {TABLE},
         "dynamodb:PutItem": {TABLE},
         "dynamodb:UpdateItem": {TABLE},
         "dynamodb:Query": PHONE_LIST_INDEXES,
     },
     "OpsFunction": {
-        "dynamodb:DescribeTable": {TABLE},
         "dynamodb:GetItem": {TABLE},
         "dynamodb:BatchGetItem": {TABLE},
         "dynamodb:PutItem": {TABLE},
@@ -59,7 +57,6 @@ EXPECTED = {
         "dynamodb:Query": OPS_LIST_INDEXES | {TABLE},
     },
     "DeviceFunction": {
-        "dynamodb:DescribeTable": {TABLE},
         "dynamodb:GetItem": {TABLE},
         "dynamodb:BatchGetItem": {TABLE},
         "dynamodb:Query": {TABLE},
@@ -67,7 +64,6 @@ EXPECTED = {
         "dynamodb:UpdateItem": {TABLE},
     },
     "SweeperFunction": {
-        "dynamodb:DescribeTable": {TABLE},
         "dynamodb:PutItem": {TABLE},
         "dynamodb:UpdateItem": {TABLE},
         "dynamodb:Query": {INDEX},

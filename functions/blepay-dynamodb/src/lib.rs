@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::{Credentials, Region};
+use aws_sdk_dynamodb::types::AttributeValue;
 use blepay_store::StoreError;
 
 pub use counter::{RequestCounter, Units};
@@ -134,15 +135,21 @@ impl DynamoStore {
         self.counter.clone()
     }
 
-    /// One cheap call (`DescribeTable`) to open the connection (DNS, TCP, TLS) during a Lambda
-    /// init, so the first request does not pay for it.
+    /// One cheap call to open the connection (DNS, TCP, TLS) during a Lambda init, so the first
+    /// request does not pay for it: a `GetItem` (eventually consistent, 0.5 RRU) of a key no item
+    /// has. A data-plane call, like every other request of the functions: AWS throttles the
+    /// control plane (`DescribeTable`, 2,500 requests/s per account) and advises against mixing
+    /// it into data-plane code, and a burst of cold starts would call it once each.
     ///
     /// # Errors
-    /// When the table cannot be described (missing, no permission, unreachable).
+    /// When the table cannot be read (missing, no permission, unreachable).
     pub async fn warm_up(&self) -> Result<(), StoreError> {
         self.client
-            .describe_table()
+            .get_item()
             .table_name(&self.table)
+            .key("pk", AttributeValue::S(WARM_UP_KEY.into()))
+            .key("sk", AttributeValue::S(WARM_UP_KEY.into()))
+            .projection_expression("pk")
             .send()
             .await
             .map(|_| ())
@@ -150,12 +157,26 @@ impl DynamoStore {
     }
 }
 
+/// The key [`DynamoStore::warm_up`] reads (`pk` and `sk`): no item is ever written under it.
+pub const WARM_UP_KEY: &str = "WARM_UP";
+
 /// Build a DynamoDB client from the environment; see [`DynamoStore::from_env`].
 ///
 /// # Errors
 /// None (kept for symmetry with other constructors).
 pub async fn client_from_env(endpoint: Option<&str>) -> Client {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    client_from_loader(
+        aws_config::defaults(aws_config::BehaviorVersion::latest()),
+        endpoint,
+    )
+    .await
+}
+
+/// [`client_from_env`] on `loader` (the caller's SDK settings, e.g. its HTTPS client).
+pub async fn client_from_loader(
+    mut loader: aws_config::ConfigLoader,
+    endpoint: Option<&str>,
+) -> Client {
     if let Some(endpoint) = endpoint {
         loader = loader.endpoint_url(endpoint);
         let env = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());

@@ -11,11 +11,13 @@
 //!
 //! Each release binary (the four functions and `hello-fn`) is started `--runs` times against a
 //! Lambda Runtime API stub served here, with one event queued: cold start = process spawn → the
-//! stub receives `POST /2018-06-01/runtime/invocation/{id}/response`. The functions run against
-//! Amazon DynamoDB Local (`blepay_dynamodb::testing`) through a counting proxy that also asks for
-//! `ReturnConsumedCapacity=TOTAL`, so a payment cycle driven through the warm functions (verify,
-//! pay, poll, start, final report) gives warm durations, requests and capacity units per
-//! operation; the cost table multiplies them by the list prices below. Zip sizes: each binary
+//! stub receives `POST /2018-06-01/runtime/invocation/{id}/response`; each start's `initialized`
+//! log line (JSON on stdout) gives what its init spent, step by step. The functions run against
+//! Amazon DynamoDB Local (`blepay_dynamodb::testing`): the cold starts directly, the warm ones
+//! through a counting proxy that also asks for `ReturnConsumedCapacity=TOTAL`, so a payment cycle
+//! driven through the warm functions (verify, pay, poll, start, final report) gives warm
+//! durations, requests and capacity units per operation; the cost table multiplies them by the
+//! list prices below. Zip sizes: each binary
 //! zipped alone as `bootstrap` with the `zip` CLI (`zip -9`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a measuring tool: fail loudly
 #![allow(clippy::too_many_lines, clippy::cast_precision_loss)]
@@ -125,7 +127,20 @@ struct Function {
     child: Child,
     events: mpsc::UnboundedSender<Value>,
     replies: mpsc::UnboundedReceiver<Reply>,
+    /// The fields of the function's `initialized` log line (what its init spent, `init.rs`),
+    /// once its stdout has carried it.
+    init: Arc<Mutex<Option<Value>>>,
 }
+
+/// The `initialized` line's timings, in the order `init.rs` takes them.
+const INIT_FIELDS: [&str; 6] = [
+    "sdk_config_ms",
+    "master_keys_ms",
+    "dynamodb_warm_up_ms",
+    "provider_secrets_ms",
+    "jwks_ms",
+    "total_ms",
+];
 
 impl Function {
     /// Spawn `bin` with `event` already queued → the process and its cold start.
@@ -166,18 +181,38 @@ impl Function {
         tokio::spawn(async move { axum::serve(listener, app).await });
         etx.send(event).unwrap();
         let t0 = Instant::now();
-        let child = Command::new(bin)
+        let mut child = Command::new(bin)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("AWS_LAMBDA_RUNTIME_API", api.to_string())
             .env("AWS_LAMBDA_FUNCTION_NAME", bin.file_name().unwrap())
-            .stdout(Stdio::null())
+            // JSON log lines at INFO, read below for the `initialized` line.
+            .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
+            .env("AWS_LAMBDA_LOG_LEVEL", "INFO")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        let init = Arc::new(Mutex::new(None));
+        let stdout = child.stdout.take().unwrap();
+        let seen = init.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if v["fields"]["message"] == "initialized" {
+                    *seen.lock().unwrap() = Some(v["fields"].clone());
+                }
+            }
+        });
         let mut f = Self {
             child,
             events: etx,
             replies: rrx,
+            init,
         };
         let r = tokio::time::timeout(Duration::from_secs(30), f.replies.recv())
             .await
@@ -190,6 +225,18 @@ impl Function {
             String::from_utf8_lossy(&r.body)
         );
         (f, r.at - t0, r)
+    }
+
+    /// The `initialized` line's fields (the line precedes the first answer; its reader thread
+    /// may lag by a moment). `None` for a binary that does not log it (hello-fn, the sweeper).
+    async fn init_fields(&self) -> Option<Value> {
+        for _ in 0..50 {
+            if let Some(v) = self.init.lock().unwrap().clone() {
+                return Some(v);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        None
     }
 
     /// A warm invocation → the answer and the time from handing the event out to the answer.
@@ -490,9 +537,19 @@ async fn main() {
     drop(ops);
     let mut seq = 0u32;
 
-    // Cold starts.
+    // Cold starts, straight to DynamoDB Local: the counting proxy (a debug build, when this
+    // harness is one) would add its own time to the functions' init and first request, which
+    // hello-fn does not make.
+    let direct: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "BLEPAY_DYNAMODB_ENDPOINT" => (k.clone(), local.endpoint().to_owned()),
+            _ => (k.clone(), v.clone()),
+        })
+        .collect();
     let tmp = tempfile::tempdir().unwrap();
     let mut cold: BTreeMap<&str, (f64, f64, f64, Option<u64>)> = BTreeMap::new();
+    let mut inits: BTreeMap<&str, BTreeMap<&str, Vec<Duration>>> = BTreeMap::new();
     for f in FUNCTIONS {
         let mut times = Vec::new();
         for _ in 0..runs {
@@ -506,8 +563,20 @@ async fn main() {
                 "blepay-sweeper-fn" => scheduled_event(),
                 _ => json!({}),
             };
-            let (_f, t, _) = Function::cold(&bins.join(f), &env, event).await;
+            let (started, t, _) = Function::cold(&bins.join(f), &direct, event).await;
             times.push(t);
+            if let Some(fields) = started.init_fields().await {
+                for k in INIT_FIELDS {
+                    if let Some(ms) = fields[k].as_f64() {
+                        inits
+                            .entry(f)
+                            .or_default()
+                            .entry(k)
+                            .or_default()
+                            .push(Duration::from_secs_f64(ms / 1e3));
+                    }
+                }
+            }
         }
         let (p50, p90, min) = stats(times);
         cold.insert(f, (p50, p90, min, zip_size(&bins.join(f), tmp.path())));
@@ -610,6 +679,22 @@ async fn main() {
             p50 / hello,
             zip.map_or("?".into(), |z| z.to_string())
         );
+    }
+    println!(
+        "\n## What init spends (median ms of the `initialized` log line; the network steps overlap)\n"
+    );
+    println!("| binary | {} |", INIT_FIELDS.join(" | "));
+    println!("|---|{}", "---:|".repeat(INIT_FIELDS.len()));
+    for (f, fields) in &inits {
+        let cells: Vec<String> = INIT_FIELDS
+            .iter()
+            .map(|k| {
+                fields
+                    .get(k)
+                    .map_or("–".into(), |v| format!("{:.2}", stats(v.clone()).0))
+            })
+            .collect();
+        println!("| `{f}` | {} |", cells.join(" | "));
     }
     println!("\n## Warm invocations ({cycles} payment cycles), DynamoDB per operation\n");
     println!("| operation | function | median ms | p90 ms | DynamoDB requests | RRU | WRU |");

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use aws_config::{BehaviorVersion, SdkConfig};
+use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
 use axum::Router;
 use blepay_dynamodb::DynamoStore;
 use blepay_service::config::{Config, ConfigError, Keyring};
@@ -45,7 +45,7 @@ pub async fn http_router(surface: Surface) -> Result<Router, InitError> {
     let (keyring, store, providers) = tokio::join!(
         // Boxed: the SDK's futures are large, and three side by side would be too.
         timed(Box::pin(keys::load(config.master_key_source()?, &sdk))),
-        timed(Box::pin(dynamo_store(&config, &sdk))),
+        timed(Box::pin(dynamo_store(&config, &sdk, WarmUp::Yes))),
         timed(Box::pin(keys::load_providers(
             &config.provider_secrets,
             &config.provider_settings,
@@ -118,7 +118,8 @@ pub async fn sweeper() -> Result<Sweeper, InitError> {
     let config = LambdaConfig::from_env()?;
     let sdk = sdk_config().await;
     Ok(Sweeper {
-        store: Arc::new(dynamo_store(&config, &sdk).await),
+        // No warm-up: nobody waits for a sweep, whose one request opens the connection anyway.
+        store: Arc::new(dynamo_store(&config, &sdk, WarmUp::No).await),
         active_timeout_secs: config.service.active_timeout_secs,
     })
 }
@@ -190,23 +191,106 @@ fn elapsed_ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
 
-/// The AWS SDK configuration from the Lambda environment (region, role credentials).
+/// The AWS SDK configuration from the Lambda environment (region, role credentials), its HTTPS
+/// client trusting [`AMAZON_TRUST_ROOTS`] only ([`aws_tls_context`]).
 pub async fn sdk_config() -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest()).load().await
+    sdk_loader().load().await
 }
 
-/// The DynamoDB store on one client (built once), its connection warmed. With
+/// What [`sdk_config`] loads.
+fn sdk_loader() -> ConfigLoader {
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+    let loader = aws_config::defaults(BehaviorVersion::latest());
+    match aws_tls_context() {
+        // The SDK's default client (hyper, rustls on aws-lc), but for the trust store.
+        Some(context) => loader.http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+                .tls_context(context)
+                .build_https(),
+        ),
+        None => loader,
+    }
+}
+
+/// The roots of Amazon Trust Services, which issue the certificate of every AWS service endpoint
+/// the functions call (DynamoDB, Secrets Manager, SSM Parameter Store), as PEM.
+pub const AMAZON_TRUST_ROOTS: &[u8] = include_bytes!("amazon-trust-roots.pem");
+
+/// The TLS settings of the functions' SDK clients: a trust store of [`AMAZON_TRUST_ROOTS`] only.
+/// The SDK's default trusts the system's store, which it reads and parses once per process, so on
+/// every cold start (3–5 ms of init here, for ≈ 290 files under /etc/ssl/certs:
+/// docs/performance.md §4); these five certificates are in the binary. `None` (the SDK's
+/// default) if the settings are refused.
+#[must_use]
+pub fn aws_tls_context() -> Option<aws_smithy_http_client::tls::TlsContext> {
+    use aws_smithy_http_client::tls::{TlsContext, TrustStore};
+    let trust = TrustStore::empty()
+        .with_native_roots(false)
+        .with_pem_certificate(AMAZON_TRUST_ROOTS);
+    TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .inspect_err(|e| tracing::warn!(error = %e, "the AWS SDK's TLS settings were refused"))
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+
+    use super::*;
+
+    /// The trust store is exactly the five Amazon Trust Services roots, each a parsable
+    /// certificate (the SDK's connector `expect`s valid PEM when it first connects).
+    #[test]
+    fn the_sdk_trusts_the_five_amazon_trust_services_roots() {
+        let certs: Vec<CertificateDer<'_>> = CertificateDer::pem_slice_iter(AMAZON_TRUST_ROOTS)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(certs.len(), 5);
+        for (cert, name) in certs.iter().zip([
+            "Amazon Root CA 1",
+            "Amazon Root CA 2",
+            "Amazon Root CA 3",
+            "Amazon Root CA 4",
+            "Starfield Services Root Certificate Authority - G2",
+        ]) {
+            let der: &[u8] = cert.as_ref();
+            assert!(
+                der.windows(name.len()).any(|w| w == name.as_bytes()),
+                "{name} is not where it should be"
+            );
+            // An X.509 certificate a TLS client can anchor its verification on.
+            webpki::anchor_from_trusted_cert(cert).unwrap();
+        }
+        assert!(aws_tls_context().is_some());
+    }
+}
+
+/// Whether the cold start opens the DynamoDB connection before the first request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WarmUp {
+    Yes,
+    No,
+}
+
+/// The DynamoDB store on one client (built once), its connection warmed (`WarmUp::Yes`). With
 /// `BLEPAY_DYNAMODB_ENDPOINT` (DynamoDB Local) the client goes there, with dummy credentials when
 /// the environment has none.
-async fn dynamo_store(config: &LambdaConfig, sdk: &SdkConfig) -> DynamoStore {
+async fn dynamo_store(config: &LambdaConfig, sdk: &SdkConfig, warm: WarmUp) -> DynamoStore {
     let client = match &config.dynamodb_endpoint {
-        Some(endpoint) => blepay_dynamodb::client_from_env(Some(endpoint)).await,
+        // The same HTTPS client as on AWS (DynamoDB Local's plain HTTP passes through it).
+        Some(endpoint) => blepay_dynamodb::client_from_loader(sdk_loader(), Some(endpoint)).await,
         None => aws_sdk_dynamodb::Client::new(sdk),
     };
     let store = DynamoStore::new(client, config.table.clone());
     // A failed warm-up is not fatal: requests retry the connection and answer 503 RETRY_LATER
     // while DynamoDB is unreachable; failing the init would turn a blip into 502s.
-    if let Err(e) = store.warm_up().await {
+    if warm == WarmUp::Yes
+        && let Err(e) = store.warm_up().await
+    {
         tracing::warn!(error = %e, table = %config.table, "DynamoDB warm-up failed");
     }
     store
