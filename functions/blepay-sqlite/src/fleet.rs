@@ -121,6 +121,11 @@ pub(crate) fn spending(c: &Connection, user: &UserId, now: u64) -> Result<Spendi
 /// [`spending`] for a caller that has just expired the user's overdue sessions itself (pay).
 /// Reads the three columns the rule needs, not whole sessions: a pay costs one index range of
 /// the user's sessions of the day, not one decoded session each.
+/// What a session of the day counts ([`blepay_store::spend`]): read from the covering index
+/// `sessions_by_user_created` alone (schema migration 12).
+const SPENDING_OF_DAY: &str = "SELECT status, hold, amount FROM sessions
+     WHERE user_id = ?1 AND created_at >= ?2 AND created_at < ?3";
+
 pub(crate) fn spending_unexpired(
     c: &Connection,
     user: &UserId,
@@ -135,12 +140,7 @@ pub(crate) fn spending_unexpired(
         .optional()
         .map_err(db)?;
     let start = spending_day(now) * SPENDING_DAY_SECS;
-    let mut stmt = c
-        .prepare_cached(
-            "SELECT status, hold, amount FROM sessions
-             WHERE user_id = ?1 AND created_at >= ?2 AND created_at < ?3",
-        )
-        .map_err(db)?;
+    let mut stmt = c.prepare_cached(SPENDING_OF_DAY).map_err(db)?;
     let mut rows = stmt
         .query(params![
             user.as_str(),
@@ -187,4 +187,30 @@ pub(crate) fn set_spending_limit(
     }
     .map_err(db)?;
     spending(c, user, now)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Every pay runs this query over the user's sessions of the day: it reads the index only,
+    /// never the table, however many sessions the user opened.
+    #[test]
+    fn the_days_spending_is_read_from_an_index_alone() {
+        let mut c = Connection::open_in_memory().unwrap();
+        crate::schema::migrate(&mut c).unwrap();
+        let plan: Vec<String> = c
+            .prepare(&format!("EXPLAIN QUERY PLAN {SPENDING_OF_DAY}"))
+            .unwrap()
+            .query_map(params!["u", 0, 86_400], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("USING COVERING INDEX sessions_by_user_created")),
+            "{plan:?}"
+        );
+    }
 }
