@@ -12,7 +12,7 @@ use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
 use axum::Router;
 use blepay_dynamodb::DynamoStore;
 use blepay_service::config::{Config, ConfigError, Keyring};
-use blepay_service::http::{Surface, routes_for};
+use blepay_service::http::{Surface, SurfaceRoutes, routes_for, routes_with};
 use blepay_service::{App, system_clock};
 use blepay_store::{Store, StoreError};
 use lambda_http::lambda_runtime::Diagnostic;
@@ -31,11 +31,13 @@ pub enum InitError {
     Store(#[from] StoreError),
 }
 
-/// Cold start of an HTTP function: the router of `surface`, ready for `lambda_http::run`.
+/// Cold start of an HTTP function: the router of one surface (`blepay_service::http::
+/// {phone,ops,device}_surface`), ready for `lambda_http::run`. Given the surface's function, not
+/// a [`Surface`], so a binary links only its own surface's handlers.
 ///
 /// # Errors
 /// See [`InitError`].
-pub async fn http_router(surface: Surface) -> Result<Router, InitError> {
+pub async fn http_router(surface: SurfaceRoutes) -> Result<Router, InitError> {
     let started = Instant::now();
     let config = LambdaConfig::from_env()?;
     let sdk = sdk_config().await;
@@ -64,7 +66,11 @@ pub async fn http_router(surface: Surface) -> Result<Router, InitError> {
     let app = App::new(service, Arc::new(store), system_clock());
     // On AWS the metrics are CloudWatch EMF log lines (one per event), not a scrape endpoint.
     app.metrics().enable_emf();
-    let router = router_for(app.clone(), surface, config.operator_role.clone());
+    let router = with_upstream_identity_for(
+        routes_with(app.clone(), surface),
+        app.clone(),
+        config.operator_role.clone(),
+    );
     // What this cold start spent, for CloudWatch (the three network steps overlap).
     tracing::info!(
         total_ms = elapsed_ms(started),

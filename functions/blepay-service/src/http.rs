@@ -67,60 +67,82 @@ pub fn device_routes(app: App) -> Router {
 
 /// The routes of one [`Surface`], plus `/healthz`; anything else is 404 NOT_FOUND.
 pub fn routes_for(app: App, surface: Surface) -> Router {
-    let all = surface == Surface::All;
-    let mut router = Router::new().route("/healthz", get(|| async { "ok" }));
-    if all || surface == Surface::Phone {
-        router = router
-            .route("/v1/verify", post(verify))
-            .route("/v1/pay", post(pay))
-            .route("/v1/sessions/{session_id}", get(user_session))
-            .route("/v1/wallet", get(user_wallet))
-            .merge(crate::reports::phone_routes());
-        router = crate::refunds::phone_routes(router);
-        router = crate::topups::phone_routes(router);
-        router = crate::topups::webhook_routes(router);
+    match surface {
+        Surface::Phone => routes_with(app, phone_surface),
+        Surface::Ops => routes_with(app, ops_surface),
+        Surface::Device => routes_with(app, device_surface),
+        Surface::All => routes_with(app, |r| device_surface(ops_surface(phone_surface(r)))),
     }
-    if all || surface == Surface::Ops {
-        router = router
-            .route("/v1/ops/devices", post(register_device).get(list_devices))
-            .route(
-                "/v1/ops/devices/{device_id}",
-                get(ops_device).patch(update_device),
-            )
-            .route(
-                "/v1/ops/devices/{device_id}/decommission",
-                post(decommission_device),
-            )
-            .route(
-                "/v1/ops/wallets/{user_id}/spending-limit",
-                put(set_spending_limit),
-            )
-            .route("/v1/ops/devices/{device_id}/revoke", post(revoke_device))
-            .route(
-                "/v1/ops/devices/{device_id}/rotate-key",
-                post(rotate_device_key),
-            )
-            .route("/v1/ops/wallets/{user_id}/topup", post(top_up))
-            .route("/v1/ops/wallets/{user_id}", get(ops_wallet))
-            .route("/v1/ops/sessions/{session_id}", get(ops_session))
-            .route(
-                "/v1/ops/operators",
-                post(create_operator).get(list_operators),
-            )
-            .route(
-                "/v1/ops/operators/{operator_id}/revoke",
-                post(revoke_operator),
-            )
-            .route("/v1/ops/audit", get(list_audit))
-            .merge(crate::reports::ops_routes())
-            .merge(crate::console::routes());
-        router = crate::refunds::ops_routes(router);
-        router = crate::topups::ops_routes(router);
-    }
-    if all || surface == Surface::Device {
-        router = router.route(DEVICE_PATH, post(device));
-    }
-    with_fallbacks(router, app)
+}
+
+/// The routes of one surface, added to a router: what [`routes_for`] composes.
+pub type SurfaceRoutes = fn(Router<App>) -> Router<App>;
+
+/// `/healthz` and the routes `surface` adds, with the JSON fallbacks, on `app`. A binary that
+/// serves one surface names only that surface's function, so the others' handlers are not
+/// linked into it (the Lambda functions: docs/performance.md §4).
+pub fn routes_with(app: App, surface: SurfaceRoutes) -> Router {
+    with_fallbacks(
+        surface(Router::new().route("/healthz", get(|| async { "ok" }))),
+        app,
+    )
+}
+
+/// [`Surface::Phone`]'s routes.
+pub fn phone_surface(router: Router<App>) -> Router<App> {
+    let router = router
+        .route("/v1/verify", post(verify))
+        .route("/v1/pay", post(pay))
+        .route("/v1/sessions/{session_id}", get(user_session))
+        .route("/v1/wallet", get(user_wallet))
+        .merge(crate::reports::phone_routes());
+    let router = crate::refunds::phone_routes(router);
+    let router = crate::topups::phone_routes(router);
+    crate::topups::webhook_routes(router)
+}
+
+/// [`Surface::Ops`]'s routes.
+pub fn ops_surface(router: Router<App>) -> Router<App> {
+    let router = router
+        .route("/v1/ops/devices", post(register_device).get(list_devices))
+        .route(
+            "/v1/ops/devices/{device_id}",
+            get(ops_device).patch(update_device),
+        )
+        .route(
+            "/v1/ops/devices/{device_id}/decommission",
+            post(decommission_device),
+        )
+        .route(
+            "/v1/ops/wallets/{user_id}/spending-limit",
+            put(set_spending_limit),
+        )
+        .route("/v1/ops/devices/{device_id}/revoke", post(revoke_device))
+        .route(
+            "/v1/ops/devices/{device_id}/rotate-key",
+            post(rotate_device_key),
+        )
+        .route("/v1/ops/wallets/{user_id}/topup", post(top_up))
+        .route("/v1/ops/wallets/{user_id}", get(ops_wallet))
+        .route("/v1/ops/sessions/{session_id}", get(ops_session))
+        .route(
+            "/v1/ops/operators",
+            post(create_operator).get(list_operators),
+        )
+        .route(
+            "/v1/ops/operators/{operator_id}/revoke",
+            post(revoke_operator),
+        )
+        .route("/v1/ops/audit", get(list_audit))
+        .merge(crate::reports::ops_routes())
+        .merge(crate::console::routes());
+    let router = crate::refunds::ops_routes(router);
+    crate::topups::ops_routes(router)
+}
+
+/// [`Surface::Device`]'s route.
+pub fn device_surface(router: Router<App>) -> Router<App> {
+    router.route(DEVICE_PATH, post(device))
 }
 
 /// `router` with the JSON 404 and 405 answers every listener gives, on `app`.

@@ -4,12 +4,12 @@
 //! connection); then `lambda_http` feeds each API Gateway event to the same axum router
 //! `blepay serve` runs.
 
-use blepay_service::http::Surface;
+use blepay_service::http;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     lambda_http::tracing::init_default_subscriber();
-    let router = blepay_lambda::http_router(Surface::Ops)
+    let router = blepay_lambda::http_router(http::ops_surface)
         .await
         .inspect_err(|e| {
             tracing::error!(error = %e, "cold start failed");
