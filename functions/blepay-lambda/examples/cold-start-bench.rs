@@ -15,10 +15,9 @@
 //! log line (JSON on stdout) gives what its init spent, step by step. The functions run against
 //! Amazon DynamoDB Local (`blepay_dynamodb::testing`): the cold starts directly, the warm ones
 //! through a counting proxy that also asks for `ReturnConsumedCapacity=TOTAL`, so a payment cycle
-//! driven through the warm functions (verify, pay, poll, start, final report) gives warm
-//! durations, requests and capacity units per operation; the cost table multiplies them by the
-//! list prices below. Zip sizes: each binary
-//! zipped alone as `bootstrap` with the `zip` CLI (`zip -9`).
+//! driven through the warm functions (verify, pay, press, final report) gives warm durations,
+//! requests and capacity units per operation; the cost table multiplies them by the list prices
+//! below. Zip sizes: each binary zipped alone as `bootstrap` with the `zip` CLI (`zip -9`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a measuring tool: fail loudly
 #![allow(clippy::too_many_lines, clippy::cast_precision_loss)]
 
@@ -48,6 +47,9 @@ const LAMBDA_PER_GB_S_ARM64: f64 = 0.000_013_333_4;
 const DDB_PER_WRU: f64 = 0.625 / 1e6;
 const DDB_PER_RRU: f64 = 0.125 / 1e6;
 const HTTP_API_PER_CALL: f64 = 1.00 / 1e6;
+/// The machines' plain-HTTP front door (CloudFront, HTTP requests, North America; as
+/// docs/performance.md §4 "With the press flow").
+const CLOUDFRONT_PER_REQUEST: f64 = 0.75 / 1e6;
 /// `infra/template.yaml` Globals.Function.MemorySize.
 const MEMORY_MB: f64 = 256.0;
 
@@ -596,7 +598,9 @@ async fn main() {
         frame_event(&identity, seq, &blepay_device_client::poll()),
     )
     .await;
-    let ops_names = ["verify", "pay", "poll", "start", "final report"];
+    // The firmware's flow: the phone verifies and pays, the machine's press starts the session
+    // and its final report settles it (it no longer polls).
+    let ops_names = ["verify", "pay", "press", "final report"];
     let mut warm: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
     let mut per_op: BTreeMap<&str, Usage> = BTreeMap::new();
     let mut measure = |name: &'static str, took: Duration, before: &Usage| {
@@ -646,8 +650,7 @@ async fn main() {
         measure("pay", t, &before);
 
         for (name, req) in [
-            ("poll", blepay_device_client::poll()),
-            ("start", blepay_device_client::start(sid)),
+            ("press", blepay_device_client::press()),
             (
                 "final report",
                 blepay_device_client::report(sid, blepay_core::Units::new(2), true),
@@ -700,13 +703,14 @@ async fn main() {
     println!("| operation | function | median ms | p90 ms | DynamoDB requests | RRU | WRU |");
     println!("|---|---|---:|---:|---|---:|---:|");
     let n = cycles as f64;
-    let (mut gb_s, mut rru, mut wru, mut reqs) = (0.0, 0.0, 0.0, 0.0);
+    let (mut gb_s, mut rru, mut wru, mut reqs, mut machine_reqs) = (0.0, 0.0, 0.0, 0.0, 0.0);
     for name in ops_names {
         let (p50, p90, _) = stats(warm[name].clone());
         let u = &per_op[name];
         let f = if matches!(name, "verify" | "pay") {
             "verify-fn"
         } else {
+            machine_reqs += 1.0;
             "device-fn"
         };
         let requests: Vec<String> = u
@@ -733,13 +737,17 @@ async fn main() {
     let ddb_r = rru * DDB_PER_RRU * m;
     let ddb_w = wru * DDB_PER_WRU * m;
     let api = reqs * HTTP_API_PER_CALL * m;
-    let total = lambda_req + lambda_dur + ddb_r + ddb_w + api;
+    let cloudfront = machine_reqs * CLOUDFRONT_PER_REQUEST * m;
+    let total = lambda_req + lambda_dur + ddb_r + ddb_w + api + cloudfront;
     println!("\n## Cost per million payments (us-east-1 list prices, {MEMORY_MB} MB arm64)\n");
     println!(
-        "one payment = verify + pay + poll + start + final report = {reqs} requests; warm medians; no cold starts, idle polls or sweeper runs\n"
+        "one payment = verify + pay (phone) + press + final report (machine, through the front door) = {reqs} requests; warm medians; no cold starts, heartbeats or sweeper runs\n"
     );
     println!("| item | per payment | price | per million payments (USD) |");
     println!("|---|---:|---:|---:|");
+    println!(
+        "| CloudFront HTTP requests (the machine's) | {machine_reqs} | $0.75 / M | {cloudfront:.2} |"
+    );
     println!("| API Gateway HTTP API calls | {reqs} | $1.00 / M | {api:.2} |");
     println!("| Lambda requests | {reqs} | $0.20 / M | {lambda_req:.2} |");
     println!("| Lambda duration | {gb_s:.6} GB-s | $0.0000133334 / GB-s | {lambda_dur:.2} |");
