@@ -241,6 +241,33 @@ pub fn aws_tls_context() -> Option<aws_smithy_http_client::tls::TlsContext> {
         .ok()
 }
 
+/// Whether the cold start opens the DynamoDB connection before the first request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WarmUp {
+    Yes,
+    No,
+}
+
+/// The DynamoDB store on one client (built once), its connection warmed (`WarmUp::Yes`). With
+/// `BLEPAY_DYNAMODB_ENDPOINT` (DynamoDB Local) the client goes there, with dummy credentials when
+/// the environment has none.
+async fn dynamo_store(config: &LambdaConfig, sdk: &SdkConfig, warm: WarmUp) -> DynamoStore {
+    let client = match &config.dynamodb_endpoint {
+        // The same HTTPS client as on AWS (DynamoDB Local's plain HTTP passes through it).
+        Some(endpoint) => blepay_dynamodb::client_from_loader(sdk_loader(), Some(endpoint)).await,
+        None => aws_sdk_dynamodb::Client::new(sdk),
+    };
+    let store = DynamoStore::new(client, config.table.clone());
+    // A failed warm-up is not fatal: requests retry the connection and answer 503 RETRY_LATER
+    // while DynamoDB is unreachable; failing the init would turn a blip into 502s.
+    if warm == WarmUp::Yes
+        && let Err(e) = store.warm_up().await
+    {
+        tracing::warn!(error = %e, table = %config.table, "DynamoDB warm-up failed");
+    }
+    store
+}
+
 #[cfg(test)]
 mod tests {
     use rustls_pki_types::CertificateDer;
@@ -273,31 +300,4 @@ mod tests {
         }
         assert!(aws_tls_context().is_some());
     }
-}
-
-/// Whether the cold start opens the DynamoDB connection before the first request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WarmUp {
-    Yes,
-    No,
-}
-
-/// The DynamoDB store on one client (built once), its connection warmed (`WarmUp::Yes`). With
-/// `BLEPAY_DYNAMODB_ENDPOINT` (DynamoDB Local) the client goes there, with dummy credentials when
-/// the environment has none.
-async fn dynamo_store(config: &LambdaConfig, sdk: &SdkConfig, warm: WarmUp) -> DynamoStore {
-    let client = match &config.dynamodb_endpoint {
-        // The same HTTPS client as on AWS (DynamoDB Local's plain HTTP passes through it).
-        Some(endpoint) => blepay_dynamodb::client_from_loader(sdk_loader(), Some(endpoint)).await,
-        None => aws_sdk_dynamodb::Client::new(sdk),
-    };
-    let store = DynamoStore::new(client, config.table.clone());
-    // A failed warm-up is not fatal: requests retry the connection and answer 503 RETRY_LATER
-    // while DynamoDB is unreachable; failing the init would turn a blip into 502s.
-    if warm == WarmUp::Yes
-        && let Err(e) = store.warm_up().await
-    {
-        tracing::warn!(error = %e, table = %config.table, "DynamoDB warm-up failed");
-    }
-    store
 }

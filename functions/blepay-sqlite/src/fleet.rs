@@ -118,14 +118,14 @@ pub(crate) fn spending(c: &Connection, user: &UserId, now: u64) -> Result<Spendi
     spending_unexpired(c, user, now)
 }
 
-/// [`spending`] for a caller that has just expired the user's overdue sessions itself (pay).
-/// Reads the three columns the rule needs, not whole sessions: a pay costs one index range of
-/// the user's sessions of the day, not one decoded session each.
 /// What a session of the day counts ([`blepay_store::spend`]): read from the covering index
 /// `sessions_by_user_created` alone (schema migration 12).
 const SPENDING_OF_DAY: &str = "SELECT status, hold, amount FROM sessions
      WHERE user_id = ?1 AND created_at >= ?2 AND created_at < ?3";
 
+/// [`spending`] for a caller that has just expired the user's overdue sessions itself (pay).
+/// Reads the three columns the rule needs, not whole sessions: a pay costs one index range of
+/// the user's sessions of the day, not one decoded session each.
 pub(crate) fn spending_unexpired(
     c: &Connection,
     user: &UserId,
